@@ -1,0 +1,33 @@
+# `make run` runs the bundled example; `make test` runs the whole test suite.
+# Both create .venv and install everything on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# torch must be installed as `torch==2.13.0` before anything that depends on it: that spelling
+# takes the local CPU wheel; any other one downloads a multi-GB CUDA build.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet torch==2.13.0 numpy
+	$(BIN)/pip install --quiet -e '.[test,mpi,torch]' graphviz matplotlib
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/orch run experiment.py --params params/default.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .orch

@@ -1,0 +1,91 @@
+"""The `orch` command line. Thin: parses options, calls session/store code, prints results.
+
+User mistakes (OrchError) are printed without a traceback and exit 1; `--debug` shows it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import OrchError
+
+
+class OrchClickError(click.ClickException):
+    """An OrchError as click reports it: the message, no traceback, exit 1."""
+
+    exit_code = 1
+
+    def format_message(self) -> str:
+        return self.message
+
+
+class Group(click.Group):
+    """Turns OrchError into a clean message unless --debug asked for the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OrchError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise OrchClickError(str(e)) from e
+
+
+def _set_debug(ctx: click.Context, _param, value: bool) -> None:
+    if value:
+        ctx.ensure_object(dict)["debug"] = True
+
+
+def debug_option(f):
+    """--debug works before or after the subcommand (`orch --debug run` and `orch run --debug`)."""
+    return click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+                        help="Show full tracebacks.")(f)
+
+
+@click.group(cls=Group)
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.version_option(package_name="orch", prog_name="orch")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """orch: a cached DAG experiment orchestrator."""
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+@main.command()
+@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--params", "-p", "params", multiple=True, type=click.Path(dir_okay=False),
+              help="Parameter file (YAML or .py); repeatable.")
+@click.option("--set", "-S", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a parameter in every set, e.g. -S train.lr=0.01 (VALUE is YAML).")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",
+              help="Cache directory (default: .orch next to the experiment; env ORCH_CACHE).")
+@click.option("--overwrite", is_flag=True, help="Re-run every stage.")
+@click.option("--overwrite-stage", "overwrite_stages", multiple=True, metavar="NAME",
+              help="Re-run this stage and everything downstream of it; repeatable.")
+@click.option("--dry", is_flag=True, help="Show what would run or come from the cache, run nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No line per node; only failures and the summary.")
+@debug_option
+@click.pass_context
+def run(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet):
+    """Run EXPERIMENT (an experiment.py) for every parameter set, from the cache where possible."""
+    from . import session
+    from .console import Console
+
+    console = Console(debug=ctx.obj["debug"], quiet=quiet)
+    opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
+                              cache=cache, overwrite=overwrite, overwrite_stages=list(overwrite_stages),
+                              dry=dry, argv=sys.argv[1:])
+    result = session.run(opts, on_done=console.node_done)
+    if dry:
+        console.dry_plan(result)
+        return
+    console.summary(result)
+    if result.failed:
+        ctx.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

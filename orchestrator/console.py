@@ -1,0 +1,52 @@
+"""What a run prints: one line per node as it finishes, failures, and a summary."""
+
+from __future__ import annotations
+
+import click
+
+
+class Console:
+    def __init__(self, debug: bool = False, quiet: bool = False):
+        self.debug = debug
+        self.quiet = quiet
+
+    def node_done(self, o) -> None:
+        if o.status == "failed":
+            click.echo(f"FAILED  {o.node.stage.name} [{o.node.set_name}] after {o.duration:.2f}s: "
+                       f"{o.error_type}: {o.error}", err=True)
+            if self.debug and o.traceback:
+                click.echo(o.traceback.rstrip(), err=True)
+            return
+        if self.quiet:
+            return
+        line = f"{o.status:<8}{o.node.stage.name} [{o.node.set_name}]"
+        if o.status == "ran":
+            line += f" {o.duration:.2f}s" + (f"  ({o.reason})" if o.reason else "")
+        elif o.status == "skipped":
+            line += f"  (upstream {o.skipped_because} failed)"
+        elif o.status == "cached" and o.reason:
+            line += f"  ({o.reason})"
+        click.echo(line)
+
+    def dry_plan(self, result) -> None:
+        by_set: dict[str, list] = {}
+        for o in result.outcomes:
+            by_set.setdefault(o.node.set_name, []).append(o)
+        for set_name, outs in by_set.items():
+            click.echo(f"[{set_name}]")
+            for o in outs:
+                reason = f"  ({o.reason})" if o.reason else ""
+                click.echo(f"  {o.status:<8}{o.node.stage.name}{reason}")
+        c = result.counts()
+        click.echo(f"dry run: {c.get('run', 0)} to run, {c.get('pending', 0)} pending on upstream, "
+                   f"{c.get('cached', 0)} cached")
+
+    def summary(self, result) -> None:
+        c = result.counts()
+        parts = [f"{c.get(k, 0)} {k}" for k in ("ran", "cached", "failed", "skipped") if c.get(k)]
+        click.echo(f"{len(result.outcomes)} nodes: {', '.join(parts) or 'nothing to do'} "
+                   f"in {result.seconds:.2f}s; run {result.run_id}")
+        for o in result.failed:
+            click.echo(f"failed: {o.node.stage.name} [{o.node.set_name}]: {o.error_type}: {o.error}"
+                       + ("" if self.debug else "  (--debug shows the traceback; the log is in the run directory)"),
+                       err=True)

@@ -1,0 +1,121 @@
+"""The DAG of one experiment: nodes (a stage on a parameter set) and their input edges.
+
+Nodes are appended while `run(record)` wires stages, and an input always resolves to a node that
+already exists, so the node list *is* a topological order: no cycle can be built, and every pass
+over the graph is a loop over a list (10,000-node DAGs never recurse).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from .errors import PlanningError
+from .params import ParamSet
+from .record import Record
+from .stage import Stage
+
+AGGREGATE_SET = "aggregate"
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    input: str  # the consumer's input name
+    producer: int  # node id
+    output: str  # the producer's output name
+    lazy: bool
+    set_name: str | None = None  # for aggregate inputs: which parameter set this value belongs to
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    id: int
+    stage: Stage
+    set_name: str
+    inputs: list[Edge]
+    consumers: list[int] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage.name}[{self.set_name}]"
+
+
+class Graph:
+    def __init__(self, param_sets: list[ParamSet]):
+        self.nodes: list[Node] = []
+        self.param_sets: dict[str, ParamSet] = {p.name: p for p in param_sets}
+        self._aggregate_record: Record | None = None
+
+    def new_record(self, pset: ParamSet) -> Record:
+        rec = Record(pset.values, pset.name)
+        rec._graph = self
+        return rec
+
+    def params_of(self, node: Node) -> dict:
+        pset = self.param_sets.get(node.set_name)
+        return pset.values if pset is not None else {}
+
+    def add_stage(self, stage: Stage, record: Record) -> Record:
+        _check_importable(stage)
+        if stage.kind != "stage":
+            raise PlanningError(f"{stage.name} is an @aggregate; call it from aggregate(records), not on one record")
+        node_id = len(self.nodes)
+        edges = [self._edge(stage, record, spec.name, spec.lazy, None) for spec in stage.inputs]
+        self._append(Node(node_id, stage, record.name, edges), record)
+        return record
+
+    def add_aggregate(self, stage: Stage, records: list[Record]) -> Record:
+        _check_importable(stage)
+        edges = []
+        for spec in stage.inputs:
+            for rec in records:
+                edges.append(self._edge(stage, rec, spec.name, spec.lazy, rec.name))
+        agg = self.aggregate_record()
+        self._append(Node(len(self.nodes), stage, AGGREGATE_SET, edges), agg)
+        return agg
+
+    def aggregate_record(self) -> Record:
+        if self._aggregate_record is None:
+            self._aggregate_record = Record({}, AGGREGATE_SET)
+            self._aggregate_record._graph = self
+        return self._aggregate_record
+
+    def _append(self, node: Node, record: Record) -> None:
+        self.nodes.append(node)
+        for e in node.inputs:
+            self.nodes[e.producer].consumers.append(node.id)
+        for out in node.stage.outputs:
+            record._producers[out.name] = (node.id, out.name)
+
+    def _edge(self, stage: Stage, record: Record, name: str, lazy: bool, set_name: str | None) -> Edge:
+        found = record._producers.get(name)
+        if found is None:
+            known = sorted(record._producers)
+            hint = difflib.get_close_matches(name, known, n=1)
+            raise PlanningError(
+                f"stage {stage.name} ({stage.fn.__code__.co_filename}) needs input {name!r} in parameter set "
+                f"{record.name!r}, but no stage called before it on that record produces it"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + (f" (artifacts available: {', '.join(known)})" if known else " (no stage was called before it)")
+            )
+        producer, output = found
+        return Edge(name, producer, output, lazy, set_name)
+
+    def downstream(self, roots: set[int]) -> set[int]:
+        """Node ids reachable from `roots` (inclusive), in one forward pass over the topological order."""
+        hit = set(roots)
+        for node in self.nodes:
+            if node.id not in hit and any(e.producer in hit for e in node.inputs):
+                hit.add(node.id)
+        return hit
+
+
+def _check_importable(stage: Stage) -> None:
+    """Workers re-import stages by module and name, so they must be module-level functions."""
+    fn = stage.fn
+    if fn.__module__ in ("__main__", None) or "<" in fn.__qualname__:
+        raise PlanningError(
+            f"stage {fn.__qualname__} in {fn.__code__.co_filename} is not a module-level function of an importable "
+            f"module (lambdas, nested functions and notebook cells cannot be re-imported by workers); "
+            f"move it into a module such as stages/{fn.__name__}.py"
+        )

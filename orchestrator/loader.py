@@ -1,0 +1,46 @@
+"""Loading the user's experiment file as an importable module.
+
+The experiment's directory goes first on sys.path and the file is imported under its stem, so
+`from stages.data import make_dataset` works and worker processes can re-import every stage by
+module and name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+from .errors import ExperimentError
+
+
+def load_experiment(path: str | Path) -> ModuleType:
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ExperimentError(f"experiment file {path} not found; pass the path of your experiment.py")
+    if path.suffix != ".py":
+        raise ExperimentError(f"experiment file {path} must be a Python file (.py)")
+    root = str(path.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    name = path.stem
+    if not name.isidentifier():
+        raise ExperimentError(f"experiment file {path.name}: its name must be a valid module name (e.g. experiment.py)")
+    existing = sys.modules.get(name)
+    if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() != path:
+        raise ExperimentError(
+            f"experiment file {path.name} has the same module name as the installed module {name!r} "
+            f"({getattr(existing, '__file__', '?')}); rename the file"
+        )
+    try:
+        module = importlib.import_module(name)
+    except SyntaxError as e:
+        raise ExperimentError(f"{e.filename}:{e.lineno}: syntax error: {e.msg}") from e
+    except Exception as e:
+        tb = "".join(traceback.format_exception(e)[-6:])
+        raise ExperimentError(f"importing experiment {path} failed:\n{tb}") from e
+    if not callable(getattr(module, "run", None)):
+        raise ExperimentError(f"experiment {path} defines no run(record) function; add one that calls your stages")
+    return module

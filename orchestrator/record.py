@@ -1,0 +1,107 @@
+"""Record: one parameter set as a stage sees it.
+
+During planning a Record is the wiring handle: calling a stage on it adds a node and returns it.
+While a stage runs, its Record gives read-tracked parameters, staging paths (`get_path`/`get_dir`)
+whose contents move into the store on success, and `track(path)` for files the result depends on.
+A Record made by hand (`Record(params={...})`) lets tests call `stage.fn(record)` directly.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import PlanningError
+from .params import TrackedParams
+
+
+class Record:
+    def __init__(
+        self,
+        params: dict | None = None,
+        name: str = "default",
+        *,
+        staging_dir: str | os.PathLike | None = None,
+        project_root: str | os.PathLike | None = None,
+        ignore=(),
+        param_sets: dict | None = None,
+        log_path: str | os.PathLike | None = None,
+    ):
+        self.name = name
+        self.reads: dict[str, Any] = {}
+        self.files: dict[str, str] = {}
+        self.params = TrackedParams(params or {}, self.reads, set_name=name, ignore=ignore)
+        # For aggregates: {parameter-set name: its parameter values} (read-only plain data).
+        self.param_sets = param_sets or {}
+        self.log_path = os.fspath(log_path) if log_path else None
+        self._staging = Path(staging_dir) if staging_dir else None
+        self._project_root = Path(project_root) if project_root else None
+        self._graph = None
+        self._producers: dict[str, tuple[int, str]] = {}
+
+    # -- while a stage runs ------------------------------------------------------------------
+    @property
+    def staging_dir(self) -> Path:
+        if self._staging is None:
+            if self._graph is not None:
+                raise PlanningError(
+                    f"record.get_path/get_dir is only available while a stage runs, not in run() "
+                    f"(parameter set {self.name!r})"
+                )
+            self._staging = Path(tempfile.mkdtemp(prefix="orch-record-"))
+        return self._staging
+
+    def get_path(self, name: str) -> str:
+        """A file path in this stage's staging area (moved into the store on success)."""
+        path = self._staging_child(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def get_dir(self, name: str) -> str:
+        """A directory in this stage's staging area, created empty if new."""
+        path = self._staging_child(name)
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def _staging_child(self, name: str) -> Path:
+        if not name or os.path.isabs(name) or ".." in Path(name).parts:
+            raise PlanningError(f"get_path/get_dir take a relative name inside the staging area, got {name!r}")
+        return self.staging_dir / "files" / name
+
+    def track(self, path: str | os.PathLike) -> str:
+        """Record a file or directory this stage depends on: editing it invalidates the stage."""
+        from .hashing import hash_path
+
+        p = Path(path)
+        if not p.is_absolute() and self._project_root is not None:
+            p = self._project_root / p
+        try:
+            _, digest, _ = hash_path(p)
+        except FileNotFoundError:
+            raise PlanningError(f"record.track({os.fspath(path)!r}): no such file (parameter set {self.name!r})") from None
+        self.files[self._trace_name(p)] = digest
+        return digest
+
+    def _trace_name(self, p: Path) -> str:
+        """Files inside the project are named relative to it, so a shared cache works across checkouts."""
+        p = p.resolve()
+        if self._project_root is not None:
+            try:
+                return p.relative_to(self._project_root.resolve()).as_posix()
+            except ValueError:
+                pass
+        return str(p)
+
+    # -- while planning ----------------------------------------------------------------------
+    def _graph_of(self, stage):
+        if self._graph is None:
+            raise PlanningError(
+                f"stage {stage.name} was called on a record that is not being planned; "
+                f"inside a test call {stage.name}.fn(record, ...) instead"
+            )
+        return self._graph
+
+    def __repr__(self) -> str:
+        return f"Record({self.name!r})"

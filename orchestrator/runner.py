@@ -1,0 +1,208 @@
+"""The run loop: decides *when* each node runs.
+
+It walks the plan event by event (no recursion): a node becomes ready when all its producers are
+done; ready nodes whose decision is not a cache hit are re-decided with their inputs' real content
+(early cutoff) and submitted. Inputs are loaded on demand and an in-memory value is dropped once its
+last consumer is done. A failure skips only what depends on it; everything else still runs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .executors import Executor
+from .graph import Graph, Node
+from .plan import CACHED, RUN, Decision, PlanContext, decide, head_key, output_hashes
+from .task import InputValue, Task, TaskResult
+
+
+@dataclass
+class NodeOutcome:
+    node: Node
+    status: str = "pending"  # cached | ran | failed | skipped
+    key: str | None = None
+    reason: str = ""
+    duration: float = 0.0
+    entry: dict | None = None
+    error: str = ""
+    error_type: str = ""
+    traceback: str = ""
+    skipped_because: str = ""
+
+
+@dataclass
+class _State:
+    remaining: list[int]
+    refs: dict[tuple[int, str], int]
+    values: dict[tuple[int, str], object] = field(default_factory=dict)
+    hashes: list[dict | None] = field(default_factory=list)
+    rerun_waiters: dict[int, list[int]] = field(default_factory=dict)
+
+
+class Runner:
+    def __init__(self, graph: Graph, ctx: PlanContext, decisions: list[Decision], executor: Executor,
+                 on_done: Callable[[NodeOutcome], None] = lambda o: None, log_dir: Path | None = None):
+        self.graph = graph
+        self.ctx = ctx
+        self.decisions = list(decisions)
+        self.executor = executor
+        self.on_done = on_done
+        self.log_dir = log_dir
+        self.outcomes = [NodeOutcome(n) for n in graph.nodes]
+        self._in_flight = 0
+        self._rerun_after_damage: set[int] = set()
+
+    def run(self) -> list[NodeOutcome]:
+        nodes = self.graph.nodes
+        st = _State(remaining=[len({e.producer for e in n.inputs}) for n in nodes], refs={},
+                    hashes=[None] * len(nodes))
+        for n in nodes:
+            for e in n.inputs:
+                st.refs[(e.producer, e.output)] = st.refs.get((e.producer, e.output), 0) + 1
+        self._st = st
+        ready = deque(n.id for n in nodes if st.remaining[n.id] == 0)
+        while ready or self._in_flight:
+            while ready and self._in_flight < self.executor.capacity:
+                self._dispatch(nodes[ready.popleft()], ready)
+            if self._in_flight:
+                for result in self.executor.wait():
+                    self._in_flight -= 1
+                    self._complete(result, ready)
+        return self.outcomes
+
+    def _submit(self, node: Node, d: Decision) -> None:
+        self._in_flight += 1
+        self.executor.submit(self._task(node, d), node.stage)
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def _dispatch(self, node: Node, ready: deque) -> None:
+        """Resolve a ready node: a hit finishes at once; otherwise submit it."""
+        st = self._st
+        d = self.decisions[node.id]
+        if d.state != CACHED:
+            d = decide(node, self.graph, [st.hashes[e.producer][e.output] for e in node.inputs], self.ctx)
+            self.decisions[node.id] = d
+        out = self.outcomes[node.id]
+        out.key, out.reason = d.key, d.reason
+        if d.state == CACHED:
+            out.status, out.entry = "cached", d.entry
+            out.duration = 0.0
+            self._finish(node, output_hashes(d.entry), ready)
+            return
+        self._submit(node, d)
+
+    def _task(self, node: Node, d: Decision) -> Task:
+        st = self._st
+        inputs = []
+        for e in node.inputs:
+            producer_out = self.outcomes[e.producer]
+            spec = next(o for o in self.graph.nodes[e.producer].stage.outputs if o.name == e.output)
+            iv = InputValue(e.input, e.set_name, e.lazy, e.producer, cacher=spec.cacher)
+            if (e.producer, e.output) in st.values and not e.lazy:
+                iv.value, iv.in_memory = st.values[(e.producer, e.output)], True
+            else:
+                stored = (producer_out.entry or {}).get("outputs", {}).get(e.output)
+                if stored is None:
+                    iv.value, iv.in_memory = st.values.get((e.producer, e.output)), True
+                else:
+                    iv.obj, iv.metadata = stored["object"], stored.get("metadata")
+            inputs.append(iv)
+        log_path = str(self.log_dir / f"{node.id}-{node.stage.name}.log") if self.log_dir else None
+        return Task(
+            node_id=node.id,
+            stage_ref=(node.stage.fn.__module__, node.stage.fn.__qualname__),
+            label=node.label,
+            set_name=node.set_name,
+            params=self.graph.params_of(node),
+            key=d.key,
+            components=d.components,
+            head_key=head_key(node),
+            inputs=inputs,
+            project_root=str(self.ctx.project_root),
+            param_sets={n: p.values for n, p in self.graph.param_sets.items()} if node.stage.kind == "aggregate" else {},
+            hash_memory_outputs=any(self.graph.nodes[c].stage.cached for c in node.consumers),
+            log_path=log_path,
+            force=self.ctx.overwrite or node.id in self.ctx.forced or node.id in self._rerun_after_damage,
+        )
+
+    # -- completion ----------------------------------------------------------------------------
+    def _complete(self, r: TaskResult, ready: deque) -> None:
+        node = self.graph.nodes[r.node_id]
+        out = self.outcomes[r.node_id]
+        out.duration = r.duration
+        if r.status == "damaged":
+            self._rerun_producer(node, r, ready)
+            return
+        if r.status == "failed":
+            out.status, out.error, out.error_type, out.traceback = "failed", r.error, r.error_type, r.traceback
+            self.on_done(out)
+            self._release_inputs(node)
+            self._skip_downstream(node)
+            return
+        out.status = r.status
+        out.entry = r.entry
+        if r.status == "cached":
+            out.reason = "computed meanwhile by another process"
+        st = self._st
+        for spec in node.stage.outputs:
+            if not spec.lazy and st.refs.get((node.id, spec.name), 0) > 0 and spec.name in r.values:
+                st.values[(node.id, spec.name)] = r.values[spec.name]
+        hashes = dict(r.hashes) if r.hashes else output_hashes(r.entry)
+        self._finish(node, hashes, ready)
+
+    def _finish(self, node: Node, hashes: dict, ready: deque) -> None:
+        st = self._st
+        st.hashes[node.id] = hashes
+        self.on_done(self.outcomes[node.id])
+        self._release_inputs(node)
+        waiters = st.rerun_waiters.pop(node.id, None)
+        if waiters is not None:  # a re-run after damage: only the consumers that asked wait on it
+            ready.extend(waiters)
+            return
+        for c in dict.fromkeys(node.consumers):
+            st.remaining[c] -= 1
+            if st.remaining[c] == 0 and self.outcomes[c].status == "pending":
+                ready.append(c)
+
+    def _release_inputs(self, node: Node) -> None:
+        st = self._st
+        for e in node.inputs:
+            k = (e.producer, e.output)
+            st.refs[k] -= 1
+            if st.refs[k] <= 0:
+                st.values.pop(k, None)
+
+    def _skip_downstream(self, failed: Node) -> None:
+        for nid in sorted(self.graph.downstream({failed.id}) - {failed.id}):
+            out = self.outcomes[nid]
+            if out.status == "pending":
+                out.status, out.skipped_because = "skipped", failed.label
+                self.on_done(out)
+                self._release_inputs(out.node)
+
+    def _rerun_producer(self, consumer: Node, r: TaskResult, ready: deque) -> None:
+        """A stored input was damaged (quarantined by the store): recompute its producer, then retry."""
+        p = r.damaged_producer
+        st = self._st
+        if p is None or p in self._rerun_after_damage and p not in st.rerun_waiters:
+            out = self.outcomes[consumer.id]
+            out.status, out.error, out.error_type = "failed", r.error, "DamagedObjectError"
+            self.on_done(out)
+            self._release_inputs(consumer)
+            self._skip_downstream(consumer)
+            return
+        waiting = st.rerun_waiters.setdefault(p, [])
+        waiting.append(consumer.id)
+        if len(waiting) > 1:
+            return
+        self._rerun_after_damage.add(p)
+        producer = self.graph.nodes[p]
+        for e in producer.inputs:  # its inputs are needed again
+            st.refs[(e.producer, e.output)] = st.refs.get((e.producer, e.output), 0) + 1
+        d = self.decisions[p]
+        self.decisions[p] = Decision(RUN, f"stored output damaged: {r.error}", d.key, None, d.components)
+        self.outcomes[p].reason = self.decisions[p].reason
+        self._submit(producer, self.decisions[p])

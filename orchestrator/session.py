@@ -1,0 +1,131 @@
+"""One `orch run`: parameters -> graph -> plan -> run -> manifest. The CLI is a thin shell over this."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import ExperimentError, OrchError
+from .graph import Graph
+from .params import ParamSet, load_params
+from .stage import Stage
+
+
+@dataclass
+class RunOptions:
+    experiment: Path
+    params: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    cache: Path | None = None
+    overwrite: bool = False
+    overwrite_stages: list[str] = field(default_factory=list)
+    dry: bool = False
+    parallel: int = 1
+    argv: list[str] = field(default_factory=list)
+
+
+def cache_root(experiment: Path, cache: str | Path | None) -> Path:
+    """--cache, else $ORCH_CACHE, else .orch/ next to the experiment."""
+    chosen = cache or os.environ.get("ORCH_CACHE")
+    return Path(chosen).resolve() if chosen else Path(experiment).resolve().parent / ".orch"
+
+
+def load_param_sets(paths: list[str], overrides: list[str]) -> list[ParamSet]:
+    if not paths:
+        if overrides:
+            from .errors import ParamsError
+
+            raise ParamsError("--set needs a parameter file to override; pass --params FILE")
+        return [ParamSet("default", {}, "<none>")]
+    return load_params(paths, overrides)
+
+
+def build_graph(module, param_sets: list[ParamSet]) -> Graph:
+    """Call run(record) once per parameter set (and aggregate(records) once) to wire the DAG."""
+    graph = Graph(param_sets)
+    records = []
+    for pset in param_sets:
+        record = graph.new_record(pset)
+        _call_user(module.run, record, f"run(record) for parameter set {pset.name!r}", module)
+        records.append(record)
+    agg = getattr(module, "aggregate", None)
+    if callable(agg) and not isinstance(agg, Stage):
+        _call_user(agg, records, "aggregate(records)", module)
+    return graph
+
+
+def _call_user(fn, arg, what: str, module) -> None:
+    try:
+        fn(arg)
+    except OrchError:
+        raise
+    except Exception as e:
+        tb = "".join(traceback.format_exception(e)[-6:])
+        raise ExperimentError(f"{what} in {module.__file__} raised while planning:\n{tb}") from e
+
+
+def make_context(root: Path, store, project_root: Path, graph: Graph, overwrite: bool, overwrite_stages: list[str]):
+    from .hashing import Fingerprinter
+    from .plan import PlanContext, forced_nodes
+
+    orch_pkg = Path(__file__).resolve().parent
+    return PlanContext(store=store, fingerprinter=Fingerprinter(project_root, exclude=[orch_pkg]),
+                       project_root=project_root, overwrite=overwrite,
+                       forced=forced_nodes(graph, overwrite_stages))
+
+
+@dataclass
+class RunResult:
+    run_id: str | None
+    outcomes: list
+    decisions: list
+    graph: Graph
+    seconds: float
+    cache: Path
+
+    @property
+    def failed(self) -> list:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def counts(self) -> dict[str, int]:
+        c: dict[str, int] = {}
+        for o in self.outcomes:
+            c[o.status] = c.get(o.status, 0) + 1
+        return c
+
+
+def run(opts: RunOptions, on_done: Callable = lambda o: None) -> RunResult:
+    from .executors import InProcessExecutor
+    from .loader import load_experiment
+    from .plan import plan
+    from .runner import NodeOutcome, Runner
+    from .runs import RunLog, node_record
+    from .store import DiskStore
+
+    t0 = time.perf_counter()
+    experiment = Path(opts.experiment).resolve()
+    param_sets = load_param_sets(opts.params, opts.overrides)
+    module = load_experiment(experiment)
+    graph = build_graph(module, param_sets)
+    root = cache_root(experiment, opts.cache)
+    store = DiskStore(root)
+    ctx = make_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages)
+    decisions = plan(graph, ctx)
+    if opts.dry:
+        outcomes = [NodeOutcome(n, status=d.state, key=d.key, reason=d.reason) for n, d in zip(graph.nodes, decisions)]
+        return RunResult(None, outcomes, decisions, graph, time.perf_counter() - t0, root)
+    log = RunLog(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
+    executor = InProcessExecutor(store)
+    try:
+        outcomes = Runner(graph, ctx, decisions, executor, on_done, log.log_dir).run()
+    finally:
+        executor.close()
+    result = RunResult(log.run_id, outcomes, decisions, graph, time.perf_counter() - t0, root)
+    status = "failed" if result.failed else "ok"
+    log.finish(status, [node_record(o) for o in outcomes], result.counts())
+    return result
+

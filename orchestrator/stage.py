@@ -1,0 +1,200 @@
+"""@stage and @aggregate: validate a declaration and wrap the function in a Stage.
+
+A Stage records metadata only. Calling it inside `run(record)` adds a node to the record's graph
+(nothing executes); the plain function stays available as `stage.fn` for unit tests.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .cachers import Cacher, Lazy, as_cacher
+from .errors import PlanningError, StageDefinitionError
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    name: str
+    lazy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    name: str
+    lazy: bool
+    cacher: Cacher | None
+
+
+class Stage:
+    """A declared stage. `kind` is "stage" (one node per record) or "aggregate" (one node over records)."""
+
+    def __init__(self, fn: Callable, *, kind: str, inputs, outputs, cachers, version, ignore, distributed):
+        self.fn = fn
+        self.__wrapped__ = fn
+        self.__name__ = fn.__name__
+        self.__qualname__ = fn.__qualname__
+        self.__module__ = fn.__module__
+        self.__doc__ = fn.__doc__
+        self.kind = kind
+        self.name = fn.__name__
+        self.id = f"{fn.__module__}:{fn.__qualname__}"
+        where = f"@{kind} {fn.__qualname__} ({_source_file(fn)})"
+        self.inputs = _input_specs(inputs, where)
+        self.outputs = _output_specs(outputs, cachers, where)
+        self.version = version
+        self.ignore = tuple(_str_list(ignore, "ignore", where))
+        self.distributed = bool(distributed)
+        _check_signature(fn, self.inputs, where)
+
+    @property
+    def cached(self) -> bool:
+        """True when every output has a cacher (otherwise the stage always runs)."""
+        return bool(self.outputs) and all(o.cacher is not None for o in self.outputs)
+
+    def declaration(self) -> tuple:
+        """The part of the declaration that changes what a node computes or stores (hashed into the key)."""
+        return (
+            self.kind,
+            tuple((i.name, i.lazy) for i in self.inputs),
+            tuple((o.name, o.cacher.identity() if o.cacher else None) for o in self.outputs),
+        )
+
+    def __call__(self, record_or_records):
+        from .record import Record
+
+        if self.kind == "aggregate":
+            records = list(record_or_records) if not isinstance(record_or_records, Record) else [record_or_records]
+            if not records or not all(isinstance(r, Record) for r in records):
+                raise PlanningError(f"aggregate {self.name} must be called with the list of records passed to aggregate(records)")
+            return records[0]._graph_of(self).add_aggregate(self, records)
+        if not isinstance(record_or_records, Record):
+            raise PlanningError(
+                f"stage {self.name} must be called with a Record inside run(record); "
+                f"to run its function directly (e.g. in a unit test) call {self.name}.fn(record, ...)"
+            )
+        return record_or_records._graph_of(self).add_stage(self, record_or_records)
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.id}>"
+
+
+def stage(
+    inputs: Sequence[str | Lazy] = (),
+    outputs: Sequence[str | Lazy] = (),
+    cachers: Sequence[Any] | Any = None,
+    *,
+    version: str | int | None = None,
+    ignore: Sequence[str] = (),
+    distributed: bool = False,
+):
+    """Declare a stage: `fn(record, **inputs)` returns one value per output (a tuple for several)."""
+    return _decorator("stage", inputs, outputs, cachers, version, ignore, distributed)
+
+
+def aggregate(
+    inputs: Sequence[str | Lazy] = (),
+    outputs: Sequence[str | Lazy] = (),
+    cachers: Sequence[Any] | Any = None,
+    *,
+    version: str | int | None = None,
+    ignore: Sequence[str] = (),
+):
+    """Declare an aggregate: one node over many records; each input is {parameter-set name: value}."""
+    return _decorator("aggregate", inputs, outputs, cachers, version, ignore, False)
+
+
+def _decorator(kind, inputs, outputs, cachers, version, ignore, distributed):
+    if callable(inputs) and not isinstance(inputs, (list, tuple, str)):
+        raise StageDefinitionError(f"use @{kind}(...) with parentheses, e.g. @{kind}(outputs=['x'])")
+    if version is not None and not isinstance(version, (str, int)):
+        raise StageDefinitionError(f"@{kind}(version=...) must be a string or an integer, got {version!r}")
+
+    def wrap(fn):
+        if not callable(fn) or not hasattr(fn, "__code__"):
+            raise StageDefinitionError(f"@{kind} decorates a plain function, got {fn!r}")
+        return Stage(fn, kind=kind, inputs=inputs, outputs=outputs, cachers=cachers,
+                     version=version, ignore=ignore, distributed=distributed)
+
+    return wrap
+
+
+def _source_file(fn) -> str:
+    return getattr(fn.__code__, "co_filename", "?")
+
+
+def _str_list(value, what, where) -> list:
+    if isinstance(value, (str, Lazy)):
+        value = [value]
+    try:
+        items = list(value or ())
+    except TypeError:
+        raise StageDefinitionError(f"{where}: {what}= must be a list, got {value!r}") from None
+    return items
+
+
+def _input_specs(inputs, where) -> tuple[InputSpec, ...]:
+    specs = []
+    for item in _str_list(inputs, "inputs", where):
+        lazy = isinstance(item, Lazy)
+        name = item.name if lazy else item
+        if not isinstance(name, str) or not name.isidentifier():
+            raise StageDefinitionError(
+                f"{where}: input {name!r} must be a Python identifier (it is passed as a keyword argument)"
+            )
+        if any(s.name == name for s in specs):
+            raise StageDefinitionError(f"{where}: input {name!r} is declared twice")
+        specs.append(InputSpec(name, lazy))
+    return tuple(specs)
+
+
+def _output_specs(outputs, cachers, where) -> tuple[OutputSpec, ...]:
+    names = _str_list(outputs, "outputs", where)
+    if cachers is None:
+        cacher_list = [None] * len(names)
+    elif isinstance(cachers, (list, tuple)):
+        cacher_list = list(cachers)
+        if len(cacher_list) != len(names):
+            raise StageDefinitionError(
+                f"{where}: {len(names)} outputs but {len(cacher_list)} cachers; give one cacher per output "
+                f"(None for an output kept in memory only)"
+            )
+    else:
+        cacher_list = [cachers] * len(names)
+    specs = []
+    for item, c in zip(names, cacher_list):
+        lazy = isinstance(item, Lazy)
+        name = item.name if lazy else item
+        if not isinstance(name, str) or not name:
+            raise StageDefinitionError(f"{where}: output names must be non-empty strings, got {name!r}")
+        if any(s.name == name for s in specs):
+            raise StageDefinitionError(f"{where}: output {name!r} is declared twice")
+        cacher = as_cacher(c, f"{where} output {name!r}")
+        if lazy and cacher is None:
+            raise StageDefinitionError(f"{where}: Lazy output {name!r} needs a cacher (it is dropped from memory once saved)")
+        specs.append(OutputSpec(name, lazy, cacher))
+    return tuple(specs)
+
+
+def _check_signature(fn, inputs, where) -> None:
+    """Inputs are passed by keyword, so the function's parameters must be named after them."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = list(sig.parameters.values())
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        raise StageDefinitionError(f"{where}: the function's first parameter must be the record")
+    rest = {p.name for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    has_var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
+    missing = [i.name for i in inputs if i.name not in rest and not has_var_kw]
+    required = {p.name for p in params[1:] if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    extra = sorted(required - {i.name for i in inputs})
+    if missing or extra:
+        declared = [i.name for i in inputs]
+        raise StageDefinitionError(
+            f"{where}: declares inputs {declared} but the function takes "
+            f"({', '.join(p.name for p in params)}); name its parameters after the inputs, as in "
+            f"def {fn.__name__}(record, {', '.join(declared)})"
+        )

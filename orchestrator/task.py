@@ -1,0 +1,287 @@
+"""Executing one node: the part that runs wherever the executor puts it (this process, a pool
+worker, an MPI rank). It takes the node lock, re-checks the store (another process may have
+computed the node meanwhile), calls the stage function with its inputs, saves the outputs through
+their cachers into the store and writes the entry. Everything it needs travels in a picklable Task.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cachers import Cacher, LazyArtifact
+from .errors import DamagedObjectError, OrchError, StageOutputError
+from .fsutil import rmtree_force
+from .hashing import hash_bytes, hash_value
+from .params import MISSING
+from .record import Record
+from .store import ObjectInfo, Store
+
+ORCH_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass(slots=True)
+class InputValue:
+    """One input of a task: an in-memory value, or a stored object to load (or hand over lazily)."""
+
+    name: str
+    set_name: str | None
+    lazy: bool
+    producer: int
+    value: Any = None
+    in_memory: bool = False
+    obj: dict | None = None  # ObjectInfo json
+    cacher: Cacher | None = None
+    metadata: dict | None = None
+
+
+@dataclass
+class Task:
+    node_id: int
+    stage_ref: tuple[str, str]  # (module, qualname): workers re-import the stage
+    label: str
+    set_name: str
+    params: dict
+    key: str | None
+    components: dict | None
+    head_key: str
+    inputs: list[InputValue]
+    project_root: str
+    param_sets: dict = field(default_factory=dict)
+    hash_memory_outputs: bool = False
+    log_path: str | None = None
+    force: bool = False  # --overwrite/--overwrite-stage/damaged: never accept an existing entry
+
+
+@dataclass
+class TaskResult:
+    node_id: int
+    status: str  # "ran" | "cached" | "failed" | "damaged"
+    entry: dict | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    hashes: dict[str, str | None] = field(default_factory=dict)
+    duration: float = 0.0
+    error: str = ""
+    error_type: str = ""
+    traceback: str = ""
+    damaged_producer: int | None = None
+
+
+def import_stage(ref: tuple[str, str]):
+    module, qualname = ref
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def execute(task: Task, store: Store, stage=None) -> TaskResult:
+    """Run one node and store its outputs; never raises for a stage failure (returns it)."""
+    stage = stage if stage is not None else import_stage(task.stage_ref)
+    start = time.perf_counter()
+    cacheable = stage.cached and task.key is not None
+    lock = store.lock(task.key) if cacheable else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if cacheable and not task.force:
+            entry = _recheck(task, store, stage)
+            if entry is not None:
+                return TaskResult(task.node_id, "cached", entry=entry, duration=time.perf_counter() - start)
+        return _run(task, store, stage, start)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _recheck(task: Task, store: Store, stage) -> dict | None:
+    """Inside the lock: did another process store this node while we waited?"""
+    from .plan import check_trace, PlanContext
+
+    for entry in store.get_entries(task.key):
+        ctx = PlanContext(store=store, fingerprinter=None, project_root=Path(task.project_root))
+        node = _NodeView(stage, task.set_name)
+        if check_trace(entry, node, task.params, ctx) is None and all(
+            store.has_object(ObjectInfo.from_json(o["object"])) for o in entry["outputs"].values()
+        ):
+            return entry
+    return None
+
+
+@dataclass
+class _NodeView:
+    """The two attributes of a graph Node that trace checking needs (workers have no graph)."""
+
+    stage: Any
+    set_name: str
+
+
+def _run(task: Task, store: Store, stage, start: float) -> TaskResult:
+    staging = store.new_staging_dir(prefix=stage.name)
+    try:
+        try:
+            kwargs = _load_inputs(task, store)
+        except _DamagedInput as e:
+            return TaskResult(task.node_id, "damaged", error=str(e.error), damaged_producer=e.producer)
+        record = Record(task.params, task.set_name, staging_dir=staging, project_root=task.project_root,
+                        ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path)
+        t0 = time.perf_counter()
+        try:
+            result = stage.fn(record, **kwargs)
+        except (Exception, SystemExit) as e:  # the stage's own failure: reported, never fatal to the run
+            return _failure(task, e, time.perf_counter() - t0)
+        fn_time = time.perf_counter() - t0
+        del kwargs
+        try:
+            values = _split_outputs(stage, result)
+            entry_outputs = _save_outputs(stage, values, staging, store)
+        except OrchError as e:
+            return _failure(task, e, fn_time)
+        res = TaskResult(task.node_id, "ran", duration=fn_time)
+        res.values = values
+        if task.hash_memory_outputs:
+            res.hashes = {o.name: _memory_hash(values[o.name]) for o in stage.outputs if o.cacher is None}
+        res.hashes.update({name: out["object"]["hash"] for name, out in entry_outputs.items()})
+        if stage.cached and task.key is not None:
+            res.entry = _write_entry(task, store, record, entry_outputs, fn_time)
+        else:
+            res.entry = {"outputs": entry_outputs, "reads": _reads(record)[0]}
+        return res
+    finally:
+        rmtree_force(staging)
+
+
+def _load_inputs(task: Task, store: Store) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for inp in task.inputs:
+        if inp.in_memory:
+            value = inp.value
+        else:
+            try:
+                path = store.object_path(ObjectInfo.from_json(inp.obj), verify=True)
+            except DamagedObjectError as e:
+                raise _DamagedInput(inp.producer, e) from e
+            value = (LazyArtifact(inp.name, str(path), inp.cacher, inp.metadata) if inp.lazy
+                     else inp.cacher.load(str(path), inp.metadata))
+        if inp.set_name is None:
+            kwargs[inp.name] = value
+        else:
+            kwargs.setdefault(inp.name, {})[inp.set_name] = value
+    return kwargs
+
+
+class _DamagedInput(Exception):
+    def __init__(self, producer: int, error: DamagedObjectError):
+        super().__init__(str(error))
+        self.producer, self.error = producer, error
+
+
+def _split_outputs(stage, result) -> dict[str, Any]:
+    n = len(stage.outputs)
+    if n == 0:
+        return {}
+    if n == 1:
+        return {stage.outputs[0].name: result}
+    if not isinstance(result, (tuple, list)) or len(result) != n:
+        got = f"a {type(result).__name__} of length {len(result)}" if isinstance(result, (tuple, list)) else type(result).__name__
+        raise StageOutputError(
+            f"stage {stage.name} ({stage.fn.__code__.co_filename}) declares {n} outputs "
+            f"{[o.name for o in stage.outputs]} but returned {got}; return a tuple of {n} values"
+        )
+    return {o.name: v for o, v in zip(stage.outputs, result)}
+
+
+def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store) -> dict[str, dict]:
+    out_dir = staging / "out"
+    out_dir.mkdir(exist_ok=True)
+    saved = {}
+    for spec in stage.outputs:
+        if spec.cacher is None:
+            continue
+        path = out_dir / (spec.name.replace(os.sep, "_") + spec.cacher.extension)
+        try:
+            metadata = spec.cacher.save(values[spec.name], str(path))
+        except OrchError:
+            raise
+        except Exception as e:
+            raise StageOutputError(
+                f"stage {stage.name}: output {spec.name!r} ({type(values[spec.name]).__name__}) cannot be saved by "
+                f"{spec.cacher!r}: {type(e).__name__}: {e}; make it savable or choose another cacher"
+            ) from e
+        if not path.exists():
+            raise StageOutputError(f"stage {stage.name}: {spec.cacher!r}.save() wrote nothing for output {spec.name!r}")
+        info = store.ingest(path, spec.cacher.extension)
+        saved[spec.name] = {"object": info.to_json(), "cacher": list(spec.cacher.identity()), "metadata": metadata}
+    return saved
+
+
+def _memory_hash(value: Any) -> str | None:
+    """Content hash of an in-memory output, so consumers can be cached (early cutoff works too)."""
+    try:
+        return "mem:" + hash_bytes(pickle.dumps(value, protocol=5))
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError):
+        return None
+
+
+def _reads(record: Record) -> tuple[dict, dict]:
+    from .plan import read_value_hash
+
+    reads, hashes = {}, {}
+    for path, value in record.reads.items():
+        h = read_value_hash(value)
+        hashes[path] = h
+        reads[path] = {"h": h, "v": _jsonable(value)}
+    return reads, hashes
+
+
+def _jsonable(value: Any) -> Any:
+    if value is MISSING:
+        return "<missing>"
+    try:
+        hash_value(value)
+    except TypeError:
+        return repr(value)
+    return value if not isinstance(value, (tuple, set, frozenset, bytes)) else repr(value)
+
+
+def _write_entry(task: Task, store: Store, record: Record, outputs: dict, fn_time: float) -> dict:
+    from .plan import trace_id
+
+    reads, read_hashes = _reads(record)
+    entry = {
+        "trace_id": trace_id(read_hashes, record.files),
+        "created": time.time(),
+        "key": task.key,
+        "stage": task.stage_ref[0] + ":" + task.stage_ref[1],
+        "param_set": task.set_name,
+        "components": task.components,
+        "reads": reads,
+        "files": dict(record.files),
+        "outputs": outputs,
+        "duration_s": round(fn_time, 6),
+    }
+    store.put_entry(task.key, entry)
+    store.put_entry(task.head_key, {"trace_id": "head", "created": entry["created"], "key": task.key,
+                                    "components": task.components})
+    return entry
+
+
+def _failure(task: Task, exc: BaseException, duration: float) -> TaskResult:
+    return TaskResult(task.node_id, "failed", duration=duration, error=str(exc) or type(exc).__name__,
+                      error_type=type(exc).__name__, traceback=user_traceback(exc))
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback without orch's own frames: users debug their code, not ours."""
+    te = traceback.TracebackException.from_exception(exc)
+    te.stack = traceback.StackSummary.from_list(
+        [f for f in te.stack if not os.path.abspath(f.filename).startswith(ORCH_DIR + os.sep)]
+    )
+    return "".join(te.format())
+

@@ -1,0 +1,126 @@
+"""Shared fixtures: real temp projects and the real `orch` CLI in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = Path(sys.executable).with_name("orch")
+# The installed console script when there is one (what users run), else the module.
+ORCH = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "orchestrator.cli"]
+
+
+class Project:
+    """A throwaway experiment directory: write files, run `orch`, count stage executions."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.counts_file = root / "counts.txt"
+
+    def write(self, rel: str, text: str) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+        # A fresh mtime even within the same clock tick, so parse caches see the edit.
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        return path
+
+    def orch(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "ORCH_COUNTS": str(self.counts_file), "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        full_env.pop("ORCH_CACHE", None)
+        if env and "ORCH_CACHE" in env:
+            full_env["ORCH_CACHE"] = env["ORCH_CACHE"]
+        proc = subprocess.run([*ORCH, *args], cwd=self.root, env=full_env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"orch {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    def counts(self) -> dict[str, int]:
+        """How many times each stage body executed (stages append their name to counts.txt)."""
+        out: dict[str, int] = {}
+        if self.counts_file.exists():
+            for line in self.counts_file.read_text().split():
+                out[line] = out.get(line, 0) + 1
+        return out
+
+    def reset_counts(self) -> None:
+        self.counts_file.unlink(missing_ok=True)
+
+    def manifest(self, run: str = "latest") -> dict:
+        return json.loads((self.root / ".orch" / "runs" / run / "manifest.json").read_text())
+
+    def statuses(self, run: str = "latest") -> dict[tuple[str, str], str]:
+        return {(n["stage"], n["param_set"]): n["status"] for n in self.manifest(run)["nodes"]}
+
+
+COUNTING = '''
+import os
+
+def count(name):
+    with open(os.environ["ORCH_COUNTS"], "a") as f:
+        f.write(name + "\\n")
+'''
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    p = Project(tmp_path / "proj")
+    p.root.mkdir()
+    p.write("stages/__init__.py", "")
+    p.write("stages/counting.py", COUNTING)
+    return p
+
+
+def pipeline(p: Project) -> Project:
+    """The standard three-stage pipeline with a helper module, a base and a sweep parameter file."""
+    p.write("stages/util.py", '''
+        def scale(x):
+            return x * 2
+    ''')
+    p.write("stages/data.py", '''
+        from orchestrator import stage, PickleCacher, JsonCacher
+        from stages.counting import count
+        from stages.util import scale
+
+        @stage(outputs=["data"], cachers=[PickleCacher])
+        def make_data(record):
+            """Make data."""
+            count("make_data")
+            return [scale(i) for i in range(record.params.data.n)]
+
+        @stage(inputs=["data"], outputs=["model"], cachers=[PickleCacher])
+        def train(record, data):
+            count("train")
+            return sum(data) * record.params.train.lr
+
+        @stage(inputs=["model"], outputs=["score"], cachers=[JsonCacher])
+        def evaluate(record, model):
+            count("evaluate")
+            return {"score": model + 1}
+    ''')
+    p.write("experiment.py", '''
+        from stages.data import make_data, train, evaluate
+
+        def run(record):
+            evaluate(train(make_data(record)))
+    ''')
+    p.write("params/base.yaml", '''
+        data:
+          n: 10
+        train:
+          lr: 0.1
+          nproc: 1
+    ''')
+    p.write("params/sweep.yaml", '''
+        extends: base.yaml
+        sweep:
+          train.lr: [0.1, 0.2]
+    ''')
+    return p

@@ -1,0 +1,280 @@
+"""`orch run` end to end: the real CLI in subprocesses on real temp projects."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import pipeline
+
+SWEEP = ("run", "experiment.py", "--params", "params/sweep.yaml")
+BASE = ("run", "experiment.py", "--params", "params/base.yaml")
+
+
+def test_first_run_runs_everything_and_second_is_fully_cached(project):
+    pipeline(project)
+    first = project.orch(*BASE)
+    assert project.counts() == {"make_data": 1, "train": 1, "evaluate": 1}
+    assert "3 ran" in first.stdout
+    second = project.orch(*BASE)
+    assert project.counts() == {"make_data": 1, "train": 1, "evaluate": 1}
+    assert "3 cached" in second.stdout
+    assert set(project.statuses().values()) == {"cached"}
+
+
+def test_manifest_records_the_run(project):
+    pipeline(project)
+    project.orch(*BASE)
+    m = project.manifest()
+    assert m["status"] == "ok" and m["finished"] and m["started"]
+    assert m["experiment"].endswith("experiment.py")
+    assert m["param_sets"] == {"base": {"data": {"n": 10}, "train": {"lr": 0.1, "nproc": 1}}}
+    nodes = {n["stage"]: n for n in m["nodes"]}
+    assert nodes["make_data"]["reads"] == {"data.n": 10}
+    assert nodes["train"]["reads"] == {"train.lr": 0.1}
+    assert nodes["train"]["status"] == "ran" and len(nodes["train"]["key"]) == 64
+    assert set(nodes["train"]["outputs"]) == {"model"}
+    assert nodes["train"]["duration_s"] >= 0
+    run_dir = project.root / ".orch" / "runs" / m["run_id"]
+    assert (project.root / ".orch" / "runs" / "latest").resolve() == run_dir.resolve()
+
+
+def test_parameter_read_only_by_train_leaves_make_data_cached(project):
+    pipeline(project)
+    project.orch(*BASE)
+    project.reset_counts()
+    out = project.orch(*BASE, "-S", "train.lr=0.5")
+    assert project.counts() == {"train": 1, "evaluate": 1}
+    assert "train.lr changed: 0.1 -> 0.5" in out.stdout
+    # a parameter nobody reads changes nothing
+    project.reset_counts()
+    project.orch(*BASE, "-S", "train.nproc=4", "-S", "train.lr=0.5")
+    assert project.counts() == {}
+
+
+def test_helper_edit_reruns_user_and_early_cutoff_keeps_downstream(project):
+    pipeline(project)
+    project.orch(*BASE)
+    project.reset_counts()
+    # same output bytes: make_data re-runs, nothing downstream does
+    project.write("stages/util.py", '''
+        def scale(x):
+            return x + x
+    ''')
+    project.orch(*BASE)
+    assert project.counts() == {"make_data": 1}
+    project.reset_counts()
+    # different output: everything downstream re-runs
+    project.write("stages/util.py", '''
+        def scale(x):
+            return x * 3
+    ''')
+    out = project.orch(*BASE)
+    assert project.counts() == {"make_data": 1, "train": 1, "evaluate": 1}
+    assert "code changed" in out.stdout and "input data changed" in out.stdout
+
+
+def test_comments_blank_lines_and_docstrings_change_nothing(project):
+    pipeline(project)
+    project.orch(*BASE)
+    project.reset_counts()
+    src = (project.root / "stages/data.py").read_text()
+    src = src.replace('"""Make data."""', '"""Make the data, documented differently."""\n\n    # a comment')
+    project.write("stages/data.py", src + "\n\n# trailing comment\n")
+    project.orch(*BASE)
+    assert project.counts() == {}
+
+
+def test_sweep_sets_share_one_make_data(project):
+    pipeline(project)
+    project.orch(*SWEEP)
+    assert project.counts() == {"make_data": 1, "train": 2, "evaluate": 2}
+    statuses = project.statuses()
+    assert statuses[("make_data", "sweep[train.lr=0.1]")] == "ran"
+    assert statuses[("make_data", "sweep[train.lr=0.2]")] == "cached"
+
+
+def test_overwrite_and_overwrite_stage_rerun_downstream(project):
+    pipeline(project)
+    project.orch(*BASE)
+    project.reset_counts()
+    project.orch(*BASE, "--overwrite-stage", "train")
+    assert project.counts() == {"train": 1, "evaluate": 1}
+    project.reset_counts()
+    project.orch(*BASE, "--overwrite")
+    assert project.counts() == {"make_data": 1, "train": 1, "evaluate": 1}
+    bad = project.orch(*BASE, "--overwrite-stage", "trian", check=False)
+    assert bad.returncode == 1 and "trian" in bad.stderr and "train" in bad.stderr
+
+
+def test_dry_run_reports_states_and_runs_nothing(project):
+    pipeline(project)
+    dry = project.orch(*BASE, "--dry")
+    assert project.counts() == {}
+    assert "run     make_data" in dry.stdout and "pending train" in dry.stdout
+    project.orch(*BASE)
+    project.reset_counts()
+    dry = project.orch(*BASE, "-S", "train.lr=0.3", "--dry")
+    assert "cached  make_data" in dry.stdout and "run     train" in dry.stdout
+    assert "pending evaluate" in dry.stdout
+    assert project.counts() == {}
+    assert not (project.root / ".orch" / "runs" / "latest").exists() or project.manifest()["status"] == "ok"
+
+
+def _failing_pipeline(project):
+    pipeline(project)
+    project.write("stages/extra.py", '''
+        from orchestrator import stage, PickleCacher
+        from stages.counting import count
+
+        @stage(inputs=["data"], outputs=["side"], cachers=[PickleCacher])
+        def side(record, data):
+            count("side")
+            if record.params.train.lr > 0.15:
+                raise ValueError("learning rate too high for side")
+            return len(data)
+
+        @stage(inputs=["side"], outputs=["after"], cachers=[PickleCacher])
+        def after_side(record, side):
+            count("after_side")
+            return side + 1
+    ''')
+    project.write("experiment.py", '''
+        from stages.data import make_data, train, evaluate
+        from stages.extra import side, after_side
+
+        def run(record):
+            make_data(record)
+            after_side(side(record))
+            evaluate(train(record))
+    ''')
+
+
+def test_failing_stage_skips_dependents_runs_the_rest_and_exits_nonzero(project):
+    _failing_pipeline(project)
+    proc = project.orch(*SWEEP, check=False)
+    assert proc.returncode == 1
+    assert "side [sweep[train.lr=0.2]]" in proc.stderr and "learning rate too high" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    counts = project.counts()
+    assert counts == {"make_data": 1, "side": 2, "after_side": 1, "train": 2, "evaluate": 2}
+    st = project.statuses()
+    assert st[("side", "sweep[train.lr=0.2]")] == "failed"
+    assert st[("after_side", "sweep[train.lr=0.2]")] == "skipped"
+    assert st[("evaluate", "sweep[train.lr=0.2]")] == "ran"
+    m = project.manifest()
+    assert m["status"] == "failed"
+    failed = [n for n in m["nodes"] if n["status"] == "failed"][0]
+    assert "ValueError: learning rate too high" in failed["error"] and "raise ValueError" in failed["traceback"]
+    # nothing that finished is lost: the re-run only retries the failure (and its dependents)
+    project.reset_counts()
+    proc = project.orch(*SWEEP, "--debug", check=False)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "raise ValueError" in proc.stderr
+    assert project.counts() == {"side": 1}
+
+
+def test_in_memory_stage_always_runs_and_consumers_cache_on_its_content(project):
+    project.write("stages/mem.py", '''
+        from orchestrator import stage, PickleCacher
+        from stages.counting import count
+
+        @stage(outputs=["table"])
+        def load_table(record):
+            count("load_table")
+            return {"rows": record.params.n}
+
+        @stage(inputs=["table"], outputs=["total"], cachers=[PickleCacher])
+        def total(record, table):
+            count("total")
+            return table["rows"] * 2
+    ''')
+    project.write("experiment.py", '''
+        from stages.mem import load_table, total
+
+        def run(record):
+            total(load_table(record))
+    ''')
+    project.write("params/p.yaml", "n: 3\n")
+    project.orch("run", "experiment.py", "-p", "params/p.yaml")
+    project.orch("run", "experiment.py", "-p", "params/p.yaml")
+    assert project.counts() == {"load_table": 2, "total": 1}
+
+
+def test_aggregate_over_a_sweep(project):
+    pipeline(project)
+    project.write("stages/report.py", '''
+        from orchestrator import aggregate, JsonCacher
+        from stages.counting import count
+
+        @aggregate(inputs=["score"], outputs=["table"], cachers=[JsonCacher])
+        def summarize(record, score):
+            count("summarize")
+            return {name: {"score": s["score"], "lr": record.param_sets[name]["train"]["lr"]}
+                    for name, s in sorted(score.items())}
+    ''')
+    project.write("experiment.py", '''
+        from stages.data import make_data, train, evaluate
+        from stages.report import summarize
+
+        def run(record):
+            evaluate(train(make_data(record)))
+
+        def aggregate(records):
+            summarize(records)
+    ''')
+    project.orch(*SWEEP)
+    project.orch(*SWEEP)
+    assert project.counts()["summarize"] == 1
+    m = project.manifest()
+    agg = [n for n in m["nodes"] if n["stage"] == "summarize"][0]
+    assert agg["param_set"] == "aggregate" and agg["status"] == "cached"
+    obj = agg["outputs"]["table"]
+    path = project.root / ".orch" / "objects" / obj[:2] / (obj[2:] + ".json")
+    table = json.loads(path.read_text())
+    assert table["sweep[train.lr=0.2]"]["lr"] == 0.2
+    assert table["sweep[train.lr=0.1]"]["score"] == 90 * 0.1 + 1
+
+
+def test_cache_option_and_environment_variable(project, tmp_path):
+    pipeline(project)
+    shared = tmp_path / "shared-cache"
+    project.orch(*BASE, "--cache", str(shared))
+    assert (shared / "runs" / "latest" / "manifest.json").exists()
+    assert not (project.root / ".orch").exists()
+    project.reset_counts()
+    project.orch(*BASE, env={"ORCH_CACHE": str(shared)})
+    assert project.counts() == {}
+
+
+def test_python_parameter_file(project):
+    pipeline(project)
+    project.write("params/grid.py", '''
+        def get_params():
+            return [{"name": f"n{n}", "data": {"n": n}, "train": {"lr": 0.1}} for n in (2, 3)]
+    ''')
+    project.orch("run", "experiment.py", "-p", "params/grid.py")
+    assert project.counts() == {"make_data": 2, "train": 2, "evaluate": 2}
+    assert {k[1] for k in project.statuses()} == {"n2", "n3"}
+
+
+def test_damaged_object_is_a_miss_with_a_warning_never_a_wrong_value(project):
+    pipeline(project)
+    project.orch(*BASE)
+    m = project.manifest()
+    data_hash = [n for n in m["nodes"] if n["stage"] == "make_data"][0]["outputs"]["data"]
+    obj = project.root / ".orch" / "objects" / data_hash[:2] / (data_hash[2:] + ".pkl")
+    obj.chmod(0o644)
+    obj.write_bytes(b"garbage" * 3)  # different size: caught at lookup
+    project.reset_counts()
+    project.orch(*BASE)
+    assert project.counts() == {"make_data": 1}
+    # same size, different bytes: caught when a consumer loads it
+    good = obj.read_bytes()
+    obj.chmod(0o644)
+    obj.write_bytes(bytes([good[0] ^ 1]) + good[1:])
+    project.reset_counts()
+    proc = project.orch(*BASE, "-S", "train.lr=0.7")
+    assert project.counts() == {"make_data": 1, "train": 1, "evaluate": 1}
+    assert obj.read_bytes() == good
+    scores = [n for n in project.manifest()["nodes"] if n["stage"] == "evaluate"]
+    assert scores[0]["status"] == "ran"
+    assert "damaged" in (proc.stdout + proc.stderr).lower()
