@@ -3,6 +3,25 @@ unless --debug) and exits non-zero. Messages name the file, stage, artifact or p
 what to do."""
 
 
+import os
+
+_ORCH_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_traceback(exc: BaseException, header: bool = True) -> str:
+    """The traceback of the user's own code, without orch's frames (users debug their code, not ours)."""
+    import traceback
+
+    te = traceback.TracebackException.from_exception(exc)
+    te.stack = traceback.StackSummary.from_list(
+        [f for f in te.stack if not os.path.abspath(f.filename).startswith(_ORCH_DIR + os.sep)]
+    )
+    lines = list(te.format())
+    if not header and lines and lines[0].startswith("Traceback"):
+        lines = lines[1:]
+    return "".join(lines)
+
+
 class OrchError(Exception):
     """Base of all user-facing errors."""
 

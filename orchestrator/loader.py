@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import importlib
 import sys
-import traceback
 from pathlib import Path
 from types import ModuleType
 
-from .errors import ExperimentError
+from .errors import ExperimentError, user_traceback
 
 
 def load_experiment(path: str | Path) -> ModuleType:
@@ -39,8 +38,7 @@ def load_experiment(path: str | Path) -> ModuleType:
     except SyntaxError as e:
         raise ExperimentError(f"{e.filename}:{e.lineno}: syntax error: {e.msg}") from e
     except Exception as e:
-        tb = "".join(traceback.format_exception(e)[-6:])
-        raise ExperimentError(f"importing experiment {path} failed:\n{tb}") from e
+        raise ExperimentError(f"importing experiment {path} failed:\n{user_traceback(e, header=False).rstrip()}") from e
     if not callable(getattr(module, "run", None)):
         raise ExperimentError(f"experiment {path} defines no run(record) function; add one that calls your stages")
     return module

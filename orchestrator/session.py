@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import ExperimentError, OrchError
+from .errors import ExperimentError, OrchError, user_traceback
 from .graph import Graph
 from .params import ParamSet, load_params
 from .stage import Stage
@@ -64,8 +63,8 @@ def _call_user(fn, arg, what: str, module) -> None:
     except OrchError:
         raise
     except Exception as e:
-        tb = "".join(traceback.format_exception(e)[-6:])
-        raise ExperimentError(f"{what} in {module.__file__} raised while planning:\n{tb}") from e
+        raise ExperimentError(f"{what} in {module.__file__} raised while planning:\n"
+                              f"{user_traceback(e, header=False).rstrip()}") from e
 
 
 def make_context(root: Path, store, project_root: Path, graph: Graph, overwrite: bool, overwrite_stages: list[str]):

@@ -10,21 +10,17 @@ import importlib
 import os
 import pickle
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .cachers import Cacher, LazyArtifact
-from .errors import DamagedObjectError, OrchError, StageOutputError
+from .errors import DamagedObjectError, OrchError, StageOutputError, user_traceback
 from .fsutil import rmtree_force
 from .hashing import hash_bytes, hash_value
 from .params import MISSING
 from .record import Record
 from .store import ObjectInfo, Store
-
-ORCH_DIR = os.path.dirname(os.path.abspath(__file__))
-
 
 @dataclass(slots=True)
 class InputValue:
@@ -275,13 +271,3 @@ def _write_entry(task: Task, store: Store, record: Record, outputs: dict, fn_tim
 def _failure(task: Task, exc: BaseException, duration: float) -> TaskResult:
     return TaskResult(task.node_id, "failed", duration=duration, error=str(exc) or type(exc).__name__,
                       error_type=type(exc).__name__, traceback=user_traceback(exc))
-
-
-def user_traceback(exc: BaseException) -> str:
-    """The traceback without orch's own frames: users debug their code, not ours."""
-    te = traceback.TracebackException.from_exception(exc)
-    te.stack = traceback.StackSummary.from_list(
-        [f for f in te.stack if not os.path.abspath(f.filename).startswith(ORCH_DIR + os.sep)]
-    )
-    return "".join(te.format())
-

@@ -1,0 +1,59 @@
+"""Cached re-run of a chain of 200 stages (whole process), first run, and per-stage overhead.
+
+Goal (DESIGN.md): fully cached 200-stage chain <= 0.2 s; orch overhead per executed stage <= 1 ms.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import ORCH, env_info, time_cli, write_chain_project  # noqa: E402
+
+
+def main(stages: int = 200) -> None:
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_chain_project(Path(tmp) / "proj", stages)
+        args = ["run", "experiment.py", "-p", "params/p.yaml", "-q"]
+        t0 = time.perf_counter()
+        subprocess.run(ORCH + args, cwd=root, check=True, capture_output=True)
+        first = time.perf_counter() - t0
+        cached_med, cached_min, _ = time_cli(args, root, repeat=7)
+        help_med, help_min, _ = time_cli(["--help"], root, repeat=7)
+        # Per-stage overhead: in-process, so interpreter start-up and imports do not count.
+        overhead = per_stage_overhead(Path(tmp) / "inproc", stages)
+    print(f"[{env_info()}]")
+    print(f"orch --help:                        median {help_med*1000:.0f} ms (min {help_min*1000:.0f} ms)")
+    print(f"chain of {stages}, first run (process): {first:.2f} s")
+    print(f"chain of {stages}, fully cached (process): median {cached_med*1000:.0f} ms (min {cached_min*1000:.0f} ms)")
+    print(f"orch overhead per executed stage:   {overhead*1000:.3f} ms (beyond pickling an int)")
+
+
+def per_stage_overhead(root: Path, stages: int) -> float:
+    """Wall time of a first run in-process divided by stages, minus the cacher's own save time."""
+    import pickle
+
+    from orchestrator import session
+
+    write_chain_project(root, stages)
+    sys.path.insert(0, str(root))
+    opts = session.RunOptions(experiment=root / "experiment.py", params=[str(root / "params/p.yaml")])
+    t0 = time.perf_counter()
+    result = session.run(opts)
+    total = time.perf_counter() - t0
+    assert not result.failed
+    t0 = time.perf_counter()
+    for i in range(stages):
+        with open(root / f"pickle-{i}", "wb") as f:
+            pickle.dump(i, f, protocol=5)
+    save = time.perf_counter() - t0
+    return (total - save) / stages
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200)

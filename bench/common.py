@@ -1,0 +1,50 @@
+"""Helpers shared by the benchmarks: generated projects and timing of the real CLI."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ORCH = [str(Path(sys.executable).with_name("orch"))]
+
+
+def write_chain_project(root: Path, stages: int, sets: int = 1, payload: str = "1") -> Path:
+    """A project whose experiment chains `stages` distinct stage functions, for `sets` parameter sets."""
+    (root / "stages").mkdir(parents=True, exist_ok=True)
+    (root / "stages" / "__init__.py").write_text("")
+    lines = ["from orchestrator import stage, PickleCacher", ""]
+    lines += ["@stage(outputs=['x0'], cachers=[PickleCacher])", "def s0(record):",
+              "    return record.params.seed", ""]
+    for i in range(1, stages):
+        lines += [f"@stage(inputs=['x{i-1}'], outputs=['x{i}'], cachers=[PickleCacher])",
+                  f"def s{i}(record, x{i-1}):", f"    return x{i-1} + {payload}", ""]
+    (root / "stages" / "chain.py").write_text("\n".join(lines))
+    calls = "\n".join(f"    s{i}(record)" for i in range(stages))
+    (root / "experiment.py").write_text(
+        f"from stages.chain import {', '.join(f's{i}' for i in range(stages))}\n\ndef run(record):\n{calls}\n")
+    (root / "params").mkdir(exist_ok=True)
+    (root / "params" / "p.yaml").write_text("seed: 1\nsweep:\n  seed: [" + ", ".join(str(i) for i in range(sets)) + "]\n"
+                                            if sets > 1 else "seed: 1\n")
+    return root
+
+
+def time_cli(args: list[str], cwd: Path, repeat: int = 5) -> tuple[float, float, int]:
+    """(median wall s, min wall s, max peak RSS KiB of the child) over `repeat` runs of the orch CLI."""
+    times, rss = [], 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        proc = subprocess.run(ORCH + args, cwd=cwd, capture_output=True, text=True)
+        times.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise SystemExit(f"orch {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        rss = max(rss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return statistics.median(times), min(times), rss
+
+
+def env_info() -> str:
+    return f"python {sys.version.split()[0]}, {os.cpu_count()} cores"

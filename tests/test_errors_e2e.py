@@ -1,0 +1,143 @@
+"""User mistakes: a clear message naming the file/stage/artifact/parameter, exit 1, no traceback,
+and the cache left intact."""
+
+from __future__ import annotations
+
+from conftest import pipeline
+
+BASE = ("run", "experiment.py", "--params", "params/base.yaml")
+
+
+def _fails(project, *args, needles=()):
+    proc = project.orch(*args, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for n in needles:
+        assert n in proc.stderr, f"{n!r} not in:\n{proc.stderr}"
+    return proc
+
+
+def test_bad_yaml_names_file_and_line(project):
+    pipeline(project)
+    project.write("params/bad.yaml", "data:\n  n: 10\n train: [1, 2\n")
+    _fails(project, "run", "experiment.py", "-p", "params/bad.yaml", needles=("bad.yaml:3",))
+
+
+def test_unknown_override_key_suggests_the_real_one(project):
+    pipeline(project)
+    _fails(project, *BASE, "-S", "train.lrr=0.1", needles=("train.lrr", "train.lr"))
+
+
+def test_missing_input_producer_names_stage_and_artifact(project):
+    pipeline(project)
+    project.write("experiment.py", '''
+        from stages.data import train
+
+        def run(record):
+            train(record)
+    ''')
+    _fails(project, *BASE, needles=("train", "'data'", "default" if False else "base"))
+
+
+def test_unknown_parameter_read_names_parameter_and_set(project):
+    pipeline(project)
+    project.write("stages/data.py", (project.root / "stages/data.py").read_text().replace(
+        "record.params.train.lr", "record.params.train.learning_rate"))
+    proc = project.orch(*BASE, check=False)
+    assert proc.returncode == 1
+    assert "train.learning_rate" in proc.stderr and "base" in proc.stderr
+
+
+def test_wrong_number_of_outputs(project):
+    project.write("stages/two.py", '''
+        from orchestrator import stage, PickleCacher
+
+        @stage(outputs=["a", "b"], cachers=[PickleCacher, PickleCacher])
+        def two(record):
+            return 1
+    ''')
+    project.write("experiment.py", '''
+        from stages.two import two
+
+        def run(record):
+            two(record)
+    ''')
+    proc = _fails(project, "run", "experiment.py", needles=("two", "2 outputs", "returned int"))
+    assert not list((project.root / ".orch" / "objects").rglob("*.pkl")) if (project.root / ".orch" / "objects").exists() else True
+    assert "a tuple of 2" in proc.stderr
+
+
+def test_unpicklable_output_names_stage_and_artifact_and_leaves_nothing(project):
+    project.write("stages/bad.py", '''
+        import threading
+        from orchestrator import stage, PickleCacher
+
+        @stage(outputs=["lock"], cachers=[PickleCacher])
+        def make_lock(record):
+            return threading.Lock()
+    ''')
+    project.write("experiment.py", '''
+        from stages.bad import make_lock
+
+        def run(record):
+            make_lock(record)
+    ''')
+    _fails(project, "run", "experiment.py", needles=("make_lock", "'lock'", "PickleCacher"))
+    cache = project.root / ".orch"
+    assert not (cache / "entries").exists() or not any((cache / "entries").rglob("*.json"))
+    leftovers = [p for p in (cache / "tmp").rglob("*") if p.is_file()] if (cache / "tmp").exists() else []
+    assert leftovers == []
+
+
+def test_stage_declaration_error_names_the_function(project):
+    project.write("stages/decl.py", '''
+        from orchestrator import stage, PickleCacher
+
+        @stage(inputs=["data"], outputs=["x"], cachers=[PickleCacher])
+        def uses(record, dataset):
+            return 1
+    ''')
+    project.write("experiment.py", '''
+        from stages.decl import uses
+
+        def run(record):
+            uses(record)
+    ''')
+    _fails(project, "run", "experiment.py", needles=("uses", "data", "dataset"))
+
+
+def test_lambda_or_nested_stage_is_rejected_at_planning(project):
+    project.write("experiment.py", '''
+        from orchestrator import stage
+
+        def run(record):
+            @stage(outputs=["x"])
+            def inner(record):
+                return 1
+            inner(record)
+    ''')
+    _fails(project, "run", "experiment.py", needles=("inner", "module-level"))
+
+
+def test_missing_experiment_and_missing_run(project):
+    _fails(project, "run", "nope.py", needles=("nope.py",))
+    project.write("experiment.py", "x = 1\n")
+    _fails(project, "run", "experiment.py", needles=("run(record)",))
+
+
+def test_error_in_run_wiring_shows_the_users_code(project):
+    project.write("experiment.py", '''
+        def run(record):
+            raise RuntimeError("wiring broke")
+    ''')
+    _fails(project, "run", "experiment.py", needles=("wiring broke", "experiment.py"))
+
+
+def test_bad_input_never_damages_the_cache(project):
+    pipeline(project)
+    project.orch(*BASE)
+    project.reset_counts()
+    project.write("params/bad.yaml", "extends: nowhere.yaml\n")
+    _fails(project, "run", "experiment.py", "-p", "params/bad.yaml", needles=("nowhere.yaml",))
+    project.orch(*BASE)
+    assert project.counts() == {}
