@@ -1,0 +1,125 @@
+"""Small filesystem helpers shared by the store and the run records.
+
+Durability model: a file is written under a temporary name in its final directory and renamed into
+place, so a reader (or a re-run after kill -9) sees either the old content or the new, never a partial
+file. There is deliberately no fsync: the atomic rename is the unit of durability (see DESIGN, numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import sys
+
+_EXEC_BITS = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+
+
+def _temp_name(path: str) -> str:
+    """`.{name}.{pid}.{random}.tmp` next to `path`: unique across processes and hosts on a shared
+    filesystem, and hidden so that directory listings of entries skip it."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+
+
+def _open_exclusive(tmp: str) -> int:
+    """Create `tmp`; the parent directory is made only when missing, so the usual case costs no mkdir."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(tmp, flags, 0o666)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(tmp) or ".", exist_ok=True)
+        return os.open(tmp, flags, 0o666)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temp file and os.replace; on error the temp is removed."""
+    path = os.fspath(path)
+    tmp = _temp_name(path)
+    fd = _open_exclusive(tmp)
+    try:
+        with open(fd, "wb", closefd=True) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """UTF-8 text version of atomic_write_bytes."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
+    """Compact JSON, serialized before any file is created so that a bad object leaves nothing behind."""
+    atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+
+
+def _readonly_mode(mode: int) -> int:
+    """0o444, or 0o555 for an executable file (a stored script or binary must stay runnable)."""
+    return 0o555 if mode & _EXEC_BITS else 0o444
+
+
+def make_readonly(path: str | os.PathLike, *, skip_top: bool = False) -> None:
+    """Files become 0o444 (0o555 if executable), directories 0o555; symlinks are left alone (chmod
+    would follow them out of the tree). `skip_top` leaves the top directory as it is: Linux needs
+    write permission on a directory to rename it into another parent, so callers seal it after."""
+    path = os.fspath(path)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.chmod(path, _readonly_mode(st.st_mode))
+        return
+    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(p, _readonly_mode(st.st_mode))
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o555)
+    if not skip_top:
+        os.chmod(path, 0o555)
+
+
+def make_writable_dir(path: str | os.PathLike) -> None:
+    """Give the owner write access to one directory (to rename it or delete its children)."""
+    os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
+
+
+def rmtree_force(path: str | os.PathLike, *, missing_ok: bool = False) -> None:
+    """Delete a file or a directory tree even when it was made read-only (stored objects are).
+
+    Deleting an entry needs write permission on its directory, so a directory is made writable
+    when, and only when, a removal inside it is refused."""
+    path = os.fspath(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_chmod_and_retry)
+    else:
+        shutil.rmtree(path, onerror=lambda func, p, exc_info: _chmod_and_retry(func, p, exc_info[1]))
+
+
+def _chmod_and_retry(func, failed_path: str, exc: BaseException) -> None:
+    """shutil.rmtree error hook: removing an entry was refused because its directory is read-only
+    (0o555, as stored objects are): make that directory writable and retry once. Anything else
+    propagates."""
+    if not isinstance(exc, PermissionError) or func not in (os.unlink, os.remove, os.rmdir):
+        raise exc
+    make_writable_dir(os.path.dirname(failed_path))
+    func(failed_path)

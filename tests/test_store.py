@@ -1,0 +1,523 @@
+"""One suite for every Store implementation (DiskStore and its in-memory twin), plus disk-only tests
+for what only a filesystem has: permissions, corrupt files, other processes, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import hashing
+from orchestrator.errors import DamagedObjectError, StoreError
+from orchestrator.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, make_readonly, rmtree_force
+from orchestrator.store import DiskStore, MemoryStore, ObjectInfo, Store
+
+KEY = "ab" + "c" * 62
+
+
+@pytest.fixture(params=["disk", "memory"])
+def store(request, tmp_path) -> Store:
+    return DiskStore(tmp_path / "cache") if request.param == "disk" else MemoryStore()
+
+
+@pytest.fixture
+def disk(tmp_path) -> DiskStore:
+    return DiskStore(tmp_path / "cache")
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def make_tree(root: Path) -> Path:
+    write(root / "a.txt", b"alpha")
+    write(root / "sub" / "b.bin", b"\x00" * 1000)
+    (root / "empty").mkdir()
+    run = write(root / "run.sh", b"#!/bin/sh\n")
+    run.chmod(0o755)
+    return root
+
+
+def tamper(store: Store, info: ObjectInfo, data: bytes) -> Path:
+    """Overwrite a stored file the way bit rot or a stray tool would (ignoring read-only)."""
+    path = store.object_path(info, verify=False)
+    target = path if info.kind == "file" else path / "a.txt"
+    target.chmod(0o644)
+    target.write_bytes(data)
+    os.utime(target, ns=(1, 1))  # a distinct mtime even on coarse-timestamp filesystems
+    return target
+
+
+def entry(trace_id: str, created: float, **extra) -> dict:
+    return {"trace_id": trace_id, "created": created, **extra}
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+# -- objects --------------------------------------------------------------------------------------
+
+
+def test_ingest_file(store, tmp_path):
+    src = write(tmp_path / "stage" / "out.pkl", b"hello")
+    info = store.ingest(src, ".pkl")
+    assert info == ObjectInfo(hashlib.sha256(b"hello").hexdigest(), 5, "file", ".pkl")
+    assert not src.exists()
+    path = store.object_path(info)
+    assert path.read_bytes() == b"hello"
+    assert path.name.endswith(".pkl")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert store.has_object(info)
+
+
+def test_ingest_dir(store, tmp_path):
+    src = make_tree(tmp_path / "stage" / "model")
+    expected = hashing.hash_path(src)
+    info = store.ingest(src)
+    assert (info.kind, info.hash, info.size) == expected
+    assert info.size == 5 + 1000 + 10
+    assert not src.exists()
+    path = store.object_path(info)
+    assert (path / "a.txt").read_bytes() == b"alpha"
+    assert (path / "sub" / "b.bin").read_bytes() == b"\x00" * 1000
+    assert (path / "empty").is_dir()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o555
+    assert stat.S_IMODE((path / "sub").stat().st_mode) == 0o555
+    assert stat.S_IMODE((path / "a.txt").stat().st_mode) == 0o444
+    assert stat.S_IMODE((path / "run.sh").stat().st_mode) == 0o555  # executables stay runnable
+    assert hashing.hash_path(path) == expected
+
+
+def test_identical_content_stored_once(store, tmp_path):
+    a = store.ingest(write(tmp_path / "a", b"same"), ".bin")
+    b = store.ingest(write(tmp_path / "b", b"same"), ".bin")
+    assert a == b
+    assert [o.hash for o in store.iter_objects()] == [a.hash]
+    assert not (tmp_path / "b").exists()
+    d1 = store.ingest(make_tree(tmp_path / "t1"))
+    d2 = store.ingest(make_tree(tmp_path / "t2"))
+    assert d1 == d2 and not (tmp_path / "t2").exists()
+    assert sorted(o.hash for o in store.iter_objects()) == sorted([a.hash, d1.hash])
+
+
+def test_tree_with_symlink(store, tmp_path):
+    src = make_tree(tmp_path / "d")
+    (src / "link").symlink_to("a.txt")
+    expected = hashing.hash_path(src)
+    info = store.ingest(src)
+    assert (info.kind, info.hash, info.size) == expected
+    path = store.object_path(info)
+    assert os.readlink(path / "link") == "a.txt"
+    assert list(store.iter_objects()) == [info]
+
+
+def test_same_content_other_ext_is_another_object(store, tmp_path):
+    a = store.ingest(write(tmp_path / "a", b"x"), ".pkl")
+    b = store.ingest(write(tmp_path / "b", b"x"), ".json")
+    assert a.hash == b.hash and store.object_path(a) != store.object_path(b)
+    assert store.object_path(b).read_bytes() == b"x"
+
+
+def test_iter_objects_reports_kind_size_ext(store, tmp_path):
+    f = store.ingest(write(tmp_path / "f", b"12345"), ".pkl")
+    d = store.ingest(make_tree(tmp_path / "d"))
+    assert sorted(store.iter_objects(), key=lambda o: o.kind) == sorted([d, f], key=lambda o: o.kind)
+
+
+def test_has_object(store, tmp_path):
+    info = store.ingest(write(tmp_path / "f", b"12345"))
+    assert store.has_object(info)
+    assert not store.has_object(ObjectInfo(info.hash, 6, "file"))
+    assert not store.has_object(ObjectInfo(info.hash, 5, "file", ".other"))
+    assert not store.has_object(ObjectInfo("0" * 64, 5, "file"))
+
+
+def test_verify_quarantines_tampered_file(store, tmp_path):
+    info = store.ingest(write(tmp_path / "f", b"good data"), ".pkl")
+    assert store.object_path(info).read_bytes() == b"good data"  # verified once
+    tamper(store, info, b"evil data")  # same size: only re-hashing can tell
+    with pytest.raises(DamagedObjectError, match=info.hash):
+        store.object_path(info)
+    assert not store.has_object(info)
+    again = store.ingest(write(tmp_path / "g", b"good data"), ".pkl")
+    assert again == info and store.has_object(info)
+    assert store.object_path(info).read_bytes() == b"good data"
+
+
+def test_verify_quarantines_tampered_dir(store, tmp_path):
+    info = store.ingest(make_tree(tmp_path / "d"))
+    store.object_path(info)
+    tamper(store, info, b"ALPHA")
+    with pytest.raises(DamagedObjectError, match=info.hash):
+        store.object_path(info)
+    assert not store.has_object(info)
+    assert store.ingest(make_tree(tmp_path / "d2")) == info
+    assert (store.object_path(info) / "a.txt").read_bytes() == b"alpha"
+
+
+def test_missing_object_is_damaged(store):
+    info = ObjectInfo(hashlib.sha256(b"never").hexdigest(), 5, "file")
+    with pytest.raises(DamagedObjectError, match=info.hash):
+        store.object_path(info)
+
+
+def test_delete_object(store, tmp_path):
+    info = store.ingest(make_tree(tmp_path / "d"))
+    store.delete_object(info)
+    store.delete_object(info)  # absent is fine
+    assert not store.has_object(info)
+    assert list(store.iter_objects()) == []
+
+
+def test_invalid_names_are_refused(store, tmp_path):
+    with pytest.raises(ValueError):
+        store.put_entry("../x", entry("t", 1.0))
+    with pytest.raises(ValueError):
+        store.put_entry(KEY, entry("../t", 1.0))
+    with pytest.raises(ValueError):
+        store.object_path(ObjectInfo("../" + "0" * 61, 1, "file"))
+    with pytest.raises(ValueError):
+        store.ingest(write(tmp_path / "f", b"x"), "/../x")
+
+
+def test_object_info_json_roundtrip():
+    info = ObjectInfo("a" * 64, 3, "dir", ".d")
+    assert ObjectInfo.from_json(json.loads(json.dumps(info.to_json()))) == info
+    assert ObjectInfo.from_json({"hash": "a" * 64, "size": 3, "kind": "file"}).ext == ""
+
+
+# -- entries --------------------------------------------------------------------------------------
+
+
+def test_entries_put_get_overwrite_delete(store):
+    assert store.get_entries(KEY) == []
+    store.put_entry(KEY, entry("t1", 1.0, outputs={"x": 1}))
+    store.put_entry(KEY, entry("t2", 3.0))
+    store.put_entry(KEY, entry("t3", 2.0))
+    assert [e["trace_id"] for e in store.get_entries(KEY)] == ["t2", "t3", "t1"]
+    assert store.get_entries(KEY)[-1]["outputs"] == {"x": 1}
+    store.put_entry(KEY, entry("t1", 4.0, outputs={"x": 2}))
+    got = store.get_entries(KEY)
+    assert [e["trace_id"] for e in got] == ["t1", "t2", "t3"] and got[0]["outputs"] == {"x": 2}
+    store.delete_entry(KEY, "t2")
+    store.delete_entry(KEY, "t2")
+    store.delete_entry("ff" + "0" * 62, "nope")
+    assert [e["trace_id"] for e in store.get_entries(KEY)] == ["t1", "t3"]
+
+
+def test_entries_are_copies(store):
+    e = entry("t", 1.0, values=(1, 2))
+    store.put_entry(KEY, e)
+    got = store.get_entries(KEY)[0]
+    assert got["values"] == [1, 2]  # JSON round trip, same in memory as on disk
+    got["values"].append(3)
+    assert store.get_entries(KEY)[0]["values"] == [1, 2]
+
+
+def test_unserializable_entry_raises_and_stores_nothing(store):
+    with pytest.raises(TypeError):
+        store.put_entry(KEY, entry("t", 1.0, bad=object()))
+    assert store.get_entries(KEY) == []
+
+
+def test_get_entries_many_and_iter_entries(store):
+    k2 = "cd" + "1" * 62
+    store.put_entry(KEY, entry("a", 1.0))
+    store.put_entry(k2, entry("b", 1.0))
+    store.put_entry(k2, entry("c", 2.0))
+    many = store.get_entries_many([KEY, k2, "ee" + "2" * 62])
+    assert [e["trace_id"] for e in many[k2]] == ["c", "b"]
+    assert len(many[KEY]) == 1 and many["ee" + "2" * 62] == []
+    assert sorted((k, e["trace_id"]) for k, e in store.iter_entries()) == [(KEY, "a"), (k2, "b"), (k2, "c")]
+
+
+def test_corrupt_entries_skipped_with_warning(disk, caplog):
+    disk.put_entry(KEY, entry("good", 1.0))
+    d = disk.root / "entries" / KEY[:2] / KEY
+    (d / "torn.json").write_bytes(b'{"trace_id": "torn", "crea')
+    (d / "list.json").write_text("[1, 2]")
+    (d / "binary.json").write_bytes(b"\xff\xfe\x00")
+    (d / ".good.json.123.abc.tmp").write_text("{}")  # a write in progress is not an entry
+    with caplog.at_level(logging.WARNING, logger="orchestrator.store"):
+        got = disk.get_entries(KEY)
+    assert [e["trace_id"] for e in got] == ["good"]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "torn.json" in warned and "list.json" in warned and "binary.json" in warned
+    assert [k for k, _ in disk.iter_entries()] == [KEY]
+
+
+def test_entry_files_layout(disk):
+    disk.put_entry(KEY, entry("t1", 1.0))
+    path = disk.root / "entries" / KEY[:2] / KEY / "t1.json"
+    assert json.loads(path.read_text()) == entry("t1", 1.0)
+    assert temp_files(disk.root) == []
+
+
+# -- locks ----------------------------------------------------------------------------------------
+
+
+def test_lock_excludes_threads(store):
+    inside, overlaps = [], []
+
+    def work():
+        with store.lock(KEY):
+            inside.append(1)
+            if len(inside) > 1:
+                overlaps.append(1)
+            time.sleep(0.01)
+            inside.pop()
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []
+
+
+def test_lock_timeout_and_release(store):
+    first = store.lock(KEY)
+    assert first.acquire(timeout=1)
+    got = []
+    t = threading.Thread(target=lambda: got.append(store.lock(KEY).acquire(timeout=0.1)))
+    t.start()
+    t.join()
+    assert got == [False]
+    assert store.lock("cd" + "0" * 62).acquire(timeout=0)  # other keys are independent
+    first.release()
+    second = store.lock(KEY)
+    assert second.acquire(timeout=0)
+    second.release()
+
+
+def _hold_lock(root: str, key: str, held, release) -> None:
+    lock = DiskStore(Path(root)).lock(key)
+    with lock:
+        held.set()
+        release.wait(30)
+
+
+def test_lock_excludes_processes(disk):
+    ctx = multiprocessing.get_context("spawn")
+    held, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(disk.root), KEY, held, release))
+    proc.start()
+    try:
+        assert held.wait(30)
+        lock = disk.lock(KEY)
+        start = time.monotonic()
+        assert lock.acquire(timeout=0.1) is False
+        assert 0.05 <= time.monotonic() - start < 5
+        release.set()
+        assert lock.acquire(timeout=30)
+        lock.release()
+    finally:
+        release.set()
+        proc.join(30)
+    assert proc.exitcode == 0
+
+
+# -- staging --------------------------------------------------------------------------------------
+
+
+def test_staging_dirs_unique_and_on_store_fs(store, tmp_path):
+    dirs = {store.new_staging_dir("node-") for _ in range(20)}
+    assert len(dirs) == 20
+    for d in dirs:
+        assert d.is_dir() and list(d.iterdir()) == [] and d.name.startswith("node-")
+    d = next(iter(dirs))
+    info = store.ingest(write(d / "out.bin", b"payload"))
+    assert store.object_path(info).stat().st_dev == d.stat().st_dev
+    if store.root is not None:
+        assert d.stat().st_dev == store.root.stat().st_dev and store.root in d.parents
+
+
+def test_ingest_from_another_filesystem(disk, tmp_path, monkeypatch):
+    """A rename across filesystems fails with EXDEV: the store copies, then renames."""
+    real_replace, real_rename = os.replace, os.rename
+    src_dir = str(tmp_path / "elsewhere")
+
+    def cross_device(real):
+        def fake(a, b, *args, **kwargs):
+            if str(a).startswith(src_dir):
+                raise OSError(18, "Invalid cross-device link")  # EXDEV
+            return real(a, b, *args, **kwargs)
+        return fake
+
+    monkeypatch.setattr(os, "replace", cross_device(real_replace))
+    monkeypatch.setattr(os, "rename", cross_device(real_rename))
+    f = disk.ingest(write(tmp_path / "elsewhere" / "f.pkl", b"far"), ".pkl")
+    d = disk.ingest(make_tree(tmp_path / "elsewhere" / "tree"))
+    monkeypatch.undo()
+    assert disk.object_path(f).read_bytes() == b"far"
+    assert (disk.object_path(d) / "a.txt").read_bytes() == b"alpha"
+    assert not (tmp_path / "elsewhere" / "f.pkl").exists() and not (tmp_path / "elsewhere" / "tree").exists()
+    assert list((disk.root / "tmp").iterdir()) == []
+
+
+def test_ingest_symlink_stores_target_content(disk, tmp_path):
+    real = write(tmp_path / "real.bin", b"target bytes")
+    link = tmp_path / "link.bin"
+    link.symlink_to(real)
+    info = disk.ingest(link)
+    assert not link.is_symlink() and real.read_bytes() == b"target bytes"
+    path = disk.object_path(info)
+    assert not path.is_symlink() and path.read_bytes() == b"target bytes"
+
+
+def test_ingest_replaces_damaged_copy(disk, tmp_path):
+    info = disk.ingest(write(tmp_path / "a", b"0123456789"))
+    tamper(disk, info, b"short")  # has_object sees the wrong size: the producer re-runs
+    assert not disk.has_object(info)
+    assert disk.ingest(write(tmp_path / "b", b"0123456789")) == info
+    assert disk.object_path(info).read_bytes() == b"0123456789"
+    assert len(list((disk.root / "quarantine").iterdir())) == 1
+
+
+def test_ingest_dir_race_lost_discards_ours(disk, tmp_path, monkeypatch):
+    """Another process stored the same tree between our existence check and our rename."""
+    info = disk.ingest(make_tree(tmp_path / "first"))
+    monkeypatch.setattr("orchestrator.store._lstat_or_none", lambda path: None)
+    assert disk.ingest(make_tree(tmp_path / "second")) == info
+    assert not (tmp_path / "second").exists()
+    assert hashing.hash_path(disk.object_path(info)) == (info.kind, info.hash, info.size)
+
+
+def _ingest_many(root: str, base: str, n: int) -> None:
+    store = DiskStore(Path(root))
+    for i in range(n):
+        store.ingest(make_tree(Path(base) / str(i)))
+        store.ingest(write(Path(base) / f"f{i}", b"same file"), ".bin")
+
+
+def test_concurrent_ingest_from_processes(disk, tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_ingest_many, args=(str(disk.root), str(tmp_path / f"p{j}"), 15))
+             for j in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    objects = list(disk.iter_objects())
+    assert sorted(o.kind for o in objects) == ["dir", "file"]
+    for o in objects:
+        disk.object_path(o)  # verifies
+    assert [p for j in range(3) for p in (tmp_path / f"p{j}").rglob("*")] == []  # sources consumed
+
+
+def test_verify_hashes_once_per_unchanged_file(disk, tmp_path, monkeypatch):
+    info = disk.ingest(write(tmp_path / "a", b"data"))
+    calls = []
+    real = hashing.hash_path
+    monkeypatch.setattr(hashing, "hash_path", lambda p, *a: calls.append(p) or real(p, *a))
+    for _ in range(3):
+        disk.object_path(info)
+    assert calls == []  # hashed at ingest, unchanged since: once per process, not per store
+    DiskStore(disk.root).object_path(info)
+    assert calls == []
+    path = disk.object_path(info, verify=False)
+    os.utime(path, ns=(1, 1))  # any change of (size, mtime_ns, inode) means hashing again
+    disk.object_path(info)
+    disk.object_path(info)
+    assert len(calls) == 1
+
+
+# -- DiskStore specifics --------------------------------------------------------------------------
+
+
+def test_disk_store_on_a_file_is_an_error(tmp_path):
+    f = write(tmp_path / "cache", b"")
+    with pytest.raises(StoreError, match="not a directory"):
+        DiskStore(f)
+    with pytest.raises(StoreError, match="not a directory"):
+        DiskStore(f / "sub")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_disk_store_not_writable_is_an_error(tmp_path):
+    d = tmp_path / "ro"
+    d.mkdir(mode=0o555)
+    with pytest.raises(StoreError, match="not writable"):
+        DiskStore(d)
+
+
+def test_disk_store_creates_nothing_until_written(tmp_path):
+    s = DiskStore(tmp_path / "cache")
+    assert s.get_entries(KEY) == [] and list(s.iter_objects()) == [] and list(s.iter_entries()) == []
+    assert not s.has_object(ObjectInfo("0" * 64, 1, "file"))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_disk_layout(disk, tmp_path):
+    info = disk.ingest(write(tmp_path / "f", b"x"), ".pkl")
+    assert disk.object_path(info, verify=False) == disk.root / "objects" / info.hash[:2] / (info.hash[2:] + ".pkl")
+    disk.lock(KEY).acquire(timeout=0)
+    assert (disk.root / "locks" / KEY[:2] / (KEY + ".lock")).exists()
+
+
+def test_directories_removed_behind_our_back_are_remade(disk, tmp_path):
+    disk.ingest(write(tmp_path / "a", b"one"))
+    disk.new_staging_dir()
+    rmtree_force(disk.root / "objects")
+    rmtree_force(disk.root / "tmp")
+    info = disk.ingest(write(tmp_path / "b", b"two"))
+    assert disk.object_path(info).read_bytes() == b"two"
+    assert disk.new_staging_dir().is_dir()
+
+
+# -- fsutil ---------------------------------------------------------------------------------------
+
+
+def test_atomic_writes(tmp_path):
+    atomic_write_bytes(tmp_path / "new" / "dir" / "a.bin", b"\x00\x01")
+    atomic_write_text(tmp_path / "b.txt", "héllo")
+    atomic_write_json(tmp_path / "c.json", {"b": 1, "a": [1, 2]})
+    atomic_write_json(tmp_path / "c.json", {"z": None})  # replaces
+    assert (tmp_path / "new" / "dir" / "a.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "b.txt").read_text("utf-8") == "héllo"
+    assert (tmp_path / "c.json").read_text() == '{"z":null}'
+    assert temp_files(tmp_path) == []
+
+
+def test_atomic_write_failure_leaves_nothing(tmp_path):
+    with pytest.raises(TypeError):
+        atomic_write_json(tmp_path / "bad.json", {"x": object()})
+    atomic_write_json(tmp_path / "keep.json", [1])
+    with pytest.raises(TypeError):
+        atomic_write_bytes(tmp_path / "keep.json", "not bytes")  # fails mid-write
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(OSError):
+        atomic_write_bytes(tmp_path / "dir.json", b"x")  # fails at the rename
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.json", "keep.json"]
+    assert (tmp_path / "keep.json").read_text() == "[1]"
+
+
+def test_make_readonly_and_rmtree_force(tmp_path):
+    tree = make_tree(tmp_path / "t")
+    (tree / "link").symlink_to(tmp_path / "outside")
+    write(tmp_path / "outside", b"o").chmod(0o640)
+    make_readonly(tree)
+    assert stat.S_IMODE(tree.stat().st_mode) == 0o555
+    assert stat.S_IMODE((tree / "sub" / "b.bin").stat().st_mode) == 0o444
+    assert stat.S_IMODE((tmp_path / "outside").stat().st_mode) == 0o640  # links are not followed
+    rmtree_force(tree)
+    assert not tree.exists()
+    f = write(tmp_path / "f", b"x")
+    make_readonly(f)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o444
+    rmtree_force(f)
+    rmtree_force(f, missing_ok=True)
+    with pytest.raises(FileNotFoundError):
+        rmtree_force(f)
