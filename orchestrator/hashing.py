@@ -1,0 +1,683 @@
+"""What a thing's hash is: values, bytes, files, directory trees and code fingerprints.
+
+Every digest here ends up in cache keys that users keep on disk, so each encoding is versioned and
+pinned by golden tests (tests/test_hashing.py): changing one silently invalidates every cache.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import stat as stat_mod
+import sys
+import sysconfig
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+log = logging.getLogger(__name__)
+
+VALUE_PREFIX = b"orch-value-v1\0"
+MAX_DEPTH = 200
+MAX_CONST_BYTES = 64 * 1024
+RACY_NS = 100_000_000  # >> a jiffy, the timestamp granularity of Linux file systems
+_CHUNK = 1 << 20
+
+# ----------------------------------------------------------------------------------------- values
+
+
+def encode(value: Any) -> bytes:
+    """Canonical bytes of a value: every item is type tag + 8-byte length + payload, so no two
+    different values (True/1/1.0, list/tuple, ("ab","c")/("a","bc")) can share an encoding."""
+    try:
+        return _enc(value, 0)
+    except _Unencodable:
+        path, reason = _locate(value, ()) or ((), "cannot encode the value")
+        raise TypeError(f"{reason} at {_where(path)}") from None
+
+
+def hash_value(value: Any) -> str:
+    """sha256 of the versioned canonical encoding: the hash of every key, parameter and trace."""
+    return hashlib.sha256(VALUE_PREFIX + encode(value)).hexdigest()
+
+
+def hash_bytes(data: bytes) -> str:
+    """Plain sha256, so a stored object's hash equals `sha256sum` of its file."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Unencodable(Exception):
+    """Raised deep inside _enc; encode() then finds where and why (kept off the fast path)."""
+
+
+_BASES = (type(None), bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset)
+_SCALAR_TAGS = {int: b"i", float: b"f", str: b"s", bytes: b"y", bytearray: b"y"}
+
+
+def _frame(tag: bytes, payload: bytes) -> bytes:
+    return tag + len(payload).to_bytes(8, "big") + payload
+
+
+def _enc(v: Any, depth: int) -> bytes:
+    t = type(v)
+    if t not in _SCALAR_TAGS and t not in _BASES:  # subclasses (IntEnum, namedtuple) as their base
+        t = next((b for b in _BASES[1:] if isinstance(v, b)), None)  # bool before int: True != 1
+    if t is str:  # surrogatepass: undecodable file names (surrogateescape) still hash
+        payload = v.encode("utf-8", "surrogatepass")
+    elif t is int:
+        payload = int(v).to_bytes((v.bit_length() + 8) // 8, "big", signed=True)
+    elif t is float:  # exact; every NaN is the same value for caching purposes
+        payload = b"nan" if v != v else float(v).hex().encode()
+    elif t is bytes or t is bytearray:
+        payload = bytes(v)
+    elif t is type(None) or t is bool:
+        return _frame(b"N", b"") if v is None else _frame(b"b", b"\x01" if v else b"\x00")
+    elif t is None or depth >= MAX_DEPTH:
+        raise _Unencodable
+    elif t is list or t is tuple:
+        return _frame(b"l" if t is list else b"t", b"".join([_enc(x, depth + 1) for x in v]))
+    elif t is dict:  # entries sorted by the encoded key: independent of insertion order
+        items = sorted([(_enc(k, depth + 1), val) for k, val in v.items()], key=lambda item: item[0])
+        return _frame(b"d", b"".join([ek + _enc(val, depth + 1) for ek, val in items]))
+    else:  # set and frozenset share a tag: {1} == frozenset({1}) in Python too
+        return _frame(b"e", b"".join(sorted([_enc(x, depth + 1) for x in v])))
+    return _frame(_SCALAR_TAGS[t], payload)
+
+
+def _locate(v: Any, path: tuple) -> tuple[tuple, str] | None:
+    """Slow path for the error message: where the first unencodable item is, and why."""
+    if isinstance(v, (dict, list, tuple, set, frozenset)) and len(path) >= MAX_DEPTH:
+        return path, f"value too deeply nested (more than {MAX_DEPTH} levels)"
+    if isinstance(v, dict):
+        subs = [(k, (1, k)) for k in v] + [(val, (0, k)) for k, val in v.items()]
+    elif isinstance(v, (list, tuple)):
+        subs = [(x, (0, i)) for i, x in enumerate(v)]
+    elif isinstance(v, (set, frozenset)):
+        subs = [(x, (2, None)) for x in v]
+    elif isinstance(v, _BASES):
+        return None
+    else:
+        t = type(v)
+        name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+        return path, f"cannot hash a value of type {name}"
+    return next(filter(None, (_locate(x, path + (seg,)) for x, seg in subs)), None)
+
+
+def _where(path: tuple) -> str:
+    """A location like ['train']['opt'] (long paths shortened)."""
+    fmt = {0: "[{!r}]", 1: "(key {!r})", 2: "{{set element}}"}
+    text = "".join(fmt[kind].format(k) for kind, k in path[:12]) + ("..." if len(path) > 12 else "")
+    return text or "the top level"
+
+
+# ----------------------------------------------------------------------------------- files, dirs
+
+
+def hash_file(path, stat_cache: StatCache | None = None) -> str:
+    """sha256 of the file's bytes, streamed; skipped when the stat cache knows the file."""
+    return _hash_file(path, os.stat(path), stat_cache)
+
+
+def _hash_file(path, st: os.stat_result, stat_cache: StatCache | None) -> str:
+    if stat_cache is not None and (known := stat_cache.get(path, st)) is not None:
+        return known
+    h, buf = hashlib.sha256(), bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    digest = h.hexdigest()
+    if stat_cache is not None:
+        after = os.stat(path)  # only remember what was not modified while we read it
+        if (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino):
+            stat_cache.put(path, after, digest)
+    return digest
+
+
+def hash_dir(path, stat_cache: StatCache | None = None) -> str:
+    """Hash of a tree's content: relative paths, kinds, file hashes, exec bits, link targets.
+    Independent of mtimes, of walk order and of where the tree lives; empty dirs count."""
+    return _dir(path, stat_cache)[0]
+
+
+def hash_path(path, stat_cache: StatCache | None = None) -> tuple[str, str, int]:
+    """(kind, hash, size) of a file or a directory (a symlink at the top is followed)."""
+    st = os.stat(path)  # FileNotFoundError if missing
+    if stat_mod.S_ISDIR(st.st_mode):
+        return ("dir", *_dir(path, stat_cache))
+    if stat_mod.S_ISREG(st.st_mode):
+        return "file", _hash_file(path, st, stat_cache), st.st_size
+    raise ValueError(f"cannot hash {path}: not a regular file or directory")
+
+
+def _dir(root, stat_cache: StatCache | None) -> tuple[str, int]:
+    entries, size, todo = [], 0, [(os.fspath(root), "")]
+    while todo:
+        abs_dir, rel_dir = todo.pop()
+        with os.scandir(abs_dir) as it:
+            for e in it:
+                rel = f"{rel_dir}{e.name}"
+                if e.is_symlink():
+                    entries.append((rel, "link", os.readlink(e.path)))
+                elif e.is_dir(follow_symlinks=False):
+                    entries.append((rel, "dir", None))
+                    todo.append((e.path, rel + "/"))
+                elif e.is_file(follow_symlinks=False):
+                    st = e.stat(follow_symlinks=False)
+                    digest = _hash_file(e.path, st, stat_cache)
+                    entries.append((rel, "file", (digest, bool(st.st_mode & stat_mod.S_IXUSR))))
+                    size += st.st_size
+                else:
+                    raise ValueError(f"cannot hash {e.path}: special file (fifo, socket or device)")
+    entries.sort(key=lambda entry: entry[0])
+    return hash_value(("dir-v1", entries)), size
+
+
+# ------------------------------------------------------------------------------------ stat cache
+
+
+class StatCache:
+    """Remembers file hashes by (size, mtime_ns, inode) so unchanged large files are hashed once.
+
+    Persisted as JSON, written atomically; concurrent savers merge with what is on disk and the
+    last writer wins on conflicts, which at worst costs a re-hash (every hit is re-validated)."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path is not None else None
+        self._entries: dict[str, list] | None = None
+        self._dirty: dict[str, list] = {}
+
+    def get(self, path, st: os.stat_result | None = None) -> str | None:
+        """The remembered hash if the file still has the same size, mtime and inode, else None."""
+        entry = self._load().get(os.path.abspath(path))
+        if entry is None:
+            return None
+        st = st if st is not None else os.stat(path)
+        return entry[3] if entry[:3] == [st.st_size, st.st_mtime_ns, st.st_ino] else None
+
+    def put(self, path, st: os.stat_result, digest: str) -> None:
+        """Remember a hash for the stat it was computed under (not if the mtime is racy)."""
+        if not _racy(st.st_mtime_ns):
+            key = os.path.abspath(path)
+            self._load()[key] = self._dirty[key] = [st.st_size, st.st_mtime_ns, st.st_ino, digest]
+
+    def save(self) -> None:
+        """Merge with the file on disk and write it atomically; failing only costs re-hashing."""
+        if self.path is not None and self._dirty:
+            merged = {**self._read(), **self._dirty}
+            if _write_json(self.path, {"version": 1, "entries": merged}):
+                self._entries, self._dirty = merged, {}
+
+    def _load(self) -> dict[str, list]:
+        if self._entries is None:
+            self._entries = self._read()
+        return self._entries
+
+    def _read(self) -> dict[str, list]:
+        entries = _read_json(self.path, 1, "entries")
+        return {k: v for k, v in entries.items() if isinstance(v, list) and len(v) == 4}
+
+
+def _racy(mtime_ns: int) -> bool:
+    """Changed so recently that another write could keep the same timestamp: don't remember it
+    (whole-second timestamps mean a coarse file system, e.g. FAT's 2 s: wait longer)."""
+    return time.time_ns() - mtime_ns < (20 * RACY_NS if mtime_ns % 1_000_000_000 == 0 else RACY_NS)
+
+
+def _read_json(path: Path | None, version, field: str) -> dict:
+    """data[field] of a versioned JSON cache file; unreadable, corrupt or stale means empty."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_bytes())
+        found = data[field] if data.get("version") == version else {}
+        if not isinstance(found, dict):
+            raise ValueError(f"{field} is not a mapping")
+        return found
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
+        log.warning("ignoring unreadable cache file %s: %s", path, e)
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> bool:
+    """Temp file in the same directory + os.replace (no fsync: a lost cache only costs time)."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        log.warning("could not save the cache file %s: %s", path, e)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        return False
+
+
+# ---------------------------------------------------------------------------------- fingerprints
+
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
+_MISSING = object()
+# ast.dump differs between Python versions: the persisted per-definition cache is valid for one.
+_FP_CACHE_VERSION = f"fingerprint-v1-py{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+class _Global(NamedTuple):
+    """A module-level name that is not a def, fingerprinted by the statements that bind it."""
+
+    module: types.ModuleType
+    name: str
+
+
+class Fingerprinter:
+    """Code fingerprints: the normalized AST of a function or class plus, transitively, of every
+    function, class and module-level name it uses that is defined in the user's project.
+
+    Formatting, comments and docstrings never change a fingerprint; any code change does. Create
+    one per run: a file is parsed at most once per stamp, and with `cache_path` each definition's
+    digest and names persist (call save()), so a re-run of unchanged code parses nothing."""
+
+    def __init__(self, project_root: Path, exclude: Sequence[Path] = (), cache_path: Path | None = None):
+        self.root = os.path.realpath(project_root)
+        self.exclude = [os.path.realpath(p) for p in exclude]
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self._started_ns = time.time_ns()
+        self._files: dict[str, dict] | None = None  # filename -> {"stamp": [...], "defs": {key: info}}
+        self._dirty = False
+        self._trees: dict[str, tuple] = {}  # filename -> (stamp, index, tree)
+        self._in_project: dict[str, bool] = {}
+        self._analysed: dict[int, tuple] = {}  # id(obj) -> (obj, items, refs)
+        self._digests: dict[int, tuple] = {}  # id(obj) -> (obj, digest)
+        self._globals: dict[tuple[str, str], _Global] = {}
+        self._edited: set[str] = set()
+
+    def fingerprint(self, obj: Any) -> str:
+        """Digest of obj (unwrapped) and its transitive project references, sorted by name."""
+        if isinstance(obj, (types.MethodType, staticmethod, classmethod)):
+            obj = obj.__func__
+        obj = _unwrap_chain(obj)[-1]
+        if not isinstance(obj, (types.FunctionType, type)):
+            raise TypeError(f"cannot fingerprint {obj!r}: not a function or a class")
+        if (done := self._digests.get(id(obj))) is not None:
+            return done[1]
+        items, seen, todo = set(), {id(obj)}, [obj]
+        while todo:  # a worklist, not recursion: helper graphs may be deep or cyclic
+            own_items, refs = self._analyse(todo.pop())
+            items.update(own_items)
+            for ref in refs:
+                if id(ref) not in seen:
+                    seen.add(id(ref))
+                    todo.append(ref)
+        digest = hash_value(("fingerprint-v1", _name(obj), sorted(items, key=lambda i: (i[1], i))))
+        self._digests[id(obj)] = (obj, digest)
+        return digest
+
+    def save(self) -> None:
+        """Persist the per-definition cache, merged with the file on disk; files changed just now
+        (racy stamps) and files that no longer exist are left out."""
+        if self.cache_path is not None and self._dirty:
+            files = {**self._read(), **self._load()}
+            files = {f: r for f, r in files.items()
+                     if os.path.exists(f) and not _racy(max(r["stamp"][1], r["stamp"][3]))}
+            self._dirty = not _write_json(self.cache_path, {"version": _FP_CACHE_VERSION, "files": files})
+
+    def is_project_file(self, filename: str) -> bool:
+        """Under the project root, not excluded, not the stdlib / installed packages / a venv."""
+        known = self._in_project.get(filename)
+        if known is None:
+            known = os.path.isfile(filename) and self._is_project_location(os.path.realpath(filename))
+            self._in_project[filename] = known
+        return known
+
+    def _is_project_location(self, real: str) -> bool:
+        return (_under(real, [self.root]) and not _under(real, self.exclude)
+                and not _under(real, _installed_code_dirs())
+                and not {"site-packages", "dist-packages"} & set(Path(real).parts))
+
+    def _is_project_obj(self, obj) -> bool:
+        if isinstance(obj, types.FunctionType):
+            return self.is_project_file(obj.__code__.co_filename)
+        filename = isinstance(obj, type) and getattr(sys.modules.get(obj.__module__), "__file__", None)
+        return bool(filename) and self.is_project_file(filename)
+
+    def _is_project_module(self, mod: types.ModuleType) -> bool:
+        if filename := getattr(mod, "__file__", None):
+            return self.is_project_file(filename)
+        return any(self._is_project_location(os.path.realpath(p)) for p in getattr(mod, "__path__", ()))
+
+    # -- one object: its own items and its direct references, memoized per object
+
+    def _analyse(self, obj) -> tuple[list, list]:
+        if (done := self._analysed.get(id(obj))) is not None:
+            return done[1], done[2]
+        refs, closure, kind, is_fn = [], {}, "code", isinstance(obj, types.FunctionType)
+        if isinstance(obj, _Global):
+            module, kind, name = obj.module, "global", f"{obj.module.__name__}:{obj.name}"
+            key, locate = f"v:{obj.name}", _binding_locator(obj.name)
+        elif isinstance(obj, type):
+            module, name = sys.modules.get(obj.__module__), _name(obj)
+            key, locate = f"c:{obj.__qualname__}:{getattr(obj, '__firstlineno__', '')}", _class_locator(obj)
+        else:
+            module, name, code, closure = _module_of(obj), _name(obj), obj.__code__, _closure_vars(obj)
+            key, locate = f"f:{code.co_name}:{code.co_firstlineno}", _function_locator(code)
+        filename = obj.__code__.co_filename if is_fn else getattr(module, "__file__", None)
+        info = self._definition(filename, key, locate) if filename else None
+        if info is not None:
+            digest, chains = info
+        elif isinstance(obj, _Global):  # bound by no statement we can see: its value stands in
+            value = getattr(module, obj.name, None)
+            digest, chains = _constant_digest(value) or hash_value(("opaque", type(value).__qualname__)), []
+        elif isinstance(obj, type):  # no locatable source: its members stand in
+            digest, chains = _class_fallback(obj, refs), []
+        else:  # lambda, exec'd or <stdin> code: hash the code object; co_names hold attributes too
+            names = _all_names(obj.__code__)
+            digest = hash_value(_code_struct(obj.__code__, obj))
+            chains = [(n,) for n in names] + [(a, b) for a in names for b in names]
+        items = [(kind, name, digest)]
+        namespace = obj.__globals__ if is_fn else getattr(module, "__dict__", {})
+        for chain in chains:
+            self._resolve(tuple(chain), closure, namespace, module, items, refs)
+        if isinstance(obj, type):
+            refs.extend(b for b in obj.__bases__ if self._is_project_obj(b))
+        self._analysed[id(obj)] = (obj, items, refs)
+        return items, refs
+
+    def _resolve(self, chain: tuple, closure: dict, namespace: dict, module, items: list, refs: list) -> None:
+        """Follow a name (and attributes through project modules) to what it ends at: a project
+        def is followed; a project module-level name is followed to the statements binding it
+        and, if immutable, also hashed by value (it may come from elsewhere: the environment)."""
+        head, owner = chain[0], None
+        if head.startswith("import:"):  # `from <module> import name` in a binding statement
+            value = sys.modules.get(_absolute(head[7:], getattr(module, "__package__", None)), _MISSING)
+        elif head in closure:
+            value = closure[head]
+        else:
+            value, owner = namespace.get(head, _MISSING), module
+        i = 0
+        while i + 1 < len(chain) and isinstance(value, types.ModuleType) and self._is_project_module(value):
+            owner, value, i = value, getattr(value, chain[i + 1], _MISSING), i + 1
+        if value is _MISSING or isinstance(value, types.ModuleType):
+            return
+        if defs := [c for c in _unwrap_chain(value) if self._is_project_obj(c)]:
+            refs.extend(defs)
+            return
+        if isinstance(value, (types.FunctionType, type)):
+            return  # defined in an installed package or the stdlib
+        project_global = owner is not None and self._is_project_module(owner)
+        digest = _constant_digest(value)
+        if digest is not None and (_frozen(value) or not project_global):  # mutable: by source only
+            label = owner.__name__ if owner is not None else namespace.get("__name__", "?")
+            items.append(("const", f"{label}:{chain[i]}", digest))
+        if project_global:
+            refs.append(self._globals.setdefault((owner.__name__, chain[i]), _Global(owner, chain[i])))
+
+    # -- definitions: [AST digest, reference chains], cached per file stamp
+
+    def _definition(self, filename: str, key: str, locate) -> list | None:
+        try:
+            st = os.stat(filename)
+        except OSError:
+            return None
+        if st.st_ctime_ns > self._started_ns:  # the source on disk may not be the imported code
+            if filename not in self._edited:
+                self._edited.add(filename)
+                log.warning("%s changed during this run: fingerprinting its code as imported", filename)
+            return None
+        # Inode and ctime too: a cached digest must never outlive an edit that restored the mtime.
+        files, stamp = self._load(), [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+        record = files.get(filename)
+        if record is None or record["stamp"] != stamp:
+            record = files[filename] = {"stamp": stamp, "defs": {}}
+        if key not in record["defs"]:
+            nodes = (parsed := self._parse(filename, stamp)) and locate(*parsed)
+            record["defs"][key] = [hashlib.sha256(_dump(nodes).encode()).hexdigest(),
+                                   sorted(_reference_chains(nodes))] if nodes else None
+            self._dirty = True
+        return record["defs"][key]
+
+    def _load(self) -> dict[str, dict]:
+        if self._files is None:
+            self._files = self._read()
+        return self._files
+
+    def _read(self) -> dict[str, dict]:
+        found = _read_json(self.cache_path, _FP_CACHE_VERSION, "files")
+        return {f: r for f, r in found.items() if isinstance(r, dict) and isinstance(r.get("defs"), dict)
+                and isinstance(r.get("stamp"), list) and len(r["stamp"]) == 4}
+
+    def _parse(self, filename: str, stamp: list) -> tuple[dict, ast.Module] | None:
+        """The tree with docstrings stripped and its (name, line) -> def index, once per stamp."""
+        cached = self._trees.get(filename)
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
+        try:
+            with open(filename, "rb") as f:
+                tree = ast.parse(f.read(), filename)
+        except (OSError, SyntaxError, ValueError):
+            return None
+        index, todo = {}, [tree]
+        while todo:  # statements only: definitions never hide inside expressions
+            node = todo.pop()
+            if isinstance(node, (*_DEFS, ast.Module)) and node.body and _is_docstring(node.body[0]):
+                node.body = node.body[1:] or [ast.Pass()]
+            if isinstance(node, _DEFS):
+                for line in (node.lineno, *(d.lineno for d in node.decorator_list)):
+                    index[(node.name, line)] = node
+            for field in _BODIES:
+                todo.extend(getattr(node, field, None) or ())
+        self._trees[filename] = (stamp, index, tree)
+        return index, tree
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_code_dirs() -> tuple[str, ...]:
+    """The stdlib, site-packages and the active virtualenv: never the user's project."""
+    keys, names = ("stdlib", "platstdlib", "purelib", "platlib"), ("base", "platbase", "installed_base",
+                                                                   "installed_platbase")
+    dirs = {os.path.realpath(sysconfig.get_paths(vars=dict.fromkeys(names, prefix))[key])
+            for prefix in {sys.prefix, sys.base_prefix} for key in keys}
+    if sys.prefix != sys.base_prefix:  # a virtualenv, even one inside the project
+        dirs.add(os.path.realpath(sys.prefix))
+    return tuple(sorted(dirs))
+
+
+def _function_locator(code: types.CodeType):
+    """co_firstlineno is the first decorator's line (or the def line): unique with the name."""
+    def locate(index: dict, tree: ast.Module):
+        node = index.get((code.co_name, code.co_firstlineno))
+        return [node] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+    return locate
+
+
+def _class_locator(cls: type):
+    """Classes carry no line before Python 3.13: walk the qualname through def/class bodies."""
+    def locate(index: dict, tree: ast.Module):
+        nodes: list = [tree]
+        for part in (p for p in cls.__qualname__.split(".") if p != "<locals>"):
+            nodes = [d for d in _defs_in(nodes[-1].body) if d.name == part]
+            if not nodes:
+                return None
+        first = getattr(cls, "__firstlineno__", None)  # 3.13+: disambiguates redefinitions
+        matches = [n for n in nodes if isinstance(n, ast.ClassDef)]
+        exact = [n for n in matches if first in (n.lineno, *(d.lineno for d in n.decorator_list))]
+        return (exact or matches)[-1:] or None
+    return locate
+
+
+def _binding_locator(name: str):
+    """The module-level statements (whole if/try blocks) that bind a global name."""
+    def binds(node: ast.AST) -> bool:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            return any((a.asname or a.name.split(".")[0]) == name for a in node.names)
+        return isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id == name
+
+    def locate(index: dict, tree: ast.Module):
+        return [s for s in tree.body if not isinstance(s, _DEFS) and any(map(binds, ast.walk(s)))] or None
+    return locate
+
+
+def _defs_in(body: list):
+    """Definitions directly in a body, looking inside if/try/with/for/match but not nested defs."""
+    for stmt in body:
+        if isinstance(stmt, _DEFS):
+            yield stmt
+        else:
+            for field in _BODIES:
+                yield from _defs_in(getattr(stmt, field, None) or [])
+
+
+def _is_docstring(stmt: ast.stmt) -> bool:
+    value = stmt.value if isinstance(stmt, ast.Expr) else None
+    return isinstance(value, ast.Constant) and isinstance(value.value, str)
+
+
+def _is_orch_decorator(expr: ast.expr) -> bool:
+    """@stage / @x.stage / @stage(...) / aggregate: orch hashes the declaration separately."""
+    if isinstance(expr, ast.Call):
+        expr = expr.func
+    name = expr.id if isinstance(expr, ast.Name) else expr.attr if isinstance(expr, ast.Attribute) else ""
+    return name.endswith(("stage", "aggregate"))
+
+
+def _dump(nodes: list) -> str:
+    """Fields only, no positions, so formatting never counts; orch's own decorators dropped."""
+    out = []
+    for node in nodes:
+        if isinstance(node, _DEFS):
+            node = copy.copy(node)  # shallow: only the top node's decorator list changes
+            node.decorator_list = [d for d in node.decorator_list if not _is_orch_decorator(d)]
+        out.append(ast.dump(node, annotate_fields=False, include_attributes=False))
+    return "\n".join(out)
+
+
+def _reference_chains(nodes: list) -> set[tuple[str, ...]]:
+    """Every loaded name, dotted chain (a.b.c) and from-import in the nodes, decorators included."""
+    chains = set()
+    for sub in (sub for node in nodes for sub in ast.walk(node)):
+        if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
+            chains.add((sub.id,))
+        elif isinstance(sub, ast.Attribute):
+            parts, base = [sub.attr], sub.value
+            while isinstance(base, ast.Attribute):
+                parts.append(base.attr)
+                base = base.value
+            if isinstance(base, ast.Name):
+                chains.add((base.id, *reversed(parts)))
+        elif isinstance(sub, ast.ImportFrom):
+            chains.update((f"import:{'.' * sub.level}{sub.module or ''}", a.name) for a in sub.names)
+    return chains
+
+
+def _absolute(module: str, package: str | None) -> str:
+    try:
+        return importlib.util.resolve_name(module, package) if module.startswith(".") else module
+    except (ImportError, ValueError):
+        return ""
+
+
+def _module_of(fn: types.FunctionType) -> types.ModuleType | None:
+    """The module whose namespace fn's globals are (none for exec'd code)."""
+    module = sys.modules.get(fn.__globals__.get("__name__"))
+    return module if module is not None and module.__dict__ is fn.__globals__ else None
+
+
+def _under(path: str, dirs: Sequence[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip(os.sep) + os.sep) for d in dirs)
+
+
+def _name(obj) -> str:
+    return f"{obj.__module__}:{obj.__qualname__}"
+
+
+def _unwrap_chain(obj) -> list:
+    """obj and everything behind its __wrapped__ links (stage objects, functools.wraps)."""
+    chain = [obj]
+    while len(chain) < 100:
+        try:  # proxies may raise anything from __getattr__
+            inner = getattr(chain[-1], "__wrapped__", None)
+        except Exception:
+            inner = None
+        if inner is None or any(inner is seen for seen in chain):
+            break
+        chain.append(inner)
+    return chain
+
+
+def _closure_vars(fn: types.FunctionType) -> dict:
+    out = {}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        try:
+            out[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            pass
+    return out
+
+
+def _frozen(value) -> bool:
+    if isinstance(value, (tuple, frozenset)):
+        return all(map(_frozen, value))
+    return isinstance(value, (type(None), bool, int, float, str, bytes))
+
+
+def _constant_digest(value) -> str | None:
+    """hash_value of small plain data; None for anything else or anything large."""
+    if isinstance(value, (tuple, list, dict, set, frozenset)) and len(value) > MAX_CONST_BYTES:
+        return None
+    try:
+        data = encode(value)
+    except TypeError:
+        return None
+    return hashlib.sha256(VALUE_PREFIX + data).hexdigest() if len(data) <= MAX_CONST_BYTES else None
+
+
+def _code_struct(code: types.CodeType, fn=None) -> list:
+    """What defines a code object's behaviour (Python-version specific), as plain data."""
+    def const(c):
+        if isinstance(c, types.CodeType):
+            return ("code", _code_struct(c))
+        if isinstance(c, tuple):
+            return ("tuple", [const(x) for x in c])
+        if isinstance(c, frozenset):
+            return ("frozenset", sorted(map(repr, c)))
+        return c if _constant_digest(c) is not None else ("repr", repr(c))  # complex, Ellipsis
+    out = ["code-v1", code.co_code, [const(c) for c in code.co_consts], list(code.co_names),
+           list(code.co_varnames), list(code.co_freevars), code.co_argcount, code.co_posonlyargcount,
+           code.co_kwonlyargcount, code.co_flags]
+    if fn is not None:
+        out += [const(fn.__defaults__ or ()), repr(sorted((fn.__kwdefaults__ or {}).items()))]
+    return out
+
+
+def _all_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names) | set(code.co_freevars)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _all_names(c)
+    return names
+
+
+def _class_fallback(cls: type, refs: list) -> str:
+    """A class without locatable source: hash its members' names and values, follow its methods."""
+    members = []
+    for key, value in sorted(vars(cls).items()):
+        value = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+        if isinstance(value, property):
+            refs.extend(f for f in (value.fget, value.fset, value.fdel) if f is not None)
+            members.append((key, "property"))
+        elif isinstance(value, types.FunctionType):
+            refs.append(value)
+            members.append((key, "function"))
+        elif not (key.startswith("__") and key.endswith("__")):
+            members.append((key, _constant_digest(value) or type(value).__qualname__))
+    return hash_value(("class-nosrc-v1", members))

@@ -1,0 +1,159 @@
+"""Planning and the run loop in-process, on the in-memory store twin and on disk."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import PickleCacher, stage
+from orchestrator.executors import InProcessExecutor
+from orchestrator.graph import Graph
+from orchestrator.hashing import Fingerprinter
+from orchestrator.params import ParamSet
+from orchestrator.plan import CACHED, PENDING, RUN, PlanContext, forced_nodes, plan
+from orchestrator.runner import Runner
+from orchestrator.store import DiskStore, MemoryStore
+
+CALLS: list[str] = []
+
+
+@stage(outputs=["data"], cachers=[PickleCacher])
+def make(record):
+    CALLS.append("make")
+    return list(range(record.params.n))
+
+
+@stage(inputs=["data"], outputs=["total"], cachers=[PickleCacher])
+def total(record, data):
+    CALLS.append("total")
+    return sum(data) * record.params.k
+
+
+@stage(inputs=["total"], outputs=["report"], cachers=[PickleCacher])
+def report(record, total):
+    CALLS.append("report")
+    return f"total={total}"
+
+
+@stage(inputs=["x"], outputs=["x"], cachers=[PickleCacher])
+def step(record, x):
+    return x + 1
+
+
+@stage(outputs=["x"], cachers=[PickleCacher])
+def start(record):
+    return 0
+
+
+@pytest.fixture(params=["memory", "disk"])
+def store(request, tmp_path):
+    return MemoryStore() if request.param == "memory" else DiskStore(tmp_path / "cache")
+
+
+def _graph(sets: dict[str, dict], wire) -> Graph:
+    g = Graph([ParamSet(name, values, "<test>") for name, values in sets.items()])
+    for name in sets:
+        wire(g.new_record(g.param_sets[name]))
+    return g
+
+
+def _pipeline(record):
+    report(total(make(record)))
+
+
+def _ctx(store, graph, **kw) -> PlanContext:
+    root = Path(__file__).parent
+    orch = Path(sys.modules["orchestrator"].__file__).parent
+    return PlanContext(store=store, fingerprinter=Fingerprinter(root, exclude=[orch]), project_root=root,
+                       forced=forced_nodes(graph, kw.pop("overwrite_stages", [])), **kw)
+
+
+def _run(store, graph, **kw):
+    ctx = _ctx(store, graph, **kw)
+    decisions = plan(graph, ctx)
+    runner = Runner(graph, ctx, decisions, InProcessExecutor(store))
+    return decisions, runner.run(), runner
+
+
+def test_fresh_plan_runs_roots_and_pends_the_rest(store):
+    g = _graph({"a": {"n": 3, "k": 2}}, _pipeline)
+    decisions = plan(g, _ctx(store, g))
+    assert [d.state for d in decisions] == [RUN, PENDING, PENDING]
+    assert decisions[1].reason == "waits on make"
+    assert decisions[0].reason == "never ran for this parameter set"
+
+
+def test_run_then_everything_cached_and_values_correct(store):
+    CALLS.clear()
+    g = _graph({"a": {"n": 3, "k": 2}}, _pipeline)
+    _, outcomes, runner = _run(store, g)
+    assert [o.status for o in outcomes] == ["ran", "ran", "ran"]
+    assert CALLS == ["make", "total", "report"]
+    assert runner._st.values == {}  # every in-memory artifact freed after its last consumer
+    CALLS.clear()
+    g2 = _graph({"a": {"n": 3, "k": 2}}, _pipeline)
+    decisions = plan(g2, _ctx(store, g2))
+    assert [d.state for d in decisions] == [CACHED] * 3
+    entry = decisions[2].entry
+    path = store.object_path(__import__("orchestrator.store", fromlist=["ObjectInfo"]).ObjectInfo.from_json(
+        entry["outputs"]["report"]["object"]))
+    assert PickleCacher().load(str(path)) == "total=6"
+    assert CALLS == []
+
+
+def test_parameter_change_explains_itself_and_keeps_upstream(store):
+    g = _graph({"a": {"n": 3, "k": 2}}, _pipeline)
+    _run(store, g)
+    g2 = _graph({"a": {"n": 3, "k": 5}}, _pipeline)
+    decisions = plan(g2, _ctx(store, g2))
+    assert [d.state for d in decisions] == [CACHED, RUN, PENDING]
+    assert decisions[1].reason == "parameter k changed: 2 -> 5"
+
+
+def test_early_cutoff_at_run_time(store):
+    g = _graph({"a": {"n": 3, "k": 2}}, _pipeline)
+    _run(store, g)
+    # total = 3*2 = 6 again with k=3 and n=... no: make a change that keeps total's output
+    g2 = _graph({"a": {"n": 3, "k": 2, "unused": 1}}, _pipeline)
+    _, outcomes, _ = _run(store, g2, overwrite_stages=["make"])
+    assert [o.status for o in outcomes] == ["ran", "ran", "ran"]
+    g3 = _graph({"a": {"n": 3, "k": 2}}, _pipeline)
+    _, outcomes, _ = _run(store, g3)
+    assert [o.status for o in outcomes] == ["cached"] * 3
+
+
+def test_overwrite_stage_forces_downstream_only(store):
+    g = _graph({"a": {"n": 3, "k": 2}}, _pipeline)
+    assert forced_nodes(g, ["total"]) == {1, 2}
+    assert forced_nodes(g, []) == set()
+
+
+def test_ten_thousand_node_chain_plans_and_runs_without_recursion(store):
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)  # any recursion over the graph would blow up
+    try:
+        def wire(record):
+            start(record)
+            for _ in range(9_999):
+                step(record)
+
+        g = _graph({"a": {}}, wire)
+        assert len(g.nodes) == 10_000
+        ctx = _ctx(store, g)
+        decisions = plan(g, ctx)
+        assert decisions[0].state == RUN and decisions[-1].state == PENDING
+        assert len(g.downstream({0})) == 10_000
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_failure_skips_dependents_and_keeps_others(store, monkeypatch):
+    g = _graph({"a": {"n": 3, "k": 2}, "b": {"n": 3, "k": None}}, _pipeline)
+    _, outcomes, _ = _run(store, g)
+    by = {(o.node.stage.name, o.node.set_name): o for o in outcomes}
+    assert by[("total", "b")].status == "failed" and by[("total", "b")].error_type == "TypeError"
+    assert by[("report", "b")].status == "skipped" and by[("report", "b")].skipped_because == "total[b]"
+    assert by[("report", "a")].status == "ran"
+    assert by[("make", "b")].status == "cached"  # shared with set a: same code, inputs and reads
