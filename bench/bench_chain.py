@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ORCH, env_info, time_cli, write_chain_project  # noqa: E402
+from common import ORCH, bench_env, env_info, time_cli, write_chain_project  # noqa: E402
 
 
 def main(stages: int = 200) -> None:
@@ -21,7 +21,7 @@ def main(stages: int = 200) -> None:
         root = write_chain_project(Path(tmp) / "proj", stages)
         args = ["run", "experiment.py", "-p", "params/p.yaml", "-q"]
         t0 = time.perf_counter()
-        subprocess.run(ORCH + args, cwd=root, check=True, capture_output=True)
+        subprocess.run(ORCH + args, cwd=root, check=True, capture_output=True, env=bench_env())
         first = time.perf_counter() - t0
         cached_med, cached_min, _ = time_cli(args, root, repeat=7)
         help_med, help_min, _ = time_cli(["--help"], root, repeat=7)

@@ -38,12 +38,19 @@ def time_cli(args: list[str], cwd: Path, repeat: int = 5) -> tuple[float, float,
     times, rss = [], 0
     for _ in range(repeat):
         t0 = time.perf_counter()
-        proc = subprocess.run(ORCH + args, cwd=cwd, capture_output=True, text=True)
+        proc = subprocess.run(ORCH + args, cwd=cwd, capture_output=True, text=True, env=bench_env())
         times.append(time.perf_counter() - t0)
         if proc.returncode != 0:
             raise SystemExit(f"orch {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
         rss = max(rss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return statistics.median(times), min(times), rss
+
+
+def bench_env() -> dict:
+    """The environment users have: bytecode caching on (some sandboxes turn it off globally)."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def env_info() -> str:

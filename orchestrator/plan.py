@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .graph import Graph, Node
-from .hashing import Fingerprinter, hash_path, hash_value
+from .hashing import Fingerprinter, StatCache, hash_path, hash_value
 from .params import MISSING, is_ignored, resolve, traced_value
 from .store import ObjectInfo, Store
 
@@ -42,14 +42,23 @@ class PlanContext:
     overwrite: bool = False
     forced: set[int] = field(default_factory=set)
     _fingerprints: dict[str, str] = field(default_factory=dict)
+    _declarations: dict[str, str] = field(default_factory=dict)
     _read_hashes: dict[tuple[str, str, tuple], str] = field(default_factory=dict)
     _file_hashes: dict[str, str | None] = field(default_factory=dict)
+    #: stage id -> {read signature: (parameter paths, file names)} seen in its entries
+    signatures: dict[str, dict[str, tuple]] = field(default_factory=dict)
 
     def fingerprint(self, node: Node) -> str:
         fp = self._fingerprints.get(node.stage.id)
         if fp is None:
             fp = self._fingerprints[node.stage.id] = self.fingerprinter.fingerprint(node.stage.fn)
         return fp
+
+    def declaration_hash(self, node: Node) -> str:
+        h = self._declarations.get(node.stage.id)
+        if h is None:
+            h = self._declarations[node.stage.id] = hash_value(node.stage.declaration())
+        return h
 
     def read_hash(self, set_name: str, params: dict, path: str, ignore: tuple) -> str:
         memo_key = (set_name, path, ignore)
@@ -63,11 +72,30 @@ class PlanContext:
             p = Path(name)
             if not p.is_absolute():
                 p = self.project_root / p
+            stat_cache = stat_cache_for(self.store)
             try:
-                self._file_hashes[name] = hash_path(p)[1]
+                self._file_hashes[name] = hash_path(p, stat_cache)[1]
             except FileNotFoundError:
                 self._file_hashes[name] = None
+            if stat_cache is not None:
+                stat_cache.save()  # a no-op unless this file was hashed just now
         return self._file_hashes[name]
+
+
+_STAT_CACHES: dict[str, StatCache] = {}
+
+
+def stat_cache_for(store: Store) -> StatCache | None:
+    """The stat cache persisted in the cache directory (`stat-cache.json`), one per process and
+    store: tracked and referenced files that are unchanged by (size, mtime_ns, inode) are never
+    hashed again. None for a store without a directory (the in-memory test store)."""
+    root = getattr(store, "root", None)
+    if root is None:
+        return None
+    cache = _STAT_CACHES.get(str(root))
+    if cache is None:
+        cache = _STAT_CACHES[str(root)] = StatCache(Path(root) / "stat-cache.json")
+    return cache
 
 
 def read_value_hash(value: Any) -> str:
@@ -78,7 +106,16 @@ def read_value_hash(value: Any) -> str:
 
 
 def trace_id(reads: dict[str, str], files: dict[str, str]) -> str:
-    return hash_value(("trace", sorted(reads.items()), sorted(files.items())))[:32]
+    """Name of an entry: "<signature>-<values>". The signature covers *which* parameters and files
+    were read, the rest their values, so a lookup that knows a stage's usual reads can predict the
+    name of a matching entry and open it directly instead of reading every entry of the key."""
+    sig = trace_signature(reads, files)
+    values = hash_value(("trace", sorted(reads.items()), sorted(files.items())))
+    return f"{sig}-{values[:40]}"
+
+
+def trace_signature(reads, files) -> str:
+    return hash_value(("reads", sorted(reads), sorted(files)))[:16]
 
 
 def key_components(node: Node, graph: Graph, input_hashes: list[str | None], ctx: PlanContext) -> dict | None:
@@ -93,7 +130,7 @@ def key_components(node: Node, graph: Graph, input_hashes: list[str | None], ctx
         "stage": stage.id,
         "version": stage.version,
         "code": ctx.fingerprint(node),
-        "decl": hash_value(stage.declaration()),
+        "decl": ctx.declaration_hash(node),
         "inputs": inputs,
     }
     if stage.kind == "aggregate":
@@ -103,7 +140,8 @@ def key_components(node: Node, graph: Graph, input_hashes: list[str | None], ctx
 
 
 def node_key(components: dict) -> str:
-    return hash_value((KEY_VERSION, sorted(components.items(), key=lambda kv: kv[0])))
+    static = {k: v for k, v in components.items() if k != "inputs"}
+    return hash_value((KEY_VERSION, hash_value(sorted(static.items())), sorted(components["inputs"].items())))
 
 
 def head_key(node: Node) -> str:
@@ -134,19 +172,45 @@ def _show(v: Any) -> str:
 
 
 def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> tuple[dict | None, str]:
-    """Find an entry of `key` whose trace matches; else the reason for the miss."""
-    entries = ctx.store.get_entries(key)
+    """Find an entry of `key` whose trace matches; else the reason for the miss.
+
+    Fast path: for each read signature this stage is known to have, predict the trace id from the
+    current parameter and file values and open that one entry. Slow path (first sight of a stage, or
+    a miss): read all entries of the key, learning their signatures for the nodes that follow."""
+    known = ctx.signatures.setdefault(node.stage.id, {})
+    for reads, files in known.values():
+        tid = _predicted_trace_id(node, params, reads, files, ctx)
+        entry = ctx.store.get_entry(key, tid) if tid is not None else None
+        if entry is not None and _outputs_present(entry, ctx) is None:
+            return entry, ""
     first_reason = None
-    for entry in entries:
-        why = check_trace(entry, node, params, ctx)
+    for entry in ctx.store.get_entries(key):
+        sig = entry["trace_id"].split("-", 1)[0]
+        if sig not in known:
+            known[sig] = (tuple(entry.get("reads", {})), tuple(entry.get("files", {})))
+        why = check_trace(entry, node, params, ctx) or _outputs_present(entry, ctx)
         if why is None:
-            missing = [name for name, out in entry["outputs"].items()
-                       if not ctx.store.has_object(ObjectInfo.from_json(out["object"]))]
-            if not missing:
-                return entry, ""
-            why = f"stored output {', '.join(missing)} is missing or damaged"
+            return entry, ""
         first_reason = first_reason or why
     return None, first_reason or ""
+
+
+def _predicted_trace_id(node: Node, params: dict, reads: tuple, files: tuple, ctx: PlanContext) -> str | None:
+    ignore = node.stage.ignore
+    read_hashes = {p: ctx.read_hash(node.set_name, params, p, ignore) for p in reads}
+    file_hashes = {}
+    for name in files:
+        h = ctx.file_hash(name)
+        if h is None:
+            return None
+        file_hashes[name] = h
+    return trace_id(read_hashes, file_hashes)
+
+
+def _outputs_present(entry: dict, ctx: PlanContext) -> str | None:
+    missing = [name for name, out in entry["outputs"].items()
+               if not ctx.store.has_object(ObjectInfo.from_json(out["object"]))]
+    return f"stored output {', '.join(missing)} is missing or damaged" if missing else None
 
 
 def explain_new_key(node: Node, comp: dict, ctx: PlanContext) -> str:
@@ -211,7 +275,12 @@ def output_hashes(entry: dict) -> dict[str, str]:
 
 
 def plan(graph: Graph, ctx: PlanContext) -> list[Decision]:
-    """Decide every node assuming nothing runs yet: downstream of a node that must run is pending."""
+    """Decide every node assuming nothing runs yet: downstream of a node that must run is pending.
+
+    Every stage is fingerprinted now, before anything runs: code edited during a long run must not
+    be attributed to the nodes that run later."""
+    for node in graph.nodes:
+        ctx.fingerprint(node)
     decisions: list[Decision] = []
     known: list[dict[str, str] | None] = []  # output content hashes of cached nodes
     for node in graph.nodes:

@@ -72,7 +72,8 @@ def make_context(root: Path, store, project_root: Path, graph: Graph, overwrite:
     from .plan import PlanContext, forced_nodes
 
     orch_pkg = Path(__file__).resolve().parent
-    return PlanContext(store=store, fingerprinter=Fingerprinter(project_root, exclude=[orch_pkg]),
+    fingerprinter = Fingerprinter(project_root, exclude=[orch_pkg], cache_path=root / "fingerprints.json")
+    return PlanContext(store=store, fingerprinter=fingerprinter,
                        project_root=project_root, overwrite=overwrite,
                        forced=forced_nodes(graph, overwrite_stages))
 
@@ -97,8 +98,72 @@ class RunResult:
         return c
 
 
-def run(opts: RunOptions, on_done: Callable = lambda o: None) -> RunResult:
-    from .executors import InProcessExecutor
+def run(opts: RunOptions, on_done: Callable = lambda o: None, launch=None) -> RunResult:
+    """The run as a single process, or as rank 0 of an MPI / torchrun launch (`launch`, see
+    orchestrator.launch): the other ranks are in `serve` and are released whatever happens here."""
+    leader = _open_leader(opts, launch) if launch is not None and launch.kind != "local" else None
+    code = 1
+    try:
+        result = _run(opts, on_done, leader)
+        code = 1 if result.failed else 0
+        return result
+    finally:
+        if leader is not None:
+            leader.close(code)
+
+
+def serve(opts: RunOptions, launch) -> int:
+    """Ranks other than 0: execute what rank 0 sends until it is done; returns the exit code."""
+    from .executors import WorkerConfig
+
+    experiment = Path(opts.experiment).resolve()
+    config = WorkerConfig(str(cache_root(experiment, opts.cache)), str(experiment))
+    if launch.kind == "mpi":
+        from .executors_mpi import serve as serve_mpi
+
+        return serve_mpi(launch.comm)
+    from .executors_torchrun import Channel, channel_dir, follow
+
+    started = time.time()
+    channel = Channel(channel_dir(Path(config.store_root), experiment, opts.argv), launch.rank, launch.size)
+    return follow(channel, config, started)
+
+
+def _open_leader(opts: RunOptions, launch):
+    """Rank 0's executor, made first thing so that the other ranks hear from it even if loading or
+    planning fails (they get rank 0's exit code instead of waiting forever)."""
+    from .executors import WorkerConfig
+
+    experiment = Path(opts.experiment).resolve()
+    root = cache_root(experiment, opts.cache)
+    if launch.kind == "mpi":
+        from .executors_mpi import MPIExecutor
+
+        leader = MPIExecutor(launch.comm)
+        leader.configure(WorkerConfig(str(root), str(experiment)))  # workers import the experiment meanwhile
+        return leader
+    from .executors_torchrun import Channel, TorchrunLeader, channel_dir
+
+    channel = Channel(channel_dir(root, experiment, opts.argv), launch.rank, launch.size)
+    channel.open()
+    return TorchrunLeader(channel)
+
+
+def _executor(opts: RunOptions, leader, store, root: Path, experiment: Path):
+    from .executors import InProcessExecutor, PoolExecutor, WorkerConfig
+
+    if leader is not None:
+        from .executors_torchrun import TorchrunLeader
+
+        if isinstance(leader, TorchrunLeader):
+            leader.configure(store)  # it runs nodes itself, in this process
+        return leader
+    if opts.parallel > 1:
+        return PoolExecutor(opts.parallel, WorkerConfig(str(root), str(experiment)))
+    return InProcessExecutor(store)
+
+
+def _run(opts: RunOptions, on_done: Callable, leader) -> RunResult:
     from .loader import load_experiment
     from .plan import plan
     from .runner import NodeOutcome, Runner
@@ -114,15 +179,17 @@ def run(opts: RunOptions, on_done: Callable = lambda o: None) -> RunResult:
     store = DiskStore(root)
     ctx = make_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages)
     decisions = plan(graph, ctx)
+    ctx.fingerprinter.save()
     if opts.dry:
         outcomes = [NodeOutcome(n, status=d.state, key=d.key, reason=d.reason) for n, d in zip(graph.nodes, decisions)]
         return RunResult(None, outcomes, decisions, graph, time.perf_counter() - t0, root)
     log = RunLog(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
-    executor = InProcessExecutor(store)
+    executor = _executor(opts, leader, store, root, experiment)
     try:
         outcomes = Runner(graph, ctx, decisions, executor, on_done, log.log_dir).run()
     finally:
-        executor.close()
+        if executor is not leader:  # the leader is closed by run(), with the exit code
+            executor.close()
     result = RunResult(log.run_id, outcomes, decisions, graph, time.perf_counter() - t0, root)
     status = "failed" if result.failed else "ok"
     log.finish(status, [node_record(o) for o in outcomes], result.counts())

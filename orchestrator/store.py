@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from .errors import DamagedObjectError, StoreError
 from .fsutil import atomic_write_bytes, atomic_write_json, make_readonly, make_writable_dir, rmtree_force
 
 log = logging.getLogger(__name__)
+_STAGING_COUNTER = itertools.count()
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")  # a key or trace id: one safe path component
 _HASH_RE = re.compile(r"[0-9a-f]{64}\Z")
@@ -152,39 +154,74 @@ def _thread_lock_for(path: str) -> threading.Lock:
 
 
 class _FileNodeLock(NodeLock):
-    def __init__(self, path: str):
-        import filelock  # lazy: costs ~35 ms, and a fully cached run takes no lock
+    """flock(2) on a per-node lock file, as filelock's UnixFileLock does, minus its per-call
+    bookkeeping (a lock per executed node is on the hot path). The kernel drops the lock when the
+    holder dies, so a kill -9 never leaves a stale lock."""
 
+    _POLL = 0.05  # seconds between tries when a timeout is given (a blocking wait sleeps in the kernel)
+
+    def __init__(self, path: str):
         self._path = path
         self._thread_lock = _thread_lock_for(path)
-        self._file_lock = filelock.FileLock(path, thread_local=False, fallback_to_soft=False)
-        self._timeout_error = filelock.Timeout
+        self._fd: int | None = None
 
     def acquire(self, timeout: float = -1) -> bool:
         deadline = time.monotonic() + timeout
         if not _acquire_thread_lock(self._thread_lock, timeout):
             return False
         try:
-            self._file_lock.acquire(timeout=-1 if timeout < 0 else max(0.0, deadline - time.monotonic()))
-        except self._timeout_error:
+            fd = self._open()
+        except BaseException:
             self._thread_lock.release()
-            return False
+            raise
+        try:
+            if not self._flock(fd, timeout, deadline):
+                os.close(fd)
+                self._thread_lock.release()
+                return False
+        except BaseException:
+            os.close(fd)
+            self._thread_lock.release()
+            raise
+        self._fd = fd
+        return True
+
+    def _open(self) -> int:
+        try:
+            return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the locks directory was removed (orch cache gc): make it again
+            os.makedirs(os.path.dirname(self._path), exist_ok=True)
+            return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+
+    def _flock(self, fd: int, timeout: float, deadline: float) -> bool:
+        import fcntl
+
+        try:
+            if timeout < 0:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return True
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    time.sleep(min(self._POLL, left))
         except OSError as e:
-            self._thread_lock.release()
-            if e.errno == errno.ENOSYS:
+            if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
                 raise StoreError(
                     f"cannot lock {self._path}: its filesystem does not support flock; mount it with "
                     "flock support or put the cache elsewhere (--cache DIR / ORCH_CACHE)"
                 ) from e
             raise
-        except BaseException:
-            self._thread_lock.release()
-            raise
-        return True
 
     def release(self) -> None:
+        fd, self._fd = self._fd, None
         try:
-            self._file_lock.release()
+            if fd is not None:
+                os.close(fd)  # closing the only descriptor releases the flock
         finally:
             self._thread_lock.release()
 
@@ -223,6 +260,10 @@ class Store(abc.ABC):
         """All entries under a node key, newest first by entry["created"]; unreadable ones are skipped
         with a warning, never an exception (a damaged entry is a cache miss)."""
 
+    @abc.abstractmethod
+    def get_entry(self, key: str, trace_id: str) -> dict | None:
+        """One entry by name, or None: the fast path of a lookup whose trace id is predicted."""
+
     def get_entries_many(self, keys: Iterable[str]) -> dict[str, list[dict]]:
         """Entries of many keys at once (the planner looks nodes up in batches)."""
         return {key: self.get_entries(key) for key in keys}
@@ -242,6 +283,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def lock(self, key: str) -> NodeLock:
         """An exclusive lock for computing the node `key` (across threads and processes)."""
+
+    def new_staging_path(self, prefix: str = "") -> Path:
+        """A fresh, unique path in the staging area on the objects' filesystem, *not created*: a
+        stage that never asks for a staging directory costs no mkdir/rmdir (slow on some disks)."""
+        return Path(self._tmp_root()) / f"{prefix}-{os.getpid()}-{next(_STAGING_COUNTER)}-{os.urandom(4).hex()}"
+
+    @abc.abstractmethod
+    def _tmp_root(self) -> str:
+        """The existing directory staging paths live in."""
 
     @abc.abstractmethod
     def new_staging_dir(self, prefix: str = "") -> Path:
@@ -431,6 +481,9 @@ class DiskStore(Store):
         entries.sort(key=_created, reverse=True)
         return entries
 
+    def get_entry(self, key: str, trace_id: str) -> dict | None:
+        return _read_entry(os.path.join(self._entry_dir(key), _check_name("trace id", trace_id) + ".json"))
+
     def put_entry(self, key: str, entry: dict) -> None:
         name = _check_name("trace id", entry["trace_id"])
         atomic_write_json(os.path.join(self._entry_dir(key), name + ".json"), entry)  # makes the dir
@@ -450,11 +503,14 @@ class DiskStore(Store):
     # -- locks, staging ------------------------------------------------------------------------
     def lock(self, key: str) -> NodeLock:
         _check_name("node key", key)
-        lock_dir = self._ensure_dir(os.path.join(self._locks, key[:2]))  # filelock re-creates it if gone
+        lock_dir = self._ensure_dir(os.path.join(self._locks, key[:2]))  # re-created by the lock if gone
         return _FileNodeLock(os.path.join(lock_dir, key + ".lock"))
 
     def new_staging_dir(self, prefix: str = "") -> Path:
         return Path(self._in_dir(self._tmp, tempfile.mkdtemp, "", prefix, self._tmp))
+
+    def _tmp_root(self) -> str:
+        return self._ensure_dir(self._tmp)
 
 
 def _check_root(root: Path) -> None:
@@ -593,6 +649,10 @@ class MemoryStore(Store):
         texts = list(self._entries.get(_check_name("node key", key), {}).values())
         return sorted((json.loads(t) for t in texts), key=_created, reverse=True)
 
+    def get_entry(self, key: str, trace_id: str) -> dict | None:
+        text = self._entries.get(_check_name("node key", key), {}).get(_check_name("trace id", trace_id))
+        return None if text is None else json.loads(text)
+
     def put_entry(self, key: str, entry: dict) -> None:
         name = _check_name("trace id", entry["trace_id"])
         text = json.dumps(entry, separators=(",", ":"))  # fails like the disk store on bad values
@@ -611,9 +671,12 @@ class MemoryStore(Store):
             return _ThreadNodeLock(self._locks.setdefault(_check_name("node key", key), threading.Lock()))
 
     def new_staging_dir(self, prefix: str = "") -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self._tmp_root()))
+
+    def _tmp_root(self) -> str:
         tmp = os.path.join(self._private_dir(), "tmp")
         os.makedirs(tmp, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
+        return tmp
 
 
 def _read_file(path: str) -> bytes:

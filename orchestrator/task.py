@@ -7,6 +7,7 @@ their cachers into the store and writes the entry. Everything it needs travels i
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pickle
 import time
@@ -14,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cachers import Cacher, LazyArtifact
-from .errors import DamagedObjectError, OrchError, StageOutputError, user_traceback
+from .cachers import Cacher, LazyArtifact, OutputTarget
+from .errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
 from .fsutil import rmtree_force
 from .hashing import hash_bytes, hash_value
 from .params import MISSING
-from .record import Record
+from .record import Record, current_record
 from .store import ObjectInfo, Store
 
 @dataclass(slots=True)
@@ -53,6 +54,14 @@ class Task:
     hash_memory_outputs: bool = False
     log_path: str | None = None
     force: bool = False  # --overwrite/--overwrite-stage/damaged: never accept an existing entry
+    # The lock's name (orchestrator.lockscope): the key plus the parameter values the stage visibly
+    # reads, so sweep points sharing a key run at once and one computation still runs once.
+    lock_scope: str | None = None
+    # Other processes (pool workers, MPI ranks) send back only what the coordinator cannot read
+    # from the store: in-memory outputs, never stored arrays.
+    return_cached_values: bool = True
+    # False on torchrun ranks other than 0: run the stage function in step with rank 0, store nothing.
+    save: bool = True
 
 
 @dataclass
@@ -77,12 +86,18 @@ def import_stage(ref: tuple[str, str]):
     return obj
 
 
-def execute(task: Task, store: Store, stage=None) -> TaskResult:
-    """Run one node and store its outputs; never raises for a stage failure (returns it)."""
+def execute(task: Task, store: Store, stage=None, gate=None) -> TaskResult:
+    """Run one node and store its outputs; never raises for a stage failure (returns it).
+
+    `gate` (torchrun rank 0) is told when the stage function is about to be called (inside the lock,
+    after the re-check and loading the inputs) and when it returned: `gate.begin(task)`, then
+    `gate.end(task, failure) -> TaskResult | None`, where failure is this process's failed result or
+    None, and a result returned replaces it (the failure as seen from every rank); nothing is saved
+    unless every rank succeeded."""
     stage = stage if stage is not None else import_stage(task.stage_ref)
     start = time.perf_counter()
-    cacheable = stage.cached and task.key is not None
-    lock = store.lock(task.key) if cacheable else None
+    cacheable = stage.cached and task.key is not None and task.save
+    lock = store.lock(task.lock_scope or task.key) if cacheable else None
     if lock is not None:
         lock.acquire()
     try:
@@ -90,7 +105,7 @@ def execute(task: Task, store: Store, stage=None) -> TaskResult:
             entry = _recheck(task, store, stage)
             if entry is not None:
                 return TaskResult(task.node_id, "cached", entry=entry, duration=time.perf_counter() - start)
-        return _run(task, store, stage, start)
+        return _run(task, store, stage, start, gate)
     finally:
         if lock is not None:
             lock.release()
@@ -118,39 +133,63 @@ class _NodeView:
     set_name: str
 
 
-def _run(task: Task, store: Store, stage, start: float) -> TaskResult:
-    staging = store.new_staging_dir(prefix=stage.name)
+def _run(task: Task, store: Store, stage, start: float, gate=None) -> TaskResult:
+    staging = store.new_staging_path(prefix=stage.name)  # created only if the stage asks for it
     try:
         try:
             kwargs = _load_inputs(task, store)
         except _DamagedInput as e:
             return TaskResult(task.node_id, "damaged", error=str(e.error), damaged_producer=e.producer)
+        except ArtifactLoadError as e:
+            return _failure(task, e, 0.0)
         record = Record(task.params, task.set_name, staging_dir=staging, project_root=task.project_root,
                         ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path)
+        from .plan import stat_cache_for
+
+        record.stat_cache = stat_cache_for(store)
+        if gate is not None:
+            gate.begin(task)
         t0 = time.perf_counter()
+        token = current_record.set(record)
         try:
             result = stage.fn(record, **kwargs)
         except (Exception, SystemExit) as e:  # the stage's own failure: reported, never fatal to the run
-            return _failure(task, e, time.perf_counter() - t0)
+            failure = _failure(task, e, time.perf_counter() - t0)
+            return (gate.end(task, failure) if gate is not None else None) or failure
+        finally:
+            current_record.reset(token)
         fn_time = time.perf_counter() - t0
         del kwargs
+        if gate is not None:
+            failed_elsewhere = gate.end(task, None)
+            if failed_elsewhere is not None:
+                return failed_elsewhere
+        if not task.save:
+            return TaskResult(task.node_id, "ran", duration=fn_time)
         try:
             values = _split_outputs(stage, result)
-            entry_outputs = _save_outputs(stage, values, staging, store)
+            entry_outputs = _save_outputs(stage, values, staging, store, record)
         except OrchError as e:
             return _failure(task, e, fn_time)
+        if record.stat_cache is not None:
+            record.stat_cache.save()
         res = TaskResult(task.node_id, "ran", duration=fn_time)
         res.values = values
         if task.hash_memory_outputs:
             res.hashes = {o.name: _memory_hash(values[o.name]) for o in stage.outputs if o.cacher is None}
         res.hashes.update({name: out["object"]["hash"] for name, out in entry_outputs.items()})
+        for spec in stage.outputs:  # Lazy: saved, memory freed now; consumers load what is stored
+            if spec.lazy or (spec.cacher is not None and not spec.cacher.keep_in_memory(values.get(spec.name))):
+                values.pop(spec.name, None)
+            elif spec.cacher is not None and not task.return_cached_values:
+                values.pop(spec.name, None)
         if stage.cached and task.key is not None:
             res.entry = _write_entry(task, store, record, entry_outputs, fn_time)
         else:
             res.entry = {"outputs": entry_outputs, "reads": _reads(record)[0]}
         return res
     finally:
-        rmtree_force(staging)
+        rmtree_force(staging, missing_ok=True)
 
 
 def _load_inputs(task: Task, store: Store) -> dict[str, Any]:
@@ -164,12 +203,29 @@ def _load_inputs(task: Task, store: Store) -> dict[str, Any]:
             except DamagedObjectError as e:
                 raise _DamagedInput(inp.producer, e) from e
             value = (LazyArtifact(inp.name, str(path), inp.cacher, inp.metadata) if inp.lazy
-                     else inp.cacher.load(str(path), inp.metadata))
+                     else _load_value(task, inp, str(path)))
         if inp.set_name is None:
             kwargs[inp.name] = value
         else:
             kwargs.setdefault(inp.name, {})[inp.set_name] = value
     return kwargs
+
+
+def _load_value(task: Task, inp: InputValue, path: str) -> Any:
+    """cacher.load of a stored input; a referenced file that changed is damage (its producer
+    re-runs), any other failure is this node's, named, never a crash of the run."""
+    try:
+        return inp.cacher.load(path, inp.metadata)
+    except DamagedObjectError as e:
+        raise _DamagedInput(inp.producer, e) from e
+    except OrchError:
+        raise
+    except Exception as e:
+        raise ArtifactLoadError(
+            f"stage {task.label}: input {inp.name!r} ({path}) cannot be loaded by {inp.cacher!r}: "
+            f"{type(e).__name__}: {e}; if the producing stage's output format changed, re-run it "
+            f"(--overwrite-stage)"
+        ) from e
 
 
 class _DamagedInput(Exception):
@@ -193,28 +249,54 @@ def _split_outputs(stage, result) -> dict[str, Any]:
     return {o.name: v for o, v in zip(stage.outputs, result)}
 
 
-def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store) -> dict[str, dict]:
-    out_dir = staging / "out"
-    out_dir.mkdir(exist_ok=True)
+def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store, record: Record | None = None) -> dict[str, dict]:
+    """Two phases, so that a bad output leaves nothing in the store: every cacher first prepares its
+    file or directory next to the staging area (a failure names the stage and artifact and removes
+    what was prepared), then all are ingested."""
+    prepared: list = []
+    try:
+        _prepare_outputs(stage, values, staging, record, prepared)
+    except BaseException:
+        for _, path, _, _ in prepared:
+            if path.startswith(f"{staging}.out."):
+                rmtree_force(path, missing_ok=True)
+        raise
     saved = {}
+    for spec, path, ext, metadata in prepared:
+        info = store.ingest(Path(path), ext)
+        saved[spec.name] = {"object": info.to_json(), "cacher": list(spec.cacher.identity()), "metadata": metadata}
+    return saved
+
+
+def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepared: list) -> None:
+    used: dict[str, str] = {}
     for spec in stage.outputs:
         if spec.cacher is None:
             continue
-        path = out_dir / (spec.name.replace(os.sep, "_") + spec.cacher.extension)
+        out_path = f"{staging}.out.{_safe_name(spec.name)}{spec.cacher.extension}"
+        target = OutputTarget(stage.name, spec.name, out_path, staging, record)
         try:
-            metadata = spec.cacher.save(values[spec.name], str(path))
+            path, ext, metadata = spec.cacher.prepare(values[spec.name], target)
+            json.dumps(metadata, allow_nan=True)
         except OrchError:
+            rmtree_force(out_path, missing_ok=True)
             raise
         except Exception as e:
+            rmtree_force(out_path, missing_ok=True)
             raise StageOutputError(
                 f"stage {stage.name}: output {spec.name!r} ({type(values[spec.name]).__name__}) cannot be saved by "
                 f"{spec.cacher!r}: {type(e).__name__}: {e}; make it savable or choose another cacher"
             ) from e
-        if not path.exists():
-            raise StageOutputError(f"stage {stage.name}: {spec.cacher!r}.save() wrote nothing for output {spec.name!r}")
-        info = store.ingest(path, spec.cacher.extension)
-        saved[spec.name] = {"object": info.to_json(), "cacher": list(spec.cacher.identity()), "metadata": metadata}
-    return saved
+        real = os.path.realpath(path)
+        if real in used:
+            raise StageOutputError(f"stage {stage.name}: outputs {used[real]!r} and {spec.name!r} are the same path "
+                                   f"{path}; return each file once")
+        used[real] = spec.name
+        prepared.append((spec, path, ext, metadata))
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _memory_hash(value: Any) -> str | None:

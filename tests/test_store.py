@@ -216,6 +216,16 @@ def test_entries_put_get_overwrite_delete(store):
     assert [e["trace_id"] for e in store.get_entries(KEY)] == ["t1", "t3"]
 
 
+def test_get_entry_by_trace_id(store):
+    assert store.get_entry(KEY, "sig-t1") is None
+    store.put_entry(KEY, entry("sig-t1", 1.0, outputs={"x": 1}))
+    assert store.get_entry(KEY, "sig-t1")["outputs"] == {"x": 1}
+    assert store.get_entry(KEY, "sig-t2") is None
+    assert store.get_entry("ff" + "0" * 62, "sig-t1") is None
+    store.delete_entry(KEY, "sig-t1")
+    assert store.get_entry(KEY, "sig-t1") is None
+
+
 def test_entries_are_copies(store):
     e = entry("t", 1.0, values=(1, 2))
     store.put_entry(KEY, e)
@@ -521,3 +531,13 @@ def test_make_readonly_and_rmtree_force(tmp_path):
     rmtree_force(f, missing_ok=True)
     with pytest.raises(FileNotFoundError):
         rmtree_force(f)
+
+
+def test_staging_paths_are_unique_and_not_created(store):
+    a, b = store.new_staging_path("s"), store.new_staging_path("s")
+    assert a != b and not a.exists() and not b.exists()
+    assert a.parent.is_dir()  # so that the stage (or a cacher) can create it with one mkdir
+    a.mkdir()
+    (a / "f").write_text("x")
+    info = store.ingest(a / "f")
+    assert store.object_path(info).read_text() == "x"
