@@ -1,8 +1,25 @@
 """orch: a cached DAG experiment orchestrator. Public API only; importing this is cheap."""
 
-from .cachers import Cacher, JsonCacher, Lazy, PickleCacher
+from .cachers import Cacher, CheckpointCacher, FileReferenceCacher, JsonCacher, Lazy, NumpyCacher, PickleCacher
 from .errors import OrchError
 from .record import Record
 from .stage import aggregate, stage
 
-__all__ = ["stage", "aggregate", "Record", "Lazy", "Cacher", "PickleCacher", "JsonCacher", "OrchError"]
+__all__ = ["stage", "aggregate", "Record", "Lazy", "Cacher", "PickleCacher", "JsonCacher", "OrchError", "run_external",
+           "CheckpointCacher", "FileReferenceCacher", "NumpyCacher", "load"]
+
+
+def load(name: str, run: str = "latest", param_set: str | None = None, cache=None, experiment_dir=None, **options):
+    """An artifact of a past run, e.g. `load("model", device="cpu")` in a notebook (see orchestrator.artifacts.load)."""
+    from .artifacts import load as _load
+
+    return _load(name, run=run, param_set=param_set, cache=cache, experiment_dir=experiment_dir, **options)
+
+
+def __getattr__(name: str):
+    """Lazy public names: `from orchestrator import run_external` loads its module only when asked."""
+    if name == "run_external":
+        from .external import run_external
+
+        return run_external
+    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

@@ -1,17 +1,40 @@
-"""Cachers turn a stage output into a file in the store and back.
+"""Cachers turn a stage output into a file or directory in the store and back.
 
 A cacher is small and stateless: `save(obj, path) -> metadata` writes the object to `path` (the
 runner hashes and moves it into the store) and returns JSON-able metadata that comes back to
-`load(path, metadata)`. Its identity (class and configuration) is part of the node's cache key, so
-switching cachers never loads an object with the wrong reader.
+`load(path, metadata, **options)`. Its identity (class and `config()`) is part of the node's cache
+key, so switching cachers never loads an object with the wrong reader; it is also kept in each
+entry, so `orchestrator.load()` can rebuild the cacher of a past run (`from_config`).
+
+Writing a custom cacher: subclass `Cacher`, set `extension`, implement save/load, and if it takes
+constructor arguments return them as a dict from `config()` (that dict must rebuild it:
+`cls(**config)`). A cacher that does not write a new file — FileReferenceCacher moves or references
+files the stage already made — overrides `prepare()` instead of `save()`.
+
+Nothing here imports torch or numpy at module level: `import orchestrator` stays cheap.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .errors import StageDefinitionError
+from .errors import DamagedObjectError, StageDefinitionError, StageOutputError
+
+
+@dataclass
+class OutputTarget:
+    """Where one output is being written while its stage finishes (handed to Cacher.prepare)."""
+
+    stage: str  # stage name, for messages
+    output: str  # artifact name, for messages
+    path: str  # a free path in the staging area for the cacher's file (or directory)
+    staging: Path  # the stage's staging root: paths under it are the stage's own files
+    record: Any = None  # the running Record (FileReferenceCacher tracks external files through it)
 
 
 class Cacher:
@@ -26,12 +49,36 @@ class Cacher:
         raise NotImplementedError
 
     def config(self) -> Any:
-        """JSON-able settings that change what save() writes; part of the cache key."""
+        """JSON-able settings that change what save() writes; part of the cache key. A dict here
+        must be the constructor's keyword arguments (see from_config)."""
         return None
+
+    @classmethod
+    def from_config(cls, config: Any) -> Cacher:
+        """Rebuild the cacher recorded in an entry (for loading artifacts of past runs)."""
+        return cls(**config) if isinstance(config, dict) else cls()
 
     def identity(self) -> tuple:
         cls = type(self)
         return (f"{cls.__module__}:{cls.__qualname__}", self.config())
+
+    def prepare(self, value: Any, out: OutputTarget) -> tuple[str, str, dict | None]:
+        """Turn `value` into one file or directory ready for the store: (its path, the stored
+        object's extension, metadata). The default calls save() on `out.path`."""
+        metadata = self.save(value, out.path)
+        if not os.path.lexists(out.path):
+            raise StageOutputError(f"stage {out.stage}: {self!r}.save() wrote nothing for output {out.output!r}")
+        return out.path, self.extension, metadata
+
+    def exported_paths(self, path: str, metadata: dict | None) -> list[str]:
+        """The files `orch get` copies out for a stored object (normally the object itself)."""
+        return [path]
+
+    def keep_in_memory(self, value: Any) -> bool:
+        """Whether consumers in this run may receive the value the stage returned as it is. False
+        when load() would give something else (a path that moved into the store, a checkpoint file
+        that loads as a model): the value is dropped and consumers load the stored artifact."""
+        return True
 
     def __repr__(self) -> str:
         return type(self).__name__
@@ -83,6 +130,296 @@ class JsonCacher(Cacher):
             return json.load(f)
 
 
+class NumpyCacher(Cacher):
+    """One numpy array as a .npy file; `load(mmap_mode="r")` maps it instead of reading it
+    (stored objects are read-only, so use "r" or copy-on-write "c", never "r+")."""
+
+    extension = ".npy"
+
+    def __init__(self, allow_pickle: bool = False):
+        self.allow_pickle = allow_pickle
+
+    def config(self):
+        return {"allow_pickle": self.allow_pickle}
+
+    def save(self, obj, path):
+        import numpy as np
+
+        if not isinstance(obj, np.ndarray):
+            raise TypeError(f"NumpyCacher saves numpy arrays, got {type(obj).__name__}; "
+                            f"return np.asarray(...) or use PickleCacher")
+        if obj.dtype.hasobject and not self.allow_pickle:
+            raise TypeError("an array of Python objects needs NumpyCacher(allow_pickle=True) (or PickleCacher)")
+        with open(path, "wb") as f:  # a file object: np.save(path) would append ".npy" itself
+            np.save(f, obj, allow_pickle=self.allow_pickle)
+        return {"dtype": str(obj.dtype), "shape": list(obj.shape)}
+
+    def load(self, path, metadata=None, mmap_mode: str | None = None):
+        import numpy as np
+
+        if mmap_mode in ("r+", "w+"):
+            raise ValueError(f"mmap_mode={mmap_mode!r} would write into the read-only cache; use 'r' or 'c' (copy-on-write)")
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=self.allow_pickle)
+
+
+class CheckpointCacher(Cacher):
+    """torch artifacts: an nn.Module (state_dict + class + init args: loading rebuilds it without
+    naming the class), a training state {"model": module, "optimizer": opt, "epoch": 3, ...},
+    tensors and dicts of tensors. A stage may also return the path of a checkpoint an external
+    script wrote with orchestrator.checkpoint.save_checkpoint: the file is stored as it is.
+
+    Loading options (on `load`, a Lazy input's `.load()`, or `orchestrator.load`): device= ("cpu",
+    "cuda:0"; default: where it was saved, or the CPU when that device is missing), model=False for
+    the raw state_dict, skip=("optimizer",) to drop parts. See orchestrator.checkpoint.load_checkpoint.
+    """
+
+    extension = ".pt"
+
+    def save(self, obj, path):
+        from . import checkpoint as ck
+
+        payload = _checkpoint_payload(obj)
+        import torch
+
+        torch.save(payload, path)
+        meta = {"kind": payload["kind"], "device": payload["device"], "weights_only": ck.is_plain(payload)}
+        if payload["kind"] == "module":
+            meta.update({"class": payload["model_class"], "init_args": payload["init_args"],
+                         "extras": sorted(payload["extra"]) + (["optimizer"] if payload["optimizer"] is not None else [])})
+            if payload["init_args"] is None:
+                warnings.warn(f"checkpoint of {payload['model_class']} saved without init arguments, so it cannot be "
+                              f"rebuilt at load: {payload['init_args_problem']}", RuntimeWarning, stacklevel=2)
+        return meta
+
+    def prepare(self, value, out):
+        if isinstance(value, (str, os.PathLike)):
+            return self._prepare_path(os.fspath(value), out)
+        return super().prepare(value, out)
+
+    def keep_in_memory(self, value):
+        return not isinstance(value, (str, os.PathLike))
+
+    def _prepare_path(self, src: str, out: OutputTarget):
+        """A checkpoint file an external script wrote: stored as it is (moved if it is the stage's own)."""
+        import shutil
+        import zipfile
+
+        src = os.path.abspath(src)
+        if not os.path.exists(src):
+            raise StageOutputError(f"stage {out.stage}: output {out.output!r} is the path {src}, which does not "
+                                   f"exist; did the external script write the checkpoint there?")
+        if not os.path.isfile(src):
+            raise StageOutputError(f"stage {out.stage}: output {out.output!r} is the directory {src}; "
+                                   f"CheckpointCacher stores one checkpoint file (use FileReferenceCacher for directories)")
+        if not zipfile.is_zipfile(src):
+            raise StageOutputError(f"stage {out.stage}: output {out.output!r}: {src} is not a torch checkpoint "
+                                   f"(write it with orchestrator.checkpoint.save_checkpoint or torch.save)")
+        if _is_under(src, out.staging):
+            os.replace(src, out.path)
+        else:
+            shutil.copyfile(src, out.path)  # the original outside the stage's area is left alone
+        return out.path, self.extension, {"kind": "file", "source": src, "weights_only": False}
+
+    def load(self, path, metadata=None, *, device=None, model=True, optimizer=None, skip=()):
+        from .checkpoint import load_checkpoint
+
+        # Objects in the store were written by this project's own stages: the same trust as
+        # PickleCacher. Checkpoints of plain data are still read with torch's safe loader.
+        weights_only = bool((metadata or {}).get("weights_only", False))
+        return load_checkpoint(path, device=device, model=model, optimizer=optimizer, skip=skip,
+                               weights_only=weights_only)
+
+    @staticmethod
+    def load_path(path, device=None, **options):
+        """Load a checkpoint file written outside the store (e.g. by external/train.py)."""
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(path, device=device, **options)
+
+
+def _checkpoint_payload(obj) -> dict:
+    import torch
+
+    from . import checkpoint as ck
+
+    if isinstance(obj, torch.nn.Module):
+        return ck.module_payload(ck.unwrap_model(obj))
+    if isinstance(obj, dict) and isinstance(obj.get("model"), torch.nn.Module):
+        extra = {k: v for k, v in obj.items() if k not in ("model", "optimizer")}
+        payload = ck.module_payload(ck.unwrap_model(obj["model"]), optimizer=obj.get("optimizer"), extra=extra)
+        payload["has_extras"] = True  # saved as a dict, loaded as a dict
+        return payload
+    return ck.object_payload(obj)
+
+
+class FileReferenceCacher(Cacher):
+    """The stage returns a path (file or directory) or a list of paths instead of an object.
+
+    - Paths inside the stage's staging area (`record.get_path` / `record.get_dir`) are moved into
+      the store (a rename, never a copy) and consumers receive the stored, read-only path.
+    - Paths outside it are referenced, not copied: their content hash is recorded (a stat cache of
+      size, mtime_ns and inode avoids re-hashing unchanged files), the stage's cache entry is valid
+      only while they are unchanged (a changed file is a miss and the stage re-runs), and consumers
+      receive the original path.
+    A single path comes back as a str, a list as a list of str in the same order.
+    `expect="file"` or `"dir"` turns a path of the other kind into an error.
+    """
+
+    INDEX = "orch-index.json"
+
+    def __init__(self, expect: str | None = None):
+        if expect not in (None, "file", "dir"):
+            raise StageDefinitionError(f"FileReferenceCacher(expect=...) takes 'file', 'dir' or None, got {expect!r}")
+        self.expect = expect
+
+    def config(self):
+        return {"expect": self.expect} if self.expect else None
+
+    def save(self, obj, path):  # pragma: no cover - prepare() replaces it
+        raise NotImplementedError("FileReferenceCacher stores paths through prepare()")
+
+    def keep_in_memory(self, value):
+        return False  # consumers get the stored (or absolute referenced) paths, never the staging ones
+
+    def prepare(self, value, out):
+        single = not isinstance(value, (list, tuple))
+        items = [value] if single else list(value)
+        staging = os.path.realpath(out.staging)
+        resolved = [self._check(item, i, single, out) for i, item in enumerate(items)]
+        kinds = [(p, _is_under(p, staging)) for p in resolved]
+        if single and kinds[0][1]:  # the common case: one file or directory the stage wrote
+            src = kinds[0][0]
+            return src, _safe_ext(src), {"mode": "item", "name": os.path.basename(src),
+                                         "kind": "dir" if os.path.isdir(src) else "file"}
+        return self._bundle(kinds, single, staging, out)
+
+    def _check(self, item, i: int, single: bool, out: OutputTarget) -> str:
+        what = f"stage {out.stage}: output {out.output!r}" + ("" if single else f" item {i}")
+        if not isinstance(item, (str, os.PathLike)):
+            raise StageOutputError(f"{what} is a {type(item).__name__}, not a path; FileReferenceCacher outputs are "
+                                   f"paths (str or Path) or lists of paths")
+        path = os.path.abspath(os.fspath(item))
+        if not os.path.exists(path):
+            raise StageOutputError(f"{what} is the path {path}, which does not exist; return a path the stage "
+                                   f"wrote (e.g. with record.get_path(name)) or an existing file")
+        is_dir = os.path.isdir(path)
+        if self.expect == "file" and is_dir:
+            raise StageOutputError(f"{what} is the directory {path} but FileReferenceCacher(expect='file') expects a file")
+        if self.expect == "dir" and not is_dir:
+            raise StageOutputError(f"{what} is the file {path} but FileReferenceCacher(expect='dir') expects a directory")
+        if not is_dir and not os.path.isfile(path):
+            raise StageOutputError(f"{what} is {path}, which is neither a regular file nor a directory")
+        real = os.path.realpath(path)
+        return real if _is_under(real, out.staging) else path
+
+    def _bundle(self, kinds: list[tuple[str, bool]], single: bool, staging: str, out: OutputTarget):
+        """A directory object: the stage's own files under files/, and an index listing every item
+        in order, external references with their content hash (so the object's hash changes with
+        them, and only with them: their stat signatures go to the metadata, outside the hash)."""
+        from .hashing import hash_path
+
+        files_root = os.path.join(staging, "files")
+        bundle = out.path
+        os.makedirs(os.path.join(bundle, "files"))
+        index, refs, sigs = [], {}, {}
+        moved: list[str] = []
+        for path, staged in kinds:
+            if staged:
+                base = files_root if _is_under(path, files_root) else staging
+                rel = os.path.relpath(path, base).replace(os.sep, "/")
+                clash = next((r for r in moved if _overlaps(r, rel)), None)
+                if clash is not None:
+                    raise StageOutputError(f"stage {out.stage}: output {out.output!r} lists both {clash} and {rel}, "
+                                           f"one inside the other; return each file or directory once")
+                dest = os.path.join(bundle, "files", *rel.split("/"))
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.replace(path, dest)
+                moved.append(rel)
+                index.append(["stored", rel])
+            else:
+                kind = "dir" if os.path.isdir(path) else "file"
+                sig = _signature(path, kind)  # before hashing: a write meanwhile shows up at load
+                if out.record is not None:
+                    digest = out.record.track(path)  # the entry is valid only while it is unchanged
+                else:
+                    digest = hash_path(path)[1]
+                refs[path] = {"kind": kind, "hash": digest}
+                sigs[path] = sig
+                index.append(["ref", path])
+        with open(os.path.join(bundle, self.INDEX), "w", encoding="utf-8") as f:
+            json.dump({"single": single, "items": index, "refs": refs}, f, sort_keys=True)
+        return bundle, "", {"mode": "bundle", "single": single, "items": index, "sigs": sigs}
+
+    def load(self, path, metadata=None):
+        meta = metadata or {}
+        if meta.get("mode", "item") == "item":
+            return os.fspath(path)
+        with open(os.path.join(path, self.INDEX), encoding="utf-8") as f:
+            index = json.load(f)
+        result = []
+        for kind, where in index["items"]:
+            if kind == "stored":
+                result.append(os.path.join(path, "files", *where.split("/")))
+            else:
+                _check_reference(where, index["refs"][where], meta.get("sigs", {}).get(where))
+                result.append(where)
+        return result[0] if index["single"] else result
+
+    def exported_paths(self, path, metadata):
+        loaded = self.load(path, metadata)
+        return [loaded] if isinstance(loaded, str) else list(loaded)
+
+
+def _check_reference(path: str, ref: dict, sig: str | None) -> None:
+    """A referenced file must still be what the stage returned: a cheap stat comparison, and a
+    re-hash only when the stat differs. A change is reported as damage (its producer re-runs)."""
+    from .hashing import hash_path
+
+    try:
+        if sig is not None and _signature(path, ref["kind"]) == sig:
+            return
+        kind, digest, _ = hash_path(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise DamagedObjectError(f"referenced file {path} is gone") from None
+    if (kind, digest) != (ref["kind"], ref["hash"]):
+        raise DamagedObjectError(f"referenced file {path} changed since the stage that returned it ran")
+
+
+def _signature(path: str, kind: str) -> str:
+    from .hashing import hash_value
+
+    if kind == "file":
+        st = os.stat(path)
+        return hash_value((st.st_size, st.st_mtime_ns, st.st_ino))
+    sig = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            st = os.lstat(os.path.join(dirpath, name))
+            sig.append((os.path.relpath(os.path.join(dirpath, name), path), st.st_size, st.st_mtime_ns, st.st_ino))
+    return hash_value(sig)
+
+
+def _is_under(path: str, root) -> bool:
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def _safe_ext(path: str) -> str:
+    """The file's extension if the store accepts it (".pt", ".tar.gz"), else none."""
+    import re
+
+    if os.path.isdir(path):
+        return ""
+    name = os.path.basename(path)
+    ext = name[name.find("."):] if "." in name.lstrip(".") else ""
+    return ext if re.fullmatch(r"(\.[A-Za-z0-9_-]+)+", ext) else ""
+
+
 class Lazy:
     """Marks an input or output name as lazy.
 
@@ -112,14 +449,21 @@ class LazyArtifact:
         self._cacher = cacher
         self._metadata = metadata
 
+    @property
+    def metadata(self) -> dict | None:
+        """What the cacher recorded when it saved the artifact (e.g. a model's class)."""
+        return self._metadata
+
     def load(self, **kwargs):
+        """Load with the artifact's cacher; keyword options go to it (e.g. device="cpu", mmap_mode="r")."""
         if self._cacher is None:
             raise StageDefinitionError(f"artifact {self.name!r} has no cacher to load it with")
-        return self._cacher.load(self.path, self._metadata, **kwargs) if kwargs else self._cacher.load(
-            self.path, self._metadata
-        )
+        return self._cacher.load(self.path, self._metadata, **kwargs)
 
     def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
         return self.path
 
     def __repr__(self) -> str:

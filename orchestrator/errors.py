@@ -59,7 +59,27 @@ class StageFailedError(OrchError):
 
 
 class ExternalCommandError(OrchError):
-    """An external command (run_external) failed or timed out."""
+    """An external command (run_external) failed, timed out or could not start.
+
+    `command` (the argv list), `returncode` (None if it never ran), `tail` (its last output lines),
+    `log_path` and `timed_out` let a stage react to the failure; the message shows all of them."""
+
+    def __init__(self, message: str, *, command=None, returncode=None, tail=None, log_path=None, timed_out=False):
+        super().__init__(message)
+        self.command = list(command) if command is not None else None
+        self.returncode = returncode
+        self.tail = list(tail or [])
+        self.log_path = log_path
+        self.timed_out = timed_out
+
+    def __reduce__(self):  # keep the attributes across process boundaries (pool workers, MPI ranks)
+        return (_rebuild_external_error, (self.args[0] if self.args else "", self.__dict__))
+
+
+def _rebuild_external_error(message, state):
+    err = ExternalCommandError(message)
+    err.__dict__.update(state)
+    return err
 
 
 class StoreError(OrchError):
@@ -72,3 +92,20 @@ class DamagedObjectError(StoreError):
 
 class RunNotFoundError(OrchError):
     """A run, parameter set or artifact asked for by name does not exist."""
+
+
+class CheckpointError(OrchError):
+    """A checkpoint cannot be written or read back (missing file, model class not importable,
+    init arguments unknown, weights that do not fit the rebuilt model, unavailable device)."""
+
+
+class ArtifactLoadError(OrchError):
+    """A stored artifact exists but its cacher cannot load it (e.g. its class moved or its format changed)."""
+
+
+class ParamSetNotFoundError(RunNotFoundError):
+    """A run has no parameter set of that name."""
+
+
+class ArtifactNotFoundError(RunNotFoundError):
+    """A run has no artifact of that name (or it was not stored)."""

@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from .errors import PlanningError
 from .params import TrackedParams
 
+#: The Record of the stage running in this context (set by the task around the stage call), so
+#: helpers such as run_external can trace what the stage depends on without being handed it.
+current_record: ContextVar["Record | None"] = ContextVar("orch_current_record", default=None)
+
 
 class Record:
+    #: hashing.StatCache the task sets so that tracked files unchanged since they were last hashed
+    #: (by size, mtime_ns, inode) are not hashed again; None hashes every time.
+    stat_cache = None
+
     def __init__(
         self,
         params: dict | None = None,
@@ -42,6 +51,11 @@ class Record:
         self._producers: dict[str, tuple[int, str]] = {}
 
     # -- while a stage runs ------------------------------------------------------------------
+    @property
+    def project_root(self) -> Path | None:
+        """The experiment's directory (relative paths in track() and run_external() start there)."""
+        return self._project_root
+
     @property
     def staging_dir(self) -> Path:
         if self._staging is None:
@@ -78,7 +92,7 @@ class Record:
         if not p.is_absolute() and self._project_root is not None:
             p = self._project_root / p
         try:
-            _, digest, _ = hash_path(p)
+            _, digest, _ = hash_path(p, self.stat_cache)
         except FileNotFoundError:
             raise PlanningError(f"record.track({os.fspath(path)!r}): no such file (parameter set {self.name!r})") from None
         self.files[self._trace_name(p)] = digest

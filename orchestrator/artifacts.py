@@ -1,0 +1,253 @@
+"""Artifacts of past runs: `orchestrator.load(...)` in Python, `orch get` on the command line.
+
+A run's manifest (runs/<id>/manifest.json) names each node's parameter set, cache key and output
+object hashes; the node's cache entry (under its key) holds each output's stored object, the
+identity of the cacher that wrote it and the cacher's metadata. So an artifact is found by
+(run, parameter set, name) -> node -> entry -> object, and loaded by rebuilding its cacher from
+the identity recorded in the entry — only classes that are Cacher subclasses are accepted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cachers import Cacher
+from .errors import (ArtifactLoadError, ArtifactNotFoundError, DamagedObjectError, OrchError, ParamSetNotFoundError,
+                     RunNotFoundError)
+
+
+@dataclass
+class Artifact:
+    """One stored output of a past run, located but not loaded."""
+
+    name: str
+    run_id: str
+    param_set: str
+    stage: str
+    path: Path  # the stored object (read-only)
+    cacher: Cacher
+    metadata: dict | None
+    ext: str
+
+    def load(self, **options) -> Any:
+        """The value, through the cacher that stored it; options go to its load (e.g. device="cpu")."""
+        what = f"artifact {self.name!r} of run {self.run_id} [{self.param_set}]"
+        try:
+            return self.cacher.load(str(self.path), self.metadata, **options)
+        except DamagedObjectError as e:
+            raise ArtifactLoadError(f"{what}: {e}; re-run the experiment to recompute it") from e
+        except OrchError:
+            raise
+        except TypeError as e:
+            if "argument" in str(e):  # an option this cacher does not take
+                raise ArtifactLoadError(f"{what}: {self.cacher!r}.load() does not accept {sorted(options)}: {e}") from e
+            raise ArtifactLoadError(f"{what} cannot be loaded by {self.cacher!r}: TypeError: {e}") from e
+        except Exception as e:
+            raise ArtifactLoadError(
+                f"{what} cannot be loaded by {self.cacher!r} ({self.path}): {type(e).__name__}: {e}; if a class it "
+                f"needs moved or changed since that run, restore it or re-run the experiment"
+            ) from e
+
+
+def load(name: str, run: str = "latest", param_set: str | None = None, cache: str | os.PathLike | None = None,
+         experiment_dir: str | os.PathLike | None = None, **options) -> Any:
+    """The artifact `name` of a past run, loaded as the stage that made it returned it.
+
+    run: a run id (or a unique prefix of one), default the latest run. param_set: needed only when
+    several parameter sets have the artifact. cache: the cache directory; default $ORCH_CACHE, else
+    `.orch` in experiment_dir, else the nearest `.orch` in the current directory or its parents.
+    Other keyword options go to the cacher's load, e.g. `load("model", device="cpu")`.
+    """
+    return locate(name, run, param_set, cache, experiment_dir).load(**options)
+
+
+def find_cache(cache: str | os.PathLike | None = None, experiment_dir: str | os.PathLike | None = None) -> Path:
+    """The cache directory to read, by the precedence documented on load()."""
+    if cache is not None:
+        return Path(cache).resolve()
+    if os.environ.get("ORCH_CACHE"):
+        return Path(os.environ["ORCH_CACHE"]).resolve()
+    if experiment_dir is not None:
+        return (Path(experiment_dir) / ".orch").resolve()
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / ".orch" / "runs").is_dir():
+            return d / ".orch"
+    raise RunNotFoundError(f"no orch cache (.orch/runs) in {here} or its parents; run the experiment first, or pass "
+                           f"cache=... / experiment_dir=... (orch get: --cache DIR)")
+
+
+def locate(name: str, run: str = "latest", param_set: str | None = None, cache: str | os.PathLike | None = None,
+           experiment_dir: str | os.PathLike | None = None) -> Artifact:
+    """Find (never load) an artifact of a past run; errors list the runs, sets or artifacts that exist."""
+    from .runs import resolve_run
+    from .store import DiskStore, ObjectInfo
+
+    root = find_cache(cache, experiment_dir)
+    run_dir = resolve_run(root, _expand_run_prefix(root, run))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    run_id = manifest.get("run_id", run_dir.name)
+    node = _find_node(manifest, name, param_set, run_id)
+    store = DiskStore(root)
+    obj_hash = node["outputs"][name]
+    stored = None
+    for entry in store.get_entries(node["key"]) if node.get("key") else []:
+        out = entry.get("outputs", {}).get(name)
+        if out and out.get("object", {}).get("hash") == obj_hash:
+            stored = out
+            break
+    if stored is None:
+        raise ArtifactNotFoundError(
+            f"artifact {name!r} of run {run_id} [{node['param_set']}] (stage {node['stage']}) has no cache entry any "
+            f"more (removed by `orch cache gc`, or the stage keeps an output in memory only); re-run the experiment"
+        )
+    info = ObjectInfo.from_json(stored["object"])
+    try:
+        path = store.object_path(info, verify=True)
+    except DamagedObjectError as e:
+        raise ArtifactLoadError(f"artifact {name!r} of run {run_id} [{node['param_set']}]: {e}; re-run the "
+                                f"experiment to recompute it") from e
+    _project_on_path(manifest)
+    cacher = cacher_from_identity(stored["cacher"], f"artifact {name!r} of run {run_id}")
+    return Artifact(name, run_id, node["param_set"], node["stage"], path, cacher, stored.get("metadata"), info.ext)
+
+
+def _expand_run_prefix(root: Path, run: str) -> str:
+    """`--run 20250101-1200` works when it names exactly one run."""
+    runs_dir = root / "runs"
+    if run == "latest" or (runs_dir / run).is_dir() or not runs_dir.is_dir():
+        return run
+    matches = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name.startswith(run))
+    if len(matches) > 1:
+        raise RunNotFoundError(f"run {run!r} is ambiguous in {runs_dir}: {', '.join(matches[-10:])}")
+    return matches[0] if matches else run
+
+
+def _find_node(manifest: dict, name: str, param_set: str | None, run_id: str) -> dict:
+    nodes = manifest.get("nodes", [])
+    if not nodes and manifest.get("status") == "running":
+        raise ArtifactNotFoundError(f"run {run_id} has not finished (it is running, or was killed): its manifest "
+                                    f"lists no artifacts yet; pick another run with run=... / --run")
+    sets = list(manifest.get("param_sets", {})) + sorted({n["param_set"] for n in nodes} - set(manifest.get("param_sets", {})))
+    if param_set is not None and param_set not in sets:
+        raise ParamSetNotFoundError(f"run {run_id} has no parameter set {param_set!r}; its sets: {', '.join(sets) or 'none'}")
+    having = [n for n in nodes if name in n.get("outputs", {})]
+    if param_set is not None:
+        in_set = [n for n in having if n["param_set"] == param_set]
+        if not in_set:
+            known = sorted({a for n in nodes if n["param_set"] == param_set for a in n.get("outputs", {})})
+            raise ArtifactNotFoundError(_missing(name, run_id, nodes, param_set, known))
+        return max(in_set, key=lambda n: n["id"])  # the latest producer of the name, as inputs resolve
+    if not having:
+        known = sorted({a for n in nodes for a in n.get("outputs", {})})
+        raise ArtifactNotFoundError(_missing(name, run_id, nodes, None, known))
+    found_in = list(dict.fromkeys(n["param_set"] for n in having))
+    if len(found_in) > 1:
+        raise ParamSetNotFoundError(f"artifact {name!r} exists in {len(found_in)} parameter sets of run {run_id}: "
+                                    f"{', '.join(found_in)}; choose one with param_set=... (orch get: --param-set)")
+    return max(having, key=lambda n: n["id"])
+
+
+def _missing(name: str, run_id: str, nodes: list[dict], param_set: str | None, known: list[str]) -> str:
+    where = f"run {run_id}" + (f" [{param_set}]" if param_set else "")
+    failed = [n for n in nodes if n["status"] in ("failed", "skipped") and (param_set is None or n["param_set"] == param_set)]
+    msg = f"no stored artifact {name!r} in {where}; stored artifacts: {', '.join(known) or 'none'}"
+    if failed:
+        msg += f" (not produced: {', '.join(sorted({n['stage'] + ' ' + n['status'] for n in failed}))})"
+    return msg
+
+
+def _project_on_path(manifest: dict) -> None:
+    """Custom cachers and model classes live in the experiment's project: make it importable."""
+    experiment = manifest.get("experiment")
+    if experiment:
+        root = str(Path(experiment).parent)
+        if os.path.isdir(root) and root not in sys.path:
+            sys.path.insert(0, root)
+
+
+def cacher_from_identity(identity, what: str = "artifact") -> Cacher:
+    """Rebuild a cacher from the ["module:QualName", config] recorded in an entry. The named object
+    must be a Cacher subclass: an entry can never make this construct anything else."""
+    try:
+        qualname, config = identity
+        module_name, _, attr = qualname.partition(":")
+    except (TypeError, ValueError, AttributeError):
+        raise ArtifactLoadError(f"{what}: its cache entry records no usable cacher ({identity!r})") from None
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ArtifactLoadError(f"{what} was stored by the cacher {qualname}, which cannot be imported here "
+                                f"({type(e).__name__}: {e}); run from the experiment's directory or pass experiment_dir=") from e
+    if not (isinstance(obj, type) and issubclass(obj, Cacher)):
+        raise ArtifactLoadError(f"{what}: its entry names {qualname} as cacher, which is not a Cacher subclass; refusing it")
+    try:
+        return obj.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise ArtifactLoadError(f"{what}: cannot rebuild the cacher {qualname} from its recorded config {config!r}: {e}; "
+                                f"its config() must return its constructor's keyword arguments") from e
+
+
+# ------------------------------------------------------------------------------------------ orch get
+
+
+def export(artifact: Artifact, dest: str | os.PathLike, force: bool = False) -> list[Path]:
+    """Copy an artifact's files out of the store to `dest` (writable copies); returns what was written.
+
+    One file or directory: `dest` is the new path, or an existing directory to copy into (named
+    after the artifact). Several (a list of paths): `dest` is a directory, created if needed."""
+    sources = [Path(p) for p in artifact.cacher.exported_paths(str(artifact.path), artifact.metadata)]
+    dest = Path(dest)
+    if len(sources) == 1 and not dest.is_dir():
+        targets = [dest]
+    else:
+        if dest.exists() and not dest.is_dir():
+            raise ArtifactLoadError(f"artifact {artifact.name!r} is {len(sources)} files; -o must be a directory, "
+                                    f"and {dest} is a file")
+        names = [_export_name(artifact, s) for s in sources] if len(sources) == 1 else [s.name for s in sources]
+        if len(set(names)) != len(names):
+            names = [f"{i}-{n}" for i, n in enumerate(names)]
+        targets = [dest / n for n in names]
+    clash = [t for t in targets if os.path.lexists(t)]
+    if clash and not force:
+        raise ArtifactLoadError(f"{clash[0]} already exists; choose another -o or pass --force to replace it")
+    written = []
+    for src, target in zip(sources, targets):
+        if not os.path.exists(src):
+            raise ArtifactLoadError(f"artifact {artifact.name!r}: {src} no longer exists")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(target):
+            _remove(target)
+        if src.is_dir():
+            shutil.copytree(src, target, symlinks=True, copy_function=shutil.copyfile)
+            for d, _, _ in os.walk(target):  # stored trees are read-only; the copy is the user's
+                os.chmod(d, 0o755)
+        else:
+            shutil.copyfile(src, target)
+        written.append(target)
+    return written
+
+
+def _export_name(artifact: Artifact, src: Path) -> str:
+    """The artifact's own file name when it had one (FileReferenceCacher), else NAME + extension."""
+    meta = artifact.metadata or {}
+    if meta.get("mode") == "item" and meta.get("name"):
+        return meta["name"]
+    if src != artifact.path:
+        return src.name  # a file of a list, or a referenced file outside the store, keeps its name
+    return artifact.name.replace(os.sep, "_") + artifact.ext
+
+
+def _remove(path: Path) -> None:
+    from .fsutil import rmtree_force
+
+    rmtree_force(path)
