@@ -1,0 +1,1 @@
+"""Code that runs outside the orchestrator's process: the torchrun training script and its model."""

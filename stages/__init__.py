@@ -1,0 +1,1 @@
+"""Stages of the bundled Darcy-flow surrogate example (see experiment.py)."""
