@@ -1,0 +1,115 @@
+"""Cache housekeeping behind `orch cache ls/verify/gc`, written against the Store interface.
+
+verify re-hashes every object (the store quarantines a damaged one, so its producer re-runs) and
+drops entries whose objects are gone; gc deletes objects no entry references and staging leftovers
+of killed runs. Both are safe while nothing runs; while a run is active, gc only costs re-runs
+(objects younger than a grace period and staging areas younger than a day are never touched).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DamagedObjectError
+from .fsutil import rmtree_force
+from .store import ObjectInfo, Store
+
+
+@dataclass
+class CacheStats:
+    entries: int = 0
+    nodes: int = 0
+    objects: int = 0
+    bytes: int = 0
+    by_stage: dict[str, list[int]] = field(default_factory=dict)  # stage -> [entries, bytes]
+
+
+def stats(store: Store) -> CacheStats:
+    s = CacheStats()
+    sizes = {}
+    for info in store.iter_objects():
+        s.objects += 1
+        s.bytes += info.size
+        sizes[info.hash] = info.size
+    keys = set()
+    for key, entry in store.iter_entries():
+        if entry.get("trace_id") == "head":
+            continue
+        keys.add(key)
+        s.entries += 1
+        row = s.by_stage.setdefault(entry.get("stage", "?"), [0, 0])
+        row[0] += 1
+        row[1] += sum(sizes.get(o["object"]["hash"], 0) for o in entry.get("outputs", {}).values())
+    s.nodes = len(keys)
+    return s
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    damaged: list[str] = field(default_factory=list)
+    dropped_entries: int = 0
+
+
+def verify(store: Store) -> VerifyReport:
+    """Re-hash every object; entries whose outputs are damaged or missing are deleted (a miss)."""
+    report = VerifyReport()
+    good: set[str] = set()
+    for info in list(store.iter_objects()):
+        report.checked += 1
+        try:
+            store.object_path(info, verify=True)
+            good.add(info.hash)
+        except DamagedObjectError as e:
+            report.damaged.append(str(e))
+    for key, entry in list(store.iter_entries()):
+        if entry.get("trace_id") == "head":
+            continue
+        if any(o["object"]["hash"] not in good for o in entry.get("outputs", {}).values()):
+            store.delete_entry(key, entry["trace_id"])
+            report.dropped_entries += 1
+    return report
+
+
+@dataclass
+class GcReport:
+    objects: int = 0
+    bytes: int = 0
+    staging: int = 0
+
+
+def gc(store: Store, *, grace_s: float = 3600.0, staging_age_s: float = 86400.0, dry: bool = False) -> GcReport:
+    """Delete objects that no entry references (older than `grace_s`, so a run's fresh outputs whose
+    entry is about to be written survive) and staging leftovers older than `staging_age_s`."""
+    report = GcReport()
+    referenced = {o["object"]["hash"] for _, e in store.iter_entries() for o in e.get("outputs", {}).values()}
+    now = time.time()
+    for info in list(store.iter_objects()):
+        if info.hash in referenced or _age(store, info, now) < grace_s:
+            continue
+        report.objects += 1
+        report.bytes += info.size
+        if not dry:
+            store.delete_object(info)
+    tmp = Path(store.root) / "tmp" if store.root is not None else None
+    if tmp is not None and tmp.is_dir():
+        for child in tmp.iterdir():
+            try:
+                old = now - child.lstat().st_mtime > staging_age_s
+            except FileNotFoundError:
+                continue
+            if old:
+                report.staging += 1
+                if not dry:
+                    rmtree_force(child, missing_ok=True)
+    return report
+
+
+def _age(store: Store, info: ObjectInfo, now: float) -> float:
+    try:
+        return now - os.lstat(store.object_path(info, verify=False)).st_mtime
+    except (FileNotFoundError, DamagedObjectError):
+        return float("inf")
