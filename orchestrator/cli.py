@@ -67,24 +67,57 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Re-run this stage and everything downstream of it; repeatable.")
 @click.option("--dry", is_flag=True, help="Show what would run or come from the cache, run nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No line per node; only failures and the summary.")
+@click.option("--parallel", "-j", "parallel", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Run up to N nodes at once in local worker processes. Under mpiexec/mpirun the MPI ranks "
+                   "are the workers instead (rank 0 schedules, ranks 1..n-1 run nodes).")
 @debug_option
 @click.pass_context
-def run(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet):
+def run(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, parallel):
     """Run EXPERIMENT (an experiment.py) for every parameter set, from the cache where possible."""
     from . import session
     from .console import Console
+    from .launch import detect_launch
 
-    console = Console(debug=ctx.obj["debug"], quiet=quiet)
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                               cache=cache, overwrite=overwrite, overwrite_stages=list(overwrite_stages),
-                              dry=dry, argv=sys.argv[1:])
-    result = session.run(opts, on_done=console.node_done)
+                              dry=dry, parallel=parallel, argv=sys.argv[1:])
+    launch = detect_launch()
+    if not launch.leader:  # an MPI or torchrun rank other than 0: it prints nothing of the run
+        ctx.exit(session.serve(opts, launch))
+    if launch.kind != "local":
+        if hasattr(sys.stdout, "reconfigure"):  # progress shows live; nothing is lost if MPI aborts
+            sys.stdout.reconfigure(line_buffering=True)
+        if parallel > 1:
+            how = ("ranks 1..n-1 run the nodes" if launch.kind == "mpi"
+                   else "rank 0 runs the nodes, distributed stages run on every rank")
+            click.echo(f"note: --parallel is ignored under {launch.kind}: {how}", err=True)
+    console = Console(debug=ctx.obj["debug"], quiet=quiet)
+    result = session.run(opts, on_done=console.node_done, launch=launch)
     if dry:
         console.dry_plan(result)
         return
     console.summary(result)
     if result.failed:
         ctx.exit(1)
+
+
+@main.command("get")
+@click.argument("name")
+@click.option("--run", "run_id", default="latest", show_default=True, help="Run id (or a unique prefix of one).")
+@click.option("--param-set", "param_set", default=None, help="Parameter set (needed when several have NAME).")
+@click.option("-o", "--output", "output", default=".", show_default=True, type=click.Path(path_type=Path),
+              help="Where to copy it: a new path, or an existing directory to copy into.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",
+              help="Cache directory (default: the nearest .orch in this directory or its parents; env ORCH_CACHE).")
+@click.option("--force", is_flag=True, help="Replace an existing file at the destination.")
+@debug_option
+def get(name, run_id, param_set, output, cache, force):
+    """Copy the stored artifact NAME of a past run out of the cache (a file or a directory)."""
+    from .artifacts import export, locate
+
+    artifact = locate(name, run=run_id, param_set=param_set, cache=cache)
+    for path in export(artifact, output, force=force):
+        click.echo(f"{path}  ({artifact.name} of run {artifact.run_id} [{artifact.param_set}], stage {artifact.stage})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,8 @@ from typing import Callable
 
 from .executors import Executor
 from .graph import Graph, Node
-from .plan import CACHED, RUN, Decision, PlanContext, decide, head_key, output_hashes
+from .lockscope import lock_scope
+from .plan import CACHED, RUN, Decision, PlanContext, decide, head_key, lookup, output_hashes
 from .task import InputValue, Task, TaskResult
 
 
@@ -54,6 +55,11 @@ class Runner:
         self.outcomes = [NodeOutcome(n) for n in graph.nodes]
         self._in_flight = 0
         self._rerun_after_damage: set[int] = set()
+        # Parallel executors: a node whose computation (lock scope) is already in flight waits here
+        # for it instead of blocking a worker on the node lock; it is then re-decided (a hit).
+        self._parked: dict[str, list[int]] = {}
+        self._scope_of: dict[int, str] = {}
+        self._ran: dict[str, set[str]] = {}  # key -> trace ids stored by this run: --overwrite redoes each once
 
     def run(self) -> list[NodeOutcome]:
         nodes = self.graph.nodes
@@ -85,6 +91,20 @@ class Runner:
         if d.state != CACHED:
             d = decide(node, self.graph, [st.hashes[e.producer][e.output] for e in node.inputs], self.ctx)
             self.decisions[node.id] = d
+        if d.state != CACHED and node.stage.cached and d.key is not None:
+            forced = self.ctx.overwrite or node.id in self.ctx.forced
+            if forced and d.key in self._ran and node.id not in self._rerun_after_damage:
+                entry, _ = lookup(node, d.key, self.graph.params_of(node), self.ctx)
+                if entry is not None and entry.get("trace_id") in self._ran[d.key]:
+                    # forced, but this very computation was stored earlier in this run
+                    d = self.decisions[node.id] = Decision(CACHED, "computed earlier in this run", d.key, entry, d.components)
+            if d.state != CACHED:
+                scope = self._scope(node, d)
+                if scope in self._parked:
+                    self._parked[scope].append(node.id)
+                    return
+                self._parked[scope] = []
+                self._scope_of[node.id] = scope
         out = self.outcomes[node.id]
         out.key, out.reason = d.key, d.reason
         if d.state == CACHED:
@@ -111,7 +131,9 @@ class Runner:
                     iv.obj, iv.metadata = stored["object"], stored.get("metadata")
             inputs.append(iv)
         log_path = str(self.log_dir / f"{node.id}-{node.stage.name}.log") if self.log_dir else None
+        cacheable = node.stage.cached and d.key is not None
         return Task(
+            lock_scope=(self._scope_of.get(node.id) or self._scope(node, d)) if cacheable else None,
             node_id=node.id,
             stage_ref=(node.stage.fn.__module__, node.stage.fn.__qualname__),
             label=node.label,
@@ -128,10 +150,20 @@ class Runner:
             force=self.ctx.overwrite or node.id in self.ctx.forced or node.id in self._rerun_after_damage,
         )
 
+    def _scope(self, node: Node, d: Decision) -> str:
+        params, ignore = self.graph.params_of(node), node.stage.ignore
+        return lock_scope(node.stage, params, d.key,
+                          lambda path: self.ctx.read_hash(node.set_name, params, path, ignore))
+
     # -- completion ----------------------------------------------------------------------------
     def _complete(self, r: TaskResult, ready: deque) -> None:
         node = self.graph.nodes[r.node_id]
         out = self.outcomes[r.node_id]
+        scope = self._scope_of.pop(r.node_id, None)
+        if scope is not None:
+            ready.extend(self._parked.pop(scope, ()))
+        if r.status == "ran" and r.entry and r.entry.get("trace_id") and r.entry.get("key"):
+            self._ran.setdefault(r.entry["key"], set()).add(r.entry["trace_id"])
         out.duration = r.duration
         if r.status == "damaged":
             self._rerun_producer(node, r, ready)

@@ -114,19 +114,17 @@ def run(opts: RunOptions, on_done: Callable = lambda o: None, launch=None) -> Ru
 
 def serve(opts: RunOptions, launch) -> int:
     """Ranks other than 0: execute what rank 0 sends until it is done; returns the exit code."""
-    from .executors import WorkerConfig
-
-    experiment = Path(opts.experiment).resolve()
-    config = WorkerConfig(str(cache_root(experiment, opts.cache)), str(experiment))
-    if launch.kind == "mpi":
+    if launch.kind == "mpi":  # the cache and the experiment come from rank 0 (WorkerConfig)
         from .executors_mpi import serve as serve_mpi
 
         return serve_mpi(launch.comm)
+    from .executors import WorkerConfig
     from .executors_torchrun import Channel, channel_dir, follow
 
-    started = time.time()
+    experiment = Path(opts.experiment).resolve()
+    config = WorkerConfig(str(cache_root(experiment, opts.cache)), str(experiment))
     channel = Channel(channel_dir(Path(config.store_root), experiment, opts.argv), launch.rank, launch.size)
-    return follow(channel, config, started)
+    return follow(channel, config)
 
 
 def _open_leader(opts: RunOptions, launch):

@@ -1,0 +1,191 @@
+"""MPI: under `mpiexec -n N orch run ...` rank 0 plans and schedules, ranks 1..N-1 execute nodes, and
+every rank uses the same store on a shared filesystem.
+
+The protocol is mpi4py's pickled point-to-point messages with tags: a worker gets one CONFIG, then
+TASK messages one at a time, and answers each with a RESULT; STOP (carrying rank 0's exit code)
+ends it. Nobody blocks inside MPI: MPICH and Open MPI spin in blocking calls, and on an
+oversubscribed node a spinning idle rank halves the speed of the ranks doing work. Every wait is
+a non-blocking probe or Test() followed by a short, growing sleep.
+
+Failures: a stage that raises is a failed node like any other, reported by rank 0 with the rank and
+host. A rank that dies (crash, kill) makes the launcher end the whole job; an unexpected error in
+orch itself calls MPI Abort (the `python -m mpi4py` semantics), so the job never hangs.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+import traceback
+
+from .executors import Executor, WorkerConfig, decode_result, encode_task, init_worker, run_encoded
+from .task import Task, TaskResult
+
+TAG_CONFIG, TAG_TASK, TAG_STOP, TAG_RESULT = 11, 12, 13, 14
+
+
+def mpi_world():
+    """COMM_WORLD when this process is one of several MPI ranks, else None. mpi4py (which
+    initializes MPI) is imported only when the environment says an MPI launcher started us."""
+    from .launch import mpi_size_from_env
+
+    size = mpi_size_from_env()
+    if size is None or size == 1:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        from .errors import OrchError
+
+        raise OrchError(
+            "orch was launched by an MPI launcher (mpiexec/mpirun/srun) but mpi4py cannot be imported "
+            f"({e}); install it with `pip install 'orch[mpi]'` (mpi4py and mpich) or run without mpiexec"
+        ) from e
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+class _Backoff:
+    """Sleep a little longer each time nothing happened: fast reaction when busy, ~0 CPU when idle."""
+
+    def __init__(self, first: float = 0.0002, most: float = 0.01):
+        self.first, self.most, self.delay = first, most, first
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+    def sleep(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(self.most, self.delay * 2)
+
+
+def _wait_request(request, backoff: _Backoff | None = None, timeout: float | None = None) -> bool:
+    """Complete a non-blocking request without spinning; False on timeout."""
+    backoff = backoff or _Backoff()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not request.Test():
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        backoff.sleep()
+    return True
+
+
+def where() -> str:
+    from mpi4py import MPI
+
+    return f"MPI rank {MPI.COMM_WORLD.Get_rank()} on {socket.gethostname()}"
+
+
+class MPIExecutor(Executor):
+    """Rank 0's side: hands each task to an idle rank and collects results as they come."""
+
+    def __init__(self, comm):
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self.comm = comm
+        self.size = comm.Get_size()
+        self._idle = list(range(self.size - 1, 0, -1))  # pop() hands out rank 1 first
+        self._busy: dict[int, int] = {}  # rank -> node id
+        self._sends: list = []  # isend requests not known to be complete
+        self._done: list[TaskResult] = []
+        self._configured = False
+        self._closed = False
+
+    @property
+    def capacity(self) -> int:
+        return self.size - 1
+
+    def configure(self, config: WorkerConfig) -> None:
+        """Tell every worker where the store and the experiment are (they load it right away)."""
+        for rank in range(1, self.size):
+            self._sends.append(self.comm.isend(config, dest=rank, tag=TAG_CONFIG))
+        self._configured = True
+
+    def submit(self, task: Task, stage) -> None:
+        payload = encode_task(task)
+        if isinstance(payload, TaskResult):
+            self._done.append(payload)
+            return
+        rank = self._idle.pop()
+        self._busy[rank] = task.node_id
+        self._sends.append(self.comm.isend((task.node_id, payload), dest=rank, tag=TAG_TASK))
+
+    def wait(self) -> list[TaskResult]:
+        results, self._done = self._done, []
+        status = self._MPI.Status()
+        backoff = _Backoff()
+        while True:
+            self._sends = [r for r in self._sends if not r.Test()]
+            while self._busy:
+                message = self.comm.improbe(source=self._MPI.ANY_SOURCE, tag=TAG_RESULT, status=status)
+                if message is None:
+                    break
+                data = message.recv()
+                rank = status.Get_source()
+                self._busy.pop(rank, None)
+                self._idle.append(rank)
+                results.append(decode_result(data))
+            if results:
+                return results
+            if not self._busy:
+                raise RuntimeError("MPIExecutor.wait() called with nothing submitted")
+            backoff.sleep()
+
+    def close(self, exit_code: int = 0) -> None:
+        """Stop every worker with rank 0's exit code. If tasks are still running (rank 0 is leaving
+        on an error of its own), abort the job rather than leave ranks computing for nobody."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._busy:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            print(f"orch: rank 0 is stopping while {len(self._busy)} rank(s) still run nodes; aborting the MPI job",
+                  file=sys.stderr, flush=True)
+            self.comm.Abort(exit_code or 1)
+        stops = [self.comm.isend(exit_code, dest=rank, tag=TAG_STOP) for rank in range(1, self.size)]
+        for request in self._sends + stops:
+            _wait_request(request, timeout=30)
+        self._sends = []
+
+
+def worker_loop(comm) -> int:
+    """Ranks 1..N-1: run tasks from rank 0 until told to stop; returns the exit code to use."""
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    backoff = _Backoff()
+    here = where()
+    while True:
+        message = comm.improbe(source=0, tag=MPI.ANY_TAG, status=status)
+        if message is None:
+            backoff.sleep()
+            continue
+        backoff.reset()
+        obj = message.recv()
+        tag = status.Get_tag()
+        if tag == TAG_STOP:
+            sys.stdout.flush()
+            return int(obj)
+        if tag == TAG_CONFIG:
+            init_worker(obj, where=here)
+        elif tag == TAG_TASK:
+            node_id, payload = obj
+            data = run_encoded(node_id, payload)
+            _wait_request(comm.isend(data, dest=0, tag=TAG_RESULT))
+
+
+def serve(comm) -> int:
+    """A worker rank's whole life. An error of orch itself aborts the job: never a silent hang of
+    rank 0 waiting for a result that will not come."""
+    try:
+        return worker_loop(comm)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.write(f"orch: {where()} failed; aborting the MPI job\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        comm.Abort(1)
+        raise

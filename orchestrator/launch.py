@@ -1,0 +1,59 @@
+"""How this `orch run` process was started: alone, as one of several MPI ranks, or by torchrun.
+
+Read from the launchers' environment variables, so a plain run pays nothing; mpi4py (which
+initializes MPI) is imported only when an MPI launcher started the process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+# World size as exported by Open MPI, MPICH / Intel MPI (hydra, PMI-1) and MVAPICH2.
+_MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+# Set by launchers that do not export the size (PMIx, PMI-2, srun --mpi=...): MPI itself is asked.
+_MPI_HINT_VARS = ("PMIX_RANK", "PMI_RANK", "PMI_FD", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_RANK")
+
+
+@dataclass
+class Launch:
+    kind: str = "local"  # "local" | "mpi" | "torchrun"
+    rank: int = 0
+    size: int = 1
+    comm: Any = None  # MPI.COMM_WORLD under MPI
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0 (or a plain run): plans, schedules, writes the manifest, prints."""
+        return self.rank == 0
+
+
+def mpi_size_from_env(env=os.environ) -> int | None:
+    """The MPI world size the launcher exported; 0 when an MPI launcher started us without
+    exporting it; None when no MPI launcher did."""
+    for var in _MPI_SIZE_VARS:
+        value = env.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0 if any(var in env for var in _MPI_HINT_VARS) else None
+
+
+def detect_launch(env=os.environ) -> Launch:
+    """torchrun wins over MPI: when both sets of variables are present, torchrun started this
+    process (from inside an MPI job) and its ranks are the ones that must cooperate."""
+    from .distributed import torchrun_env
+
+    tr = torchrun_env(env)
+    if tr is not None:
+        rank, size = tr
+        return Launch("torchrun", rank, size) if size > 1 else Launch()
+    size = mpi_size_from_env(env)
+    if size is None or size == 1:
+        return Launch()
+    from .executors_mpi import mpi_world
+
+    comm = mpi_world()
+    if comm is None:
+        return Launch()
+    return Launch("mpi", comm.Get_rank(), comm.Get_size(), comm)

@@ -1,0 +1,133 @@
+"""`mpiexec -n N orch run ...`: rank 0 schedules, ranks 1..N-1 run nodes, all share the store.
+
+Oversubscribed on purpose (5 ranks on a 2-core box): idle ranks must sleep, not spin, or these
+tests get slow. Every launch has a timeout: a hang is a failure, never a stuck CI job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_parallel import SWEEP8, check_sweep_result, plain_counts, rank_counts, sweep_project
+
+pytest.importorskip("mpi4py")
+_local = Path(sys.executable).with_name("mpiexec")
+MPIEXEC = str(_local) if _local.exists() else shutil.which("mpiexec")
+if MPIEXEC is None:  # pragma: no cover - mpich comes with the `mpi` extra
+    pytest.skip("mpiexec not found (pip install 'orch[mpi]')", allow_module_level=True)
+
+# What the README tells users: abort semantics of `python -m mpi4py` around the orch CLI.
+ORCH_MPI = [sys.executable, "-m", "mpi4py", "-m", "orchestrator.cli"]
+_script = Path(sys.executable).with_name("orch")
+ORCH_SCRIPT = [str(_script)] if _script.exists() else [sys.executable, "-m", "orchestrator.cli"]
+
+
+def mpirun(project, n: int, *args: str, orch=ORCH_MPI, timeout: float = 90) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ORCH_COUNTS": str(project.counts_file), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("ORCH_CACHE", None)
+    return subprocess.run([MPIEXEC, "-n", str(n), *orch, *args], cwd=project.root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_sweep_under_mpiexec_5_runs_each_computation_once_on_worker_ranks(project):
+    sweep_project(project, sleep=0.1)
+    out = mpirun(project, 5, *SWEEP8)
+    assert out.returncode == 0, out.stderr
+    assert plain_counts(project) == {"make_data": 1, "train": 8, "evaluate": 8, "table": 1}
+    check_sweep_result(project)
+    trained_on = rank_counts(project, "train")
+    assert "0" not in trained_on and set(trained_on) <= {"1", "2", "3", "4"}
+    assert len(trained_on) >= 2  # the work is spread over ranks
+    assert out.stdout.count("25 nodes: 18 ran, 7 cached") == 1  # rank 0 alone reports
+    runs = [p for p in (project.root / ".orch" / "runs").iterdir() if p.name != "latest"]
+    assert len(runs) == 1  # and alone writes the manifest
+    again = mpirun(project, 5, *SWEEP8)
+    assert again.returncode == 0, again.stderr
+    assert "25 nodes: 25 cached" in again.stdout
+    assert plain_counts(project) == {"make_data": 1, "train": 8, "evaluate": 8, "table": 1}
+
+
+def test_the_orch_script_works_under_mpiexec_without_mpi4py_run(project):
+    sweep_project(project)
+    out = mpirun(project, 3, *SWEEP8, orch=ORCH_SCRIPT)
+    assert out.returncode == 0, out.stderr
+    assert plain_counts(project) == {"make_data": 1, "train": 8, "evaluate": 8, "table": 1}
+    assert set(rank_counts(project, "train")) <= {"1", "2"}
+
+
+def _failing(project):
+    sweep_project(project, extra='''
+        @stage(inputs=["model"], outputs=["checked"], cachers=[JsonCacher])
+        def check(record, model):
+            if record.params.train.lr == 0.3:
+                raise ValueError("lr 0.3 is cursed")
+            return model
+    ''')
+    project.write("experiment.py", '''
+        from stages.work import make_data, train, check
+
+        def run(record):
+            check(train(make_data(record)))
+    ''')
+
+
+@pytest.mark.parametrize("orch", [ORCH_MPI, ORCH_SCRIPT], ids=["python-m-mpi4py", "orch-script"])
+def test_a_failing_stage_under_mpi_is_reported_with_its_rank_and_ends_the_job(project, orch):
+    _failing(project)
+    t0 = time.monotonic()
+    out = mpirun(project, 5, *SWEEP8, orch=orch, timeout=60)
+    assert out.returncode != 0
+    assert time.monotonic() - t0 < 30
+    assert "check [sweep8[train.lr=0.3]]" in out.stderr and "lr 0.3 is cursed" in out.stderr
+    assert "on MPI rank " in out.stderr
+    statuses = project.statuses()  # everything else finished and was recorded
+    assert statuses[("check", "sweep8[train.lr=0.3]")] == "failed"
+    assert sum(s == "ran" for (stage, _), s in statuses.items() if stage == "check") == 7
+
+
+def test_a_rank_that_dies_ends_the_job_instead_of_hanging(project):
+    project.write("stages/crash.py", '''
+        import os, time
+        from orchestrator import stage, JsonCacher
+
+        @stage(outputs=["x"], cachers=[JsonCacher])
+        def crash(record):
+            if record.params.i == 2:
+                os._exit(7)
+            time.sleep(0.2)
+            return record.params.i
+    ''')
+    project.write("experiment.py", '''
+        from stages.crash import crash
+
+        def run(record):
+            crash(record)
+    ''')
+    project.write("params/four.yaml", "i: 0\nsweep:\n  i: [1, 2, 3, 4]\n")
+    t0 = time.monotonic()
+    out = mpirun(project, 3, "run", "experiment.py", "-p", "params/four.yaml", timeout=60)
+    assert out.returncode != 0
+    assert time.monotonic() - t0 < 30
+
+
+def test_an_error_on_rank_0_before_scheduling_releases_the_workers(project):
+    sweep_project(project)
+    t0 = time.monotonic()
+    out = mpirun(project, 4, "run", "experiment.py", "--params", "params/missing.yaml", timeout=60)
+    assert out.returncode != 0
+    assert time.monotonic() - t0 < 30
+    assert out.stderr.count("missing.yaml") == 1  # reported once, by rank 0
+
+
+def test_mpiexec_with_one_rank_is_a_plain_run(project):
+    sweep_project(project)
+    out = mpirun(project, 1, *SWEEP8)
+    assert out.returncode == 0, out.stderr
+    assert plain_counts(project) == {"make_data": 1, "train": 8, "evaluate": 8, "table": 1}

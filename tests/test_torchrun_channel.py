@@ -1,0 +1,80 @@
+"""The file channel between torchrun ranks (no torch needed): followers never act on what an earlier,
+crashed launch with the same id left behind, and nobody waits forever."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+
+from orchestrator.executors_torchrun import Channel
+from orchestrator.task import TaskResult
+
+
+def _leftover(path) -> None:
+    """What a crashed launch leaves: its session, a follower's hello and a first task."""
+    old = Channel(path, 0, 2)
+    old.open()
+    old._nonces = {1: "someone-else"}
+    old._write("hello-1", {"token": old.token, "nonce": "someone-else"})
+    old.publish(0, {"kind": "task", "node_id": 7, "payload": b"stale"})
+
+
+def _leader_later(path, delay: float) -> Channel:
+    leader = Channel(path, 0, 2)
+
+    def go():
+        time.sleep(delay)
+        leader.open()
+        leader.publish(0, {"kind": "done", "code": 0})
+
+    threading.Thread(target=go, daemon=True).start()
+    return leader
+
+
+def test_a_follower_never_takes_a_leftover_message_for_a_new_one(tmp_path):
+    path = tmp_path / "tmp" / "torchrun-x"
+    _leftover(path)
+    follower = Channel(path, 1, 2)
+    follower.join()  # reads the leftover session: indistinguishable until rank 0 replaces it
+    assert follower.next(0, timeout=0.3) is None  # the leftover task is not addressed to this follower
+    leader = _leader_later(path, 0.1)
+    message = follower.next(0, timeout=10)
+    assert message["kind"] == "done" and follower.token == leader.token
+
+
+def test_a_follower_that_starts_after_rank_0_joins_its_session(tmp_path):
+    path = tmp_path / "tmp" / "torchrun-y"
+    leader = _leader_later(path, 0)
+    time.sleep(0.2)
+    follower = Channel(path, 1, 2)
+    follower.join()
+    assert follower.next(0, timeout=10)["kind"] == "done" and follower.token == leader.token
+
+
+def test_rank_0_does_not_wait_forever_for_a_follower_that_never_comes(tmp_path):
+    leader = Channel(tmp_path / "tmp" / "torchrun-z", 0, 3)
+    leader.open()
+    t0 = time.monotonic()
+    leader.publish(0, {"kind": "done", "code": 1}, hello_timeout=0.3)
+    assert time.monotonic() - t0 < 5
+    assert leader.results(0, timeout=0.2) == {}
+
+
+def test_results_and_goodbyes(tmp_path):
+    path = tmp_path / "tmp" / "torchrun-w"
+    leader = Channel(path, 0, 3)
+    leader.open()
+    followers = [Channel(path, r, 3) for r in (1, 2)]
+    for f in followers:
+        f.join()
+    leader.publish(0, {"kind": "task", "node_id": 3, "payload": b""})
+    for f in followers:
+        assert f.next(0, timeout=5)["node_id"] == 3
+        f.answer(0, pickle.dumps(TaskResult(3, "ran")), at=123.0)
+    got = leader.results(0, timeout=5)
+    assert sorted(got) == [1, 2] and all(r.status == "ran" and at == 123.0 for r, at in got.values())
+    for f in followers:
+        f.bye()
+    leader.close(timeout=5)
+    assert not path.exists()
