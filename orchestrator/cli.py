@@ -120,5 +120,125 @@ def get(name, run_id, param_set, output, cache, force):
         click.echo(f"{path}  ({artifact.name} of run {artifact.run_id} [{artifact.param_set}], stage {artifact.stage})")
 
 
+def cache_option(f):
+    return click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",
+                        help="Cache directory (default: the nearest .orch here or above; env ORCH_CACHE).")(f)
+
+
+@main.command()
+@click.argument("experiment", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--params", "-p", "params", multiple=True, type=click.Path(dir_okay=False),
+              help="Parameter file (with EXPERIMENT); repeatable.")
+@click.option("--set", "-S", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a parameter (with EXPERIMENT).")
+@click.option("--run", "run_id", default="latest", show_default=True, help="Without EXPERIMENT: the past run to explain.")
+@click.option("--stage", default=None, help="Only this stage.")
+@click.option("--param-set", "param_set", default=None, help="Only this parameter set.")
+@cache_option
+@debug_option
+def why(experiment, params, overrides, run_id, stage, param_set, cache):
+    """Why nodes run: with EXPERIMENT, what the next run would do and why (nothing runs); without it,
+    why the nodes of a past run ran (--run, default the latest)."""
+    from .console import print_why
+
+    if experiment is not None:
+        from . import session
+
+        opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
+                                  cache=cache, dry=True)
+        result = session.run(opts)
+        rows = [{"stage": o.node.stage.name, "param_set": o.node.set_name, "status": o.status, "reason": o.reason}
+                for o in result.outcomes if o.status != "cached"
+                and (not stage or o.node.stage.name == stage) and (not param_set or o.node.set_name == param_set)]
+        print_why(rows, f"{len(result.outcomes)} nodes planned")
+        return
+    from .artifacts import find_cache
+    from .history import load_manifest, why_rows
+
+    manifest = load_manifest(find_cache(cache), run_id)
+    print_why(why_rows(manifest, stage, param_set), f"run {manifest['run_id']}")
+
+
+@main.command()
+@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1), help="How many runs.")
+@cache_option
+@debug_option
+def runs(limit, cache):
+    """List past runs, newest first."""
+    from .artifacts import find_cache
+    from .console import print_runs
+    from .history import list_runs
+
+    print_runs(list_runs(find_cache(cache), limit))
+
+
+@main.command()
+@click.argument("run_id", default="latest")
+@cache_option
+@debug_option
+def show(run_id, cache):
+    """Show one run: its parameter sets and every node with status, duration and outputs."""
+    from .artifacts import find_cache
+    from .console import print_run
+    from .history import load_manifest
+
+    print_run(load_manifest(find_cache(cache), run_id))
+
+
+@main.group(cls=Group)
+def cache():
+    """Inspect and maintain the cache directory."""
+
+
+def _store(cache_dir):
+    from .artifacts import find_cache
+    from .store import DiskStore
+
+    return DiskStore(find_cache(cache_dir))
+
+
+@cache.command("ls")
+@cache_option
+@debug_option
+def cache_ls(cache):
+    """Entries, objects and bytes in the cache, per stage."""
+    from .console import print_cache_stats
+    from .maintenance import stats
+
+    store = _store(cache)
+    print_cache_stats(store.root, stats(store))
+
+
+@cache.command("verify")
+@cache_option
+@debug_option
+@click.pass_context
+def cache_verify(ctx, cache):
+    """Re-hash every stored object; damaged ones are quarantined and their entries dropped (they re-run)."""
+    from .maintenance import verify
+
+    report = verify(_store(cache))
+    for line in report.damaged:
+        click.echo(f"damaged: {line}", err=True)
+    click.echo(f"{report.checked} objects checked, {len(report.damaged)} damaged, "
+               f"{report.dropped_entries} entries dropped")
+    if report.damaged:
+        ctx.exit(1)
+
+
+@cache.command("gc")
+@click.option("--dry", is_flag=True, help="Only say what would be deleted.")
+@click.option("--grace", default=3600.0, show_default=True, type=click.FloatRange(min=0),
+              help="Keep unreferenced objects younger than this many seconds (a running orch may need them).")
+@cache_option
+@debug_option
+def cache_gc(dry, grace, cache):
+    """Delete objects no entry references and staging leftovers of killed runs (older than a day)."""
+    from .maintenance import gc
+
+    report = gc(_store(cache), grace_s=grace, dry=dry)
+    verb = "would delete" if dry else "deleted"
+    click.echo(f"{verb} {report.objects} objects ({report.bytes / 1e6:.1f} MB) and {report.staging} staging leftovers")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

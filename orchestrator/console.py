@@ -50,3 +50,38 @@ class Console:
             click.echo(f"failed: {o.node.stage.name} [{o.node.set_name}]: {o.error_type}: {o.error}"
                        + ("" if self.debug else "  (--debug shows the traceback; the log is in the run directory)"),
                        err=True)
+
+
+def print_why(rows: list[dict], what: str) -> None:
+    if not rows:
+        click.echo(f"{what}: everything comes from the cache")
+        return
+    width = max(len(f"{r['stage']} [{r['param_set']}]") for r in rows)
+    for r in rows:
+        click.echo(f"{r['status']:<8}{(r['stage'] + ' [' + r['param_set'] + ']'):<{width}}  {r['reason']}")
+    click.echo(f"{what}: {len(rows)} not from the cache")
+
+
+def print_runs(rows: list[dict]) -> None:
+    if not rows:
+        click.echo("no runs yet")
+        return
+    for r in rows:
+        counts = ", ".join(f"{v} {k}" for k, v in r["summary"].items())
+        duration = f"{r['duration_s']:.2f}s" if isinstance(r["duration_s"], (int, float)) else "-"
+        click.echo(f"{r['run_id']}  {r['status']:<8}{duration:>9}  {r['param_sets']} sets  {counts}")
+
+
+def print_run(m: dict) -> None:
+    click.echo(f"run {m['run_id']}  {m.get('status')}  started {m.get('started')}  finished {m.get('finished')}")
+    click.echo(f"experiment {m.get('experiment')}  argv: {' '.join(m.get('argv', []))}")
+    for n in m.get("nodes", []):
+        outs = ", ".join(f"{k}={v[:10]}" for k, v in n.get("outputs", {}).items())
+        click.echo(f"  {n['status']:<8}{n['stage']} [{n['param_set']}] {n.get('duration_s', 0):.2f}s  {outs}"
+                   + (f"  ({n['reason']})" if n.get("reason") and n["status"] != "cached" else ""))
+
+
+def print_cache_stats(root, s) -> None:
+    click.echo(f"{root}: {s.nodes} nodes, {s.entries} entries, {s.objects} objects, {s.bytes / 1e6:.1f} MB")
+    for stage, (entries, size) in sorted(s.by_stage.items(), key=lambda kv: -kv[1][1]):
+        click.echo(f"  {stage:<40} {entries:>6} entries {size / 1e6:>10.1f} MB")

@@ -232,7 +232,11 @@ def explain_new_key(node: Node, comp: dict, ctx: PlanContext) -> str:
             changes.append(f"input {name} changed" if name in old_in and name in new_in else f"input {name} added/removed")
     if old.get("sets") != comp.get("sets"):
         changes.append("parameter sets changed")
-    return "; ".join(changes) or "no cache entry for this key"
+    if changes:
+        return "; ".join(changes)
+    if heads[0].get("key") != node_key(comp):
+        return "orch's cache key format changed since the last run"
+    return "its cache entry was removed (orch cache gc/verify, or by hand)"
 
 
 def decide(node: Node, graph: Graph, input_hashes: list[str | None], ctx: PlanContext) -> Decision:
