@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from .errors import PlanningError
-from .params import ParamSet
+from .params import ParamSet, set_key
 from .record import Record
 from .stage import Stage
 
@@ -45,6 +45,7 @@ class Graph:
         self.nodes: list[Node] = []
         self.param_sets: dict[str, ParamSet] = {p.name: p for p in param_sets}
         self._aggregate_record: Record | None = None
+        self._aggregate_params: dict | None = None
 
     def new_record(self, pset: ParamSet) -> Record:
         rec = Record(pset.values, pset.name)
@@ -52,6 +53,12 @@ class Graph:
         return rec
 
     def params_of(self, node: Node) -> dict:
+        """The parameters a node's reads resolve against; an aggregate reads every set, under
+        `<set_key(name)>.<path>` (see Record.param_sets)."""
+        if node.stage.kind == "aggregate":
+            if self._aggregate_params is None:
+                self._aggregate_params = {set_key(n): p.values for n, p in self.param_sets.items()}
+            return self._aggregate_params
         pset = self.param_sets.get(node.set_name)
         return pset.values if pset is not None else {}
 

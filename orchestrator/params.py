@@ -93,6 +93,12 @@ def traced_value(values: dict, path: str, ignore: Sequence[str] = ()):
     return _prune(resolve(values, path), path, ignore)
 
 
+def set_key(set_name: str) -> str:
+    """A parameter-set name as one component of a dotted path (aggregates read `<set>.<path>`):
+    set names such as `sweep[train.lr=0.1]` contain dots, so "%" and "." are escaped."""
+    return set_name.replace("%", "%25").replace(".", "%2E")
+
+
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 

@@ -133,9 +133,8 @@ def key_components(node: Node, graph: Graph, input_hashes: list[str | None], ctx
         "decl": ctx.declaration_hash(node),
         "inputs": inputs,
     }
-    if stage.kind == "aggregate":
-        # Aggregates see every set's parameters (record.param_sets): key on all of them.
-        comp["sets"] = hash_value({name: ps.values for name, ps in graph.param_sets.items()})
+    if stage.kind == "aggregate":  # which sets it covers; what it read of their parameters is in its trace
+        comp["sets"] = sorted(graph.param_sets)
     return comp
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PlanningError
-from .params import TrackedParams
+from .params import TrackedParams, set_key
 
 #: The Record of the stage running in this context (set by the task around the stage call), so
 #: helpers such as run_external can trace what the stage depends on without being handed it.
@@ -42,8 +42,10 @@ class Record:
         self.reads: dict[str, Any] = {}
         self.files: dict[str, str] = {}
         self.params = TrackedParams(params or {}, self.reads, set_name=name, ignore=ignore)
-        # For aggregates: {parameter-set name: its parameter values} (read-only plain data).
-        self.param_sets = param_sets or {}
+        # For aggregates: {parameter-set name: its read-tracked parameters}. Reads are recorded as
+        # `<set_key(name)>.<path>`, so an aggregate re-runs only when a parameter it read changes.
+        self.param_sets = {n: TrackedParams(v, self.reads, set_name=n, prefix=set_key(n), ignore=ignore)
+                           for n, v in (param_sets or {}).items()}
         self.log_path = os.fspath(log_path) if log_path else None
         self._staging = Path(staging_dir) if staging_dir else None
         self._project_root = Path(project_root) if project_root else None

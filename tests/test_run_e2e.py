@@ -224,9 +224,13 @@ def test_aggregate_over_a_sweep(project):
     project.orch(*SWEEP)
     project.orch(*SWEEP)
     assert project.counts()["summarize"] == 1
+    # a parameter no stage (and not the aggregate) read changes nothing, not even the aggregate
+    project.orch(*SWEEP, "-S", "train.nproc=4")
+    assert project.counts()["summarize"] == 1
     m = project.manifest()
     agg = [n for n in m["nodes"] if n["stage"] == "summarize"][0]
     assert agg["param_set"] == "aggregate" and agg["status"] == "cached"
+    assert agg["reads"] == {"sweep[train%2Elr=0%2E1].train.lr": 0.1, "sweep[train%2Elr=0%2E2].train.lr": 0.2}
     obj = agg["outputs"]["table"]
     path = project.root / ".orch" / "objects" / obj[:2] / (obj[2:] + ".json")
     table = json.loads(path.read_text())
