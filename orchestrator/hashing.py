@@ -445,6 +445,22 @@ class Fingerprinter:
         if project_global:
             refs.append(self._globals.setdefault((owner.__name__, chain[i]), _Global(owner, chain[i])))
 
+    def function_node(self, fn) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+        """The parsed definition of a plain function (docstrings stripped), from the per-file parse
+        this instance keeps: other static analyses (lock scopes) need not re-read the source."""
+        code = getattr(_unwrap_chain(fn)[-1], "__code__", None)
+        if code is None:
+            return None
+        try:
+            st = os.stat(code.co_filename)
+        except OSError:
+            return None
+        if st.st_ctime_ns > self._started_ns:
+            return None  # edited since import: the source is not the code that runs
+        parsed = self._parse(code.co_filename, [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
+        nodes = parsed and _function_locator(code)(*parsed)
+        return nodes[0] if nodes else None
+
     # -- definitions: [AST digest, reference chains], cached per file stamp
 
     def _definition(self, filename: str, key: str, locate) -> list | None:

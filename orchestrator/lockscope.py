@@ -32,10 +32,11 @@ _OPAQUE = None
 _cache: dict[object, tuple[str, ...] | None] = {}
 
 
-def lock_scope(stage, params: dict, key: str, read_hash=None) -> str:
+def lock_scope(stage, params: dict, key: str, read_hash=None, function_node=None) -> str:
     """The name a node's lock is taken under (see the module docstring). `read_hash(path)` may give
-    the hash a read of `path` records (the planner memoizes them); computed here otherwise."""
-    paths = visible_reads(stage.fn)
+    the hash a read of `path` records (the planner memoizes them); computed here otherwise.
+    `function_node(fn)` may give fn's parsed definition (the fingerprinter has parsed it already)."""
+    paths = visible_reads(stage.fn, function_node)
     if paths is None:
         return key
     items = []
@@ -48,23 +49,25 @@ def lock_scope(stage, params: dict, key: str, read_hash=None) -> str:
     return f"{key}.{hash_value(('scope', items))[:20]}"
 
 
-def visible_reads(fn) -> tuple[str, ...] | None:
+def visible_reads(fn, function_node=None) -> tuple[str, ...] | None:
     """Dotted parameter paths read through `record.params` in fn's source; None when not all reads
     are visible there. Memoized per code object (a code edit is a new code object)."""
     code = getattr(fn, "__code__", None)
     if code in _cache:
         return _cache[code]
     try:
-        result = _analyze(fn)
+        result = _analyze(fn, function_node)
     except (OSError, TypeError, SyntaxError, IndentationError):  # no source (REPL, C function...)
         result = _OPAQUE
     _cache[code] = result
     return result
 
 
-def _analyze(fn) -> tuple[str, ...] | None:
-    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    func = tree.body[0] if tree.body else None
+def _analyze(fn, function_node=None) -> tuple[str, ...] | None:
+    func = function_node(fn) if function_node is not None else None
+    if func is None:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        func = tree.body[0] if tree.body else None
     if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
         return _OPAQUE
     args = func.args.posonlyargs + func.args.args

@@ -36,8 +36,6 @@ def stats(store: Store) -> CacheStats:
         sizes[info.hash] = info.size
     keys = set()
     for key, entry in store.iter_entries():
-        if entry.get("trace_id") == "head":
-            continue
         keys.add(key)
         s.entries += 1
         row = s.by_stage.setdefault(entry.get("stage", "?"), [0, 0])
@@ -66,8 +64,6 @@ def verify(store: Store) -> VerifyReport:
         except DamagedObjectError as e:
             report.damaged.append(str(e))
     for key, entry in list(store.iter_entries()):
-        if entry.get("trace_id") == "head":
-            continue
         if any(o["object"]["hash"] not in good for o in entry.get("outputs", {}).values()):
             store.delete_entry(key, entry["trace_id"])
             report.dropped_entries += 1

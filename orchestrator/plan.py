@@ -214,10 +214,10 @@ def _outputs_present(entry: dict, ctx: PlanContext) -> str | None:
 
 def explain_new_key(node: Node, comp: dict, ctx: PlanContext) -> str:
     """Compare with the last key this (stage, set) had: which of code/version/inputs changed."""
-    heads = ctx.store.get_entries(head_key(node))
-    if not heads:
+    head = ctx.store.get_ref(head_key(node))
+    if head is None:
         return "never ran for this parameter set"
-    old = heads[0].get("components", {})
+    old = head.get("components", {})
     changes = []
     if old.get("version") != comp["version"]:
         changes.append(f"version {old.get('version')!r} -> {comp['version']!r}")
@@ -233,7 +233,7 @@ def explain_new_key(node: Node, comp: dict, ctx: PlanContext) -> str:
         changes.append("parameter sets changed")
     if changes:
         return "; ".join(changes)
-    if heads[0].get("key") != node_key(comp):
+    if head.get("key") != node_key(comp):
         return "orch's cache key format changed since the last run"
     return "its cache entry was removed (orch cache gc/verify, or by hand)"
 

@@ -153,7 +153,8 @@ class Runner:
     def _scope(self, node: Node, d: Decision) -> str:
         params, ignore = self.graph.params_of(node), node.stage.ignore
         return lock_scope(node.stage, params, d.key,
-                          lambda path: self.ctx.read_hash(node.set_name, params, path, ignore))
+                          lambda path: self.ctx.read_hash(node.set_name, params, path, ignore),
+                          self.ctx.fingerprinter.function_node if self.ctx.fingerprinter is not None else None)
 
     # -- completion ----------------------------------------------------------------------------
     def _complete(self, r: TaskResult, ready: deque) -> None:

@@ -16,7 +16,9 @@ from .fsutil import atomic_write_json
 
 
 def new_run_id() -> str:
-    return datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    """Sortable by start time to the millisecond (runs list newest first), unique by a random tail."""
+    now = datetime.now()
+    return now.strftime("%Y%m%d-%H%M%S") + f".{now.microsecond // 1000:03d}-" + secrets.token_hex(2)
 
 
 class RunLog:

@@ -261,6 +261,14 @@ class Store(abc.ABC):
         with a warning, never an exception (a damaged entry is a cache miss)."""
 
     @abc.abstractmethod
+    def get_ref(self, name: str) -> dict | None:
+        """A small named record (e.g. the last key of a stage on a parameter set), or None."""
+
+    @abc.abstractmethod
+    def put_ref(self, name: str, value: dict) -> None:
+        """Write a named record atomically, last writer wins (one flat file: no directory per name)."""
+
+    @abc.abstractmethod
     def get_entry(self, key: str, trace_id: str) -> dict | None:
         """One entry by name, or None: the fast path of a lookup whose trace id is predicted."""
 
@@ -484,6 +492,16 @@ class DiskStore(Store):
     def get_entry(self, key: str, trace_id: str) -> dict | None:
         return _read_entry(os.path.join(self._entry_dir(key), _check_name("trace id", trace_id) + ".json"))
 
+    def _ref_path(self, name: str) -> str:
+        _check_name("ref name", name)
+        return os.path.join(str(self.root), "refs", name[:2], name + ".json")
+
+    def get_ref(self, name: str) -> dict | None:
+        return _read_entry(self._ref_path(name))
+
+    def put_ref(self, name: str, value: dict) -> None:
+        atomic_write_json(self._ref_path(name), value)
+
     def put_entry(self, key: str, entry: dict) -> None:
         name = _check_name("trace id", entry["trace_id"])
         atomic_write_json(os.path.join(self._entry_dir(key), name + ".json"), entry)  # makes the dir
@@ -593,6 +611,7 @@ class MemoryStore(Store):
         self.root = None
         self._objects: dict[tuple[str, str], tuple[ObjectInfo, object]] = {}
         self._entries: dict[str, dict[str, str]] = {}
+        self._refs: dict[str, str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._tmpdir: str | None = None
@@ -652,6 +671,13 @@ class MemoryStore(Store):
     def get_entry(self, key: str, trace_id: str) -> dict | None:
         text = self._entries.get(_check_name("node key", key), {}).get(_check_name("trace id", trace_id))
         return None if text is None else json.loads(text)
+
+    def get_ref(self, name: str) -> dict | None:
+        text = self._refs.get(_check_name("ref name", name))
+        return None if text is None else json.loads(text)
+
+    def put_ref(self, name: str, value: dict) -> None:
+        self._refs[_check_name("ref name", name)] = json.dumps(value, separators=(",", ":"))
 
     def put_entry(self, key: str, entry: dict) -> None:
         name = _check_name("trace id", entry["trace_id"])

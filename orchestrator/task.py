@@ -345,7 +345,7 @@ def _write_entry(task: Task, store: Store, record: Record, outputs: dict, fn_tim
         "duration_s": round(fn_time, 6),
     }
     store.put_entry(task.key, entry)
-    store.put_entry(task.head_key, {"trace_id": "head", "created": entry["created"], "key": task.key,
+    store.put_ref(task.head_key, {"created": entry["created"], "key": task.key,
                                     "components": task.components})
     return entry
 

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -186,13 +185,10 @@ def test_bundled_example_end_to_end_then_fully_cached(example):
     assert rows[0].startswith("set,width,") and rows[1].startswith("default,8,")
     assert (files / "comparison.png").stat().st_size > 0
 
-    # the second run comes entirely from the cache, quickly
-    t0 = time.perf_counter()
+    # the second run comes entirely from the cache
     second = orch(example, *run)
-    elapsed = time.perf_counter() - t0
     assert "5 cached" in second.stdout and "ran" not in second.stdout.replace("run ", "")
-    assert elapsed < 5, f"cached re-run took {elapsed:.1f}s"
-    # the process count does not change the model: no re-training on a machine with more cores
-    # (only the comparison, which is keyed on every set's parameters, is redone)
+    # the process count does not change the model: no re-training on a machine with more cores,
+    # and the comparison did not read it either
     third = orch(example, *run, "-S", "train.nproc=1")
-    assert "cached  train [default]" in third.stdout and "4 cached" in third.stdout
+    assert "cached  train [default]" in third.stdout and "5 cached" in third.stdout

@@ -736,7 +736,7 @@ def test_not_a_function_or_class(proj):
             fp.fingerprint(bad)
 
 
-def test_200_stages_parse_once_and_fast(proj, monkeypatch):
+def test_200_stages_parse_each_file_once(proj, monkeypatch):
     body = ["from stages.util import helper, other\nfrom fakeorch import stage\n"]
     for i in range(200):
         body.append(f'@stage(outputs=["o{i}"])\ndef s{i}(record):\n    """Stage {i}."""\n'
@@ -746,15 +746,11 @@ def test_200_stages_parse_once_and_fast(proj, monkeypatch):
     mod = proj.load("stages.many")
     parses = spy_on_parse(monkeypatch)
     fp = Fingerprinter(proj.root, exclude=[proj.root / "fakeorch"])
-    t0 = time.perf_counter()
     digests = {fp.fingerprint(getattr(mod, f"s{i}")) for i in range(200)}
-    elapsed = time.perf_counter() - t0
     assert len(digests) == 200
     assert sorted(parses) == [str(proj.root / "stages" / "many.py"), str(proj.root / "stages" / "util.py")]
-    assert elapsed < 0.5, elapsed  # ~15 ms measured on the 2-core box; generous for loaded CI
-    t0 = time.perf_counter()
     assert {fp.fingerprint(getattr(mod, f"s{i}")) for i in range(200)} == digests
-    assert time.perf_counter() - t0 < 0.05  # memoized per object
+    assert len(parses) == 2  # memoized: each file parsed once (speed is measured in bench/, not here)
 
 
 def spy_on_parse(monkeypatch) -> list[str]:

@@ -342,13 +342,27 @@ def test_overwrite_recomputes_each_computation_once(project):
     assert plain_counts(project) == {"make_data": 1, "train": 8, "evaluate": 8, "table": 1}
 
 
-def test_a_fully_cached_parallel_run_starts_no_worker(project):
+def test_a_fully_cached_parallel_run_starts_no_worker(project, monkeypatch):
+    import concurrent.futures
+
+    from orchestrator import session
+
     sweep_project(project)
     project.orch(*SWEEP8)
-    t0 = time.perf_counter()
-    out = project.orch(*SWEEP8, "-j", "4")
-    assert "25 cached" in out.stdout
-    assert time.perf_counter() - t0 < 5
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool was started for a fully cached run")
+
+    for name in [m for m in sys.modules if m == "experiment" or m.split(".")[0] == "stages"]:
+        monkeypatch.delitem(sys.modules, name)  # another project's, imported by an earlier test
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
+    monkeypatch.syspath_prepend(str(project.root))
+    monkeypatch.setenv("ORCH_COUNTS", str(project.counts_file))
+    result = session.run(session.RunOptions(experiment=project.root / "experiment.py",
+                                            params=[str(project.root / "params/sweep8.yaml")], parallel=4))
+    assert result.counts() == {"cached": 25}
+    for name in [m for m in sys.modules if m == "experiment" or m.split(".")[0] == "stages"]:
+        del sys.modules[name]
 
 
 def test_workers_send_back_only_in_memory_outputs(tmp_path, monkeypatch):

@@ -541,3 +541,13 @@ def test_staging_paths_are_unique_and_not_created(store):
     (a / "f").write_text("x")
     info = store.ingest(a / "f")
     assert store.object_path(info).read_text() == "x"
+
+
+def test_refs_put_get_overwrite(store):
+    name = "cd" + "2" * 62
+    assert store.get_ref(name) is None
+    store.put_ref(name, {"key": "a"})
+    store.put_ref(name, {"key": "b"})
+    assert store.get_ref(name) == {"key": "b"}
+    with pytest.raises(ValueError):
+        store.put_ref("../escape", {})
