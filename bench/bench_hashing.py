@@ -97,8 +97,8 @@ def main(size_gb: float = 1.0, write: bool = False) -> None:
         + ", ".join(f"{k} {v:.2f} GB/s" for k, v in algos.items())
         + ("" if "blake3" in algos else " (blake3 not installed)") + ".",
         "sha256 is kept: it meets the goal with hashlib alone (SHA extensions), and a stored object's hash",
-        "equals `sha256sum` of its file. Files of 64 MB and more are hashed through mmap in 16 MiB windows (no copy
-into Python buffers: 1.27 -> 1.43 GB/s), smaller ones through one reused 1 MiB buffer.",
+        "equals `sha256sum` of its file. Files of 64 MB and more are hashed through mmap in 16 MiB windows (no copy",
+        "into Python buffers: 1.27 -> 1.43 GB/s), smaller ones through one reused 1 MiB buffer.",
     ]
     text = "\n".join(lines)
     print(text)
