@@ -126,7 +126,8 @@ class Runner:
             else:
                 stored = (producer_out.entry or {}).get("outputs", {}).get(e.output)
                 if stored is None:
-                    iv.value, iv.in_memory = st.values.get((e.producer, e.output)), True
+                    # never None by accident: _rerun_producer checks availability before resubmitting
+                    iv.value, iv.in_memory = st.values[(e.producer, e.output)], True
                 else:
                     iv.obj, iv.metadata = stored["object"], stored.get("metadata")
             inputs.append(iv)
@@ -216,13 +217,26 @@ class Runner:
                 self.on_done(out)
                 self._release_inputs(out.node)
 
+    def _inputs_available(self, node: Node) -> bool:
+        """Every input either stored or still held in memory (a re-run needs them again)."""
+        for e in node.inputs:
+            stored = (self.outcomes[e.producer].entry or {}).get("outputs", {}).get(e.output)
+            if stored is None and (e.producer, e.output) not in self._st.values:
+                return False
+        return True
+
     def _rerun_producer(self, consumer: Node, r: TaskResult, ready: deque) -> None:
         """A stored input was damaged (quarantined by the store): recompute its producer, then retry."""
         p = r.damaged_producer
         st = self._st
+        error = r.error
+        if p is not None and not self._inputs_available(self.graph.nodes[p]):
+            error += (f"; its producer {self.graph.nodes[p].label} cannot be recomputed in this run (an in-memory "
+                      f"input of it was already released): run again")
+            p = None
         if p is None or p in self._rerun_after_damage and p not in st.rerun_waiters:
             out = self.outcomes[consumer.id]
-            out.status, out.error, out.error_type = "failed", r.error, "DamagedObjectError"
+            out.status, out.error, out.error_type = "failed", error, "DamagedObjectError"
             self.on_done(out)
             self._release_inputs(consumer)
             self._skip_downstream(consumer)

@@ -157,3 +157,39 @@ def test_failure_skips_dependents_and_keeps_others(store, monkeypatch):
     assert by[("report", "b")].status == "skipped" and by[("report", "b")].skipped_because == "total[b]"
     assert by[("report", "a")].status == "ran"
     assert by[("make", "b")].status == "cached"  # shared with set a: same code, inputs and reads
+
+
+@stage(outputs=["raw"])
+def load_raw(record):
+    return list(range(5))
+
+
+@stage(inputs=["raw"], outputs=["data"], cachers=[PickleCacher])
+def clean(record, raw):
+    return [x * 10 for x in raw]
+
+
+def _mem_pipeline(record):
+    total(clean(load_raw(record)))
+
+
+def test_damaged_input_whose_producer_cannot_be_recomputed_fails_clearly(tmp_path):
+    """clean's input lived in memory only and was released once clean was found cached: when total
+    finds clean's stored output damaged, clean cannot be recomputed in this run. The node must fail
+    with a clear message, never run on a missing (None) input."""
+    store = DiskStore(tmp_path / "cache")
+    g = _graph({"a": {"k": 1}}, _mem_pipeline)
+    _, first, _ = _run(store, g)
+    entry = first[1].entry
+    from orchestrator.store import ObjectInfo
+
+    info = ObjectInfo.from_json(entry["outputs"]["data"]["object"])
+    path = store.object_path(info, verify=False)
+    path.chmod(0o644)
+    data = path.read_bytes()
+    path.write_bytes(data[:-2] + bytes([data[-2] ^ 1]) + data[-1:])  # same size: found only at load
+    g2 = _graph({"a": {"k": 2}}, _mem_pipeline)  # total must run and load clean's output
+    _, outcomes, _ = _run(store, g2)
+    by = {o.node.stage.name: o for o in outcomes}
+    assert by["clean"].status == "cached"
+    assert by["total"].status == "failed" and "cannot be recomputed in this run" in by["total"].error
