@@ -183,8 +183,12 @@ def _run(opts: RunOptions, on_done: Callable, leader) -> RunResult:
         return RunResult(None, outcomes, decisions, graph, time.perf_counter() - t0, root)
     log = RunLog(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
     executor = _executor(opts, leader, store, root, experiment)
+    runner = Runner(graph, ctx, decisions, executor, on_done, log.log_dir)
     try:
-        outcomes = Runner(graph, ctx, decisions, executor, on_done, log.log_dir).run()
+        outcomes = runner.run()
+    except KeyboardInterrupt:  # Ctrl-C: what finished is stored; say so in the run record
+        log.finish("interrupted", [node_record(o) for o in runner.outcomes], {})
+        raise
     finally:
         if executor is not leader:  # the leader is closed by run(), with the exit code
             executor.close()

@@ -128,3 +128,17 @@ def test_kill_while_another_process_waits_on_the_node_lock(project):
     assert second.wait(timeout=60) == 0
     counts = project.counts()
     assert counts["final"] == 1 and counts["s3"] == 1
+
+
+def test_ctrl_c_keeps_finished_work_and_records_the_interruption(project):
+    args = _project(project, sleep=0.6, mb=1)
+    proc = _start(project, args)
+    _wait_for(project, "s1-start")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=30) != 0
+    m = project.manifest()
+    assert m["status"] == "interrupted"
+    assert {n["stage"]: n["status"] for n in m["nodes"]}["s0"] == "ran"
+    project.reset_counts()
+    project.orch(*args)
+    assert "s0" not in project.counts() and project.counts()["final"] == 1
