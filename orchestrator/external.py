@@ -117,6 +117,11 @@ def run_external(
     script = _script_of(args, chosen, run_dir)
     if script is not None and record is not None:
         record.track(script)
+        if project_root is not None:  # and the project code it imports (its model, its data loading)
+            from .scriptdeps import local_imports
+
+            for dep in local_imports(script, project_root, exclude=[Path(__file__).parent]):
+                record.track(dep)
     full = build_command(args, launcher=chosen, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
                          rdzv_id=rdzv_id, max_restarts=max_restarts)
     child_env = clean_env(os.environ, env)

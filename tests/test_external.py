@@ -372,6 +372,38 @@ def test_editing_the_external_script_invalidates_only_its_stage(project):
     assert load("report", cache=project.root / ".orch") == {"total": 20}
 
 
+def test_editing_code_the_external_script_imports_invalidates_its_stage(project):
+    """The script's own imports from the project (its model, its helpers) are traced with it."""
+    project.write("external/mathutil.py", """
+        def total(numbers):
+            return sum(numbers)
+    """)
+    project.write("external/total.py", """
+        import json, sys
+        from mathutil import total
+        json.dump(total(json.loads(sys.argv[1])), open(sys.argv[2], "w"))
+    """)
+    project.write("stages/ext.py", EDIT_STAGES)
+    project.write("experiment.py", """
+        from stages.ext import make, external_sum, report, unrelated
+
+        def run(record):
+            report(external_sum(make(record)))
+            unrelated(record)
+    """)
+    project.write("params/p.yaml", "n: 5\n")
+    run = ("run", "experiment.py", "--params", "params/p.yaml")
+    project.orch(*run)
+    project.reset_counts()
+    project.write("external/mathutil.py", """
+        def total(numbers):
+            return 3 * sum(numbers)
+    """)
+    out = project.orch(*run)
+    assert project.counts() == {"external_sum": 1, "report": 1}
+    assert "file external/mathutil.py changed" in out.stdout
+
+
 def test_failing_external_stage_reports_command_and_tail(project):
     project.write("external/boom.py", """
         import sys
