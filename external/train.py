@@ -74,6 +74,10 @@ def main(**opts):
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
         _train(opts, rank, world, dev, t_start)
+        if world > 1:
+            # Leave together: a rank tearing gloo down while rank 0 still writes the final model can
+            # abort the job at exit ("terminate called without an active exception").
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -173,15 +173,76 @@ def runs(limit, cache):
 
 @main.command()
 @click.argument("run_id", default="latest")
+@click.option("--html", is_flag=True, help="Write the run's HTML report (runs/<id>/report.html) and print its path.")
 @cache_option
 @debug_option
-def show(run_id, cache):
+def show(run_id, html, cache):
     """Show one run: its parameter sets and every node with status, duration and outputs."""
     from .artifacts import find_cache
+
+    if html:
+        from .report import report_for_run
+
+        click.echo(report_for_run(find_cache(cache), run_id))
+        return
     from .console import print_run
     from .history import load_manifest
 
     print_run(load_manifest(find_cache(cache), run_id))
+
+
+@main.command()
+@click.argument("run_id", default="latest")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write it (default: report.html in the run's directory).")
+@cache_option
+@debug_option
+def report(run_id, output, cache):
+    """(Re)write the HTML report of a past run (default the latest) from its manifest; prints its path."""
+    from .artifacts import find_cache
+    from .report import report_for_run
+
+    click.echo(report_for_run(find_cache(cache), run_id, output))
+
+
+@main.command()
+@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--params", "-p", "params", multiple=True, type=click.Path(dir_okay=False),
+              help="Parameter file (YAML or .py); repeatable.")
+@click.option("--set", "-S", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a parameter in every set.")
+@click.option("--format", "-f", "fmt", type=click.Choice(["svg", "dot", "png"]), default=None,
+              help="svg (drawn by orch), dot (Graphviz source) or png (needs Graphviz's dot). "
+                   "Default: from the suffix of -o, else svg.")
+@click.option("-o", "--output", default=None, metavar="PATH",
+              help="File to write (default: dag.FORMAT here); - writes svg or dot to stdout.")
+@click.option("--stages/--nodes", "stages", default=None,
+              help="One box per stage, or every node (default: every node up to 60, else one box per stage).")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",
+              help="Cache directory (default: .orch next to the experiment; env ORCH_CACHE).")
+@debug_option
+def graph(experiment, params, overrides, fmt, output, stages, cache):
+    """Draw the DAG the next run of EXPERIMENT would execute, coloured cached / will run / pending
+    (plans only: nothing runs)."""
+    from . import session
+    from .drawing import format_of, render
+    from .report import write_file
+    from .runs import node_record
+
+    fmt = fmt or format_of(output)
+    if output == "-" and fmt == "png":
+        raise click.UsageError("-o - writes text; give --format png a file name")
+    opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
+                              cache=cache, dry=True)
+    result = session.run(opts)
+    data = render([node_record(o) for o in result.outcomes], fmt, stages)
+    if output == "-":
+        click.echo(data.decode("utf-8"), nl=False)
+        return
+    path = Path(output or f"dag.{fmt}")
+    write_file(path, data)
+    c = result.counts()
+    click.echo(f"{path}: {len(result.outcomes)} nodes, {c.get('run', 0)} to run, {c.get('pending', 0)} pending, "
+               f"{c.get('cached', 0)} cached")
 
 
 @main.group(cls=Group)

@@ -109,3 +109,11 @@ class ParamSetNotFoundError(RunNotFoundError):
 
 class ArtifactNotFoundError(RunNotFoundError):
     """A run has no artifact of that name (or it was not stored)."""
+
+
+class ReportError(OrchError):
+    """A run report or DAG picture cannot be written (the -o path, or Graphviz's `dot` failed)."""
+
+
+class GraphvizNotFoundError(ReportError):
+    """--format png needs Graphviz's `dot` program, and it is not installed."""

@@ -188,6 +188,7 @@ def _run(opts: RunOptions, on_done: Callable, leader) -> RunResult:
         outcomes = runner.run()
     except KeyboardInterrupt:  # Ctrl-C: what finished is stored; say so in the run record
         log.finish("interrupted", [node_record(o) for o in runner.outcomes], {})
+        _leave_report(log)
         raise
     finally:
         if executor is not leader:  # the leader is closed by run(), with the exit code
@@ -195,5 +196,19 @@ def _run(opts: RunOptions, on_done: Callable, leader) -> RunResult:
     result = RunResult(log.run_id, outcomes, decisions, graph, time.perf_counter() - t0, root)
     status = "failed" if result.failed else "ok"
     log.finish(status, [node_record(o) for o in outcomes], result.counts())
+    _leave_report(log)
     return result
+
+
+def _leave_report(log) -> None:
+    """runs/<id>/report.html next to the manifest; if it cannot be written the run still stands (warning)."""
+    import logging
+
+    from .errors import ReportError
+    from .report import write_report
+
+    try:
+        write_report(log.manifest, log.dir / "report.html")
+    except ReportError as e:
+        logging.getLogger(__name__).warning("%s", e)
 

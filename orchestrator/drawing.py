@@ -1,0 +1,385 @@
+"""The DAG picture, laid out in pure Python: SVG for the run report and `orch graph`, DOT for Graphviz.
+
+Input is manifest-shaped node dicts (`id`, `stage`, `stage_id`, `param_set`, `status`, `reason`, `inputs`
+as [input, producer id, output, (set)]), so a past run and a plan are drawn alike. No graphviz is
+needed: layers by longest path from the sources, order within a layer by barycenter sweeps, curved
+edges under the boxes. Every pass is a loop over the topologically ordered node list (no recursion),
+and a graph of more than NODE_LIMIT nodes is drawn one box per stage, with counts by status.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+
+NODE_LIMIT = 60  # up to this many nodes every node is drawn; above it, one box per stage
+DRAW_LIMIT = 3000  # boxes: beyond this a picture is no longer readable (nor cheap); none is drawn
+
+# status -> (fill, stroke); past runs: ran/cached/failed/skipped; plans: run/pending/cached
+COLOURS = {
+    "failed": ("#fde0de", "#d0342c"),
+    "ran": ("#dcf3e3", "#2e9e5b"),
+    "run": ("#fff0d2", "#dd8f0b"),
+    "pending": ("#fdf8e6", "#c4a239"),
+    "skipped": ("#f1f1f1", "#9a9a9a"),
+    "cached": ("#e7edf5", "#6f849e"),
+}
+UNKNOWN = ("#ffffff", "#999999")
+STATUS_ORDER = tuple(COLOURS)  # also the order of precedence for a stage box's colour
+DASHED = {"skipped", "pending"}
+LABELS = {"run": "will run", "pending": "pending on upstream"}
+
+_CHAR_W, _SUB_W = 7.3, 6.7  # px per character of the 12 px / 11 px monospace labels
+_BOX_H, _STAGE_BOX_H, _GAP_X, _GAP_Y, _GAP_WAYPOINT, _MARGIN, _LEGEND_H = 38, 46, 56, 14, 8, 16, 26
+_MAX_TITLE, _MAX_SUB = 34, 40
+
+
+@dataclass(slots=True)
+class Box:
+    title: str
+    subtitle: str
+    status: str
+    tooltip: str
+    counts: dict[str, int] = field(default_factory=dict)  # stage boxes: nodes by status
+    layer: int = 0
+    x: float = 0.0
+    y: float = 0.0
+    w: float = 0.0
+
+
+@dataclass
+class Picture:
+    boxes: list[Box]
+    edges: list[tuple[int, int, str]]  # (from box, to box, artifact names)
+    stages: bool  # one box per stage
+    nodes: int  # how many nodes the boxes stand for
+    routes: dict[int, list[tuple[float, float, float]]] = field(default_factory=dict)  # edge -> waypoints (x0, x1, y)
+    width: float = 0.0
+    height: float = 0.0
+
+
+def build(nodes: list[dict], stages: bool | None = None) -> Picture:
+    """Boxes and edges for `nodes`; `stages=None` chooses stage boxes above NODE_LIMIT nodes."""
+    if stages is None:
+        stages = len(nodes) > NODE_LIMIT
+    if any(a["id"] > b["id"] for a, b in zip(nodes, nodes[1:])):
+        nodes = sorted(nodes, key=lambda n: n["id"])  # ids are a topological order (graph.py)
+    return _stage_picture(nodes) if stages else _node_picture(nodes)
+
+
+def _node_picture(nodes: list[dict]) -> Picture:
+    index = {n["id"]: i for i, n in enumerate(nodes)}
+    boxes = []
+    for n in nodes:
+        status = n.get("status", "")
+        tip = f"{n['stage']} [{n['param_set']}]\n{LABELS.get(status, status)}"
+        if n.get("reason"):
+            tip += f": {n['reason']}"
+        if n.get("error"):
+            tip += f"\n{n['error']}"
+        boxes.append(Box(n["stage"], n["param_set"], status, tip))
+    return Picture(boxes, _edges(nodes, index), False, len(nodes))
+
+
+def _stage_picture(nodes: list[dict]) -> Picture:
+    """One box per stage (in order of first appearance, a topological order whenever the stage graph
+    is acyclic), coloured by its most notable status, with its nodes counted by status."""
+    slot: dict[str, int] = {}
+    names: list[str] = []
+    counts: list[dict[str, int]] = []
+    sets: list[set] = []
+    for n in nodes:
+        i = slot.get(n.get("stage_id") or n["stage"])
+        if i is None:
+            i = slot[n.get("stage_id") or n["stage"]] = len(names)
+            names.append(n["stage"])
+            counts.append({})
+            sets.append(set())
+        status = n.get("status", "")
+        counts[i][status] = counts[i].get(status, 0) + 1
+        sets[i].add(n["param_set"])
+    shared = Counter(names)
+    boxes = []
+    for key, name, c, in_sets in zip(slot, names, counts, sets):
+        status = next((st for st in STATUS_ORDER if c.get(st)), next(iter(c)))
+        summary = ", ".join(f"{c[st]} {st}" for st in _ordered(c))
+        title = key if shared[name] > 1 else name  # two stages of one name: tell them apart by module
+        sets_text = f"{len(in_sets)} parameter set" + ("s" if len(in_sets) != 1 else "")
+        boxes.append(Box(title, summary, status, f"{key}\n{sets_text}: {summary}", counts=c))
+    index = {n["id"]: slot[n.get("stage_id") or n["stage"]] for n in nodes}
+    return Picture(boxes, _edges(nodes, index), True, len(nodes))
+
+
+def _edges(nodes: list[dict], box_of: dict) -> list[tuple[int, int, str]]:
+    """Distinct (producer box, consumer box) pairs (`box_of`: node id -> box), labelled with the
+    artifacts that flow along them."""
+    labels: dict[tuple[int, int], list[str]] = {}
+    for n in nodes:
+        dst = box_of[n["id"]]
+        for edge in n.get("inputs", ()):
+            src = box_of.get(edge[1])
+            if src is None:
+                continue
+            names = labels.setdefault((src, dst), [])
+            if edge[2] not in names:
+                names.append(edge[2])
+    return [(s, d, ", ".join(names)) for (s, d), names in labels.items()]
+
+
+def _ordered(counts: dict[str, int]) -> list[str]:
+    return [s for s in STATUS_ORDER if counts.get(s)] + sorted(s for s in counts if s not in COLOURS)
+
+
+def layout(pic: Picture, sweeps: int = 4) -> Picture:
+    """Layers by longest path from a source; a long edge gets a waypoint in every layer it crosses
+    (so it is ordered and spaced like a box and runs between boxes, not through them); order within
+    layers by barycenter sweeps; then coordinates."""
+    n = len(pic.boxes)
+    forward = [(e, s, d) for e, (s, d, _) in enumerate(pic.edges) if s < d]  # boxes are in topological order;
+    direct: list[list[int]] = [[] for _ in range(n)]  # other edges (stage cycles) are drawn, not layered
+    for _, s, d in forward:
+        direct[d].append(s)
+    layer = [0] * n
+    for i in range(n):
+        if direct[i]:
+            layer[i] = 1 + max(layer[p] for p in direct[i])
+    preds: list[list[int]] = [[] for _ in range(n)]
+    succs: list[list[int]] = [[] for _ in range(n)]
+    hops: dict[int, list[int]] = {}
+    for e, s, d in forward:
+        prev = s
+        for li in range(layer[s] + 1, layer[d]):
+            v = len(layer)
+            layer.append(li)
+            preds.append([prev])
+            succs.append([])
+            succs[prev].append(v)
+            hops.setdefault(e, []).append(v)
+            prev = v
+        preds[d].append(prev)
+        succs[prev].append(d)
+    layers: list[list[int]] = [[] for _ in range(max(layer, default=-1) + 1)]
+    for v, li in enumerate(layer):
+        layers[li].append(v)
+    _order(layers, preds, succs, sweeps)
+
+    box_h = _STAGE_BOX_H if pic.stages else _BOX_H
+    size = [box_h] * n + [0] * (len(layer) - n)
+    y = _heights(layers, preds, succs, size)
+    top = min((y[v] - size[v] / 2 for v in range(len(y))), default=0.0) - _MARGIN - _LEGEND_H
+    bottom = max((y[v] + size[v] / 2 for v in range(len(y))), default=0.0)
+    x, columns = float(_MARGIN), []
+    for row in layers:
+        width = max(_box_width(pic.boxes[v]) for v in row if v < n)
+        columns.append((x, width))
+        for v in row:
+            if v < n:
+                box = pic.boxes[v]
+                box.layer, box.x, box.y, box.w = layer[v], x, y[v] - box_h / 2 - top, width
+        x += width + _GAP_X
+    pic.routes = {e: [(columns[layer[v]][0], sum(columns[layer[v]]), y[v] - top) for v in vs] for e, vs in hops.items()}
+    pic.width = max(x - _GAP_X + _MARGIN, 360)
+    pic.height = bottom - top + _MARGIN + (24 if any(s >= d for s, d, _ in pic.edges) else 0)
+    return pic
+
+
+def _order(layers: list[list[int]], preds: list[list[int]], succs: list[list[int]], sweeps: int) -> None:
+    """Barycenter heuristic: sort each layer by the mean position of its neighbours in the layer
+    before (down sweeps) or after (up sweeps); ties keep the current order."""
+    pos = [0.0] * (len(preds))
+
+    def place(row: list[int]) -> None:
+        mid = (len(row) - 1) / 2
+        for k, v in enumerate(row):
+            pos[v] = k - mid
+
+    for row in layers:
+        place(row)
+    for sweep in range(sweeps):
+        down = sweep % 2 == 0
+        near = preds if down else succs
+        for row in (layers[1:] if down else layers[-2::-1]):
+            bary = {v: (sum(pos[j] for j in near[v]) / len(near[v]) if near[v] else pos[v]) for v in row}
+            row.sort(key=lambda v: (bary[v], pos[v]))
+            place(row)
+
+
+def _heights(layers: list[list[int]], preds: list[list[int]], succs: list[list[int]], size: list[int]) -> list[float]:
+    """Vertical centres: each box (or waypoint) as close as its layer's order allows to the mean of
+    its neighbours (down, up, down sweeps), neighbours in a layer kept apart by their sizes."""
+    y = [0.0] * len(size)
+
+    def gap(a: int, b: int) -> float:
+        return (size[a] + size[b]) / 2 + (_GAP_Y if size[a] and size[b] else _GAP_WAYPOINT)
+
+    for row in layers:
+        for k in range(1, len(row)):
+            y[row[k]] = y[row[k - 1]] + gap(row[k - 1], row[k])
+        mid = y[row[-1]] / 2
+        for v in row:
+            y[v] -= mid
+    for sweep in range(3):
+        down = sweep % 2 == 0
+        near = preds if down else succs
+        for row in (layers[1:] if down else layers[-2::-1]):
+            want = [sum(y[j] for j in near[v]) / len(near[v]) if near[v] else y[v] for v in row]
+            placed = want[:1]
+            for k in range(1, len(row)):
+                placed.append(max(want[k], placed[-1] + gap(row[k - 1], row[k])))
+            shift = sum(p - w for p, w in zip(placed, want)) / len(row)
+            for v, p in zip(row, placed):
+                y[v] = p - shift
+    return y
+
+
+def _box_width(box: Box) -> float:
+    return max(90.0, min(len(box.title), _MAX_TITLE) * _CHAR_W + 18, min(len(box.subtitle), _MAX_SUB) * _SUB_W + 18)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def svg(pic: Picture) -> str:
+    """A standalone SVG (also valid inline in HTML): a legend, edges beneath, boxes with tooltips."""
+    if not pic.width:
+        layout(pic)
+    box_h = _STAGE_BOX_H if pic.stages else _BOX_H
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="orch-dag" width="{pic.width:.0f}" height="{pic.height:.0f}" '
+        f'viewBox="0 0 {pic.width:.0f} {pic.height:.0f}" font-family="ui-monospace,SFMono-Regular,Menlo,Consolas,'
+        f'DejaVu Sans Mono,monospace">',
+        '<defs><marker id="orch-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#8796a8"/></marker></defs>',
+    ]
+    out.append('<rect width="100%" height="100%" fill="#ffffff"/>')  # dark-themed viewers of the .svg
+    out.append(_legend(pic))
+    out.append('<g fill="none" stroke="#8796a8" stroke-width="1.2" stroke-opacity="0.75" marker-end="url(#orch-arrow)">')
+    boxes = pic.boxes
+    for e, (s, d, label) in enumerate(pic.edges):
+        a, b = boxes[s], boxes[d]
+        if s < d:  # curves between columns, straight through the columns it crosses
+            x, y = a.x + a.w, a.y + box_h / 2
+            path = f"M{x:.1f},{y:.1f}"
+            for x0, x1, wy in pic.routes.get(e, ()):
+                path += _curve(x, y, x0, wy) + f"L{x1:.1f},{wy:.1f}"
+                x, y = x1, wy
+            path += _curve(x, y, b.x - 1, b.y + box_h / 2)
+            extra = ""
+        elif s == d:  # a stage feeding itself (the same stage called twice on a record)
+            x1, y1 = a.x + a.w * 0.65, a.y
+            path = f"M{x1:.1f},{y1:.1f}C{x1 + 10:.1f},{y1 - 22:.1f} {x1 - 40:.1f},{y1 - 22:.1f} {x1 - 30:.1f},{y1:.1f}"
+            extra = ' stroke-dasharray="4 3"'
+        else:  # an edge against the layer order (stages wired differently across parameter sets)
+            x1, y1, x2, y2 = a.x + a.w / 2, a.y + box_h, b.x + b.w / 2, b.y + box_h
+            low = max(y1, y2) + 24
+            path = f"M{x1:.1f},{y1:.1f}C{x1:.1f},{low:.1f} {x2:.1f},{low:.1f} {x2:.1f},{y2 + 1:.1f}"
+            extra = ' stroke-dasharray="4 3"'
+        out.append(f'<path d="{path}"{extra}><title>{escape(label)}</title></path>')
+    out.append("</g>")
+    for box in boxes:
+        out.append(_box(box, box_h))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _curve(x0: float, y0: float, x1: float, y1: float) -> str:
+    dx = (x1 - x0) / 2
+    return f"C{x0 + dx:.1f},{y0:.1f} {x1 - dx:.1f},{y1:.1f} {x1:.1f},{y1:.1f}"
+
+
+def _box(box: Box, h: int) -> str:
+    fill, stroke = COLOURS.get(box.status, UNKNOWN)
+    dash = ' stroke-dasharray="5 3"' if box.status in DASHED else ""
+    x, y, w = box.x, box.y, box.w
+    parts = [
+        f'<g><title>{escape(box.tooltip)}</title>',
+        f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h}" rx="6" fill="{fill}" stroke="{stroke}" '
+        f'stroke-width="1.4"{dash}/>',
+        f'<text x="{x + 9:.1f}" y="{y + 16:.1f}" font-size="12" font-weight="600" fill="#1d2733">'
+        f'{escape(_clip(box.title, _MAX_TITLE))}</text>',
+        f'<text x="{x + 9:.1f}" y="{y + 30:.1f}" font-size="11" fill="#4a5666">{escape(_clip(box.subtitle, _MAX_SUB))}</text>',
+    ]
+    if box.counts:  # a bar split by status: how the stage's nodes ended across parameter sets
+        total, left, bar_w = sum(box.counts.values()), x + 9, w - 18
+        for status in _ordered(box.counts):
+            seg = bar_w * box.counts[status] / total
+            parts.append(f'<rect x="{left:.1f}" y="{y + h - 10:.1f}" width="{seg:.1f}" height="4" '
+                         f'fill="{COLOURS.get(status, UNKNOWN)[1]}"/>')
+            left += seg
+    parts.append("</g>")
+    return "".join(parts)
+
+
+def _legend(pic: Picture) -> str:
+    present: dict[str, int] = {}
+    for box in pic.boxes:
+        for status, count in (box.counts or {box.status: 1}).items():
+            present[status] = present.get(status, 0) + count
+    what = f"{len(pic.boxes):,} stages, {pic.nodes:,} nodes" if pic.stages else f"{pic.nodes:,} nodes"
+    parts = [f'<g font-size="11" fill="#4a5666"><text x="{_MARGIN}" y="{_MARGIN + 10}">{escape(what)}</text>']
+    x = _MARGIN + len(what) * _SUB_W + 18
+    for status in _ordered(present):
+        fill, stroke = COLOURS.get(status, UNKNOWN)
+        label = f"{LABELS.get(status, status)} {present[status]}"
+        parts.append(f'<rect x="{x:.1f}" y="{_MARGIN + 1}" width="12" height="12" rx="3" fill="{fill}" stroke="{stroke}"/>'
+                     f'<text x="{x + 17:.1f}" y="{_MARGIN + 11}">{escape(label)}</text>')
+        x += 17 + len(label) * _SUB_W + 16
+    parts.append("</g>")
+    return "".join(parts)
+
+
+def dot(pic: Picture) -> str:
+    """Graphviz source of the same picture (boxes coloured by status; edges labelled by artifact)."""
+    lines = ["digraph orch {", "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];',
+             '  edge [color="#8796a8", fontname="Helvetica", fontsize=9, fontcolor="#5a6676"];']
+    for i, box in enumerate(pic.boxes):
+        fill, stroke = COLOURS.get(box.status, UNKNOWN)
+        style = ', style="rounded,filled,dashed"' if box.status in DASHED else ""
+        lines.append(f'  n{i} [label="{_dq(box.title)}\\n{_dq(box.subtitle)}", fillcolor="{fill}", color="{stroke}",'
+                     f' tooltip="{_dq(box.tooltip)}"{style}];')
+    for s, d, label in pic.edges:
+        lines.append(f'  n{s} -> n{d} [label="{_dq(label)}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _dq(text: str) -> str:
+    """Text inside a DOT double-quoted string: backslashes and quotes escaped, newlines as \\n."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "").replace("\n", "\\n")
+
+
+def format_of(path: str | None) -> str:
+    """The format a file name asks for (.dot or .gv, .png), else svg."""
+    suffix = Path(path).suffix.lower() if path and path != "-" else ""
+    return {".dot": "dot", ".gv": "dot", ".png": "png"}.get(suffix, "svg")
+
+
+def render(nodes: list[dict], fmt: str, stages: bool | None = None) -> bytes:
+    """The picture of `nodes` as the bytes of an .svg, .dot or .png file."""
+    pic = build(nodes, stages)
+    if fmt == "svg":
+        return (svg(layout(pic)) + "\n").encode("utf-8")
+    return dot(pic).encode("utf-8") if fmt == "dot" else png(dot(pic))
+
+
+def png(dot_text: str) -> bytes:
+    """PNG through Graphviz's `dot` program, the one optional dependency of the picture."""
+    import shutil
+    import subprocess
+
+    from .errors import GraphvizNotFoundError, ReportError
+
+    exe = shutil.which("dot")
+    if exe is None:
+        raise GraphvizNotFoundError(
+            "PNG output needs Graphviz's `dot` program, which is not on PATH: install Graphviz "
+            "(apt install graphviz, brew install graphviz, conda install graphviz) or use --format svg "
+            "(drawn by orch itself) or --format dot")
+    proc = subprocess.run([exe, "-Tpng"], input=dot_text.encode(), capture_output=True, timeout=300)
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip()[-2000:]
+        raise ReportError(f"{exe} -Tpng failed with exit code {proc.returncode}: {tail}")
+    return proc.stdout

@@ -1,0 +1,368 @@
+"""The HTML report of a run: one self-contained file (inline CSS and SVG, no script, no network) written
+next to the manifest at the end of every run, and again by `orch report` / `orch show --html`.
+
+It is built from the manifest alone, so any past run can be re-rendered. Everything in it that came
+from the user (stage and set names, reasons, parameter values, tracebacks) is HTML-escaped. It must
+stay cheap on 10,000-node runs: the picture turns into one box per stage and the node table shows the
+first ROWS_PER_STATUS nodes of each status (the manifest keeps them all).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from html import escape
+from pathlib import Path
+
+from . import drawing
+
+ROWS_PER_STATUS = 200  # node-table rows per status, over the whole report
+TRACEBACKS = 30  # failures shown with their traceback; the others by their error line
+MAX_STAGES = 500  # rows of the per-stage table
+MAX_SETS = 300  # rows of the parameter-set table
+MAX_VARYING = 16  # columns of the parameter-set table
+VALUE_CHARS = 80  # a parameter value is cut here (the full value is in its tooltip)
+
+
+def write_report(manifest: dict, path: Path) -> None:
+    """Render `manifest` and write it to `path` atomically (a reader never sees half a report)."""
+    write_file(path, render(manifest).encode("utf-8"))
+
+
+def report_for_run(cache_root: Path, run: str = "latest", output: Path | None = None) -> Path:
+    """(Re)write the report of a past run, by default as runs/<id>/report.html; returns where."""
+    from .history import load_manifest
+    from .runs import resolve_run
+
+    path = Path(output) if output is not None else resolve_run(cache_root, run) / "report.html"
+    write_report(load_manifest(cache_root, run), path)
+    return path
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Atomic write; a path that cannot be written is the user's ReportError, not a traceback."""
+    from .errors import ReportError
+    from .fsutil import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        raise ReportError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def render(m: dict) -> str:
+    nodes = m.get("nodes") or []
+    run_id = str(m.get("run_id", "?"))
+    if nodes:
+        sections = [_dag(nodes), _failures(nodes), _stages(nodes), _node_tables(nodes)]
+    else:
+        sections = ['<p class="note">No nodes recorded: this run has not finished (it is still running, or it was '
+                    'killed before the end). Re-run the experiment: everything that finished is in the cache.</p>']
+    sections = [part for part in sections + [_param_sets(m.get("param_sets") or {})] if part]
+    return "\n".join([_HEAD.format(title=escape(f"orch run {run_id}"), css=_CSS),
+                      _header(m, nodes, sections), *sections, _FOOT.format(run=escape(run_id))])
+
+
+# ---- sections ----------------------------------------------------------------------------------
+
+def _header(m: dict, nodes: list[dict], sections: list[str]) -> str:
+    counts = m.get("summary") or _count(nodes)
+    status = str(m.get("status", "?"))
+    node_time = sum(n.get("duration_s") or 0 for n in nodes)
+    argv = " ".join(str(a) for a in m.get("argv") or [])
+    rows = [
+        ("experiment", f"<code>{escape(str(m.get('experiment', '')))}</code>"),
+        ("command", f"<code>orch {escape(argv)}</code>" if argv else "—"),
+        ("started", escape(_when(m.get("started")))),
+        ("finished", escape(_when(m.get("finished"))) if m.get("finished") else "—"),
+        ("wall time", escape(_secs(m.get("duration_s")))),
+        ("time in stages", f"{escape(_secs(node_time))} <span class=dim>(sum over nodes)</span>"),
+        ("parameter sets", str(len(m.get("param_sets") or {}))),
+        ("nodes", f"{len(nodes):,} &nbsp; {_chips(counts)}"),
+    ]
+    grid = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in
+                     (("dag", "DAG"), ("failures", "failures"), ("stages", "stages"), ("nodes", "nodes"),
+                      ("params", "parameter sets")) if any(p.startswith(f'<section id="{a}">') for p in sections))
+    return (f'<header><h1><span class="badge st-{_cls(status)}">{escape(status)}</span> run '
+            f'<code>{escape(str(m.get("run_id", "?")))}</code></h1><dl class="meta">{grid}</dl>'
+            f'<nav>{nav}</nav></header>')
+
+
+def _dag(nodes: list[dict]) -> str:
+    pic = drawing.build(nodes)
+    if pic.stages:
+        note = (f"{len(nodes):,} nodes: one box per stage, its nodes counted by status across parameter sets "
+                f"(every node is drawn up to {drawing.NODE_LIMIT}).")
+    else:
+        note = "Every node; hover over a box for the reason it ran."
+    if len(pic.boxes) > drawing.DRAW_LIMIT:
+        body = f'<p class="note">{len(pic.boxes):,} stages are too many to draw; see the stage table below.</p>'
+    else:
+        body = f'<div class="dag">{drawing.svg(drawing.layout(pic))}</div>'
+    return f'<section id="dag"><h2>DAG</h2><p class="dim">{escape(note)}</p>{body}</section>'
+
+
+def _failures(nodes: list[dict]) -> str:
+    failed = [n for n in nodes if n.get("status") == "failed"]
+    if not failed:
+        return ""
+    out = [f'<section id="failures"><h2>Failures <span class="count">{len(failed)}</span></h2>']
+    for n in failed[:TRACEBACKS]:
+        out.append(f'<div class="failure"><h3>{escape(n["stage"])} <span class="set">[{escape(n["param_set"])}]'
+                   f'</span> <span class="dim">after {escape(_secs(n.get("duration_s")))}</span></h3>'
+                   f'<p class="error">{escape(n.get("error") or "failed")}</p>')
+        if n.get("reason"):
+            out.append(f'<p class="dim">ran because: {escape(n["reason"])}</p>')
+        if n.get("traceback"):
+            out.append(f"<pre>{escape(n['traceback'].rstrip())}</pre>")
+        out.append("</div>")
+    if len(failed) > TRACEBACKS:
+        rest = "".join(f"<li>{escape(n['stage'])} [{escape(n['param_set'])}]: {escape(n.get('error') or '')}</li>"
+                       for n in failed[TRACEBACKS:TRACEBACKS + ROWS_PER_STATUS])
+        more = len(failed) - TRACEBACKS - ROWS_PER_STATUS
+        out.append(f"<p>Further failures (tracebacks in the manifest and the run's logs):</p><ul>{rest}</ul>"
+                   + (f'<p class="note">… and {more:,} more.</p>' if more > 0 else ""))
+    skipped: dict[str, int] = {}
+    for n in nodes:
+        if n.get("status") == "skipped":
+            cause = n.get("skipped_because") or "?"
+            skipped[cause] = skipped.get(cause, 0) + 1
+    if skipped:
+        items = "".join(f"<li>{count} skipped because {escape(cause)} failed</li>"
+                        for cause, count in list(skipped.items())[:ROWS_PER_STATUS])
+        out.append(f"<ul class=dim>{items}</ul>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _stages(nodes: list[dict]) -> str:
+    rows: dict[str, list] = {}  # stage id -> [name, counts, total s, max s]
+    for n in nodes:
+        row = rows.get(n.get("stage_id") or n["stage"])
+        if row is None:
+            row = rows[n.get("stage_id") or n["stage"]] = [n["stage"], {}, 0.0, 0.0]
+        status, secs = n.get("status", ""), n.get("duration_s") or 0.0
+        row[1][status] = row[1].get(status, 0) + 1
+        row[2] += secs
+        row[3] = max(row[3], secs)
+    out = ['<section id="stages"><h2>Stages</h2><table><thead><tr><th>stage</th><th class=num>nodes</th><th>status</th>'
+           '<th class=num>total time</th><th class=num>slowest</th></tr></thead><tbody>']
+    for stage_id, (name, counts, total, slowest) in list(rows.items())[:MAX_STAGES]:
+        out.append(f'<tr><td title="{escape(stage_id)}">{escape(name)}</td><td class=num>{sum(counts.values())}</td>'
+                   f"<td>{_chips(counts)}</td><td class=num>{_secs(total)}</td><td class=num>{_secs(slowest)}</td></tr>")
+    out.append("</tbody></table>")
+    if len(rows) > MAX_STAGES:
+        out.append(f'<p class="note">The first {MAX_STAGES} of {len(rows):,} stages.</p>')
+    out.append("</section>")
+    return "".join(out)
+
+
+def _node_tables(nodes: list[dict]) -> str:
+    by_set: dict[str, list[dict]] = {}
+    for n in nodes:
+        by_set.setdefault(n["param_set"], []).append(n)
+    shown: dict[str, int] = {}
+    hidden: dict[str, int] = {}
+    out = ['<section id="nodes"><h2>Nodes by parameter set</h2>']
+    body = []
+    for set_name, members in by_set.items():
+        counts = _count(members)
+        rows = []
+        for n in members:
+            status = n.get("status", "")
+            if shown.get(status, 0) >= ROWS_PER_STATUS:
+                hidden[status] = hidden.get(status, 0) + 1
+                continue
+            shown[status] = shown.get(status, 0) + 1
+            rows.append(_node_row(n))
+        left_out = len(members) - len(rows)
+        is_open = " open" if len(nodes) <= 100 or counts.get("failed") else ""
+        body.append(f'<details{is_open}><summary><span class="set">{escape(set_name)}</span> &nbsp; '
+                    f"{_plural(len(members), 'node')} &nbsp; {_chips(counts)}</summary>")
+        if rows:
+            body.append(_NODES_HEAD)
+            body.extend(rows)
+            body.append("</tbody></table>")
+        if left_out:
+            body.append(f'<p class="note">{left_out} of these nodes are not listed (see the note above).</p>')
+        body.append("</details>")
+    if hidden:
+        what = ", ".join(f"{count:,} {status}" for status, count in hidden.items())
+        out.append(f'<p class="note">Listing the first {ROWS_PER_STATUS} nodes of each status; not listed: {escape(what)}. '
+                   f"The manifest has every node.</p>")
+    return "".join(out + body + ["</section>"])
+
+
+def _node_row(n: dict) -> str:
+    status = n.get("status", "")
+    reason = n.get("reason") or ""
+    if status == "skipped":
+        reason = f"upstream {n.get('skipped_because', '?')} failed"
+    elif status == "failed":
+        reason = f"{reason}; {n.get('error', '')}" if reason else n.get("error", "")
+    outs = "<br>".join(f'{escape(name)}=<code title="{escape(h)}">{escape(h[:10])}</code>'
+                       for name, h in (n.get("outputs") or {}).items())
+    reads = [_value_cell(path, v) for path, v in (n.get("reads") or {}).items()]
+    reads += [f"file <code>{escape(path)}</code>" for path in (n.get("files") or {})]
+    key = n.get("key") or ""
+    return (f'<tr><td title="{escape("key " + key if key else "no key")}">{escape(n["stage"])}</td>'
+            f'<td><span class="chip st-{_cls(status)}">{escape(status)}</span></td>'
+            f"<td class=num>{_secs(n.get('duration_s'))}</td><td>{escape(reason)}</td><td>{outs}</td>"
+            f"<td>{'<br>'.join(reads)}</td></tr>")
+
+
+def _param_sets(sets: dict) -> str:
+    if not sets:
+        return ""
+    flat = {name: _flatten(values) for name, values in sets.items()}
+    keys: dict[str, None] = {}
+    for f in flat.values():
+        keys.update(dict.fromkeys(f))
+    missing = object()
+    first = next(iter(flat.values()))
+    varying = [k for k in keys if any(f.get(k, missing) != first.get(k, missing) for f in flat.values())]
+    common = [k for k in keys if k not in set(varying)]
+    out = [f'<section id="params"><h2>Parameter sets <span class="count">{len(sets)}</span></h2>']
+    if varying:
+        cols = varying[:MAX_VARYING]
+        head = "".join(f"<th>{escape(k)}</th>" for k in cols)
+        out.append(f'<h3>What differs</h3><table class="params"><thead><tr><th>set</th>{head}</tr></thead><tbody>')
+        for name, f in list(flat.items())[:MAX_SETS]:
+            cells = "".join(f"<td>{_value(f[k]) if k in f else '<span class=dim>—</span>'}</td>" for k in cols)
+            out.append(f'<tr><td class="set">{escape(name)}</td>{cells}</tr>')
+        out.append("</tbody></table>")
+        notes = []
+        if len(varying) > MAX_VARYING:
+            notes.append(f"{len(varying) - MAX_VARYING} more differing parameters: "
+                         + ", ".join(varying[MAX_VARYING:MAX_VARYING + 50]))
+        if len(flat) > MAX_SETS:
+            notes.append(f"the first {MAX_SETS} of {len(flat):,} sets")
+        if notes:
+            out.append(f'<p class="note">{escape("; ".join(notes))}.</p>')
+    if common:
+        title = "Common to every set" if len(sets) > 1 else f"Parameters of {next(iter(sets))}"
+        rows = "".join(f"<tr><td><code>{escape(k)}</code></td><td>{_value(first[k])}</td></tr>" for k in common)
+        out.append(f'<h3>{escape(title)}</h3><table class="params"><tbody>{rows}</tbody></table>')
+    out.append("</section>")
+    return "".join(out)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def _flatten(values) -> dict:
+    """Dotted paths to leaves (lists are leaves), iteratively."""
+    flat: dict = {}
+    stack = [("", values)]
+    while stack:
+        prefix, v = stack.pop()
+        if isinstance(v, dict) and v:
+            stack.extend((f"{prefix}.{k}" if prefix else str(k), sub) for k, sub in reversed(list(v.items())))
+        else:
+            flat[prefix or "(value)"] = v
+    return flat
+
+
+def _value(v) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False)
+    if len(text) <= VALUE_CHARS:
+        return f"<code>{escape(text)}</code>"
+    return f'<code title="{escape(text)}">{escape(text[:VALUE_CHARS - 1])}…</code>'
+
+
+def _value_cell(path: str, v) -> str:
+    return f"<code>{escape(path)}</code>&nbsp;=&nbsp;{_value(v)}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _count(nodes: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in nodes:
+        counts[n.get("status", "")] = counts.get(n.get("status", ""), 0) + 1
+    return counts
+
+
+def _chips(counts: dict[str, int]) -> str:
+    return " ".join(f'<span class="chip st-{_cls(s)}">{counts[s]:,} {escape(s)}</span>'
+                    for s in drawing._ordered(counts))
+
+
+def _cls(status: str) -> str:
+    return status if status in drawing.COLOURS or status in ("ok", "running") else "other"
+
+
+def _secs(s) -> str:
+    if not isinstance(s, (int, float)):
+        return "—"
+    if s < 1:
+        return f"{s * 1000:.1f} ms"
+    if s < 120:
+        return f"{s:.2f} s"
+    minutes, secs = divmod(int(round(s)), 60)
+    return f"{minutes // 60}h {minutes % 60:02d}m {secs:02d}s" if minutes >= 60 else f"{minutes}m {secs:02d}s"
+
+
+def _when(stamp) -> str:
+    if not stamp:
+        return "—"
+    try:
+        return datetime.fromisoformat(str(stamp)).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    except ValueError:
+        return str(stamp)
+
+
+def _status_css() -> str:
+    rules = [f".st-{s}{{background:{fill};border-color:{stroke}}}" for s, (fill, stroke) in drawing.COLOURS.items()]
+    ok, bad = drawing.COLOURS["ran"], drawing.COLOURS["failed"]
+    rules += [f".st-ok{{background:{ok[0]};border-color:{ok[1]}}}", ".st-running{background:#fff0d2;border-color:#dd8f0b}",
+              f".badge.st-failed{{background:{bad[1]};color:#fff}}", f".badge.st-ok{{background:{ok[1]};color:#fff}}"]
+    return "".join(rules)
+
+
+_CSS = """
+:root{--fg:#1d2733;--dim:#5f6b7a;--line:#dde3ea;--bg:#f7f9fb}
+*{box-sizing:border-box}
+body{margin:0;padding:24px 32px 48px;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
+code,pre,.set{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace;font-size:12.5px}
+h1{font-size:22px;margin:0 0 12px;font-weight:600}
+h2{font-size:17px;margin:0 0 10px;font-weight:600}
+h3{font-size:14px;margin:14px 0 6px;font-weight:600}
+header,section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:18px 22px;margin:0 0 18px}
+dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:4px 18px;margin:0 0 12px}
+dl.meta dt{color:var(--dim)}dl.meta dd{margin:0;overflow-wrap:anywhere}
+nav a{color:#2f6db5;text-decoration:none}nav{font-size:13px}
+.dim{color:var(--dim)}.note{color:var(--dim);font-style:italic}
+.badge{display:inline-block;padding:2px 10px;border-radius:12px;font-size:13px;vertical-align:middle;border:1px solid;margin-right:6px}
+.chip{display:inline-block;padding:0 7px;border-radius:9px;border:1px solid #bbb;font-size:12px;white-space:nowrap;margin:1px 0}
+.count{display:inline-block;min-width:22px;padding:0 7px;border-radius:10px;background:#eef1f5;font-size:12px;text-align:center;color:var(--dim)}
+.dag{overflow:auto;max-height:75vh;border:1px solid var(--line);border-radius:8px;background:#fcfdfe}
+.dag svg{display:block}
+table{border-collapse:collapse;width:100%;margin:6px 0 4px;font-size:13px}
+th,td{text-align:left;padding:4px 10px 4px 0;border-bottom:1px solid var(--line);vertical-align:top}
+th{color:var(--dim);font-weight:500;white-space:nowrap}
+td.num,th.num{text-align:right;white-space:nowrap}
+table.nodes{table-layout:fixed}
+table.params{width:auto;min-width:40%}
+td{overflow-wrap:anywhere}
+details{border-top:1px solid var(--line);padding:8px 0}
+summary{cursor:pointer}
+.failure{border-left:4px solid #d0342c;padding:2px 0 2px 14px;margin:12px 0}
+.error{color:#a3221b;font-weight:600;margin:4px 0;white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
+pre{background:#f6f8fa;border:1px solid var(--line);border-radius:6px;padding:10px 12px;overflow:auto;max-height:360px;margin:6px 0}
+footer{color:var(--dim);font-size:12px}
+""" + _status_css()
+
+_NODES_HEAD = ('<table class="nodes"><colgroup><col style="width:17%"><col style="width:8%"><col style="width:8%">'
+               '<col style="width:31%"><col style="width:18%"><col style="width:18%"></colgroup><thead><tr><th>stage</th>'
+               '<th>status</th><th class=num>time</th><th>why it ran</th><th>outputs</th><th>reads</th></tr></thead><tbody>')
+
+_HEAD = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title><style>{css}</style></head><body>"""
+
+_FOOT = """<footer>Written by orch from <code>runs/{run}/manifest.json</code>, which records every node, its key and its
+trace; re-write this page with <code>orch report {run}</code>.</footer></body></html>
+"""

@@ -1,0 +1,298 @@
+"""The HTML run report, the DAG picture and `orch graph` / `orch report` / `orch show --html`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+import zlib
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from conftest import pipeline
+
+from orchestrator import drawing
+from orchestrator.report import ROWS_PER_STATUS, render, write_report
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class Page(HTMLParser):
+    """Parses a page and fails on unbalanced tags; collects the tags seen and the text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.stack: list[str] = []
+        self.tags: Counter = Counter()
+        self.chunks: list[str] = []
+        self.feed(text)
+        self.close()
+        assert not self.stack, f"unclosed tags: {self.stack}"
+        self.text = "".join(self.chunks)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags[tag] += 1
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags[tag] += 1
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.chunks.append(data)
+
+
+def failing_project(p):
+    """Two sets; `train` fails on one of them, `evaluate` and the aggregate `table` are then skipped."""
+    p.write("stages/s.py", '''
+        from orchestrator import stage, aggregate, PickleCacher, JsonCacher
+
+        @stage(outputs=["data"], cachers=[PickleCacher])
+        def make_data(record):
+            return list(range(record.params.data.n))
+
+        @stage(inputs=["data"], outputs=["model"], cachers=[PickleCacher])
+        def train(record, data):
+            if record.params.train.lr > 0.15:
+                raise ValueError("learning rate too <big>")
+            return sum(data) * record.params.train.lr
+
+        @stage(inputs=["model"], outputs=["score"], cachers=[JsonCacher])
+        def evaluate(record, model):
+            return {"score": model + 1, "label": record.params.data.label}
+
+        @aggregate(inputs=["score"], outputs=["table"], cachers=[JsonCacher])
+        def table(record, score):
+            return score
+    ''')
+    p.write("experiment.py", '''
+        from stages.s import make_data, train, evaluate, table
+
+        def run(record):
+            evaluate(train(make_data(record)))
+
+        def aggregate(records):
+            table(records)
+    ''')
+    p.write("params/p.yaml", '''
+        data:
+          n: 10
+          label: "<script>alert('x')</script>"
+        train:
+          lr: 0.1
+        sweep:
+          train.lr: [0.1, 0.2]
+    ''')
+    return p
+
+
+def run_dir(p) -> Path:
+    return p.root / ".orch" / "runs" / p.manifest()["run_id"]
+
+
+def test_every_run_leaves_a_report(project):
+    failing_project(project)
+    proc = project.orch("run", "experiment.py", "-p", "params/p.yaml", check=False)
+    assert proc.returncode == 1
+    html = (run_dir(project) / "report.html").read_text()
+    page = Page(html)
+    assert page.tags["svg"] == 1 and page.tags["script"] == 0  # no script of ours, none injected
+    for name in ("make_data", "train", "evaluate", "table"):
+        assert name in page.text
+    for chip in ("3 ran", "1 cached", "1 failed", "2 skipped"):
+        assert chip in page.text
+    assert "ValueError: learning rate too <big>" in page.text  # the error, as text
+    assert 'raise ValueError("learning rate too <big>")' in page.text  # its traceback
+    assert "<script>alert('x')</script>" in page.text  # the parameter value, shown as text...
+    assert "<script>" not in html and "&lt;script&gt;" in html  # ...because it was escaped
+    assert project.manifest()["run_id"] in page.text
+
+
+def test_report_and_show_html_rewrite_a_report(project):
+    pipeline(project)
+    project.orch("run", "experiment.py", "-p", "params/sweep.yaml")
+    report = run_dir(project) / "report.html"
+    report.unlink()
+    assert project.orch("report").stdout.strip() == str(report)
+    assert "evaluate" in Page(report.read_text()).text
+    report.unlink()
+    assert project.orch("show", "--html").stdout.strip() == str(report)
+    assert report.is_file()
+    out = project.orch("report", project.manifest()["run_id"], "-o", "out/r.html").stdout
+    assert out.strip() == "out/r.html" and "train" in Page((project.root / "out" / "r.html").read_text()).text
+    missing = project.orch("report", "no-such-run", check=False)
+    assert missing.returncode == 1 and "no-such-run" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_graph_draws_the_next_run_without_running_it(project):
+    pipeline(project)
+    project.orch("run", "experiment.py", "-p", "params/base.yaml")  # train.lr=0.1 is now cached
+    project.reset_counts()
+    runs_before = sorted((project.root / ".orch" / "runs").iterdir())
+    out = project.orch("graph", "experiment.py", "-p", "params/sweep.yaml", "-o", "dag.svg").stdout
+    assert "6 nodes, 1 to run, 1 pending, 4 cached" in out
+    svg = ET.fromstring((project.root / "dag.svg").read_text())  # well-formed XML
+    texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert {"make_data", "train", "evaluate"} <= set(texts)
+
+    dot = project.orch("graph", "experiment.py", "-p", "params/sweep.yaml", "-f", "dot", "-o", "-").stdout
+    assert dot.startswith("digraph orch {") and dot.rstrip().endswith("}")
+    declared = re.findall(r"^  (n\d+) \[label=", dot, re.M)
+    assert declared == [f"n{i}" for i in range(6)]
+    edges = set(re.findall(r"^  (n\d+) -> (n\d+) ", dot, re.M))
+    assert edges == {("n0", "n1"), ("n1", "n2"), ("n3", "n4"), ("n4", "n5")}
+    fills = Counter(line.split('fillcolor="')[1][:7] for line in dot.splitlines() if "fillcolor=" in line)
+    assert fills == {drawing.COLOURS["cached"][0]: 4, drawing.COLOURS["run"][0]: 1, drawing.COLOURS["pending"][0]: 1}
+
+    stages = project.orch("graph", "experiment.py", "-p", "params/sweep.yaml", "--stages", "-o", "stages.gv").stdout
+    text = (project.root / "stages.gv").read_text()
+    assert "stages.gv: 6 nodes" in stages and len(re.findall(r"^  n\d+ -> ", text, re.M)) == 2
+    assert "train\\n1 run, 1 cached" in text
+    assert project.counts() == {}  # nothing ran
+    assert sorted((project.root / ".orch" / "runs").iterdir()) == runs_before  # and no run was recorded
+
+
+def test_graph_png_without_graphviz_says_what_to_do(project):
+    pipeline(project)
+    env = {"PATH": str(Path(sys.executable).parent)}  # no Graphviz there
+    proc = project.orch("graph", "experiment.py", "-p", "params/base.yaml", "-o", "dag.png", check=False, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "Graphviz" in proc.stderr and "--format svg" in proc.stderr
+    assert not (project.root / "dag.png").exists()
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
+def test_graph_png_with_graphviz(project):
+    pipeline(project)
+    project.orch("graph", "experiment.py", "-p", "params/base.yaml", "-f", "png", "-o", "dag.png")
+    assert (project.root / "dag.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- unit: the picture --------------------------------------------------------------------------
+
+def chain_manifest(sets: int, stages: int, statuses=("cached", "cached", "ran")) -> dict:
+    """A manifest like a sweep of `sets` chains of `stages` stages, plus an aggregate over every set."""
+    nodes, last = [], []
+    for s in range(sets):
+        prev = None
+        for k in range(stages):
+            nodes.append({"id": len(nodes), "stage": f"s{k}", "stage_id": f"stages.chain:s{k}", "param_set": f"p[seed={s}]",
+                          "status": statuses[(s + k) % len(statuses)], "key": "ab" * 32, "reason": "parameter seed changed",
+                          "duration_s": 0.001, "inputs": [] if prev is None else [[f"x{k - 1}", prev, f"x{k - 1}"]],
+                          "outputs": {f"x{k}": "cd" * 32}, "reads": {"seed": s} if k == 0 else {}, "files": {}})
+            prev = len(nodes) - 1
+        last.append(prev)
+    nodes.append({"id": len(nodes), "stage": "table", "stage_id": "stages.chain:table", "param_set": "aggregate",
+                  "status": "failed", "key": None, "reason": "input x changed", "duration_s": 0.1,
+                  "inputs": [["x", i, f"x{stages - 1}", f"p[seed={s}]"] for s, i in enumerate(last)], "outputs": {},
+                  "reads": {}, "files": {}, "error": "KeyError: 'x'", "traceback": "Traceback ...\nKeyError: 'x'\n"})
+    return {"run_id": "r1", "experiment": "/p/experiment.py", "argv": ["run", "experiment.py"], "status": "failed",
+            "started": "2026-01-01T00:00:00.000+00:00", "finished": "2026-01-01T00:00:09.000+00:00", "duration_s": 9.0,
+            "param_sets": {f"p[seed={s}]": {"seed": s, "data": {"n": 3}} for s in range(sets)}, "nodes": nodes}
+
+
+def assert_layered(pic: drawing.Picture) -> None:
+    """Every edge points to a later layer, and no two boxes overlap."""
+    for s, d, _ in pic.edges:
+        if s < d:
+            assert pic.boxes[s].layer < pic.boxes[d].layer and pic.boxes[s].x < pic.boxes[d].x
+    by_layer: dict[int, list] = {}
+    for box in pic.boxes:
+        by_layer.setdefault(box.layer, []).append(box.y)
+    for ys in by_layer.values():
+        ys.sort()
+        assert all(b - a >= 38 for a, b in zip(ys, ys[1:]))
+
+
+def test_small_runs_draw_every_node():
+    m = chain_manifest(sets=4, stages=5)
+    pic = drawing.layout(drawing.build(m["nodes"]))
+    assert not pic.stages and len(pic.boxes) == 21 and len(pic.edges) == 4 * 4 + 4
+    assert_layered(pic)
+    assert pic.boxes[-1].layer == 5  # the aggregate after the longest chain
+    Page(render(m))
+
+
+def test_big_runs_draw_one_box_per_stage(tmp_path):
+    m = chain_manifest(sets=20, stages=100)  # 2,001 nodes
+    pic = drawing.layout(drawing.build(m["nodes"]))
+    assert pic.stages and len(pic.boxes) == 101 and len(pic.edges) == 100
+    assert_layered(pic)
+    assert pic.boxes[0].counts == {"cached": 14, "ran": 6} and pic.boxes[-1].status == "failed"
+    write_report(m, tmp_path / "report.html")
+    page = Page((tmp_path / "report.html").read_text())
+    assert "101 stages, 2,001 nodes" in page.text and "KeyError: 'x'" in page.text
+    assert page.tags["tr"] < 3 * ROWS_PER_STATUS + 200  # the node table is capped...
+    assert "not listed" in page.text  # ...and says so
+
+
+def test_stage_cycles_and_repeated_stages_still_draw():
+    """Wiring may differ per parameter set (a -> b in one, b -> a in another) and a stage may be called
+    twice on one record: the stage graph then has cycles, which must neither hang nor crash."""
+    nodes = [
+        {"id": 0, "stage": "a", "param_set": "one", "status": "ran", "inputs": []},
+        {"id": 1, "stage": "b", "param_set": "one", "status": "ran", "inputs": [["x", 0, "x"]]},
+        {"id": 2, "stage": "b", "param_set": "two", "status": "cached", "inputs": []},
+        {"id": 3, "stage": "a", "param_set": "two", "status": "cached", "inputs": [["y", 2, "y"]]},
+        {"id": 4, "stage": "a", "param_set": "two", "status": "cached", "inputs": [["x", 3, "x"]]},
+    ]
+    pic = drawing.build(nodes, stages=True)
+    assert len(pic.boxes) == 2 and {(s, d) for s, d, _ in pic.edges} == {(0, 1), (1, 0), (0, 0)}
+    ET.fromstring(drawing.svg(pic))
+    assert_layered(drawing.layout(drawing.build(nodes, stages=False)))
+
+
+def test_user_text_is_escaped_everywhere():
+    evil = '<img src=x onerror="alert(1)">'
+    m = chain_manifest(sets=1, stages=2)
+    for n in m["nodes"]:
+        n.update(stage=evil, param_set=evil, reason=evil)
+    m["nodes"][-1]["traceback"] = evil
+    m["param_sets"] = {evil: {evil: evil, "x": {"y": [evil]}}}
+    m["argv"] = [evil]
+    page = Page(render(m))
+    assert page.tags["img"] == 0 and evil in page.text
+    ET.fromstring(drawing.svg(drawing.build(m["nodes"])))  # valid XML with the same text in it
+    assert '\\"alert(1)\\"' in drawing.dot(drawing.build(m["nodes"]))
+
+
+def test_unfinished_run_renders():
+    page = Page(render({"run_id": "r2", "status": "running", "started": "2026-01-01T00:00:00+00:00", "nodes": [],
+                        "param_sets": {"default": {}}}))
+    assert "has not finished" in page.text
+
+
+# ---- the report in a real browser ---------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_report_renders_in_a_browser(tmp_path):
+    report = tmp_path / "report.html"
+    write_report(chain_manifest(sets=3, stages=4), report)
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1400,1000",
+                    report.as_uri()], capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert len(set(_png_pixels(data))) > 16  # not a blank page of one colour
+
+
+def _png_pixels(data: bytes) -> bytes:
+    """The decompressed image data of a PNG (enough to tell a blank page from a drawn one)."""
+    pos, idat = 8, b""
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    return zlib.decompress(idat)
