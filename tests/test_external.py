@@ -330,11 +330,9 @@ def unrelated(record):
 """
 
 
-def test_editing_the_external_script_invalidates_only_its_stage(project):
-    project.write("external/total.py", """
-        import json, sys
-        json.dump(sum(json.loads(sys.argv[1])), open(sys.argv[2], "w"))
-    """)
+def _edit_project(project, script: str) -> tuple[str, ...]:
+    """make -> external_sum (runs external/total.py) -> report, and an unrelated stage."""
+    project.write("external/total.py", script)
     project.write("stages/ext.py", EDIT_STAGES)
     project.write("experiment.py", """
         from stages.ext import make, external_sum, report, unrelated
@@ -346,6 +344,14 @@ def test_editing_the_external_script_invalidates_only_its_stage(project):
     project.write("params/p.yaml", "n: 5\n")
     run = ("run", "experiment.py", "--params", "params/p.yaml")
     project.orch(*run)
+    return run
+
+
+def test_editing_the_external_script_invalidates_only_its_stage(project):
+    run = _edit_project(project, """
+        import json, sys
+        json.dump(sum(json.loads(sys.argv[1])), open(sys.argv[2], "w"))
+    """)
     assert project.counts() == {"make": 1, "external_sum": 1, "report": 1, "unrelated": 1}
     project.reset_counts()
     project.orch(*run)
@@ -378,22 +384,11 @@ def test_editing_code_the_external_script_imports_invalidates_its_stage(project)
         def total(numbers):
             return sum(numbers)
     """)
-    project.write("external/total.py", """
+    run = _edit_project(project, """
         import json, sys
         from mathutil import total
         json.dump(total(json.loads(sys.argv[1])), open(sys.argv[2], "w"))
     """)
-    project.write("stages/ext.py", EDIT_STAGES)
-    project.write("experiment.py", """
-        from stages.ext import make, external_sum, report, unrelated
-
-        def run(record):
-            report(external_sum(make(record)))
-            unrelated(record)
-    """)
-    project.write("params/p.yaml", "n: 5\n")
-    run = ("run", "experiment.py", "--params", "params/p.yaml")
-    project.orch(*run)
     project.reset_counts()
     project.write("external/mathutil.py", """
         def total(numbers):
