@@ -77,7 +77,7 @@ def _wait_for(project, name, timeout=30):
 
 
 def test_kill_between_stages_then_rerun_redoes_nothing_finished(project):
-    args = _project(project, sleep=0.5)
+    args = _project(project, sleep=1.0)  # wide margin: the kill must land while s2 sleeps
     proc = _start(project, args)
     _wait_for(project, "s2-start")
     _kill(proc)
