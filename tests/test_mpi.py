@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from test_parallel import SWEEP8, check_sweep_result, plain_counts, rank_counts, sweep_project
+from test_parallel import (SWEEP8, check_sweep_result, failing_sweep_project, plain_counts, rank_counts,
+                           sweep_project)
 
 pytest.importorskip("mpi4py")
 _local = Path(sys.executable).with_name("mpiexec")
@@ -62,25 +63,9 @@ def test_the_orch_script_works_under_mpiexec_without_mpi4py_run(project):
     assert set(rank_counts(project, "train")) <= {"1", "2"}
 
 
-def _failing(project):
-    sweep_project(project, extra='''
-        @stage(inputs=["model"], outputs=["checked"], cachers=[JsonCacher])
-        def check(record, model):
-            if record.params.train.lr == 0.3:
-                raise ValueError("lr 0.3 is cursed")
-            return model
-    ''')
-    project.write("experiment.py", '''
-        from stages.work import make_data, train, check
-
-        def run(record):
-            check(train(make_data(record)))
-    ''')
-
-
 @pytest.mark.parametrize("orch", [ORCH_MPI, ORCH_SCRIPT], ids=["python-m-mpi4py", "orch-script"])
 def test_a_failing_stage_under_mpi_is_reported_with_its_rank_and_ends_the_job(project, orch):
-    _failing(project)
+    failing_sweep_project(project)
     t0 = time.monotonic()
     out = mpirun(project, 5, *SWEEP8, orch=orch, timeout=60)
     assert out.returncode != 0

@@ -256,7 +256,8 @@ def test_unpicklable_in_memory_output_fails_with_a_clear_message(project):
     assert project.statuses()[("use", "default")] == "skipped"
 
 
-def test_a_failing_stage_in_a_worker_fails_only_its_node(project):
+def failing_sweep_project(project):
+    """The sweep with a `check` stage after train that fails for lr 0.3 only."""
     sweep_project(project, extra='''
         @stage(inputs=["model"], outputs=["checked"], cachers=[JsonCacher])
         def check(record, model):
@@ -270,6 +271,10 @@ def test_a_failing_stage_in_a_worker_fails_only_its_node(project):
         def run(record):
             check(train(make_data(record)))
     ''')
+
+
+def test_a_failing_stage_in_a_worker_fails_only_its_node(project):
+    failing_sweep_project(project)
     out = project.orch(*SWEEP8, "-j", "3", check=False)
     assert out.returncode == 1
     assert "check [sweep8[train.lr=0.3]]" in out.stderr and "ValueError: lr 0.3 is cursed" in out.stderr
