@@ -293,12 +293,14 @@ def cache_verify(ctx, cache):
 @cache_option
 @debug_option
 def cache_gc(dry, grace, cache):
-    """Delete objects no entry references and staging leftovers of killed runs (older than a day)."""
+    """Delete objects no entry references, staging leftovers of killed runs (older than a day) and
+    checkpoint directories of failed stages untouched for a week."""
     from .maintenance import gc
 
     report = gc(_store(cache), grace_s=grace, dry=dry)
     verb = "would delete" if dry else "deleted"
-    click.echo(f"{verb} {report.objects} objects ({report.bytes / 1e6:.1f} MB) and {report.staging} staging leftovers")
+    click.echo(f"{verb} {report.objects} objects ({report.bytes / 1e6:.1f} MB), {report.staging} staging leftovers "
+               f"and {report.scratch} checkpoint directories of failed stages untouched for a week")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -75,11 +75,14 @@ class GcReport:
     objects: int = 0
     bytes: int = 0
     staging: int = 0
+    scratch: int = 0
 
 
-def gc(store: Store, *, grace_s: float = 3600.0, staging_age_s: float = 86400.0, dry: bool = False) -> GcReport:
+def gc(store: Store, *, grace_s: float = 3600.0, staging_age_s: float = 86400.0,
+       scratch_age_s: float = 7 * 86400.0, dry: bool = False) -> GcReport:
     """Delete objects that no entry references (older than `grace_s`, so a run's fresh outputs whose
-    entry is about to be written survive) and staging leftovers older than `staging_age_s`."""
+    entry is about to be written survive), staging leftovers older than `staging_age_s`, and the
+    checkpoint directories of failed stages (record.checkpoint_dir) untouched for `scratch_age_s`."""
     report = GcReport()
     referenced = {o["object"]["hash"] for _, e in store.iter_entries() for o in e.get("outputs", {}).values()}
     now = time.time()
@@ -90,18 +93,40 @@ def gc(store: Store, *, grace_s: float = 3600.0, staging_age_s: float = 86400.0,
         report.bytes += info.size
         if not dry:
             store.delete_object(info)
-    tmp = Path(store.root) / "tmp" if store.root is not None else None
-    if tmp is not None and tmp.is_dir():
-        for child in tmp.iterdir():
-            try:
-                old = now - child.lstat().st_mtime > staging_age_s
-            except FileNotFoundError:
-                continue
-            if old:
-                report.staging += 1
-                if not dry:
-                    rmtree_force(child, missing_ok=True)
+    if store.root is not None:
+        report.staging = _remove_old(Path(store.root) / "tmp", now - staging_age_s, dry)
+        report.scratch = _remove_old(Path(store.root) / "scratch", now - scratch_age_s, dry)
     return report
+
+
+def _remove_old(directory: Path, before: float, dry: bool) -> int:
+    """Remove the children of `directory` last modified before `before`; how many."""
+    removed = 0
+    if not directory.is_dir():
+        return 0
+    for child in directory.iterdir():
+        try:
+            old = _newest_mtime(child) < before
+        except FileNotFoundError:
+            continue
+        if old:
+            removed += 1
+            if not dry:
+                rmtree_force(child, missing_ok=True)
+    return removed
+
+
+def _newest_mtime(path: Path) -> float:
+    """A directory counts as recently used if anything inside it was written recently."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+                except FileNotFoundError:
+                    continue
+    return newest
 
 
 def _age(store: Store, info: ObjectInfo, now: float) -> float:

@@ -301,6 +301,11 @@ class Store(abc.ABC):
     def _tmp_root(self) -> str:
         """The existing directory staging paths live in."""
 
+    def scratch_path(self, name: str) -> Path:
+        """A node's persistent scratch directory (not created): unlike staging, it survives a failed
+        or killed run, so a long stage can resume from its own checkpoints; removed on success."""
+        return Path(self._tmp_root()).parent / "scratch" / _check_name("scratch name", name)
+
     @abc.abstractmethod
     def new_staging_dir(self, prefix: str = "") -> Path:
         """A fresh empty directory on the objects' filesystem, so that ingest is a rename."""

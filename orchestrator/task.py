@@ -142,8 +142,10 @@ def _run(task: Task, store: Store, stage, start: float, gate=None) -> TaskResult
             return TaskResult(task.node_id, "damaged", error=str(e.error), damaged_producer=e.producer)
         except ArtifactLoadError as e:
             return _failure(task, e, 0.0)
+        scratch = store.scratch_path(_scratch_name(task))
         record = Record(task.params, task.set_name, staging_dir=staging, project_root=task.project_root,
-                        ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path)
+                        ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path,
+                        scratch_dir=scratch)
         from .plan import stat_cache_for
 
         record.stat_cache = stat_cache_for(store)
@@ -187,6 +189,7 @@ def _run(task: Task, store: Store, stage, start: float, gate=None) -> TaskResult
             res.entry = _write_entry(task, store, record, entry_outputs, fn_time)
         else:
             res.entry = {"outputs": entry_outputs, "reads": _reads(record)[0]}
+        rmtree_force(scratch, missing_ok=True)  # the outputs are stored: its checkpoints are done with
         return res
     finally:
         rmtree_force(staging, missing_ok=True)
@@ -232,6 +235,12 @@ class _DamagedInput(Exception):
     def __init__(self, producer: int, error: DamagedObjectError):
         super().__init__(str(error))
         self.producer, self.error = producer, error
+
+
+def _scratch_name(task: Task) -> str:
+    """Same node, same name across runs: the key (code, version, inputs) and the whole parameter set
+    (what the stage will read is not known before it runs, so every parameter counts)."""
+    return hash_value(("scratch", task.key or list(task.stage_ref), task.set_name, task.params))[:32]
 
 
 def _split_outputs(stage, result) -> dict[str, Any]:

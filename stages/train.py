@@ -47,13 +47,13 @@ def train(record, train_data):
 def checkpoint_dir(record, root: str | None, identity: list[str]) -> str:
     """Where the script keeps its per-epoch checkpoints.
 
-    By default inside the stage's staging area: gone with the stage, so a restart by torchrun
-    (train.max_restarts) resumes but a new `orch run` starts over. With train.checkpoint_root set,
-    a persistent directory named after everything that determines the result (data, code,
-    hyperparameters): an interrupted training resumes on the next `orch run`, and two parameter
-    sets never share one."""
+    By default the node's checkpoint directory (record.checkpoint_dir): it survives a crash or a
+    kill, so a torchrun restart (train.max_restarts) *and* the next `orch run` resume from the last
+    epoch, and it is removed once the model is stored. With train.checkpoint_root set, a directory
+    of your choice, named after everything that determines the result (data, code,
+    hyperparameters), so two parameter sets never share one."""
     if not root:
-        return record.get_dir("checkpoints")
+        return record.checkpoint_dir()
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
     path = Path(root)
     if not path.is_absolute():

@@ -142,3 +142,46 @@ def test_ctrl_c_keeps_finished_work_and_records_the_interruption(project):
     project.reset_counts()
     project.orch(*args)
     assert "s0" not in project.counts() and project.counts()["final"] == 1
+
+
+def test_checkpoint_dir_lets_a_failed_stage_resume_and_is_removed_on_success(project):
+    """A stage that checkpoints its progress into record.checkpoint_dir() resumes after a failure
+    instead of starting over; once it succeeded the directory is gone."""
+    project.write("stages/long.py", '''
+        import os
+        from orchestrator import stage, JsonCacher
+        from stages.counting import count
+
+        @stage(outputs=["result"], cachers=[JsonCacher])
+        def train(record):
+            ckpt = os.path.join(record.checkpoint_dir(), "step.txt")
+            step = int(open(ckpt).read()) if os.path.exists(ckpt) else 0
+            while step < record.params.steps:
+                step += 1
+                count(f"step{step}")
+                if step == 3 and os.environ.get("CRASH_AT_3"):
+                    raise RuntimeError("the machine went down at step 3")
+                with open(ckpt, "w") as f:
+                    f.write(str(step))
+            return {"steps": step}
+    ''')
+    project.write("experiment.py", '''
+        from stages.long import train
+
+        def run(record):
+            train(record)
+    ''')
+    project.write("params/p.yaml", "steps: 5\n")
+    args = ("run", "experiment.py", "-p", "params/p.yaml")
+    failed = project.orch(*args, check=False, env={"CRASH_AT_3": "1"})
+    assert failed.returncode == 1 and "step 3" in failed.stderr
+    assert project.counts() == {"step1": 1, "step2": 1, "step3": 1}
+    scratch = project.root / ".orch" / "scratch"
+    assert len(list(scratch.iterdir())) == 1
+    project.reset_counts()
+    project.orch(*args)
+    assert project.counts() == {"step3": 1, "step4": 1, "step5": 1}  # resumed after step 2
+    assert list(scratch.iterdir()) == []
+    project.reset_counts()
+    project.orch(*args, "-S", "steps=6", check=True)
+    assert project.counts() == {f"step{i}": 1 for i in range(1, 7)}  # other parameters: a fresh directory

@@ -54,10 +54,26 @@ def test_gc_removes_old_staging_leftovers_only(tmp_path):
     store = DiskStore(tmp_path / "cache")
     old, new = store.new_staging_dir("old"), store.new_staging_dir("new")
     (old / "f").write_text("x")
+    (new / "f").write_text("x")
     past = time.time() - 3 * 86400
+    os.utime(old / "f", (past, past))
     os.utime(old, (past, past))
+    os.utime(new, (past, past))  # an old directory with a file written just now: still in use
     assert gc(store).staging == 1
     assert not old.exists() and new.exists()
+
+
+def test_gc_keeps_recent_checkpoint_directories_of_failed_stages(tmp_path):
+    store = DiskStore(tmp_path / "cache")
+    recent, stale = store.scratch_path("a" * 32), store.scratch_path("b" * 32)
+    for d in (recent, stale):
+        d.mkdir(parents=True)
+        (d / "epoch-3.pt").write_text("x")
+    past = time.time() - 8 * 86400
+    os.utime(stale / "epoch-3.pt", (past, past))
+    os.utime(stale, (past, past))
+    report = gc(store)
+    assert report.scratch == 1 and recent.exists() and not stale.exists()
 
 
 def test_verify_finds_damage_and_drops_its_entries(tmp_path):
