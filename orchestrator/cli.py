@@ -299,8 +299,9 @@ def cache_gc(dry, grace, cache):
 
     report = gc(_store(cache), grace_s=grace, dry=dry)
     verb = "would delete" if dry else "deleted"
-    click.echo(f"{verb} {report.objects} objects ({report.bytes / 1e6:.1f} MB), {report.staging} staging leftovers "
-               f"and {report.scratch} checkpoint directories of failed stages untouched for a week")
+    click.echo(f"{verb} {report.objects} objects ({report.bytes / 1e6:.1f} MB), {report.staging} staging leftovers, "
+               f"{report.locks} old lock files and {report.scratch} checkpoint directories of failed stages "
+               f"untouched for a week")
 
 
 if __name__ == "__main__":  # pragma: no cover

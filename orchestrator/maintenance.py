@@ -76,13 +76,15 @@ class GcReport:
     bytes: int = 0
     staging: int = 0
     scratch: int = 0
+    locks: int = 0
 
 
 def gc(store: Store, *, grace_s: float = 3600.0, staging_age_s: float = 86400.0,
        scratch_age_s: float = 7 * 86400.0, dry: bool = False) -> GcReport:
     """Delete objects that no entry references (older than `grace_s`, so a run's fresh outputs whose
-    entry is about to be written survive), staging leftovers older than `staging_age_s`, and the
-    checkpoint directories of failed stages (record.checkpoint_dir) untouched for `scratch_age_s`."""
+    entry is about to be written survive), staging leftovers and lock files of computed nodes older
+    than `staging_age_s`, and the checkpoint directories of failed stages (record.checkpoint_dir)
+    untouched for `scratch_age_s`."""
     report = GcReport()
     referenced = {o["object"]["hash"] for _, e in store.iter_entries() for o in e.get("outputs", {}).values()}
     now = time.time()
@@ -93,6 +95,8 @@ def gc(store: Store, *, grace_s: float = 3600.0, staging_age_s: float = 86400.0,
         report.bytes += info.size
         if not dry:
             store.delete_object(info)
+    if not dry:
+        report.locks = store.prune_locks(before=now - staging_age_s)
     if store.root is not None:
         report.staging = _remove_old(Path(store.root) / "tmp", now - staging_age_s, dry)
         report.scratch = _remove_old(Path(store.root) / "scratch", now - scratch_age_s, dry)

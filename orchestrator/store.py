@@ -292,6 +292,11 @@ class Store(abc.ABC):
     def lock(self, key: str) -> NodeLock:
         """An exclusive lock for computing the node `key` (across threads and processes)."""
 
+    def prune_locks(self, before: float) -> int:
+        """Remove lock files made before `before` (epoch seconds) of nodes that have an entry and
+        that nobody holds now; how many. (The in-memory twin has nothing to prune.)"""
+        return 0
+
     def new_staging_path(self, prefix: str = "") -> Path:
         """A fresh, unique path in the staging area on the objects' filesystem, *not created*: a
         stage that never asks for a staging directory costs no mkdir/rmdir (slow on some disks)."""
@@ -531,6 +536,34 @@ class DiskStore(Store):
 
     def new_staging_dir(self, prefix: str = "") -> Path:
         return Path(self._in_dir(self._tmp, tempfile.mkdtemp, "", prefix, self._tmp))
+
+    def prune_locks(self, before: float) -> int:
+        """A lock file is unlinked only while we hold its flock, and only for a node that already has
+        an entry (only --overwrite would compute it again): the worst a race can cost is that two
+        processes recompute that node at the same time, each storing a correct entry."""
+        import fcntl
+
+        removed = 0
+        for shard in _listdir(self._locks):
+            shard_dir = os.path.join(self._locks, shard)
+            for name in _listdir(shard_dir):
+                path = os.path.join(shard_dir, name)
+                key = name.split(".", 1)[0]
+                st = _lstat_or_none(path)
+                if st is None or st.st_mtime >= before or not _NAME_RE.match(key) or not _listdir(self._entry_dir(key)):
+                    continue
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                try:
+                    os.unlink(path)
+                    removed += 1
+                finally:
+                    os.close(fd)
+        return removed
 
     def _tmp_root(self) -> str:
         return self._ensure_dir(self._tmp)

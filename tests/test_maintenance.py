@@ -90,3 +90,29 @@ def test_verify_finds_damage_and_drops_its_entries(tmp_path):
     assert report.dropped_entries == 1
     assert [e["trace_id"] for e in store.get_entries(KEY)] == ["t1"]
     assert not store.has_object(bad)  # quarantined: its producer re-runs
+
+
+def test_gc_prunes_old_lock_files_of_computed_nodes_only(tmp_path):
+    store = DiskStore(tmp_path / "cache")
+    done, pending, held = "ab" + "1" * 62, "ab" + "2" * 62, "ab" + "3" * 62
+    info = _object(store, tmp_path, "a", b"x")
+    store.put_entry(done, _entry(info))
+    store.put_entry(held, _entry(info))
+    for key in (done, pending, held):
+        lock = store.lock(key)
+        lock.acquire()
+        lock.release()
+    holder = store.lock(held)
+    holder.acquire()
+    try:
+        files = {p.name.split(".")[0]: p for p in (tmp_path / "cache" / "locks").rglob("*.lock")}
+        past = time.time() - 3 * 86400
+        for p in files.values():
+            os.utime(p, (past, past))
+        assert gc(store, grace_s=0).locks == 1
+        assert not files[done].exists() and files[pending].exists() and files[held].exists()
+    finally:
+        holder.release()
+    lock = store.lock(done)  # a pruned lock file is simply made again
+    assert lock.acquire(timeout=1)
+    lock.release()
