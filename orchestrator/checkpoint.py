@@ -31,7 +31,6 @@ import importlib
 import json
 import os
 import sys
-from typing import Any
 
 from .errors import CheckpointError
 

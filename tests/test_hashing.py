@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest

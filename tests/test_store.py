@@ -398,7 +398,7 @@ def test_ingest_replaces_damaged_copy(disk, tmp_path):
 def test_ingest_dir_race_lost_discards_ours(disk, tmp_path, monkeypatch):
     """Another process stored the same tree between our existence check and our rename."""
     info = disk.ingest(make_tree(tmp_path / "first"))
-    monkeypatch.setattr("orchestrator.store._lstat_or_none", lambda path: None)
+    monkeypatch.setattr("orchestrator.store.disk._lstat_or_none", lambda path: None)
     assert disk.ingest(make_tree(tmp_path / "second")) == info
     assert not (tmp_path / "second").exists()
     assert hashing.hash_path(disk.object_path(info)) == (info.kind, info.hash, info.size)

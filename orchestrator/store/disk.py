@@ -1,0 +1,398 @@
+"""DiskStore: the store on a (possibly shared) filesystem, with flock node locks."""
+
+from __future__ import annotations
+
+import logging
+import contextlib
+import errno
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .. import hashing
+from ..errors import StoreError
+from ..fsutil import atomic_write_json, make_readonly, make_writable_dir, rmtree_force
+from .base import (NodeLock, ObjectInfo, Store, _NAME_RE, _OBJECT_NAME_RE, _acquire_thread_lock, _check_info,
+    _check_name, _created, _signature, _thread_lock_for)
+
+log = logging.getLogger(__name__)
+
+
+class _FileNodeLock(NodeLock):
+    """flock(2) on a per-node lock file, as filelock's UnixFileLock does, minus its per-call
+    bookkeeping (a lock per executed node is on the hot path). The kernel drops the lock when the
+    holder dies, so a kill -9 never leaves a stale lock."""
+
+    _POLL = 0.05  # seconds between tries when a timeout is given (a blocking wait sleeps in the kernel)
+
+    def __init__(self, path: str):
+        self._path = path
+        self._thread_lock = _thread_lock_for(path)
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float = -1) -> bool:
+        deadline = time.monotonic() + timeout
+        if not _acquire_thread_lock(self._thread_lock, timeout):
+            return False
+        try:
+            fd = self._open()
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        try:
+            if not self._flock(fd, timeout, deadline):
+                os.close(fd)
+                self._thread_lock.release()
+                return False
+        except BaseException:
+            os.close(fd)
+            self._thread_lock.release()
+            raise
+        self._fd = fd
+        return True
+
+    def _open(self) -> int:
+        try:
+            return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the locks directory was removed (orch cache gc): make it again
+            os.makedirs(os.path.dirname(self._path), exist_ok=True)
+            return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+
+    def _flock(self, fd: int, timeout: float, deadline: float) -> bool:
+        import fcntl
+
+        try:
+            if timeout < 0:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return True
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    time.sleep(min(self._POLL, left))
+        except OSError as e:
+            if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
+                raise StoreError(
+                    f"cannot lock {self._path}: its filesystem does not support flock; mount it with "
+                    "flock support or put the cache elsewhere (--cache DIR / ORCH_CACHE)"
+                ) from e
+            raise
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        try:
+            if fd is not None:
+                os.close(fd)  # closing the only descriptor releases the flock
+        finally:
+            self._thread_lock.release()
+
+
+class DiskStore(Store):
+    """The store on a (possibly shared) filesystem. Layout under root:
+    objects/ab/<hash[2:]><ext>, entries/ab/<key>/<trace_id>.json, locks/ab/<key>.lock,
+    tmp/ (staging, same filesystem as objects), quarantine/ (damaged objects, for inspection)."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(os.path.abspath(root))
+        _check_root(self.root)
+        r = str(self.root)
+        self._objects, self._entries = os.path.join(r, "objects"), os.path.join(r, "entries")
+        self._locks, self._tmp = os.path.join(r, "locks"), os.path.join(r, "tmp")
+        self._quarantine_dir = os.path.join(r, "quarantine")
+        self._made: set[str] = set()  # directories known to exist: no mkdir syscall per write
+
+    def _ensure_dir(self, d: str) -> str:
+        if d not in self._made:
+            try:
+                os.makedirs(d, exist_ok=True)
+            except (PermissionError, FileExistsError, NotADirectoryError) as e:
+                raise StoreError(f"cannot create {d} in the cache {self.root}: {e}; fix the "
+                                 "permissions or choose another cache (--cache DIR / ORCH_CACHE)") from e
+            self._made.add(d)
+        return d
+
+    def _in_dir(self, d: str, fn, *args):
+        """fn(*args) with `d` existing; if `d` was removed since we made it (by `orch cache gc` in
+        another process, say), make it again and retry once."""
+        self._ensure_dir(d)
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            if os.path.isdir(d):
+                raise
+            self._made.discard(d)
+            self._ensure_dir(d)
+            return fn(*args)
+
+    def _object_file(self, info: ObjectInfo) -> str:
+        _check_info(info)
+        return os.path.join(self._objects, info.hash[:2], info.hash[2:] + info.ext)
+
+    def _entry_dir(self, key: str) -> str:
+        return os.path.join(self._entries, key[:2], _check_name("node key", key))
+
+    # -- objects -------------------------------------------------------------------------------
+    def ingest(self, path: Path, ext: str = "") -> ObjectInfo:
+        src = os.fspath(path)
+        before = os.stat(src)  # taken before hashing: a later write would change it
+        kind, digest, size = hashing.hash_path(src)
+        info = ObjectInfo(digest, size, kind, ext)
+        target = self._object_file(info)
+        st = _lstat_or_none(target)
+        if st is not None:
+            if _looks_intact(st, info):
+                rmtree_force(src)  # identical content already stored: keep the copy readers may use
+                return info
+            self._quarantine(info, target)  # wrong size or kind: a damaged copy must not block a good one
+        if self._in_dir(os.path.dirname(target), self._move_in, src, target, kind) and kind == "file":
+            sig = _signature(target, kind)  # rename keeps inode and mtime
+            if sig == (before.st_size, before.st_mtime_ns, before.st_ino):
+                self._verified[target] = sig  # hashed just now and unchanged since: no re-hash on load
+        return info
+
+    def _move_in(self, src: str, target: str, kind: str) -> bool:
+        """Rename `src` into place, or copy it next to the objects first when it is a symlink (what
+        it points to is stored, the link consumed) or on another filesystem (e.g. /tmp)."""
+        if not os.path.islink(src):
+            try:
+                return self._place(src, target, kind)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+        staging = str(self.new_staging_dir("ingest-"))
+        try:
+            copy = os.path.join(staging, "object")
+            if kind == "file":
+                shutil.copy2(src, copy)
+            else:
+                shutil.copytree(src, copy, symlinks=True)
+            placed = self._place(copy, target, kind)
+        finally:
+            rmtree_force(staging, missing_ok=True)
+        rmtree_force(src)
+        return placed
+
+    def _place(self, src: str, target: str, kind: str) -> bool:
+        """Seal `src` read-only and rename it to `target`; False if another process stored it first."""
+        if kind == "file":
+            make_readonly(src)
+            os.replace(src, target)  # a concurrent identical copy is simply replaced
+            return True
+        make_readonly(src, skip_top=True)  # moving a directory across parents needs write on it
+        try:
+            os.rename(src, target)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            rmtree_force(src)  # another process won the race with the same content
+            return False
+        os.chmod(target, 0o555)
+        return True
+
+    def has_object(self, info: ObjectInfo) -> bool:
+        st = _lstat_or_none(self._object_file(info))
+        return st is not None and _looks_intact(st, info)
+
+    def object_path(self, info: ObjectInfo, verify: bool = True) -> Path:
+        path = self._object_file(info)
+        if verify:
+            self._verify(info, path)
+        return Path(path)
+
+    def _quarantine(self, info: ObjectInfo, path: str) -> str:
+        dest = os.path.join(self._ensure_dir(self._quarantine_dir),
+                            f"{info.hash}{info.ext}.{os.getpid()}.{os.urandom(4).hex()}")
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                make_writable_dir(path)  # renaming a directory into another parent needs write on it
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return dest + " (already moved by another process)"
+        log.warning("stored object %s was damaged; moved to %s", info.hash, dest)
+        return dest
+
+    def delete_object(self, info: ObjectInfo) -> None:
+        path = self._object_file(info)
+        self._verified.pop(path, None)
+        rmtree_force(path, missing_ok=True)
+
+    def iter_objects(self) -> Iterator[ObjectInfo]:
+        """ObjectInfo per object found; size is the actual size (sum of file sizes for a tree)."""
+        for shard in _listdir(self._objects):
+            shard_dir = os.path.join(self._objects, shard)
+            for name in _listdir(shard_dir):
+                m = _OBJECT_NAME_RE.match(name)
+                if len(shard) != 2 or not m:
+                    continue
+                path = os.path.join(shard_dir, name)
+                if os.path.isdir(path):
+                    yield ObjectInfo(shard + m.group(1), _tree_size(path), "dir", m.group(2))
+                else:
+                    yield ObjectInfo(shard + m.group(1), os.lstat(path).st_size, "file", m.group(2))
+
+    # -- entries -------------------------------------------------------------------------------
+    def get_entries(self, key: str) -> list[dict]:
+        d = self._entry_dir(key)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return []
+        entries = []
+        for name in names:
+            if name.endswith(".json") and not name.startswith("."):  # ".x.tmp": writes in progress
+                entry = _read_entry(os.path.join(d, name))
+                if entry is not None:
+                    entries.append(entry)
+        entries.sort(key=_created, reverse=True)
+        return entries
+
+    def get_entry(self, key: str, trace_id: str) -> dict | None:
+        return _read_entry(os.path.join(self._entry_dir(key), _check_name("trace id", trace_id) + ".json"))
+
+    def _ref_path(self, name: str) -> str:
+        _check_name("ref name", name)
+        return os.path.join(str(self.root), "refs", name[:2], name + ".json")
+
+    def get_ref(self, name: str) -> dict | None:
+        return _read_entry(self._ref_path(name))
+
+    def put_ref(self, name: str, value: dict) -> None:
+        atomic_write_json(self._ref_path(name), value)
+
+    def put_entry(self, key: str, entry: dict) -> None:
+        name = _check_name("trace id", entry["trace_id"])
+        atomic_write_json(os.path.join(self._entry_dir(key), name + ".json"), entry)  # makes the dir
+
+    def delete_entry(self, key: str, trace_id: str) -> None:
+        path = os.path.join(self._entry_dir(key), _check_name("trace id", trace_id) + ".json")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def iter_entries(self) -> Iterator[tuple[str, dict]]:
+        for shard in _listdir(self._entries):
+            for key in _listdir(os.path.join(self._entries, shard)):
+                if _NAME_RE.match(key):
+                    for entry in self.get_entries(key):
+                        yield key, entry
+
+    # -- locks, staging ------------------------------------------------------------------------
+    def lock(self, key: str) -> NodeLock:
+        _check_name("node key", key)
+        lock_dir = self._ensure_dir(os.path.join(self._locks, key[:2]))  # re-created by the lock if gone
+        return _FileNodeLock(os.path.join(lock_dir, key + ".lock"))
+
+    def new_staging_dir(self, prefix: str = "") -> Path:
+        return Path(self._in_dir(self._tmp, tempfile.mkdtemp, "", prefix, self._tmp))
+
+    def prune_locks(self, before: float) -> int:
+        """A lock file is unlinked only while we hold its flock, and only for a node that already has
+        an entry (only --overwrite would compute it again): the worst a race can cost is that two
+        processes recompute that node at the same time, each storing a correct entry."""
+        import fcntl
+
+        removed = 0
+        for shard in _listdir(self._locks):
+            shard_dir = os.path.join(self._locks, shard)
+            for name in _listdir(shard_dir):
+                path = os.path.join(shard_dir, name)
+                key = name.split(".", 1)[0]
+                st = _lstat_or_none(path)
+                if st is None or st.st_mtime >= before or not _NAME_RE.match(key) or not _listdir(self._entry_dir(key)):
+                    continue
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                try:
+                    os.unlink(path)
+                    removed += 1
+                finally:
+                    os.close(fd)
+        return removed
+
+    def _tmp_root(self) -> str:
+        return self._ensure_dir(self._tmp)
+
+
+def _check_root(root: Path) -> None:
+    """Fail early, with what to do, on a cache path that cannot work; create nothing."""
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return  # created at the first write
+    except NotADirectoryError:
+        st = None
+    except PermissionError as e:
+        raise StoreError(f"cache directory {root} is not accessible ({e}): fix the permissions of its "
+                         "parents or choose another cache with --cache DIR or ORCH_CACHE") from e
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"cache directory {root} is not a directory: remove it or choose another "
+                         "cache with --cache DIR or ORCH_CACHE")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise StoreError(f"cache directory {root} is not writable: fix its permissions or choose "
+                         "another cache with --cache DIR or ORCH_CACHE")
+
+
+def _tree_size(root: str) -> int:
+    """Sum of the regular files' sizes, as hashing.hash_path counts it (links and dirs count 0)."""
+    total = 0
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
+
+
+def _lstat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _looks_intact(st: os.stat_result, info: ObjectInfo) -> bool:
+    """The cheap check at lookup: right kind and, for a file, right size (a tree's size would need a walk)."""
+    if info.kind == "dir":
+        return stat.S_ISDIR(st.st_mode)
+    return stat.S_ISREG(st.st_mode) and st.st_size == info.size
+
+
+def _listdir(d: str) -> list[str]:
+    try:
+        return sorted(os.listdir(d))
+    except FileNotFoundError:
+        return []
+
+
+def _read_entry(path: str) -> dict | None:
+    """One entry file, or None (with a warning) if it cannot be used: a bad entry is a cache miss."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None  # deleted since the listing (delete_entry, gc): not damage
+    except OSError as e:
+        log.warning("skipping unreadable cache entry %s: %s", path, e)
+        return None
+    try:
+        entry = json.loads(data)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        log.warning("skipping corrupt cache entry %s: %s", path, e)
+        return None
+    if not isinstance(entry, dict):
+        log.warning("skipping corrupt cache entry %s: not a JSON object", path)
+        return None
+    return entry
+
+

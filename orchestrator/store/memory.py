@@ -1,0 +1,174 @@
+"""MemoryStore: the in-memory twin of DiskStore for fast planner/runner tests (one suite runs on both)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+from typing import Iterator
+
+from .. import hashing
+from ..fsutil import atomic_write_bytes, make_readonly, rmtree_force
+from .base import (NodeLock, ObjectInfo, Store, _ThreadNodeLock, _check_info, _check_name, _created)
+
+
+class MemoryStore(Store):
+    """In-memory twin for fast planner/runner tests. Entries are kept as JSON text (so they round-trip
+    like on disk); objects as bytes (files) or {relpath: (kind, data)} (dirs; kind is file, exec,
+    dir or link), materialized read-only in a private temp dir when object_path is asked."""
+
+    def __init__(self) -> None:
+        self.root = None
+        self._objects: dict[tuple[str, str], tuple[ObjectInfo, object]] = {}
+        self._entries: dict[str, dict[str, str]] = {}
+        self._refs: dict[str, str] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._tmpdir: str | None = None
+
+    def _private_dir(self) -> str:
+        with self._guard:
+            if self._tmpdir is None:
+                self._tmpdir = tempfile.mkdtemp(prefix="orch-memstore-")
+                weakref.finalize(self, rmtree_force, self._tmpdir, missing_ok=True)
+            return self._tmpdir
+
+    def _object_file(self, info: ObjectInfo) -> str:
+        _check_info(info)
+        return os.path.join(self._private_dir(), "objects", info.hash[:2], info.hash[2:] + info.ext)
+
+    def ingest(self, path: Path, ext: str = "") -> ObjectInfo:
+        src = os.fspath(path)
+        kind, digest, size = hashing.hash_path(src)
+        info = ObjectInfo(digest, size, kind, ext)
+        _check_info(info)
+        content = _read_file(src) if kind == "file" else _read_tree(src)
+        rmtree_force(src)
+        self._objects.setdefault((digest, ext), (info, content))
+        return info
+
+    def has_object(self, info: ObjectInfo) -> bool:
+        stored = self._objects.get((info.hash, info.ext))
+        return stored is not None and stored[0].kind == info.kind and stored[0].size == info.size
+
+    def object_path(self, info: ObjectInfo, verify: bool = True) -> Path:
+        path = self._object_file(info)
+        stored = self._objects.get((info.hash, info.ext))
+        if stored is not None and not os.path.lexists(path):
+            _materialize(path, stored[1])
+        if verify:
+            self._verify(info, path)
+        return Path(path)
+
+    def _quarantine(self, info: ObjectInfo, path: str) -> str:
+        self._objects.pop((info.hash, info.ext), None)
+        rmtree_force(path, missing_ok=True)
+        return "(discarded: in-memory store)"
+
+    def delete_object(self, info: ObjectInfo) -> None:
+        self._objects.pop((info.hash, info.ext), None)
+        path = self._object_file(info)
+        self._verified.pop(path, None)
+        rmtree_force(path, missing_ok=True)
+
+    def iter_objects(self) -> Iterator[ObjectInfo]:
+        return iter([info for info, _ in list(self._objects.values())])
+
+    def get_entries(self, key: str) -> list[dict]:
+        texts = list(self._entries.get(_check_name("node key", key), {}).values())
+        return sorted((json.loads(t) for t in texts), key=_created, reverse=True)
+
+    def get_entry(self, key: str, trace_id: str) -> dict | None:
+        text = self._entries.get(_check_name("node key", key), {}).get(_check_name("trace id", trace_id))
+        return None if text is None else json.loads(text)
+
+    def get_ref(self, name: str) -> dict | None:
+        text = self._refs.get(_check_name("ref name", name))
+        return None if text is None else json.loads(text)
+
+    def put_ref(self, name: str, value: dict) -> None:
+        self._refs[_check_name("ref name", name)] = json.dumps(value, separators=(",", ":"))
+
+    def put_entry(self, key: str, entry: dict) -> None:
+        name = _check_name("trace id", entry["trace_id"])
+        text = json.dumps(entry, separators=(",", ":"))  # fails like the disk store on bad values
+        self._entries.setdefault(_check_name("node key", key), {})[name] = text
+
+    def delete_entry(self, key: str, trace_id: str) -> None:
+        self._entries.get(_check_name("node key", key), {}).pop(_check_name("trace id", trace_id), None)
+
+    def iter_entries(self) -> Iterator[tuple[str, dict]]:
+        for key in sorted(self._entries):
+            for entry in self.get_entries(key):
+                yield key, entry
+
+    def lock(self, key: str) -> NodeLock:
+        with self._guard:
+            return _ThreadNodeLock(self._locks.setdefault(_check_name("node key", key), threading.Lock()))
+
+    def new_staging_dir(self, prefix: str = "") -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self._tmp_root()))
+
+    def _tmp_root(self) -> str:
+        tmp = os.path.join(self._private_dir(), "tmp")
+        os.makedirs(tmp, exist_ok=True)
+        return tmp
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read_tree(root: str) -> dict[str, tuple[str, bytes | str]]:
+    """{relpath: (kind, data)}: everything hash_dir looks at (exec bits, links, empty dirs)."""
+    tree: dict[str, tuple[str, bytes | str]] = {}
+    todo = [(root, "")]
+    while todo:
+        directory, rel_dir = todo.pop()
+        with os.scandir(directory) as it:
+            for e in it:
+                rel = rel_dir + e.name
+                if e.is_symlink():
+                    tree[rel] = ("link", os.readlink(e.path))
+                elif e.is_dir(follow_symlinks=False):
+                    tree[rel] = ("dir", b"")
+                    todo.append((e.path, rel + "/"))
+                else:
+                    executable = e.stat(follow_symlinks=False).st_mode & stat.S_IXUSR
+                    tree[rel] = ("exec" if executable else "file", _read_file(e.path))
+    return tree
+
+
+def _materialize(path: str, content: bytes | dict) -> None:
+    """Write an object into the private dir under a temp name, seal it, rename it into place."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if isinstance(content, bytes):
+        atomic_write_bytes(path, content)
+        make_readonly(path)
+        return
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".materialize-")
+    for rel, (kind, data) in sorted(content.items()):  # parents sort before their children
+        dest = os.path.join(tmp, *rel.split("/"))
+        if kind == "dir":
+            os.makedirs(dest, exist_ok=True)
+        elif kind == "link":
+            os.symlink(data, dest)
+        else:
+            with open(dest, "wb") as f:
+                f.write(data)
+            os.chmod(dest, 0o755 if kind == "exec" else 0o644)
+    make_readonly(tmp, skip_top=True)
+    try:
+        os.rename(tmp, path)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        rmtree_force(tmp)  # another thread materialized it first
+        return
+    os.chmod(path, 0o555)
