@@ -76,16 +76,22 @@ def _analyze(fn, function_node=None) -> tuple[str, ...] | None:
     record = args[0].arg
     parents: dict[ast.AST, ast.AST] = {}
     bound: dict[str, int] = {}  # how often each name is bound anywhere in the function
-    for node in ast.walk(func):
+    names: set[ast.Name] = set()  # every name read
+    todo = [func]
+    while todo:  # one pass over the tree (ast.walk would list every node's children twice)
+        node = todo.pop()
         for child in ast.iter_child_nodes(node):
             parents[child] = node
-        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-            bound[node.id] = bound.get(node.id, 0) + 1
+            todo.append(child)
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                names.add(node)
+            else:
+                bound[node.id] = bound.get(node.id, 0) + 1
         elif isinstance(node, ast.arg):
             bound[node.arg] = bound.get(node.arg, 0) + 1
     if bound.get(record, 0) != 1:  # the record parameter is rebound somewhere
         return _OPAQUE
-    names = {n for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     paths: set[str] = set()
     aliases: dict[str, tuple[str, ...]] = {}  # name -> parameter path prefix it stands for
     work = [(record, None)]
