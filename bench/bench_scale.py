@@ -34,7 +34,7 @@ def time_report(manifest_path: Path, repeat: int = 7) -> float:
     import statistics
     import time
 
-    from orchestrator.report import write_report
+    from orchestrator.runs.report import write_report
 
     manifest = json.loads(manifest_path.read_text())
     times = []

@@ -11,7 +11,7 @@ __all__ = ["stage", "aggregate", "Record", "Lazy", "Cacher", "PickleCacher", "Js
 
 def load(name: str, run: str = "latest", param_set: str | None = None, cache=None, experiment_dir=None, **options):
     """An artifact of a past run, e.g. `load("model", device="cpu")` in a notebook (see orchestrator.artifacts.load)."""
-    from .artifacts import load as _load
+    from .artifacts.retrieve import load as _load
 
     return _load(name, run=run, param_set=param_set, cache=cache, experiment_dir=experiment_dir, **options)
 
@@ -19,7 +19,7 @@ def load(name: str, run: str = "latest", param_set: str | None = None, cache=Non
 def __getattr__(name: str):
     """Lazy public names: `from orchestrator import run_external` loads its module only when asked."""
     if name == "run_external":
-        from .external import run_external
+        from .executors.external import run_external
 
         return run_external
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

@@ -176,7 +176,7 @@ class CheckpointCacher(Cacher):
     extension = ".pt"
 
     def save(self, obj, path):
-        from . import checkpoint as ck
+        from .artifacts import checkpoint as ck
 
         payload = _checkpoint_payload(obj)
         import torch
@@ -221,7 +221,7 @@ class CheckpointCacher(Cacher):
         return out.path, self.extension, {"kind": "file", "source": src, "weights_only": False}
 
     def load(self, path, metadata=None, *, device=None, model=True, optimizer=None, skip=()):
-        from .checkpoint import load_checkpoint
+        from .artifacts.checkpoint import load_checkpoint
 
         # Objects in the store were written by this project's own stages: the same trust as
         # PickleCacher. Checkpoints of plain data are still read with torch's safe loader.
@@ -232,7 +232,7 @@ class CheckpointCacher(Cacher):
     @staticmethod
     def load_path(path, device=None, **options):
         """Load a checkpoint file written outside the store (e.g. by external/train.py)."""
-        from .checkpoint import load_checkpoint
+        from .artifacts.checkpoint import load_checkpoint
 
         return load_checkpoint(path, device=device, **options)
 
@@ -240,7 +240,7 @@ class CheckpointCacher(Cacher):
 def _checkpoint_payload(obj) -> dict:
     import torch
 
-    from . import checkpoint as ck
+    from .artifacts import checkpoint as ck
 
     if isinstance(obj, torch.nn.Module):
         return ck.module_payload(ck.unwrap_model(obj))

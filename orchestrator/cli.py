@@ -75,8 +75,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 def run(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, parallel):
     """Run EXPERIMENT (an experiment.py) for every parameter set, from the cache where possible."""
     from . import session
-    from .console import Console
-    from .launch import detect_launch
+    from .runs.console import Console
+    from .executors.launch import detect_launch
 
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                               cache=cache, overwrite=overwrite, overwrite_stages=list(overwrite_stages),
@@ -113,7 +113,7 @@ def run(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, 
 @debug_option
 def get(name, run_id, param_set, output, cache, force):
     """Copy the stored artifact NAME of a past run out of the cache (a file or a directory)."""
-    from .artifacts import export, locate
+    from .artifacts.retrieve import export, locate
 
     artifact = locate(name, run=run_id, param_set=param_set, cache=cache)
     for path in export(artifact, output, force=force):
@@ -138,7 +138,7 @@ def cache_option(f):
 def why(experiment, params, overrides, run_id, stage, param_set, cache):
     """Why nodes run: with EXPERIMENT, what the next run would do and why (nothing runs); without it,
     why the nodes of a past run ran (--run, default the latest)."""
-    from .console import print_why
+    from .runs.console import print_why
 
     if experiment is not None:
         from . import session
@@ -151,8 +151,8 @@ def why(experiment, params, overrides, run_id, stage, param_set, cache):
                 and (not stage or o.node.stage.name == stage) and (not param_set or o.node.set_name == param_set)]
         print_why(rows, f"{len(result.outcomes)} nodes planned")
         return
-    from .artifacts import find_cache
-    from .history import load_manifest, why_rows
+    from .artifacts.retrieve import find_cache
+    from .runs.history import load_manifest, why_rows
 
     manifest = load_manifest(find_cache(cache), run_id)
     print_why(why_rows(manifest, stage, param_set), f"run {manifest['run_id']}")
@@ -164,9 +164,9 @@ def why(experiment, params, overrides, run_id, stage, param_set, cache):
 @debug_option
 def runs(limit, cache):
     """List past runs, newest first."""
-    from .artifacts import find_cache
-    from .console import print_runs
-    from .history import list_runs
+    from .artifacts.retrieve import find_cache
+    from .runs.console import print_runs
+    from .runs.history import list_runs
 
     print_runs(list_runs(find_cache(cache), limit))
 
@@ -178,15 +178,15 @@ def runs(limit, cache):
 @debug_option
 def show(run_id, html, cache):
     """Show one run: its parameter sets and every node with status, duration and outputs."""
-    from .artifacts import find_cache
+    from .artifacts.retrieve import find_cache
 
     if html:
-        from .report import report_for_run
+        from .runs.report import report_for_run
 
         click.echo(report_for_run(find_cache(cache), run_id))
         return
-    from .console import print_run
-    from .history import load_manifest
+    from .runs.console import print_run
+    from .runs.history import load_manifest
 
     print_run(load_manifest(find_cache(cache), run_id))
 
@@ -199,8 +199,8 @@ def show(run_id, html, cache):
 @debug_option
 def report(run_id, output, cache):
     """(Re)write the HTML report of a past run (default the latest) from its manifest; prints its path."""
-    from .artifacts import find_cache
-    from .report import report_for_run
+    from .artifacts.retrieve import find_cache
+    from .runs.report import report_for_run
 
     click.echo(report_for_run(find_cache(cache), run_id, output))
 
@@ -224,9 +224,9 @@ def graph(experiment, params, overrides, fmt, output, stages, cache):
     """Draw the DAG the next run of EXPERIMENT would execute, coloured cached / will run / pending
     (plans only: nothing runs)."""
     from . import session
-    from .drawing import format_of, render
-    from .report import write_file
-    from .runs import node_record
+    from .runs.drawing import format_of, render
+    from .runs.report import write_file
+    from .runs.manifest import node_record
 
     fmt = fmt or format_of(output)
     if output == "-" and fmt == "png":
@@ -251,7 +251,7 @@ def cache():
 
 
 def _store(cache_dir):
-    from .artifacts import find_cache
+    from .artifacts.retrieve import find_cache
     from .store import DiskStore
 
     return DiskStore(find_cache(cache_dir))
@@ -262,8 +262,8 @@ def _store(cache_dir):
 @debug_option
 def cache_ls(cache):
     """Entries, objects and bytes in the cache, per stage."""
-    from .console import print_cache_stats
-    from .maintenance import stats
+    from .runs.console import print_cache_stats
+    from .store.maintenance import stats
 
     store = _store(cache)
     print_cache_stats(store.root, stats(store))
@@ -275,7 +275,7 @@ def cache_ls(cache):
 @click.pass_context
 def cache_verify(ctx, cache):
     """Re-hash every stored object; damaged ones are quarantined and their entries dropped (they re-run)."""
-    from .maintenance import verify
+    from .store.maintenance import verify
 
     report = verify(_store(cache))
     for line in report.damaged:
@@ -295,7 +295,7 @@ def cache_verify(ctx, cache):
 def cache_gc(dry, grace, cache):
     """Delete objects no entry references, staging leftovers of killed runs (older than a day) and
     checkpoint directories of failed stages untouched for a week."""
-    from .maintenance import gc
+    from .store.maintenance import gc
 
     report = gc(_store(cache), grace_s=grace, dry=dry)
     verb = "would delete" if dry else "deleted"

@@ -1,20 +1,24 @@
-"""Small filesystem helpers shared by the store and the run records.
+"""Small filesystem helpers shared by the store, the hashing caches and the run records.
 
 Durability model: a file is written under a temporary name in its final directory and renamed into
 place, so a reader (or a re-run after kill -9) sees either the old content or the new, never a partial
-file. There is deliberately no fsync: the atomic rename is the unit of durability (see DESIGN, numbers).
+file. There is deliberately no fsync: the atomic rename is the unit of durability (an entry lost to a
+power cut costs a re-run; fsync per node would cost 1-10 ms each, see BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import shutil
 import stat
 import sys
 
 _EXEC_BITS = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+log = logging.getLogger(__name__)
 
 
 def _temp_name(path: str) -> str:
@@ -57,6 +61,49 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
     """Compact JSON, serialized before any file is created so that a bad object leaves nothing behind."""
     atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """The parsed content of a JSON file. Raises FileNotFoundError, OSError or ValueError (corrupt
+    JSON, invalid UTF-8): callers decide whether that is a miss, a warning or an error."""
+    with io.open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """A JSON file holding an object, or None when it is missing, unreadable or not an object
+    (for records whose absence and damage mean the same: nothing usable there)."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_cache_file(path: str | os.PathLike | None, version: object, field: str) -> dict:
+    """data[field] of a versioned JSON cache file (fingerprints, stat cache). Missing, unreadable,
+    corrupt or of another version means empty: losing a cache file only costs time."""
+    if path is None or not os.path.exists(path):
+        return {}
+    try:
+        data = read_json(path)
+        found = data[field] if isinstance(data, dict) and data.get("version") == version else {}
+        if not isinstance(found, dict):
+            raise ValueError(f"{field} is not a mapping")
+        return found
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("ignoring unreadable cache file %s: %s", path, e)
+        return {}
+
+
+def save_cache_file(path: str | os.PathLike, data: dict) -> bool:
+    """atomic_write_json for cache files: a failure is a warning and False, never an error."""
+    try:
+        atomic_write_json(path, data)
+        return True
+    except OSError as e:
+        log.warning("could not save the cache file %s: %s", path, e)
+        return False
 
 
 def _readonly_mode(mode: int) -> int:

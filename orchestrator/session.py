@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ExperimentError, OrchError, user_traceback
-from .graph import Graph
+from .core.graph import Graph
 from .params import ParamSet, load_params
 from .stage import Stage
 
@@ -69,7 +69,7 @@ def _call_user(fn, arg, what: str, module) -> None:
 
 def make_context(root: Path, store, project_root: Path, graph: Graph, overwrite: bool, overwrite_stages: list[str]):
     from .hashing import Fingerprinter
-    from .plan import PlanContext, forced_nodes
+    from .core.plan import PlanContext, forced_nodes
 
     orch_pkg = Path(__file__).resolve().parent
     fingerprinter = Fingerprinter(project_root, exclude=[orch_pkg], cache_path=root / "fingerprints.json")
@@ -115,11 +115,11 @@ def run(opts: RunOptions, on_done: Callable = lambda o: None, launch=None) -> Ru
 def serve(opts: RunOptions, launch) -> int:
     """Ranks other than 0: execute what rank 0 sends until it is done; returns the exit code."""
     if launch.kind == "mpi":  # the cache and the experiment come from rank 0 (WorkerConfig)
-        from .executors_mpi import serve as serve_mpi
+        from .executors.mpi import serve as serve_mpi
 
         return serve_mpi(launch.comm)
-    from .executors import WorkerConfig
-    from .executors_torchrun import Channel, channel_dir, follow
+    from .executors.base import WorkerConfig
+    from .executors.torchrun import Channel, channel_dir, follow
 
     experiment = Path(opts.experiment).resolve()
     config = WorkerConfig(str(cache_root(experiment, opts.cache)), str(experiment))
@@ -130,17 +130,17 @@ def serve(opts: RunOptions, launch) -> int:
 def _open_leader(opts: RunOptions, launch):
     """Rank 0's executor, made first thing so that the other ranks hear from it even if loading or
     planning fails (they get rank 0's exit code instead of waiting forever)."""
-    from .executors import WorkerConfig
+    from .executors.base import WorkerConfig
 
     experiment = Path(opts.experiment).resolve()
     root = cache_root(experiment, opts.cache)
     if launch.kind == "mpi":
-        from .executors_mpi import MPIExecutor
+        from .executors.mpi import MPIExecutor
 
         leader = MPIExecutor(launch.comm)
         leader.configure(WorkerConfig(str(root), str(experiment)))  # workers import the experiment meanwhile
         return leader
-    from .executors_torchrun import Channel, TorchrunLeader, channel_dir
+    from .executors.torchrun import Channel, TorchrunLeader, channel_dir
 
     channel = Channel(channel_dir(root, experiment, opts.argv), launch.rank, launch.size)
     channel.open()
@@ -148,10 +148,10 @@ def _open_leader(opts: RunOptions, launch):
 
 
 def _executor(opts: RunOptions, leader, store, root: Path, experiment: Path):
-    from .executors import InProcessExecutor, PoolExecutor, WorkerConfig
+    from .executors.base import InProcessExecutor, PoolExecutor, WorkerConfig
 
     if leader is not None:
-        from .executors_torchrun import TorchrunLeader
+        from .executors.torchrun import TorchrunLeader
 
         if isinstance(leader, TorchrunLeader):
             leader.configure(store)  # it runs nodes itself, in this process
@@ -162,10 +162,10 @@ def _executor(opts: RunOptions, leader, store, root: Path, experiment: Path):
 
 
 def _run(opts: RunOptions, on_done: Callable, leader) -> RunResult:
-    from .loader import load_experiment
-    from .plan import plan
-    from .runner import NodeOutcome, Runner
-    from .runs import RunLog, node_record
+    from .core.experiment import load_experiment
+    from .core.plan import plan
+    from .core.runner import NodeOutcome, Runner
+    from .runs.manifest import RunLog, node_record
     from .store import DiskStore
 
     t0 = time.perf_counter()
@@ -205,7 +205,7 @@ def _leave_report(log) -> None:
     import logging
 
     from .errors import ReportError
-    from .report import write_report
+    from .runs.report import write_report
 
     try:
         write_report(log.manifest, log.dir / "report.html")

@@ -186,7 +186,7 @@ def test_devices(tmp_path):
 
 def test_gpu_checkpoint_falls_back_to_cpu_by_default():
     """The default map_location keeps a tensor's device when it exists here, else the CPU."""
-    from orchestrator.checkpoint import _restore_or_cpu
+    from orchestrator.artifacts.checkpoint import _restore_or_cpu
 
     storage = torch.zeros(1).untyped_storage()
     assert _restore_or_cpu(storage, "cpu") is None  # torch's default restore: stays on the CPU
@@ -289,7 +289,7 @@ def test_class_defined_in_a_guarded_script_is_found_in_that_script(tmp_path):
 
 
 def test_importing_orchestrator_does_not_import_torch_or_numpy():
-    code = ("import sys, orchestrator, orchestrator.cachers, orchestrator.checkpoint, orchestrator.artifacts; "
+    code = ("import sys, orchestrator, orchestrator.cachers, orchestrator.checkpoint, orchestrator.artifacts.retrieve; "
             "print([m for m in ('torch', 'numpy') if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator import Record, run_external
 from orchestrator.errors import ExternalCommandError, OrchError
-from orchestrator.external import TAIL_LINES, build_command, clean_env
+from orchestrator.executors.external import TAIL_LINES, build_command, clean_env
 from orchestrator.record import current_record
 
 PY = sys.executable
@@ -168,7 +168,7 @@ def test_killed_by_a_signal_is_reported(tmp_path):
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path, monkeypatch):
-    monkeypatch.setattr("orchestrator.external.KILL_GRACE_S", 0.5)
+    monkeypatch.setattr("orchestrator.executors.external.KILL_GRACE_S", 0.5)
     pid_file = tmp_path / "grandchild.pid"
     s = script(tmp_path, "hang.py", f"""
         import signal, subprocess, sys, time

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import hashing
+from orchestrator.hashing import fingerprints, statcache
 from orchestrator.hashing import (
     Fingerprinter,
     StatCache,
@@ -315,7 +316,7 @@ def test_stat_cache_never_reads_unchanged_files(tmp_path, monkeypatch):
 
 def test_stat_cache_skips_racy_files(tmp_path, monkeypatch):
     """A file hashed right after it was written could change again within the same mtime tick."""
-    monkeypatch.setattr(hashing, "RACY_NS", 10**9 * 3600)  # "right after", however slow the machine
+    monkeypatch.setattr(statcache, "RACY_NS", 10**9 * 3600)  # "right after", however slow the machine
     f = tmp_path / "fresh"
     f.write_bytes(b"new")
     cache = StatCache()
@@ -755,13 +756,13 @@ def test_200_stages_parse_each_file_once(proj, monkeypatch):
 def spy_on_parse(monkeypatch) -> list[str]:
     """Record the file names hashing parses (a pass-through: tracebacks use ast.parse too)."""
     parses, real_parse = [], ast.parse
-    monkeypatch.setattr(hashing.ast, "parse", lambda src, filename="<unknown>", *a, **k:
+    monkeypatch.setattr(fingerprints.ast, "parse", lambda src, filename="<unknown>", *a, **k:
                         parses.append(filename) or real_parse(src, filename, *a, **k))
     return parses
 
 
 def test_persistent_cache_parses_nothing_for_unchanged_code(proj, monkeypatch):
-    monkeypatch.setattr(hashing, "RACY_NS", 0)  # files written just now may be persisted
+    monkeypatch.setattr(statcache, "RACY_NS", 0)  # files written just now may be persisted
     proj.write("stages/util.py", UTIL)
     proj.write("stages/a.py", STAGE_A)
     cache = proj.root / ".orch" / "fingerprints.json"
@@ -780,7 +781,7 @@ def test_persistent_cache_parses_nothing_for_unchanged_code(proj, monkeypatch):
 
 
 def test_persistent_cache_corrupt_or_racy(proj, caplog, monkeypatch):
-    monkeypatch.setattr(hashing, "RACY_NS", 0)
+    monkeypatch.setattr(statcache, "RACY_NS", 0)
     proj.write("stages/util.py", UTIL)
     cache = proj.root / "fp.json"
     cache.write_text('{"version": "garbage"')
@@ -792,12 +793,12 @@ def test_persistent_cache_corrupt_or_racy(proj, caplog, monkeypatch):
     fp.save()
     assert json.loads(cache.read_text())["files"]  # replaced by a valid cache
     (proj.root / "stages" / "fresh.py").write_text("def f():\n    return 1\n")
-    monkeypatch.setattr(hashing, "RACY_NS", 10**9 * 3600)  # fresh.py: "just written"
+    monkeypatch.setattr(statcache, "RACY_NS", 10**9 * 3600)  # fresh.py: "just written"
     fresh = Fingerprinter(proj.root, cache_path=cache)
     fresh.fingerprint(proj.load("stages.fresh").f)
     fresh.save()
     assert str(proj.root / "stages" / "fresh.py") not in json.loads(cache.read_text())["files"]
-    monkeypatch.setattr(hashing, "RACY_NS", 0)
+    monkeypatch.setattr(statcache, "RACY_NS", 0)
     assert Fingerprinter(proj.root, cache_path=cache).fingerprint(proj.load("stages.util").helper) == base
 
 

@@ -175,7 +175,7 @@ def test_orch_get_directories_and_file_references(project):
 
 
 def test_only_cacher_classes_are_rebuilt_from_entries():
-    from orchestrator.artifacts import cacher_from_identity
+    from orchestrator.artifacts.retrieve import cacher_from_identity
     from orchestrator.cachers import JsonCacher, PickleCacher
     from orchestrator.errors import ArtifactLoadError
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from orchestrator.maintenance import gc, stats, verify
+from orchestrator.store.maintenance import gc, stats, verify
 from orchestrator.store import DiskStore, MemoryStore
 
 KEY = "ab" + "0" * 62

@@ -184,7 +184,7 @@ def test_every_start_method_runs_the_sweep_once(project, method):
 def test_fork_is_used_only_by_a_single_threaded_coordinator():
     import threading
 
-    from orchestrator.executors import _mp_context
+    from orchestrator.executors.base import _mp_context
 
     stop = threading.Event()
     t = threading.Thread(target=stop.wait)
@@ -372,7 +372,8 @@ def test_a_fully_cached_parallel_run_starts_no_worker(project, monkeypatch):
 def test_workers_send_back_only_in_memory_outputs(tmp_path, monkeypatch):
     """A worker's result carries values the coordinator cannot read from the store (outputs without
     a cacher), never the stored ones: big arrays are not pickled twice through a pipe."""
-    from orchestrator import executors, session
+    from orchestrator import session
+    from orchestrator.executors import base as executors
 
     root = tmp_path / "proj"
     (root / "stages_values").mkdir(parents=True)
@@ -407,7 +408,7 @@ def test_workers_send_back_only_in_memory_outputs(tmp_path, monkeypatch):
 # -- lock scope: what counts as one computation ---------------------------------------------------
 
 def test_visible_reads_follow_chains_aliases_and_constant_keys():
-    from orchestrator.lockscope import visible_reads
+    from orchestrator.core.lockscope import visible_reads
 
     def chains(record):
         n = record.params.data.n
@@ -426,7 +427,7 @@ def test_visible_reads_follow_chains_aliases_and_constant_keys():
 
 
 def test_visible_reads_give_up_when_the_record_or_its_params_escape():
-    from orchestrator.lockscope import visible_reads
+    from orchestrator.core.lockscope import visible_reads
 
     def helper(x):
         return x
@@ -454,7 +455,7 @@ def test_visible_reads_give_up_when_the_record_or_its_params_escape():
 
 def test_lock_scope_separates_sweep_points_and_joins_identical_computations():
     from orchestrator import stage
-    from orchestrator.lockscope import lock_scope
+    from orchestrator.core.lockscope import lock_scope
 
     @stage(outputs=["m"])
     def fit(record):
@@ -482,8 +483,8 @@ def test_lock_scope_separates_sweep_points_and_joins_identical_computations():
 def test_orch_help_and_imports_never_load_mpi_or_torch():
     code = (
         "import sys\n"
-        "import orchestrator, orchestrator.cli, orchestrator.executors, orchestrator.executors_mpi\n"
-        "import orchestrator.executors_torchrun, orchestrator.distributed, orchestrator.launch\n"
+        "import orchestrator, orchestrator.cli, orchestrator.executors, orchestrator.executors.mpi\n"
+        "import orchestrator.executors.torchrun, orchestrator.distributed, orchestrator.executors.launch\n"
         "try:\n"
         "    orchestrator.cli.main(['--help'])\n"
         "except SystemExit:\n"
@@ -507,14 +508,14 @@ def test_orch_help_and_imports_never_load_mpi_or_torch():
     ({"OMPI_COMM_WORLD_SIZE": "1"}, ("local", 0, 1)),
 ])
 def test_launch_detection_from_the_environment(env, expected):
-    from orchestrator.launch import detect_launch
+    from orchestrator.executors.launch import detect_launch
 
     launch = detect_launch(env)
     assert (launch.kind, launch.rank, launch.size) == expected
 
 
 def test_mpi_world_size_comes_from_any_launcher():
-    from orchestrator.launch import mpi_size_from_env
+    from orchestrator.executors.launch import mpi_size_from_env
 
     assert mpi_size_from_env({"OMPI_COMM_WORLD_SIZE": "16"}) == 16  # Open MPI
     assert mpi_size_from_env({"PMI_SIZE": "5", "PMI_RANK": "2"}) == 5  # MPICH / Intel MPI (hydra)

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator import PickleCacher, stage
-from orchestrator.executors import InProcessExecutor
-from orchestrator.graph import Graph
+from orchestrator.executors.base import InProcessExecutor
+from orchestrator.core.graph import Graph
 from orchestrator.hashing import Fingerprinter
 from orchestrator.params import ParamSet
-from orchestrator.plan import CACHED, PENDING, RUN, PlanContext, forced_nodes, plan
-from orchestrator.runner import Runner
+from orchestrator.core.plan import CACHED, PENDING, RUN, PlanContext, forced_nodes, plan
+from orchestrator.core.runner import Runner
 from orchestrator.store import DiskStore, MemoryStore
 
 CALLS: list[str] = []

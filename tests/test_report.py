@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import pipeline
 
-from orchestrator import drawing
-from orchestrator.report import ROWS_PER_STATUS, render, write_report
+from orchestrator.runs import drawing
+from orchestrator.runs.report import ROWS_PER_STATUS, render, write_report
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 

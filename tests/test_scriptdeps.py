@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.scriptdeps import local_imports
+from orchestrator.hashing.scriptdeps import local_imports
 
 
 def _w(path, text=""):

@@ -7,8 +7,8 @@ import pickle
 import threading
 import time
 
-from orchestrator.executors_torchrun import Channel
-from orchestrator.task import TaskResult
+from orchestrator.executors.torchrun import Channel
+from orchestrator.executors.task import TaskResult
 
 
 def _leftover(path) -> None:

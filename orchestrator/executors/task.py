@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cachers import Cacher, LazyArtifact, OutputTarget
-from .errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
-from .fsutil import rmtree_force
-from .hashing import hash_bytes, hash_value
-from .params import MISSING
-from .record import Record, current_record
-from .store import ObjectInfo, Store
+from ..cachers import Cacher, LazyArtifact, OutputTarget
+from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
+from ..fsutil import rmtree_force
+from ..hashing import hash_bytes, hash_value
+from ..params import MISSING
+from ..record import Record, current_record
+from ..store import ObjectInfo, Store
 
 @dataclass(slots=True)
 class InputValue:
@@ -113,7 +113,7 @@ def execute(task: Task, store: Store, stage=None, gate=None) -> TaskResult:
 
 def _recheck(task: Task, store: Store, stage) -> dict | None:
     """Inside the lock: did another process store this node while we waited?"""
-    from .plan import check_trace, PlanContext
+    from ..core.plan import check_trace, PlanContext
 
     for entry in store.get_entries(task.key):
         ctx = PlanContext(store=store, fingerprinter=None, project_root=Path(task.project_root))
@@ -146,7 +146,7 @@ def _run(task: Task, store: Store, stage, start: float, gate=None) -> TaskResult
         record = Record(task.params, task.set_name, staging_dir=staging, project_root=task.project_root,
                         ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path,
                         scratch_dir=scratch)
-        from .plan import stat_cache_for
+        from ..core.plan import stat_cache_for
 
         record.stat_cache = stat_cache_for(store)
         if gate is not None:
@@ -317,7 +317,7 @@ def _memory_hash(value: Any) -> str | None:
 
 
 def _reads(record: Record) -> tuple[dict, dict]:
-    from .plan import read_value_hash
+    from ..core.plan import read_value_hash
 
     reads, hashes = {}, {}
     for path, value in record.reads.items():
@@ -338,7 +338,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_entry(task: Task, store: Store, record: Record, outputs: dict, fn_time: float) -> dict:
-    from .plan import trace_id
+    from ..core.plan import trace_id
 
     reads, read_hashes = _reads(record)
     entry = {

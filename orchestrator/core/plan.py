@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .graph import Graph, Node
-from .hashing import Fingerprinter, StatCache, hash_path, hash_value
-from .params import MISSING, is_ignored, resolve, traced_value
-from .store import ObjectInfo, Store
+from ..hashing import Fingerprinter, StatCache, hash_path, hash_value
+from ..params import MISSING, is_ignored, resolve, traced_value
+from ..store import ObjectInfo, Store
 
 CACHED, RUN, PENDING = "cached", "run", "pending"
 KEY_VERSION = "orch-node-v1"
@@ -264,7 +264,7 @@ def forced_nodes(graph: Graph, stage_names: list[str]) -> set[int]:
     known = {n.stage.name for n in graph.nodes} | {n.stage.id for n in graph.nodes}
     unknown = [s for s in stage_names if s not in known]
     if unknown:
-        from .errors import PlanningError
+        from ..errors import PlanningError
 
         names = sorted({n.stage.name for n in graph.nodes})
         raise PlanningError(f"--overwrite-stage {', '.join(unknown)}: no such stage in this experiment; stages: {', '.join(names)}")

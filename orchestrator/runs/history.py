@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import RunNotFoundError
-from .runs import resolve_run
+from ..errors import RunNotFoundError
+from .manifest import resolve_run
 
 
 def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:

@@ -22,8 +22,8 @@ import ast
 import inspect
 import textwrap
 
-from .hashing import hash_value
-from .params import is_ignored, resolve, traced_value
+from ..hashing import hash_value
+from ..params import is_ignored, resolve, traced_value
 from .plan import read_value_hash  # the very hash an entry's trace records for a read
 
 # Mapping methods of TrackedParams: an attribute with one of these names is a method, not a key.

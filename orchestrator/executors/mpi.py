@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 
-from .executors import Executor, WorkerConfig, decode_result, encode_task, init_worker, run_encoded
+from .base import Executor, WorkerConfig, decode_result, encode_task, init_worker, run_encoded
 from .task import Task, TaskResult
 
 TAG_CONFIG, TAG_TASK, TAG_STOP, TAG_RESULT = 11, 12, 13, 14
@@ -36,7 +36,7 @@ def mpi_world():
     try:
         from mpi4py import MPI
     except ImportError as e:
-        from .errors import OrchError
+        from ..errors import OrchError
 
         raise OrchError(
             "orch was launched by an MPI launcher (mpiexec/mpirun/srun) but mpi4py cannot be imported "

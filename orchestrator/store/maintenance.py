@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DamagedObjectError
-from .fsutil import rmtree_force
-from .store import ObjectInfo, Store
+from ..errors import DamagedObjectError
+from ..fsutil import rmtree_force
+from . import ObjectInfo, Store
 
 
 @dataclass

@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .fsutil import atomic_write_json
+from ..fsutil import atomic_write_json
 
 
 def new_run_id() -> str:
@@ -87,7 +87,7 @@ def _point_latest(runs_dir: Path, run_id: str) -> None:
 
 
 def resolve_run(cache_root: Path, run: str = "latest") -> Path:
-    from .errors import RunNotFoundError
+    from ..errors import RunNotFoundError
 
     runs_dir = Path(cache_root) / "runs"
     path = runs_dir / run

@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-from .executors import Executor, WorkerConfig, decode_result, encode_task, init_worker, run_encoded
-from .fsutil import atomic_write_bytes, rmtree_force
-from .store import Store
+from .base import Executor, WorkerConfig, decode_result, encode_task, init_worker, run_encoded
+from ..fsutil import atomic_write_bytes, rmtree_force
+from ..store import Store
 from .task import Task, TaskResult, execute
 
 # After a distributed stage failed, how long the other side may take to get out of the stage. A rank
@@ -53,7 +53,7 @@ class _Backoff:
 def channel_dir(cache_root: Path, experiment: Path, argv: list[str]) -> Path:
     """Where the ranks of this launch talk: the same on every rank, different for every launch
     (torchrun's run id, restart count and rendezvous address) and every command line."""
-    from .hashing import hash_value
+    from ..hashing import hash_value
 
     env = os.environ
     ident = hash_value(["torchrun", env.get("TORCHELASTIC_RUN_ID", ""), env.get("TORCHELASTIC_RESTART_COUNT", ""),

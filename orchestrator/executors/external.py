@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .errors import ExternalCommandError
+from ..errors import ExternalCommandError
 
 __all__ = ["run_external", "ExternalResult", "clean_env", "build_command", "LAUNCHERS", "TAIL_LINES"]
 
@@ -106,7 +106,7 @@ def run_external(
     max_restarts: torchrun's worker restarts on failure (the script resumes from its checkpoint).
     echo: print the command and stream the output to stdout (always written to the log).
     """
-    from .record import current_record
+    from ..record import current_record
 
     if record is None:
         record = current_record.get()
@@ -118,7 +118,7 @@ def run_external(
     if script is not None and record is not None:
         record.track(script)
         if project_root is not None:  # and the project code it imports (its model, its data loading)
-            from .scriptdeps import local_imports
+            from ..hashing.scriptdeps import local_imports
 
             for dep in local_imports(script, project_root, exclude=[Path(__file__).parent]):
                 record.track(dep)

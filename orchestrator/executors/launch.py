@@ -42,7 +42,7 @@ def mpi_size_from_env(env=os.environ) -> int | None:
 def detect_launch(env=os.environ) -> Launch:
     """torchrun wins over MPI: when both sets of variables are present, torchrun started this
     process (from inside an MPI job) and its ranks are the ones that must cooperate."""
-    from .distributed import torchrun_env
+    from ..distributed import torchrun_env
 
     tr = torchrun_env(env)
     if tr is not None:
@@ -51,7 +51,7 @@ def detect_launch(env=os.environ) -> Launch:
     size = mpi_size_from_env(env)
     if size is None or size == 1:
         return Launch()
-    from .executors_mpi import mpi_world
+    from .mpi import mpi_world
 
     comm = mpi_world()
     if comm is None:

@@ -1,7 +1,9 @@
-"""What a thing's hash is: values, bytes, files, directory trees and code fingerprints.
+"""Code fingerprints: what a stage's code is, as a digest that changes with every change of what
+it computes and with nothing else (formatting, comments, docstrings).
 
-Every digest here ends up in cache keys that users keep on disk, so each encoding is versioned and
-pinned by golden tests (tests/test_hashing.py): changing one silently invalidates every cache.
+The digest covers the normalized AST of the stage function plus, transitively, every function,
+class and module-level name of the user's project it uses. Per-definition digests are cached per
+source file stamp in the cache directory, so a cached run parses no source.
 """
 
 from __future__ import annotations
@@ -11,284 +13,23 @@ import copy
 import functools
 import hashlib
 import importlib.util
-import json
 import logging
 import os
-import stat as stat_mod
 import sys
 import sysconfig
-import tempfile
 import time
 import types
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
+from ..fsutil import load_cache_file, save_cache_file
+from .statcache import is_racy
+from .values import VALUE_PREFIX, encode, hash_value
+
 log = logging.getLogger(__name__)
 
-VALUE_PREFIX = b"orch-value-v1\0"
-MAX_DEPTH = 200
+#: Module-level data larger than this (encoded) is keyed by its source only, never by value.
 MAX_CONST_BYTES = 64 * 1024
-RACY_NS = 100_000_000  # >> a jiffy, the timestamp granularity of Linux file systems
-_CHUNK = 1 << 20
-_MMAP_MIN = 64 << 20  # below this, mapping costs more than it saves
-_MMAP_WINDOW = 16 << 20
-
-# ----------------------------------------------------------------------------------------- values
-
-
-def encode(value: Any) -> bytes:
-    """Canonical bytes of a value: every item is type tag + 8-byte length + payload, so no two
-    different values (True/1/1.0, list/tuple, ("ab","c")/("a","bc")) can share an encoding."""
-    try:
-        return _enc(value, 0)
-    except _Unencodable:
-        path, reason = _locate(value, ()) or ((), "cannot encode the value")
-        raise TypeError(f"{reason} at {_where(path)}") from None
-
-
-def hash_value(value: Any) -> str:
-    """sha256 of the versioned canonical encoding: the hash of every key, parameter and trace."""
-    return hashlib.sha256(VALUE_PREFIX + encode(value)).hexdigest()
-
-
-def hash_bytes(data: bytes) -> str:
-    """Plain sha256, so a stored object's hash equals `sha256sum` of its file."""
-    return hashlib.sha256(data).hexdigest()
-
-
-class _Unencodable(Exception):
-    """Raised deep inside _enc; encode() then finds where and why (kept off the fast path)."""
-
-
-_BASES = (type(None), bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset)
-_SCALAR_TAGS = {int: b"i", float: b"f", str: b"s", bytes: b"y", bytearray: b"y"}
-
-
-def _frame(tag: bytes, payload: bytes) -> bytes:
-    return tag + len(payload).to_bytes(8, "big") + payload
-
-
-def _enc(v: Any, depth: int) -> bytes:
-    t = type(v)
-    if t not in _SCALAR_TAGS and t not in _BASES:  # subclasses (IntEnum, namedtuple) as their base
-        t = next((b for b in _BASES[1:] if isinstance(v, b)), None)  # bool before int: True != 1
-    if t is str:  # surrogatepass: undecodable file names (surrogateescape) still hash
-        payload = v.encode("utf-8", "surrogatepass")
-    elif t is int:
-        payload = int(v).to_bytes((v.bit_length() + 8) // 8, "big", signed=True)
-    elif t is float:  # exact; every NaN is the same value for caching purposes
-        payload = b"nan" if v != v else float(v).hex().encode()
-    elif t is bytes or t is bytearray:
-        payload = bytes(v)
-    elif t is type(None) or t is bool:
-        return _frame(b"N", b"") if v is None else _frame(b"b", b"\x01" if v else b"\x00")
-    elif t is None or depth >= MAX_DEPTH:
-        raise _Unencodable
-    elif t is list or t is tuple:
-        return _frame(b"l" if t is list else b"t", b"".join([_enc(x, depth + 1) for x in v]))
-    elif t is dict:  # entries sorted by the encoded key: independent of insertion order
-        items = sorted([(_enc(k, depth + 1), val) for k, val in v.items()], key=lambda item: item[0])
-        return _frame(b"d", b"".join([ek + _enc(val, depth + 1) for ek, val in items]))
-    else:  # set and frozenset share a tag: {1} == frozenset({1}) in Python too
-        return _frame(b"e", b"".join(sorted([_enc(x, depth + 1) for x in v])))
-    return _frame(_SCALAR_TAGS[t], payload)
-
-
-def _locate(v: Any, path: tuple) -> tuple[tuple, str] | None:
-    """Slow path for the error message: where the first unencodable item is, and why."""
-    if isinstance(v, (dict, list, tuple, set, frozenset)) and len(path) >= MAX_DEPTH:
-        return path, f"value too deeply nested (more than {MAX_DEPTH} levels)"
-    if isinstance(v, dict):
-        subs = [(k, (1, k)) for k in v] + [(val, (0, k)) for k, val in v.items()]
-    elif isinstance(v, (list, tuple)):
-        subs = [(x, (0, i)) for i, x in enumerate(v)]
-    elif isinstance(v, (set, frozenset)):
-        subs = [(x, (2, None)) for x in v]
-    elif isinstance(v, _BASES):
-        return None
-    else:
-        t = type(v)
-        name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
-        return path, f"cannot hash a value of type {name}"
-    return next(filter(None, (_locate(x, path + (seg,)) for x, seg in subs)), None)
-
-
-def _where(path: tuple) -> str:
-    """A location like ['train']['opt'] (long paths shortened)."""
-    fmt = {0: "[{!r}]", 1: "(key {!r})", 2: "{{set element}}"}
-    text = "".join(fmt[kind].format(k) for kind, k in path[:12]) + ("..." if len(path) > 12 else "")
-    return text or "the top level"
-
-
-# ----------------------------------------------------------------------------------- files, dirs
-
-
-def hash_file(path, stat_cache: StatCache | None = None) -> str:
-    """sha256 of the file's bytes, streamed; skipped when the stat cache knows the file."""
-    return _hash_file(path, os.stat(path), stat_cache)
-
-
-def _sha256_of(path, size: int) -> str:
-    """Streamed: large files through mmap in 16 MiB windows (no copy into Python buffers, ~10%
-    faster), small ones through one reused buffer. Never the whole file in memory."""
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        if size >= _MMAP_MIN:
-            import mmap
-
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                view = memoryview(m)
-                drop = getattr(mmap, "MADV_DONTNEED", None)
-                try:
-                    for start in range(0, len(m), _MMAP_WINDOW):
-                        h.update(view[start:start + _MMAP_WINDOW])
-                        if drop is not None:  # let the kernel reclaim the window just hashed
-                            m.madvise(drop, start, min(_MMAP_WINDOW, len(m) - start))
-                finally:
-                    view.release()
-        else:
-            buf = bytearray(_CHUNK)
-            view = memoryview(buf)
-            while n := f.readinto(buf):
-                h.update(view[:n])
-    return h.hexdigest()
-
-
-def _hash_file(path, st: os.stat_result, stat_cache: StatCache | None) -> str:
-    if stat_cache is not None and (known := stat_cache.get(path, st)) is not None:
-        return known
-    digest = _sha256_of(path, st.st_size)
-    if stat_cache is not None:
-        after = os.stat(path)  # only remember what was not modified while we read it
-        if (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino):
-            stat_cache.put(path, after, digest)
-    return digest
-
-
-def hash_dir(path, stat_cache: StatCache | None = None) -> str:
-    """Hash of a tree's content: relative paths, kinds, file hashes, exec bits, link targets.
-    Independent of mtimes, of walk order and of where the tree lives; empty dirs count."""
-    return _dir(path, stat_cache)[0]
-
-
-def hash_path(path, stat_cache: StatCache | None = None) -> tuple[str, str, int]:
-    """(kind, hash, size) of a file or a directory (a symlink at the top is followed)."""
-    st = os.stat(path)  # FileNotFoundError if missing
-    if stat_mod.S_ISDIR(st.st_mode):
-        return ("dir", *_dir(path, stat_cache))
-    if stat_mod.S_ISREG(st.st_mode):
-        return "file", _hash_file(path, st, stat_cache), st.st_size
-    raise ValueError(f"cannot hash {path}: not a regular file or directory")
-
-
-def _dir(root, stat_cache: StatCache | None) -> tuple[str, int]:
-    entries, size, todo = [], 0, [(os.fspath(root), "")]
-    while todo:
-        abs_dir, rel_dir = todo.pop()
-        with os.scandir(abs_dir) as it:
-            for e in it:
-                rel = f"{rel_dir}{e.name}"
-                if e.is_symlink():
-                    entries.append((rel, "link", os.readlink(e.path)))
-                elif e.is_dir(follow_symlinks=False):
-                    entries.append((rel, "dir", None))
-                    todo.append((e.path, rel + "/"))
-                elif e.is_file(follow_symlinks=False):
-                    st = e.stat(follow_symlinks=False)
-                    digest = _hash_file(e.path, st, stat_cache)
-                    entries.append((rel, "file", (digest, bool(st.st_mode & stat_mod.S_IXUSR))))
-                    size += st.st_size
-                else:
-                    raise ValueError(f"cannot hash {e.path}: special file (fifo, socket or device)")
-    entries.sort(key=lambda entry: entry[0])
-    return hash_value(("dir-v1", entries)), size
-
-
-# ------------------------------------------------------------------------------------ stat cache
-
-
-class StatCache:
-    """Remembers file hashes by (size, mtime_ns, inode) so unchanged large files are hashed once.
-
-    Persisted as JSON, written atomically; concurrent savers merge with what is on disk and the
-    last writer wins on conflicts, which at worst costs a re-hash (every hit is re-validated)."""
-
-    def __init__(self, path: Path | None = None):
-        self.path = Path(path) if path is not None else None
-        self._entries: dict[str, list] | None = None
-        self._dirty: dict[str, list] = {}
-
-    def get(self, path, st: os.stat_result | None = None) -> str | None:
-        """The remembered hash if the file still has the same size, mtime and inode, else None."""
-        entry = self._load().get(os.path.abspath(path))
-        if entry is None:
-            return None
-        st = st if st is not None else os.stat(path)
-        return entry[3] if entry[:3] == [st.st_size, st.st_mtime_ns, st.st_ino] else None
-
-    def put(self, path, st: os.stat_result, digest: str) -> None:
-        """Remember a hash for the stat it was computed under (not if the mtime is racy)."""
-        if not _racy(st.st_mtime_ns):
-            key = os.path.abspath(path)
-            self._load()[key] = self._dirty[key] = [st.st_size, st.st_mtime_ns, st.st_ino, digest]
-
-    def save(self) -> None:
-        """Merge with the file on disk and write it atomically; failing only costs re-hashing."""
-        if self.path is not None and self._dirty:
-            merged = {**self._read(), **self._dirty}
-            if _write_json(self.path, {"version": 1, "entries": merged}):
-                self._entries, self._dirty = merged, {}
-
-    def _load(self) -> dict[str, list]:
-        if self._entries is None:
-            self._entries = self._read()
-        return self._entries
-
-    def _read(self) -> dict[str, list]:
-        entries = _read_json(self.path, 1, "entries")
-        return {k: v for k, v in entries.items() if isinstance(v, list) and len(v) == 4}
-
-
-def _racy(mtime_ns: int) -> bool:
-    """Changed so recently that another write could keep the same timestamp: don't remember it
-    (whole-second timestamps mean a coarse file system, e.g. FAT's 2 s: wait longer)."""
-    return time.time_ns() - mtime_ns < (20 * RACY_NS if mtime_ns % 1_000_000_000 == 0 else RACY_NS)
-
-
-def _read_json(path: Path | None, version, field: str) -> dict:
-    """data[field] of a versioned JSON cache file; unreadable, corrupt or stale means empty."""
-    if path is None or not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_bytes())
-        found = data[field] if data.get("version") == version else {}
-        if not isinstance(found, dict):
-            raise ValueError(f"{field} is not a mapping")
-        return found
-    except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
-        log.warning("ignoring unreadable cache file %s: %s", path, e)
-        return {}
-
-
-def _write_json(path: Path, data: dict) -> bool:
-    """Temp file in the same directory + os.replace (no fsync: a lost cache only costs time)."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, path)
-        return True
-    except OSError as e:
-        log.warning("could not save the cache file %s: %s", path, e)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        return False
-
-
-# ---------------------------------------------------------------------------------- fingerprints
-
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
 _MISSING = object()
@@ -352,8 +93,8 @@ class Fingerprinter:
         if self.cache_path is not None and self._dirty:
             files = {**self._read(), **self._load()}
             files = {f: r for f, r in files.items()
-                     if os.path.exists(f) and not _racy(max(r["stamp"][1], r["stamp"][3]))}
-            self._dirty = not _write_json(self.cache_path, {"version": _FP_CACHE_VERSION, "files": files})
+                     if os.path.exists(f) and not is_racy(max(r["stamp"][1], r["stamp"][3]))}
+            self._dirty = not save_cache_file(self.cache_path, {"version": _FP_CACHE_VERSION, "files": files})
 
     def is_project_file(self, filename: str) -> bool:
         """Under the project root, not excluded, not the stdlib / installed packages / a venv."""
@@ -491,7 +232,7 @@ class Fingerprinter:
         return self._files
 
     def _read(self) -> dict[str, dict]:
-        found = _read_json(self.cache_path, _FP_CACHE_VERSION, "files")
+        found = load_cache_file(self.cache_path, _FP_CACHE_VERSION, "files")
         return {f: r for f, r in found.items() if isinstance(r, dict) and isinstance(r.get("defs"), dict)
                 and isinstance(r.get("stamp"), list) and len(r["stamp"]) == 4}
 

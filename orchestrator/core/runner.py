@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .executors import Executor
+from ..executors.base import Executor
 from .graph import Graph, Node
 from .lockscope import lock_scope
 from .plan import CACHED, RUN, Decision, PlanContext, decide, head_key, lookup, output_hashes
-from .task import InputValue, Task, TaskResult
+from ..executors.task import InputValue, Task, TaskResult
 
 
 @dataclass

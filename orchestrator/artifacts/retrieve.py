@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cachers import Cacher
-from .errors import (ArtifactLoadError, ArtifactNotFoundError, DamagedObjectError, OrchError, ParamSetNotFoundError,
+from ..cachers import Cacher
+from ..errors import (ArtifactLoadError, ArtifactNotFoundError, DamagedObjectError, OrchError, ParamSetNotFoundError,
                      RunNotFoundError)
 
 
@@ -87,8 +87,8 @@ def find_cache(cache: str | os.PathLike | None = None, experiment_dir: str | os.
 def locate(name: str, run: str = "latest", param_set: str | None = None, cache: str | os.PathLike | None = None,
            experiment_dir: str | os.PathLike | None = None) -> Artifact:
     """Find (never load) an artifact of a past run; errors list the runs, sets or artifacts that exist."""
-    from .runs import resolve_run
-    from .store import DiskStore, ObjectInfo
+    from ..runs.manifest import resolve_run
+    from ..store import DiskStore, ObjectInfo
 
     root = find_cache(cache, experiment_dir)
     run_dir = resolve_run(root, _expand_run_prefix(root, run))
@@ -248,6 +248,6 @@ def _export_name(artifact: Artifact, src: Path) -> str:
 
 
 def _remove(path: Path) -> None:
-    from .fsutil import rmtree_force
+    from ..fsutil import rmtree_force
 
     rmtree_force(path)

@@ -32,7 +32,7 @@ def write_report(manifest: dict, path: Path) -> None:
 def report_for_run(cache_root: Path, run: str = "latest", output: Path | None = None) -> Path:
     """(Re)write the report of a past run, by default as runs/<id>/report.html; returns where."""
     from .history import load_manifest
-    from .runs import resolve_run
+    from .manifest import resolve_run
 
     path = Path(output) if output is not None else resolve_run(cache_root, run) / "report.html"
     write_report(load_manifest(cache_root, run), path)
@@ -41,8 +41,8 @@ def report_for_run(cache_root: Path, run: str = "latest", output: Path | None = 
 
 def write_file(path: Path, data: bytes) -> None:
     """Atomic write; a path that cannot be written is the user's ReportError, not a traceback."""
-    from .errors import ReportError
-    from .fsutil import atomic_write_bytes
+    from ..errors import ReportError
+    from ..fsutil import atomic_write_bytes
 
     try:
         atomic_write_bytes(path, data)

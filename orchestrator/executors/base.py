@@ -22,7 +22,7 @@ import traceback
 from collections import deque
 from dataclasses import dataclass
 
-from .store import Store
+from ..store import Store
 from .task import Task, TaskResult, execute, import_stage
 
 
@@ -92,9 +92,9 @@ def init_worker(config: WorkerConfig, where: str = "") -> None:
     about it, e.g. an experiment directory that is not on a cluster node's shared filesystem."""
     import faulthandler
 
-    from .errors import OrchError
-    from .loader import load_experiment
-    from .store import DiskStore
+    from ..errors import OrchError
+    from ..core.experiment import load_experiment
+    from ..store import DiskStore
 
     faulthandler.enable()  # a crash in native code prints the Python stack of the node that caused it
     _Worker.where = where
@@ -201,7 +201,7 @@ def _mp_context():
     chosen = os.environ.get("ORCH_START_METHOD", "")
     if chosen:
         if chosen not in methods:
-            from .errors import OrchError
+            from ..errors import OrchError
 
             raise OrchError(f"ORCH_START_METHOD={chosen!r}: this platform offers {', '.join(methods)}")
         methods = [chosen]
@@ -209,7 +209,7 @@ def _mp_context():
         return multiprocessing.get_context("fork")
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["orchestrator.executors", "orchestrator.cli"])
+        ctx.set_forkserver_preload(["orchestrator.executors.base", "orchestrator.cli"])
         return ctx
     return multiprocessing.get_context("spawn")
 

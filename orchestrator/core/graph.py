@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from .errors import PlanningError
-from .params import ParamSet, set_key
-from .record import Record
-from .stage import Stage
+from ..errors import PlanningError
+from ..params import ParamSet, set_key
+from ..record import Record
+from ..stage import Stage
 
 AGGREGATE_SET = "aggregate"
 

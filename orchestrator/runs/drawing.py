@@ -370,7 +370,7 @@ def png(dot_text: str) -> bytes:
     import shutil
     import subprocess
 
-    from .errors import GraphvizNotFoundError, ReportError
+    from ..errors import GraphvizNotFoundError, ReportError
 
     exe = shutil.which("dot")
     if exe is None:

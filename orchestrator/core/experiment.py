@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from .errors import ExperimentError, user_traceback
+from ..errors import ExperimentError, user_traceback
 
 
 def load_experiment(path: str | Path) -> ModuleType:

@@ -1,0 +1,1 @@
+"""The core: what the DAG is, what must run and when (see ARCHITECTURE.md)."""

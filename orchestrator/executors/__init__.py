@@ -1,0 +1,1 @@
+"""Executors: where a node runs (see ARCHITECTURE.md)."""

@@ -1,0 +1,100 @@
+"""Values: the canonical, tagged encoding behind every key, parameter hash and trace.
+
+Every digest here ends up in cache keys that users keep on disk, so the encoding is versioned
+(VALUE_PREFIX) and pinned by golden tests (tests/test_hashing.py): changing it silently
+invalidates every cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+#: Prefix of every value hash; bump it only together with a deliberate change of the encoding.
+VALUE_PREFIX = b"orch-value-v1\0"
+#: Deeper nesting than this is refused (a cycle, or data that has no business in a key).
+MAX_DEPTH = 200
+
+
+def encode(value: Any) -> bytes:
+    """Canonical bytes of a value: every item is type tag + 8-byte length + payload, so no two
+    different values (True/1/1.0, list/tuple, ("ab","c")/("a","bc")) can share an encoding."""
+    try:
+        return _enc(value, 0)
+    except _Unencodable:
+        path, reason = _locate(value, ()) or ((), "cannot encode the value")
+        raise TypeError(f"{reason} at {_where(path)}") from None
+
+
+def hash_value(value: Any) -> str:
+    """sha256 of the versioned canonical encoding: the hash of every key, parameter and trace."""
+    return hashlib.sha256(VALUE_PREFIX + encode(value)).hexdigest()
+
+
+def hash_bytes(data: bytes) -> str:
+    """Plain sha256, so a stored object's hash equals `sha256sum` of its file."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Unencodable(Exception):
+    """Raised deep inside _enc; encode() then finds where and why (kept off the fast path)."""
+
+
+_BASES = (type(None), bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset)
+_SCALAR_TAGS = {int: b"i", float: b"f", str: b"s", bytes: b"y", bytearray: b"y"}
+
+
+def _frame(tag: bytes, payload: bytes) -> bytes:
+    return tag + len(payload).to_bytes(8, "big") + payload
+
+
+def _enc(v: Any, depth: int) -> bytes:
+    t = type(v)
+    if t not in _SCALAR_TAGS and t not in _BASES:  # subclasses (IntEnum, namedtuple) as their base
+        t = next((b for b in _BASES[1:] if isinstance(v, b)), None)  # bool before int: True != 1
+    if t is str:  # surrogatepass: undecodable file names (surrogateescape) still hash
+        payload = v.encode("utf-8", "surrogatepass")
+    elif t is int:
+        payload = int(v).to_bytes((v.bit_length() + 8) // 8, "big", signed=True)
+    elif t is float:  # exact; every NaN is the same value for caching purposes
+        payload = b"nan" if v != v else float(v).hex().encode()
+    elif t is bytes or t is bytearray:
+        payload = bytes(v)
+    elif t is type(None) or t is bool:
+        return _frame(b"N", b"") if v is None else _frame(b"b", b"\x01" if v else b"\x00")
+    elif t is None or depth >= MAX_DEPTH:
+        raise _Unencodable
+    elif t is list or t is tuple:
+        return _frame(b"l" if t is list else b"t", b"".join([_enc(x, depth + 1) for x in v]))
+    elif t is dict:  # entries sorted by the encoded key: independent of insertion order
+        items = sorted([(_enc(k, depth + 1), val) for k, val in v.items()], key=lambda item: item[0])
+        return _frame(b"d", b"".join([ek + _enc(val, depth + 1) for ek, val in items]))
+    else:  # set and frozenset share a tag: {1} == frozenset({1}) in Python too
+        return _frame(b"e", b"".join(sorted([_enc(x, depth + 1) for x in v])))
+    return _frame(_SCALAR_TAGS[t], payload)
+
+
+def _locate(v: Any, path: tuple) -> tuple[tuple, str] | None:
+    """Slow path for the error message: where the first unencodable item is, and why."""
+    if isinstance(v, (dict, list, tuple, set, frozenset)) and len(path) >= MAX_DEPTH:
+        return path, f"value too deeply nested (more than {MAX_DEPTH} levels)"
+    if isinstance(v, dict):
+        subs = [(k, (1, k)) for k in v] + [(val, (0, k)) for k, val in v.items()]
+    elif isinstance(v, (list, tuple)):
+        subs = [(x, (0, i)) for i, x in enumerate(v)]
+    elif isinstance(v, (set, frozenset)):
+        subs = [(x, (2, None)) for x in v]
+    elif isinstance(v, _BASES):
+        return None
+    else:
+        t = type(v)
+        name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+        return path, f"cannot hash a value of type {name}"
+    return next(filter(None, (_locate(x, path + (seg,)) for x, seg in subs)), None)
+
+
+def _where(path: tuple) -> str:
+    """A location like ['train']['opt'] (long paths shortened)."""
+    fmt = {0: "[{!r}]", 1: "(key {!r})", 2: "{{set element}}"}
+    text = "".join(fmt[kind].format(k) for kind, k in path[:12]) + ("..." if len(path) > 12 else "")
+    return text or "the top level"
