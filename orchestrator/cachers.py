@@ -11,6 +11,9 @@ constructor arguments return them as a dict from `config()` (that dict must rebu
 `cls(**config)`). A cacher that does not write a new file — FileReferenceCacher moves or references
 files the stage already made — overrides `prepare()` instead of `save()`.
 
+The built-in cachers are defined in this module on purpose: a cacher's identity is
+"module:QualName" + config, recorded in every entry and hashed into every key, so these classes keep
+the public module path `orchestrator.cachers` (their heavy parts live in orchestrator.artifacts).
 Nothing here imports torch or numpy at module level: `import orchestrator` stays cheap.
 """
 
@@ -23,7 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DamagedObjectError, StageDefinitionError, StageOutputError
+from .artifacts.lazy import Lazy, LazyArtifact
+from .errors import StageDefinitionError, StageOutputError
+
+__all__ = ["Cacher", "OutputTarget", "PickleCacher", "JsonCacher", "NumpyCacher", "CheckpointCacher",
+           "FileReferenceCacher", "Lazy", "LazyArtifact", "as_cacher"]
 
 
 @dataclass
@@ -117,14 +124,12 @@ class JsonCacher(Cacher):
         return {"indent": self.indent}
 
     def save(self, obj, path):
-        import json
 
         with open(path, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=self.indent, allow_nan=True)
         return None
 
     def load(self, path, metadata=None):
-        import json
 
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -178,7 +183,7 @@ class CheckpointCacher(Cacher):
     def save(self, obj, path):
         from .artifacts import checkpoint as ck
 
-        payload = _checkpoint_payload(obj)
+        payload = ck.payload_of(obj)
         import torch
 
         torch.save(payload, path)
@@ -214,7 +219,9 @@ class CheckpointCacher(Cacher):
         if not zipfile.is_zipfile(src):
             raise StageOutputError(f"stage {out.stage}: output {out.output!r}: {src} is not a torch checkpoint "
                                    f"(write it with orchestrator.checkpoint.save_checkpoint or torch.save)")
-        if _is_under(src, out.staging):
+        from .artifacts.filerefs import is_under
+
+        if is_under(src, out.staging):
             os.replace(src, out.path)
         else:
             shutil.copyfile(src, out.path)  # the original outside the stage's area is left alone
@@ -237,21 +244,6 @@ class CheckpointCacher(Cacher):
         return load_checkpoint(path, device=device, **options)
 
 
-def _checkpoint_payload(obj) -> dict:
-    import torch
-
-    from .artifacts import checkpoint as ck
-
-    if isinstance(obj, torch.nn.Module):
-        return ck.module_payload(ck.unwrap_model(obj))
-    if isinstance(obj, dict) and isinstance(obj.get("model"), torch.nn.Module):
-        extra = {k: v for k, v in obj.items() if k not in ("model", "optimizer")}
-        payload = ck.module_payload(ck.unwrap_model(obj["model"]), optimizer=obj.get("optimizer"), extra=extra)
-        payload["has_extras"] = True  # saved as a dict, loaded as a dict
-        return payload
-    return ck.object_payload(obj)
-
-
 class FileReferenceCacher(Cacher):
     """The stage returns a path (file or directory) or a list of paths instead of an object.
 
@@ -264,8 +256,6 @@ class FileReferenceCacher(Cacher):
     A single path comes back as a str, a list as a list of str in the same order.
     `expect="file"` or `"dir"` turns a path of the other kind into an error.
     """
-
-    INDEX = "orch-index.json"
 
     def __init__(self, expect: str | None = None):
         if expect not in (None, "file", "dir"):
@@ -282,192 +272,18 @@ class FileReferenceCacher(Cacher):
         return False  # consumers get the stored (or absolute referenced) paths, never the staging ones
 
     def prepare(self, value, out):
-        single = not isinstance(value, (list, tuple))
-        items = [value] if single else list(value)
-        staging = os.path.realpath(out.staging)
-        resolved = [self._check(item, i, single, out) for i, item in enumerate(items)]
-        kinds = [(p, _is_under(p, staging)) for p in resolved]
-        if single and kinds[0][1]:  # the common case: one file or directory the stage wrote
-            src = kinds[0][0]
-            return src, _safe_ext(src), {"mode": "item", "name": os.path.basename(src),
-                                         "kind": "dir" if os.path.isdir(src) else "file"}
-        return self._bundle(kinds, single, staging, out)
+        from .artifacts.filerefs import prepare_paths
 
-    def _check(self, item, i: int, single: bool, out: OutputTarget) -> str:
-        what = f"stage {out.stage}: output {out.output!r}" + ("" if single else f" item {i}")
-        if not isinstance(item, (str, os.PathLike)):
-            raise StageOutputError(f"{what} is a {type(item).__name__}, not a path; FileReferenceCacher outputs are "
-                                   f"paths (str or Path) or lists of paths")
-        path = os.path.abspath(os.fspath(item))
-        if not os.path.exists(path):
-            raise StageOutputError(f"{what} is the path {path}, which does not exist; return a path the stage "
-                                   f"wrote (e.g. with record.get_path(name)) or an existing file")
-        is_dir = os.path.isdir(path)
-        if self.expect == "file" and is_dir:
-            raise StageOutputError(f"{what} is the directory {path} but FileReferenceCacher(expect='file') expects a file")
-        if self.expect == "dir" and not is_dir:
-            raise StageOutputError(f"{what} is the file {path} but FileReferenceCacher(expect='dir') expects a directory")
-        if not is_dir and not os.path.isfile(path):
-            raise StageOutputError(f"{what} is {path}, which is neither a regular file nor a directory")
-        real = os.path.realpath(path)
-        return real if _is_under(real, out.staging) else path
-
-    def _bundle(self, kinds: list[tuple[str, bool]], single: bool, staging: str, out: OutputTarget):
-        """A directory object: the stage's own files under files/, and an index listing every item
-        in order, external references with their content hash (so the object's hash changes with
-        them, and only with them: their stat signatures go to the metadata, outside the hash)."""
-        from .hashing import hash_path
-
-        files_root = os.path.join(staging, "files")
-        bundle = out.path
-        os.makedirs(os.path.join(bundle, "files"))
-        index, refs, sigs = [], {}, {}
-        moved: list[str] = []
-        for path, staged in kinds:
-            if staged:
-                base = files_root if _is_under(path, files_root) else staging
-                rel = os.path.relpath(path, base).replace(os.sep, "/")
-                clash = next((r for r in moved if _overlaps(r, rel)), None)
-                if clash is not None:
-                    raise StageOutputError(f"stage {out.stage}: output {out.output!r} lists both {clash} and {rel}, "
-                                           f"one inside the other; return each file or directory once")
-                dest = os.path.join(bundle, "files", *rel.split("/"))
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                os.replace(path, dest)
-                moved.append(rel)
-                index.append(["stored", rel])
-            else:
-                kind = "dir" if os.path.isdir(path) else "file"
-                sig = _signature(path, kind)  # before hashing: a write meanwhile shows up at load
-                if out.record is not None:
-                    digest = out.record.track(path)  # the entry is valid only while it is unchanged
-                else:
-                    digest = hash_path(path)[1]
-                refs[path] = {"kind": kind, "hash": digest}
-                sigs[path] = sig
-                index.append(["ref", path])
-        with open(os.path.join(bundle, self.INDEX), "w", encoding="utf-8") as f:
-            json.dump({"single": single, "items": index, "refs": refs}, f, sort_keys=True)
-        return bundle, "", {"mode": "bundle", "single": single, "items": index, "sigs": sigs}
+        return prepare_paths(value, out, self.expect)
 
     def load(self, path, metadata=None):
-        meta = metadata or {}
-        if meta.get("mode", "item") == "item":
-            return os.fspath(path)
-        with open(os.path.join(path, self.INDEX), encoding="utf-8") as f:
-            index = json.load(f)
-        result = []
-        for kind, where in index["items"]:
-            if kind == "stored":
-                result.append(os.path.join(path, "files", *where.split("/")))
-            else:
-                _check_reference(where, index["refs"][where], meta.get("sigs", {}).get(where))
-                result.append(where)
-        return result[0] if index["single"] else result
+        from .artifacts.filerefs import load_paths
+
+        return load_paths(path, metadata)
 
     def exported_paths(self, path, metadata):
         loaded = self.load(path, metadata)
         return [loaded] if isinstance(loaded, str) else list(loaded)
-
-
-def _check_reference(path: str, ref: dict, sig: str | None) -> None:
-    """A referenced file must still be what the stage returned: a cheap stat comparison, and a
-    re-hash only when the stat differs. A change is reported as damage (its producer re-runs)."""
-    from .hashing import hash_path
-
-    try:
-        if sig is not None and _signature(path, ref["kind"]) == sig:
-            return
-        kind, digest, _ = hash_path(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise DamagedObjectError(f"referenced file {path} is gone") from None
-    if (kind, digest) != (ref["kind"], ref["hash"]):
-        raise DamagedObjectError(f"referenced file {path} changed since the stage that returned it ran")
-
-
-def _signature(path: str, kind: str) -> str:
-    from .hashing import hash_value
-
-    if kind == "file":
-        st = os.stat(path)
-        return hash_value((st.st_size, st.st_mtime_ns, st.st_ino))
-    sig = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        for name in sorted(filenames):
-            st = os.lstat(os.path.join(dirpath, name))
-            sig.append((os.path.relpath(os.path.join(dirpath, name), path), st.st_size, st.st_mtime_ns, st.st_ino))
-    return hash_value(sig)
-
-
-def _is_under(path: str, root) -> bool:
-    path, root = os.path.realpath(path), os.path.realpath(root)
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _overlaps(a: str, b: str) -> bool:
-    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-
-
-def _safe_ext(path: str) -> str:
-    """The file's extension if the store accepts it (".pt", ".tar.gz"), else none."""
-    import re
-
-    if os.path.isdir(path):
-        return ""
-    name = os.path.basename(path)
-    ext = name[name.find("."):] if "." in name.lstrip(".") else ""
-    return ext if re.fullmatch(r"(\.[A-Za-z0-9_-]+)+", ext) else ""
-
-
-class Lazy:
-    """Marks an input or output name as lazy.
-
-    As an output: saved right away and dropped from memory. As an input: the stage receives a
-    `LazyArtifact` handle (`.path`, `.load()`) and nothing is loaded unless it asks.
-    """
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str):
-        if not isinstance(name, str) or not name:
-            raise StageDefinitionError(f"Lazy() takes an artifact name, got {name!r}")
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"Lazy({self.name!r})"
-
-
-class LazyArtifact:
-    """What a stage receives for a `Lazy(name)` input: the stored file, loaded only on demand."""
-
-    __slots__ = ("name", "path", "_cacher", "_metadata")
-
-    def __init__(self, name: str, path: str, cacher: Cacher | None, metadata: dict | None):
-        self.name = name
-        self.path = os.fspath(path)
-        self._cacher = cacher
-        self._metadata = metadata
-
-    @property
-    def metadata(self) -> dict | None:
-        """What the cacher recorded when it saved the artifact (e.g. a model's class)."""
-        return self._metadata
-
-    def load(self, **kwargs):
-        """Load with the artifact's cacher; keyword options go to it (e.g. device="cpu", mmap_mode="r")."""
-        if self._cacher is None:
-            raise StageDefinitionError(f"artifact {self.name!r} has no cacher to load it with")
-        return self._cacher.load(self.path, self._metadata, **kwargs)
-
-    def __fspath__(self) -> str:
-        return self.path
-
-    def __str__(self) -> str:
-        return self.path
-
-    def __repr__(self) -> str:
-        return f"LazyArtifact({self.name!r}, path={self.path!r})"
 
 
 def as_cacher(c: Any, where: str) -> Cacher | None:

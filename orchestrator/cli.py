@@ -54,7 +54,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)["debug"] = debug
 
 
-@main.command()
+@main.command("run")
 @click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--params", "-p", "params", multiple=True, type=click.Path(dir_okay=False),
               help="Parameter file (YAML or .py); repeatable.")
@@ -72,7 +72,7 @@ def main(ctx: click.Context, debug: bool) -> None:
                    "are the workers instead (rank 0 schedules, ranks 1..n-1 run nodes).")
 @debug_option
 @click.pass_context
-def run(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, parallel):
+def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, parallel):
     """Run EXPERIMENT (an experiment.py) for every parameter set, from the cache where possible."""
     from . import session
     from .runs.console import Console
@@ -83,7 +83,7 @@ def run(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, 
                               dry=dry, parallel=parallel, argv=sys.argv[1:])
     launch = detect_launch()
     if not launch.leader:  # an MPI or torchrun rank other than 0: it prints nothing of the run
-        ctx.exit(session.serve(opts, launch))
+        ctx.exit(session.serve_rank(opts, launch))
     if launch.kind != "local":
         if hasattr(sys.stdout, "reconfigure"):  # progress shows live; nothing is lost if MPI aborts
             sys.stdout.reconfigure(line_buffering=True)
@@ -92,7 +92,7 @@ def run(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, 
                    else "rank 0 runs the nodes, distributed stages run on every rank")
             click.echo(f"note: --parallel is ignored under {launch.kind}: {how}", err=True)
     console = Console(debug=ctx.obj["debug"], quiet=quiet)
-    result = session.run(opts, on_done=console.node_done, launch=launch)
+    result = session.run_experiment(opts, on_done=console.node_done, launch=launch)
     if dry:
         console.dry_plan(result)
         return
@@ -145,16 +145,16 @@ def why(experiment, params, overrides, run_id, stage, param_set, cache):
 
         opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                                   cache=cache, dry=True)
-        result = session.run(opts)
+        result = session.run_experiment(opts)
         rows = [{"stage": o.node.stage.name, "param_set": o.node.set_name, "status": o.status, "reason": o.reason}
                 for o in result.outcomes if o.status != "cached"
                 and (not stage or o.node.stage.name == stage) and (not param_set or o.node.set_name == param_set)]
         print_why(rows, f"{len(result.outcomes)} nodes planned")
         return
-    from .artifacts.retrieve import find_cache
-    from .runs.history import load_manifest, why_rows
+    from .runs.manifest import read_manifest, why_rows
+    from .store import cache_dir
 
-    manifest = load_manifest(find_cache(cache), run_id)
+    manifest = read_manifest(cache_dir(cache), run_id)
     print_why(why_rows(manifest, stage, param_set), f"run {manifest['run_id']}")
 
 
@@ -164,11 +164,11 @@ def why(experiment, params, overrides, run_id, stage, param_set, cache):
 @debug_option
 def runs(limit, cache):
     """List past runs, newest first."""
-    from .artifacts.retrieve import find_cache
     from .runs.console import print_runs
-    from .runs.history import list_runs
+    from .runs.manifest import list_runs
+    from .store import cache_dir
 
-    print_runs(list_runs(find_cache(cache), limit))
+    print_runs(list_runs(cache_dir(cache), limit))
 
 
 @main.command()
@@ -178,17 +178,17 @@ def runs(limit, cache):
 @debug_option
 def show(run_id, html, cache):
     """Show one run: its parameter sets and every node with status, duration and outputs."""
-    from .artifacts.retrieve import find_cache
+    from .store import cache_dir
 
     if html:
         from .runs.report import report_for_run
 
-        click.echo(report_for_run(find_cache(cache), run_id))
+        click.echo(report_for_run(cache_dir(cache), run_id))
         return
     from .runs.console import print_run
-    from .runs.history import load_manifest
+    from .runs.manifest import read_manifest
 
-    print_run(load_manifest(find_cache(cache), run_id))
+    print_run(read_manifest(cache_dir(cache), run_id))
 
 
 @main.command()
@@ -199,10 +199,10 @@ def show(run_id, html, cache):
 @debug_option
 def report(run_id, output, cache):
     """(Re)write the HTML report of a past run (default the latest) from its manifest; prints its path."""
-    from .artifacts.retrieve import find_cache
     from .runs.report import report_for_run
+    from .store import cache_dir
 
-    click.echo(report_for_run(find_cache(cache), run_id, output))
+    click.echo(report_for_run(cache_dir(cache), run_id, output))
 
 
 @main.command()
@@ -226,15 +226,15 @@ def graph(experiment, params, overrides, fmt, output, stages, cache):
     from . import session
     from .runs.drawing import format_of, render
     from .runs.report import write_file
-    from .runs.manifest import node_record
+    from .runs.manifest import node_row
 
     fmt = fmt or format_of(output)
     if output == "-" and fmt == "png":
         raise click.UsageError("-o - writes text; give --format png a file name")
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                               cache=cache, dry=True)
-    result = session.run(opts)
-    data = render([node_record(o) for o in result.outcomes], fmt, stages)
+    result = session.run_experiment(opts)
+    data = render([node_row(o) for o in result.outcomes], fmt, stages)
     if output == "-":
         click.echo(data.decode("utf-8"), nl=False)
         return
@@ -250,11 +250,10 @@ def cache():
     """Inspect and maintain the cache directory."""
 
 
-def _store(cache_dir):
-    from .artifacts.retrieve import find_cache
-    from .store import DiskStore
+def _store(cache):
+    from .store import DiskStore, cache_dir
 
-    return DiskStore(find_cache(cache_dir))
+    return DiskStore(cache_dir(cache))
 
 
 @cache.command("ls")
@@ -300,7 +299,7 @@ def cache_gc(dry, grace, cache):
     report = gc(_store(cache), grace_s=grace, dry=dry)
     verb = "would delete" if dry else "deleted"
     click.echo(f"{verb} {report.objects} objects ({report.bytes / 1e6:.1f} MB), {report.staging} staging leftovers, "
-               f"{report.locks} old lock files and {report.scratch} checkpoint directories of failed stages "
+               f"{report.locks} old lock files and {report.checkpoint_dirs} checkpoint directories of failed stages "
                f"untouched for a week")
 
 

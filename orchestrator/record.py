@@ -37,7 +37,7 @@ class Record:
         ignore=(),
         param_sets: dict | None = None,
         log_path: str | os.PathLike | None = None,
-        scratch_dir: str | os.PathLike | None = None,
+        checkpoint_root: str | os.PathLike | None = None,
     ):
         self.name = name
         self.reads: dict[str, Any] = {}
@@ -49,7 +49,7 @@ class Record:
                            for n, v in (param_sets or {}).items()}
         self.log_path = os.fspath(log_path) if log_path else None
         self._staging = Path(staging_dir) if staging_dir else None
-        self._scratch = Path(scratch_dir) if scratch_dir else None
+        self._checkpoints = Path(checkpoint_root) if checkpoint_root else None
         self._project_root = Path(project_root) if project_root else None
         self._graph = None
         self._producers: dict[str, tuple[int, str]] = {}
@@ -88,13 +88,13 @@ class Record:
         stage has succeeded and its outputs are stored: write periodic checkpoints here and resume
         from the latest one, so a crash at hour 5 of 6 does not cost 5 hours. It belongs to this
         node: same stage code, inputs and parameter set (any parameter change gives a fresh one)."""
-        if self._scratch is None:
+        if self._checkpoints is None:
             if self._graph is not None:
                 raise PlanningError(f"record.checkpoint_dir is only available while a stage runs (parameter set {self.name!r})")
-            self._scratch = Path(tempfile.mkdtemp(prefix="orch-scratch-"))
+            self._checkpoints = Path(tempfile.mkdtemp(prefix="orch-checkpoints-"))
         if not name or os.path.isabs(name) or ".." in Path(name).parts:
             raise PlanningError(f"checkpoint_dir takes a relative name, got {name!r}")
-        path = self._scratch / name
+        path = self._checkpoints / name
         path.mkdir(parents=True, exist_ok=True)
         return str(path)
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from orchestrator.store.maintenance import gc, stats, verify
-from orchestrator.store import DiskStore, MemoryStore
+from orchestrator.store import DiskStore, Entry, KeyComponents, MemoryStore, StoredOutput
 
 KEY = "ab" + "0" * 62
 
@@ -24,15 +24,16 @@ def _object(store, tmp_path, name, data: bytes):
     return store.ingest(p, ".bin")
 
 
-def _entry(info, trace="t", stage="m:s"):
-    return {"trace_id": trace, "created": time.time(), "stage": stage,
-            "outputs": {"out": {"object": info.to_json(), "cacher": ["x", None], "metadata": None}}}
+def _entry(info, trace="t", stage="m:s", key=KEY):
+    return Entry(key=key, trace_id=trace, stage=stage, param_set="default", created=time.time(),
+                 components=KeyComponents(stage, None, "c" * 64, "d" * 64, {}), reads={}, files={},
+                 outputs={"out": StoredOutput(info, ("x:Y", None))})
 
 
 def test_stats_count_entries_objects_and_bytes(store, tmp_path):
     a = _object(store, tmp_path, "a", b"a" * 10)
     _object(store, tmp_path, "b", b"b" * 5)
-    store.put_entry(KEY, _entry(a))
+    store.put_entry(_entry(a))
     s = stats(store)
     assert (s.entries, s.nodes, s.objects, s.bytes) == (1, 1, 2, 15)
     assert s.by_stage == {"m:s": [1, 10]}
@@ -41,7 +42,7 @@ def test_stats_count_entries_objects_and_bytes(store, tmp_path):
 def test_gc_removes_only_unreferenced_objects(store, tmp_path):
     keep = _object(store, tmp_path, "a", b"keep")
     drop = _object(store, tmp_path, "b", b"drop me")
-    store.put_entry(KEY, _entry(keep))
+    store.put_entry(_entry(keep))
     assert gc(store, grace_s=3600).objects == 0  # too young: a run may be about to reference it
     report = gc(store, grace_s=0, dry=True)
     assert report.objects == 1 and store.has_object(drop)
@@ -65,7 +66,7 @@ def test_gc_removes_old_staging_leftovers_only(tmp_path):
 
 def test_gc_keeps_recent_checkpoint_directories_of_failed_stages(tmp_path):
     store = DiskStore(tmp_path / "cache")
-    recent, stale = store.scratch_path("a" * 32), store.scratch_path("b" * 32)
+    recent, stale = store.checkpoint_dir("a" * 32), store.checkpoint_dir("b" * 32)
     for d in (recent, stale):
         d.mkdir(parents=True)
         (d / "epoch-3.pt").write_text("x")
@@ -73,22 +74,22 @@ def test_gc_keeps_recent_checkpoint_directories_of_failed_stages(tmp_path):
     os.utime(stale / "epoch-3.pt", (past, past))
     os.utime(stale, (past, past))
     report = gc(store)
-    assert report.scratch == 1 and recent.exists() and not stale.exists()
+    assert report.checkpoint_dirs == 1 and recent.exists() and not stale.exists()
 
 
 def test_verify_finds_damage_and_drops_its_entries(tmp_path):
     store = DiskStore(tmp_path / "cache")
     good = _object(store, tmp_path, "a", b"good data")
     bad = _object(store, tmp_path, "b", b"bad data!")
-    store.put_entry(KEY, _entry(good, "t1"))
-    store.put_entry(KEY, _entry(bad, "t2"))
+    store.put_entry(_entry(good, "t1"))
+    store.put_entry(_entry(bad, "t2"))
     path = store.object_path(bad, verify=False)
     os.chmod(path, 0o644)
     path.write_bytes(b"BAD data!")  # same size: only a re-hash finds it
     report = verify(store)
     assert report.checked == 2 and len(report.damaged) == 1 and bad.hash in report.damaged[0]
     assert report.dropped_entries == 1
-    assert [e["trace_id"] for e in store.get_entries(KEY)] == ["t1"]
+    assert [e.trace_id for e in store.get_entries(KEY)] == ["t1"]
     assert not store.has_object(bad)  # quarantined: its producer re-runs
 
 
@@ -96,8 +97,8 @@ def test_gc_prunes_old_lock_files_of_computed_nodes_only(tmp_path):
     store = DiskStore(tmp_path / "cache")
     done, pending, held = "ab" + "1" * 62, "ab" + "2" * 62, "ab" + "3" * 62
     info = _object(store, tmp_path, "a", b"x")
-    store.put_entry(done, _entry(info))
-    store.put_entry(held, _entry(info))
+    store.put_entry(_entry(info, key=done))
+    store.put_entry(_entry(info, key=held))
     for key in (done, pending, held):
         lock = store.lock(key)
         lock.acquire()

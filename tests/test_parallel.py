@@ -184,7 +184,7 @@ def test_every_start_method_runs_the_sweep_once(project, method):
 def test_fork_is_used_only_by_a_single_threaded_coordinator():
     import threading
 
-    from orchestrator.executors.base import _mp_context
+    from orchestrator.executors.pool import _mp_context
 
     stop = threading.Event()
     t = threading.Thread(target=stop.wait)
@@ -362,7 +362,7 @@ def test_a_fully_cached_parallel_run_starts_no_worker(project, monkeypatch):
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
     monkeypatch.syspath_prepend(str(project.root))
     monkeypatch.setenv("ORCH_COUNTS", str(project.counts_file))
-    result = session.run(session.RunOptions(experiment=project.root / "experiment.py",
+    result = session.run_experiment(session.RunOptions(experiment=project.root / "experiment.py",
                                             params=[str(project.root / "params/sweep8.yaml")], parallel=4))
     assert result.counts() == {"cached": 25}
     for name in [m for m in sys.modules if m == "experiment" or m.split(".")[0] == "stages"]:
@@ -373,7 +373,7 @@ def test_workers_send_back_only_in_memory_outputs(tmp_path, monkeypatch):
     """A worker's result carries values the coordinator cannot read from the store (outputs without
     a cacher), never the stored ones: big arrays are not pickled twice through a pipe."""
     from orchestrator import session
-    from orchestrator.executors import base as executors
+    from orchestrator.executors import pool as executors
 
     root = tmp_path / "proj"
     (root / "stages_values").mkdir(parents=True)
@@ -400,7 +400,7 @@ def test_workers_send_back_only_in_memory_outputs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(executors, "decode_result", spy)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    result = session.run(session.RunOptions(experiment=root / "exp_values_only.py", parallel=2))
+    result = session.run_experiment(session.RunOptions(experiment=root / "exp_values_only.py", parallel=2))
     assert not result.failed
     assert seen == [("ran", {"small"}), ("ran", set())]
 

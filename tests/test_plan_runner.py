@@ -12,7 +12,10 @@ from orchestrator.executors.base import InProcessExecutor
 from orchestrator.core.graph import Graph
 from orchestrator.hashing import Fingerprinter
 from orchestrator.params import ParamSet
-from orchestrator.core.plan import CACHED, PENDING, RUN, PlanContext, forced_nodes, plan
+from orchestrator.core.plan import PlanContext, forced_nodes, plan
+from orchestrator.core.status import Status
+
+CACHED, PENDING, RUN = Status.CACHED, Status.PENDING, Status.RUN
 from orchestrator.core.runner import Runner
 from orchestrator.store import DiskStore, MemoryStore
 
@@ -74,7 +77,7 @@ def _run(store, graph, **kw):
     ctx = _ctx(store, graph, **kw)
     decisions = plan(graph, ctx)
     runner = Runner(graph, ctx, decisions, InProcessExecutor(store))
-    return decisions, runner.run(), runner
+    return decisions, runner.run_all(), runner
 
 
 def test_fresh_plan_runs_roots_and_pends_the_rest(store):
@@ -97,8 +100,7 @@ def test_run_then_everything_cached_and_values_correct(store):
     decisions = plan(g2, _ctx(store, g2))
     assert [d.state for d in decisions] == [CACHED] * 3
     entry = decisions[2].entry
-    path = store.object_path(__import__("orchestrator.store", fromlist=["ObjectInfo"]).ObjectInfo.from_json(
-        entry["outputs"]["report"]["object"]))
+    path = store.object_path(entry.outputs["report"].object)
     assert PickleCacher().load(str(path)) == "total=6"
     assert CALLS == []
 
@@ -183,7 +185,7 @@ def test_damaged_input_whose_producer_cannot_be_recomputed_fails_clearly(tmp_pat
     entry = first[1].entry
     from orchestrator.store import ObjectInfo
 
-    info = ObjectInfo.from_json(entry["outputs"]["data"]["object"])
+    info = entry.outputs["data"].object
     path = store.object_path(info, verify=False)
     path.chmod(0o644)
     data = path.read_bytes()

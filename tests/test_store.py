@@ -18,7 +18,8 @@ import pytest
 from orchestrator import hashing
 from orchestrator.errors import DamagedObjectError, StoreError
 from orchestrator.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, make_readonly, rmtree_force
-from orchestrator.store import DiskStore, MemoryStore, ObjectInfo, Store
+from orchestrator.store import (DiskStore, Entry, Head, KeyComponents, MemoryStore, ObjectInfo, Read, Store,
+                                StoredOutput)
 
 KEY = "ab" + "c" * 62
 
@@ -58,8 +59,17 @@ def tamper(store: Store, info: ObjectInfo, data: bytes) -> Path:
     return target
 
 
-def entry(trace_id: str, created: float, **extra) -> dict:
-    return {"trace_id": trace_id, "created": created, **extra}
+COMPONENTS = KeyComponents("m:s", None, "c" * 64, "d" * 64, {"data": "e" * 64})
+
+
+def entry(trace_id: str, created: float, key: str = KEY, outputs: dict | None = None, **extra) -> Entry:
+    """An entry as a stage writes it; `outputs` maps names to stored hashes (objects need not exist)."""
+    stored = {name: StoredOutput(ObjectInfo(h, 1, "file", ".pkl"), ("orchestrator.cachers:PickleCacher", {"protocol": 5}))
+              for name, h in (outputs or {}).items()}
+    fields = dict(key=key, trace_id=trace_id, stage="m:s", param_set="default", created=created,
+                  components=COMPONENTS, reads={"train.lr": Read("f" * 64, 0.1)}, files={}, outputs=stored)
+    fields.update(extra)
+    return Entry(**fields)
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -182,9 +192,9 @@ def test_delete_object(store, tmp_path):
 
 def test_invalid_names_are_refused(store, tmp_path):
     with pytest.raises(ValueError):
-        store.put_entry("../x", entry("t", 1.0))
+        store.put_entry(entry("t", 1.0, key="../x"))
     with pytest.raises(ValueError):
-        store.put_entry(KEY, entry("../t", 1.0))
+        store.put_entry(entry("../t", 1.0))
     with pytest.raises(ValueError):
         store.object_path(ObjectInfo("../" + "0" * 61, 1, "file"))
     with pytest.raises(ValueError):
@@ -200,77 +210,162 @@ def test_object_info_json_roundtrip():
 # -- entries --------------------------------------------------------------------------------------
 
 
+H1, H2 = "1" * 64, "2" * 64
+
+
 def test_entries_put_get_overwrite_delete(store):
     assert store.get_entries(KEY) == []
-    store.put_entry(KEY, entry("t1", 1.0, outputs={"x": 1}))
-    store.put_entry(KEY, entry("t2", 3.0))
-    store.put_entry(KEY, entry("t3", 2.0))
-    assert [e["trace_id"] for e in store.get_entries(KEY)] == ["t2", "t3", "t1"]
-    assert store.get_entries(KEY)[-1]["outputs"] == {"x": 1}
-    store.put_entry(KEY, entry("t1", 4.0, outputs={"x": 2}))
+    store.put_entry(entry("t1", 1.0, outputs={"x": H1}))
+    store.put_entry(entry("t2", 3.0))
+    store.put_entry(entry("t3", 2.0))
+    assert [e.trace_id for e in store.get_entries(KEY)] == ["t2", "t3", "t1"]
+    assert store.get_entries(KEY)[-1].output_hashes() == {"x": H1}
+    store.put_entry(entry("t1", 4.0, outputs={"x": H2}))
     got = store.get_entries(KEY)
-    assert [e["trace_id"] for e in got] == ["t1", "t2", "t3"] and got[0]["outputs"] == {"x": 2}
+    assert [e.trace_id for e in got] == ["t1", "t2", "t3"] and got[0].output_hashes() == {"x": H2}
     store.delete_entry(KEY, "t2")
     store.delete_entry(KEY, "t2")
     store.delete_entry("ff" + "0" * 62, "nope")
-    assert [e["trace_id"] for e in store.get_entries(KEY)] == ["t1", "t3"]
+    assert [e.trace_id for e in store.get_entries(KEY)] == ["t1", "t3"]
+
+
+def test_entries_round_trip_every_field(store):
+    e = entry("sig-t1", 1.5, outputs={"x": H1, "y": H2}, files={"data/a.csv": H2}, duration_s=2.25,
+              reads={"train.lr": Read("f" * 64, 0.1), "model": Read("0" * 64, {"width": 8, "act": ["relu"]}),
+                     "gone": Read("9" * 64, "<missing>")},
+              components=KeyComponents("m:agg", 3, "c" * 64, "d" * 64, {"x@a": H1, "x@b": H2}, ("a", "b")))
+    store.put_entry(e)
+    assert store.get_entry(KEY, "sig-t1") == e
+    assert store.get_entries(KEY) == [e]
 
 
 def test_get_entry_by_trace_id(store):
     assert store.get_entry(KEY, "sig-t1") is None
-    store.put_entry(KEY, entry("sig-t1", 1.0, outputs={"x": 1}))
-    assert store.get_entry(KEY, "sig-t1")["outputs"] == {"x": 1}
+    store.put_entry(entry("sig-t1", 1.0, outputs={"x": H1}))
+    assert store.get_entry(KEY, "sig-t1").output_hashes() == {"x": H1}
     assert store.get_entry(KEY, "sig-t2") is None
     assert store.get_entry("ff" + "0" * 62, "sig-t1") is None
     store.delete_entry(KEY, "sig-t1")
     assert store.get_entry(KEY, "sig-t1") is None
 
 
-def test_entries_are_copies(store):
-    e = entry("t", 1.0, values=(1, 2))
-    store.put_entry(KEY, e)
-    got = store.get_entries(KEY)[0]
-    assert got["values"] == [1, 2]  # JSON round trip, same in memory as on disk
-    got["values"].append(3)
-    assert store.get_entries(KEY)[0]["values"] == [1, 2]
-
-
 def test_unserializable_entry_raises_and_stores_nothing(store):
     with pytest.raises(TypeError):
-        store.put_entry(KEY, entry("t", 1.0, bad=object()))
+        store.put_entry(entry("t", 1.0, reads={"x": Read("f" * 64, object())}))
     assert store.get_entries(KEY) == []
 
 
-def test_get_entries_many_and_iter_entries(store):
+def test_iter_entries(store):
     k2 = "cd" + "1" * 62
-    store.put_entry(KEY, entry("a", 1.0))
-    store.put_entry(k2, entry("b", 1.0))
-    store.put_entry(k2, entry("c", 2.0))
-    many = store.get_entries_many([KEY, k2, "ee" + "2" * 62])
-    assert [e["trace_id"] for e in many[k2]] == ["c", "b"]
-    assert len(many[KEY]) == 1 and many["ee" + "2" * 62] == []
-    assert sorted((k, e["trace_id"]) for k, e in store.iter_entries()) == [(KEY, "a"), (k2, "b"), (k2, "c")]
+    store.put_entry(entry("a", 1.0))
+    store.put_entry(entry("b", 1.0, key=k2))
+    store.put_entry(entry("c", 2.0, key=k2))
+    assert [e.trace_id for e in store.get_entries(k2)] == ["c", "b"]
+    assert sorted((e.key, e.trace_id) for e in store.iter_entries()) == [(KEY, "a"), (k2, "b"), (k2, "c")]
 
 
-def test_corrupt_entries_skipped_with_warning(disk, caplog):
-    disk.put_entry(KEY, entry("good", 1.0))
+def _good_json() -> dict:
+    return entry("t", 1.0, outputs={"x": H1}).to_json()
+
+
+def _without(d: dict, *path):
+    d = json.loads(json.dumps(d))
+    node = d
+    for p in path[:-1]:
+        node = node[p]
+    del node[path[-1]]
+    return d
+
+
+def _with(d: dict, value, *path):
+    d = json.loads(json.dumps(d))
+    node = d
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    return d
+
+
+#: Valid JSON that is not a valid entry, one case per field (and the ways a file breaks).
+MALFORMED = {
+    "empty file": b"",
+    "truncated": json.dumps(_good_json()).encode()[:-20],
+    "not an object": b"[1, 2]",
+    "not utf-8": b"\xff\xfe\x00",
+    "no outputs": _without(_good_json(), "outputs"),
+    "outputs not a mapping": _with(_good_json(), [], "outputs"),
+    "output without object": _without(_good_json(), "outputs", "x", "object"),
+    "object hash not hex": _with(_good_json(), "../../etc/passwd", "outputs", "x", "object", "hash"),
+    "object size negative": _with(_good_json(), -1, "outputs", "x", "object", "size"),
+    "object size a string": _with(_good_json(), "12", "outputs", "x", "object", "size"),
+    "object kind unknown": _with(_good_json(), "socket", "outputs", "x", "object", "kind"),
+    "cacher not a pair": _with(_good_json(), "pickle", "outputs", "x", "cacher"),
+    "no reads": _without(_good_json(), "reads"),
+    "read without hash": _without(_good_json(), "reads", "train.lr", "h"),
+    "files not strings": _with(_good_json(), {"a.csv": 3}, "files"),
+    "no components": _without(_good_json(), "components"),
+    "code not a string": _with(_good_json(), None, "components", "code"),
+    "inputs not a mapping": _with(_good_json(), ["x"], "components", "inputs"),
+    "created a string": _with(_good_json(), "yesterday", "created"),
+    "no trace id": _without(_good_json(), "trace_id"),
+    "another key": _with(_good_json(), "ee" + "e" * 62, "key"),
+    "another trace id": _with(_good_json(), "other", "trace_id"),
+    "future format": _with(_good_json(), 2, "format"),
+}
+
+
+def _plant(store, name: str, data) -> None:
+    """Put a record in the store the way a crash, a bad copy or another orch version would."""
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    if isinstance(store, DiskStore):
+        d = store.root / "entries" / KEY[:2] / KEY
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{name}.json").write_bytes(raw)
+    else:
+        store._entries.setdefault(KEY, {})[name] = raw.decode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_entry_is_a_miss_with_one_warning_naming_the_stage(store, case, caplog):
+    store.put_entry(entry("good", 1.0))
+    _plant(store, "t", MALFORMED[case])
+    with caplog.at_level(logging.WARNING, logger="orchestrator.store"):
+        assert store.get_entry(KEY, "t", label="train[default]") is None
+        assert [e.trace_id for e in store.get_entries(KEY, label="train[default]")] == ["good"]
+        assert [e.trace_id for e in store.iter_entries()] == ["good"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "train[default]" in warnings[0] and "treated as a cache miss" in warnings[0]
+
+
+def test_an_entry_written_by_orch_0_1_without_a_format_field_is_read(store):
+    _plant(store, "t", _without(_good_json(), "format"))
+    assert store.get_entry(KEY, "t") == entry("t", 1.0, outputs={"x": H1})
+
+
+def test_a_malformed_entry_without_a_label_names_the_stage_it_claims(disk, caplog):
+    _plant(disk, "t", _without(_good_json(), "outputs"))
+    with caplog.at_level(logging.WARNING, logger="orchestrator.store"):
+        assert disk.get_entries(KEY) == []
+    assert "stage m:s" in caplog.records[0].getMessage()
+
+
+def test_corrupt_entry_files_are_skipped_and_writes_in_progress_ignored(disk, caplog):
+    disk.put_entry(entry("good", 1.0))
     d = disk.root / "entries" / KEY[:2] / KEY
     (d / "torn.json").write_bytes(b'{"trace_id": "torn", "crea')
-    (d / "list.json").write_text("[1, 2]")
-    (d / "binary.json").write_bytes(b"\xff\xfe\x00")
     (d / ".good.json.123.abc.tmp").write_text("{}")  # a write in progress is not an entry
     with caplog.at_level(logging.WARNING, logger="orchestrator.store"):
         got = disk.get_entries(KEY)
-    assert [e["trace_id"] for e in got] == ["good"]
-    warned = " ".join(r.getMessage() for r in caplog.records)
-    assert "torn.json" in warned and "list.json" in warned and "binary.json" in warned
-    assert [k for k, _ in disk.iter_entries()] == [KEY]
+    assert [e.trace_id for e in got] == ["good"]
+    assert "torn.json" in " ".join(r.getMessage() for r in caplog.records)
 
 
 def test_entry_files_layout(disk):
-    disk.put_entry(KEY, entry("t1", 1.0))
+    disk.put_entry(entry("t1", 1.0))
     path = disk.root / "entries" / KEY[:2] / KEY / "t1.json"
-    assert json.loads(path.read_text()) == entry("t1", 1.0)
+    assert json.loads(path.read_text()) == entry("t1", 1.0).to_json()
+    assert json.loads(path.read_text())["format"] == 1
     assert temp_files(disk.root) == []
 
 
@@ -543,11 +638,11 @@ def test_staging_paths_are_unique_and_not_created(store):
     assert store.object_path(info).read_text() == "x"
 
 
-def test_refs_put_get_overwrite(store):
+def test_heads_put_get_overwrite(store):
     name = "cd" + "2" * 62
-    assert store.get_ref(name) is None
-    store.put_ref(name, {"key": "a"})
-    store.put_ref(name, {"key": "b"})
-    assert store.get_ref(name) == {"key": "b"}
+    assert store.get_head(name) is None
+    store.put_head(name, Head("a" * 64, 1.0, COMPONENTS))
+    store.put_head(name, Head("b" * 64, 2.0, COMPONENTS))
+    assert store.get_head(name) == Head("b" * 64, 2.0, COMPONENTS)
     with pytest.raises(ValueError):
-        store.put_ref("../escape", {})
+        store.put_head("../escape", Head("a" * 64, 1.0, COMPONENTS))

@@ -172,6 +172,21 @@ def module_payload(module, *, optimizer=None, init_args=None, extra: dict | None
     }
 
 
+def payload_of(obj) -> dict:
+    """What CheckpointCacher saves for a stage's output: a module (with its optimizer and extras
+    when the output is a training-state dict {"model": module, ...}) or any other object."""
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        return module_payload(unwrap_model(obj))
+    if isinstance(obj, dict) and isinstance(obj.get("model"), torch.nn.Module):
+        extra = {k: v for k, v in obj.items() if k not in ("model", "optimizer")}
+        payload = module_payload(unwrap_model(obj["model"]), optimizer=obj.get("optimizer"), extra=extra)
+        payload["has_extras"] = True  # saved as a dict, loaded as a dict
+        return payload
+    return object_payload(obj)
+
+
 def object_payload(value) -> dict:
     """The dict that is torch.save'd for a tensor, a dict of tensors or other plain data."""
     return {"__orch__": FORMAT, "version": VERSION, "kind": "object", "device": _first_device(value), "value": value}

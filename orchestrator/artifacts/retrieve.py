@@ -10,7 +10,6 @@ the identity recorded in the entry — only classes that are Cacher subclasses a
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import shutil
 import sys
@@ -19,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cachers import Cacher
-from ..errors import (ArtifactLoadError, ArtifactNotFoundError, DamagedObjectError, OrchError, ParamSetNotFoundError,
-                     RunNotFoundError)
+from ..errors import (ArtifactLoadError, ArtifactNotFoundError, DamagedObjectError, OrchError, ParamSetNotFoundError)
 
 
 @dataclass
@@ -68,39 +66,22 @@ def load(name: str, run: str = "latest", param_set: str | None = None, cache: st
     return locate(name, run, param_set, cache, experiment_dir).load(**options)
 
 
-def find_cache(cache: str | os.PathLike | None = None, experiment_dir: str | os.PathLike | None = None) -> Path:
-    """The cache directory to read, by the precedence documented on load()."""
-    if cache is not None:
-        return Path(cache).resolve()
-    if os.environ.get("ORCH_CACHE"):
-        return Path(os.environ["ORCH_CACHE"]).resolve()
-    if experiment_dir is not None:
-        return (Path(experiment_dir) / ".orch").resolve()
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        if (d / ".orch" / "runs").is_dir():
-            return d / ".orch"
-    raise RunNotFoundError(f"no orch cache (.orch/runs) in {here} or its parents; run the experiment first, or pass "
-                           f"cache=... / experiment_dir=... (orch get: --cache DIR)")
-
-
 def locate(name: str, run: str = "latest", param_set: str | None = None, cache: str | os.PathLike | None = None,
            experiment_dir: str | os.PathLike | None = None) -> Artifact:
     """Find (never load) an artifact of a past run; errors list the runs, sets or artifacts that exist."""
-    from ..runs.manifest import resolve_run
-    from ..store import DiskStore, ObjectInfo
+    from ..runs.manifest import read_manifest
+    from ..store import DiskStore, cache_dir
 
-    root = find_cache(cache, experiment_dir)
-    run_dir = resolve_run(root, _expand_run_prefix(root, run))
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    run_id = manifest.get("run_id", run_dir.name)
+    root = cache_dir(cache, experiment_dir)
+    manifest = read_manifest(root, run)
+    run_id = manifest.get("run_id", run)
     node = _find_node(manifest, name, param_set, run_id)
     store = DiskStore(root)
     obj_hash = node["outputs"][name]
     stored = None
-    for entry in store.get_entries(node["key"]) if node.get("key") else []:
-        out = entry.get("outputs", {}).get(name)
-        if out and out.get("object", {}).get("hash") == obj_hash:
+    for entry in store.get_entries(node["key"], label=f"{node['stage']}[{node['param_set']}]") if node.get("key") else []:
+        out = entry.outputs.get(name)
+        if out is not None and out.object.hash == obj_hash:
             stored = out
             break
     if stored is None:
@@ -108,26 +89,15 @@ def locate(name: str, run: str = "latest", param_set: str | None = None, cache: 
             f"artifact {name!r} of run {run_id} [{node['param_set']}] (stage {node['stage']}) has no cache entry any "
             f"more (removed by `orch cache gc`, or the stage keeps an output in memory only); re-run the experiment"
         )
-    info = ObjectInfo.from_json(stored["object"])
+    info = stored.object
     try:
         path = store.object_path(info, verify=True)
     except DamagedObjectError as e:
         raise ArtifactLoadError(f"artifact {name!r} of run {run_id} [{node['param_set']}]: {e}; re-run the "
                                 f"experiment to recompute it") from e
     _project_on_path(manifest)
-    cacher = cacher_from_identity(stored["cacher"], f"artifact {name!r} of run {run_id}")
-    return Artifact(name, run_id, node["param_set"], node["stage"], path, cacher, stored.get("metadata"), info.ext)
-
-
-def _expand_run_prefix(root: Path, run: str) -> str:
-    """`--run 20250101-1200` works when it names exactly one run."""
-    runs_dir = root / "runs"
-    if run == "latest" or (runs_dir / run).is_dir() or not runs_dir.is_dir():
-        return run
-    matches = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name.startswith(run))
-    if len(matches) > 1:
-        raise RunNotFoundError(f"run {run!r} is ambiguous in {runs_dir}: {', '.join(matches[-10:])}")
-    return matches[0] if matches else run
+    cacher = cacher_from_identity(stored.cacher, f"artifact {name!r} of run {run_id}")
+    return Artifact(name, run_id, node["param_set"], node["stage"], path, cacher, stored.metadata, info.ext)
 
 
 def _find_node(manifest: dict, name: str, param_set: str | None, run_id: str) -> dict:

@@ -1,8 +1,9 @@
-"""Loading the user's experiment file as an importable module.
+"""The user's experiment: loading experiment.py as an importable module, and wiring its DAG.
 
 The experiment's directory goes first on sys.path and the file is imported under its stem, so
 `from stages.data import make_dataset` works and worker processes can re-import every stage by
-module and name.
+module and name. `build_graph` calls its run(record) once per parameter set (and aggregate(records)
+once): calling a stage there adds a node, nothing executes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from ..errors import ExperimentError, user_traceback
+from ..errors import ExperimentError, OrchError, user_traceback
+from ..params import ParamSet
+from ..stage import Stage
+from .graph import Graph
 
 
 def load_experiment(path: str | Path) -> ModuleType:
@@ -42,3 +46,27 @@ def load_experiment(path: str | Path) -> ModuleType:
     if not callable(getattr(module, "run", None)):
         raise ExperimentError(f"experiment {path} defines no run(record) function; add one that calls your stages")
     return module
+
+
+def build_graph(module: ModuleType, param_sets: list[ParamSet]) -> Graph:
+    """Call run(record) once per parameter set (and aggregate(records) once) to wire the DAG."""
+    graph = Graph(param_sets)
+    records = []
+    for pset in param_sets:
+        record = graph.new_record(pset)
+        _call_user(module.run, record, f"run(record) for parameter set {pset.name!r}", module)
+        records.append(record)
+    agg = getattr(module, "aggregate", None)
+    if callable(agg) and not isinstance(agg, Stage):
+        _call_user(agg, records, "aggregate(records)", module)
+    return graph
+
+
+def _call_user(fn, arg, what: str, module: ModuleType) -> None:
+    try:
+        fn(arg)
+    except OrchError:
+        raise
+    except Exception as e:
+        raise ExperimentError(f"{what} in {module.__file__} raised while planning:\n"
+                              f"{user_traceback(e, header=False).rstrip()}") from e

@@ -22,21 +22,20 @@ import ast
 import inspect
 import textwrap
 
-from ..hashing import hash_value
 from ..params import is_ignored, resolve, traced_value
-from .plan import read_value_hash  # the very hash an entry's trace records for a read
+from .keys import lock_scope_name, read_value_hash  # the very hash an entry's trace records for a read
 
 # Mapping methods of TrackedParams: an attribute with one of these names is a method, not a key.
 _METHODS = frozenset({"get", "keys", "values", "items", "to_dict"})
 _OPAQUE = None
-_cache: dict[object, tuple[str, ...] | None] = {}
 
 
-def lock_scope(stage, params: dict, key: str, read_hash=None, function_node=None) -> str:
+def lock_scope(stage, params: dict, key: str, read_hash=None, function_node=None, memo: dict | None = None) -> str:
     """The name a node's lock is taken under (see the module docstring). `read_hash(path)` may give
     the hash a read of `path` records (the planner memoizes them); computed here otherwise.
-    `function_node(fn)` may give fn's parsed definition (the fingerprinter has parsed it already)."""
-    paths = visible_reads(stage.fn, function_node)
+    `function_node(fn)` may give fn's parsed definition (the fingerprinter has parsed it already);
+    `memo` keeps each stage's visible reads for the run (see visible_reads)."""
+    paths = visible_reads(stage.fn, function_node, memo)
     if paths is None:
         return key
     items = []
@@ -46,20 +45,21 @@ def lock_scope(stage, params: dict, key: str, read_hash=None, function_node=None
         if isinstance(resolve(params, path), dict):  # a sub-mapping: what of it is read is not visible
             return key
         items.append((path, read_hash(path) if read_hash is not None else read_value_hash(traced_value(params, path, stage.ignore))))
-    return f"{key}.{hash_value(('scope', items))[:20]}"
+    return lock_scope_name(key, items)
 
 
-def visible_reads(fn, function_node=None) -> tuple[str, ...] | None:
+def visible_reads(fn, function_node=None, memo: dict | None = None) -> tuple[str, ...] | None:
     """Dotted parameter paths read through `record.params` in fn's source; None when not all reads
-    are visible there. Memoized per code object (a code edit is a new code object)."""
+    are visible there. `memo` is keyed by code object (a code edit is a new code object)."""
     code = getattr(fn, "__code__", None)
-    if code in _cache:
-        return _cache[code]
+    if memo is not None and code in memo:
+        return memo[code]
     try:
         result = _analyze(fn, function_node)
     except (OSError, TypeError, SyntaxError, IndentationError):  # no source (REPL, C function...)
         result = _OPAQUE
-    _cache[code] = result
+    if memo is not None:
+        memo[code] = result
     return result
 
 

@@ -2,8 +2,9 @@
 
 It walks the plan event by event (no recursion): a node becomes ready when all its producers are
 done; ready nodes whose decision is not a cache hit are re-decided with their inputs' real content
-(early cutoff) and submitted. Inputs are loaded on demand and an in-memory value is dropped once its
-last consumer is done. A failure skips only what depends on it; everything else still runs.
+(early cutoff) and submitted to the executor. Inputs are loaded on demand and an in-memory value
+is dropped once its last consumer is done. A failure skips only what depends on it; everything
+else still runs. The executor is injected: the loop never knows where a node runs.
 """
 
 from __future__ import annotations
@@ -11,35 +12,48 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from ..executors.base import Executor
+from ..executors.task import InputValue, Task, TaskResult
+from ..store import Entry, Read, StoredOutput
 from .graph import Graph, Node
 from .lockscope import lock_scope
-from .plan import CACHED, RUN, Decision, PlanContext, decide, head_key, lookup, output_hashes
-from ..executors.task import InputValue, Task, TaskResult
+from .plan import Decision, PlanContext, decide, lookup
+from .status import Status
+
+if TYPE_CHECKING:
+    from ..executors.base import Executor
 
 
 @dataclass
 class NodeOutcome:
+    """What became of one node in this run (or, for a dry run, what would)."""
+
     node: Node
-    status: str = "pending"  # cached | ran | failed | skipped
+    status: Status = Status.PENDING
     key: str | None = None
     reason: str = ""
     duration: float = 0.0
-    entry: dict | None = None
+    entry: Entry | None = None  # the entry used (cached) or written (ran)
+    outputs: dict[str, StoredOutput] = field(default_factory=dict)  # stored outputs, entry or not
+    reads: dict[str, Read] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
     error: str = ""
     error_type: str = ""
     traceback: str = ""
     skipped_because: str = ""
 
+    def take(self, entry: Entry | None, outputs: dict[str, StoredOutput], reads: dict[str, Read]) -> None:
+        self.entry, self.outputs, self.reads = entry, outputs, reads
+        self.files = dict(entry.files) if entry is not None else {}
+
 
 @dataclass
 class _State:
-    remaining: list[int]
-    refs: dict[tuple[int, str], int]
-    values: dict[tuple[int, str], object] = field(default_factory=dict)
-    hashes: list[dict | None] = field(default_factory=list)
+    remaining: list[int]  # per node: producers not finished yet
+    refs: dict[tuple[int, str], int]  # (producer, output) -> consumers still to run
+    values: dict[tuple[int, str], object] = field(default_factory=dict)  # in-memory outputs
+    hashes: list[dict | None] = field(default_factory=list)  # per node: its outputs' content hashes
     rerun_waiters: dict[int, list[int]] = field(default_factory=dict)
 
 
@@ -61,7 +75,8 @@ class Runner:
         self._scope_of: dict[int, str] = {}
         self._ran: dict[str, set[str]] = {}  # key -> trace ids stored by this run: --overwrite redoes each once
 
-    def run(self) -> list[NodeOutcome]:
+    def run_all(self) -> list[NodeOutcome]:
+        """Run every node to an outcome; returns them in node order."""
         nodes = self.graph.nodes
         st = _State(remaining=[len({e.producer for e in n.inputs}) for n in nodes], refs={},
                     hashes=[None] * len(nodes))
@@ -88,17 +103,18 @@ class Runner:
         """Resolve a ready node: a hit finishes at once; otherwise submit it."""
         st = self._st
         d = self.decisions[node.id]
-        if d.state != CACHED:
+        if d.state != Status.CACHED:
             d = decide(node, self.graph, [st.hashes[e.producer][e.output] for e in node.inputs], self.ctx)
             self.decisions[node.id] = d
-        if d.state != CACHED and node.stage.cached and d.key is not None:
+        if d.state != Status.CACHED and node.stage.cached and d.key is not None:
             forced = self.ctx.overwrite or node.id in self.ctx.forced
             if forced and d.key in self._ran and node.id not in self._rerun_after_damage:
                 entry, _ = lookup(node, d.key, self.graph.params_of(node), self.ctx)
-                if entry is not None and entry.get("trace_id") in self._ran[d.key]:
+                if entry is not None and entry.trace_id in self._ran[d.key]:
                     # forced, but this very computation was stored earlier in this run
-                    d = self.decisions[node.id] = Decision(CACHED, "computed earlier in this run", d.key, entry, d.components)
-            if d.state != CACHED:
+                    d = Decision(Status.CACHED, "computed earlier in this run", d.key, entry, d.components)
+                    self.decisions[node.id] = d
+            if d.state != Status.CACHED:
                 scope = self._scope(node, d)
                 if scope in self._parked:
                     self._parked[scope].append(node.id)
@@ -107,10 +123,10 @@ class Runner:
                 self._scope_of[node.id] = scope
         out = self.outcomes[node.id]
         out.key, out.reason = d.key, d.reason
-        if d.state == CACHED:
-            out.status, out.entry = "cached", d.entry
-            out.duration = 0.0
-            self._finish(node, output_hashes(d.entry), ready)
+        if d.state == Status.CACHED:
+            out.status, out.duration = Status.CACHED, 0.0
+            out.take(d.entry, d.entry.outputs, d.entry.reads)
+            self._finish(node, d.entry.output_hashes(), ready)
             return
         self._submit(node, d)
 
@@ -118,18 +134,14 @@ class Runner:
         st = self._st
         inputs = []
         for e in node.inputs:
-            producer_out = self.outcomes[e.producer]
             spec = next(o for o in self.graph.nodes[e.producer].stage.outputs if o.name == e.output)
             iv = InputValue(e.input, e.set_name, e.lazy, e.producer, cacher=spec.cacher)
-            if (e.producer, e.output) in st.values and not e.lazy:
+            stored = self.outcomes[e.producer].outputs.get(e.output)
+            if stored is None or ((e.producer, e.output) in st.values and not e.lazy):
+                # never missing by accident: _rerun_producer checks availability before resubmitting
                 iv.value, iv.in_memory = st.values[(e.producer, e.output)], True
             else:
-                stored = (producer_out.entry or {}).get("outputs", {}).get(e.output)
-                if stored is None:
-                    # never None by accident: _rerun_producer checks availability before resubmitting
-                    iv.value, iv.in_memory = st.values[(e.producer, e.output)], True
-                else:
-                    iv.obj, iv.metadata = stored["object"], stored.get("metadata")
+                iv.stored = stored
             inputs.append(iv)
         log_path = str(self.log_dir / f"{node.id}-{node.stage.name}.log") if self.log_dir else None
         cacheable = node.stage.cached and d.key is not None
@@ -142,7 +154,6 @@ class Runner:
             params=self.graph.params_of(node),
             key=d.key,
             components=d.components,
-            head_key=head_key(node),
             inputs=inputs,
             project_root=str(self.ctx.project_root),
             param_sets={n: p.values for n, p in self.graph.param_sets.items()} if node.stage.kind == "aggregate" else {},
@@ -155,7 +166,7 @@ class Runner:
         params, ignore = self.graph.params_of(node), node.stage.ignore
         return lock_scope(node.stage, params, d.key,
                           lambda path: self.ctx.read_hash(node.set_name, params, path, ignore),
-                          self.ctx.fingerprinter.function_node if self.ctx.fingerprinter is not None else None)
+                          self.ctx.fingerprinter.function_node, self.ctx.visible_reads)
 
     # -- completion ----------------------------------------------------------------------------
     def _complete(self, r: TaskResult, ready: deque) -> None:
@@ -164,27 +175,27 @@ class Runner:
         scope = self._scope_of.pop(r.node_id, None)
         if scope is not None:
             ready.extend(self._parked.pop(scope, ()))
-        if r.status == "ran" and r.entry and r.entry.get("trace_id") and r.entry.get("key"):
-            self._ran.setdefault(r.entry["key"], set()).add(r.entry["trace_id"])
+        if r.status == Status.RAN and r.entry is not None:
+            self._ran.setdefault(r.entry.key, set()).add(r.entry.trace_id)
         out.duration = r.duration
-        if r.status == "damaged":
+        if r.status == Status.DAMAGED:
             self._rerun_producer(node, r, ready)
             return
-        if r.status == "failed":
-            out.status, out.error, out.error_type, out.traceback = "failed", r.error, r.error_type, r.traceback
+        if r.status == Status.FAILED:
+            out.status, out.error, out.error_type, out.traceback = Status.FAILED, r.error, r.error_type, r.traceback
             self.on_done(out)
             self._release_inputs(node)
             self._skip_downstream(node)
             return
         out.status = r.status
-        out.entry = r.entry
-        if r.status == "cached":
+        out.take(r.entry, r.outputs, r.reads)
+        if r.status == Status.CACHED:
             out.reason = "computed meanwhile by another process"
         st = self._st
         for spec in node.stage.outputs:
             if not spec.lazy and st.refs.get((node.id, spec.name), 0) > 0 and spec.name in r.values:
                 st.values[(node.id, spec.name)] = r.values[spec.name]
-        hashes = dict(r.hashes) if r.hashes else output_hashes(r.entry)
+        hashes = dict(r.hashes) if r.hashes else {name: o.object.hash for name, o in r.outputs.items()}
         self._finish(node, hashes, ready)
 
     def _finish(self, node: Node, hashes: dict, ready: deque) -> None:
@@ -198,7 +209,7 @@ class Runner:
             return
         for c in dict.fromkeys(node.consumers):
             st.remaining[c] -= 1
-            if st.remaining[c] == 0 and self.outcomes[c].status == "pending":
+            if st.remaining[c] == 0 and self.outcomes[c].status == Status.PENDING:
                 ready.append(c)
 
     def _release_inputs(self, node: Node) -> None:
@@ -212,18 +223,15 @@ class Runner:
     def _skip_downstream(self, failed: Node) -> None:
         for nid in sorted(self.graph.downstream({failed.id}) - {failed.id}):
             out = self.outcomes[nid]
-            if out.status == "pending":
-                out.status, out.skipped_because = "skipped", failed.label
+            if out.status == Status.PENDING:
+                out.status, out.skipped_because = Status.SKIPPED, failed.label
                 self.on_done(out)
                 self._release_inputs(out.node)
 
     def _inputs_available(self, node: Node) -> bool:
         """Every input either stored or still held in memory (a re-run needs them again)."""
-        for e in node.inputs:
-            stored = (self.outcomes[e.producer].entry or {}).get("outputs", {}).get(e.output)
-            if stored is None and (e.producer, e.output) not in self._st.values:
-                return False
-        return True
+        return all(e.output in self.outcomes[e.producer].outputs or (e.producer, e.output) in self._st.values
+                   for e in node.inputs)
 
     def _rerun_producer(self, consumer: Node, r: TaskResult, ready: deque) -> None:
         """A stored input was damaged (quarantined by the store): recompute its producer, then retry."""
@@ -236,7 +244,7 @@ class Runner:
             p = None
         if p is None or p in self._rerun_after_damage and p not in st.rerun_waiters:
             out = self.outcomes[consumer.id]
-            out.status, out.error, out.error_type = "failed", error, "DamagedObjectError"
+            out.status, out.error, out.error_type = Status.FAILED, error, "DamagedObjectError"
             self.on_done(out)
             self._release_inputs(consumer)
             self._skip_downstream(consumer)
@@ -250,6 +258,7 @@ class Runner:
         for e in producer.inputs:  # its inputs are needed again
             st.refs[(e.producer, e.output)] = st.refs.get((e.producer, e.output), 0) + 1
         d = self.decisions[p]
-        self.decisions[p] = Decision(RUN, f"stored output damaged: {r.error}", d.key, None, d.components)
+        self.decisions[p] = Decision(Status.RUN, f"stored output damaged: {r.error}", d.key, None, d.components)
         self.outcomes[p].reason = self.decisions[p].reason
         self._submit(producer, self.decisions[p])
+

@@ -24,9 +24,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..errors import ExternalCommandError
+
+if TYPE_CHECKING:
+    import collections
+    import threading
 
 __all__ = ["run_external", "ExternalResult", "clean_env", "build_command", "LAUNCHERS", "TAIL_LINES"]
 
@@ -118,9 +122,10 @@ def run_external(
     if script is not None and record is not None:
         record.track(script)
         if project_root is not None:  # and the project code it imports (its model, its data loading)
+            from ..hashing import ORCH_PACKAGE_DIR
             from ..hashing.scriptdeps import local_imports
 
-            for dep in local_imports(script, project_root, exclude=[Path(__file__).parent]):
+            for dep in local_imports(script, project_root, exclude=[ORCH_PACKAGE_DIR]):
                 record.track(dep)
     full = build_command(args, launcher=chosen, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
                          rdzv_id=rdzv_id, max_restarts=max_restarts)

@@ -19,8 +19,9 @@ import sys
 import time
 import traceback
 
-from .base import Executor, WorkerConfig, decode_result, encode_task, init_worker, run_encoded
+from .base import Executor
 from .task import Task, TaskResult
+from .worker import Backoff, WorkerConfig, decode_result, encode_task, init_worker, run_encoded
 
 TAG_CONFIG, TAG_TASK, TAG_STOP, TAG_RESULT = 11, 12, 13, 14
 
@@ -46,23 +47,9 @@ def mpi_world():
     return comm if comm.Get_size() > 1 else None
 
 
-class _Backoff:
-    """Sleep a little longer each time nothing happened: fast reaction when busy, ~0 CPU when idle."""
-
-    def __init__(self, first: float = 0.0002, most: float = 0.01):
-        self.first, self.most, self.delay = first, most, first
-
-    def reset(self) -> None:
-        self.delay = self.first
-
-    def sleep(self) -> None:
-        time.sleep(self.delay)
-        self.delay = min(self.most, self.delay * 2)
-
-
-def _wait_request(request, backoff: _Backoff | None = None, timeout: float | None = None) -> bool:
+def _wait_request(request, backoff: Backoff | None = None, timeout: float | None = None) -> bool:
     """Complete a non-blocking request without spinning; False on timeout."""
-    backoff = backoff or _Backoff()
+    backoff = backoff or Backoff()
     deadline = None if timeout is None else time.monotonic() + timeout
     while not request.Test():
         if deadline is not None and time.monotonic() > deadline:
@@ -80,7 +67,7 @@ def where() -> str:
 class MPIExecutor(Executor):
     """Rank 0's side: hands each task to an idle rank and collects results as they come."""
 
-    def __init__(self, comm):
+    def __init__(self, comm, config: WorkerConfig):
         from mpi4py import MPI
 
         self._MPI = MPI
@@ -90,18 +77,13 @@ class MPIExecutor(Executor):
         self._busy: dict[int, int] = {}  # rank -> node id
         self._sends: list = []  # isend requests not known to be complete
         self._done: list[TaskResult] = []
-        self._configured = False
         self._closed = False
+        for rank in range(1, self.size):  # workers import the experiment while rank 0 plans
+            self._sends.append(self.comm.isend(config, dest=rank, tag=TAG_CONFIG))
 
     @property
     def capacity(self) -> int:
         return self.size - 1
-
-    def configure(self, config: WorkerConfig) -> None:
-        """Tell every worker where the store and the experiment are (they load it right away)."""
-        for rank in range(1, self.size):
-            self._sends.append(self.comm.isend(config, dest=rank, tag=TAG_CONFIG))
-        self._configured = True
 
     def submit(self, task: Task, stage) -> None:
         payload = encode_task(task)
@@ -115,7 +97,7 @@ class MPIExecutor(Executor):
     def wait(self) -> list[TaskResult]:
         results, self._done = self._done, []
         status = self._MPI.Status()
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             self._sends = [r for r in self._sends if not r.Test()]
             while self._busy:
@@ -156,7 +138,7 @@ def worker_loop(comm) -> int:
     from mpi4py import MPI
 
     status = MPI.Status()
-    backoff = _Backoff()
+    backoff = Backoff()
     here = where()
     while True:
         message = comm.improbe(source=0, tag=MPI.ANY_TAG, status=status)

@@ -1,7 +1,8 @@
 """Executing one node: the part that runs wherever the executor puts it (this process, a pool
-worker, an MPI rank). It takes the node lock, re-checks the store (another process may have
-computed the node meanwhile), calls the stage function with its inputs, saves the outputs through
-their cachers into the store and writes the entry. Everything it needs travels in a picklable Task.
+worker, an MPI rank, a torchrun rank). It takes the node lock, re-checks the store (another process
+may have computed the node meanwhile), calls the stage function with its inputs, saves the outputs
+through their cachers into the store and writes the entry. Everything it needs travels in a
+picklable Task; everything it learns comes back in a TaskResult.
 """
 
 from __future__ import annotations
@@ -13,29 +14,35 @@ import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ..cachers import Cacher, LazyArtifact, OutputTarget
+from ..artifacts.lazy import LazyArtifact
+from ..cachers import Cacher, OutputTarget
+from ..core import keys
+from ..core.status import Status
 from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
 from ..fsutil import rmtree_force
 from ..hashing import hash_bytes, hash_value
-from ..params import MISSING
+from ..params import MISSING, resolve
 from ..record import Record, current_record
-from ..store import ObjectInfo, Store
+from ..store import Entry, Head, KeyComponents, Read, Store, StoredOutput
+
+#: What pickle raises for a value it cannot serialize (one place: workers, in-memory hashes).
+PICKLING_ERRORS = (pickle.PicklingError, TypeError, AttributeError, RecursionError)
+
 
 @dataclass(slots=True)
 class InputValue:
     """One input of a task: an in-memory value, or a stored object to load (or hand over lazily)."""
 
     name: str
-    set_name: str | None
+    set_name: str | None  # aggregates: the parameter set this value belongs to
     lazy: bool
-    producer: int
+    producer: int  # node id, so a damaged object can be traced to what recomputes it
     value: Any = None
     in_memory: bool = False
-    obj: dict | None = None  # ObjectInfo json
-    cacher: Cacher | None = None
-    metadata: dict | None = None
+    stored: StoredOutput | None = None
+    cacher: Cacher | None = None  # the producer's cacher, which loads `stored`
 
 
 @dataclass
@@ -46,16 +53,15 @@ class Task:
     set_name: str
     params: dict
     key: str | None
-    components: dict | None
-    head_key: str
+    components: KeyComponents | None
     inputs: list[InputValue]
     project_root: str
     param_sets: dict = field(default_factory=dict)
     hash_memory_outputs: bool = False
     log_path: str | None = None
     force: bool = False  # --overwrite/--overwrite-stage/damaged: never accept an existing entry
-    # The lock's name (orchestrator.lockscope): the key plus the parameter values the stage visibly
-    # reads, so sweep points sharing a key run at once and one computation still runs once.
+    # The lock's name (core.lockscope): the key plus the parameter values the stage visibly reads,
+    # so sweep points sharing a key run at once and one computation still runs once.
     lock_scope: str | None = None
     # Other processes (pool workers, MPI ranks) send back only what the coordinator cannot read
     # from the store: in-memory outputs, never stored arrays.
@@ -67,15 +73,26 @@ class Task:
 @dataclass
 class TaskResult:
     node_id: int
-    status: str  # "ran" | "cached" | "failed" | "damaged"
-    entry: dict | None = None
-    values: dict[str, Any] = field(default_factory=dict)
-    hashes: dict[str, str | None] = field(default_factory=dict)
+    status: Status  # RAN, CACHED (computed meanwhile by another process), FAILED or DAMAGED
+    entry: Entry | None = None  # the entry written (RAN) or found (CACHED); None for uncached stages
+    outputs: dict[str, StoredOutput] = field(default_factory=dict)  # what was stored, entry or not
+    reads: dict[str, Read] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)  # in-memory outputs for consumers in this run
+    hashes: dict[str, str | None] = field(default_factory=dict)  # content hash of every output
     duration: float = 0.0
     error: str = ""
     error_type: str = ""
     traceback: str = ""
     damaged_producer: int | None = None
+
+
+class Gate(Protocol):
+    """Told when the stage function is about to be called and when it returned (torchrun rank 0
+    runs a distributed stage in step with the other ranks; see executors.torchrun)."""
+
+    def begin(self, task: Task) -> None: ...
+
+    def end(self, task: Task, failure: TaskResult | None) -> TaskResult | None: ...
 
 
 def import_stage(ref: tuple[str, str]):
@@ -86,14 +103,13 @@ def import_stage(ref: tuple[str, str]):
     return obj
 
 
-def execute(task: Task, store: Store, stage=None, gate=None) -> TaskResult:
+def execute(task: Task, store: Store, stage=None, gate: Gate | None = None) -> TaskResult:
     """Run one node and store its outputs; never raises for a stage failure (returns it).
 
-    `gate` (torchrun rank 0) is told when the stage function is about to be called (inside the lock,
-    after the re-check and loading the inputs) and when it returned: `gate.begin(task)`, then
-    `gate.end(task, failure) -> TaskResult | None`, where failure is this process's failed result or
-    None, and a result returned replaces it (the failure as seen from every rank); nothing is saved
-    unless every rank succeeded."""
+    A `gate` (torchrun rank 0) hears `begin(task)` inside the lock, after the re-check and loading
+    the inputs, and `end(task, failure)` after the call, where failure is this process's failed
+    result or None; a result it returns replaces ours (the failure as seen from every rank), and
+    nothing is saved unless every rank succeeded."""
     stage = stage if stage is not None else import_stage(task.stage_ref)
     start = time.perf_counter()
     cacheable = stage.cached and task.key is not None and task.save
@@ -104,51 +120,53 @@ def execute(task: Task, store: Store, stage=None, gate=None) -> TaskResult:
         if cacheable and not task.force:
             entry = _recheck(task, store, stage)
             if entry is not None:
-                return TaskResult(task.node_id, "cached", entry=entry, duration=time.perf_counter() - start)
-        return _run(task, store, stage, start, gate)
+                return TaskResult(task.node_id, Status.CACHED, entry=entry, outputs=entry.outputs,
+                                  reads=entry.reads, duration=time.perf_counter() - start)
+        return _compute(task, store, stage, gate)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _recheck(task: Task, store: Store, stage) -> dict | None:
+def _recheck(task: Task, store: Store, stage) -> Entry | None:
     """Inside the lock: did another process store this node while we waited?"""
-    from ..core.plan import check_trace, PlanContext
+    stat_cache, root = store.stat_cache(), Path(task.project_root)
 
-    for entry in store.get_entries(task.key):
-        ctx = PlanContext(store=store, fingerprinter=None, project_root=Path(task.project_root))
-        node = _NodeView(stage, task.set_name)
-        if check_trace(entry, node, task.params, ctx) is None and all(
-            store.has_object(ObjectInfo.from_json(o["object"])) for o in entry["outputs"].values()
-        ):
+    def file_hash(name: str) -> str | None:
+        from ..hashing import hash_path
+
+        p = Path(name) if os.path.isabs(name) else root / name
+        try:
+            return hash_path(p, stat_cache)[1]
+        except FileNotFoundError:
+            return None
+
+    def read_hash(path: str) -> str:
+        from ..params import traced_value
+
+        return keys.read_value_hash(traced_value(task.params, path, stage.ignore))
+
+    for entry in store.get_entries(task.key, label=task.label):
+        if (keys.check_trace(entry, stage.ignore, read_hash, lambda p: resolve(task.params, p), file_hash) is None
+                and all(store.has_object(o.object) for o in entry.outputs.values())):
             return entry
     return None
 
 
-@dataclass
-class _NodeView:
-    """The two attributes of a graph Node that trace checking needs (workers have no graph)."""
-
-    stage: Any
-    set_name: str
-
-
-def _run(task: Task, store: Store, stage, start: float, gate=None) -> TaskResult:
+def _compute(task: Task, store: Store, stage, gate: Gate | None) -> TaskResult:
     staging = store.new_staging_path(prefix=stage.name)  # created only if the stage asks for it
     try:
         try:
             kwargs = _load_inputs(task, store)
         except _DamagedInput as e:
-            return TaskResult(task.node_id, "damaged", error=str(e.error), damaged_producer=e.producer)
+            return TaskResult(task.node_id, Status.DAMAGED, error=str(e.error), damaged_producer=e.producer)
         except ArtifactLoadError as e:
             return _failure(task, e, 0.0)
-        scratch = store.scratch_path(_scratch_name(task))
+        checkpoints = store.checkpoint_dir(keys.checkpoint_dir_name(task.key, task.stage_ref, task.set_name, task.params))
         record = Record(task.params, task.set_name, staging_dir=staging, project_root=task.project_root,
                         ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path,
-                        scratch_dir=scratch)
-        from ..core.plan import stat_cache_for
-
-        record.stat_cache = stat_cache_for(store)
+                        checkpoint_root=checkpoints)
+        record.stat_cache = store.stat_cache()
         if gate is not None:
             gate.begin(task)
         t0 = time.perf_counter()
@@ -167,29 +185,27 @@ def _run(task: Task, store: Store, stage, start: float, gate=None) -> TaskResult
             if failed_elsewhere is not None:
                 return failed_elsewhere
         if not task.save:
-            return TaskResult(task.node_id, "ran", duration=fn_time)
+            return TaskResult(task.node_id, Status.RAN, duration=fn_time)
         try:
             values = _split_outputs(stage, result)
-            entry_outputs = _save_outputs(stage, values, staging, store, record)
+            outputs = _save_outputs(stage, values, staging, store, record)
         except OrchError as e:
             return _failure(task, e, fn_time)
         if record.stat_cache is not None:
             record.stat_cache.save()
-        res = TaskResult(task.node_id, "ran", duration=fn_time)
-        res.values = values
+        res = TaskResult(task.node_id, Status.RAN, outputs=outputs, reads=_reads(record), duration=fn_time)
         if task.hash_memory_outputs:
             res.hashes = {o.name: _memory_hash(values[o.name]) for o in stage.outputs if o.cacher is None}
-        res.hashes.update({name: out["object"]["hash"] for name, out in entry_outputs.items()})
+        res.hashes.update({name: out.object.hash for name, out in outputs.items()})
         for spec in stage.outputs:  # Lazy: saved, memory freed now; consumers load what is stored
             if spec.lazy or (spec.cacher is not None and not spec.cacher.keep_in_memory(values.get(spec.name))):
                 values.pop(spec.name, None)
             elif spec.cacher is not None and not task.return_cached_values:
                 values.pop(spec.name, None)
+        res.values = values
         if stage.cached and task.key is not None:
-            res.entry = _write_entry(task, store, record, entry_outputs, fn_time)
-        else:
-            res.entry = {"outputs": entry_outputs, "reads": _reads(record)[0]}
-        rmtree_force(scratch, missing_ok=True)  # the outputs are stored: its checkpoints are done with
+            res.entry = _write_entry(task, store, record, res.reads, outputs, fn_time)
+        rmtree_force(checkpoints, missing_ok=True)  # the outputs are stored: its checkpoints are done with
         return res
     finally:
         rmtree_force(staging, missing_ok=True)
@@ -202,10 +218,10 @@ def _load_inputs(task: Task, store: Store) -> dict[str, Any]:
             value = inp.value
         else:
             try:
-                path = store.object_path(ObjectInfo.from_json(inp.obj), verify=True)
+                path = store.object_path(inp.stored.object, verify=True)
             except DamagedObjectError as e:
                 raise _DamagedInput(inp.producer, e) from e
-            value = (LazyArtifact(inp.name, str(path), inp.cacher, inp.metadata) if inp.lazy
+            value = (LazyArtifact(inp.name, str(path), inp.cacher, inp.stored.metadata) if inp.lazy
                      else _load_value(task, inp, str(path)))
         if inp.set_name is None:
             kwargs[inp.name] = value
@@ -218,7 +234,7 @@ def _load_value(task: Task, inp: InputValue, path: str) -> Any:
     """cacher.load of a stored input; a referenced file that changed is damage (its producer
     re-runs), any other failure is this node's, named, never a crash of the run."""
     try:
-        return inp.cacher.load(path, inp.metadata)
+        return inp.cacher.load(path, inp.stored.metadata)
     except DamagedObjectError as e:
         raise _DamagedInput(inp.producer, e) from e
     except OrchError:
@@ -237,12 +253,6 @@ class _DamagedInput(Exception):
         self.producer, self.error = producer, error
 
 
-def _scratch_name(task: Task) -> str:
-    """Same node, same name across runs: the key (code, version, inputs) and the whole parameter set
-    (what the stage will read is not known before it runs, so every parameter counts)."""
-    return hash_value(("scratch", task.key or list(task.stage_ref), task.set_name, task.params))[:32]
-
-
 def _split_outputs(stage, result) -> dict[str, Any]:
     n = len(stage.outputs)
     if n == 0:
@@ -258,7 +268,8 @@ def _split_outputs(stage, result) -> dict[str, Any]:
     return {o.name: v for o, v in zip(stage.outputs, result)}
 
 
-def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store, record: Record | None = None) -> dict[str, dict]:
+def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store,
+                  record: Record | None = None) -> dict[str, StoredOutput]:
     """Two phases, so that a bad output leaves nothing in the store: every cacher first prepares its
     file or directory next to the staging area (a failure names the stage and artifact and removes
     what was prepared), then all are ingested."""
@@ -273,7 +284,7 @@ def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store, re
     saved = {}
     for spec, path, ext, metadata in prepared:
         info = store.ingest(Path(path), ext)
-        saved[spec.name] = {"object": info.to_json(), "cacher": list(spec.cacher.identity()), "metadata": metadata}
+        saved[spec.name] = StoredOutput(info, spec.cacher.identity(), metadata)
     return saved
 
 
@@ -312,22 +323,16 @@ def _memory_hash(value: Any) -> str | None:
     """Content hash of an in-memory output, so consumers can be cached (early cutoff works too)."""
     try:
         return "mem:" + hash_bytes(pickle.dumps(value, protocol=5))
-    except (pickle.PicklingError, TypeError, AttributeError, RecursionError):
+    except PICKLING_ERRORS:
         return None
 
 
-def _reads(record: Record) -> tuple[dict, dict]:
-    from ..core.plan import read_value_hash
-
-    reads, hashes = {}, {}
-    for path, value in record.reads.items():
-        h = read_value_hash(value)
-        hashes[path] = h
-        reads[path] = {"h": h, "v": _jsonable(value)}
-    return reads, hashes
+def _reads(record: Record) -> dict[str, Read]:
+    return {path: Read(keys.read_value_hash(value), _shown(value)) for path, value in record.reads.items()}
 
 
-def _jsonable(value: Any) -> Any:
+def _shown(value: Any) -> Any:
+    """A read value as JSON for people (manifest, report, `orch why`); a repr where JSON has none."""
     if value is MISSING:
         return "<missing>"
     try:
@@ -337,28 +342,19 @@ def _jsonable(value: Any) -> Any:
     return value if not isinstance(value, (tuple, set, frozenset, bytes)) else repr(value)
 
 
-def _write_entry(task: Task, store: Store, record: Record, outputs: dict, fn_time: float) -> dict:
-    from ..core.plan import trace_id
-
-    reads, read_hashes = _reads(record)
-    entry = {
-        "trace_id": trace_id(read_hashes, record.files),
-        "created": time.time(),
-        "key": task.key,
-        "stage": task.stage_ref[0] + ":" + task.stage_ref[1],
-        "param_set": task.set_name,
-        "components": task.components,
-        "reads": reads,
-        "files": dict(record.files),
-        "outputs": outputs,
-        "duration_s": round(fn_time, 6),
-    }
-    store.put_entry(task.key, entry)
-    store.put_ref(task.head_key, {"created": entry["created"], "key": task.key,
-                                    "components": task.components})
+def _write_entry(task: Task, store: Store, record: Record, reads: dict[str, Read],
+                 outputs: dict[str, StoredOutput], fn_time: float) -> Entry:
+    entry = Entry(
+        key=task.key, trace_id=keys.trace_id({p: r.hash for p, r in reads.items()}, record.files),
+        stage=task.stage_ref[0] + ":" + task.stage_ref[1], param_set=task.set_name, created=time.time(),
+        components=task.components, reads=reads, files=dict(record.files), outputs=outputs,
+        duration_s=round(fn_time, 6),
+    )
+    store.put_entry(entry)
+    store.put_head(keys.head_key(entry.stage, task.set_name), Head(task.key, entry.created, task.components))
     return entry
 
 
 def _failure(task: Task, exc: BaseException, duration: float) -> TaskResult:
-    return TaskResult(task.node_id, "failed", duration=duration, error=str(exc) or type(exc).__name__,
+    return TaskResult(task.node_id, Status.FAILED, duration=duration, error=str(exc) or type(exc).__name__,
                       error_type=type(exc).__name__, traceback=user_traceback(exc))

@@ -30,10 +30,12 @@ import sys
 import time
 from pathlib import Path
 
-from .base import Executor, WorkerConfig, decode_result, encode_task, init_worker, run_encoded
+from ..core.status import Status
 from ..fsutil import atomic_write_bytes, rmtree_force
 from ..store import Store
+from .base import Executor
 from .task import Task, TaskResult, execute
+from .worker import Backoff, WorkerConfig, decode_result, encode_task, init_worker, run_encoded
 
 # After a distributed stage failed, how long the other side may take to get out of the stage. A rank
 # blocked where destroying the process group cannot reach it (a rendezvous, some NCCL calls) is not
@@ -41,13 +43,9 @@ from .task import Task, TaskResult, execute
 GRACE = float(os.environ.get("ORCH_TORCHRUN_GRACE", "30"))
 
 
-class _Backoff:
-    def __init__(self, first: float = 0.001, most: float = 0.1):
-        self.first, self.most, self.delay = first, most, first
-
-    def sleep(self) -> None:
-        time.sleep(self.delay)
-        self.delay = min(self.most, self.delay * 1.5)
+def _poll() -> Backoff:
+    """Files on a shared filesystem are slower to poll than MPI: start at 1 ms, grow to 0.1 s."""
+    return Backoff(first=0.001, most=0.1, factor=1.5)
 
 
 def channel_dir(cache_root: Path, experiment: Path, argv: list[str]) -> Path:
@@ -94,7 +92,7 @@ class Channel:
         self._write(f"msg-{seq:06d}", {"token": self.token, "nonces": dict(self._nonces), **message})
 
     def _hellos(self, timeout: float | None) -> None:
-        backoff = _Backoff()
+        backoff = _poll()
         deadline = None if timeout is None else time.monotonic() + timeout
         while len(self._nonces) < self.world_size - 1:
             for rank in range(1, self.world_size):
@@ -109,7 +107,7 @@ class Channel:
         """Every follower's (result, time it was known) for message `seq`, those that came within `timeout`."""
         pending = set(range(1, self.world_size))
         got: dict[int, tuple[TaskResult, float]] = {}
-        backoff = _Backoff()
+        backoff = _poll()
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending and (deadline is None or time.monotonic() < deadline):
             for rank in sorted(pending):
@@ -124,7 +122,7 @@ class Channel:
     def close(self, timeout: float = 10.0) -> None:
         """After the last message: wait (briefly) until every follower read it, then clean up."""
         deadline = time.monotonic() + timeout
-        backoff = _Backoff()
+        backoff = _poll()
         while time.monotonic() < deadline:
             if all(self._read(f"bye-{rank}") is not None for rank in range(1, self.world_size)):
                 rmtree_force(self.path, missing_ok=True)
@@ -134,7 +132,7 @@ class Channel:
     # followers
     def join(self) -> None:
         """Wait for rank 0's session and say hello to it."""
-        backoff = _Backoff()
+        backoff = _poll()
         while not self._follow_session():
             backoff.sleep()
 
@@ -149,7 +147,7 @@ class Channel:
         return True
 
     def next(self, seq: int, timeout: float | None = None) -> dict | None:
-        backoff = _Backoff()
+        backoff = _poll()
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
             data = self._read(f"msg-{seq:06d}")
@@ -193,8 +191,6 @@ def release_peers() -> None:
 class TorchrunLeader(Executor):
     """Rank 0: runs every node here, one at a time; distributed ones in step with the followers."""
 
-    shares_memory = True
-
     def __init__(self, channel: Channel):
         self.channel = channel
         self.store: Store | None = None
@@ -208,7 +204,7 @@ class TorchrunLeader(Executor):
     def capacity(self) -> int:
         return 1
 
-    def configure(self, store: Store) -> None:
+    def start(self, store: Store) -> None:
         self.store = store
 
     def submit(self, task: Task, stage) -> None:
@@ -216,7 +212,7 @@ class TorchrunLeader(Executor):
             self._done.append(execute(task, self.store, stage))
             return
         if self._broken:
-            self._done.append(TaskResult(task.node_id, "failed", error_type="DistributedStageError", error=(
+            self._done.append(TaskResult(task.node_id, Status.FAILED, error_type="DistributedStageError", error=(
                 f"not started: distributed stage {self._broken} failed earlier in this run and took the process "
                 "group down with it; fix it and re-run")))
             return
@@ -245,7 +241,7 @@ class TorchrunLeader(Executor):
             release_peers()
         results = self.channel.results(self._seq, timeout=None if failure is None else GRACE)
         self._seq += 1
-        failed = [(at, rank, r) for rank, (r, at) in results.items() if r.status != "ran"]
+        failed = [(at, rank, r) for rank, (r, at) in results.items() if r.status != Status.RAN]
         if failure is None and not failed:
             return None
         if failure is None:
@@ -261,7 +257,7 @@ class TorchrunLeader(Executor):
         error = first.error + where + "".join(f"; then rank {rank}: {r.error_type}: {r.error}" for _, rank, r in failed[1:])
         if missing:
             error += f"; rank(s) {', '.join(map(str, missing))} did not leave the stage within {GRACE:.0f}s"
-        return TaskResult(task.node_id, "failed", duration=(failure.duration if failure else 0.0),
+        return TaskResult(task.node_id, Status.FAILED, duration=(failure.duration if failure else 0.0),
                           error_type=first.error_type, traceback=first.traceback, error=error)
 
     def close(self, exit_code: int = 0) -> None:
@@ -292,11 +288,11 @@ def follow(channel: Channel, config: WorkerConfig) -> int:
         data = run_encoded(message["node_id"], message["payload"])
         at = time.time()
         result = decode_result(data)
-        if result.status != "ran":
+        if result.status != Status.RAN:
             release_peers()  # first: it wakes rank 0 if it waits for this rank in a collective
         channel.answer(seq, data, at)
         seq += 1
-        if result.status != "ran":
+        if result.status != Status.RAN:
             if channel.next(seq, timeout=GRACE) is None:
                 print(f"orch: {result.error}\norch: rank 0 did not get past the failed distributed stage within "
                       f"{GRACE:.0f}s; exiting so that torchrun stops every rank", file=sys.stderr, flush=True)

@@ -1,7 +1,11 @@
-"""Run records: `runs/<run-id>/manifest.json` in the cache directory, and `runs/latest`.
+"""Run manifests: `runs/<run-id>/manifest.json` in the cache directory, and `runs/latest`. The one
+place that writes them and reads them back (`orch runs`, `show`, `why --run`, `report`, `get`,
+`orchestrator.load`).
 
 The manifest is written once with status "running" when the run starts (so a killed run still
-leaves a trace) and once more when it ends; both writes are atomic renames.
+leaves a trace) and once more when it ends; both writes are atomic renames. It is plain JSON:
+one row per node (`node_row`) with its stage, parameter set, status, key, reason, duration,
+inputs, output hashes and what it read.
 """
 
 from __future__ import annotations
@@ -12,7 +16,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..fsutil import atomic_write_json
+from ..core.status import RUN_RUNNING, Status
+from ..errors import RunNotFoundError
+from ..fsutil import atomic_write_json, read_json_object
+
+MANIFEST = "manifest.json"
+LATEST = "latest"
 
 
 def new_run_id() -> str:
@@ -21,55 +30,134 @@ def new_run_id() -> str:
     return now.strftime("%Y%m%d-%H%M%S") + f".{now.microsecond // 1000:03d}-" + secrets.token_hex(2)
 
 
-class RunLog:
+class ManifestWriter:
+    """The manifest of the run in progress: written at the start, rewritten at the end."""
+
     def __init__(self, cache_root: Path, experiment: str, param_sets: dict, argv: list[str] | None = None):
         self.run_id = new_run_id()
         self.runs_dir = Path(cache_root) / "runs"
         self.dir = self.runs_dir / self.run_id
         self.log_dir = self.dir / "logs"
         self.log_dir.mkdir(parents=True)
-        self.manifest = {
+        self.data = {
             "run_id": self.run_id,
             "experiment": experiment,
             "argv": argv or [],
             "started": _now(),
             "finished": None,
-            "status": "running",
+            "status": RUN_RUNNING,
             "param_sets": param_sets,
             "nodes": [],
         }
         self._t0 = time.perf_counter()
-        atomic_write_json(self.dir / "manifest.json", self.manifest)
+        atomic_write_json(self.dir / MANIFEST, self.data)
         _point_latest(self.runs_dir, self.run_id)
 
     def finish(self, status: str, nodes: list[dict], summary: dict) -> None:
-        self.manifest.update(finished=_now(), status=status, nodes=nodes, summary=summary,
-                             duration_s=round(time.perf_counter() - self._t0, 4))
-        atomic_write_json(self.dir / "manifest.json", self.manifest)
+        self.data.update(finished=_now(), status=status, nodes=nodes, summary=summary,
+                         duration_s=round(time.perf_counter() - self._t0, 4))
+        atomic_write_json(self.dir / MANIFEST, self.data)
 
 
-def node_record(outcome) -> dict:
-    node, entry = outcome.node, outcome.entry or {}
-    rec = {
+def node_row(outcome) -> dict:
+    """A node's row in the manifest, from its core.runner.NodeOutcome."""
+    node = outcome.node
+    row = {
         "id": node.id,
         "stage": node.stage.name,
         "stage_id": node.stage.id,
         "param_set": node.set_name,
-        "status": outcome.status,
+        "status": str(outcome.status),
         "key": outcome.key,
         "reason": outcome.reason,
         "duration_s": round(outcome.duration, 6),
         "inputs": [[e.input, e.producer, e.output] + ([e.set_name] if e.set_name else []) for e in node.inputs],
-        "outputs": {name: out["object"]["hash"] for name, out in entry.get("outputs", {}).items()},
-        "reads": {path: r.get("v") for path, r in entry.get("reads", {}).items()},
-        "files": entry.get("files", {}),
+        "outputs": {name: out.object.hash for name, out in outcome.outputs.items()},
+        "reads": {path: r.shown for path, r in outcome.reads.items()},
+        "files": dict(outcome.files),
     }
-    if outcome.status == "failed":
-        rec["error"] = f"{outcome.error_type}: {outcome.error}"
-        rec["traceback"] = outcome.traceback
+    if outcome.status == Status.FAILED:
+        row["error"] = f"{outcome.error_type}: {outcome.error}"
+        row["traceback"] = outcome.traceback
     if outcome.skipped_because:
-        rec["skipped_because"] = outcome.skipped_because
-    return rec
+        row["skipped_because"] = outcome.skipped_because
+    return row
+
+
+# -- reading runs back --------------------------------------------------------------------------------
+
+def resolve_run(cache_root: Path, run: str = "latest") -> Path:
+    """The directory of a run: "latest", a run id, or a prefix naming exactly one run."""
+    runs_dir = Path(cache_root) / "runs"
+    path = runs_dir / run
+    if run == LATEST and path.is_file() and not path.is_symlink():
+        path = runs_dir / path.read_text().strip()
+    if not (path / MANIFEST).is_file() and run != LATEST and runs_dir.is_dir():
+        matches = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name.startswith(run))
+        if len(matches) > 1:
+            raise RunNotFoundError(f"run {run!r} is ambiguous in {runs_dir}: {', '.join(matches[-10:])}")
+        if matches:
+            path = runs_dir / matches[0]
+    if not (path / MANIFEST).is_file():
+        known = _run_ids(runs_dir)
+        raise RunNotFoundError(
+            f"no run {run!r} in {runs_dir}" + (f"; runs: {', '.join(known[-10:])}" if known else "; nothing has run yet")
+        )
+    return path.resolve()
+
+
+def read_manifest(cache_root: Path, run: str = "latest") -> dict:
+    path = resolve_run(cache_root, run) / MANIFEST
+    m = read_json_object(path)
+    if m is None:
+        raise RunNotFoundError(f"the manifest of run {run!r} ({path}) cannot be read")
+    return m
+
+
+def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
+    """The newest runs first: id, start, status, duration and node counts."""
+    runs_dir = Path(cache_root) / "runs"
+    rows = []
+    for run_id in reversed(_run_ids(runs_dir)):
+        m = read_json_object(runs_dir / run_id / MANIFEST)
+        if m is None:
+            continue
+        rows.append({
+            "run_id": m.get("run_id", run_id),
+            "started": m.get("started", ""),
+            "status": m.get("status", "?"),
+            "duration_s": m.get("duration_s"),
+            "param_sets": len(m.get("param_sets", {})),
+            "summary": m.get("summary") or {},
+            "experiment": m.get("experiment", ""),
+        })
+        if len(rows) == limit:
+            break
+    return rows
+
+
+def why_rows(manifest: dict, stage: str | None = None, param_set: str | None = None) -> list[dict]:
+    """Nodes of a past run that did not come from the cache, with the reason each one ran."""
+    rows = []
+    for n in manifest.get("nodes", []):
+        if stage and n["stage"] != stage or param_set and n["param_set"] != param_set:
+            continue
+        if n["status"] == Status.CACHED:
+            continue
+        reason = n.get("reason") or ""
+        if n["status"] == Status.SKIPPED:
+            reason = f"upstream {n.get('skipped_because', '?')} failed"
+        elif n["status"] == Status.FAILED:
+            reason = f"{reason}; failed: {n.get('error', '')}" if reason else f"failed: {n.get('error', '')}"
+        rows.append({"stage": n["stage"], "param_set": n["param_set"], "status": n["status"], "reason": reason})
+    return rows
+
+
+def _run_ids(runs_dir: Path) -> list[str]:
+    """Run directories, oldest first (run ids sort by start time)."""
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.is_symlink())
 
 
 def _now() -> str:
@@ -83,19 +171,4 @@ def _point_latest(runs_dir: Path, run_id: str) -> None:
         os.symlink(run_id, tmp)
     except OSError:
         tmp.write_text(run_id)
-    os.replace(tmp, runs_dir / "latest")
-
-
-def resolve_run(cache_root: Path, run: str = "latest") -> Path:
-    from ..errors import RunNotFoundError
-
-    runs_dir = Path(cache_root) / "runs"
-    path = runs_dir / run
-    if run == "latest" and path.is_file() and not path.is_symlink():
-        path = runs_dir / path.read_text().strip()
-    if not (path / "manifest.json").is_file():
-        known = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
-        raise RunNotFoundError(
-            f"no run {run!r} in {runs_dir}" + (f"; runs: {', '.join(known[-10:])}" if known else "; nothing has run yet")
-        )
-    return path.resolve()
+    os.replace(tmp, runs_dir / LATEST)

@@ -31,11 +31,10 @@ def write_report(manifest: dict, path: Path) -> None:
 
 def report_for_run(cache_root: Path, run: str = "latest", output: Path | None = None) -> Path:
     """(Re)write the report of a past run, by default as runs/<id>/report.html; returns where."""
-    from .history import load_manifest
-    from .manifest import resolve_run
+    from .manifest import read_manifest, resolve_run
 
     path = Path(output) if output is not None else resolve_run(cache_root, run) / "report.html"
-    write_report(load_manifest(cache_root, run), path)
+    write_report(read_manifest(cache_root, run), path)
     return path
 
 

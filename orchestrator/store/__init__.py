@@ -1,12 +1,17 @@
-"""Where bytes live: content-addressed objects and one small JSON entry per (node key, trace).
+"""The store: where bytes live. Content-addressed objects, one small typed entry per (node key,
+trace), head records, node locks, and the housekeeping behind `orch cache`.
 
-`Store` (base.py) is the interface the planner and runner code against; `DiskStore` (disk.py) is the
-real thing and `MemoryStore` (memory.py) its in-memory twin for fast tests. One test suite runs
-against both (tests/test_store.py).
+`Store` (base.py) is the interface the planner, runner and executors code against; `DiskStore`
+(disk.py) is the real thing and `MemoryStore` (memory.py) its in-memory twin for fast tests. One
+test suite runs against both (tests/test_store.py). What an entry is: entries.py.
 """
 
-from .base import NodeLock, ObjectInfo, Store
+from .base import Store
 from .disk import DiskStore
+from .entries import Entry, EntryError, Head, KeyComponents, ObjectInfo, Read, StoredOutput
+from .location import cache_dir
+from .locks import NodeLock
 from .memory import MemoryStore
 
-__all__ = ["ObjectInfo", "NodeLock", "Store", "DiskStore", "MemoryStore"]
+__all__ = ["Store", "DiskStore", "MemoryStore", "NodeLock", "Entry", "EntryError", "Head", "KeyComponents",
+           "ObjectInfo", "Read", "StoredOutput", "cache_dir"]

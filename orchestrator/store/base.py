@@ -1,5 +1,5 @@
-"""The store interface: what the planner and runner code against, and the pieces every
-implementation shares (object descriptions, name checks, node locks within a process, verification).
+"""The store interface: what the planner, the runner and the executors code against, and what every
+implementation shares (entry parsing with its warnings, verification of objects).
 
 Objects are files or directory trees named by their content hash, moved in by rename and read-only
 once there, so identical artifacts are stored once and a stored object never changes under a reader.
@@ -12,142 +12,39 @@ from __future__ import annotations
 
 import abc
 import itertools
+import json
 import logging
 import os
-import re
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from .. import hashing
 from ..errors import DamagedObjectError
+from .entries import Entry, EntryError, Head, ObjectInfo, check_name
+from .locks import NodeLock
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ..hashing import StatCache
+
+log = logging.getLogger("orchestrator.store")
 _STAGING_COUNTER = itertools.count()
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")  # a key or trace id: one safe path component
-_HASH_RE = re.compile(r"[0-9a-f]{64}\Z")
-_EXT_RE = re.compile(r"(\.[A-Za-z0-9_-]+)*\Z")  # "", ".pkl", ".tar.gz"
-_OBJECT_NAME_RE = re.compile(r"([0-9a-f]{62})((?:\.[A-Za-z0-9_-]+)*)\Z")  # name inside objects/ab/
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What an entry records about one stored output: enough to find it and validate it cheaply."""
-
-    hash: str  # sha256 hex of the file, or hashing.hash_dir of the tree
-    size: int  # file size, or the sum of the file sizes of the tree
-    kind: str  # "file" | "dir"
-    ext: str = ""  # e.g. ".pkl": stored objects keep meaningful names for external tools
-
-    def to_json(self) -> dict:
-        return {"hash": self.hash, "size": self.size, "kind": self.kind, "ext": self.ext}
-
-    @classmethod
-    def from_json(cls, d: dict) -> ObjectInfo:
-        return cls(d["hash"], int(d["size"]), d["kind"], d.get("ext", ""))
-
-
-def _check_name(what: str, name: str) -> str:
-    """Keys and trace ids become path components: refuse anything that could escape the cache."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(f"invalid {what} {name!r}: expected letters, digits, '_', '.', '-'")
-    return name
-
-
-def _check_info(info: ObjectInfo) -> None:
-    if not _HASH_RE.match(info.hash) or not _EXT_RE.match(info.ext) or info.kind not in ("file", "dir"):
-        raise ValueError(f"invalid object {info!r}: expected a sha256 hex hash, kind file|dir, ext like '.pkl'")
-
-
-def _created(entry: dict) -> float:
-    created = entry.get("created")
-    return float(created) if isinstance(created, (int, float)) else 0.0
-
-
-def _signature(path: str, kind: str) -> tuple:
-    """What must be unchanged for an earlier verification of `path` to still hold: (size, mtime_ns,
-    inode) of the file, or of every file in the tree (a directory's own mtime misses edits inside)."""
-    if kind == "file":
-        st = os.stat(path)
-        return (st.st_size, st.st_mtime_ns, st.st_ino)
-    sig = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        sig.extend((dirpath, name) for name in dirnames)  # empty directories count in hash_dir
-        for name in sorted(filenames):
-            st = os.lstat(os.path.join(dirpath, name))
-            sig.append((dirpath, name, st.st_size, st.st_mtime_ns, st.st_ino))
-    return tuple(sig)
-
-
-# Object path -> signature when its content last matched its hash, shared by every store in the
-# process: an object is re-hashed once per process, and again only if its file changes.
-_VERIFIED: dict[str, tuple] = {}
-
-
-class NodeLock(abc.ABC):
-    """Exclusive lock for computing one node. Not reentrant; use one NodeLock per acquisition."""
-
-    @abc.abstractmethod
-    def acquire(self, timeout: float = -1) -> bool:
-        """Wait at most `timeout` seconds (forever if negative); False on timeout."""
-
-    @abc.abstractmethod
-    def release(self) -> None: ...
-
-    def __enter__(self) -> NodeLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()
-
-
-def _acquire_thread_lock(lock: threading.Lock, timeout: float) -> bool:
-    return lock.acquire() if timeout < 0 else lock.acquire(timeout=timeout)
-
-
-class _ThreadNodeLock(NodeLock):
-    def __init__(self, lock: threading.Lock):
-        self._lock = lock
-
-    def acquire(self, timeout: float = -1) -> bool:
-        return _acquire_thread_lock(self._lock, timeout)
-
-    def release(self) -> None:
-        self._lock.release()
-
-
-# Threads of one process are excluded by a threading.Lock per lock file, processes by flock on it:
-# on NFS, flock is emulated with per-process fcntl locks that do not exclude threads of one process.
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
-_THREAD_LOCKS_GUARD = threading.Lock()
-
-
-def _reset_thread_locks_after_fork() -> None:
-    """A forked child must not inherit locks held by its parent's threads (it would wait forever)."""
-    global _THREAD_LOCKS_GUARD
-    _THREAD_LOCKS.clear()
-    _THREAD_LOCKS_GUARD = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_thread_locks_after_fork)
-
-
-def _thread_lock_for(path: str) -> threading.Lock:
-    with _THREAD_LOCKS_GUARD:
-        return _THREAD_LOCKS.setdefault(path, threading.Lock())
+#: Object path -> stat signature when its content last matched its hash. One per process, shared
+#: by every store instance on purpose: `orchestrator.load` opens a store per call, and a notebook
+#: loading a 2 GB model ten times must hash it once, not ten times.
+VERIFIED_OBJECTS: dict[str, tuple] = {}
 
 
 class Store(abc.ABC):
-    """Objects by content hash, entries by node key, locks by node key (see module docstring)."""
+    """Objects by content hash, entries by node key and trace id, heads by name, locks by scope."""
 
     root: Path | None = None
-    _verified = _VERIFIED
 
+    def __init__(self) -> None:
+        self._verified = VERIFIED_OBJECTS  # re-hashed once per process, and again only if its file changes
+        self._warned: set[str] = set()  # records already warned about: one warning each
+
+    # -- objects ---------------------------------------------------------------------------------
     @abc.abstractmethod
     def ingest(self, path: Path, ext: str = "") -> ObjectInfo:
         """Move the file or directory at `path` into the store under its content hash (`path` is
@@ -171,42 +68,41 @@ class Store(abc.ABC):
     def iter_objects(self) -> Iterator[ObjectInfo]:
         """Every stored object, with its actual size and kind as found (for `orch cache ls/gc/verify`)."""
 
+    # -- entries and heads -----------------------------------------------------------------------
     @abc.abstractmethod
-    def get_entries(self, key: str) -> list[dict]:
-        """All entries under a node key, newest first by entry["created"]; unreadable ones are skipped
-        with a warning, never an exception (a damaged entry is a cache miss)."""
+    def get_entry(self, key: str, trace_id: str, *, label: str = "") -> Entry | None:
+        """One entry by name, or None: the fast path of a lookup whose trace id is predicted.
+        A malformed entry is None too, after one warning naming `label` (the node asking)."""
 
     @abc.abstractmethod
-    def get_ref(self, name: str) -> dict | None:
-        """A small named record (e.g. the last key of a stage on a parameter set), or None."""
+    def get_entries(self, key: str, *, label: str = "") -> list[Entry]:
+        """Every valid entry under a node key, newest first; malformed ones are skipped with one
+        warning each (a damaged entry is a cache miss, never an exception)."""
 
     @abc.abstractmethod
-    def put_ref(self, name: str, value: dict) -> None:
-        """Write a named record atomically, last writer wins (one flat file: no directory per name)."""
-
-    @abc.abstractmethod
-    def get_entry(self, key: str, trace_id: str) -> dict | None:
-        """One entry by name, or None: the fast path of a lookup whose trace id is predicted."""
-
-    def get_entries_many(self, keys: Iterable[str]) -> dict[str, list[dict]]:
-        """Entries of many keys at once (the planner looks nodes up in batches)."""
-        return {key: self.get_entries(key) for key in keys}
-
-    @abc.abstractmethod
-    def put_entry(self, key: str, entry: dict) -> None:
-        """Store `entry` under (key, entry["trace_id"]) atomically; the same pair overwrites."""
+    def put_entry(self, entry: Entry) -> None:
+        """Store `entry` under (entry.key, entry.trace_id) atomically; the same pair overwrites."""
 
     @abc.abstractmethod
     def delete_entry(self, key: str, trace_id: str) -> None:
         """Remove one entry; absent is fine."""
 
     @abc.abstractmethod
-    def iter_entries(self) -> Iterator[tuple[str, dict]]:
-        """Every (key, entry) in the store, unreadable entries skipped with a warning."""
+    def iter_entries(self) -> Iterator[Entry]:
+        """Every valid entry in the store (malformed ones skipped with a warning)."""
 
     @abc.abstractmethod
-    def lock(self, key: str) -> NodeLock:
-        """An exclusive lock for computing the node `key` (across threads and processes)."""
+    def get_head(self, name: str, *, label: str = "") -> Head | None:
+        """The head record `name` (the last key of a stage on a parameter set), or None."""
+
+    @abc.abstractmethod
+    def put_head(self, name: str, head: Head) -> None:
+        """Write a head atomically, last writer wins (one flat file: no directory per name)."""
+
+    # -- locks and working areas -----------------------------------------------------------------
+    @abc.abstractmethod
+    def lock(self, name: str) -> NodeLock:
+        """An exclusive lock for computing the node whose lock scope is `name` (threads, processes)."""
 
     def prune_locks(self, before: float) -> int:
         """Remove lock files made before `before` (epoch seconds) of nodes that have an entry and
@@ -219,26 +115,61 @@ class Store(abc.ABC):
         return Path(self._tmp_root()) / f"{prefix}-{os.getpid()}-{next(_STAGING_COUNTER)}-{os.urandom(4).hex()}"
 
     @abc.abstractmethod
-    def _tmp_root(self) -> str:
-        """The existing directory staging paths live in."""
-
-    def scratch_path(self, name: str) -> Path:
-        """A node's persistent scratch directory (not created): unlike staging, it survives a failed
-        or killed run, so a long stage can resume from its own checkpoints; removed on success."""
-        return Path(self._tmp_root()).parent / "scratch" / _check_name("scratch name", name)
-
-    @abc.abstractmethod
     def new_staging_dir(self, prefix: str = "") -> Path:
         """A fresh empty directory on the objects' filesystem, so that ingest is a rename."""
+
+    def checkpoint_dir(self, name: str) -> Path:
+        """A node's checkpoint directory (record.checkpoint_dir; not created): unlike staging, it
+        survives a failed or killed run so a long stage can resume; removed once the node succeeded.
+        On disk under scratch/ (the name orch 0.1.0 gave it, kept so no checkpoint is lost)."""
+        return Path(self._tmp_root()).parent / "scratch" / check_name("checkpoint directory name", name)
+
+    def stat_cache(self) -> StatCache | None:
+        """The stat cache persisted with this store (unchanged tracked files are not re-hashed), or
+        None for a store that has no directory of its own."""
+        return None
+
+    @abc.abstractmethod
+    def _tmp_root(self) -> str:
+        """The existing directory staging paths live in."""
 
     @abc.abstractmethod
     def _quarantine(self, info: ObjectInfo, path: str) -> str:
         """Move a damaged object out of the way; return where it went."""
 
-    def _verify(self, info: ObjectInfo, path: str) -> None:
-        """Re-hash `path` unless it was verified unchanged in this process; quarantine on mismatch."""
+    # -- shared by the implementations -----------------------------------------------------------
+    def _parse_entry(self, data: bytes | str, where: str, key: str, trace_id: str | None,
+                     label: str = "") -> Entry | None:
+        """The entry in `data`, or None after one warning: the entry must parse, be valid (see
+        store.entries) and be the one asked for (its key and trace id match where it was found)."""
         try:
-            sig = _signature(path, info.kind)
+            entry = Entry.from_json(json.loads(data))
+            if entry.key != key or (trace_id is not None and entry.trace_id != trace_id):
+                raise EntryError(f"it belongs to key {entry.key}, trace {entry.trace_id} (copied or moved?)")
+        except (ValueError, RecursionError) as e:  # EntryError, JSONDecodeError, UnicodeDecodeError
+            self._warn_malformed("cache entry", where, data, label, e)
+            return None
+        return entry
+
+    def _parse_head(self, data: bytes | str, where: str, label: str = "") -> Head | None:
+        try:
+            return Head.from_json(json.loads(data))
+        except (ValueError, RecursionError) as e:
+            self._warn_malformed("head record", where, data, label, e)
+            return None
+
+    def _warn_malformed(self, what: str, where: str, data: bytes | str, label: str, error: Exception) -> None:
+        if where in self._warned:
+            return
+        self._warned.add(where)
+        stage = label or _stage_named_in(data) or "an unknown stage"
+        reason = "empty file" if not data else str(error)
+        log.warning("ignoring malformed %s of %s (%s): %s; treated as a cache miss", what, stage, where, reason)
+
+    def _verify(self, info: ObjectInfo, path: str) -> None:
+        """Re-hash `path` unless it was verified unchanged before; quarantine on mismatch."""
+        try:
+            sig = hashing.stat_signature(path, info.kind)
         except FileNotFoundError:
             raise DamagedObjectError(
                 f"stored object {info.hash} is missing ({path}); treated as a cache miss"
@@ -256,3 +187,10 @@ class Store(abc.ABC):
         self._verified[path] = sig
 
 
+def _stage_named_in(data: bytes | str) -> str:
+    """The stage a damaged record says it belongs to, if that much of it can still be read."""
+    try:
+        stage = json.loads(data).get("stage")
+    except (ValueError, AttributeError, RecursionError):
+        return ""
+    return f"stage {stage}" if isinstance(stage, str) else ""

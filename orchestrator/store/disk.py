@@ -2,98 +2,28 @@
 
 from __future__ import annotations
 
-import logging
 import contextlib
 import errno
 import json
+import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
 from .. import hashing
 from ..errors import StoreError
-from ..fsutil import atomic_write_json, make_readonly, make_writable_dir, rmtree_force
-from .base import (NodeLock, ObjectInfo, Store, _NAME_RE, _OBJECT_NAME_RE, _acquire_thread_lock, _check_info,
-    _check_name, _created, _signature, _thread_lock_for)
+from ..fsutil import atomic_write_bytes, make_readonly, make_writable_dir, rmtree_force
+from .base import Store
+from .entries import Entry, Head, ObjectInfo, check_name, check_object
+from .locks import FileNodeLock, NodeLock
 
-log = logging.getLogger(__name__)
-
-
-class _FileNodeLock(NodeLock):
-    """flock(2) on a per-node lock file, as filelock's UnixFileLock does, minus its per-call
-    bookkeeping (a lock per executed node is on the hot path). The kernel drops the lock when the
-    holder dies, so a kill -9 never leaves a stale lock."""
-
-    _POLL = 0.05  # seconds between tries when a timeout is given (a blocking wait sleeps in the kernel)
-
-    def __init__(self, path: str):
-        self._path = path
-        self._thread_lock = _thread_lock_for(path)
-        self._fd: int | None = None
-
-    def acquire(self, timeout: float = -1) -> bool:
-        deadline = time.monotonic() + timeout
-        if not _acquire_thread_lock(self._thread_lock, timeout):
-            return False
-        try:
-            fd = self._open()
-        except BaseException:
-            self._thread_lock.release()
-            raise
-        try:
-            if not self._flock(fd, timeout, deadline):
-                os.close(fd)
-                self._thread_lock.release()
-                return False
-        except BaseException:
-            os.close(fd)
-            self._thread_lock.release()
-            raise
-        self._fd = fd
-        return True
-
-    def _open(self) -> int:
-        try:
-            return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
-        except FileNotFoundError:  # the locks directory was removed (orch cache gc): make it again
-            os.makedirs(os.path.dirname(self._path), exist_ok=True)
-            return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
-
-    def _flock(self, fd: int, timeout: float, deadline: float) -> bool:
-        import fcntl
-
-        try:
-            if timeout < 0:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                return True
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return True
-                except BlockingIOError:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    time.sleep(min(self._POLL, left))
-        except OSError as e:
-            if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
-                raise StoreError(
-                    f"cannot lock {self._path}: its filesystem does not support flock; mount it with "
-                    "flock support or put the cache elsewhere (--cache DIR / ORCH_CACHE)"
-                ) from e
-            raise
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        try:
-            if fd is not None:
-                os.close(fd)  # closing the only descriptor releases the flock
-        finally:
-            self._thread_lock.release()
+log = logging.getLogger("orchestrator.store")
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")  # what check_name accepts
+_OBJECT_NAME_RE = re.compile(r"([0-9a-f]{62})((?:\.[A-Za-z0-9_-]+)*)\Z")  # a name inside objects/ab/
 
 
 class DiskStore(Store):
@@ -102,6 +32,7 @@ class DiskStore(Store):
     tmp/ (staging, same filesystem as objects), quarantine/ (damaged objects, for inspection)."""
 
     def __init__(self, root: Path | str):
+        super().__init__()
         self.root = Path(os.path.abspath(root))
         _check_root(self.root)
         r = str(self.root)
@@ -109,6 +40,7 @@ class DiskStore(Store):
         self._locks, self._tmp = os.path.join(r, "locks"), os.path.join(r, "tmp")
         self._quarantine_dir = os.path.join(r, "quarantine")
         self._made: set[str] = set()  # directories known to exist: no mkdir syscall per write
+        self._stat_cache: hashing.StatCache | None = None
 
     def _ensure_dir(self, d: str) -> str:
         if d not in self._made:
@@ -134,11 +66,11 @@ class DiskStore(Store):
             return fn(*args)
 
     def _object_file(self, info: ObjectInfo) -> str:
-        _check_info(info)
+        check_object(info)
         return os.path.join(self._objects, info.hash[:2], info.hash[2:] + info.ext)
 
     def _entry_dir(self, key: str) -> str:
-        return os.path.join(self._entries, key[:2], _check_name("node key", key))
+        return os.path.join(self._entries, key[:2], check_name("node key", key))
 
     # -- objects -------------------------------------------------------------------------------
     def ingest(self, path: Path, ext: str = "") -> ObjectInfo:
@@ -154,7 +86,7 @@ class DiskStore(Store):
                 return info
             self._quarantine(info, target)  # wrong size or kind: a damaged copy must not block a good one
         if self._in_dir(os.path.dirname(target), self._move_in, src, target, kind) and kind == "file":
-            sig = _signature(target, kind)  # rename keeps inode and mtime
+            sig = hashing.stat_signature(target, kind)  # rename keeps inode and mtime
             if sig == (before.st_size, before.st_mtime_ns, before.st_ino):
                 self._verified[target] = sig  # hashed just now and unchanged since: no re-hash on load
         return info
@@ -239,8 +171,16 @@ class DiskStore(Store):
                 else:
                     yield ObjectInfo(shard + m.group(1), os.lstat(path).st_size, "file", m.group(2))
 
-    # -- entries -------------------------------------------------------------------------------
-    def get_entries(self, key: str) -> list[dict]:
+    # -- entries and heads -----------------------------------------------------------------------
+    def _entry_file(self, key: str, trace_id: str) -> str:
+        return os.path.join(self._entry_dir(key), check_name("trace id", trace_id) + ".json")
+
+    def get_entry(self, key: str, trace_id: str, *, label: str = "") -> Entry | None:
+        path = self._entry_file(key, trace_id)
+        data = self._read(path)
+        return None if data is None else self._parse_entry(data, path, key, trace_id, label)
+
+    def get_entries(self, key: str, *, label: str = "") -> list[Entry]:
         d = self._entry_dir(key)
         try:
             names = os.listdir(d)
@@ -249,46 +189,64 @@ class DiskStore(Store):
         entries = []
         for name in names:
             if name.endswith(".json") and not name.startswith("."):  # ".x.tmp": writes in progress
-                entry = _read_entry(os.path.join(d, name))
+                path = os.path.join(d, name)
+                data = self._read(path)
+                entry = None if data is None else self._parse_entry(data, path, key, name[:-5], label)
                 if entry is not None:
                     entries.append(entry)
-        entries.sort(key=_created, reverse=True)
+        entries.sort(key=lambda e: e.created, reverse=True)
         return entries
 
-    def get_entry(self, key: str, trace_id: str) -> dict | None:
-        return _read_entry(os.path.join(self._entry_dir(key), _check_name("trace id", trace_id) + ".json"))
-
-    def _ref_path(self, name: str) -> str:
-        _check_name("ref name", name)
-        return os.path.join(str(self.root), "refs", name[:2], name + ".json")
-
-    def get_ref(self, name: str) -> dict | None:
-        return _read_entry(self._ref_path(name))
-
-    def put_ref(self, name: str, value: dict) -> None:
-        atomic_write_json(self._ref_path(name), value)
-
-    def put_entry(self, key: str, entry: dict) -> None:
-        name = _check_name("trace id", entry["trace_id"])
-        atomic_write_json(os.path.join(self._entry_dir(key), name + ".json"), entry)  # makes the dir
+    def put_entry(self, entry: Entry) -> None:
+        data = json.dumps(entry.to_json(), separators=(",", ":")).encode()  # before any file exists
+        atomic_write_bytes(self._entry_file(entry.key, entry.trace_id), data)  # makes the dir
 
     def delete_entry(self, key: str, trace_id: str) -> None:
-        path = os.path.join(self._entry_dir(key), _check_name("trace id", trace_id) + ".json")
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+            os.unlink(self._entry_file(key, trace_id))
 
-    def iter_entries(self) -> Iterator[tuple[str, dict]]:
+    def iter_entries(self) -> Iterator[Entry]:
         for shard in _listdir(self._entries):
             for key in _listdir(os.path.join(self._entries, shard)):
                 if _NAME_RE.match(key):
-                    for entry in self.get_entries(key):
-                        yield key, entry
+                    yield from self.get_entries(key)
+
+    def _head_file(self, name: str) -> str:
+        check_name("head name", name)
+        return os.path.join(str(self.root), "refs", name[:2], name + ".json")
+
+    def get_head(self, name: str, *, label: str = "") -> Head | None:
+        path = self._head_file(name)
+        data = self._read(path)
+        return None if data is None else self._parse_head(data, path, label)
+
+    def put_head(self, name: str, head: Head) -> None:
+        atomic_write_bytes(self._head_file(name), json.dumps(head.to_json(), separators=(",", ":")).encode())
+
+    def _read(self, path: str) -> bytes | None:
+        """A record's bytes, or None when it is absent (deleted since a listing is not damage) or
+        unreadable (warned once: a record that cannot be read is a miss)."""
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if path not in self._warned:
+                self._warned.add(path)
+                log.warning("skipping unreadable cache record %s: %s; treated as a cache miss", path, e)
+            return None
 
     # -- locks, staging ------------------------------------------------------------------------
-    def lock(self, key: str) -> NodeLock:
-        _check_name("node key", key)
-        lock_dir = self._ensure_dir(os.path.join(self._locks, key[:2]))  # re-created by the lock if gone
-        return _FileNodeLock(os.path.join(lock_dir, key + ".lock"))
+    def lock(self, name: str) -> NodeLock:
+        check_name("lock name", name)
+        lock_dir = self._ensure_dir(os.path.join(self._locks, name[:2]))  # re-created by the lock if gone
+        return FileNodeLock(os.path.join(lock_dir, name + ".lock"))
+
+    def stat_cache(self) -> hashing.StatCache:
+        if self._stat_cache is None:
+            self._stat_cache = hashing.StatCache(self.root / "stat-cache.json")
+        return self._stat_cache
 
     def new_staging_dir(self, prefix: str = "") -> Path:
         return Path(self._in_dir(self._tmp, tempfile.mkdtemp, "", prefix, self._tmp))
@@ -373,26 +331,3 @@ def _listdir(d: str) -> list[str]:
         return sorted(os.listdir(d))
     except FileNotFoundError:
         return []
-
-
-def _read_entry(path: str) -> dict | None:
-    """One entry file, or None (with a warning) if it cannot be used: a bad entry is a cache miss."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None  # deleted since the listing (delete_entry, gc): not damage
-    except OSError as e:
-        log.warning("skipping unreadable cache entry %s: %s", path, e)
-        return None
-    try:
-        entry = json.loads(data)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        log.warning("skipping corrupt cache entry %s: %s", path, e)
-        return None
-    if not isinstance(entry, dict):
-        log.warning("skipping corrupt cache entry %s: not a JSON object", path)
-        return None
-    return entry
-
-

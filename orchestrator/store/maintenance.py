@@ -35,12 +35,12 @@ def stats(store: Store) -> CacheStats:
         s.bytes += info.size
         sizes[info.hash] = info.size
     keys = set()
-    for key, entry in store.iter_entries():
-        keys.add(key)
+    for entry in store.iter_entries():
+        keys.add(entry.key)
         s.entries += 1
-        row = s.by_stage.setdefault(entry.get("stage", "?"), [0, 0])
+        row = s.by_stage.setdefault(entry.stage, [0, 0])
         row[0] += 1
-        row[1] += sum(sizes.get(o["object"]["hash"], 0) for o in entry.get("outputs", {}).values())
+        row[1] += sum(sizes.get(o.object.hash, 0) for o in entry.outputs.values())
     s.nodes = len(keys)
     return s
 
@@ -63,9 +63,9 @@ def verify(store: Store) -> VerifyReport:
             good.add(info.hash)
         except DamagedObjectError as e:
             report.damaged.append(str(e))
-    for key, entry in list(store.iter_entries()):
-        if any(o["object"]["hash"] not in good for o in entry.get("outputs", {}).values()):
-            store.delete_entry(key, entry["trace_id"])
+    for entry in list(store.iter_entries()):
+        if any(o.object.hash not in good for o in entry.outputs.values()):
+            store.delete_entry(entry.key, entry.trace_id)
             report.dropped_entries += 1
     return report
 
@@ -75,18 +75,18 @@ class GcReport:
     objects: int = 0
     bytes: int = 0
     staging: int = 0
-    scratch: int = 0
+    checkpoint_dirs: int = 0
     locks: int = 0
 
 
 def gc(store: Store, *, grace_s: float = 3600.0, staging_age_s: float = 86400.0,
-       scratch_age_s: float = 7 * 86400.0, dry: bool = False) -> GcReport:
+       checkpoint_age_s: float = 7 * 86400.0, dry: bool = False) -> GcReport:
     """Delete objects that no entry references (older than `grace_s`, so a run's fresh outputs whose
     entry is about to be written survive), staging leftovers and lock files of computed nodes older
     than `staging_age_s`, and the checkpoint directories of failed stages (record.checkpoint_dir)
-    untouched for `scratch_age_s`."""
+    untouched for `checkpoint_age_s`."""
     report = GcReport()
-    referenced = {o["object"]["hash"] for _, e in store.iter_entries() for o in e.get("outputs", {}).values()}
+    referenced = {o.object.hash for e in store.iter_entries() for o in e.outputs.values()}
     now = time.time()
     for info in list(store.iter_objects()):
         if info.hash in referenced or _age(store, info, now) < grace_s:
@@ -99,7 +99,7 @@ def gc(store: Store, *, grace_s: float = 3600.0, staging_age_s: float = 86400.0,
         report.locks = store.prune_locks(before=now - staging_age_s)
     if store.root is not None:
         report.staging = _remove_old(Path(store.root) / "tmp", now - staging_age_s, dry)
-        report.scratch = _remove_old(Path(store.root) / "scratch", now - scratch_age_s, dry)
+        report.checkpoint_dirs = _remove_old(Path(store.root) / "scratch", now - checkpoint_age_s, dry)
     return report
 
 

@@ -14,7 +14,9 @@ from typing import Iterator
 
 from .. import hashing
 from ..fsutil import atomic_write_bytes, make_readonly, rmtree_force
-from .base import (NodeLock, ObjectInfo, Store, _ThreadNodeLock, _check_info, _check_name, _created)
+from .base import Store
+from .entries import Entry, Head, ObjectInfo, check_name, check_object
+from .locks import NodeLock, ThreadNodeLock
 
 
 class MemoryStore(Store):
@@ -23,10 +25,11 @@ class MemoryStore(Store):
     dir or link), materialized read-only in a private temp dir when object_path is asked."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.root = None
         self._objects: dict[tuple[str, str], tuple[ObjectInfo, object]] = {}
         self._entries: dict[str, dict[str, str]] = {}
-        self._refs: dict[str, str] = {}
+        self._heads: dict[str, str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._tmpdir: str | None = None
@@ -39,14 +42,14 @@ class MemoryStore(Store):
             return self._tmpdir
 
     def _object_file(self, info: ObjectInfo) -> str:
-        _check_info(info)
+        check_object(info)
         return os.path.join(self._private_dir(), "objects", info.hash[:2], info.hash[2:] + info.ext)
 
     def ingest(self, path: Path, ext: str = "") -> ObjectInfo:
         src = os.fspath(path)
         kind, digest, size = hashing.hash_path(src)
         info = ObjectInfo(digest, size, kind, ext)
-        _check_info(info)
+        check_object(info)
         content = _read_file(src) if kind == "file" else _read_tree(src)
         rmtree_force(src)
         self._objects.setdefault((digest, ext), (info, content))
@@ -79,37 +82,36 @@ class MemoryStore(Store):
     def iter_objects(self) -> Iterator[ObjectInfo]:
         return iter([info for info, _ in list(self._objects.values())])
 
-    def get_entries(self, key: str) -> list[dict]:
-        texts = list(self._entries.get(_check_name("node key", key), {}).values())
-        return sorted((json.loads(t) for t in texts), key=_created, reverse=True)
+    def get_entry(self, key: str, trace_id: str, *, label: str = "") -> Entry | None:
+        text = self._entries.get(check_name("node key", key), {}).get(check_name("trace id", trace_id))
+        return None if text is None else self._parse_entry(text, f"memory:{key}/{trace_id}", key, trace_id, label)
 
-    def get_entry(self, key: str, trace_id: str) -> dict | None:
-        text = self._entries.get(_check_name("node key", key), {}).get(_check_name("trace id", trace_id))
-        return None if text is None else json.loads(text)
+    def get_entries(self, key: str, *, label: str = "") -> list[Entry]:
+        texts = list(self._entries.get(check_name("node key", key), {}).items())
+        entries = [self._parse_entry(text, f"memory:{key}/{tid}", key, tid, label) for tid, text in texts]
+        return sorted((e for e in entries if e is not None), key=lambda e: e.created, reverse=True)
 
-    def get_ref(self, name: str) -> dict | None:
-        text = self._refs.get(_check_name("ref name", name))
-        return None if text is None else json.loads(text)
-
-    def put_ref(self, name: str, value: dict) -> None:
-        self._refs[_check_name("ref name", name)] = json.dumps(value, separators=(",", ":"))
-
-    def put_entry(self, key: str, entry: dict) -> None:
-        name = _check_name("trace id", entry["trace_id"])
-        text = json.dumps(entry, separators=(",", ":"))  # fails like the disk store on bad values
-        self._entries.setdefault(_check_name("node key", key), {})[name] = text
+    def put_entry(self, entry: Entry) -> None:
+        text = json.dumps(entry.to_json(), separators=(",", ":"))  # fails like the disk store on bad values
+        self._entries.setdefault(check_name("node key", entry.key), {})[check_name("trace id", entry.trace_id)] = text
 
     def delete_entry(self, key: str, trace_id: str) -> None:
-        self._entries.get(_check_name("node key", key), {}).pop(_check_name("trace id", trace_id), None)
+        self._entries.get(check_name("node key", key), {}).pop(check_name("trace id", trace_id), None)
 
-    def iter_entries(self) -> Iterator[tuple[str, dict]]:
+    def iter_entries(self) -> Iterator[Entry]:
         for key in sorted(self._entries):
-            for entry in self.get_entries(key):
-                yield key, entry
+            yield from self.get_entries(key)
 
-    def lock(self, key: str) -> NodeLock:
+    def get_head(self, name: str, *, label: str = "") -> Head | None:
+        text = self._heads.get(check_name("head name", name))
+        return None if text is None else self._parse_head(text, f"memory:head/{name}", label)
+
+    def put_head(self, name: str, head: Head) -> None:
+        self._heads[check_name("head name", name)] = json.dumps(head.to_json(), separators=(",", ":"))
+
+    def lock(self, name: str) -> NodeLock:
         with self._guard:
-            return _ThreadNodeLock(self._locks.setdefault(_check_name("node key", key), threading.Lock()))
+            return ThreadNodeLock(self._locks.setdefault(check_name("lock name", name), threading.Lock()))
 
     def new_staging_dir(self, prefix: str = "") -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self._tmp_root()))

@@ -1,0 +1,110 @@
+"""The key scheme: how every name orch keeps in the store is derived. The planner, the executors and
+the lock scopes all derive names here, and golden digests pin each derivation (tests/test_keys.py):
+changing one re-keys every user's cache, so it is a deliberate bump of KEY_VERSION, never a side
+effect.
+
+A node is looked up in two steps. Its *key* covers what is known before the stage runs: the stage's
+id and version, its code fingerprint, the hash of its declaration, the content hashes of its inputs
+(and, for an aggregate, the parameter sets it covers). Under a key, *entries* are named by a *trace
+id*: which parameters and tracked files the stage read (the signature) and the values it saw. An
+entry is a hit only while every recorded read still has its recorded value (`check_trace`), so a
+parameter the stage never reads never re-runs it, and one it reads always does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from ..hashing import hash_value
+from ..params import MISSING, is_ignored
+from ..store.entries import Entry, KeyComponents
+
+#: Versions the node key derivation. Bumping it makes every existing entry a miss (never an error).
+KEY_VERSION = "orch-node-v1"
+#: Hex chars of a trace id's signature part (64 bits). It tells apart the few different *sets* of
+#: reads one key has (usually one); the values part below carries the uniqueness.
+SIGNATURE_CHARS = 16
+#: Hex chars of a trace id's values part (160 bits): an entry file is opened by this name, so two
+#: different traces must never share it.
+TRACE_VALUE_CHARS = 40
+#: Hex chars added to a key to name a lock scope (80 bits): a collision would only make two
+#: computations wait for each other, never share a result.
+SCOPE_CHARS = 20
+#: Hex chars of a node's checkpoint directory name (128 bits).
+CHECKPOINT_NAME_CHARS = 32
+
+
+def node_key(c: KeyComponents) -> str:
+    """The key of a node: the static components hashed once, then the inputs by name."""
+    static = [("code", c.code), ("decl", c.decl), ("stage", c.stage), ("version", c.version)]
+    if c.sets is not None:
+        static.append(("sets", list(c.sets)))
+    static.sort()
+    return hash_value((KEY_VERSION, hash_value(static), sorted(c.inputs.items())))
+
+
+def head_key(stage_id: str, set_name: str) -> str:
+    """Where the latest key of (stage, parameter set) is remembered, to explain a later miss."""
+    return hash_value(("head", stage_id, set_name))
+
+
+def read_value_hash(value: Any) -> str:
+    """The hash recorded for one parameter read; absence (MISSING) is tagged, never confused with a
+    value, so `params.get("x", 0)` re-runs once x is added."""
+    if value is MISSING:
+        return hash_value(("missing",))
+    return hash_value(("value", value))
+
+
+def trace_signature(read_paths: Iterable[str], file_names: Iterable[str]) -> str:
+    """Which parameters and files were read (not their values)."""
+    return hash_value(("reads", sorted(read_paths), sorted(file_names)))[:SIGNATURE_CHARS]
+
+
+def trace_id(read_hashes: dict[str, str], file_hashes: dict[str, str]) -> str:
+    """Name of an entry: "<signature>-<values>". A lookup that knows a stage's usual reads predicts
+    the name of a matching entry from the current values and opens it directly, instead of reading
+    every entry of the key."""
+    values = hash_value(("trace", sorted(read_hashes.items()), sorted(file_hashes.items())))
+    return f"{trace_signature(read_hashes, file_hashes)}-{values[:TRACE_VALUE_CHARS]}"
+
+
+def signature_of(trace: str) -> str:
+    return trace.split("-", 1)[0]
+
+
+def lock_scope_name(key: str, read_hashes: list[tuple[str, str]]) -> str:
+    """A lock name: the key plus the hashes of the parameter values the stage visibly reads (see
+    core.lockscope for why)."""
+    return f"{key}.{hash_value(('scope', read_hashes))[:SCOPE_CHARS]}"
+
+
+def checkpoint_dir_name(key: str | None, stage_ref: tuple[str, str], set_name: str, params: dict) -> str:
+    """Same node, same name across runs: the key (code, version, inputs) and the whole parameter set
+    (what the stage will read is unknown before it runs, so every parameter counts)."""
+    return hash_value(("scratch", key or list(stage_ref), set_name, params))[:CHECKPOINT_NAME_CHARS]
+
+
+def check_trace(entry: Entry, ignore: tuple[str, ...], read_hash: Callable[[str], str],
+                value_now: Callable[[str], Any], file_hash: Callable[[str], str | None]) -> str | None:
+    """None when every read recorded in `entry` still has its recorded value; else a sentence naming
+    the first that changed. `read_hash(path)` / `value_now(path)` give the current hash and value of
+    a parameter, `file_hash(name)` a tracked file's current content hash (None if it is gone)."""
+    for path, read in entry.reads.items():
+        if is_ignored(path, ignore):
+            continue
+        if read_hash(path) != read.hash:
+            return f"parameter {path or '<all>'} changed: {shown(read.shown)} -> {shown(value_now(path))}"
+    for name, digest in entry.files.items():
+        now = file_hash(name)
+        if now != digest:
+            return f"file {name} changed" if now else f"file {name} is gone"
+    return None
+
+
+def shown(v: Any) -> str:
+    """A parameter value in a sentence: short, and absence said as such."""
+    if v is MISSING or v == "<missing>":
+        return "<missing>"
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
