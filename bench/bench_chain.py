@@ -1,6 +1,6 @@
 """Cached re-run of a chain of 200 stages (whole process), first run, and per-stage overhead.
 
-Goal (DESIGN.md): fully cached 200-stage chain <= 0.2 s; orch overhead per executed stage <= 1 ms.
+Goal: fully cached 200-stage chain <= 0.2 s; orch overhead per executed stage <= 1 ms.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Hashing throughput of large artifacts (hashing.hash_file), and the stat cache that skips it.
 
-Goal (DESIGN.md): >= 1 GB/s per core, streamed in chunks, unchanged files never re-hashed.
+Goal: >= 1 GB/s per core, streamed in chunks, unchanged files never re-hashed.
 `python bench/bench_hashing.py [SIZE_GB] [--write]` prints the figures; --write also replaces the
 "Hashing" section of BENCHMARKS.md.
 """

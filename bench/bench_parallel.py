@@ -6,7 +6,7 @@ reports it (loading, planning, scheduling, all stages, manifest).
 The stage reads its parameter and has no inputs, so all 8 nodes share one cache key and differ only
 in their trace: the case where a key-wide lock would serialize them (see orchestrator/lockscope.py).
 
-Goal (DESIGN.md): >= 3.5x for both (curifactory: 2.7x with 4 processes, no MPI).
+Goal: >= 3.5x for both (curifactory: 2.7x with 4 processes, no MPI).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """10,000 nodes (100 parameter sets x 100 chained stages): first run and fully cached re-run,
 wall time and peak RSS of the whole `orch run` process.
 
-Goal (DESIGN.md): first <= 15 s, cached <= 1.5 s, <= 500 MB; the run's HTML report (written at the end
+Goal: first <= 15 s, cached <= 1.5 s, <= 500 MB; the run's HTML report (written at the end
 of every run, timed here on its own) well under a second.
 """
 

@@ -75,8 +75,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, parallel):
     """Run EXPERIMENT (an experiment.py) for every parameter set, from the cache where possible."""
     from . import session
-    from .runs.console import Console
     from .executors.launch import detect_launch
+    from .runs.console import Console
 
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                               cache=cache, overwrite=overwrite, overwrite_stages=list(overwrite_stages),
@@ -138,6 +138,7 @@ def cache_option(f):
 def why(experiment, params, overrides, run_id, stage, param_set, cache):
     """Why nodes run: with EXPERIMENT, what the next run would do and why (nothing runs); without it,
     why the nodes of a past run ran (--run, default the latest)."""
+    from .core.status import Status
     from .runs.console import print_why
 
     if experiment is not None:
@@ -147,7 +148,7 @@ def why(experiment, params, overrides, run_id, stage, param_set, cache):
                                   cache=cache, dry=True)
         result = session.run_experiment(opts)
         rows = [{"stage": o.node.stage.name, "param_set": o.node.set_name, "status": o.status, "reason": o.reason}
-                for o in result.outcomes if o.status != "cached"
+                for o in result.outcomes if o.status != Status.CACHED
                 and (not stage or o.node.stage.name == stage) and (not param_set or o.node.set_name == param_set)]
         print_why(rows, f"{len(result.outcomes)} nodes planned")
         return
@@ -224,9 +225,10 @@ def graph(experiment, params, overrides, fmt, output, stages, cache):
     """Draw the DAG the next run of EXPERIMENT would execute, coloured cached / will run / pending
     (plans only: nothing runs)."""
     from . import session
+    from .core.status import Status
     from .runs.drawing import format_of, render
-    from .runs.report import write_file
     from .runs.manifest import node_row
+    from .runs.report import write_file
 
     fmt = fmt or format_of(output)
     if output == "-" and fmt == "png":
@@ -241,8 +243,8 @@ def graph(experiment, params, overrides, fmt, output, stages, cache):
     path = Path(output or f"dag.{fmt}")
     write_file(path, data)
     c = result.counts()
-    click.echo(f"{path}: {len(result.outcomes)} nodes, {c.get('run', 0)} to run, {c.get('pending', 0)} pending, "
-               f"{c.get('cached', 0)} cached")
+    click.echo(f"{path}: {len(result.outcomes)} nodes, {c.get(Status.RUN, 0)} to run, {c.get(Status.PENDING, 0)} "
+               f"pending, {c.get(Status.CACHED, 0)} cached")
 
 
 @main.group(cls=Group)

@@ -54,10 +54,6 @@ class StageOutputError(OrchError):
     """A stage returned the wrong number of outputs or an output its cacher cannot save."""
 
 
-class StageFailedError(OrchError):
-    """A stage raised; carries the stage, parameter set and the original exception."""
-
-
 class ExternalCommandError(OrchError):
     """An external command (run_external) failed, timed out or could not start.
 

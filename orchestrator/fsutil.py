@@ -53,11 +53,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """UTF-8 text version of atomic_write_bytes."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
     """Compact JSON, serialized before any file is created so that a bad object leaves nothing behind."""
     atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode("utf-8"))

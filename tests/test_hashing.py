@@ -20,17 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import hashing
-from orchestrator.hashing import fingerprints, statcache
 from orchestrator.hashing import (
     Fingerprinter,
     StatCache,
     encode,
+    fingerprints,
     hash_bytes,
     hash_dir,
     hash_file,
     hash_path,
     hash_value,
+    statcache,
 )
 
 PAST_NS = 1_600_000_000 * 10**9  # an mtime far from "now": never racy for the stat cache

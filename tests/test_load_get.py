@@ -10,7 +10,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import pipeline
 
 BASE = ("run", "experiment.py", "--params", "params/base.yaml")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from orchestrator.store.maintenance import gc, stats, verify
 from orchestrator.store import DiskStore, Entry, KeyComponents, MemoryStore, StoredOutput
+from orchestrator.store.maintenance import gc, stats, verify
 
 KEY = "ab" + "0" * 62
 

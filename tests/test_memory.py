@@ -1,5 +1,5 @@
 """Bounded memory: an artifact lives only until its last consumer in the run has finished, and a
-cached artifact is never loaded unless a running stage consumes it (DESIGN: chain of 10 x 200 MB
+cached artifact is never loaded unless a running stage consumes it (BENCHMARKS.md: chain of 10 x 200 MB
 arrays under 600 MB peak RSS; curifactory holds all of them, 2.36 GB)."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ORCH
 
 MB = 1024 * 1024

@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from test_parallel import (SWEEP8, check_sweep_result, failing_sweep_project, plain_counts, rank_counts,
-                           sweep_project)
+from test_parallel import SWEEP8, check_sweep_result, failing_sweep_project, plain_counts, rank_counts, sweep_project
 
 pytest.importorskip("mpi4py")
 _local = Path(sys.executable).with_name("mpiexec")

@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ORCH
 
 SWEEP8 = ("run", "experiment.py", "--params", "params/sweep8.yaml")

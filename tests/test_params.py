@@ -7,8 +7,7 @@ import textwrap
 import pytest
 
 from orchestrator.errors import ParamsError, UnknownParameterError
-from orchestrator.params import (MISSING, ParamSet, TrackedParams, is_ignored, load_params, resolve,
-                                 traced_value)
+from orchestrator.params import MISSING, ParamSet, TrackedParams, is_ignored, load_params, resolve, traced_value
 
 
 def write(tmp_path, name, text):

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator import PickleCacher, stage
-from orchestrator.executors.base import InProcessExecutor
 from orchestrator.core.graph import Graph
-from orchestrator.hashing import Fingerprinter
-from orchestrator.params import ParamSet
 from orchestrator.core.plan import PlanContext, forced_nodes, plan
 from orchestrator.core.status import Status
+from orchestrator.executors.base import InProcessExecutor
+from orchestrator.hashing import Fingerprinter
+from orchestrator.params import ParamSet
 
 CACHED, PENDING, RUN = Status.CACHED, Status.PENDING, Status.RUN
 from orchestrator.core.runner import Runner
@@ -183,7 +183,6 @@ def test_damaged_input_whose_producer_cannot_be_recomputed_fails_clearly(tmp_pat
     g = _graph({"a": {"k": 1}}, _mem_pipeline)
     _, first, _ = _run(store, g)
     entry = first[1].entry
-    from orchestrator.store import ObjectInfo
 
     info = entry.outputs["data"].object
     path = store.object_path(info, verify=False)

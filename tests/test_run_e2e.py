@@ -282,3 +282,47 @@ def test_damaged_object_is_a_miss_with_a_warning_never_a_wrong_value(project):
     scores = [n for n in project.manifest()["nodes"] if n["stage"] == "evaluate"]
     assert scores[0]["status"] == "ran"
     assert "damaged" in (proc.stdout + proc.stderr).lower()
+
+
+def _entry_of(project, stage: str):
+    """The entry file of `stage` in the cache (the pipeline has one entry per stage)."""
+    for path in (project.root / ".orch" / "entries").rglob("*.json"):
+        if json.loads(path.read_text())["stage"].endswith(":" + stage):
+            return path
+    raise AssertionError(f"no entry of {stage}")
+
+
+def test_a_malformed_entry_is_a_miss_with_one_warning_and_is_replaced(project):
+    """Valid JSON without "outputs" (a bad copy, a hand edit, another orch version) must neither crash
+    planning nor be trusted: the node re-runs, once, and its rewritten entry is used again."""
+    pipeline(project)
+    project.orch(*BASE)
+    path = _entry_of(project, "train")
+    entry = json.loads(path.read_text())
+    del entry["outputs"]
+    path.chmod(0o644)
+    path.write_text(json.dumps(entry))
+    project.reset_counts()
+    second = project.orch(*BASE)
+    assert project.counts() == {"train": 1}  # train re-ran; evaluate got identical bytes: early cutoff
+    warnings = [line for line in second.stderr.splitlines() if "malformed" in line]
+    assert len(warnings) == 1 and "train[base]" in warnings[0] and "cache miss" in warnings[0], second.stderr
+    assert project.statuses()[("evaluate", "base")] == "cached"
+    assert "outputs" in json.loads(path.read_text())  # the node's own entry is whole again
+    third = project.orch(*BASE)
+    assert "3 cached" in third.stdout and "malformed" not in third.stderr
+
+
+def test_a_truncated_entry_and_a_damaged_head_are_misses_not_crashes(project):
+    pipeline(project)
+    project.orch(*BASE)
+    path = _entry_of(project, "make_data")
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:40])
+    for head in (project.root / ".orch" / "refs").rglob("*.json"):
+        head.write_text('{"key": 3}')
+    project.reset_counts()
+    second = project.orch(*BASE)
+    assert project.counts() == {"make_data": 1}
+    assert "never ran for this parameter set" in second.stdout  # an unreadable head explains nothing
+    assert "Traceback" not in second.stderr

@@ -17,9 +17,8 @@ import pytest
 
 from orchestrator import hashing
 from orchestrator.errors import DamagedObjectError, StoreError
-from orchestrator.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, make_readonly, rmtree_force
-from orchestrator.store import (DiskStore, Entry, Head, KeyComponents, MemoryStore, ObjectInfo, Read, Store,
-                                StoredOutput)
+from orchestrator.fsutil import atomic_write_bytes, atomic_write_json, make_readonly, rmtree_force
+from orchestrator.store import DiskStore, Entry, Head, KeyComponents, MemoryStore, ObjectInfo, Read, Store, StoredOutput
 
 KEY = "ab" + "c" * 62
 
@@ -587,7 +586,7 @@ def test_directories_removed_behind_our_back_are_remade(disk, tmp_path):
 
 def test_atomic_writes(tmp_path):
     atomic_write_bytes(tmp_path / "new" / "dir" / "a.bin", b"\x00\x01")
-    atomic_write_text(tmp_path / "b.txt", "héllo")
+    atomic_write_bytes(tmp_path / "b.txt", "héllo".encode())
     atomic_write_json(tmp_path / "c.json", {"b": 1, "a": [1, 2]})
     atomic_write_json(tmp_path / "c.json", {"z": None})  # replaces
     assert (tmp_path / "new" / "dir" / "a.bin").read_bytes() == b"\x00\x01"

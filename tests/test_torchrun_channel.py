@@ -7,8 +7,8 @@ import pickle
 import threading
 import time
 
-from orchestrator.executors.torchrun import Channel
 from orchestrator.executors.task import TaskResult
+from orchestrator.executors.torchrun import Channel
 
 
 def _leftover(path) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..cachers import Cacher
-from ..errors import (ArtifactLoadError, ArtifactNotFoundError, DamagedObjectError, OrchError, ParamSetNotFoundError)
+from ..core.status import Status
+from ..errors import ArtifactLoadError, ArtifactNotFoundError, DamagedObjectError, OrchError, ParamSetNotFoundError
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _find_node(manifest: dict, name: str, param_set: str | None, run_id: str) ->
 
 def _missing(name: str, run_id: str, nodes: list[dict], param_set: str | None, known: list[str]) -> str:
     where = f"run {run_id}" + (f" [{param_set}]" if param_set else "")
-    failed = [n for n in nodes if n["status"] in ("failed", "skipped") and (param_set is None or n["param_set"] == param_set)]
+    failed = [n for n in nodes if n["status"] in (Status.FAILED, Status.SKIPPED) and (param_set is None or n["param_set"] == param_set)]
     msg = f"no stored artifact {name!r} in {where}; stored artifacts: {', '.join(known) or 'none'}"
     if failed:
         msg += f" (not produced: {', '.join(sorted({n['stage'] + ' ' + n['status'] for n in failed}))})"

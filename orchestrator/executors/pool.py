@@ -11,6 +11,7 @@ from .base import Executor
 from .task import Task, TaskResult
 from .worker import WorkerConfig, decode_result, encode_task, init_worker, run_encoded
 
+
 def _threads_in_this_process() -> int | None:
     """Every thread, native ones included (OpenMP pools, CUDA, library helpers); None if unknown."""
     try:

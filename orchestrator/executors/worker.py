@@ -57,8 +57,8 @@ def init_worker(config: WorkerConfig, where: str = "") -> None:
     about it, e.g. an experiment directory that is not on a cluster node's shared filesystem."""
     import faulthandler
 
-    from ..errors import OrchError
     from ..core.experiment import load_experiment
+    from ..errors import OrchError
     from ..store import DiskStore
 
     faulthandler.enable()  # a crash in native code prints the Python stack of the node that caused it

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..core.status import Status
+
 
 class Console:
     def __init__(self, debug: bool = False, quiet: bool = False):
@@ -11,7 +13,7 @@ class Console:
         self.quiet = quiet
 
     def node_done(self, o) -> None:
-        if o.status == "failed":
+        if o.status == Status.FAILED:
             click.echo(f"FAILED  {o.node.stage.name} [{o.node.set_name}] after {o.duration:.2f}s: "
                        f"{o.error_type}: {o.error}", err=True)
             if self.debug and o.traceback:
@@ -20,11 +22,11 @@ class Console:
         if self.quiet:
             return
         line = f"{o.status:<8}{o.node.stage.name} [{o.node.set_name}]"
-        if o.status == "ran":
+        if o.status == Status.RAN:
             line += f" {o.duration:.2f}s" + (f"  ({o.reason})" if o.reason else "")
-        elif o.status == "skipped":
+        elif o.status == Status.SKIPPED:
             line += f"  (upstream {o.skipped_because} failed)"
-        elif o.status == "cached" and o.reason:
+        elif o.status == Status.CACHED and o.reason:
             line += f"  ({o.reason})"
         click.echo(line)
 
@@ -39,11 +41,11 @@ class Console:
                 click.echo(f"  {o.status:<8}{o.node.stage.name}{reason}")
         c = result.counts()
         click.echo(f"dry run: {c.get('run', 0)} to run, {c.get('pending', 0)} pending on upstream, "
-                   f"{c.get('cached', 0)} cached")
+                   f"{c.get(Status.CACHED, 0)} cached")
 
     def summary(self, result) -> None:
         c = result.counts()
-        parts = [f"{c.get(k, 0)} {k}" for k in ("ran", "cached", "failed", "skipped") if c.get(k)]
+        parts = [f"{c.get(k, 0)} {k}" for k in (Status.RAN, Status.CACHED, Status.FAILED, Status.SKIPPED) if c.get(k)]
         click.echo(f"{len(result.outcomes)} nodes: {', '.join(parts) or 'nothing to do'} "
                    f"in {result.seconds:.2f}s; run {result.run_id}")
         for o in result.failed:
@@ -78,7 +80,7 @@ def print_run(m: dict) -> None:
     for n in m.get("nodes", []):
         outs = ", ".join(f"{k}={v[:10]}" for k, v in n.get("outputs", {}).items())
         click.echo(f"  {n['status']:<8}{n['stage']} [{n['param_set']}] {n.get('duration_s', 0):.2f}s  {outs}"
-                   + (f"  ({n['reason']})" if n.get("reason") and n["status"] != "cached" else ""))
+                   + (f"  ({n['reason']})" if n.get("reason") and n["status"] != Status.CACHED else ""))
 
 
 def print_cache_stats(root, s) -> None:

@@ -14,22 +14,24 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
+from ..core.status import Status
+
 NODE_LIMIT = 60  # up to this many nodes every node is drawn; above it, one box per stage
 DRAW_LIMIT = 3000  # boxes: beyond this a picture is no longer readable (nor cheap); none is drawn
 
 # status -> (fill, stroke); past runs: ran/cached/failed/skipped; plans: run/pending/cached
 COLOURS = {
-    "failed": ("#fde0de", "#d0342c"),
-    "ran": ("#dcf3e3", "#2e9e5b"),
-    "run": ("#fff0d2", "#dd8f0b"),
-    "pending": ("#fdf8e6", "#c4a239"),
-    "skipped": ("#f1f1f1", "#9a9a9a"),
-    "cached": ("#e7edf5", "#6f849e"),
+    Status.FAILED: ("#fde0de", "#d0342c"),
+    Status.RAN: ("#dcf3e3", "#2e9e5b"),
+    Status.RUN: ("#fff0d2", "#dd8f0b"),
+    Status.PENDING: ("#fdf8e6", "#c4a239"),
+    Status.SKIPPED: ("#f1f1f1", "#9a9a9a"),
+    Status.CACHED: ("#e7edf5", "#6f849e"),
 }
 UNKNOWN = ("#ffffff", "#999999")
 STATUS_ORDER = tuple(COLOURS)  # also the order of precedence for a stage box's colour
-DASHED = {"skipped", "pending"}
-LABELS = {"run": "will run", "pending": "pending on upstream"}
+DASHED = {Status.SKIPPED, Status.PENDING}
+LABELS = {Status.RUN: "will run", Status.PENDING: "pending on upstream"}
 
 _CHAR_W, _SUB_W = 7.3, 6.7  # px per character of the 12 px / 11 px monospace labels
 _BOX_H, _STAGE_BOX_H, _GAP_X, _GAP_Y, _GAP_WAYPOINT, _MARGIN, _LEGEND_H = 38, 46, 56, 14, 8, 16, 26

@@ -14,6 +14,7 @@ from datetime import datetime
 from html import escape
 from pathlib import Path
 
+from ..core.status import Status
 from . import drawing
 
 ROWS_PER_STATUS = 200  # node-table rows per status, over the whole report
@@ -103,7 +104,7 @@ def _dag(nodes: list[dict]) -> str:
 
 
 def _failures(nodes: list[dict]) -> str:
-    failed = [n for n in nodes if n.get("status") == "failed"]
+    failed = [n for n in nodes if n.get("status") == Status.FAILED]
     if not failed:
         return ""
     out = [f'<section id="failures"><h2>Failures <span class="count">{len(failed)}</span></h2>']
@@ -124,7 +125,7 @@ def _failures(nodes: list[dict]) -> str:
                    + (f'<p class="note">… and {more:,} more.</p>' if more > 0 else ""))
     skipped: dict[str, int] = {}
     for n in nodes:
-        if n.get("status") == "skipped":
+        if n.get("status") == Status.SKIPPED:
             cause = n.get("skipped_because") or "?"
             skipped[cause] = skipped.get(cause, 0) + 1
     if skipped:
@@ -176,7 +177,7 @@ def _node_tables(nodes: list[dict]) -> str:
             shown[status] = shown.get(status, 0) + 1
             rows.append(_node_row(n))
         left_out = len(members) - len(rows)
-        is_open = " open" if len(nodes) <= 100 or counts.get("failed") else ""
+        is_open = " open" if len(nodes) <= 100 or counts.get(Status.FAILED) else ""
         body.append(f'<details{is_open}><summary><span class="set">{escape(set_name)}</span> &nbsp; '
                     f"{_plural(len(members), 'node')} &nbsp; {_chips(counts)}</summary>")
         if rows:
@@ -196,9 +197,9 @@ def _node_tables(nodes: list[dict]) -> str:
 def _node_row(n: dict) -> str:
     status = n.get("status", "")
     reason = n.get("reason") or ""
-    if status == "skipped":
+    if status == Status.SKIPPED:
         reason = f"upstream {n.get('skipped_because', '?')} failed"
-    elif status == "failed":
+    elif status == Status.FAILED:
         reason = f"{reason}; {n.get('error', '')}" if reason else n.get("error", "")
     outs = "<br>".join(f'{escape(name)}=<code title="{escape(h)}">{escape(h[:10])}</code>'
                        for name, h in (n.get("outputs") or {}).items())
@@ -315,7 +316,7 @@ def _when(stamp) -> str:
 
 def _status_css() -> str:
     rules = [f".st-{s}{{background:{fill};border-color:{stroke}}}" for s, (fill, stroke) in drawing.COLOURS.items()]
-    ok, bad = drawing.COLOURS["ran"], drawing.COLOURS["failed"]
+    ok, bad = drawing.COLOURS[Status.RAN], drawing.COLOURS[Status.FAILED]
     rules += [f".st-ok{{background:{ok[0]};border-color:{ok[1]}}}", ".st-running{background:#fff0d2;border-color:#dd8f0b}",
               f".badge.st-failed{{background:{bad[1]};color:#fff}}", f".badge.st-ok{{background:{ok[1]};color:#fff}}"]
     return "".join(rules)
