@@ -1,4 +1,6 @@
-"""orch: a cached DAG experiment orchestrator. Public API only; importing this is cheap."""
+"""orch: a cached DAG experiment orchestrator. Public API only; importing this is cheap.
+
+How the package is organized: ARCHITECTURE.md at the repository root."""
 
 from .cachers import Cacher, CheckpointCacher, FileReferenceCacher, JsonCacher, Lazy, NumpyCacher, PickleCacher
 from .errors import OrchError

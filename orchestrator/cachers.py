@@ -9,7 +9,8 @@ entry, so `orchestrator.load()` can rebuild the cacher of a past run (`from_conf
 Writing a custom cacher: subclass `Cacher`, set `extension`, implement save/load, and if it takes
 constructor arguments return them as a dict from `config()` (that dict must rebuild it:
 `cls(**config)`). A cacher that does not write a new file — FileReferenceCacher moves or references
-files the stage already made — overrides `prepare()` instead of `save()`.
+files the stage already made — overrides `prepare()` instead of `save()`. (ARCHITECTURE.md: where a
+new cacher goes.)
 
 The built-in cachers are defined in this module on purpose: a cacher's identity is
 "module:QualName" + config, recorded in every entry and hashed into every key, so these classes keep

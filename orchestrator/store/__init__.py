@@ -3,7 +3,8 @@ trace), head records, node locks, and the housekeeping behind `orch cache`.
 
 `Store` (base.py) is the interface the planner, runner and executors code against; `DiskStore`
 (disk.py) is the real thing and `MemoryStore` (memory.py) its in-memory twin for fast tests. One
-test suite runs against both (tests/test_store.py). What an entry is: entries.py.
+test suite runs against both (tests/test_store.py). What an entry is: entries.py. Where a new
+store goes: ARCHITECTURE.md.
 """
 
 from .base import Store
