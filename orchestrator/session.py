@@ -44,7 +44,7 @@ class RunResult:
     def counts(self) -> dict[str, int]:
         c: dict[str, int] = {}
         for o in self.outcomes:
-            c[str(o.status)] = c.get(str(o.status), 0) + 1
+            c[o.status.value] = c.get(o.status, 0) + 1
         return c
 
 

@@ -18,7 +18,8 @@ import pytest
 from orchestrator import hashing
 from orchestrator.errors import DamagedObjectError, StoreError
 from orchestrator.fsutil import atomic_write_bytes, atomic_write_json, make_readonly, rmtree_force
-from orchestrator.store import DiskStore, Entry, Head, KeyComponents, MemoryStore, ObjectInfo, Read, Store, StoredOutput
+from orchestrator.store import (DiskStore, Entry, EntryError, Head, KeyComponents, MemoryStore, ObjectInfo, Read, Store,
+                                StoredOutput)
 
 KEY = "ab" + "c" * 62
 
@@ -645,3 +646,38 @@ def test_heads_put_get_overwrite(store):
     assert store.get_head(name) == Head("b" * 64, 2.0, COMPONENTS)
     with pytest.raises(ValueError):
         store.put_head("../escape", Head("a" * 64, 1.0, COMPONENTS))
+
+
+def _leaf_paths(d, prefix=()):
+    for k, v in d.items():
+        yield prefix + (k,)
+        if isinstance(v, dict):
+            yield from _leaf_paths(v, prefix + (k,))
+
+
+def test_the_fast_entry_parser_accepts_exactly_what_the_checked_one_accepts():
+    """Every field of a valid entry replaced by values of other types, or removed: both parsers
+    must agree on every variant (the fast one may only ever refuse and defer)."""
+    from orchestrator.store.entries import _checked_entry, _fast_entry
+
+    good = entry("t", 1.0, outputs={"x": H1}, files={"a": H2},
+                 components=KeyComponents("m:agg", 3, "c" * 64, "d" * 64, {"x@a": H1}, ("a",))).to_json()
+    variants = [good]
+    for path in _leaf_paths(good):
+        variants.append(_without(good, *path))
+        for value in (None, 0, -1, True, 2.5, float("nan"), "", "x", "a" * 64, [], ["a", None], {}, {"h": "x"}):
+            variants.append(_with(good, value, *path))
+    agreed = 0
+    for v in variants:
+        try:
+            checked = _checked_entry(v)
+        except EntryError:
+            checked = None
+        try:
+            fast = _fast_entry(v)
+        except Exception:
+            fast = None
+        if fast is not None:
+            assert fast == checked, v
+        agreed += checked is not None
+    assert agreed > 10  # some variants are still valid entries (e.g. another version or a string size hint)

@@ -13,6 +13,7 @@ parameter the stage never reads never re-runs it, and one it reads always does.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable
 
 from ..hashing import hash_value
@@ -36,11 +37,17 @@ CHECKPOINT_NAME_CHARS = 32
 
 def node_key(c: KeyComponents) -> str:
     """The key of a node: the static components hashed once, then the inputs by name."""
-    static = [("code", c.code), ("decl", c.decl), ("stage", c.stage), ("version", c.version)]
-    if c.sets is not None:
-        static.append(("sets", list(c.sets)))
+    return hash_value((KEY_VERSION, _static_hash(c.stage, c.version, c.code, c.decl, c.sets), sorted(c.inputs.items())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _static_hash(stage: str, version, code: str, decl: str, sets: tuple | None) -> str:
+    """What every node of a stage shares (all its parameter sets): hashed once per stage."""
+    static = [("code", code), ("decl", decl), ("stage", stage), ("version", version)]
+    if sets is not None:
+        static.append(("sets", list(sets)))
     static.sort()
-    return hash_value((KEY_VERSION, hash_value(static), sorted(c.inputs.items())))
+    return hash_value(static)
 
 
 def head_key(stage_id: str, set_name: str) -> str:
@@ -65,8 +72,14 @@ def trace_id(read_hashes: dict[str, str], file_hashes: dict[str, str]) -> str:
     """Name of an entry: "<signature>-<values>". A lookup that knows a stage's usual reads predicts
     the name of a matching entry from the current values and opens it directly, instead of reading
     every entry of the key."""
-    values = hash_value(("trace", sorted(read_hashes.items()), sorted(file_hashes.items())))
-    return f"{trace_signature(read_hashes, file_hashes)}-{values[:TRACE_VALUE_CHARS]}"
+    return _trace_id(tuple(sorted(read_hashes.items())), tuple(sorted(file_hashes.items())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _trace_id(reads: tuple, files: tuple) -> str:
+    """Memoized: the nodes of a sweep that read the same values share one trace id."""
+    values = hash_value(("trace", list(reads), list(files)))
+    return f"{trace_signature([p for p, _ in reads], [f for f, _ in files])}-{values[:TRACE_VALUE_CHARS]}"
 
 
 def signature_of(trace: str) -> str:

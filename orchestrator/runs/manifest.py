@@ -67,7 +67,7 @@ def node_row(outcome) -> dict:
         "stage": node.stage.name,
         "stage_id": node.stage.id,
         "param_set": node.set_name,
-        "status": str(outcome.status),
+        "status": outcome.status.value,
         "key": outcome.key,
         "reason": outcome.reason,
         "duration_s": round(outcome.duration, 6),

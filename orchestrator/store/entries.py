@@ -162,24 +162,82 @@ class Entry:
 
     @classmethod
     def from_json(cls, d: Any) -> Entry:
-        """The entry `d` describes, or EntryError naming the first field that is wrong."""
-        d = _mapping(d, "entry")
-        _check_format(d)
-        reads = {}
-        for path, r in _mapping(d.get("reads"), "reads").items():
-            if not (isinstance(r, dict) and isinstance(r.get("h"), str)):
-                raise EntryError(f"reads[{path!r}] must be {{\"h\": hash, \"v\": value}}")
-            reads[path] = Read(r["h"], r.get("v"))
-        outputs = {name: StoredOutput.from_json(o, f"outputs[{name!r}]")
-                   for name, o in _mapping(d.get("outputs"), "outputs").items()}
-        return cls(
-            key=check_entry_name("key", _str(d, "key", "entry")),
-            trace_id=check_entry_name("trace_id", _str(d, "trace_id", "entry")),
-            stage=_str(d, "stage", "entry"), param_set=_str(d, "param_set", "entry"),
-            created=_number(d, "created"), components=KeyComponents.from_json(d.get("components")),
-            reads=reads, files=_str_map(d.get("files"), "files"), outputs=outputs,
-            duration_s=_number(d, "duration_s", default=0.0),
-        )
+        """The entry `d` describes, or EntryError naming the first field that is wrong.
+
+        Every cached node's lookup parses one entry, so well-formed entries take a fast path of
+        plain type checks; anything it does not accept goes through `_checked_entry`, which accepts
+        exactly the same entries and names what is wrong with the others."""
+        try:
+            return _fast_entry(d)
+        except (_NotFast, KeyError, TypeError, AttributeError, ValueError):
+            return _checked_entry(d)
+
+
+def _fast_entry(d: dict) -> Entry:
+    fmt = d.get("format", FORMAT)
+    key, trace, stage, pset, created = d["key"], d["trace_id"], d["stage"], d["param_set"], d["created"]
+    duration, files, reads_in, outs_in, c = d.get("duration_s", 0.0), d["files"], d["reads"], d["outputs"], d["components"]
+    if not (type(fmt) is int and fmt == FORMAT and type(key) is str and type(trace) is str and type(stage) is str
+            and type(pset) is str and type(created) in _NUMBERS and type(duration) in _NUMBERS
+            and math.isfinite(created) and math.isfinite(duration) and type(files) is dict
+            and type(reads_in) is dict and type(outs_in) is dict and type(c) is dict
+            and _NAME_RE.match(key) and _NAME_RE.match(trace)):
+        raise _NotFast
+    reads = {}
+    for path, r in reads_in.items():
+        h = r["h"]
+        if type(h) is not str:
+            raise _NotFast
+        reads[path] = Read(h, r.get("v"))
+    for v in files.values():
+        if type(v) is not str:
+            raise _NotFast
+    outputs = {}
+    for name, o in outs_in.items():
+        ob, cacher = o["object"], o["cacher"]
+        h, size, kind, ext = ob["hash"], ob["size"], ob["kind"], ob.get("ext", "")
+        if not (type(h) is str and type(size) is int and size >= 0 and kind in _KINDS and type(ext) is str
+                and type(cacher) is list and len(cacher) == 2 and type(cacher[0]) is str
+                and _HASH_RE.match(h) and _EXT_RE.match(ext)):
+            raise _NotFast
+        outputs[name] = StoredOutput(ObjectInfo(h, size, kind, ext), (cacher[0], cacher[1]), o.get("metadata"))
+    version, inputs, sets = c.get("version"), c["inputs"], c.get("sets")
+    cstage, code, decl = c["stage"], c["code"], c["decl"]
+    if not (type(cstage) is str and type(code) is str and type(decl) is str and type(inputs) is dict
+            and (version is None or isinstance(version, (str, int)))
+            and (sets is None or (type(sets) is list and all(type(x) is str for x in sets)))
+            and all(type(v) is str for v in inputs.values())):
+        raise _NotFast
+    components = KeyComponents(cstage, version, code, decl, inputs, tuple(sets) if sets is not None else None)
+    return Entry(key, trace, stage, pset, float(created), components, reads, files, outputs, float(duration))
+
+
+def _checked_entry(d: Any) -> Entry:
+    d = _mapping(d, "entry")
+    _check_format(d)
+    reads = {}
+    for path, r in _mapping(d.get("reads"), "reads").items():
+        if not (isinstance(r, dict) and isinstance(r.get("h"), str)):
+            raise EntryError(f"reads[{path!r}] must be {{\"h\": hash, \"v\": value}}")
+        reads[path] = Read(r["h"], r.get("v"))
+    outputs = {name: StoredOutput.from_json(o, f"outputs[{name!r}]")
+               for name, o in _mapping(d.get("outputs"), "outputs").items()}
+    return Entry(
+        key=check_entry_name("key", _str(d, "key", "entry")),
+        trace_id=check_entry_name("trace_id", _str(d, "trace_id", "entry")),
+        stage=_str(d, "stage", "entry"), param_set=_str(d, "param_set", "entry"),
+        created=_number(d, "created"), components=KeyComponents.from_json(d.get("components")),
+        reads=reads, files=_str_map(d.get("files"), "files"), outputs=outputs,
+        duration_s=_number(d, "duration_s", default=0.0),
+    )
+
+
+class _NotFast(Exception):
+    """Not for the fast path: let the checked one decide (and explain)."""
+
+
+_NUMBERS = (int, float)
+_KINDS = ("file", "dir")
 
 
 @dataclass(frozen=True, slots=True)
