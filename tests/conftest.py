@@ -7,13 +7,36 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pytest
 
 _SCRIPT = Path(sys.executable).with_name("orch")
 # The installed console script when there is one (what users run), else the module.
 ORCH = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "orchestrator.cli"]
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], state: str, timeout: float = 60.0,
+             detail: Callable[[], object] | None = None) -> T:
+    """Poll `condition` until it returns something truthy, and return that.
+
+    For a test that must act at a point another process reaches (a marker file, a line of output, a
+    lock being waited on): wait for that state, never for a guessed amount of time. `timeout` only
+    bounds a wait for a state that never comes; it is generous and no claim about speed. On timeout
+    the failure names `state` (and `detail()`, the state actually seen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            seen = f"; seen instead: {detail()!r}" if detail is not None else ""
+            raise AssertionError(f"gave up after {timeout:g}s waiting for {state}{seen}")
+        time.sleep(0.01)
 
 
 class Project:

@@ -107,6 +107,8 @@ def test_stage_files_move_into_the_store_and_consumers_get_stored_paths(project)
     assert Path(s["bundle"][1]).name == "a.txt"
     # nothing is left in the staging area, and the referenced file is not in the store
     assert not any((project.root / ".orch" / "tmp").iterdir())
+    stored = [p for p in (project.root / ".orch" / "objects").rglob("*") if p.is_file()]
+    assert b"A" in [p.read_bytes() for p in stored] and b"raw v1\n" not in [p.read_bytes() for p in stored]
     # fully cached the second time, and consumers still get the same paths
     project.reset_counts()
     (project.root / "seen.jsonl").unlink()

@@ -36,7 +36,7 @@ def test_missing_input_producer_names_stage_and_artifact(project):
         def run(record):
             train(record)
     ''')
-    _fails(project, *BASE, needles=("train", "'data'", "default" if False else "base"))
+    _fails(project, *BASE, needles=("train", "'data'", "base"))
 
 
 def test_unknown_parameter_read_names_parameter_and_set(project):
@@ -63,8 +63,11 @@ def test_wrong_number_of_outputs(project):
             two(record)
     ''')
     proc = _fails(project, "run", "experiment.py", needles=("two", "2 outputs", "returned int"))
-    assert not list((project.root / ".orch" / "objects").rglob("*.pkl")) if (project.root / ".orch" / "objects").exists() else True
     assert "a tuple of 2" in proc.stderr
+    cache = project.root / ".orch"
+    assert project.statuses() == {("two", "default"): "failed"}  # recorded in this cache...
+    assert list(cache.rglob("*.pkl")) == []  # ...which holds no output of it
+    assert list((cache / "entries").rglob("*.json")) == []
 
 
 def test_unpicklable_output_names_stage_and_artifact_and_leaves_nothing(project):
@@ -84,9 +87,10 @@ def test_unpicklable_output_names_stage_and_artifact_and_leaves_nothing(project)
     ''')
     _fails(project, "run", "experiment.py", needles=("make_lock", "'lock'", "PickleCacher"))
     cache = project.root / ".orch"
-    assert not (cache / "entries").exists() or not any((cache / "entries").rglob("*.json"))
-    leftovers = [p for p in (cache / "tmp").rglob("*") if p.is_file()] if (cache / "tmp").exists() else []
-    assert leftovers == []
+    assert project.statuses() == {("make_lock", "default"): "failed"}  # recorded in this cache...
+    assert list((cache / "entries").rglob("*.json")) == []  # ...which holds no entry
+    assert list(cache.rglob("*.pkl")) == []  # nor the output, stored or half-written
+    assert [p for p in (cache / "tmp").rglob("*") if p.is_file()] == []
 
 
 def test_stage_declaration_error_names_the_function(project):

@@ -7,12 +7,13 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from orchestrator import Record, run_external
 from orchestrator.errors import ExternalCommandError, OrchError
@@ -170,24 +171,45 @@ def test_killed_by_a_signal_is_reported(tmp_path):
 def test_timeout_kills_the_whole_process_group(tmp_path, monkeypatch):
     monkeypatch.setattr("orchestrator.executors.external.KILL_GRACE_S", 0.5)
     pid_file = tmp_path / "grandchild.pid"
+    grandchild_code = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\n"
+        "os.replace(sys.argv[1] + '.tmp', sys.argv[1])\n"
+        "time.sleep(600)\n"
+    )
     s = script(tmp_path, "hang.py", f"""
         import signal, subprocess, sys, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stubborn child: only SIGKILL stops it
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        open({str(pid_file)!r}, "w").write(str(child.pid))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stubborn, and so is its child: only SIGKILL stops them
         print("started", flush=True)
+        subprocess.Popen([sys.executable, "-c", {grandchild_code!r}, {str(pid_file)!r}])
         time.sleep(60)
     """)
-    t0 = time.monotonic()
+    real_popen = subprocess.Popen
+
+    class StartedPopen(real_popen):
+        """run_external's timeout is a proc.wait(timeout): its clock starts here once the whole group
+        is up ("started" printed, the grandchild ignoring SIGTERM and its pid written)."""
+
+        def wait(self, timeout=None):
+            if timeout is not None:
+                wait_for(pid_file.exists, "hang.py's grandchild to start and write its pid")
+            return super().wait(timeout)
+
+    monkeypatch.setattr(subprocess, "Popen", StartedPopen)
     with pytest.raises(ExternalCommandError, match=r"timed out after 2s; its process group was killed") as info:
         run_external([s], timeout=2, echo=False)
-    assert time.monotonic() - t0 < 15
+    monkeypatch.setattr(subprocess, "Popen", real_popen)
     assert info.value.timed_out and info.value.tail == ["started"]
     grandchild = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
-    while alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(grandchild), "the grandchild survived the timeout"
+    try:
+        # SIGTERM is ignored in the whole group: only the group's SIGKILL ends the grandchild (then reaped
+        # by its new parent); it would otherwise sleep on for 10 minutes
+        wait_for(lambda: not alive(grandchild), f"the grandchild (pid {grandchild}) to be gone", timeout=30)
+        assert not alive(grandchild), "the grandchild survived the timeout"
+    finally:
+        if alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------------- environment

@@ -3,21 +3,33 @@ nothing that had finished is done again."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import subprocess
 import time
 
-from conftest import ORCH
+from conftest import ORCH, wait_for
+
+from orchestrator.store import Entry
 
 CHAIN = '''
-import time
+import os, time
 from orchestrator import stage, PickleCacher
 from stages.counting import count
 
+def _hold(name):
+    """Stay in stage `name` until the test kills or interrupts this run (it waits for name-start first)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} was held for 120 s and the test never ended the run")
+
 def _step(name, x, record):
     count(name + "-start")
+    if os.environ.get("ORCH_TEST_HOLD") == name:
+        _hold(name)
     time.sleep(record.params.sleep)
     big = bytes(record.params.mb * 1024 * 1024)  # a save that takes a while
     count(name)
@@ -46,7 +58,7 @@ def final(record, x):
 '''
 
 
-def _project(project, sleep=0.3, mb=20):
+def _project(project, sleep=0.0, mb=20):
     project.write("stages/chain.py", CHAIN)
     project.write("experiment.py", '''
         from stages.chain import s0, s1, s2, s3, final
@@ -58,8 +70,12 @@ def _project(project, sleep=0.3, mb=20):
     return ("run", "experiment.py", "-p", "params/p.yaml")
 
 
-def _start(project, args):
+def _start(project, args, hold: str | None = None):
+    """`orch` in its own process group; with `hold`, that stage stays running until the test acts."""
     env = {**os.environ, "ORCH_COUNTS": str(project.counts_file)}
+    env.pop("ORCH_TEST_HOLD", None)
+    if hold:
+        env["ORCH_TEST_HOLD"] = hold
     return subprocess.Popen([*ORCH, *args], cwd=project.root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
@@ -69,20 +85,33 @@ def _kill(proc):
     proc.wait(timeout=10)
 
 
-def _wait_for(project, name, timeout=30):
-    deadline = time.monotonic() + timeout
-    while project.counts().get(name, 0) == 0:
-        assert time.monotonic() < deadline, f"{name} never ran: {project.counts()}"
-        time.sleep(0.01)
+def _wait_for_count(project, name: str) -> None:
+    """Wait until a stage body has reached the point where it counts `name`."""
+    wait_for(lambda: project.counts().get(name), f"the stage to count {name!r}", detail=project.counts)
+    assert project.counts()[name] >= 1
+
+
+def _flock_waits(waiter: int, holder: int) -> bool:
+    """/proc/locks shows process `waiter` blocked in flock on a file that process `holder` holds."""
+    held, awaited = set(), set()
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if fields[1] == "->":  # a blocked request: "N: -> FLOCK ADVISORY WRITE pid maj:min:inode ..."
+                if fields[2] == "FLOCK" and fields[5] == str(waiter):
+                    awaited.add(fields[6])
+            elif fields[1] == "FLOCK" and fields[4] == str(holder):
+                held.add(fields[5])
+    return bool(held & awaited)
 
 
 def test_kill_between_stages_then_rerun_redoes_nothing_finished(project):
-    args = _project(project, sleep=1.0)  # wide margin: the kill must land while s2 sleeps
-    proc = _start(project, args)
-    _wait_for(project, "s2-start")
+    args = _project(project)
+    proc = _start(project, args, hold="s2")
+    _wait_for_count(project, "s2-start")  # s2 is running (held there): the kill lands inside it
     _kill(proc)
     done_before = project.counts()
-    assert done_before.get("s1") == 1 and "s2" not in done_before
+    assert done_before == {"s0-start": 1, "s0": 1, "s1-start": 1, "s1": 1, "s2-start": 1}
     project.reset_counts()
     project.orch(*args)
     after = project.counts()
@@ -110,35 +139,51 @@ def test_kill_at_random_moments_never_corrupts_the_cache(project):
     import pickle
 
     assert pickle.loads(obj.read_bytes()) == 4
-    # every stored entry points at an intact object
-    verify = project.orch(*args)
-    assert "5 cached" in verify.stdout
-    leftovers = [p for p in (project.root / ".orch" / "entries").rglob("*") if p.name.startswith(".")]
-    assert leftovers == []  # an interrupted entry write never leaves a half-visible entry
+    again = project.orch(*args)
+    assert "5 nodes: 5 cached" in again.stdout
+    # every stored entry points at an intact object (verify exits 1 on any damage)
+    verify = project.orch("cache", "verify")
+    assert "0 damaged" in verify.stdout
+    # an interrupted entry write never leaves a half-visible entry: what a listing sees (temp files are
+    # hidden) is only ever a whole entry
+    visible = [p for p in (project.root / ".orch" / "entries").rglob("*.json") if not p.name.startswith(".")]
+    assert len(visible) == 5
+    for path in visible:
+        Entry.from_json(json.loads(path.read_bytes()))  # raises EntryError on a partial entry
 
 
 def test_kill_while_another_process_waits_on_the_node_lock(project):
     """The lock dies with its holder: a second run waiting on it takes over and completes."""
-    args = _project(project, sleep=1.0, mb=1)
-    first = _start(project, args)
-    _wait_for(project, "s0-start")
+    args = _project(project, mb=1)
+    first = _start(project, args, hold="s0")
+    _wait_for_count(project, "s0-start")  # first computes s0, under s0's node lock
     second = _start(project, args)
-    time.sleep(0.3)
-    _kill(first)
-    assert second.wait(timeout=60) == 0
+    try:
+        wait_for(lambda: _flock_waits(second.pid, first.pid), "the second run to block on a lock the first holds",
+                 detail=lambda: open("/proc/locks").read())
+        assert _flock_waits(second.pid, first.pid) and project.counts() == {"s0-start": 1}
+        _kill(first)
+        assert second.wait(timeout=60) == 0
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                _kill(proc)
     counts = project.counts()
+    assert counts["s0-start"] == 2 and counts["s0"] == 1  # the second run computed s0 itself, once
     assert counts["final"] == 1 and counts["s3"] == 1
 
 
 def test_ctrl_c_keeps_finished_work_and_records_the_interruption(project):
-    args = _project(project, sleep=0.6, mb=1)
-    proc = _start(project, args)
-    _wait_for(project, "s1-start")
+    args = _project(project, mb=1)
+    proc = _start(project, args, hold="s1")
+    _wait_for_count(project, "s1-start")  # s0 is done and s1 is running (held there)
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=30) != 0
     m = project.manifest()
     assert m["status"] == "interrupted"
-    assert {n["stage"]: n["status"] for n in m["nodes"]}["s0"] == "ran"
+    statuses = {n["stage"]: n["status"] for n in m["nodes"]}
+    assert statuses.pop("s0") == "ran"
+    assert not set(statuses.values()) & {"ran", "cached"}, statuses  # nothing after s0 claims to be done
     project.reset_counts()
     project.orch(*args)
     assert "s0" not in project.counts() and project.counts()["final"] == 1

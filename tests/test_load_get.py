@@ -66,7 +66,7 @@ def test_sweep_needs_a_param_set_and_lists_them(project):
     assert isinstance(ParamSetNotFoundError("x"), RunNotFoundError)
 
 
-def test_missing_run_and_artifact_list_what_exists(project, tmp_path):
+def test_missing_run_and_artifact_list_what_exists(project, tmp_path, monkeypatch):
     pipeline(project)
     from orchestrator import load
     from orchestrator.errors import ArtifactNotFoundError, RunNotFoundError
@@ -79,7 +79,7 @@ def test_missing_run_and_artifact_list_what_exists(project, tmp_path):
         load("modle", experiment_dir=project.root)
     with pytest.raises(RunNotFoundError, match=f"no run 'r-1' .*runs: {run_id}"):
         load("model", run="r-1", experiment_dir=project.root)
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # restored after the test: later tests keep their working directory
     with pytest.raises(RunNotFoundError, match="no orch cache"):
         load("model")
 

@@ -1,7 +1,8 @@
 """`mpiexec -n N orch run ...`: rank 0 schedules, ranks 1..N-1 run nodes, all share the store.
 
 Oversubscribed on purpose (5 ranks on a 2-core box): idle ranks must sleep, not spin, or these
-tests get slow. Every launch has a timeout: a hang is a failure, never a stuck CI job.
+tests get slow. Every launch has a timeout: a hang is a failure, never a stuck CI job (and no test
+asserts how long a launch took).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -36,14 +36,14 @@ def mpirun(project, n: int, *args: str, orch=ORCH_MPI, timeout: float = 90) -> s
 
 
 def test_sweep_under_mpiexec_5_runs_each_computation_once_on_worker_ranks(project):
-    sweep_project(project, sleep=0.1)
+    sweep_project(project, train_ranks=2)  # a train finishes only once trains run on two ranks at once
     out = mpirun(project, 5, *SWEEP8)
     assert out.returncode == 0, out.stderr
     assert plain_counts(project) == {"make_data": 1, "train": 8, "evaluate": 8, "table": 1}
     check_sweep_result(project)
     trained_on = rank_counts(project, "train")
     assert "0" not in trained_on and set(trained_on) <= {"1", "2", "3", "4"}
-    assert len(trained_on) >= 2  # the work is spread over ranks
+    assert len(trained_on) >= 2  # the work is spread over ranks, side by side
     assert out.stdout.count("25 nodes: 18 ran, 7 cached") == 1  # rank 0 alone reports
     runs = [p for p in (project.root / ".orch" / "runs").iterdir() if p.name != "latest"]
     assert len(runs) == 1  # and alone writes the manifest
@@ -64,10 +64,8 @@ def test_the_orch_script_works_under_mpiexec_without_mpi4py_run(project):
 @pytest.mark.parametrize("orch", [ORCH_MPI, ORCH_SCRIPT], ids=["python-m-mpi4py", "orch-script"])
 def test_a_failing_stage_under_mpi_is_reported_with_its_rank_and_ends_the_job(project, orch):
     failing_sweep_project(project)
-    t0 = time.monotonic()
-    out = mpirun(project, 5, *SWEEP8, orch=orch, timeout=60)
+    out = mpirun(project, 5, *SWEEP8, orch=orch, timeout=60)  # a job that does not end is a TimeoutExpired
     assert out.returncode != 0
-    assert time.monotonic() - t0 < 30
     assert "check [sweep8[train.lr=0.3]]" in out.stderr and "lr 0.3 is cursed" in out.stderr
     assert "on MPI rank " in out.stderr
     statuses = project.statuses()  # everything else finished and was recorded
@@ -82,6 +80,8 @@ def test_a_rank_that_dies_ends_the_job_instead_of_hanging(project):
 
         @stage(outputs=["x"], cachers=[JsonCacher])
         def crash(record):
+            with open(os.environ["ORCH_COUNTS"], "a") as f:
+                f.write(f"start{record.params.i}\\n")
             if record.params.i == 2:
                 os._exit(7)
             time.sleep(0.2)
@@ -94,18 +94,16 @@ def test_a_rank_that_dies_ends_the_job_instead_of_hanging(project):
             crash(record)
     ''')
     project.write("params/four.yaml", "i: 0\nsweep:\n  i: [1, 2, 3, 4]\n")
-    t0 = time.monotonic()
-    out = mpirun(project, 3, "run", "experiment.py", "-p", "params/four.yaml", timeout=60)
+    out = mpirun(project, 3, "run", "experiment.py", "-p", "params/four.yaml", timeout=60)  # no hang: ends
     assert out.returncode != 0
-    assert time.monotonic() - t0 < 30
+    assert project.counts().get("start2") == 1  # the job ended because the rank died in the stage
+    assert project.manifest()["status"] != "ok"
 
 
 def test_an_error_on_rank_0_before_scheduling_releases_the_workers(project):
     sweep_project(project)
-    t0 = time.monotonic()
-    out = mpirun(project, 4, "run", "experiment.py", "--params", "params/missing.yaml", timeout=60)
+    out = mpirun(project, 4, "run", "experiment.py", "--params", "params/missing.yaml", timeout=60)  # no hang
     assert out.returncode != 0
-    assert time.monotonic() - t0 < 30
     assert out.stderr.count("missing.yaml") == 1  # reported once, by rank 0
 
 

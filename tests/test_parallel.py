@@ -19,13 +19,20 @@ SWEEP8 = ("run", "experiment.py", "--params", "params/sweep8.yaml")
 LRS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 
 
-def sweep_project(p, sleep: float = 0.0, extra: str = ""):
+def sweep_project(p, extra: str = "", runs_before_data: int = 0, train_ranks: int = 0):
     """make_data (reads only data.n: one computation shared by the 8 sets), train (reads train.lr:
     one per set), evaluate, and an aggregate table over the sets. Counts are tagged with the MPI
-    or torchrun rank that ran them (`train@3`) and also counted plain (`train`)."""
+    or torchrun rank that ran them (`train@3`) and also counted plain (`train`).
+
+    Events instead of timing, for tests about concurrency: with `runs_before_data`, make_data
+    finishes only once that many `orch run`s have started their run loop (each writes its
+    manifest first) and notes how many it saw in counts.txt.runs; with `train_ranks`, a train
+    finishes only once trains have started on that many different ranks."""
     p.write("stages/work.py", f'''
         import os, time
         from orchestrator import stage, aggregate, PickleCacher, JsonCacher
+
+        COUNTS = os.environ["ORCH_COUNTS"]
 
         def rank():
             for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "RANK"):
@@ -34,19 +41,38 @@ def sweep_project(p, sleep: float = 0.0, extra: str = ""):
             return "-"
 
         def count(name):
-            with open(os.environ["ORCH_COUNTS"], "a") as f:
+            with open(COUNTS, "a") as f:
                 f.write(name + "\\n" + name + "@" + rank() + "\\n")
+
+        def wait_until(state, what):
+            deadline = time.monotonic() + 60
+            while not state():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("gave up after 60s waiting for " + what)
+                time.sleep(0.01)
+
+        def runs_started():
+            runs = os.path.join(os.path.dirname(COUNTS), ".orch", "runs")
+            return [d for d in os.listdir(runs) if d != "latest" and os.path.exists(os.path.join(runs, d, "manifest.json"))]
+
+        def train_ranks():
+            with open(COUNTS) as f:
+                return {{line.split("@")[1] for line in f.read().split() if line.startswith("train@")}}
 
         @stage(outputs=["data"], cachers=[PickleCacher])
         def make_data(record):
             count("make_data")
-            time.sleep({sleep})
+            if {runs_before_data}:
+                wait_until(lambda: len(runs_started()) >= {runs_before_data}, "{runs_before_data} runs to start")
+                with open(COUNTS + ".runs", "a") as f:
+                    f.write(str(len(runs_started())) + "\\n")
             return list(range(record.params.data.n))
 
         @stage(inputs=["data"], outputs=["model"], cachers=[PickleCacher])
         def train(record, data):
             count("train")
-            time.sleep({sleep})
+            if {train_ranks}:
+                wait_until(lambda: len(train_ranks()) >= {train_ranks}, "trains on {train_ranks} ranks")
             return sum(data) * record.params.train.lr
 
         @stage(inputs=["model"], outputs=["score"], cachers=[JsonCacher])
@@ -123,18 +149,32 @@ def test_sweep_under_parallel_4_runs_the_shared_stage_once_and_each_set_once(pro
 
 
 def test_parallel_workers_run_nodes_at_the_same_time(project):
-    """Four 1-second stages of four sets overlap: the coordinator never waits on one while others are ready."""
+    """The stages of four sets run at once: the coordinator never waits on one while others are ready.
+    Each stage records its start, then finishes only once all four have started: run one at a time,
+    the first would wait for the others in vain (and fail the run after 60 s)."""
     project.write("stages/slow.py", '''
         import os, time
         from orchestrator import stage, JsonCacher
 
+        EVENTS = os.environ["ORCH_COUNTS"] + ".events"
+
+        def started():
+            with open(EVENTS) as f:
+                return sum(line.startswith("start ") for line in f)
+
         @stage(outputs=["x"], cachers=[JsonCacher])
         def slow(record):
-            start = time.time()
-            time.sleep(1.0)
-            with open(os.environ["ORCH_COUNTS"] + ".spans", "a") as f:
-                f.write(f"{start} {time.time()}\\n")
-            return record.params.i
+            i = record.params.i
+            with open(EVENTS, "a") as f:
+                f.write(f"start {i}\\n")
+            deadline = time.monotonic() + 60
+            while started() < 4:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"stage {i}: only {started()} of 4 stages started while it waited")
+                time.sleep(0.01)
+            with open(EVENTS, "a") as f:
+                f.write(f"end {i} {started()}\\n")
+            return i
     ''')
     project.write("experiment.py", '''
         from stages.slow import slow
@@ -144,11 +184,12 @@ def test_parallel_workers_run_nodes_at_the_same_time(project):
     ''')
     project.write("params/four.yaml", "i: 0\nsweep:\n  i: [1, 2, 3, 4]\n")
     project.orch("run", "experiment.py", "-p", "params/four.yaml", "-j", "4")
-    spans = [tuple(map(float, line.split())) for line in
-             (project.root / "counts.txt.spans").read_text().splitlines()]
-    assert len(spans) == 4
-    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
-    assert most >= 3, spans
+    events = [line.split() for line in (project.root / "counts.txt.events").read_text().splitlines()]
+    starts = [e[1] for e in events if e[0] == "start"]
+    ends = {e[1]: int(e[2]) for e in events if e[0] == "end"}
+    assert sorted(starts) == ["1", "2", "3", "4"] and sorted(ends) == ["1", "2", "3", "4"], events
+    assert set(ends.values()) == {4}, events  # every stage was still running when the last one started
+    assert [e[0] for e in events[:4]] == ["start"] * 4, events  # no stage ended before all had started
 
 
 def test_a_coordinator_with_threads_starts_workers_without_fork(project):
@@ -283,19 +324,39 @@ def test_a_failing_stage_in_a_worker_fails_only_its_node(project):
 
 def test_a_worker_that_dies_fails_only_its_node(project):
     """os._exit kills the worker process: the pool breaks and every task in it fails; the bystanders
-    are retried alone and succeed, only the culprit is reported."""
+    are retried alone and succeed, only the culprit is reported.
+
+    Sets 1, 2 and 3 start together on the three workers. Set 3's stage dies only once the other two
+    have started (marks/start-N); those stay in their first attempt until the broken pool kills them,
+    so they are in flight when it breaks, and their retries (the mark exists) complete."""
     project.write("stages/crash.py", '''
         import os, time
         from orchestrator import stage, JsonCacher
 
+        MARKS = os.path.join(os.path.dirname(os.environ["ORCH_COUNTS"]), "marks")
+
+        def wait_until(state, what):
+            deadline = time.monotonic() + 60
+            while not state():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("gave up after 60s waiting for " + what)
+                time.sleep(0.01)
+
         @stage(outputs=["x"], cachers=[JsonCacher])
         def crash(record):
-            if record.params.i == 3:
+            i = record.params.i
+            os.makedirs(MARKS, exist_ok=True)
+            if i == 3:
+                wait_until(lambda: {"start-1", "start-2"} <= set(os.listdir(MARKS)), "sets 1 and 2 to start")
+                open(os.path.join(MARKS, "crashed"), "w").close()
                 os._exit(7)
-            time.sleep(0.3)
+            first_attempt = not os.path.exists(os.path.join(MARKS, f"start-{i}"))
+            open(os.path.join(MARKS, f"start-{i}"), "a").close()
+            if first_attempt and not os.path.exists(os.path.join(MARKS, "crashed")):
+                wait_until(lambda: False, f"set {i}: the pool to break and kill this worker")
             with open(os.environ["ORCH_COUNTS"], "a") as f:
-                f.write(f"done{record.params.i}\\n")
-            return record.params.i
+                f.write(f"done{i}\\n")
+            return i
     ''')
     project.write("experiment.py", '''
         from stages.crash import crash
@@ -308,14 +369,16 @@ def test_a_worker_that_dies_fails_only_its_node(project):
     assert out.returncode == 1
     statuses = project.statuses()
     assert statuses.pop(("crash", "six[i=3]")) == "failed"
-    # a bystander may have stored its entry just before the pool broke: its retry finds it
-    assert set(statuses.values()) <= {"ran", "cached"}
+    assert set(statuses.values()) == {"ran"}  # the bystanders, retried, and the sets started after
     assert project.counts() == {f"done{i}": 1 for i in (1, 2, 4, 5, 6)}
     assert "crash [six[i=3]]" in out.stderr and "worker process died abruptly" in out.stderr
+    assert {"start-1", "start-2", "crashed"} <= {p.name for p in (project.root / "marks").iterdir()}
 
 
 def test_four_concurrent_runs_on_one_cache_compute_each_node_once(project):
-    sweep_project(project, sleep=0.2)
+    # make_data, which every run needs first, finishes only once all four runs have started their
+    # run loops: each planned it as missing and has to wait for (and then reuse) the one computation
+    sweep_project(project, runs_before_data=4)
     env = {**os.environ, "ORCH_COUNTS": str(project.counts_file), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("ORCH_CACHE", None)
     extra = [[], ["-j", "2"], [], ["-j", "3"]]
@@ -331,6 +394,7 @@ def test_four_concurrent_runs_on_one_cache_compute_each_node_once(project):
         assert {n["status"] for n in run["nodes"]} <= {"ran", "cached"}
     ran = sum(n["status"] == "ran" for run in runs for n in run["nodes"])
     assert ran == 18  # each computation stored by exactly one of the four processes
+    assert (project.root / "counts.txt.runs").read_text().split() == ["4"]  # all four were running at once
     check_sweep_result(project)
 
 

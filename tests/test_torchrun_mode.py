@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -99,16 +98,15 @@ def test_distributed_stage_runs_on_every_rank_and_the_rest_on_rank_0(ddp_project
 
 def test_a_failure_on_rank_1_fails_the_node_and_every_rank(ddp_project):
     p = ddp_project
-    t0 = time.monotonic()
-    out = torchrun(p, "run", "experiment.py", "-p", "params/fail1.yaml", timeout=90)
+    out = torchrun(p, "run", "experiment.py", "-p", "params/fail1.yaml", timeout=90)  # a hang: TimeoutExpired
     assert out.returncode != 0
-    assert time.monotonic() - t0 < 60
     assert "boom on rank 1 [on torchrun rank 1" in out.stderr
     statuses = p.statuses()
     assert statuses[("make_data", "fail1")] == "ran"
     assert statuses[("reduce_sum", "fail1")] == "failed" and statuses[("report", "fail1")] == "skipped"
-    assert not p.root.joinpath(".orch", "entries").exists() or all(
-        "reduce_sum" not in f.read_text() for f in p.root.joinpath(".orch", "entries").rglob("*.json"))
+    # make_data's entry is stored, and nothing of the failed distributed stage or what follows it
+    stored = [json.loads(f.read_text())["stage"] for f in p.root.joinpath(".orch", "entries").rglob("*.json")]
+    assert stored == ["stages.ddp:make_data"]
 
 
 def test_init_process_group_outside_torchrun_is_a_group_of_one():
