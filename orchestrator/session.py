@@ -83,32 +83,49 @@ def load_param_sets(paths: list[str], overrides: list[str]) -> list[ParamSet]:
     return load_params(paths, overrides)
 
 
-def plan_context(root: Path, store, project_root: Path, graph: Graph, overwrite: bool, overwrite_stages: list[str]):
+def project_code(experiment: Path):
+    """The experiment's code roots (hashing.coderoots), and from now on its modules are imported so
+    that they run the source orch hashes (core.pycache). Before the experiment is imported."""
+    from .core.pycache import install
+    from .hashing import ORCH_PACKAGE_DIR
+    from .hashing.coderoots import discover
+
+    roots = discover(experiment.parent, ORCH_PACKAGE_DIR)
+    install(roots)
+    return roots
+
+
+def plan_context(root: Path, store, project_root: Path, graph: Graph, overwrite: bool, overwrite_stages: list[str],
+                 code_roots=None):
     from .core.plan import PlanContext, forced_nodes
     from .hashing import ORCH_PACKAGE_DIR, Fingerprinter
+    from .hashing.coderoots import discover
 
-    fingerprinter = Fingerprinter(project_root, exclude=[ORCH_PACKAGE_DIR], cache_path=root / "fingerprints.json")
+    roots = code_roots if code_roots is not None else discover(project_root, ORCH_PACKAGE_DIR)
+    fingerprinter = Fingerprinter(roots, cache_path=root / "fingerprints.json")
     return PlanContext(store=store, fingerprinter=fingerprinter, project_root=project_root, overwrite=overwrite,
                        forced=forced_nodes(graph, overwrite_stages))
 
 
 def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_done: Callable) -> RunResult:
     from .core.experiment import build_graph, load_experiment
-    from .core.plan import plan
+    from .core.plan import plan, record_code_manifests
     from .core.runner import NodeOutcome, Runner
     from .runs.manifest import ManifestWriter, node_row
     from .store import DiskStore
 
     t0 = time.perf_counter()
     param_sets = load_param_sets(opts.params, opts.overrides)
+    roots = project_code(experiment)
     graph = build_graph(load_experiment(experiment), param_sets)
     store = DiskStore(root)
-    ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages)
+    ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
     decisions = plan(graph, ctx)
     ctx.fingerprinter.save()
     if opts.dry:
         outcomes = [NodeOutcome(n, status=d.state, key=d.key, reason=d.reason) for n, d in zip(graph.nodes, decisions)]
         return RunResult(None, outcomes, decisions, graph, time.perf_counter() - t0, root)
+    record_code_manifests(graph, decisions, ctx)
     manifest = ManifestWriter(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
     executor.start(store)
     runner = Runner(graph, ctx, decisions, executor, on_done, manifest.log_dir)

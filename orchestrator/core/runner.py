@@ -164,6 +164,7 @@ class Runner:
             hash_memory_outputs=any(self.graph.nodes[c].stage.cached for c in node.consumers),
             log_path=log_path,
             force=self.ctx.overwrite or node.id in self.ctx.forced or node.id in self._rerun_after_damage,
+            code_roots=self.ctx.fingerprinter.roots,
         )
 
     def _scope(self, node: Node, d: Decision) -> str:

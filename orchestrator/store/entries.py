@@ -259,6 +259,27 @@ class Head:
         return cls(_str(d, "key", "head"), _number(d, "created"), KeyComponents.from_json(d.get("components")))
 
 
+@dataclass(frozen=True, slots=True)
+class CodeManifest:
+    """What one code fingerprint is made of: item ("module:qualname") -> [digest, where it lives].
+    Stored once per fingerprint, so a miss can say which function of which file changed."""
+
+    items: dict[str, list[str]]
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "items": self.items}
+
+    @classmethod
+    def from_json(cls, d: Any) -> CodeManifest:
+        d = _mapping(d, "code manifest")
+        _check_format(d)
+        items = _mapping(d.get("items"), "items")
+        for name, v in items.items():
+            if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)):
+                raise EntryError(f"items[{name!r}] must be [digest, file]")
+        return cls(items)
+
+
 def check_entry_name(what: str, name: str) -> str:
     try:
         return check_name(what, name)
