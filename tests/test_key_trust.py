@@ -433,3 +433,83 @@ def test_same_second_edits_of_an_external_scripts_module_run_the_new_code(projec
     _same_second_edit(project.root / "external/model.py", "FACTOR = 2", "FACTOR = 4")
     project.orch(*RUN, env=BYTECODE_ON)
     assert _load(project, "y") == 40
+
+
+# -- 6. orch accept --------------------------------------------------------------------------------------
+
+ACCEPT_STAGES = """
+from orchestrator import stage, JsonCacher
+from stages.counting import count
+
+@stage(outputs=["model"], cachers=[JsonCacher])
+def train(record):
+    count("train")
+    total = 0
+    for i in range(record.params.epochs):
+        total += i * record.params.lr
+    return {"w": total}
+
+@stage(inputs=["model"], outputs=["score"], cachers=[JsonCacher])
+def evaluate(record, model):
+    count("evaluate")
+    return {"score": model["w"] + 1}
+"""
+
+
+def _accept_project(project: Project) -> None:
+    project.write("stages/t.py", ACCEPT_STAGES)
+    project.write("experiment.py", "from stages.t import train, evaluate\n\ndef run(record):\n    evaluate(train(record))\n")
+    project.write("params/p.yaml", "epochs: 4\nlr: 0.5\n")
+    project.write("params/sweep.yaml", "extends: p.yaml\nsweep:\n  lr: [0.5, 1.0]\n")
+    project.orch(*RUN)
+    project.orch("run", "experiment.py", "-p", "params/sweep.yaml")
+    project.reset_counts()
+
+
+def test_orch_accept_rekeys_a_refactored_stage_and_everything_downstream_stays_cached(project):
+    _accept_project(project)
+    _edit(project.root / "stages/t.py", "total += i * record.params.lr",
+          "total += i * record.params.lr  # same math\n        pass")  # a refactor: the AST changed
+    assert "code changed: stages/t.py" in project.orch("why", *RUN[1:]).stdout
+    dry = project.orch("accept", "experiment.py", "train", "-p", "params/p.yaml", "--dry")
+    assert "would accept" in dry.stdout and "train[p]" in dry.stdout
+    assert "code changed" in project.orch("why", *RUN[1:]).stdout  # --dry changed nothing
+    out = project.orch("accept", "experiment.py", "train", "-p", "params/p.yaml")
+    assert "accepted" in out.stdout and "stages/t.py" in out.stdout
+    run = project.orch(*RUN)
+    assert project.counts() == {}  # nothing ran: train re-keyed, evaluate's input unchanged
+    assert "code change accepted by" in run.stdout
+    why = project.orch("why").stdout  # the latest run: the acceptance is shown with who and when
+    assert "train [p]" in why and "accepted by" in why and "cached after an accepted code change" in why
+    report = (project.root / ".orch" / "runs" / project.manifest()["run_id"] / "report.html").read_text()
+    assert "code change accepted by" in report
+    node = next(n for n in project.manifest()["nodes"] if n["stage"] == "train")
+    assert set(node["accepted"]) == {"by", "at", "from_key", "old_code", "new_code"}
+    assert node["accepted"]["old_code"] != node["accepted"]["new_code"]
+    assert _load(project, "score") == {"score": 4.0}
+
+
+def test_orch_accept_covers_every_parameter_set_or_the_one_named(project):
+    _accept_project(project)
+    _edit(project.root / "stages/t.py", 'count("train")', 'count("train")  # noted\n    pass')
+    sweep = ("-p", "params/sweep.yaml")
+    one = project.orch("accept", "experiment.py", "train", *sweep, "--param-set", "sweep[lr=0.5]")
+    assert "accepted" in one.stdout and "sweep[lr=1.0]" not in one.stdout
+    project.orch("run", "experiment.py", *sweep)
+    assert project.counts() == {"train": 1}  # the other point re-ran
+    bad = project.orch("accept", "experiment.py", "train", *sweep, "--param-set", "nope", check=False)
+    assert bad.returncode == 1 and "sweep[lr=0.5]" in bad.stderr and "Traceback" not in bad.stderr
+    bad = project.orch("accept", "experiment.py", "trian", *sweep, check=False)
+    assert bad.returncode == 1 and "no stage 'trian'" in bad.stderr
+
+
+def test_orch_accept_refuses_when_more_than_the_code_changed(project):
+    _accept_project(project)
+    _edit(project.root / "stages/t.py", "i * record.params.lr", "i * record.params.lr * 1.0")
+    (project.root / "params/p.yaml").write_text("epochs: 5\nlr: 0.5\n")  # and a parameter train reads
+    out = project.orch("accept", "experiment.py", "train", "-p", "params/p.yaml", check=False)
+    assert out.returncode == 1 and "refused" in out.stderr and "epochs changed: 4 -> 5" in out.stderr
+    project.orch(*RUN)
+    assert project.counts() == {"train": 1, "evaluate": 1}  # nothing was accepted: it ran
+    nothing = project.orch("accept", "experiment.py", "evaluate", "-p", "params/p.yaml", check=False)
+    assert nothing.returncode == 0 and "already cached" in nothing.stdout

@@ -158,7 +158,7 @@ def explain_new_key(node: Node, comp: KeyComponents, ctx: PlanContext) -> str:
     if old.version != comp.version:
         changes.append(f"version {old.version!r} -> {comp.version!r}")
     if old.code != comp.code:
-        changes.append(_code_change(node, old.code, ctx))
+        changes.append(code_change(node, old.code, ctx))
     if old.decl != comp.decl:
         changes.append("declaration changed (inputs, outputs or cachers)")
     for name in sorted(set(old.inputs) | set(comp.inputs)):
@@ -174,7 +174,16 @@ def explain_new_key(node: Node, comp: KeyComponents, ctx: PlanContext) -> str:
     return "its cache entry was removed (orch cache gc/verify, or by hand)"
 
 
-def _code_change(node: Node, old_code: str, ctx: PlanContext) -> str:
+def acceptance_note(entry: Entry) -> str:
+    """Why a hit under new code is a hit: `orch accept` said so (empty for an ordinary hit)."""
+    a = entry.accepted
+    if not a:
+        return ""
+    return (f"code change accepted by {a.get('by', '?')} at {a.get('at', '?')} "
+            f"(code {a.get('old_code', '?')[:12]} -> {a.get('new_code', '?')[:12]})")
+
+
+def code_change(node: Node, old_code: str, ctx: PlanContext) -> str:
     """Which functions of which files changed, when the old fingerprint's manifest is known."""
     generic = "code changed (the stage or a project function it uses)"
     old_manifest = ctx.store.get_code_manifest(old_code)
@@ -220,7 +229,7 @@ def decide(node: Node, graph: Graph, input_hashes: list[str | None], ctx: PlanCo
         return Decision(RUN, "--overwrite-stage", key, None, comp)
     entry, why = lookup(node, key, graph.params_of(node), ctx)
     if entry is not None:
-        return Decision(CACHED, "", key, entry, comp)
+        return Decision(CACHED, acceptance_note(entry), key, entry, comp)
     return Decision(RUN, why or explain_new_key(node, comp, ctx), key, None, comp)
 
 
