@@ -102,10 +102,10 @@ class PickleCacher(Cacher):
         return {"protocol": self.protocol}
 
     def save(self, obj, path):
-        import pickle
+        from .artifacts import canonical
 
-        with open(path, "wb") as f:
-            pickle.dump(obj, f, protocol=self.protocol)
+        with open(path, "wb") as f:  # sets in sorted order: equal values, equal bytes (early cutoff)
+            canonical.dump(obj, f, protocol=self.protocol)
         return None
 
     def load(self, path, metadata=None):

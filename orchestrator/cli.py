@@ -101,6 +101,36 @@ def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_
         ctx.exit(1)
 
 
+@main.command()
+@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("stage")
+@click.option("--params", "-p", "params", multiple=True, type=click.Path(dir_okay=False),
+              help="Parameter file (YAML or .py); repeatable.")
+@click.option("--set", "-S", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a parameter in every set.")
+@click.option("--param-set", "param_set", default=None, help="Only this parameter set (default: every set).")
+@click.option("--dry", is_flag=True, help="Show what would be accepted; change nothing.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",
+              help="Cache directory (default: .orch next to the experiment; env ORCH_CACHE).")
+@debug_option
+@click.pass_context
+def accept(ctx, experiment, stage, params, overrides, param_set, dry, cache):
+    """Declare that STAGE's current code gives the same results as the code its cached entries were
+    computed with (a refactor, a log line): re-key them to the current code without running it, so
+    the next run finds STAGE and everything downstream cached. Refused, saying why, where anything
+    but the code changed (parameters it read, inputs, version, declaration). Recorded with who and
+    when; `orch why` and the run report show it."""
+    from . import session
+    from .core.accept import REFUSED
+
+    opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides), cache=cache,
+                              dry=True)
+    results = session.accept_code(opts, stage, param_set, dry)
+    for r in results:
+        click.echo(f"{r.outcome:<13}{r.node.label}: {r.detail}", err=r.outcome == REFUSED)
+    if any(r.outcome == REFUSED for r in results):
+        ctx.exit(1)
+
+
 @main.command("get")
 @click.argument("name")
 @click.option("--run", "run_id", default="latest", show_default=True, help="Run id (or a unique prefix of one).")
@@ -148,7 +178,7 @@ def why(experiment, params, overrides, run_id, stage, param_set, cache):
                                   cache=cache, dry=True)
         result = session.run_experiment(opts)
         rows = [{"stage": o.node.stage.name, "param_set": o.node.set_name, "status": o.status, "reason": o.reason}
-                for o in result.outcomes if o.status != Status.CACHED
+                for o in result.outcomes if (o.status != Status.CACHED or o.entry is not None and o.entry.accepted)
                 and (not stage or o.node.stage.name == stage) and (not param_set or o.node.set_name == param_set)]
         print_why(rows, f"{len(result.outcomes)} nodes planned")
         return

@@ -38,6 +38,7 @@ class Record:
         param_sets: dict | None = None,
         log_path: str | os.PathLike | None = None,
         checkpoint_root: str | os.PathLike | None = None,
+        code_roots=None,
     ):
         self.name = name
         self.reads: dict[str, Any] = {}
@@ -51,6 +52,7 @@ class Record:
         self._staging = Path(staging_dir) if staging_dir else None
         self._checkpoints = Path(checkpoint_root) if checkpoint_root else None
         self._project_root = Path(project_root) if project_root else None
+        self.code_roots = code_roots  # hashing.coderoots.CodeRoots while a stage runs under orch
         self._graph = None
         self._producers: dict[str, tuple[int, str]] = {}
 
@@ -116,6 +118,11 @@ class Record:
             raise PlanningError(f"record.track({os.fspath(path)!r}): no such file (parameter set {self.name!r})") from None
         self.files[self._trace_name(p)] = digest
         return digest
+
+    def trace_artifact(self, traced_name: str, digest: str) -> None:
+        """Record an artifact of another run this stage loaded (orchestrator.load calls this): a
+        different artifact there later invalidates the stage (core.keys.artifact_trace_name)."""
+        self.files[traced_name] = digest
 
     def _trace_name(self, p: Path) -> str:
         """Files inside the project are named relative to it, so a shared cache works across checkouts."""

@@ -83,32 +83,80 @@ def load_param_sets(paths: list[str], overrides: list[str]) -> list[ParamSet]:
     return load_params(paths, overrides)
 
 
-def plan_context(root: Path, store, project_root: Path, graph: Graph, overwrite: bool, overwrite_stages: list[str]):
+def project_code(experiment: Path):
+    """The experiment's code roots (hashing.coderoots), and from now on its modules are imported so
+    that they run the source orch hashes (core.pycache). Before the experiment is imported."""
+    from .core.pycache import install
+    from .hashing import ORCH_PACKAGE_DIR
+    from .hashing.coderoots import discover
+
+    roots = discover(experiment.parent, ORCH_PACKAGE_DIR)
+    install(roots)
+    return roots
+
+
+def plan_context(root: Path, store, project_root: Path, graph: Graph, overwrite: bool, overwrite_stages: list[str],
+                 code_roots=None):
     from .core.plan import PlanContext, forced_nodes
     from .hashing import ORCH_PACKAGE_DIR, Fingerprinter
+    from .hashing.coderoots import discover
 
-    fingerprinter = Fingerprinter(project_root, exclude=[ORCH_PACKAGE_DIR], cache_path=root / "fingerprints.json")
+    roots = code_roots if code_roots is not None else discover(project_root, ORCH_PACKAGE_DIR)
+    fingerprinter = Fingerprinter(roots, cache_path=root / "fingerprints.json")
     return PlanContext(store=store, fingerprinter=fingerprinter, project_root=project_root, overwrite=overwrite,
                        forced=forced_nodes(graph, overwrite_stages))
 
 
-def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_done: Callable) -> RunResult:
+@dataclass
+class Planned:
+    """An experiment loaded and planned: what a run, a dry run and `orch accept` start from."""
+
+    param_sets: list[ParamSet]
+    graph: Graph
+    store: object  # store.DiskStore
+    ctx: object  # core.plan.PlanContext
+    decisions: list
+
+
+def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
     from .core.experiment import build_graph, load_experiment
     from .core.plan import plan
-    from .core.runner import NodeOutcome, Runner
-    from .runs.manifest import ManifestWriter, node_row
     from .store import DiskStore
 
-    t0 = time.perf_counter()
     param_sets = load_param_sets(opts.params, opts.overrides)
+    roots = project_code(experiment)
     graph = build_graph(load_experiment(experiment), param_sets)
     store = DiskStore(root)
-    ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages)
+    ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
     decisions = plan(graph, ctx)
     ctx.fingerprinter.save()
+    return Planned(param_sets, graph, store, ctx, decisions)
+
+
+def accept_code(opts: RunOptions, stage: str, param_set: str | None, dry: bool) -> list:
+    """`orch accept`: re-key the entries of `stage` to its current code (core.accept)."""
+    from .core.accept import accept
+    from .store import cache_dir
+
+    experiment = Path(opts.experiment).resolve()
+    p = plan_experiment(opts, experiment, cache_dir(opts.cache, experiment.parent))
+    return accept(p.graph, p.ctx, p.decisions, stage, param_set, dry)
+
+
+def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_done: Callable) -> RunResult:
+    from .core.plan import record_code_manifests
+    from .core.runner import NodeOutcome, Runner
+    from .runs.manifest import ManifestWriter, node_row
+
+    t0 = time.perf_counter()
+    planned = plan_experiment(opts, experiment, root)
+    param_sets, graph, store, ctx, decisions = (planned.param_sets, planned.graph, planned.store, planned.ctx,
+                                                planned.decisions)
     if opts.dry:
-        outcomes = [NodeOutcome(n, status=d.state, key=d.key, reason=d.reason) for n, d in zip(graph.nodes, decisions)]
+        outcomes = [NodeOutcome(n, status=d.state, key=d.key, reason=d.reason, entry=d.entry)
+                    for n, d in zip(graph.nodes, decisions)]
         return RunResult(None, outcomes, decisions, graph, time.perf_counter() - t0, root)
+    record_code_manifests(graph, decisions, ctx)
     manifest = ManifestWriter(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
     executor.start(store)
     runner = Runner(graph, ctx, decisions, executor, on_done, manifest.log_dir)

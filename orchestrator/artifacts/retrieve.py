@@ -98,7 +98,34 @@ def locate(name: str, run: str = "latest", param_set: str | None = None, cache: 
                                 f"experiment to recompute it") from e
     _project_on_path(manifest)
     cacher = cacher_from_identity(stored.cacher, f"artifact {name!r} of run {run_id}")
+    _trace_in_running_stage(root, run, param_set, name, info.hash)
     return Artifact(name, run_id, node["param_set"], node["stage"], path, cacher, stored.metadata, info.ext)
+
+
+def _trace_in_running_stage(root: Path, run: str, param_set: str | None, name: str, digest: str) -> None:
+    """Inside a running stage, what it loads from another run is part of what it read: the same
+    query answered by another object later (a newer "latest", a re-trained model) re-runs it."""
+    from ..core.keys import artifact_trace_name
+    from ..record import current_record
+
+    record = current_record.get()
+    if record is not None:
+        record.trace_artifact(artifact_trace_name(str(root), run, param_set, name), digest)
+
+
+def artifact_hash(query: dict) -> str | None:
+    """The object a traced artifact query resolves to now (core.traced); None when it no longer
+    resolves (the run, set or artifact is gone)."""
+    from ..runs.manifest import read_manifest
+    from ..store import cache_dir
+
+    try:
+        root = cache_dir(query["cache"])
+        manifest = read_manifest(root, query["run"])
+        node = _find_node(manifest, query["name"], query.get("param_set"), manifest.get("run_id", query["run"]))
+        return node["outputs"][query["name"]]
+    except (OrchError, KeyError, TypeError):
+        return None
 
 
 def _find_node(manifest: dict, name: str, param_set: str | None, run_id: str) -> dict:

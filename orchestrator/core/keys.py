@@ -14,6 +14,7 @@ parameter the stage never reads never re-runs it, and one it reads always does.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, Callable, Iterable
 
 from ..hashing import hash_value
@@ -98,6 +99,39 @@ def checkpoint_dir_name(key: str | None, stage_ref: tuple[str, str], set_name: s
     return hash_value(("scratch", key or list(stage_ref), set_name, params))[:CHECKPOINT_NAME_CHARS]
 
 
+#: A traced dependency named with this prefix is an artifact of another run loaded inside the stage
+#: (orchestrator.load); the rest of the name says which (see artifact_trace_name). Tracked files are
+#: named by normalized paths, which never contain "//".
+ARTIFACT_PREFIX = "orch-artifact://"
+
+
+def artifact_trace_name(cache: str, run: str, param_set: str | None, name: str) -> str:
+    """The traced name of `orchestrator.load(name, run=run, param_set=param_set, cache=cache)`:
+    the query, not its answer, so a later lookup asks again (run="latest" may be a newer run)."""
+    query = {"cache": cache, "name": name, "param_set": param_set, "run": run}
+    return ARTIFACT_PREFIX + json.dumps(query, sort_keys=True, separators=(",", ":"))
+
+
+def artifact_query(traced: str) -> dict | None:
+    """The query of an artifact's traced name, or None for a tracked file."""
+    if not traced.startswith(ARTIFACT_PREFIX):
+        return None
+    try:
+        query = json.loads(traced[len(ARTIFACT_PREFIX):])
+    except ValueError:
+        return None
+    return query if isinstance(query, dict) else None
+
+
+def describe_traced(traced: str) -> str:
+    """A traced dependency as `orch why` names it."""
+    query = artifact_query(traced)
+    if query is None:
+        return f"file {traced}"
+    where = f"run {query.get('run')}" + (f" [{query['param_set']}]" if query.get("param_set") else "")
+    return f"artifact {query.get('name')!r} of {where} in {query.get('cache')}"
+
+
 def check_trace(entry: Entry, ignore: tuple[str, ...], read_hash: Callable[[str], str],
                 value_now: Callable[[str], Any], file_hash: Callable[[str], str | None]) -> str | None:
     """None when every read recorded in `entry` still has its recorded value; else a sentence naming
@@ -111,7 +145,7 @@ def check_trace(entry: Entry, ignore: tuple[str, ...], read_hash: Callable[[str]
     for name, digest in entry.files.items():
         now = file_hash(name)
         if now != digest:
-            return f"file {name} changed" if now else f"file {name} is gone"
+            return f"{describe_traced(name)} changed" if now else f"{describe_traced(name)} is gone"
     return None
 
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PlanningError
-from ..hashing import Fingerprinter, hash_path, hash_value
+from ..hashing import Fingerprinter, hash_value
 from ..params import resolve, traced_value
 from ..store import Entry, KeyComponents, Store
 from . import keys
 from .graph import Graph, Node
 from .status import Status
+from .traced import current_hash
 
 # Hot loops compare states per node: plain module constants (enum member lookup costs ~0.2 µs each).
 CACHED, RUN, PENDING, RAN, FAILED, SKIPPED, DAMAGED = (Status.CACHED, Status.RUN, Status.PENDING, Status.RAN,
@@ -44,6 +45,7 @@ class PlanContext:
     overwrite: bool = False
     forced: set[int] = field(default_factory=set)
     _fingerprints: dict[str, str] = field(default_factory=dict)
+    _code_items: dict[str, dict] = field(default_factory=dict)
     _declarations: dict[str, str] = field(default_factory=dict)
     _read_hashes: dict[tuple[str, str, tuple], str] = field(default_factory=dict)
     _file_hashes: dict[str, str | None] = field(default_factory=dict)
@@ -51,6 +53,13 @@ class PlanContext:
     signatures: dict[str, dict[str, tuple]] = field(default_factory=dict)
     #: code object -> the parameter paths its function visibly reads (core.lockscope)
     visible_reads: dict = field(default_factory=dict)
+
+    def code_items(self, node: Node) -> dict[str, list[str]]:
+        """What the stage's fingerprint is made of (Fingerprinter.code_items), once per stage."""
+        items = self._code_items.get(node.stage.id)
+        if items is None:
+            items = self._code_items[node.stage.id] = self.fingerprinter.code_items(node.stage.fn)
+        return items
 
     def fingerprint(self, node: Node) -> str:
         fp = self._fingerprints.get(node.stage.id)
@@ -72,16 +81,10 @@ class PlanContext:
         return h
 
     def file_hash(self, name: str) -> str | None:
-        """Content hash of a tracked file (relative names start at the project root); None if gone."""
+        """Content hash of a traced file or artifact (core.traced); None if gone."""
         if name not in self._file_hashes:
-            p = Path(name)
-            if not p.is_absolute():
-                p = self.project_root / p
             stat_cache = self.store.stat_cache()
-            try:
-                self._file_hashes[name] = hash_path(p, stat_cache)[1]
-            except FileNotFoundError:
-                self._file_hashes[name] = None
+            self._file_hashes[name] = current_hash(name, self.project_root, stat_cache)
             if stat_cache is not None:
                 stat_cache.save()  # a no-op unless this file was hashed just now
         return self._file_hashes[name]
@@ -155,7 +158,7 @@ def explain_new_key(node: Node, comp: KeyComponents, ctx: PlanContext) -> str:
     if old.version != comp.version:
         changes.append(f"version {old.version!r} -> {comp.version!r}")
     if old.code != comp.code:
-        changes.append("code changed (the stage or a project function it uses)")
+        changes.append(code_change(node, old.code, ctx))
     if old.decl != comp.decl:
         changes.append("declaration changed (inputs, outputs or cachers)")
     for name in sorted(set(old.inputs) | set(comp.inputs)):
@@ -169,6 +172,46 @@ def explain_new_key(node: Node, comp: KeyComponents, ctx: PlanContext) -> str:
     if head.key != keys.node_key(comp):
         return "orch's cache key format changed since the last run"
     return "its cache entry was removed (orch cache gc/verify, or by hand)"
+
+
+def acceptance_note(entry: Entry) -> str:
+    """Why a hit under new code is a hit: `orch accept` said so (empty for an ordinary hit)."""
+    a = entry.accepted
+    if not a:
+        return ""
+    return (f"code change accepted by {a.get('by', '?')} at {a.get('at', '?')} "
+            f"(code {a.get('old_code', '?')[:12]} -> {a.get('new_code', '?')[:12]})")
+
+
+def code_change(node: Node, old_code: str, ctx: PlanContext) -> str:
+    """Which functions of which files changed, when the old fingerprint's manifest is known."""
+    generic = "code changed (the stage or a project function it uses)"
+    old_manifest = ctx.store.get_code_manifest(old_code)
+    if old_manifest is None:
+        return generic
+    old, new = old_manifest.items, ctx.code_items(node)
+    changed = sorted(n for n in set(old) | set(new) if (old.get(n) or [None])[0] != (new.get(n) or [None])[0])
+    by_file: dict[str, list[str]] = {}
+    for name in changed:
+        where = (new.get(name) or old.get(name))[1] or "?"
+        by_file.setdefault(where, []).append(name.rpartition(":")[2] or name)
+    if not by_file:
+        return generic
+    shown = [f"{where} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" for where, names in by_file.items()]
+    more = f"; and {len(shown) - 3} more files" if len(shown) > 3 else ""
+    return "code changed: " + "; ".join(shown[:3]) + more
+
+
+def record_code_manifests(graph: Graph, decisions: list[Decision], ctx: PlanContext) -> None:
+    """Before a run: remember what the fingerprints of the stages about to run are made of, so
+    that a later code change can be explained by file and function."""
+    from ..store import CodeManifest
+
+    done = set()
+    for node, d in zip(graph.nodes, decisions):
+        if d.state != CACHED and node.stage.cached and node.stage.id not in done:
+            done.add(node.stage.id)
+            ctx.store.put_code_manifest(ctx.fingerprint(node), CodeManifest(ctx.code_items(node)))
 
 
 def decide(node: Node, graph: Graph, input_hashes: list[str | None], ctx: PlanContext) -> Decision:
@@ -186,7 +229,7 @@ def decide(node: Node, graph: Graph, input_hashes: list[str | None], ctx: PlanCo
         return Decision(RUN, "--overwrite-stage", key, None, comp)
     entry, why = lookup(node, key, graph.params_of(node), ctx)
     if entry is not None:
-        return Decision(CACHED, "", key, entry, comp)
+        return Decision(CACHED, acceptance_note(entry), key, entry, comp)
     return Decision(RUN, why or explain_new_key(node, comp, ctx), key, None, comp)
 
 

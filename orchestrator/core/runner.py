@@ -71,8 +71,9 @@ class Runner:
         self.on_done = on_done
         self.log_dir = log_dir
         self.outcomes = [NodeOutcome(n) for n in graph.nodes]
-        self._in_flight = 0
+        self._in_flight: set[int] = set()  # node ids submitted and not completed
         self._rerun_after_damage: set[int] = set()
+        self._retried: set[tuple[int, int]] = set()  # (consumer, producer) retried after the producer's re-run
         # Parallel executors: a node whose computation (lock scope) is already in flight waits here
         # for it instead of blocking a worker on the node lock; it is then re-decided (a hit).
         self._parked: dict[str, list[int]] = {}
@@ -90,16 +91,16 @@ class Runner:
         self._st = st
         ready = deque(n.id for n in nodes if st.remaining[n.id] == 0)
         while ready or self._in_flight:
-            while ready and self._in_flight < self.executor.capacity:
+            while ready and len(self._in_flight) < self.executor.capacity:
                 self._dispatch(nodes[ready.popleft()], ready)
             if self._in_flight:
                 for result in self.executor.wait():
-                    self._in_flight -= 1
+                    self._in_flight.discard(result.node_id)
                     self._complete(result, ready)
         return self.outcomes
 
     def _submit(self, node: Node, d: Decision) -> None:
-        self._in_flight += 1
+        self._in_flight.add(node.id)
         self.executor.submit(self._task(node, d), node.stage)
 
     # -- dispatch ------------------------------------------------------------------------------
@@ -107,8 +108,8 @@ class Runner:
         """Resolve a ready node: a hit finishes at once; otherwise submit it."""
         st = self._st
         d = self.decisions[node.id]
-        if d.state != CACHED:
-            d = decide(node, self.graph, [st.hashes[e.producer][e.output] for e in node.inputs], self.ctx)
+        if d.state != CACHED:  # an in-memory input nobody hashed has no entry in its producer's hashes
+            d = decide(node, self.graph, [st.hashes[e.producer].get(e.output) for e in node.inputs], self.ctx)
             self.decisions[node.id] = d
         if d.state != CACHED and node.stage.cached and d.key is not None:
             forced = self.ctx.overwrite or node.id in self.ctx.forced
@@ -164,6 +165,7 @@ class Runner:
             hash_memory_outputs=any(self.graph.nodes[c].stage.cached for c in node.consumers),
             log_path=log_path,
             force=self.ctx.overwrite or node.id in self.ctx.forced or node.id in self._rerun_after_damage,
+            code_roots=self.ctx.fingerprinter.roots,
         )
 
     def _scope(self, node: Node, d: Decision) -> str:
@@ -225,12 +227,20 @@ class Runner:
                 st.values.pop(k, None)
 
     def _skip_downstream(self, failed: Node) -> None:
-        for nid in sorted(self.graph.downstream({failed.id}) - {failed.id}):
-            out = self.outcomes[nid]
-            if out.status == PENDING:
+        """Skip what needs `failed`'s outputs and has not started. A node already in flight (its
+        inputs were intact) finishes with its own outcome, and shields what depends only on it."""
+        blocked = {failed.id}
+        for node in self.graph.nodes[failed.id + 1:]:  # topological order: consumers come later
+            if not any(e.producer in blocked for e in node.inputs):
+                continue
+            out = self.outcomes[node.id]
+            if out.status == PENDING and node.id not in self._in_flight:
                 out.status, out.skipped_because = SKIPPED, failed.label
                 self.on_done(out)
-                self._release_inputs(out.node)
+                self._release_inputs(node)
+                blocked.add(node.id)
+            elif out.status == SKIPPED:
+                blocked.add(node.id)
 
     def _inputs_available(self, node: Node) -> bool:
         """Every input either stored or still held in memory (a re-run needs them again)."""
@@ -246,7 +256,13 @@ class Runner:
             error += (f"; its producer {self.graph.nodes[p].label} cannot be recomputed in this run (an in-memory "
                       f"input of it was already released): run again")
             p = None
-        if p is None or p in self._rerun_after_damage and p not in st.rerun_waiters:
+        recomputed = p is not None and p in self._rerun_after_damage and p not in st.rerun_waiters
+        if recomputed and self.outcomes[p].status == RAN and (consumer.id, p) not in self._retried:
+            # it looked while the object was quarantined, before its producer was recomputed: retry once
+            self._retried.add((consumer.id, p))
+            ready.append(consumer.id)
+            return
+        if p is None or recomputed:
             out = self.outcomes[consumer.id]
             out.status, out.error, out.error_type = FAILED, error, "DamagedObjectError"
             self.on_done(out)

@@ -119,23 +119,35 @@ def run_external(
     run_dir = _resolve_cwd(cwd, project_root)
     chosen = _choose_launcher(args, launcher, nproc, nnodes)
     script = _script_of(args, chosen, run_dir)
+    child_env = clean_env(os.environ, env)
     if script is not None and record is not None:
         record.track(script)
         if project_root is not None:  # and the project code it imports (its model, its data loading)
-            from ..hashing import ORCH_PACKAGE_DIR
-            from ..hashing.scriptdeps import local_imports
-
-            for dep in local_imports(script, project_root, exclude=[ORCH_PACKAGE_DIR]):
-                record.track(dep)
+            _trace_script_imports(script, record, run_dir or Path(project_root), child_env)
     full = build_command(args, launcher=chosen, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
                          rdzv_id=rdzv_id, max_restarts=max_restarts)
-    child_env = clean_env(os.environ, env)
     child_env.setdefault("PYTHONUNBUFFERED", "1")  # live output: Python block-buffers a pipe otherwise
     if chosen == "torchrun" and "OMP_NUM_THREADS" not in child_env:
         child_env["OMP_NUM_THREADS"] = str(_threads_per_proc(nproc))
     log_path = os.fspath(log) if log is not None else (getattr(record, "log_path", None) if record is not None else None)
     shown = _shown_command(full, run_dir, env)
     return _execute(full, shown, run_dir, child_env, log_path, timeout, echo)
+
+
+def _trace_script_imports(script: Path, record, run_dir: Path, child_env: dict) -> None:
+    """Track the project modules the script imports, and make sure the child runs them as tracked:
+    their bytecode is checked against their source (core.pycache), so an edit in the same second
+    as the last compile cannot run stale code under the new trace."""
+    from ..core.pycache import check_bytecode
+    from ..hashing import ORCH_PACKAGE_DIR
+    from ..hashing.scriptdeps import local_imports
+
+    search = [run_dir, *child_env.get("PYTHONPATH", "").split(os.pathsep)] if child_env.get("PYTHONPATH") else [run_dir]
+    deps = local_imports(script, record.project_root, exclude=[ORCH_PACKAGE_DIR], roots=record.code_roots,
+                         search=[s for s in search if s])
+    for dep in deps:
+        record.track(dep)
+    check_bytecode(deps, write=not child_env.get("PYTHONDONTWRITEBYTECODE"))
 
 
 # -------------------------------------------------------------------------------- command building

@@ -23,6 +23,7 @@ from ..core.status import Status
 from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
 from ..fsutil import rmtree_force
 from ..hashing import hash_bytes, hash_value
+from ..hashing.coderoots import CodeRoots
 from ..params import MISSING, resolve
 from ..record import Record, current_record
 from ..store import Entry, Head, KeyComponents, Read, Store, StoredOutput
@@ -68,6 +69,8 @@ class Task:
     return_cached_values: bool = True
     # False on torchrun ranks other than 0: run the stage function in step with rank 0, store nothing.
     save: bool = True
+    # What is project code (hashing.coderoots): run_external traces the project modules a script imports.
+    code_roots: CodeRoots | None = None
 
 
 @dataclass
@@ -130,16 +133,12 @@ def execute(task: Task, store: Store, stage=None, gate: Gate | None = None) -> T
 
 def _recheck(task: Task, store: Store, stage) -> Entry | None:
     """Inside the lock: did another process store this node while we waited?"""
+    from ..core.traced import current_hash
+
     stat_cache, root = store.stat_cache(), Path(task.project_root)
 
     def file_hash(name: str) -> str | None:
-        from ..hashing import hash_path
-
-        p = Path(name) if os.path.isabs(name) else root / name
-        try:
-            return hash_path(p, stat_cache)[1]
-        except FileNotFoundError:
-            return None
+        return current_hash(name, root, stat_cache)
 
     def read_hash(path: str) -> str:
         from ..params import traced_value
@@ -165,7 +164,7 @@ def _compute(task: Task, store: Store, stage, gate: Gate | None) -> TaskResult:
         checkpoints = store.checkpoint_dir(keys.checkpoint_dir_name(task.key, task.stage_ref, task.set_name, task.params))
         record = Record(task.params, task.set_name, staging_dir=staging, project_root=task.project_root,
                         ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path,
-                        checkpoint_root=checkpoints)
+                        checkpoint_root=checkpoints, code_roots=task.code_roots)
         record.stat_cache = store.stat_cache()
         if gate is not None:
             gate.begin(task)
@@ -321,8 +320,10 @@ def _safe_name(name: str) -> str:
 
 def _memory_hash(value: Any) -> str | None:
     """Content hash of an in-memory output, so consumers can be cached (early cutoff works too)."""
+    from ..artifacts import canonical
+
     try:
-        return "mem:" + hash_bytes(pickle.dumps(value, protocol=5))
+        return "mem:" + hash_bytes(canonical.dumps(value, protocol=5))
     except PICKLING_ERRORS:
         return None
 

@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..core.status import Status
 from ..store import Store
@@ -68,6 +69,9 @@ def init_worker(config: WorkerConfig, where: str = "") -> None:
         sys.path.insert(0, experiment_dir)
     try:
         _Worker.store = DiskStore(config.store_root)
+        from ..session import project_code
+
+        project_code(Path(config.experiment))  # imports run the hashed source here too (core.pycache)
         load_experiment(config.experiment)
     except OrchError as e:
         _Worker.setup_error = str(e)

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import ast
 import copy
-import functools
 import hashlib
 import importlib.util
 import logging
 import os
 import sys
-import sysconfig
 import time
 import types
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from ..fsutil import load_cache_file, save_cache_file
+from .coderoots import CodeRoots
+from .modules import find_module_files, imported_modules
 from .statcache import is_racy
 from .values import VALUE_PREFIX, encode, hash_value
 
@@ -34,7 +35,7 @@ _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
 _MISSING = object()
 # ast.dump differs between Python versions: the persisted per-definition cache is valid for one.
-_FP_CACHE_VERSION = f"fingerprint-v1-py{sys.version_info[0]}.{sys.version_info[1]}"
+_FP_CACHE_VERSION = f"fingerprint-v2-py{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 class _Global(NamedTuple):
@@ -52,9 +53,8 @@ class Fingerprinter:
     one per run: a file is parsed at most once per stamp, and with `cache_path` each definition's
     digest and names persist (call save()), so a re-run of unchanged code parses nothing."""
 
-    def __init__(self, project_root: Path, exclude: Sequence[Path] = (), cache_path: Path | None = None):
-        self.root = os.path.realpath(project_root)
-        self.exclude = [os.path.realpath(p) for p in exclude]
+    def __init__(self, roots: CodeRoots | str | os.PathLike, exclude: Sequence[Path] = (), cache_path: Path | None = None):
+        self.roots = roots if isinstance(roots, CodeRoots) else CodeRoots.single(roots, exclude)
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self._started_ns = time.time_ns()
         self._files: dict[str, dict] | None = None  # filename -> {"stamp": [...], "defs": {key: info}}
@@ -65,6 +65,10 @@ class Fingerprinter:
         self._digests: dict[int, tuple] = {}  # id(obj) -> (obj, digest)
         self._globals: dict[tuple[str, str], _Global] = {}
         self._edited: set[str] = set()
+        self._closures: dict[int, set] = {}  # id(obj) -> the items of its fingerprint
+        self._item_files: dict[str, str] = {}  # item name -> the file it is defined in
+        self._static: dict[str, list] = {}  # module not loaded -> [(module, digest, file)] of its closure
+        self._warned: set[str] = set()
 
     def fingerprint(self, obj: Any) -> str:
         """Digest of obj (unwrapped) and its transitive project references, sorted by name."""
@@ -85,7 +89,19 @@ class Fingerprinter:
                     todo.append(ref)
         digest = hash_value(("fingerprint-v1", _name(obj), sorted(items, key=lambda i: (i[1], i))))
         self._digests[id(obj)] = (obj, digest)
+        self._closures[id(obj)] = items
         return digest
+
+    def code_items(self, obj: Any) -> dict[str, list[str]]:
+        """What a fingerprint is made of, to say what changed between two of them: item name
+        ("module:qualname") -> [its digest, the file it lives in, described by code root]."""
+        self.fingerprint(obj)
+        obj = _unwrap_chain(obj.__func__ if isinstance(obj, (types.MethodType, staticmethod, classmethod)) else obj)[-1]
+        out = {}
+        for kind, name, digest in self._closures[id(obj)]:
+            where = self._item_files.get(name)
+            out[name] = [digest[:16], self.roots.describe(where) if where else ""]
+        return out
 
     def save(self) -> None:
         """Persist the per-definition cache, merged with the file on disk; files changed just now
@@ -97,7 +113,7 @@ class Fingerprinter:
             self._dirty = not save_cache_file(self.cache_path, {"version": _FP_CACHE_VERSION, "files": files})
 
     def is_project_file(self, filename: str) -> bool:
-        """Under the project root, not excluded, not the stdlib / installed packages / a venv."""
+        """Under a code root (hashing.coderoots), not excluded, not the stdlib / installed packages / a venv."""
         known = self._in_project.get(filename)
         if known is None:
             known = os.path.isfile(filename) and self._is_project_location(os.path.realpath(filename))
@@ -105,9 +121,7 @@ class Fingerprinter:
         return known
 
     def _is_project_location(self, real: str) -> bool:
-        return (_under(real, [self.root]) and not _under(real, self.exclude)
-                and not _under(real, _installed_code_dirs())
-                and not {"site-packages", "dist-packages"} & set(Path(real).parts))
+        return self.roots.root_of(real) is not None
 
     def _is_project_obj(self, obj) -> bool:
         if isinstance(obj, types.FunctionType):
@@ -149,6 +163,8 @@ class Fingerprinter:
             digest = hash_value(_code_struct(obj.__code__, obj))
             chains = [(n,) for n in names] + [(a, b) for a in names for b in names]
         items = [(kind, name, digest)]
+        if filename:
+            self._item_files[name] = filename
         namespace = obj.__globals__ if is_fn else getattr(module, "__dict__", {})
         for chain in chains:
             self._resolve(tuple(chain), closure, namespace, module, items, refs)
@@ -159,11 +175,14 @@ class Fingerprinter:
 
     def _resolve(self, chain: tuple, closure: dict, namespace: dict, module, items: list, refs: list) -> None:
         """Follow a name (and attributes through project modules) to what it ends at: a project
-        def is followed; a project module-level name is followed to the statements binding it
-        and, if immutable, also hashed by value (it may come from elsewhere: the environment)."""
-        head, owner = chain[0], None
-        if head.startswith("import:"):  # `from <module> import name` in a binding statement
-            value = sys.modules.get(_absolute(head[7:], getattr(module, "__package__", None)), _MISSING)
+        def is followed; a project module-level name is followed to the statements binding it and,
+        when it holds plain data, also hashed by value (data read from a file at import time changes
+        without its source line changing). An import of a project module that is not loaded yet
+        (a function-level import) is keyed by the content of its files."""
+        head, owner, imported = chain[0], None, None
+        if head.startswith("import:"):  # `from <module> import name` / a function-level import
+            imported = _absolute(head[7:], getattr(module, "__package__", None))
+            value = sys.modules.get(imported, _MISSING)
         elif head in closure:
             value = closure[head]
         else:
@@ -171,6 +190,9 @@ class Fingerprinter:
         i = 0
         while i + 1 < len(chain) and isinstance(value, types.ModuleType) and self._is_project_module(value):
             owner, value, i = value, getattr(value, chain[i + 1], _MISSING), i + 1
+        if value is _MISSING and imported:
+            self._static_import(imported, chain[1:2], items)
+            return
         if value is _MISSING or isinstance(value, types.ModuleType):
             return
         if defs := [c for c in _unwrap_chain(value) if self._is_project_obj(c)]:
@@ -179,12 +201,54 @@ class Fingerprinter:
         if isinstance(value, (types.FunctionType, type)):
             return  # defined in an installed package or the stdlib
         project_global = owner is not None and self._is_project_module(owner)
-        digest = _constant_digest(value)
-        if digest is not None and (_frozen(value) or not project_global):  # mutable: by source only
-            label = owner.__name__ if owner is not None else namespace.get("__name__", "?")
-            items.append(("const", f"{label}:{chain[i]}", digest))
+        label = f"{owner.__name__ if owner is not None else namespace.get('__name__', '?')}:{chain[i]}"
+        digest = _import_time_digest(owner, chain[i], value) if project_global else _constant_digest(value)
+        if digest is not None:
+            items.append(("const", label, digest))
+            if owner is not None and getattr(owner, "__file__", None):
+                self._item_files[label] = owner.__file__
+        elif project_global and _plain_data(value):
+            self._warn_large(label, owner, value)
         if project_global:
             refs.append(self._globals.setdefault((owner.__name__, chain[i]), _Global(owner, chain[i])))
+
+    def _static_import(self, module: str, names: tuple, items: list) -> None:
+        """`module` (and `module.name`, when name is a submodule) is not loaded: key the project
+        files importing it would execute, and those of the project modules they import, by their
+        normalized source (one item per module, so a change is reported with its file)."""
+        for target in (module, *(f"{module}.{n}" for n in names)):
+            closure = self._static.get(target)
+            if closure is None:
+                closure = self._static[target] = self._static_closure(target)
+            for mod_name, digest, filename in closure:
+                items.append(("module", mod_name, digest))
+                self._item_files[mod_name] = filename
+
+    def _static_closure(self, module: str) -> list[tuple[str, str, str]]:
+        found, seen, todo = [], set(), [module]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for mod_name, filename in find_module_files(name) or ():
+                if mod_name in seen and mod_name != name or not self.is_project_file(filename):
+                    continue
+                info = self._definition(filename, "m:", _module_locator, _module_summary(mod_name, filename))
+                if info is not None:
+                    found.append((mod_name, info[0], filename))
+                    todo.extend(info[1])
+        return sorted(set(found))
+
+    def _warn_large(self, label: str, owner, value) -> None:
+        if label in self._warned:
+            return
+        self._warned.add(label)
+        where = getattr(owner, "__file__", None) or owner.__name__
+        log.warning("%s: module-level %s holds more data than orch keys by value (%s, over %d KB encoded); "
+                    "stages using it re-run only when its source changes. If it is read from a file, call "
+                    "record.track(path) in those stages.", where, label.split(":", 1)[1], type(value).__name__,
+                    MAX_CONST_BYTES // 1024)
 
     def function_node(self, fn) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
         """The parsed definition of a plain function (docstrings stripped), from the per-file parse
@@ -204,7 +268,9 @@ class Fingerprinter:
 
     # -- definitions: [AST digest, reference chains], cached per file stamp
 
-    def _definition(self, filename: str, key: str, locate) -> list | None:
+    def _definition(self, filename: str, key: str, locate, summarize=None) -> list | None:
+        """[digest, names] of one definition (or, with `summarize`, whatever it makes of the located
+        nodes), cached per file stamp."""
         try:
             st = os.stat(filename)
         except OSError:
@@ -221,8 +287,8 @@ class Fingerprinter:
             record = files[filename] = {"stamp": stamp, "defs": {}}
         if key not in record["defs"]:
             nodes = (parsed := self._parse(filename, stamp)) and locate(*parsed)
-            record["defs"][key] = [hashlib.sha256(_dump(nodes).encode()).hexdigest(),
-                                   sorted(_reference_chains(nodes))] if nodes else None
+            summary = (summarize or _definition_summary)(nodes) if nodes else None
+            record["defs"][key] = summary
             self._dirty = True
         return record["defs"][key]
 
@@ -260,16 +326,21 @@ class Fingerprinter:
         return index, tree
 
 
-@functools.lru_cache(maxsize=None)
-def _installed_code_dirs() -> tuple[str, ...]:
-    """The stdlib, site-packages and the active virtualenv: never the user's project."""
-    keys, names = ("stdlib", "platstdlib", "purelib", "platlib"), ("base", "platbase", "installed_base",
-                                                                   "installed_platbase")
-    dirs = {os.path.realpath(sysconfig.get_paths(vars=dict.fromkeys(names, prefix))[key])
-            for prefix in {sys.prefix, sys.base_prefix} for key in keys}
-    if sys.prefix != sys.base_prefix:  # a virtualenv, even one inside the project
-        dirs.add(os.path.realpath(sys.prefix))
-    return tuple(sorted(dirs))
+def _definition_summary(nodes: list) -> list:
+    return [hashlib.sha256(_dump(nodes).encode()).hexdigest(), sorted(_reference_chains(nodes))]
+
+
+def _module_locator(index: dict, tree: ast.Module):
+    return [tree]
+
+
+def _module_summary(module: str, filename: str):
+    """A whole module file: its normalized AST and the modules it imports (absolute names)."""
+    is_package = os.path.basename(filename) == "__init__.py"
+
+    def summarize(nodes: list) -> list:
+        return [hashlib.sha256(_dump(nodes).encode()).hexdigest(), sorted(imported_modules(nodes[0], module, is_package))]
+    return summarize
 
 
 def _function_locator(code: types.CodeType):
@@ -342,9 +413,20 @@ def _dump(nodes: list) -> str:
 
 
 def _reference_chains(nodes: list) -> set[tuple[str, ...]]:
-    """Every loaded name, dotted chain (a.b.c) and from-import in the nodes, decorators included."""
-    chains = set()
-    for sub in (sub for node in nodes for sub in ast.walk(node)):
+    """Every loaded name, dotted chain (a.b.c) and import in the nodes, decorators included. Names
+    bound by an `import` inside a definition (`import a.b as c` in a function body) become chains
+    of that import ("import:a.b", ...), since they are not in the module's namespace."""
+    chains, local = set(), {}
+    subs = [sub for node in nodes for sub in ast.walk(node)]
+    for node in nodes:
+        if not isinstance(node, _DEFS):
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Import):
+                for a in sub.names:
+                    local[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                    chains.add((f"import:{a.name}",))
+    for sub in subs:
         if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
             chains.add((sub.id,))
         elif isinstance(sub, ast.Attribute):
@@ -356,7 +438,37 @@ def _reference_chains(nodes: list) -> set[tuple[str, ...]]:
                 chains.add((base.id, *reversed(parts)))
         elif isinstance(sub, ast.ImportFrom):
             chains.update((f"import:{'.' * sub.level}{sub.module or ''}", a.name) for a in sub.names)
+    if local:
+        chains = {(f"import:{local[c[0]]}", *c[1:]) if c[0] in local else c for c in chains}
+    names = _free_names(nodes)
+    if names is not None:  # parameters and local variables are not references to the module
+        chains = {c for c in chains if c[0].startswith("import:") or c[0] in names}
     return chains
+
+
+def _free_names(nodes: list) -> set[str] | None:
+    """Names the nodes look up outside themselves (module globals, builtins, or the closure of the
+    definition), by Python's own scoping rules (symtable): a parameter or local variable that
+    shadows a module-level name (`def train(record, model)` next to a stage `model`) is not a
+    reference to it. None when the nodes cannot be analysed alone (e.g. `nonlocal` in a nested
+    function): then every name counts, the conservative way."""
+    import symtable
+
+    found: set[str] = set()
+    for node in nodes:
+        try:
+            top = symtable.symtable(ast.unparse(node), "<orch>", "exec")
+        except (SyntaxError, ValueError, RecursionError):
+            return None
+        todo = [top]
+        while todo:
+            table = todo.pop()
+            module_scope = table.get_type() == "module"
+            for sym in table.get_symbols():
+                if sym.is_referenced() and (module_scope or sym.is_global()):
+                    found.add(sym.get_name())
+            todo.extend(table.get_children())
+    return found
 
 
 def _absolute(module: str, package: str | None) -> str:
@@ -408,6 +520,35 @@ def _frozen(value) -> bool:
     if isinstance(value, (tuple, frozenset)):
         return all(map(_frozen, value))
     return isinstance(value, (type(None), bool, int, float, str, bytes))
+
+
+#: module -> {name: (the object bound to it, its digest when this process first fingerprinted it)}.
+#: A module-level value is keyed as the module set it up at import (a CLI run fingerprints right
+#: after importing): an accumulator that stages fill while they run in this process (a notebook,
+#: repeated in-process runs) must not turn into a code change. A name bound to another object (a
+#: reloaded module, a rebinding) is hashed again; a new process sees new values anyway.
+_IMPORT_TIME_VALUES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _import_time_digest(module: types.ModuleType, name: str, value) -> str | None:
+    seen = _IMPORT_TIME_VALUES.setdefault(module, {})
+    known = seen.get(name)
+    if known is None or known[0] is not value:
+        known = seen[name] = (value, _constant_digest(value))
+    return known[1]
+
+
+def _plain_data(value) -> bool:
+    """Containers of plain data (what _constant_digest keys when small enough)."""
+    try:
+        encode(value) if not isinstance(value, (tuple, list, dict, set, frozenset)) else None
+    except TypeError:
+        return False
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return all(_plain_data(v) for v in list(value)[:1000])
+    if isinstance(value, dict):
+        return all(_plain_data(k) and _plain_data(v) for k, v in list(value.items())[:1000])
+    return True
 
 
 def _constant_digest(value) -> str | None:

@@ -12,20 +12,26 @@ from __future__ import annotations
 import ast
 import os
 from pathlib import Path
+from typing import Sequence
+
+from .coderoots import CodeRoots
 
 
-def local_imports(script: str | os.PathLike, project_root: str | os.PathLike, exclude=()) -> list[Path]:
-    """Project .py files imported by `script` and, transitively, by them (the script excluded)."""
+def local_imports(script: str | os.PathLike, project_root: str | os.PathLike, exclude=(),
+                  roots: CodeRoots | None = None, search: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """Project .py files imported by `script` and, transitively, by them (the script excluded).
+    Modules are looked for next to the script, in `project_root` and in `search` (the child's
+    import path); project files are those under `roots` (default: `project_root` alone)."""
     root = Path(project_root).resolve()
-    excluded = [Path(e).resolve() for e in exclude]
+    roots = roots if roots is not None else CodeRoots.single(root, exclude)
     start = Path(script).resolve()
-    search = [start.parent, root]
+    search_dirs = list(dict.fromkeys([start.parent, root, *(Path(s).resolve() for s in search)]))
     seen, found, todo = {start}, [], [start]
     while todo:
         path = todo.pop()
-        for dep in _imports_of(path, search, root):
+        for dep in _imports_of(path, search_dirs, root):
             dep = dep.resolve()
-            if dep in seen or not _inside(dep, root) or any(_inside(dep, e) for e in excluded) or _installed(dep):
+            if dep in seen or roots.root_of(str(dep)) is None:
                 continue
             seen.add(dep)
             found.append(dep)
@@ -82,12 +88,3 @@ def _module_files(parts: list[str], bases: list[Path]) -> list[Path]:
         if files:
             return files
     return []
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def _installed(path: Path) -> bool:
-    parts = path.parts
-    return "site-packages" in parts or "dist-packages" in parts or ".venv" in parts

@@ -61,7 +61,10 @@ def print_why(rows: list[dict], what: str) -> None:
     width = max(len(f"{r['stage']} [{r['param_set']}]") for r in rows)
     for r in rows:
         click.echo(f"{r['status']:<8}{(r['stage'] + ' [' + r['param_set'] + ']'):<{width}}  {r['reason']}")
-    click.echo(f"{what}: {len(rows)} not from the cache")
+    fresh = sum(r["status"] != Status.CACHED for r in rows)
+    accepted = len(rows) - fresh
+    click.echo(f"{what}: {fresh} not from the cache" + (f", {accepted} cached after an accepted code change"
+                                                         if accepted else ""))
 
 
 def print_runs(rows: list[dict]) -> None:

@@ -81,6 +81,8 @@ def node_row(outcome) -> dict:
         row["traceback"] = outcome.traceback
     if outcome.skipped_because:
         row["skipped_because"] = outcome.skipped_because
+    if outcome.entry is not None and outcome.entry.accepted:
+        row["accepted"] = dict(outcome.entry.accepted)
     return row
 
 
@@ -137,12 +139,13 @@ def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
 
 
 def why_rows(manifest: dict, stage: str | None = None, param_set: str | None = None) -> list[dict]:
-    """Nodes of a past run that did not come from the cache, with the reason each one ran."""
+    """Nodes of a past run that did not come from the cache, with the reason each one ran (and those
+    that did only because `orch accept` re-keyed them to new code)."""
     rows = []
     for n in manifest.get("nodes", []):
         if stage and n["stage"] != stage or param_set and n["param_set"] != param_set:
             continue
-        if n["status"] == Status.CACHED:
+        if n["status"] == Status.CACHED and not n.get("accepted"):
             continue
         reason = n.get("reason") or ""
         if n["status"] == Status.SKIPPED:

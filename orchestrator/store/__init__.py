@@ -9,10 +9,10 @@ store goes: ARCHITECTURE.md.
 
 from .base import Store
 from .disk import DiskStore
-from .entries import Entry, EntryError, Head, KeyComponents, ObjectInfo, Read, StoredOutput
+from .entries import CodeManifest, Entry, EntryError, Head, KeyComponents, ObjectInfo, Read, StoredOutput
 from .location import cache_dir
 from .locks import NodeLock
 from .memory import MemoryStore
 
-__all__ = ["Store", "DiskStore", "MemoryStore", "NodeLock", "Entry", "EntryError", "Head", "KeyComponents",
+__all__ = ["CodeManifest", "Store", "DiskStore", "MemoryStore", "NodeLock", "Entry", "EntryError", "Head", "KeyComponents",
            "ObjectInfo", "Read", "StoredOutput", "cache_dir"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from .. import hashing
 from ..errors import DamagedObjectError
-from .entries import Entry, EntryError, Head, ObjectInfo, check_name
+from .entries import CodeManifest, Entry, EntryError, Head, ObjectInfo, check_name
 from .locks import NodeLock
 
 if TYPE_CHECKING:
@@ -99,6 +99,14 @@ class Store(abc.ABC):
     def put_head(self, name: str, head: Head) -> None:
         """Write a head atomically, last writer wins (one flat file: no directory per name)."""
 
+    @abc.abstractmethod
+    def get_code_manifest(self, digest: str) -> CodeManifest | None:
+        """What the code fingerprint `digest` was made of, if a run recorded it."""
+
+    @abc.abstractmethod
+    def put_code_manifest(self, digest: str, manifest: CodeManifest) -> None:
+        """Record what a code fingerprint is made of (once per fingerprint; same digest, same content)."""
+
     # -- locks and working areas -----------------------------------------------------------------
     @abc.abstractmethod
     def lock(self, name: str) -> NodeLock:
@@ -156,6 +164,13 @@ class Store(abc.ABC):
             return Head.from_json(json.loads(data))
         except (ValueError, RecursionError) as e:
             self._warn_malformed("head record", where, data, label, e)
+            return None
+
+    def _parse_code_manifest(self, data: bytes | str, where: str) -> CodeManifest | None:
+        try:
+            return CodeManifest.from_json(json.loads(data))
+        except (ValueError, RecursionError) as e:
+            self._warn_malformed("code manifest", where, data, "", e)
             return None
 
     def _warn_malformed(self, what: str, where: str, data: bytes | str, label: str, error: Exception) -> None:

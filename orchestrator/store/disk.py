@@ -18,7 +18,7 @@ from .. import hashing
 from ..errors import StoreError
 from ..fsutil import atomic_write_bytes, make_readonly, make_writable_dir, rmtree_force
 from .base import Store
-from .entries import Entry, Head, ObjectInfo, check_name, check_object
+from .entries import CodeManifest, Entry, Head, ObjectInfo, check_name, check_object
 from .locks import FileNodeLock, NodeLock
 
 log = logging.getLogger("orchestrator.store")
@@ -222,6 +222,20 @@ class DiskStore(Store):
 
     def put_head(self, name: str, head: Head) -> None:
         atomic_write_bytes(self._head_file(name), json.dumps(head.to_json(), separators=(",", ":")).encode())
+
+    def _code_file(self, digest: str) -> str:
+        check_name("code digest", digest)
+        return os.path.join(str(self.root), "code", digest[:2], digest + ".json")
+
+    def get_code_manifest(self, digest: str) -> CodeManifest | None:
+        path = self._code_file(digest)
+        data = self._read(path)
+        return None if data is None else self._parse_code_manifest(data, path)
+
+    def put_code_manifest(self, digest: str, manifest: CodeManifest) -> None:
+        path = self._code_file(digest)
+        if not os.path.exists(path):
+            atomic_write_bytes(path, json.dumps(manifest.to_json(), separators=(",", ":")).encode())
 
     def _read(self, path: str) -> bytes | None:
         """A record's bytes, or None when it is absent (deleted since a listing is not damage) or

@@ -147,6 +147,9 @@ class Entry:
     files: dict[str, str]  # tracked file (project-relative where possible) -> content hash
     outputs: dict[str, StoredOutput]
     duration_s: float = 0.0
+    #: Set when `orch accept` re-keyed this entry to new code without running it: who, when, the
+    #: key it came from and the old and new code fingerprints (all strings).
+    accepted: dict[str, str] | None = None
 
     def output_hashes(self) -> dict[str, str]:
         return {name: out.object.hash for name, out in self.outputs.items()}
@@ -158,7 +161,7 @@ class Entry:
             "reads": {path: r.to_json() for path, r in self.reads.items()}, "files": dict(self.files),
             "outputs": {name: out.to_json() for name, out in self.outputs.items()},
             "duration_s": self.duration_s,
-        }
+        } | ({"accepted": dict(self.accepted)} if self.accepted is not None else {})
 
     @classmethod
     def from_json(cls, d: Any) -> Entry:
@@ -209,7 +212,10 @@ def _fast_entry(d: dict) -> Entry:
             and all(type(v) is str for v in inputs.values())):
         raise _NotFast
     components = KeyComponents(cstage, version, code, decl, inputs, tuple(sets) if sets is not None else None)
-    return Entry(key, trace, stage, pset, float(created), components, reads, files, outputs, float(duration))
+    accepted = d.get("accepted")
+    if accepted is not None and not (type(accepted) is dict and all(type(v) is str for v in accepted.values())):
+        raise _NotFast
+    return Entry(key, trace, stage, pset, float(created), components, reads, files, outputs, float(duration), accepted)
 
 
 def _checked_entry(d: Any) -> Entry:
@@ -229,6 +235,7 @@ def _checked_entry(d: Any) -> Entry:
         created=_number(d, "created"), components=KeyComponents.from_json(d.get("components")),
         reads=reads, files=_str_map(d.get("files"), "files"), outputs=outputs,
         duration_s=_number(d, "duration_s", default=0.0),
+        accepted=_str_map(d["accepted"], "accepted") if d.get("accepted") is not None else None,
     )
 
 
@@ -257,6 +264,27 @@ class Head:
         d = _mapping(d, "head")
         _check_format(d)
         return cls(_str(d, "key", "head"), _number(d, "created"), KeyComponents.from_json(d.get("components")))
+
+
+@dataclass(frozen=True, slots=True)
+class CodeManifest:
+    """What one code fingerprint is made of: item ("module:qualname") -> [digest, where it lives].
+    Stored once per fingerprint, so a miss can say which function of which file changed."""
+
+    items: dict[str, list[str]]
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "items": self.items}
+
+    @classmethod
+    def from_json(cls, d: Any) -> CodeManifest:
+        d = _mapping(d, "code manifest")
+        _check_format(d)
+        items = _mapping(d.get("items"), "items")
+        for name, v in items.items():
+            if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)):
+                raise EntryError(f"items[{name!r}] must be [digest, file]")
+        return cls(items)
 
 
 def check_entry_name(what: str, name: str) -> str:

@@ -15,7 +15,7 @@ from typing import Iterator
 from .. import hashing
 from ..fsutil import atomic_write_bytes, make_readonly, rmtree_force
 from .base import Store
-from .entries import Entry, Head, ObjectInfo, check_name, check_object
+from .entries import CodeManifest, Entry, Head, ObjectInfo, check_name, check_object
 from .locks import NodeLock, ThreadNodeLock
 
 
@@ -30,6 +30,7 @@ class MemoryStore(Store):
         self._objects: dict[tuple[str, str], tuple[ObjectInfo, object]] = {}
         self._entries: dict[str, dict[str, str]] = {}
         self._heads: dict[str, str] = {}
+        self._code: dict[str, str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._tmpdir: str | None = None
@@ -108,6 +109,13 @@ class MemoryStore(Store):
 
     def put_head(self, name: str, head: Head) -> None:
         self._heads[check_name("head name", name)] = json.dumps(head.to_json(), separators=(",", ":"))
+
+    def get_code_manifest(self, digest: str) -> CodeManifest | None:
+        text = self._code.get(check_name("code digest", digest))
+        return None if text is None else self._parse_code_manifest(text, f"memory:code/{digest}")
+
+    def put_code_manifest(self, digest: str, manifest: CodeManifest) -> None:
+        self._code.setdefault(check_name("code digest", digest), json.dumps(manifest.to_json(), separators=(",", ":")))
 
     def lock(self, name: str) -> NodeLock:
         with self._guard:

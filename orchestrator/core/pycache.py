@@ -1,0 +1,139 @@
+"""Project code runs as orch hashed it: checked-hash bytecode (PEP 552) for project files.
+
+Python trusts a `.pyc` whose header matches the source's mtime in whole seconds and its size. An
+edit within the same second as the last compile that keeps the size (`K = 2` -> `K = 3` by a sweep
+script's `sed -i`) leaves the old bytecode valid: orch would fingerprint the new source, run the old
+code and store its result under the new key, a wrong cache hit for every later run. So project
+modules (hashing.coderoots) are imported through a loader that trusts only *checked-hash* pycs,
+which record a hash of the source they were compiled from and are validated against it at every
+import; any other pyc is ignored and replaced by one. Because the validation is in the pyc itself,
+every later import by any interpreter of the same version checks it too (pool workers, MPI ranks,
+external scripts). Cost: reading and hashing the source of each project module at import (a few
+microseconds per KB); installed packages and the standard library are not touched.
+
+External scripts run in their own interpreter: before launching one, `check_bytecode` gives the
+project modules it imports checked-hash pycs (or removes stale ones where bytecode is not written).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import marshal
+import os
+import sys
+from typing import Iterable
+
+from ..hashing.coderoots import CodeRoots
+
+_CHECKED_HASH = (0b11).to_bytes(4, "little")  # PEP 552 flags: hash-based, check_source
+_HEADER = 16
+
+
+def _checked_pyc(source: bytes, data: bytes | None):
+    """The code object in `data` if it is a checked-hash pyc of exactly `source`, else None."""
+    if (data is None or len(data) < _HEADER or data[:4] != importlib.util.MAGIC_NUMBER
+            or data[4:8] != _CHECKED_HASH or data[8:16] != importlib.util.source_hash(source)):
+        return None
+    try:
+        return marshal.loads(memoryview(data)[_HEADER:])
+    except (ValueError, EOFError, TypeError):
+        return None
+
+
+def _pyc_bytes(source: bytes, code) -> bytes:
+    return importlib.util.MAGIC_NUMBER + _CHECKED_HASH + importlib.util.source_hash(source) + marshal.dumps(code)
+
+
+class CheckedSourceLoader(importlib.machinery.SourceFileLoader):
+    """SourceFileLoader that uses bytecode only when it was compiled from the very source on disk."""
+
+    def get_code(self, fullname):
+        source_path = self.get_filename(fullname)
+        source = self.get_data(source_path)
+        try:
+            cache = importlib.util.cache_from_source(source_path)
+        except NotImplementedError:
+            cache = None
+        if cache is not None:
+            try:
+                cached = self.get_data(cache)
+            except OSError:
+                cached = None
+            code = _checked_pyc(source, cached)
+            if code is not None:
+                return code
+        code = self.source_to_code(source, source_path)
+        if cache is not None and not sys.dont_write_bytecode:
+            self.set_data(cache, _pyc_bytes(source, code))  # atomic; quietly skipped where unwritable
+        return code
+
+
+def install(roots: CodeRoots) -> None:
+    """Import project modules through CheckedSourceLoader from now on, in this process."""
+    for hook in sys.path_hooks:
+        if getattr(hook, "orch_roots", None) is not None:
+            hook.orch_roots = roots  # already installed: follow the current roots
+            break
+    else:
+        sys.path_hooks.insert(0, _path_hook(roots))
+    for entry in list(sys.path_importer_cache):  # finders made before the hook was there
+        if isinstance(entry, str) and _project_dir(roots, entry):
+            del sys.path_importer_cache[entry]
+
+
+def _path_hook(roots: CodeRoots):
+    default = importlib.machinery.FileFinder.path_hook(
+        (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+        (CheckedSourceLoader, importlib.machinery.SOURCE_SUFFIXES),
+        (importlib.machinery.SourcelessFileLoader, importlib.machinery.BYTECODE_SUFFIXES),
+    )
+
+    def hook(entry: str):
+        if not _project_dir(hook.orch_roots, entry):
+            raise ImportError("not a project directory")  # the next hook (the standard one) takes it
+        return default(entry)
+
+    hook.orch_roots = roots
+    return hook
+
+
+def _project_dir(roots: CodeRoots, entry: str) -> bool:
+    try:
+        real = os.path.realpath(entry or os.getcwd())
+    except (OSError, ValueError):
+        return False
+    return os.path.isdir(real) and roots.root_of(real) is not None
+
+
+def check_bytecode(sources: Iterable[str | os.PathLike], write: bool = True) -> None:
+    """Before another interpreter of this Python version imports `sources` (an external script's
+    project modules): give each a checked-hash pyc of its current source, or, where bytecode is not
+    written (`write=False`, PYTHONDONTWRITEBYTECODE), remove a pyc that is not one."""
+    for src in sources:
+        path = os.fspath(src)
+        try:
+            cache = importlib.util.cache_from_source(path)
+            with open(path, "rb") as f:
+                source = f.read()
+        except (OSError, NotImplementedError, ValueError):
+            continue
+        try:
+            with open(cache, "rb") as f:
+                cached = f.read()
+        except OSError:
+            cached = None
+        if _checked_pyc(source, cached) is not None:
+            continue
+        if write:
+            try:
+                code = compile(source, path, "exec", dont_inherit=True)
+            except (SyntaxError, ValueError):
+                continue  # the script reports it when it imports the module
+            loader = importlib.machinery.SourceFileLoader("_orch_pyc", path)
+            loader.set_data(cache, _pyc_bytes(source, code))
+        elif cached is not None:
+            try:
+                os.unlink(cache)
+            except OSError:
+                pass
