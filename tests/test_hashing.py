@@ -812,3 +812,32 @@ def test_source_edited_during_the_run_fingerprints_the_imported_code(proj, caplo
         during = fp.fingerprint(mod.helper)
     assert "changed during this run" in caplog.text
     assert during != Fingerprinter(proj.root).fingerprint(proj.load("stages.util").helper)
+
+
+def test_parameters_and_locals_are_not_references_to_module_names(proj):
+    """`def evaluate(record, model)` next to a stage `model`: the parameter is not the stage."""
+    proj.write("stages/a.py", """
+        def model(x):
+            return x
+
+        def data(x):
+            return x
+
+        def evaluate(record, model):
+            data = model + 1
+            return [data for model in range(3)]
+
+        def uses(record):
+            return model(1)
+
+        def shadow_in_inner(record):
+            def inner(model):
+                return model
+            return inner(1) + model(2)
+    """)
+    before = {f: proj.fp(f"stages.a:{f}") for f in ("evaluate", "uses", "shadow_in_inner")}
+    proj.edit("stages/a.py", "def model(x):\n    return x", "def model(x):\n    return x * 2")
+    after = {f: proj.fp(f"stages.a:{f}") for f in ("evaluate", "uses", "shadow_in_inner")}
+    assert after["evaluate"] == before["evaluate"]  # its `model` and `data` are its own
+    assert after["uses"] != before["uses"]
+    assert after["shadow_in_inner"] != before["shadow_in_inner"]  # local in inner, global in the outer body

@@ -111,7 +111,7 @@ def _rekey(node: Node, ctx: PlanContext, d: Decision, entry, old_code: str, dry:
     accepted = dataclasses.replace(entry, key=d.key, components=new, created=now, accepted={
         "by": who, "at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
         "from_key": entry.key, "old_code": old_code, "new_code": new.code})
-    ctx.store.put_code_manifest(new.code, CodeManifest(ctx.code_items(node)))
+    ctx.store.put_code_manifests({new.code: CodeManifest(ctx.code_items(node))})
     ctx.store.put_entry(accepted)
     ctx.store.put_head(keys.head_key(node.stage.id, node.set_name), Head(d.key, now, new))
     return Acceptance(node, ACCEPTED, change)

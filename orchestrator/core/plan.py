@@ -207,11 +207,14 @@ def record_code_manifests(graph: Graph, decisions: list[Decision], ctx: PlanCont
     that a later code change can be explained by file and function."""
     from ..store import CodeManifest
 
-    done = set()
+    manifests = {}
     for node, d in zip(graph.nodes, decisions):
-        if d.state != CACHED and node.stage.cached and node.stage.id not in done:
-            done.add(node.stage.id)
-            ctx.store.put_code_manifest(ctx.fingerprint(node), CodeManifest(ctx.code_items(node)))
+        if d.state != CACHED and node.stage.cached:
+            digest = ctx.fingerprint(node)
+            if digest not in manifests:
+                manifests[digest] = CodeManifest(ctx.code_items(node))
+    if manifests:
+        ctx.store.put_code_manifests(manifests)
 
 
 def decide(node: Node, graph: Graph, input_hashes: list[str | None], ctx: PlanContext) -> Decision:

@@ -46,10 +46,16 @@ def _pyc_bytes(source: bytes, code) -> bytes:
 
 
 class CheckedSourceLoader(importlib.machinery.SourceFileLoader):
-    """SourceFileLoader that uses bytecode only when it was compiled from the very source on disk."""
+    """SourceFileLoader that, for a project file, uses bytecode only when it was compiled from the
+    very source on disk. Other files (installed packages, the standard library) load as usual.
+    `roots` is set on the subclass `install` makes."""
+
+    roots: CodeRoots | None = None
 
     def get_code(self, fullname):
         source_path = self.get_filename(fullname)
+        if self.roots is None or self.roots.root_of(os.path.realpath(source_path)) is None:
+            return super().get_code(fullname)
         source = self.get_data(source_path)
         try:
             cache = importlib.util.cache_from_source(source_path)
@@ -70,40 +76,19 @@ class CheckedSourceLoader(importlib.machinery.SourceFileLoader):
 
 
 def install(roots: CodeRoots) -> None:
-    """Import project modules through CheckedSourceLoader from now on, in this process."""
-    for hook in sys.path_hooks:
-        if getattr(hook, "orch_roots", None) is not None:
-            hook.orch_roots = roots  # already installed: follow the current roots
-            break
-    else:
-        sys.path_hooks.insert(0, _path_hook(roots))
-    for entry in list(sys.path_importer_cache):  # finders made before the hook was there
-        if isinstance(entry, str) and _project_dir(roots, entry):
-            del sys.path_importer_cache[entry]
-
-
-def _path_hook(roots: CodeRoots):
-    default = importlib.machinery.FileFinder.path_hook(
+    """From now on, in this process, import every source module through CheckedSourceLoader bound
+    to `roots`. Decided per file, not per sys.path entry, so a project package reached through a
+    symlink in site-packages is checked too (the cost for other files: one realpath per import)."""
+    sys.path_hooks[:] = [h for h in sys.path_hooks if not getattr(h, "orch_pycache", False)]
+    loader = type("CheckedSourceLoader", (CheckedSourceLoader,), {"roots": roots})
+    hook = importlib.machinery.FileFinder.path_hook(
         (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
-        (CheckedSourceLoader, importlib.machinery.SOURCE_SUFFIXES),
+        (loader, importlib.machinery.SOURCE_SUFFIXES),
         (importlib.machinery.SourcelessFileLoader, importlib.machinery.BYTECODE_SUFFIXES),
     )
-
-    def hook(entry: str):
-        if not _project_dir(hook.orch_roots, entry):
-            raise ImportError("not a project directory")  # the next hook (the standard one) takes it
-        return default(entry)
-
-    hook.orch_roots = roots
-    return hook
-
-
-def _project_dir(roots: CodeRoots, entry: str) -> bool:
-    try:
-        real = os.path.realpath(entry or os.getcwd())
-    except (OSError, ValueError):
-        return False
-    return os.path.isdir(real) and roots.root_of(real) is not None
+    hook.orch_pycache = True
+    sys.path_hooks.insert(0, hook)
+    sys.path_importer_cache.clear()  # finders made before use the old loaders: made again on demand
 
 
 def check_bytecode(sources: Iterable[str | os.PathLike], write: bool = True) -> None:

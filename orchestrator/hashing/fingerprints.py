@@ -34,6 +34,7 @@ MAX_CONST_BYTES = 64 * 1024
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
 _MISSING = object()
+_SOURCE, _SCOPES = "__source__", "__scopes__"  # extra keys of a parsed file's index
 # ast.dump differs between Python versions: the persisted per-definition cache is valid for one.
 _FP_CACHE_VERSION = f"fingerprint-v2-py{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -287,7 +288,7 @@ class Fingerprinter:
             record = files[filename] = {"stamp": stamp, "defs": {}}
         if key not in record["defs"]:
             nodes = (parsed := self._parse(filename, stamp)) and locate(*parsed)
-            summary = (summarize or _definition_summary)(nodes) if nodes else None
+            summary = (summarize or _definition_summary)(nodes, parsed[0]) if nodes else None
             record["defs"][key] = summary
             self._dirty = True
         return record["defs"][key]
@@ -309,10 +310,11 @@ class Fingerprinter:
             return cached[1], cached[2]
         try:
             with open(filename, "rb") as f:
-                tree = ast.parse(f.read(), filename)
+                source = f.read()
+            tree = ast.parse(source, filename)
         except (OSError, SyntaxError, ValueError):
             return None
-        index, todo = {}, [tree]
+        index, todo = {_SOURCE: source}, [tree]
         while todo:  # statements only: definitions never hide inside expressions
             node = todo.pop()
             if isinstance(node, (*_DEFS, ast.Module)) and node.body and _is_docstring(node.body[0]):
@@ -326,8 +328,28 @@ class Fingerprinter:
         return index, tree
 
 
-def _definition_summary(nodes: list) -> list:
-    return [hashlib.sha256(_dump(nodes).encode()).hexdigest(), sorted(_reference_chains(nodes))]
+def _definition_summary(nodes: list, index: dict) -> list:
+    return [hashlib.sha256(_dump(nodes).encode()).hexdigest(), sorted(_reference_chains(nodes, _scopes(index)))]
+
+
+def _scopes(index: dict) -> dict | None:
+    """(name, line) -> symtable of every function and class of a parsed file, built once per file:
+    Python's own scoping rules, to tell a local variable from a reference to the module."""
+    if _SCOPES not in index:
+        import symtable
+
+        try:
+            top = symtable.symtable(importlib.util.decode_source(index[_SOURCE]), "<orch>", "exec")
+        except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError):
+            index[_SCOPES] = None
+        else:
+            tables, todo = {}, [top]
+            while todo:
+                table = todo.pop()
+                tables.setdefault((table.get_name(), table.get_lineno()), table)
+                todo.extend(table.get_children())
+            index[_SCOPES] = tables
+    return index[_SCOPES]
 
 
 def _module_locator(index: dict, tree: ast.Module):
@@ -338,7 +360,7 @@ def _module_summary(module: str, filename: str):
     """A whole module file: its normalized AST and the modules it imports (absolute names)."""
     is_package = os.path.basename(filename) == "__init__.py"
 
-    def summarize(nodes: list) -> list:
+    def summarize(nodes: list, index: dict) -> list:
         return [hashlib.sha256(_dump(nodes).encode()).hexdigest(), sorted(imported_modules(nodes[0], module, is_package))]
     return summarize
 
@@ -412,63 +434,62 @@ def _dump(nodes: list) -> str:
     return "\n".join(out)
 
 
-def _reference_chains(nodes: list) -> set[tuple[str, ...]]:
+def _reference_chains(nodes: list, scopes: dict | None = None) -> set[tuple[str, ...]]:
     """Every loaded name, dotted chain (a.b.c) and import in the nodes, decorators included. Names
     bound by an `import` inside a definition (`import a.b as c` in a function body) become chains
-    of that import ("import:a.b", ...), since they are not in the module's namespace."""
-    chains, local = set(), {}
-    subs = [sub for node in nodes for sub in ast.walk(node)]
+    of that import ("import:a.b", ...), since they are not in the module's namespace; parameters and
+    local variables are dropped (`scopes`, see _local_names): `def train(record, model)` next to a
+    stage called `model` does not depend on it."""
+    chains, local_imports, locals_only = set(), {}, set()
     for node in nodes:
-        if not isinstance(node, _DEFS):
-            continue
+        in_def = isinstance(node, _DEFS)
+        if in_def:
+            locals_only |= _local_names(node, scopes)
         for sub in ast.walk(node):
-            if isinstance(sub, ast.Import):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
+                chains.add((sub.id,))
+            elif isinstance(sub, ast.Attribute):
+                parts, base = [sub.attr], sub.value
+                while isinstance(base, ast.Attribute):
+                    parts.append(base.attr)
+                    base = base.value
+                if isinstance(base, ast.Name):
+                    chains.add((base.id, *reversed(parts)))
+            elif isinstance(sub, ast.ImportFrom):
+                chains.update((f"import:{'.' * sub.level}{sub.module or ''}", a.name) for a in sub.names)
+            elif in_def and isinstance(sub, ast.Import):
                 for a in sub.names:
-                    local[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                    top = a.name.split(".")[0]
+                    local_imports[a.asname or top] = a.name if a.asname else top
                     chains.add((f"import:{a.name}",))
-    for sub in subs:
-        if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
-            chains.add((sub.id,))
-        elif isinstance(sub, ast.Attribute):
-            parts, base = [sub.attr], sub.value
-            while isinstance(base, ast.Attribute):
-                parts.append(base.attr)
-                base = base.value
-            if isinstance(base, ast.Name):
-                chains.add((base.id, *reversed(parts)))
-        elif isinstance(sub, ast.ImportFrom):
-            chains.update((f"import:{'.' * sub.level}{sub.module or ''}", a.name) for a in sub.names)
-    if local:
-        chains = {(f"import:{local[c[0]]}", *c[1:]) if c[0] in local else c for c in chains}
-    names = _free_names(nodes)
-    if names is not None:  # parameters and local variables are not references to the module
-        chains = {c for c in chains if c[0].startswith("import:") or c[0] in names}
-    return chains
+    if local_imports:
+        chains = {(f"import:{local_imports[c[0]]}", *c[1:]) if c[0] in local_imports else c for c in chains}
+    return {c for c in chains if c[0] not in locals_only}
 
 
-def _free_names(nodes: list) -> set[str] | None:
-    """Names the nodes look up outside themselves (module globals, builtins, or the closure of the
-    definition), by Python's own scoping rules (symtable): a parameter or local variable that
-    shadows a module-level name (`def train(record, model)` next to a stage `model`) is not a
-    reference to it. None when the nodes cannot be analysed alone (e.g. `nonlocal` in a nested
-    function): then every name counts, the conservative way."""
-    import symtable
-
-    found: set[str] = set()
-    for node in nodes:
-        try:
-            top = symtable.symtable(ast.unparse(node), "<orch>", "exec")
-        except (SyntaxError, ValueError, RecursionError):
-            return None
-        todo = [top]
-        while todo:
-            table = todo.pop()
-            module_scope = table.get_type() == "module"
-            for sym in table.get_symbols():
-                if sym.is_referenced() and (module_scope or sym.is_global()):
-                    found.add(sym.get_name())
-            todo.extend(table.get_children())
-    return found
+def _local_names(node, scopes: dict | None) -> set[str]:
+    """Names that are only ever local (parameters, assignments, imports) in the scopes of a function
+    or class definition and the scopes nested in it, by symtable; names its decorators, defaults and
+    annotations use are evaluated outside it and never count. Empty when the scopes are unknown."""
+    table = scopes.get((node.name, node.lineno)) if scopes else None
+    if table is None:
+        return set()
+    glob, local, todo = set(), set(), [table]
+    while todo:
+        t = todo.pop()
+        for sym in t.get_symbols():
+            if sym.is_global():
+                glob.add(sym.get_name())
+            elif sym.is_local() or sym.is_parameter():
+                local.add(sym.get_name())
+        todo.extend(t.get_children())
+    outside = [*node.decorator_list, *getattr(node, "bases", ()), *getattr(node, "keywords", ())]
+    if not isinstance(node, ast.ClassDef):
+        outside += [*node.args.defaults, *filter(None, node.args.kw_defaults), node.returns,
+                    *(a.annotation for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs,
+                                             node.args.vararg, node.args.kwarg) if a is not None)]
+    used_outside = {n.id for expr in outside if expr is not None for n in ast.walk(expr) if isinstance(n, ast.Name)}
+    return local - glob - used_outside
 
 
 def _absolute(module: str, package: str | None) -> str:

@@ -104,8 +104,8 @@ class Store(abc.ABC):
         """What the code fingerprint `digest` was made of, if a run recorded it."""
 
     @abc.abstractmethod
-    def put_code_manifest(self, digest: str, manifest: CodeManifest) -> None:
-        """Record what a code fingerprint is made of (once per fingerprint; same digest, same content)."""
+    def put_code_manifests(self, manifests: dict[str, CodeManifest]) -> None:
+        """Record what code fingerprints are made of (same digest, same content), in one write."""
 
     # -- locks and working areas -----------------------------------------------------------------
     @abc.abstractmethod

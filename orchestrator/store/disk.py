@@ -11,17 +11,27 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
 from .. import hashing
 from ..errors import StoreError
-from ..fsutil import atomic_write_bytes, make_readonly, make_writable_dir, rmtree_force
+from ..fsutil import (
+    atomic_write_bytes,
+    load_cache_file,
+    make_readonly,
+    make_writable_dir,
+    rmtree_force,
+    save_cache_file,
+)
 from .base import Store
-from .entries import CodeManifest, Entry, Head, ObjectInfo, check_name, check_object
+from .entries import FORMAT, CodeManifest, Entry, EntryError, Head, ObjectInfo, check_name, check_object
 from .locks import FileNodeLock, NodeLock
 
 log = logging.getLogger("orchestrator.store")
+#: How many code fingerprints' manifests the cache keeps (the newest; each a few KB at most).
+CODE_MANIFESTS_KEPT = 5000
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")  # what check_name accepts
 _OBJECT_NAME_RE = re.compile(r"([0-9a-f]{62})((?:\.[A-Za-z0-9_-]+)*)\Z")  # a name inside objects/ab/
 
@@ -41,6 +51,8 @@ class DiskStore(Store):
         self._quarantine_dir = os.path.join(r, "quarantine")
         self._made: set[str] = set()  # directories known to exist: no mkdir syscall per write
         self._stat_cache: hashing.StatCache | None = None
+        self._code_path = os.path.join(r, "code-manifests.json")
+        self._manifests: dict | None = None  # loaded when a code change is explained
 
     def _ensure_dir(self, d: str) -> str:
         if d not in self._made:
@@ -223,19 +235,35 @@ class DiskStore(Store):
     def put_head(self, name: str, head: Head) -> None:
         atomic_write_bytes(self._head_file(name), json.dumps(head.to_json(), separators=(",", ":")).encode())
 
-    def _code_file(self, digest: str) -> str:
-        check_name("code digest", digest)
-        return os.path.join(str(self.root), "code", digest[:2], digest + ".json")
-
     def get_code_manifest(self, digest: str) -> CodeManifest | None:
-        path = self._code_file(digest)
-        data = self._read(path)
-        return None if data is None else self._parse_code_manifest(data, path)
+        found = self._code_manifests().get(digest)
+        if found is None:
+            return None
+        try:
+            return CodeManifest.from_json(found)
+        except EntryError as e:
+            self._warn_malformed("code manifest", f"{self._code_path}#{digest}", "", "", e)
+            return None
 
-    def put_code_manifest(self, digest: str, manifest: CodeManifest) -> None:
-        path = self._code_file(digest)
-        if not os.path.exists(path):
-            atomic_write_bytes(path, json.dumps(manifest.to_json(), separators=(",", ":")).encode())
+    def put_code_manifests(self, manifests: dict[str, CodeManifest]) -> None:
+        """One file for every fingerprint: a first run of 200 distinct stages writes it once, not 200
+        files. Merged with what is on disk (several writers lose at most an explanation's detail,
+        never a result) and kept to the newest CODE_MANIFESTS_KEPT."""
+        known = self._code_manifests()
+        new = {d: m.to_json() | {"seen": time.time()} for d, m in manifests.items() if d not in known}
+        if not new:
+            return
+        merged = {**load_cache_file(self._code_path, FORMAT, "manifests"), **new}
+        if len(merged) > CODE_MANIFESTS_KEPT:
+            newest = sorted(merged.items(), key=lambda kv: kv[1].get("seen", 0) if isinstance(kv[1], dict) else 0)
+            merged = dict(newest[-CODE_MANIFESTS_KEPT:])
+        if save_cache_file(self._code_path, {"version": FORMAT, "manifests": merged}):
+            self._manifests = merged
+
+    def _code_manifests(self) -> dict:
+        if self._manifests is None:
+            self._manifests = load_cache_file(self._code_path, FORMAT, "manifests")
+        return self._manifests
 
     def _read(self, path: str) -> bytes | None:
         """A record's bytes, or None when it is absent (deleted since a listing is not damage) or

@@ -114,8 +114,9 @@ class MemoryStore(Store):
         text = self._code.get(check_name("code digest", digest))
         return None if text is None else self._parse_code_manifest(text, f"memory:code/{digest}")
 
-    def put_code_manifest(self, digest: str, manifest: CodeManifest) -> None:
-        self._code.setdefault(check_name("code digest", digest), json.dumps(manifest.to_json(), separators=(",", ":")))
+    def put_code_manifests(self, manifests: dict[str, CodeManifest]) -> None:
+        for digest, manifest in manifests.items():
+            self._code.setdefault(check_name("code digest", digest), json.dumps(manifest.to_json(), separators=(",", ":")))
 
     def lock(self, name: str) -> NodeLock:
         with self._guard:
