@@ -85,11 +85,40 @@ class Project:
 
 COUNTING = '''
 import os
+import time
 
 def count(name):
     with open(os.environ["ORCH_COUNTS"], "a") as f:
         f.write(name + "\\n")
+
+def wait_until(state, what, timeout=60):
+    """Inside a test project's stage: wait for a state the test arranges (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not state():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gave up after {timeout}s waiting for {what}")
+        time.sleep(0.01)
 '''
+
+
+@pytest.fixture(params=["memory", "disk"])
+def store(request, tmp_path):
+    """Each Store implementation in turn: the in-memory twin and a DiskStore in a temp directory."""
+    from orchestrator.store import DiskStore, MemoryStore
+
+    return MemoryStore() if request.param == "memory" else DiskStore(tmp_path / "cache")
+
+
+def flip_stored_byte(store, info) -> Path:
+    """Flip one byte of a stored object's file (same size: only a re-hash at load finds it), with a
+    new mtime, as bit rot or a stray tool would; returns the file."""
+    path = store.object_path(info, verify=False)
+    data = path.read_bytes()
+    path.chmod(0o644)
+    path.write_bytes(data[:-2] + bytes([data[-2] ^ 1]) + data[-1:])
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    return path
 
 
 @pytest.fixture

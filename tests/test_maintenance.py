@@ -5,17 +5,10 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
-
-from orchestrator.store import DiskStore, Entry, KeyComponents, MemoryStore, StoredOutput
+from orchestrator.store import DiskStore, Entry, KeyComponents, StoredOutput
 from orchestrator.store.maintenance import gc, stats, verify
 
 KEY = "ab" + "0" * 62
-
-
-@pytest.fixture(params=["memory", "disk"])
-def store(request, tmp_path):
-    return MemoryStore() if request.param == "memory" else DiskStore(tmp_path / "cache")
 
 
 def _object(store, tmp_path, name, data: bytes):

@@ -44,12 +44,7 @@ def sweep_project(p, extra: str = "", runs_before_data: int = 0, train_ranks: in
             with open(COUNTS, "a") as f:
                 f.write(name + "\\n" + name + "@" + rank() + "\\n")
 
-        def wait_until(state, what):
-            deadline = time.monotonic() + 60
-            while not state():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("gave up after 60s waiting for " + what)
-                time.sleep(0.01)
+        from stages.counting import wait_until
 
         def runs_started():
             runs = os.path.join(os.path.dirname(COUNTS), ".orch", "runs")
@@ -335,12 +330,7 @@ def test_a_worker_that_dies_fails_only_its_node(project):
 
         MARKS = os.path.join(os.path.dirname(os.environ["ORCH_COUNTS"]), "marks")
 
-        def wait_until(state, what):
-            deadline = time.monotonic() + 60
-            while not state():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("gave up after 60s waiting for " + what)
-                time.sleep(0.01)
+        from stages.counting import wait_until
 
         @stage(outputs=["x"], cachers=[JsonCacher])
         def crash(record):

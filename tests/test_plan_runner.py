@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 from orchestrator import PickleCacher, stage
 from orchestrator.core.graph import Graph
 from orchestrator.core.plan import PlanContext, forced_nodes, plan
@@ -17,7 +15,7 @@ from orchestrator.params import ParamSet
 
 CACHED, PENDING, RUN = Status.CACHED, Status.PENDING, Status.RUN
 from orchestrator.core.runner import Runner
-from orchestrator.store import DiskStore, MemoryStore
+from orchestrator.store import DiskStore
 
 CALLS: list[str] = []
 
@@ -48,11 +46,6 @@ def step(record, x):
 @stage(outputs=["x"], cachers=[PickleCacher])
 def start(record):
     return 0
-
-
-@pytest.fixture(params=["memory", "disk"])
-def store(request, tmp_path):
-    return MemoryStore() if request.param == "memory" else DiskStore(tmp_path / "cache")
 
 
 def _graph(sets: dict[str, dict], wire) -> Graph:

@@ -5,7 +5,6 @@ checked event by event, without subprocesses or timing."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from conftest import flip_stored_byte
 
 from orchestrator import PickleCacher, stage
 from orchestrator.core import keys
@@ -25,7 +25,7 @@ from orchestrator.executors.base import Executor
 from orchestrator.executors.task import Task, TaskResult, execute
 from orchestrator.hashing import Fingerprinter
 from orchestrator.params import ParamSet
-from orchestrator.store import DiskStore, Entry, MemoryStore, Read, Store, StoredOutput
+from orchestrator.store import Entry, Read, Store, StoredOutput
 
 RAN, CACHED, FAILED, SKIPPED, RUN, PENDING = (Status.RAN, Status.CACHED, Status.FAILED, Status.SKIPPED, Status.RUN,
                                               Status.PENDING)
@@ -196,11 +196,6 @@ class ScriptedExecutor(Executor):
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-@pytest.fixture(params=["memory", "disk"])
-def store(request, tmp_path) -> Store:
-    return MemoryStore() if request.param == "memory" else DiskStore(tmp_path / "cache")
-
-
 @pytest.fixture(autouse=True)
 def _clean():
     CALLS.clear()
@@ -247,14 +242,8 @@ def value_of(store: Store, outcome, name: str):
     return PickleCacher().load(str(store.object_path(outcome.outputs[name].object)))
 
 
-def tamper(store: Store, out: StoredOutput) -> None:
-    """Flip one byte of a stored file (same size: only a re-hash at load finds it), with a new mtime."""
-    path = store.object_path(out.object, verify=False)
-    data = path.read_bytes()
-    path.chmod(0o644)
-    path.write_bytes(data[:-2] + bytes([data[-2] ^ 1]) + data[-1:])
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+def tamper(store: Store, out: StoredOutput) -> Path:
+    return flip_stored_byte(store, out.object)
 
 
 # -- capacity and concurrency --------------------------------------------------------------------------

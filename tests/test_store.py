@@ -24,7 +24,6 @@ from orchestrator.store import (
     EntryError,
     Head,
     KeyComponents,
-    MemoryStore,
     ObjectInfo,
     Read,
     Store,
@@ -32,11 +31,6 @@ from orchestrator.store import (
 )
 
 KEY = "ab" + "c" * 62
-
-
-@pytest.fixture(params=["disk", "memory"])
-def store(request, tmp_path) -> Store:
-    return DiskStore(tmp_path / "cache") if request.param == "disk" else MemoryStore()
 
 
 @pytest.fixture

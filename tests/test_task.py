@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import flip_stored_byte
 
 from orchestrator import Lazy, PickleCacher, stage
 from orchestrator.artifacts.lazy import LazyArtifact
@@ -19,7 +20,7 @@ from orchestrator.core.status import Status
 from orchestrator.executors.task import InputValue, Task, TaskResult, execute
 from orchestrator.hashing import hash_bytes, hash_value
 from orchestrator.params import MISSING
-from orchestrator.store import DiskStore, Entry, KeyComponents, MemoryStore, Read, Store, StoredOutput
+from orchestrator.store import DiskStore, Entry, KeyComponents, Read, Store, StoredOutput
 from orchestrator.store.locks import NodeLock
 
 ROOT = Path(__file__).parent
@@ -108,11 +109,6 @@ def locked_stage(record):
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-@pytest.fixture(params=["memory", "disk"])
-def store(request, tmp_path) -> Store:
-    return MemoryStore() if request.param == "memory" else DiskStore(tmp_path / "cache")
-
-
 @pytest.fixture(autouse=True)
 def _clean():
     CALLS.clear()
@@ -167,14 +163,7 @@ def reads_of_produce(n, offset=MISSING) -> dict[str, Read]:
 
 
 def tamper(store: Store, out: StoredOutput) -> Path:
-    """Flip one byte of a stored file (same size: only a re-hash at load finds it), with a new mtime."""
-    path = store.object_path(out.object, verify=False)
-    data = path.read_bytes()
-    path.chmod(0o644)
-    path.write_bytes(data[:-2] + bytes([data[-2] ^ 1]) + data[-1:])
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    return path
+    return flip_stored_byte(store, out.object)
 
 
 # -- what a run stores -----------------------------------------------------------------------------

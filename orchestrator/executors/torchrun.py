@@ -32,8 +32,7 @@ from pathlib import Path
 
 from ..core.status import Status
 from ..fsutil import atomic_write_bytes, rmtree_force
-from ..store import Store
-from .base import Executor
+from .base import InProcessExecutor
 from .task import Task, TaskResult, execute
 from .worker import Backoff, WorkerConfig, decode_result, encode_task, init_worker, run_encoded
 
@@ -188,28 +187,21 @@ def release_peers() -> None:
         print(f"orch: could not destroy the process group of the distributed stages: {e}", file=sys.stderr)
 
 
-class TorchrunLeader(Executor):
-    """Rank 0: runs every node here, one at a time; distributed ones in step with the followers."""
+class TorchrunLeader(InProcessExecutor):
+    """Rank 0: runs every node here, one at a time (as the in-process executor does); distributed
+    ones in step with the followers."""
 
     def __init__(self, channel: Channel):
+        super().__init__()
         self.channel = channel
-        self.store: Store | None = None
         self._seq = 0
-        self._done: list[TaskResult] = []
         self._payload: bytes | None = None
         self._broken = ""  # label of the distributed stage whose failure broke the process group
         self._closed = False
 
-    @property
-    def capacity(self) -> int:
-        return 1
-
-    def start(self, store: Store) -> None:
-        self.store = store
-
     def submit(self, task: Task, stage) -> None:
         if not stage.distributed or self.channel.world_size == 1:
-            self._done.append(execute(task, self.store, stage))
+            super().submit(task, stage)
             return
         if self._broken:
             self._done.append(TaskResult(task.node_id, Status.FAILED, error_type="DistributedStageError", error=(
@@ -222,10 +214,6 @@ class TorchrunLeader(Executor):
             return
         self._payload = payload
         self._done.append(execute(task, self.store, stage, gate=self))
-
-    def wait(self) -> list[TaskResult]:
-        done, self._done = self._done, []
-        return done
 
     # the gate of execute(): called inside the node lock, after the re-check
     def begin(self, task: Task) -> None:
