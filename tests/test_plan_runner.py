@@ -107,10 +107,10 @@ def test_parameter_change_explains_itself_and_keeps_upstream(store):
     assert decisions[1].reason == "parameter k changed: 2 -> 5"
 
 
-def test_early_cutoff_at_run_time(store):
+def test_overwrite_stage_reruns_downstream_then_everything_is_cached(store):
+    """(Early cutoff at run time: tests/test_runner.py, test_rerun_with_identical_bytes_...)"""
     g = _graph({"a": {"n": 3, "k": 2}}, _pipeline)
     _run(store, g)
-    # total = 3*2 = 6 again with k=3 and n=... no: make a change that keeps total's output
     g2 = _graph({"a": {"n": 3, "k": 2, "unused": 1}}, _pipeline)
     _, outcomes, _ = _run(store, g2, overwrite_stages=["make"])
     assert [o.status for o in outcomes] == ["ran", "ran", "ran"]
