@@ -49,7 +49,7 @@ def per_stage_overhead(root: Path, stages: int) -> float:
             (cache / area / f"{i:02x}").mkdir(parents=True, exist_ok=True)
     warm = write_chain_project(root / "warm", 3)
     sys.path.insert(0, str(warm))
-    session.run(session.RunOptions(experiment=warm / "experiment.py", params=[str(warm / "params/p.yaml")],
+    session.run_experiment(session.RunOptions(experiment=warm / "experiment.py", params=[str(warm / "params/p.yaml")],
                                    cache=cache))
     for name in [m for m in sys.modules if m == "experiment" or m.split(".")[0] == "stages"]:
         del sys.modules[name]
@@ -58,7 +58,7 @@ def per_stage_overhead(root: Path, stages: int) -> float:
     sys.path.insert(0, str(proj))
     opts = session.RunOptions(experiment=proj / "experiment.py", params=[str(proj / "params/p.yaml")], cache=cache)
     t0 = time.perf_counter()
-    result = session.run(opts)
+    result = session.run_experiment(opts)
     total = time.perf_counter() - t0
     assert not result.failed
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ class RunResult:
     def counts(self) -> dict[str, int]:
         c: dict[str, int] = {}
         for o in self.outcomes:
-            c[o.status.value] = c.get(o.status, 0) + 1
+            c[o.status] = c.get(o.status, 0) + 1  # Status is a str: JSON and f-strings show "ran"
         return c
 
 

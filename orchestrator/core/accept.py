@@ -12,7 +12,6 @@ accepted it, when, and the old and new fingerprints; `orch why` and the report s
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import socket
 import time
@@ -86,7 +85,7 @@ def _accept_one(node: Node, graph: Graph, ctx: PlanContext, d: Decision, dry: bo
                 codes.append(head.components.code)
     params, why = graph.params_of(node), ""
     for old_code in codes:
-        old_key = keys.node_key(dataclasses.replace(new, code=old_code))
+        old_key = keys.node_key(new._replace(code=old_code))
         for candidate in ctx.store.get_entries(old_key, label=node.label):
             reason = ctx.check_trace(candidate, node, params) or _missing_outputs(candidate, ctx)
             if reason is None:
@@ -108,7 +107,7 @@ def _rekey(node: Node, ctx: PlanContext, d: Decision, entry, old_code: str, dry:
     if dry:
         return Acceptance(node, WOULD_ACCEPT, change)
     now = time.time()
-    accepted = dataclasses.replace(entry, key=d.key, components=new, created=now, accepted={
+    accepted = entry._replace(key=d.key, components=new, created=now, accepted={
         "by": who, "at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
         "from_key": entry.key, "old_code": old_code, "new_code": new.code})
     ctx.store.put_code_manifests({new.code: CodeManifest(ctx.code_items(node))})

@@ -14,7 +14,7 @@ import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ..artifacts.lazy import LazyArtifact
 from ..cachers import Cacher, OutputTarget
@@ -89,15 +89,6 @@ class TaskResult:
     damaged_producer: int | None = None
 
 
-class Gate(Protocol):
-    """Told when the stage function is about to be called and when it returned (torchrun rank 0
-    runs a distributed stage in step with the other ranks; see executors.torchrun)."""
-
-    def begin(self, task: Task) -> None: ...
-
-    def end(self, task: Task, failure: TaskResult | None) -> TaskResult | None: ...
-
-
 def import_stage(ref: tuple[str, str]):
     module, qualname = ref
     obj = importlib.import_module(module)
@@ -106,10 +97,10 @@ def import_stage(ref: tuple[str, str]):
     return obj
 
 
-def execute(task: Task, store: Store, stage=None, gate: Gate | None = None) -> TaskResult:
+def execute(task: Task, store: Store, stage=None, gate=None) -> TaskResult:
     """Run one node and store its outputs; never raises for a stage failure (returns it).
 
-    A `gate` (torchrun rank 0) hears `begin(task)` inside the lock, after the re-check and loading
+    A `gate` (torchrun rank 0: executors.torchrun.TorchrunLeader) hears `begin(task)` inside the lock, after the re-check and loading
     the inputs, and `end(task, failure)` after the call, where failure is this process's failed
     result or None; a result it returns replaces ours (the failure as seen from every rank), and
     nothing is saved unless every rank succeeded."""
@@ -152,7 +143,7 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
     return None
 
 
-def _compute(task: Task, store: Store, stage, gate: Gate | None) -> TaskResult:
+def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
     staging = store.new_staging_path(prefix=stage.name)  # created only if the stage asks for it
     try:
         try:

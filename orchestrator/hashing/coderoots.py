@@ -18,10 +18,8 @@ import functools
 import json
 import os
 import sys
-import sysconfig
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from typing import NamedTuple
 
 from ..errors import OrchError
 
@@ -33,8 +31,7 @@ class ProjectConfigError(OrchError):
     """`[tool.orch]` in pyproject.toml is malformed (unknown key, wrong type, missing path)."""
 
 
-@dataclass(frozen=True, slots=True)
-class CodeRoot:
+class CodeRoot(NamedTuple):
     path: str  # real path of the root directory
     kind: str  # "repository", "experiment directory", "editable install of NAME", "pyproject code-roots"
 
@@ -43,8 +40,7 @@ class CodeRoot:
         return f"{os.path.relpath(real_file, self.path)} [{self.kind} {self.path}]"
 
 
-@dataclass(frozen=True)
-class CodeRoots:
+class CodeRoots(NamedTuple):
     roots: tuple[CodeRoot, ...]
     excluded: tuple[str, ...] = ()
 
@@ -179,6 +175,8 @@ def _editable_dist(dist_info: str) -> str | None:
         return None
     if not (isinstance(data, dict) and isinstance(data.get("dir_info"), dict) and data["dir_info"].get("editable")):
         return None
+    from urllib.parse import unquote, urlparse
+
     url = urlparse(str(data.get("url", "")))
     return os.path.realpath(unquote(url.path)) if url.scheme == "file" and url.path else None
 
@@ -203,10 +201,10 @@ def _is_installed(real: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _installed_code_dirs() -> tuple[str, ...]:
-    keys, names = ("stdlib", "platstdlib", "purelib", "platlib"), ("base", "platbase", "installed_base",
-                                                                   "installed_platbase")
-    dirs = {os.path.realpath(sysconfig.get_paths(vars=dict.fromkeys(names, prefix))[key])
-            for prefix in {sys.prefix, sys.base_prefix} for key in keys}
+    """The standard library (where `os` lives; lib-dynload is inside it) and the active virtual
+    environment. Installed packages are recognized by their site-packages/dist-packages directory.
+    (Not sysconfig: computing its paths costs a few ms on every run.)"""
+    dirs = {os.path.realpath(os.path.dirname(os.__file__))}
     if sys.prefix != sys.base_prefix:  # a virtualenv, even one inside the project
         dirs.add(os.path.realpath(sys.prefix))
     return tuple(sorted(dirs))

@@ -23,7 +23,6 @@ from typing import Any, NamedTuple, Sequence
 
 from ..fsutil import load_cache_file, save_cache_file
 from .coderoots import CodeRoots
-from .modules import find_module_files, imported_modules
 from .statcache import is_racy
 from .values import VALUE_PREFIX, encode, hash_value
 
@@ -70,6 +69,7 @@ class Fingerprinter:
         self._item_files: dict[str, str] = {}  # item name -> the file it is defined in
         self._static: dict[str, list] = {}  # module not loaded -> [(module, digest, file)] of its closure
         self._warned: set[str] = set()
+        self._described: dict[str, str] = {}  # file -> "path [root kind root]"
 
     def fingerprint(self, obj: Any) -> str:
         """Digest of obj (unwrapped) and its transitive project references, sorted by name."""
@@ -101,7 +101,9 @@ class Fingerprinter:
         out = {}
         for kind, name, digest in self._closures[id(obj)]:
             where = self._item_files.get(name)
-            out[name] = [digest[:16], self.roots.describe(where) if where else ""]
+            if where and where not in self._described:
+                self._described[where] = self.roots.describe(where)
+            out[name] = [digest[:16], self._described.get(where, "")]
         return out
 
     def save(self) -> None:
@@ -226,6 +228,8 @@ class Fingerprinter:
                 self._item_files[mod_name] = filename
 
     def _static_closure(self, module: str) -> list[tuple[str, str, str]]:
+        from .modules import find_module_files
+
         found, seen, todo = [], set(), [module]
         while todo:
             name = todo.pop()
@@ -361,6 +365,8 @@ def _module_summary(module: str, filename: str):
     is_package = os.path.basename(filename) == "__init__.py"
 
     def summarize(nodes: list, index: dict) -> list:
+        from .modules import imported_modules
+
         return [hashlib.sha256(_dump(nodes).encode()).hexdigest(), sorted(imported_modules(nodes[0], module, is_package))]
     return summarize
 

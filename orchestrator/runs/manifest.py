@@ -67,7 +67,7 @@ def node_row(outcome) -> dict:
         "stage": node.stage.name,
         "stage_id": node.stage.id,
         "param_set": node.set_name,
-        "status": outcome.status.value,
+        "status": outcome.status,  # a str: JSON writes "ran"
         "key": outcome.key,
         "reason": outcome.reason,
         "duration_s": round(outcome.duration, 6),

