@@ -78,7 +78,7 @@ def test_fresh_plan_runs_roots_and_pends_the_rest(store):
     decisions = plan(g, _ctx(store, g))
     assert [d.state for d in decisions] == [RUN, PENDING, PENDING]
     assert decisions[1].reason == "waits on make"
-    assert decisions[0].reason == "never ran for this parameter set"
+    assert decisions[0].reason == "never ran"
 
 
 def test_run_then_everything_cached_and_values_correct(store):

@@ -21,8 +21,9 @@ from datetime import datetime, timezone
 from ..errors import PlanningError
 from ..store import CodeManifest, Head
 from . import keys
+from .explain import code_change
 from .graph import Graph, Node
-from .plan import Decision, PlanContext, code_change
+from .plan import Decision, PlanContext
 from .status import Status
 
 ACCEPTED, WOULD_ACCEPT, ALREADY_CACHED, REFUSED = "accepted", "would accept", "cached", "refused"
@@ -112,7 +113,7 @@ def _rekey(node: Node, ctx: PlanContext, d: Decision, entry, old_code: str, dry:
         "from_key": entry.key, "old_code": old_code, "new_code": new.code})
     ctx.store.put_code_manifests({new.code: CodeManifest(ctx.code_items(node))})
     ctx.store.put_entry(accepted)
-    ctx.store.put_head(keys.head_key(node.stage.id, node.set_name), Head(d.key, now, new))
+    ctx.store.put_head(keys.head_key(node.stage.id, node.set_name), Head(d.key, now, new, accepted.trace_id))
     return Acceptance(node, ACCEPTED, change)
 
 

@@ -17,6 +17,7 @@ from ..hashing import Fingerprinter, hash_value
 from ..params import resolve, traced_value
 from ..store import Entry, KeyComponents, Store
 from . import keys
+from .explain import RECENT_RUNS, acceptance_note, why_miss
 from .graph import Graph, Node
 from .status import Status
 from .traced import current_hash
@@ -46,6 +47,7 @@ class PlanContext:
     forced: set[int] = field(default_factory=set)
     _fingerprints: dict[str, str] = field(default_factory=dict)
     _code_items: dict[str, dict] = field(default_factory=dict)
+    _previous_rows: dict | None = None
     _declarations: dict[str, str] = field(default_factory=dict)
     _read_hashes: dict[tuple[str, str, tuple], str] = field(default_factory=dict)
     _file_hashes: dict[str, str | None] = field(default_factory=dict)
@@ -88,6 +90,16 @@ class PlanContext:
             if stat_cache is not None:
                 stat_cache.save()  # a no-op unless this file was hashed just now
         return self._file_hashes[name]
+
+    def previous_rows(self) -> dict[tuple[str, str], dict]:
+        """(stage id, parameter set) -> its row in the most recent of the last few runs that had it
+        (core.explain: the previous computation of a node that has no head of its own)."""
+        if self._previous_rows is None:
+            from ..runs.manifest import recent_node_rows
+
+            root = self.store.root
+            self._previous_rows = recent_node_rows(root, RECENT_RUNS) if root is not None else {}
+        return self._previous_rows
 
     def check_trace(self, entry: Entry, node: Node, params: dict) -> str | None:
         ignore = node.stage.ignore
@@ -148,60 +160,6 @@ def _outputs_present(entry: Entry, ctx: PlanContext) -> str | None:
     return f"stored output {', '.join(missing)} is missing or damaged" if missing else None
 
 
-def explain_new_key(node: Node, comp: KeyComponents, ctx: PlanContext) -> str:
-    """Compare with the last key this (stage, set) had: which of code/version/inputs changed."""
-    head = ctx.store.get_head(keys.head_key(node.stage.id, node.set_name), label=node.label)
-    if head is None:
-        return "never ran for this parameter set"
-    old = head.components
-    changes = []
-    if old.version != comp.version:
-        changes.append(f"version {old.version!r} -> {comp.version!r}")
-    if old.code != comp.code:
-        changes.append(code_change(node, old.code, ctx))
-    if old.decl != comp.decl:
-        changes.append("declaration changed (inputs, outputs or cachers)")
-    for name in sorted(set(old.inputs) | set(comp.inputs)):
-        if old.inputs.get(name) != comp.inputs.get(name):
-            both = name in old.inputs and name in comp.inputs
-            changes.append(f"input {name} changed" if both else f"input {name} added/removed")
-    if old.sets != comp.sets:
-        changes.append("parameter sets changed")
-    if changes:
-        return "; ".join(changes)
-    if head.key != keys.node_key(comp):
-        return "orch's cache key format changed since the last run"
-    return "its cache entry was removed (orch cache gc/verify, or by hand)"
-
-
-def acceptance_note(entry: Entry) -> str:
-    """Why a hit under new code is a hit: `orch accept` said so (empty for an ordinary hit)."""
-    a = entry.accepted
-    if not a:
-        return ""
-    return (f"code change accepted by {a.get('by', '?')} at {a.get('at', '?')} "
-            f"(code {a.get('old_code', '?')[:12]} -> {a.get('new_code', '?')[:12]})")
-
-
-def code_change(node: Node, old_code: str, ctx: PlanContext) -> str:
-    """Which functions of which files changed, when the old fingerprint's manifest is known."""
-    generic = "code changed (the stage or a project function it uses)"
-    old_manifest = ctx.store.get_code_manifest(old_code)
-    if old_manifest is None:
-        return generic
-    old, new = old_manifest.items, ctx.code_items(node)
-    changed = sorted(n for n in set(old) | set(new) if (old.get(n) or [None])[0] != (new.get(n) or [None])[0])
-    by_file: dict[str, list[str]] = {}
-    for name in changed:
-        where = (new.get(name) or old.get(name))[1] or "?"
-        by_file.setdefault(where, []).append(name.rpartition(":")[2] or name)
-    if not by_file:
-        return generic
-    shown = [f"{where} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" for where, names in by_file.items()]
-    more = f"; and {len(shown) - 3} more files" if len(shown) > 3 else ""
-    return "code changed: " + "; ".join(shown[:3]) + more
-
-
 def record_code_manifests(graph: Graph, decisions: list[Decision], ctx: PlanContext) -> None:
     """Before a run: remember what the fingerprints of the stages about to run are made of, so
     that a later code change can be explained by file and function."""
@@ -230,10 +188,11 @@ def decide(node: Node, graph: Graph, input_hashes: list[str | None], ctx: PlanCo
         return Decision(RUN, "--overwrite", key, None, comp)
     if node.id in ctx.forced:
         return Decision(RUN, "--overwrite-stage", key, None, comp)
-    entry, why = lookup(node, key, graph.params_of(node), ctx)
+    params = graph.params_of(node)
+    entry, _ = lookup(node, key, params, ctx)
     if entry is not None:
         return Decision(CACHED, acceptance_note(entry), key, entry, comp)
-    return Decision(RUN, why or explain_new_key(node, comp, ctx), key, None, comp)
+    return Decision(RUN, why_miss(node, comp, key, params, ctx), key, None, comp)
 
 
 def forced_nodes(graph: Graph, stage_names: list[str]) -> set[int]:

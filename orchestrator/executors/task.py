@@ -343,7 +343,8 @@ def _write_entry(task: Task, store: Store, record: Record, reads: dict[str, Read
         duration_s=round(fn_time, 6),
     )
     store.put_entry(entry)
-    store.put_head(keys.head_key(entry.stage, task.set_name), Head(task.key, entry.created, task.components))
+    store.put_head(keys.head_key(entry.stage, task.set_name),
+                   Head(task.key, entry.created, task.components, entry.trace_id))
     return entry
 
 

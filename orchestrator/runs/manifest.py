@@ -81,6 +81,8 @@ def node_row(outcome) -> dict:
         row["traceback"] = outcome.traceback
     if outcome.skipped_because:
         row["skipped_because"] = outcome.skipped_because
+    if outcome.entry is not None:
+        row["trace"] = outcome.entry.trace_id  # with the key: this node's computation (core.explain)
     if outcome.entry is not None and outcome.entry.accepted:
         row["accepted"] = dict(outcome.entry.accepted)
     return row
@@ -154,6 +156,19 @@ def why_rows(manifest: dict, stage: str | None = None, param_set: str | None = N
             reason = f"{reason}; failed: {n.get('error', '')}" if reason else f"failed: {n.get('error', '')}"
         rows.append({"stage": n["stage"], "param_set": n["param_set"], "status": n["status"], "reason": reason})
     return rows
+
+
+def recent_node_rows(cache_root: Path, runs: int) -> dict[tuple[str, str], dict]:
+    """(stage id, parameter set) -> {"key", "trace"} of its node in the newest of the last `runs`
+    finished runs that had it (unreadable manifests are skipped)."""
+    runs_dir = Path(cache_root) / "runs"
+    found: dict[tuple[str, str], dict] = {}
+    for run_id in list(reversed(_run_ids(runs_dir)))[:runs]:
+        m = read_json_object(runs_dir / run_id / MANIFEST)
+        for n in (m or {}).get("nodes", []):
+            if isinstance(n, dict) and n.get("key"):
+                found.setdefault((n.get("stage_id"), n.get("param_set")), {"key": n["key"], "trace": n.get("trace")})
+    return found
 
 
 def _run_ids(runs_dir: Path) -> list[str]:

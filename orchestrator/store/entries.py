@@ -243,21 +243,25 @@ _KINDS = ("file", "dir")
 
 
 class Head(NamedTuple):
-    """The last key a (stage, parameter set) had, with its components: what a miss is explained
-    against ("code changed", "input data changed")."""
+    """The last computation of a (stage, parameter set): its key, components and entry, what a
+    miss is explained against ("code changed", "parameter train.lr changed: 0.1 -> 0.3")."""
 
     key: str
     created: float
     components: KeyComponents
+    trace_id: str | None = None  # the entry it wrote (heads of orch 0.1.0 have none)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "created": self.created, "key": self.key, "components": self.components.to_json()}
+        d = {"format": FORMAT, "created": self.created, "key": self.key, "components": self.components.to_json()}
+        return d | ({"trace_id": self.trace_id} if self.trace_id is not None else {})
 
     @classmethod
     def from_json(cls, d: Any) -> Head:
         d = _mapping(d, "head")
         _check_format(d)
-        return cls(_str(d, "key", "head"), _number(d, "created"), KeyComponents.from_json(d.get("components")))
+        trace = d.get("trace_id")
+        return cls(_str(d, "key", "head"), _number(d, "created"), KeyComponents.from_json(d.get("components")),
+                   check_entry_name("trace_id", trace) if trace is not None else None)
 
 
 class CodeManifest(NamedTuple):
