@@ -39,6 +39,7 @@ class Record:
         log_path: str | os.PathLike | None = None,
         checkpoint_root: str | os.PathLike | None = None,
         code_roots=None,
+        failed_sets: dict[str, str] | None = None,
     ):
         self.name = name
         self.reads: dict[str, Any] = {}
@@ -53,6 +54,9 @@ class Record:
         self._checkpoints = Path(checkpoint_root) if checkpoint_root else None
         self._project_root = Path(project_root) if project_root else None
         self.code_roots = code_roots  # hashing.coderoots.CodeRoots while a stage runs under orch
+        #: A partial aggregate: {parameter set: why it is missing} for the sets whose inputs failed
+        #: or were skipped (their values are absent from the inputs). Empty otherwise.
+        self.failed_sets: dict[str, str] = dict(failed_sets or {})
         self._graph = None
         self._producers: dict[str, tuple[int, str]] = {}
 

@@ -30,7 +30,8 @@ class OutputSpec:
 class Stage:
     """A declared stage. `kind` is "stage" (one node per record) or "aggregate" (one node over records)."""
 
-    def __init__(self, fn: Callable, *, kind: str, inputs, outputs, cachers, version, ignore, distributed):
+    def __init__(self, fn: Callable, *, kind: str, inputs, outputs, cachers, version, ignore, distributed,
+                 partial: bool = False):
         self.fn = fn
         self.__wrapped__ = fn
         self.__name__ = fn.__name__
@@ -46,6 +47,7 @@ class Stage:
         self.version = version
         self.ignore = tuple(_str_list(ignore, "ignore", where))
         self.distributed = bool(distributed)
+        self.partial = bool(partial)  # aggregates: run on the sets that succeeded (record.failed_sets)
         _check_signature(fn, self.inputs, where)
 
     @property
@@ -55,11 +57,12 @@ class Stage:
 
     def declaration(self) -> tuple:
         """The part of the declaration that changes what a node computes or stores (hashed into the key)."""
-        return (
+        decl = (
             self.kind,
             tuple((i.name, i.lazy) for i in self.inputs),
             tuple((o.name, o.cacher.identity() if o.cacher else None) for o in self.outputs),
         )
+        return decl + (("partial",) if self.partial else ())  # (unchanged for every other declaration)
 
     def __call__(self, record_or_records):
         from .record import Record
@@ -100,12 +103,17 @@ def aggregate(
     *,
     version: str | int | None = None,
     ignore: Sequence[str] = (),
+    partial: bool = False,
 ):
-    """Declare an aggregate: one node over many records; each input is {parameter-set name: value}."""
-    return _decorator("aggregate", inputs, outputs, cachers, version, ignore, False)
+    """Declare an aggregate: one node over many records; each input is {parameter-set name: value}.
+
+    partial=True: when some parameter sets fail (or are skipped), run anyway on the sets that
+    succeeded; `record.failed_sets` says which did not ({set: why}). By default an aggregate
+    needs every set and is skipped when one fails."""
+    return _decorator("aggregate", inputs, outputs, cachers, version, ignore, False, partial)
 
 
-def _decorator(kind, inputs, outputs, cachers, version, ignore, distributed):
+def _decorator(kind, inputs, outputs, cachers, version, ignore, distributed, partial=False):
     if callable(inputs) and not isinstance(inputs, (list, tuple, str)):
         raise StageDefinitionError(f"use @{kind}(...) with parentheses, e.g. @{kind}(outputs=['x'])")
     if version is not None and not isinstance(version, (str, int)):
@@ -115,7 +123,7 @@ def _decorator(kind, inputs, outputs, cachers, version, ignore, distributed):
         if not callable(fn) or not hasattr(fn, "__code__"):
             raise StageDefinitionError(f"@{kind} decorates a plain function, got {fn!r}")
         return Stage(fn, kind=kind, inputs=inputs, outputs=outputs, cachers=cachers,
-                     version=version, ignore=ignore, distributed=distributed)
+                     version=version, ignore=ignore, distributed=distributed, partial=partial)
 
     return wrap
 

@@ -133,3 +133,82 @@ def test_aggregate_reasons_are_summarized(project):
     project.write("params/base.yaml", "data:\n  n: 4\ntrain:\n  lr: 0.01\n  epochs: 300\n  l2: 0.001\n")
     out = project.orch(*SWEEP).stdout
     assert _last_console(out, "table")["aggregate"] == "input model changed for 6 sets"
+
+
+# -- partial aggregates (issue 16, item 5) -----------------------------------------------------------
+
+PARTIAL = """
+import json
+from orchestrator import stage, aggregate, JsonCacher
+from stages.counting import count
+
+@stage(outputs=["score"], cachers=[JsonCacher])
+def train(record):
+    count("train")
+    if record.params.lr > 1:
+        raise ValueError(f"diverged at lr={record.params.lr}")
+    return {"score": record.params.lr * 10}
+
+@aggregate(inputs=["score"], outputs=["best"], cachers=[JsonCacher], partial=True)
+def best(record, score):
+    count("best")
+    return {"sets": sorted(score), "failed": record.failed_sets}
+
+@aggregate(inputs=["score"], outputs=["all"], cachers=[JsonCacher])
+def strict(record, score):
+    count("strict")
+    return sorted(score)
+"""
+
+
+def test_a_partial_aggregate_runs_on_the_sets_that_succeeded(project):
+    import json
+
+    project.write("stages/p.py", PARTIAL)
+    project.write("experiment.py", """
+        from stages.p import train, best, strict
+
+        def run(record):
+            train(record)
+
+        def aggregate(records):
+            best(records)
+            strict(records)
+    """)
+    project.write("params/p.yaml", "lr: 0.1\nsweep:\n  lr: [0.1, 0.2, 5.0]\n")
+    out = project.orch("run", "experiment.py", "-p", "params/p.yaml", check=False)
+    assert out.returncode == 1  # a node failed: the run says so
+    statuses = project.statuses()
+    assert statuses[("train", "p[lr=5.0]")] == "failed"
+    assert statuses[("best", "aggregate")] == "ran" and statuses[("strict", "aggregate")] == "skipped"
+    assert "partial: without p[lr=5.0]" in out.stdout
+    best = next(n for n in project.manifest()["nodes"] if n["stage"] == "best")
+    stored = next(p for p in (project.root / ".orch" / "objects").rglob("*.json")
+                  if best["outputs"]["best"].startswith(p.parent.name) and p.name.startswith(best["outputs"]["best"][2:]))
+    result = json.loads(stored.read_text())
+    assert result["sets"] == ["p[lr=0.1]", "p[lr=0.2]"]
+    assert list(result["failed"]) == ["p[lr=5.0]"] and "train[p[lr=5.0]] failed" in result["failed"]["p[lr=5.0]"]
+    project.reset_counts()
+    again = project.orch("run", "experiment.py", "-p", "params/p.yaml", check=False)
+    assert project.counts() == {"train": 1}  # only the failing point retried; best is cached as partial
+    assert again.returncode == 1
+    project.write("params/p.yaml", "lr: 0.1\nsweep:\n  lr: [0.1, 0.2, 0.5]\n")
+    project.reset_counts()
+    project.orch("run", "experiment.py", "-p", "params/p.yaml")
+    assert project.counts() == {"train": 1, "best": 1, "strict": 1}
+
+
+def test_a_partial_aggregate_with_no_set_left_is_skipped(project):
+    project.write("stages/p.py", PARTIAL)
+    project.write("experiment.py", """
+        from stages.p import train, best
+
+        def run(record):
+            train(record)
+
+        def aggregate(records):
+            best(records)
+    """)
+    project.write("params/p.yaml", "lr: 5.0\nsweep:\n  lr: [5.0, 6.0]\n")
+    project.orch("run", "experiment.py", "-p", "params/p.yaml", check=False)
+    assert project.statuses()[("best", "aggregate")] == "skipped"

@@ -107,14 +107,19 @@ class PlanContext:
                                 lambda p: resolve(params, p), self.file_hash)
 
 
-def key_components(node: Node, graph: Graph, input_hashes: list[str | None], ctx: PlanContext) -> KeyComponents | None:
+#: The "hash" of an input whose producer failed, for a partial aggregate (@aggregate(partial=True)):
+#: the input is left out of the key, so the key says which sets the result covers.
+ABSENT = object()
+
+
+def key_components(node: Node, graph: Graph, input_hashes: list, ctx: PlanContext) -> KeyComponents | None:
     """The parts of a node's key, kept in its entry so that a later miss can say which part changed.
     None when an input has no content hash (an in-memory value that cannot be pickled)."""
     if any(h is None for h in input_hashes):
         return None
     stage = node.stage
     inputs = {(f"{e.input}@{e.set_name}" if e.set_name is not None else e.input): h
-              for e, h in zip(node.inputs, input_hashes)}
+              for e, h in zip(node.inputs, input_hashes) if h is not ABSENT}
     sets = tuple(sorted(graph.param_sets)) if stage.kind == "aggregate" else None  # what it read of them: its trace
     return KeyComponents(stage.id, stage.version, ctx.fingerprint(node), ctx.declaration_hash(node), inputs, sets)
 

@@ -18,7 +18,7 @@ from ..executors.task import InputValue, Task, TaskResult
 from ..store import Entry, Read, StoredOutput
 from .graph import Graph, Node
 from .lockscope import lock_scope
-from .plan import Decision, PlanContext, decide, lookup
+from .plan import ABSENT, Decision, PlanContext, decide, lookup
 from .status import Status
 
 # Hot loops compare states per node: plain module constants (enum member lookup costs ~0.2 µs each).
@@ -74,6 +74,7 @@ class Runner:
         self._in_flight: set[int] = set()  # node ids submitted and not completed
         self._rerun_after_damage: set[int] = set()
         self._retried: set[tuple[int, int]] = set()  # (consumer, producer) retried after the producer's re-run
+        self._absent: dict[int, dict[int, str]] = {}  # partial aggregate -> {lost producer: why}
         # Parallel executors: a node whose computation (lock scope) is already in flight waits here
         # for it instead of blocking a worker on the node lock; it is then re-decided (a hit).
         self._parked: dict[str, list[int]] = {}
@@ -108,8 +109,13 @@ class Runner:
         """Resolve a ready node: a hit finishes at once; otherwise submit it."""
         st = self._st
         d = self.decisions[node.id]
+        absent = self._absent.get(node.id, {})
         if d.state != CACHED:  # an in-memory input nobody hashed has no entry in its producer's hashes
-            d = decide(node, self.graph, [st.hashes[e.producer].get(e.output) for e in node.inputs], self.ctx)
+            hashes = [ABSENT if e.producer in absent else st.hashes[e.producer].get(e.output) for e in node.inputs]
+            d = decide(node, self.graph, hashes, self.ctx)
+            if absent and d.state != CACHED:
+                sets = sorted({e.set_name for e in node.inputs if e.producer in absent})
+                d = Decision(d.state, f"{d.reason}; partial: without {', '.join(sets)}", d.key, d.entry, d.components)
             self.decisions[node.id] = d
         if d.state != CACHED and node.stage.cached and d.key is not None:
             forced = self.ctx.overwrite or node.id in self.ctx.forced
@@ -138,7 +144,10 @@ class Runner:
     def _task(self, node: Node, d: Decision) -> Task:
         st = self._st
         inputs = []
+        absent = self._absent.get(node.id, {})
         for e in node.inputs:
+            if e.producer in absent:  # a partial aggregate: this set's input failed
+                continue
             spec = next(o for o in self.graph.nodes[e.producer].stage.outputs if o.name == e.output)
             iv = InputValue(e.input, e.set_name, e.lazy, e.producer, cacher=spec.cacher)
             stored = self.outcomes[e.producer].outputs.get(e.output)
@@ -163,6 +172,7 @@ class Runner:
             project_root=str(self.ctx.project_root),
             param_sets={n: p.values for n, p in self.graph.param_sets.items()} if node.stage.kind == "aggregate" else {},
             hash_memory_outputs=any(self.graph.nodes[c].stage.cached for c in node.consumers),
+            failed_sets={e.set_name: absent[e.producer] for e in node.inputs if e.producer in absent},
             log_path=log_path,
             force=self.ctx.overwrite or node.id in self.ctx.forced or node.id in self._rerun_after_damage,
             code_roots=self.ctx.fingerprinter.roots,
@@ -191,7 +201,7 @@ class Runner:
             out.status, out.error, out.error_type, out.traceback = FAILED, r.error, r.error_type, r.traceback
             self.on_done(out)
             self._release_inputs(node)
-            self._skip_downstream(node)
+            self._skip_downstream(node, ready)
             return
         out.status = r.status
         out.take(r.entry, r.outputs, r.reads)
@@ -226,14 +236,18 @@ class Runner:
             if st.refs[k] <= 0:
                 st.values.pop(k, None)
 
-    def _skip_downstream(self, failed: Node) -> None:
+    def _skip_downstream(self, failed: Node, ready: deque) -> None:
         """Skip what needs `failed`'s outputs and has not started. A node already in flight (its
-        inputs were intact) finishes with its own outcome, and shields what depends only on it."""
+        inputs were intact) finishes with its own outcome, and shields what depends only on it. A
+        partial aggregate goes on without the sets whose inputs are lost (unless that is all of them)."""
         blocked = {failed.id}
         for node in self.graph.nodes[failed.id + 1:]:  # topological order: consumers come later
             if not any(e.producer in blocked for e in node.inputs):
                 continue
             out = self.outcomes[node.id]
+            if node.stage.partial and out.status == PENDING and node.id not in self._in_flight \
+                    and self._go_on_without(node, blocked, failed, ready):
+                continue
             if out.status == PENDING and node.id not in self._in_flight:
                 out.status, out.skipped_because = SKIPPED, failed.label
                 self.on_done(out)
@@ -241,6 +255,20 @@ class Runner:
                 blocked.add(node.id)
             elif out.status == SKIPPED:
                 blocked.add(node.id)
+
+    def _go_on_without(self, node: Node, blocked: set[int], failed: Node, ready: deque) -> bool:
+        """Count the lost producers of a partial aggregate as done; False when it has nothing left."""
+        absent = self._absent.setdefault(node.id, {})
+        for e in node.inputs:
+            if e.producer in blocked and e.producer not in absent:
+                absent[e.producer] = f"{self.graph.nodes[e.producer].label} " + (
+                    "failed" if e.producer == failed.id else f"was skipped (upstream {failed.label} failed)")
+                self._st.remaining[node.id] -= 1
+        if all(e.producer in absent for e in node.inputs):
+            return False  # no set succeeded: nothing to aggregate
+        if self._st.remaining[node.id] == 0:
+            ready.append(node.id)
+        return True
 
     def _inputs_available(self, node: Node) -> bool:
         """Every input either stored or still held in memory (a re-run needs them again)."""
@@ -267,7 +295,7 @@ class Runner:
             out.status, out.error, out.error_type = FAILED, error, "DamagedObjectError"
             self.on_done(out)
             self._release_inputs(consumer)
-            self._skip_downstream(consumer)
+            self._skip_downstream(consumer, ready)
             return
         waiting = st.rerun_waiters.setdefault(p, [])
         waiting.append(consumer.id)

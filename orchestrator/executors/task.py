@@ -71,6 +71,8 @@ class Task:
     save: bool = True
     # What is project code (hashing.coderoots): run_external traces the project modules a script imports.
     code_roots: CodeRoots | None = None
+    # A partial aggregate: {parameter set: why its inputs are missing} (record.failed_sets).
+    failed_sets: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,7 +157,7 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
         checkpoints = store.checkpoint_dir(keys.checkpoint_dir_name(task.key, task.stage_ref, task.set_name, task.params))
         record = Record(task.params, task.set_name, staging_dir=staging, project_root=task.project_root,
                         ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path,
-                        checkpoint_root=checkpoints, code_roots=task.code_roots)
+                        checkpoint_root=checkpoints, code_roots=task.code_roots, failed_sets=task.failed_sets)
         record.stat_cache = store.stat_cache()
         if gate is not None:
             gate.begin(task)
