@@ -1,4 +1,4 @@
-"""Parameter sets: ``load_params`` (the files, ``extends``, ``sweep`` and ``-S a.b=1``
+"""Parameter sets: ``load_params`` (the files, ``extends``, ``sweep``, ``+new`` keys and ``-S a.b=1``
 are in ``orchestrator.paramfiles``), dotted paths, and the read-tracking view stages see as
 ``record.params``.
 
@@ -125,7 +125,7 @@ def _copy_plain(value):
 def load_params(paths: Sequence[str | os.PathLike], overrides: Sequence[str] = ()) -> list[ParamSet]:
     """Load parameter files in order, apply ``-S`` overrides, expand sweeps; set names are unique.
 
-    The files, ``extends``, ``sweep`` and overrides are ``orchestrator.paramfiles``."""
+    The files, ``extends``, ``sweep``, ``+new`` keys and overrides are ``orchestrator.paramfiles``."""
     from .paramfiles import load_params as load
 
     return load(paths, overrides)
