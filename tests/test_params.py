@@ -115,7 +115,7 @@ def test_several_files_concatenate_in_order(tmp_path):
 
 def test_extends_deep_merges(tmp_path):
     write(tmp_path, "base.yaml", "name: basename\ntrain: {lr: 0.1, width: 8}\ndata: {n: 10}\n")
-    child = write(tmp_path, "child.yaml", "extends: base.yaml\ntrain: {lr: 0.5}\nextra: [1]\n")
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\ntrain: {lr: 0.5}\n+extra: [1]\n")
     [ps] = load_params([child])
     assert ps.name == "child"  # name is never inherited
     assert ps.values == {"train": {"lr": 0.5, "width": 8}, "data": {"n": 10}, "extra": [1]}
@@ -137,7 +137,7 @@ def test_extends_chain_relative_to_each_file(tmp_path):
 def test_extends_list_later_base_wins(tmp_path):
     write(tmp_path, "b1.yaml", "x: 1\nm: {p: 1}\n")
     write(tmp_path, "b2.yaml", "x: 2\nm: {q: 2}\n")
-    child = write(tmp_path, "c.yaml", "extends: [b1.yaml, b2.yaml]\ny: 3\n")
+    child = write(tmp_path, "c.yaml", "extends: [b1.yaml, b2.yaml]\n+y: 3\n")
     assert load_params([child])[0].values == {"x": 2, "m": {"p": 1, "q": 2}, "y": 3}
 
 
@@ -156,8 +156,8 @@ def test_extends_self_is_a_cycle(tmp_path):
 
 def test_extends_diamond_is_not_a_cycle(tmp_path):
     write(tmp_path, "root.yaml", "r: 1\n")
-    write(tmp_path, "l.yaml", "extends: root.yaml\nl: 1\n")
-    write(tmp_path, "r.yaml", "extends: root.yaml\nrr: 1\n")
+    write(tmp_path, "l.yaml", "extends: root.yaml\n+l: 1\n")
+    write(tmp_path, "r.yaml", "extends: root.yaml\n+rr: 1\n")
     top = write(tmp_path, "top.yaml", "extends: [l.yaml, r.yaml]\n")
     assert load_params([top])[0].values == {"r": 1, "l": 1, "rr": 1}
 
@@ -177,7 +177,7 @@ def test_extends_bad_value(tmp_path):
 def test_sweep_inherited_unless_child_has_own(tmp_path):
     write(tmp_path, "base.yaml", "lr: 0.1\nsweep: {lr: [0.1, 0.2]}\n")
     inherit = write(tmp_path, "inherit.yaml", "extends: base.yaml\n")
-    own = write(tmp_path, "own.yaml", "extends: base.yaml\nseed: 0\nsweep: {seed: [1, 2, 3]}\n")
+    own = write(tmp_path, "own.yaml", "extends: base.yaml\n+seed: 0\nsweep: {seed: [1, 2, 3]}\n")
     off = write(tmp_path, "off.yaml", "extends: base.yaml\nsweep: {}\n")
     assert [s.name for s in load_params([inherit])] == ["inherit[lr=0.1]", "inherit[lr=0.2]"]
     assert [s.name for s in load_params([own])] == ["own[seed=1]", "own[seed=2]", "own[seed=3]"]
@@ -207,33 +207,33 @@ def test_sweep_cartesian_product_names_and_order(tmp_path):
 def test_sweep_values_formatting(tmp_path):
     path = write(tmp_path, "f.yaml", """\
         sweep:
-          s: [abc]
-          b: [true]
-          n: [null]
-          f: [1.5]
-          l: [[1, 2]]
-          d: [{k: v}]
+          +s: [abc]
+          +b: [true]
+          +n: [null]
+          +f: [1.5]
+          +l: [[1, 2]]
+          +d: [{k: v}]
         """)
     [ps] = load_params([path])
     assert ps.name == 'f[s=abc,b=true,n=null,f=1.5,l=[1,2],d={"k":"v"}]'
 
 
 def test_sweep_sets_are_independent(tmp_path):
-    path = write(tmp_path, "s.yaml", "model: {layers: [1, 2]}\nsweep: {seed: [1, 2], opt: [{a: 1}]}\n")
+    path = write(tmp_path, "s.yaml", "model: {layers: [1, 2]}\nsweep: {+seed: [1, 2], +opt: [{a: 1}]}\n")
     a, b = load_params([path])
     assert a.values["model"] is not b.values["model"]
     assert a.values["model"]["layers"] is not b.values["model"]["layers"]
     assert a.values["opt"] is not b.values["opt"]
 
 
-def test_sweep_may_add_new_key_and_create_parents(tmp_path):
-    path = write(tmp_path, "s.yaml", "train: {lr: 1}\nsweep: {train.momentum: [0.9], opt.beta: [1]}\n")
+def test_sweep_plus_adds_new_key_and_creates_parents(tmp_path):
+    path = write(tmp_path, "s.yaml", "train: {lr: 1}\nsweep: {+train.momentum: [0.9], +opt.beta: [1]}\n")
     [ps] = load_params([path])
     assert ps.values == {"train": {"lr": 1, "momentum": 0.9}, "opt": {"beta": 1}}
 
 
 def test_sweep_parent_must_be_mapping(tmp_path):
-    path = write(tmp_path, "s.yaml", "train: 3\nsweep: {train.lr: [1]}\n")
+    path = write(tmp_path, "s.yaml", "train: 3\nsweep: {+train.lr: [1]}\n")
     with pytest.raises(ParamsError, match=r"s.yaml.*train.lr.*'train' is a int"):
         load_params([path])
 
@@ -252,7 +252,7 @@ def test_sweep_error_names_key(tmp_path):
 
 
 def test_duplicate_names_within_a_sweep(tmp_path):
-    path = write(tmp_path, "s.yaml", "sweep: {x: [1, '1']}\n")
+    path = write(tmp_path, "s.yaml", "x: 0\nsweep: {x: [1, '1']}\n")
     with pytest.raises(ParamsError, match=r"duplicate parameter set name 's\[x=1\]'"):
         load_params([path])
 
@@ -358,7 +358,7 @@ def test_override_applies_to_every_set_that_has_the_key(tmp_path):
     a = write(tmp_path, "a.yaml", "train: {lr: 1}\n")
     b = write(tmp_path, "b.yaml", "train: {lr: 2}\n")
     c = write(tmp_path, "c.yaml", "data: {n: 3}\n")
-    sweep = write(tmp_path, "s.yaml", "train: {lr: 3}\nsweep: {seed: [1, 2]}\n")
+    sweep = write(tmp_path, "s.yaml", "train: {lr: 3}\nsweep: {+seed: [1, 2]}\n")
     sets = by_name(load_params([a, b, c, sweep], ["train.lr=0.5"]))
     assert sets["a"].values["train"]["lr"] == 0.5 and sets["b"].values["train"]["lr"] == 0.5
     assert sets["c"].values == {"data": {"n": 3}}
@@ -366,7 +366,7 @@ def test_override_applies_to_every_set_that_has_the_key(tmp_path):
 
 
 def test_override_values_are_not_shared(tmp_path):
-    path = write(tmp_path, "s.yaml", "x: []\nsweep: {seed: [1, 2]}\n")
+    path = write(tmp_path, "s.yaml", "x: []\nsweep: {+seed: [1, 2]}\n")
     a, b = load_params([path], ["x=[1]"])
     assert a.values["x"] == [1] and a.values["x"] is not b.values["x"]
 
@@ -402,7 +402,7 @@ def test_override_of_inherited_sweep_names_declaring_file(tmp_path):
 
 
 def test_override_does_not_change_names(tmp_path):
-    path = write(tmp_path, "s.yaml", "lr: 1\nsweep: {seed: [1]}\n")
+    path = write(tmp_path, "s.yaml", "lr: 1\nsweep: {+seed: [1]}\n")
     [ps] = load_params([path], ["lr=2"])
     assert ps.name == "s[seed=1]" and ps.values == {"lr": 2, "seed": 1}
 
@@ -411,6 +411,281 @@ def test_override_on_python_file(tmp_path):
     path = write(tmp_path, "g.py", "def get_params():\n    return [{'a': 1}, {'b': 1}]\n")
     sets = load_params([path], ["a=5"])
     assert sets[0].values == {"a": 5} and sets[1].values == {"b": 1}
+
+
+# ------------------------------------------------------------------- strict files and +new keys
+
+
+BASE = "data: {n: 10}\ntrain: {lr: 0.1, nproc: 1}\n"
+
+
+def test_extending_file_typo_names_file_line_key_and_the_real_one(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\ntrain:\n  lrr: 0.3\n")
+    with pytest.raises(ParamsError) as exc:
+        load_params([child])
+    assert str(exc.value) == (
+        f"{child}:3: unknown key 'train.lrr' (did you mean: train.lr?); a file that extends base.yaml "
+        "changes its parameters only: fix the spelling, or write '+lrr:' to add a new one")
+
+
+def test_extending_file_unknown_top_level_key(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\ntrian: {lr: 0.3}\n")
+    with pytest.raises(ParamsError, match=r"child.yaml:2: unknown key 'trian' \(did you mean: train\?\).*"
+                                          r"write '\+trian:'"):
+        load_params([child])
+
+
+def test_extending_file_unknown_key_without_similar_one(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\ntrain: {momentum: 0.9}\n")
+    with pytest.raises(ParamsError, match=r"unknown key 'train.momentum' \(no similar parameter exists\)"):
+        load_params([child])
+
+
+def test_unknown_key_suggests_the_path_ending_in_it(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\nlr: 0.3\n")
+    with pytest.raises(ParamsError, match=r"child.yaml:2: unknown key 'lr' \(did you mean: train.lr\?\)"):
+        load_params([child])
+    with pytest.raises(ParamsError, match=r"no parameter set has 'lr' \(did you mean: train.lr\?\)"):
+        load_params([tmp_path / "base.yaml"], ["lr=0.3"])
+
+
+def test_plus_adds_keys_in_an_extending_file(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", """\
+        extends: base.yaml
+        train: {lr: 0.5, +wd: 0.1}
+        +opt:
+          kind: adam
+          betas: {b1: 0.9}
+        """)
+    [ps] = load_params([child])
+    assert ps.values == {"data": {"n": 10}, "train": {"lr": 0.5, "nproc": 1, "wd": 0.1},
+                         "opt": {"kind": "adam", "betas": {"b1": 0.9}}}
+
+
+def test_keys_under_a_new_key_are_free_and_a_plus_there_is_harmless(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\n+opt: {kind: adam, +beta: 1}\n")
+    assert load_params([child])[0].values["opt"] == {"kind": "adam", "beta": 1}
+
+
+def test_plus_on_an_existing_key_is_refused(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\ntrain:\n  +lr: 0.3\n")
+    with pytest.raises(ParamsError, match=r"child.yaml:3: '\+lr' adds 'train.lr', but base.yaml already "
+                                          r"has it; drop the '\+' to change it"):
+        load_params([child])
+
+
+def test_plus_on_an_existing_top_level_key_is_refused(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\n+train: {lr: 1}\n")
+    with pytest.raises(ParamsError, match=r"'\+train' adds 'train', but base.yaml already has it"):
+        load_params([child])
+
+
+def test_replacing_a_non_mapping_value_defines_the_new_mapping_freely(tmp_path):
+    write(tmp_path, "base.yaml", "opt: adam\nlayers: [1]\n")
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\nopt: {kind: sgd, momentum: 0.9}\n")
+    assert load_params([child])[0].values == {"opt": {"kind": "sgd", "momentum": 0.9}, "layers": [1]}
+
+
+def test_keys_are_checked_against_all_merged_bases(tmp_path):
+    write(tmp_path, "b1.yaml", "x: 1\nm: {p: 1}\n")
+    write(tmp_path, "b2.yaml", "m: {q: 2}\n")
+    ok = write(tmp_path, "ok.yaml", "extends: [b1.yaml, b2.yaml]\nx: 2\nm: {p: 3, q: 4}\n")
+    assert load_params([ok])[0].values == {"x": 2, "m": {"p": 3, "q": 4}}
+    bad = write(tmp_path, "bad.yaml", "extends: [b1.yaml, b2.yaml]\nm: {r: 5}\n")
+    with pytest.raises(ParamsError, match=r"a file that extends b1.yaml, b2.yaml changes its parameters"):
+        load_params([bad])
+
+
+def test_each_level_of_an_extends_chain_is_checked(tmp_path):
+    write(tmp_path, "root.yaml", "a: 1\n")
+    write(tmp_path, "mid.yaml", "extends: root.yaml\nb: 2\n")
+    leaf = write(tmp_path, "leaf.yaml", "extends: mid.yaml\na: 3\n")
+    with pytest.raises(ParamsError, match=r"mid.yaml:2: unknown key 'b'.*extends root.yaml"):
+        load_params([leaf])
+
+
+def test_a_file_extending_nothing_defines_its_keys_freely(tmp_path):
+    path = write(tmp_path, "base.yaml", "train: {lr: 0.1}\n+extra: {a: 1}\n")
+    assert load_params([path])[0].values == {"train": {"lr": 0.1}, "extra": {"a": 1}}
+
+
+def test_plain_and_plus_spelling_of_one_key_is_refused(tmp_path):
+    path = write(tmp_path, "base.yaml", "train: {wd: 1, +wd: 2}\n")
+    with pytest.raises(ParamsError, match=r"base.yaml:1: 'train.wd' is given twice, as 'wd' and as '\+wd'"):
+        load_params([path])
+
+
+@pytest.mark.parametrize("text", ["'+': 1\n", "'++x': 1\n", "+a.b: 1\n"])
+def test_malformed_plus_keys(tmp_path, text):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\n" + text)
+    with pytest.raises(ParamsError, match=r"child.yaml:2: .*('\+' must be followed|starts with '\+'|contains '\.')"):
+        load_params([child])
+
+
+def test_sweep_typo_is_refused_with_did_you_mean(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "sweep.yaml", "extends: base.yaml\nsweep:\n  train.lrr: [0.1, 0.2]\n")
+    with pytest.raises(ParamsError) as exc:
+        load_params([child])
+    assert str(exc.value).startswith(f"{child}:3: sweep key 'train.lrr' is not a parameter (did you mean: "
+                                     "train.lr")
+    assert str(exc.value).endswith("fix the spelling, or write '+train.lrr' to sweep a new parameter")
+
+
+def test_sweep_typo_in_a_base_file_is_refused(tmp_path):
+    path = write(tmp_path, "s.yaml", "train: {lr: 1}\nsweep: {train.lrr: [1, 2]}\n")
+    with pytest.raises(ParamsError, match=r"s.yaml:2: sweep key 'train.lrr' is not a parameter"):
+        load_params([path])
+
+
+def test_sweep_plus_adds_a_key_in_an_extending_file(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "sweep.yaml", "extends: base.yaml\nsweep: {+train.wd: [0, 0.1]}\n")
+    sets = load_params([child])
+    assert [s.name for s in sets] == ["sweep[train.wd=0]", "sweep[train.wd=0.1]"]
+    assert sets[1].values["train"] == {"lr": 0.1, "nproc": 1, "wd": 0.1}
+
+
+def test_sweep_plus_on_an_existing_key_is_refused(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "sweep.yaml", "extends: base.yaml\nsweep:\n  +train.lr: [1, 2]\n")
+    with pytest.raises(ParamsError, match=r"sweep.yaml:3: sweep key '\+train.lr': 'train.lr' is already a "
+                                          r"parameter; drop the '\+' to sweep it"):
+        load_params([child])
+
+
+def test_sweep_of_a_key_the_file_adds(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "sweep.yaml", "extends: base.yaml\ntrain: {+wd: 0}\nsweep: {train.wd: [1, 2]}\n")
+    assert [s.values["train"]["wd"] for s in load_params([child])] == [1, 2]
+
+
+def test_sweep_of_plain_and_plus_spelling_is_refused(tmp_path):
+    path = write(tmp_path, "s.yaml", "lr: 1\nsweep: {lr: [1], +lr: [2]}\n")
+    with pytest.raises(ParamsError, match=r"'lr' is swept twice"):
+        load_params([path])
+
+
+@pytest.mark.parametrize("text, word", [
+    ("sweeps: {lr: [0.1, 0.2]}", "sweep"),
+    ("swep: {train.lr: [1]}", "sweep"),
+    ("Sweep: {lr: [1]}", "sweep"),
+    ("extend: base.yaml", "extends"),
+    ("extens: [base.yaml, other.yml]", "extends"),
+    ("nmae: big", "name"),
+    ("Name: big", "name"),
+])
+def test_misspelled_reserved_word_in_a_base_file(tmp_path, text, word):
+    path = write(tmp_path, "p.yaml", f"lr: 1\n{text}\n")
+    key = text.partition(":")[0]
+    with pytest.raises(ParamsError) as exc:
+        load_params([path])
+    assert str(exc.value) == (f"{path}:2: unknown key '{key}', did you mean '{word}'? (to define a parameter "
+                              f"named '{key}', write '+{key}:')")
+
+
+@pytest.mark.parametrize("text", [
+    "names: [a, b]",         # a list, not a set name
+    "extended: true",        # not YAML file names
+    "extent: 3",
+    "swept: false",          # not a mapping of lists
+    "sweeps: {lr: 0.1}",
+    "date: today",           # two edits from "name": a word of its own
+    "+nmae: big",            # '+': a parameter, deliberately
+])
+def test_near_reserved_words_that_are_plausible_parameters(tmp_path, text):
+    path = write(tmp_path, "p.yaml", f"lr: 1\n{text}\n")
+    key = text.partition(":")[0].lstrip("+")
+    assert key in load_params([path])[0].values
+
+
+def test_misspelled_reserved_word_in_an_extending_file(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\nsweeps:\n  train.lr: [1, 2]\n")
+    with pytest.raises(ParamsError) as exc:
+        load_params([child])
+    assert str(exc.value) == (
+        f"{child}:2: unknown key 'sweeps', did you mean 'sweep'? (a file that extends base.yaml changes "
+        "its parameters only; to add a new parameter 'sweeps', write '+sweeps:')")
+
+
+@pytest.mark.parametrize("word", ["name", "extends", "sweep"])
+def test_reserved_words_are_never_parameters(tmp_path, word):
+    path = write(tmp_path, "p.yaml", f"+{word}: x\n")
+    with pytest.raises(ParamsError, match=rf"p.yaml:1: '\+{word}': '{word}' is reserved"):
+        load_params([path])
+
+
+def test_python_file_key_with_plus_is_refused(tmp_path):
+    path = write(tmp_path, "p.py", "def get_params():\n    return {'a': {'+b': 1}}\n")
+    with pytest.raises(ParamsError, match=r"p.py.*'\+b' under 'a' starts with '\+'"):
+        load_params([path])
+
+
+def test_override_plus_adds_a_key_to_every_set(tmp_path):
+    a = write(tmp_path, "a.yaml", "train: {lr: 1}\n")
+    b = write(tmp_path, "b.yaml", "data: 3\n")
+    g = write(tmp_path, "g.py", "def get_params():\n    return [{'x': 1}]\n")
+    sets = load_params([a, b, g], ["+train.wd=0.1"])
+    assert [s.values for s in sets] == [{"train": {"lr": 1, "wd": 0.1}}, {"data": 3, "train": {"wd": 0.1}},
+                                        {"x": 1, "train": {"wd": 0.1}}]
+
+
+def test_override_plus_then_plain_override(tmp_path):
+    path = write(tmp_path, "p.yaml", "lr: 1\n")
+    assert load_params([path], ["+wd=1", "wd=2"])[0].values == {"lr": 1, "wd": 2}
+
+
+def test_override_plus_on_an_existing_key_is_refused(tmp_path):
+    a = write(tmp_path, "a.yaml", "x: 1\n")
+    b = write(tmp_path, "b.yaml", "train: {lr: 1}\n")
+    with pytest.raises(ParamsError, match=rf"--set \+train.lr: 'train.lr' already exists in {b}; drop the "
+                                          r"'\+' to change it \(-S train.lr=...\)"):
+        load_params([a, b], ["+train.lr=2"])
+
+
+def test_override_plus_under_a_scalar_is_refused(tmp_path):
+    path = write(tmp_path, "p.yaml", "train: 3\n")
+    with pytest.raises(ParamsError, match=r"--set \+train.wd \(.*p.yaml\): cannot add 'train.wd': 'train' is "
+                                          r"a int, not a mapping"):
+        load_params([path], ["+train.wd=1"])
+
+
+def test_override_plus_of_a_swept_key_is_refused(tmp_path):
+    path = write(tmp_path, "s.yaml", "lr: 1\nsweep: {+wd: [1, 2]}\n")
+    with pytest.raises(ParamsError, match=r"wd is swept in .*s.yaml"):
+        load_params([path], ["+wd=3"])
+
+
+def test_unknown_override_says_how_to_add_it(tmp_path):
+    path = write(tmp_path, "p.yaml", "train: {lr: 1}\n")
+    with pytest.raises(ParamsError, match=r"fix the spelling, or add a new one with -S \+train.wd=\.\.\."):
+        load_params([path], ["train.wd=0.5"])
+
+
+def test_override_value_keys_cannot_carry_plus(tmp_path):
+    path = write(tmp_path, "p.yaml", "opt: {kind: adam}\n")
+    with pytest.raises(ParamsError, match=r"--set opt: parameter key '\+kind' under 'opt' starts with '\+'"):
+        load_params([path], ["opt={+kind: sgd}"])
+
+
+def test_bundled_example_params_load():
+    from pathlib import Path
+
+    params = Path(__file__).resolve().parent.parent / "params"
+    [default] = load_params([params / "default.yaml"])
+    sweep = load_params([params / "sweep.yaml"])
+    assert len(sweep) == 4 and {s.values["train"]["epochs"] for s in sweep} == {15}
+    assert default.values["train"]["epochs"] == 20
 
 
 # ----------------------------------------------------------------------------------- helpers
