@@ -289,8 +289,14 @@ def _reserved_typo(key) -> str | None:
     """The reserved word ``key`` looks like a misspelling of (another case, or a few edits), if any."""
     if not isinstance(key, str):
         return None
+    low = key.lower()
     for word, edits in _TYPO_EDITS.items():
-        if key != word and _distance(key.lower(), word) <= edits:
+        if key == word:
+            continue
+        if word == "name":  # short: only "Name" or two letters swapped ("nmae"); "game: chess" is a parameter
+            if low == word or (sorted(low) == sorted(word) and _distance(low, word) == 1):
+                return word
+        elif _distance(low, word) <= edits:
             return word
     return None
 

@@ -600,6 +600,8 @@ def test_misspelled_reserved_word_in_a_base_file(tmp_path, text, word):
     "swept: false",          # not a mapping of lists
     "sweeps: {lr: 0.1}",
     "date: today",           # two edits from "name": a word of its own
+    "game: chess",           # one letter from "name", but not two swapped: a parameter
+    "same: true",
     "+nmae: big",            # '+': a parameter, deliberately
 ])
 def test_near_reserved_words_that_are_plausible_parameters(tmp_path, text):
