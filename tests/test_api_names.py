@@ -81,3 +81,66 @@ def test_track_wraps_the_read_in_a_stage(project, tmp_path):
     assert "file data/table.csv changed" in proc.stdout
     project.orch("get", "total", "-o", "t.json", "--force")
     assert json.loads((project.root / "t.json").read_text()) == {"total": 10}
+
+
+# ---------------------------------------------------------------------------- run_external launchers
+
+
+def test_run_external_launchers_as_documented(project):
+    """The README's three forms: a .py script under python, a project module with -m, and a program
+    run as is (launcher="none", which traces nothing: the stage tracks what it reads)."""
+    project.write("external/prep.py", '''
+        import sys
+        open(sys.argv[1], "w").write("prep")
+    ''')
+    project.write("tools/__init__.py", "")
+    project.write("tools/prep.py", '''
+        import sys
+        open(sys.argv[1], "w").write("module")
+    ''')
+    project.write("external/copy.sh", '''
+        cp "$1" "$2"
+    ''')
+    project.write("data/in.txt", "as is")
+    project.write("stages/ext.py", '''
+        from orchestrator import stage, run_external, JsonCacher
+        from stages.counting import count
+
+        def _run(record, name, cmd, **kw):
+            out = record.get_path(name)
+            run_external([*cmd, out], **kw)
+            return open(out).read()
+
+        @stage(outputs=["script"], cachers=[JsonCacher])
+        def script(record):
+            count("script")
+            return _run(record, "a.txt", ["external/prep.py"], launcher="python")
+
+        @stage(outputs=["module"], cachers=[JsonCacher])
+        def module(record):
+            count("module")
+            return _run(record, "b.txt", ["-m", "tools.prep"])
+
+        @stage(outputs=["program"], cachers=[JsonCacher])
+        def program(record):
+            count("program")
+            return _run(record, "c.txt", ["sh", record.track("external/copy.sh"), record.track("data/in.txt")],
+                        launcher="none")
+    ''')
+    project.write("experiment.py", '''
+        from stages.ext import script, module, program
+
+        def run(record):
+            script(record); module(record); program(record)
+    ''')
+    project.orch("run", "experiment.py")
+    assert project.counts() == {"script": 1, "module": 1, "program": 1}
+    for name, value in (("script", "prep"), ("module", "module"), ("program", "as is")):
+        project.orch("get", name, "-o", f"{name}.json")
+        assert json.loads((project.root / f"{name}.json").read_text()) == value
+    project.reset_counts()
+    project.write("tools/prep.py", (project.root / "tools/prep.py").read_text() + "# edited\n")
+    project.write("data/in.txt", "edited")
+    out = project.orch("run", "experiment.py")
+    assert project.counts() == {"module": 1, "program": 1}
+    assert "file tools/prep.py changed" in out.stdout and "file data/in.txt changed" in out.stdout
