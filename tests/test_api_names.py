@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ORCH
+from conftest import ORCH, pipeline
 
 BASE = ("run", "experiment.py", "--params", "params/base.yaml")
 SWEEP = ("run", "experiment.py", "--params", "params/sweep.yaml")
@@ -144,3 +145,110 @@ def test_run_external_launchers_as_documented(project):
     out = project.orch("run", "experiment.py")
     assert project.counts() == {"module": 1, "program": 1}
     assert "file tools/prep.py changed" in out.stdout and "file data/in.txt changed" in out.stdout
+
+
+# --------------------------------------------------------------------------- parameter set names
+
+SETS = ["sweep[train.lr=0.1,model.width=16]", "sweep[train.lr=0.1,model.width=32]",
+        "sweep[train.lr=0.01,model.width=16]", "default", "other[opt.lr=0.1]", 'j[x=[1,2],y={"a":1}]']
+
+
+@pytest.mark.parametrize("query, found", [
+    ("default", "default"),
+    ("sweep[train.lr=0.1,model.width=32]", "sweep[train.lr=0.1,model.width=32]"),  # the exact name
+    ("lr=0.1,width=16", "sweep[train.lr=0.1,model.width=16]"),                     # leaf names
+    ("width=16, lr=0.1", "sweep[train.lr=0.1,model.width=16]"),                    # any order, spaces
+    ("train.lr=0.01", "sweep[train.lr=0.01,model.width=16]"),                      # a full path, a subset
+    ("width=32", "sweep[train.lr=0.1,model.width=32]"),
+    ("sweep[model.width=32,train.lr=0.1]", "sweep[train.lr=0.1,model.width=32]"),  # the name, reordered
+    ("opt.lr=0.1", "other[opt.lr=0.1]"),
+    ("other[lr=0.1]", "other[opt.lr=0.1]"),                                        # NAME[...] restricts
+    ("x=[1,2]", 'j[x=[1,2],y={"a":1}]'),                                           # values with commas
+])
+def test_a_set_is_named_exactly_or_by_a_unique_short_form(query, found):
+    from orchestrator.runs.paramsets import matching_sets, resolve_param_set
+
+    assert resolve_param_set(query, SETS, "run r") == found
+    assert matching_sets(query, SETS) == [found]
+
+
+def test_ambiguous_or_unknown_set_names_list_the_candidates():
+    from orchestrator.errors import OrchError, ParamSetNotFoundError
+    from orchestrator.runs.paramsets import matching_sets, resolve_param_set, swept_values
+
+    with pytest.raises(ParamSetNotFoundError, match=r"'lr=0.1' is ambiguous in run r: it matches 3 sets: "
+                                                    r"sweep\[train.lr=0.1,model.width=16\], .*, other\[opt.lr=0.1\]"):
+        resolve_param_set("lr=0.1", SETS, "run r")
+    with pytest.raises(ParamSetNotFoundError, match=r"matches 2 sets"):
+        resolve_param_set("sweep[lr=0.1]", SETS, "run r")
+    for missing in ("lr=0.10", "lr=0.3", "nope", "sweep", "depth=16", "sweep[lr=0.01,width=32]", "=1"):
+        assert matching_sets(missing, SETS) == []
+        with pytest.raises(OrchError, match=rf"run r has no parameter set '{__import__('re').escape(missing)}'; its "
+                                            r"sets: sweep\[.*e\.g\. lr=0\.1,width=16\)"):
+            resolve_param_set(missing, SETS, "run r")
+    many = [f"s[i={i}]" for i in range(25)]
+    with pytest.raises(ParamSetNotFoundError, match=r"s\[i=19\] and 5 more \(name a set exactly"):
+        resolve_param_set("i=99", many, "this experiment")
+    with pytest.raises(ParamSetNotFoundError, match=r"has no parameter set 'x'; its sets: a, b$"):
+        resolve_param_set("x", ["a", "b"], "this experiment")  # nothing swept: no short-form hint
+    assert swept_values("sweep[train.lr=0.1,model.width=16]") == ("sweep", {"train.lr": "0.1", "model.width": "16"})
+    assert swept_values("default") is None and swept_values("odd[name]") is None
+
+
+def two_key_sweep(project):
+    pipeline(project)
+    project.write("stages/data.py", (project.root / "stages/data.py").read_text().replace(
+        "return sum(data) * record.params.train.lr", "return sum(data) * record.params.train.lr + record.params.model.width"))
+    project.write("params/base.yaml", (project.root / "params/base.yaml").read_text() + "model:\n  width: 1\n")
+    project.write("params/grid.yaml", '''
+        extends: base.yaml
+        sweep:
+          train.lr: [0.1, 0.2]
+          model.width: [16, 32]
+    ''')
+    return ("run", "experiment.py", "--params", "params/grid.yaml")
+
+
+def test_short_set_names_in_get_why_accept_and_load(project):
+    grid = two_key_sweep(project)
+    project.orch(*grid)
+    # orch get and orchestrator.load: any order, leaf names or full paths, the exact name
+    project.orch("get", "model", "--param-set", "width=32,lr=0.2", "-o", "m.pkl")
+    assert pickle.loads((project.root / "m.pkl").read_bytes()) == pytest.approx(90 * 0.2 + 32)
+    out = project.orch("get", "score", "--param-set", "train.lr=0.1,width=16", "-o", "s.json").stdout
+    assert "[grid[train.lr=0.1,model.width=16]]" in out
+    from orchestrator import load
+
+    assert load("model", param_set="lr=0.1,model.width=32", experiment_dir=project.root) == pytest.approx(9 + 32)
+    assert load("model", param_set="grid[model.width=16,train.lr=0.2]", experiment_dir=project.root) == \
+        pytest.approx(18 + 16)
+    ambiguous = project.orch("get", "model", "--param-set", "lr=0.1", check=False)
+    assert ambiguous.returncode == 1 and "Traceback" not in ambiguous.stderr
+    assert ("'lr=0.1' is ambiguous in run" in ambiguous.stderr and "grid[train.lr=0.1,model.width=16], "
+            "grid[train.lr=0.1,model.width=32]" in ambiguous.stderr)
+    unknown = project.orch("get", "model", "--param-set", "lr=0.3", check=False)
+    assert unknown.returncode == 1 and "has no parameter set 'lr=0.3'; its sets: grid[" in unknown.stderr
+    several = project.orch("get", "model", check=False)
+    assert "exists in 4 parameter sets" in several.stderr and "e.g. lr=0.1,width=16" in several.stderr
+
+    # orch why --run, and orch why EXPERIMENT (planned: nothing has run for lr=0.3 yet)
+    why = project.orch("why", "--param-set", "lr=0.2,width=16").stdout
+    assert "grid[train.lr=0.2,model.width=16]" in why and "width=32" not in why and "lr=0.1" not in why
+    bad = project.orch("why", "--param-set", "width=8", check=False)
+    assert bad.returncode == 1 and "has no parameter set 'width=8'" in bad.stderr
+    planned = project.orch("why", "experiment.py", "-p", "params/grid.yaml", "-S", "data.n=5",
+                           "--param-set", "width=32,lr=0.1").stdout
+    assert "make_data [grid[train.lr=0.1,model.width=32]]" in planned and "width=16" not in planned
+    bad = project.orch("why", "experiment.py", "-p", "params/grid.yaml", "--param-set", "lr=0.1", check=False)
+    assert bad.returncode == 1 and "'lr=0.1' is ambiguous in this experiment: it matches 2 sets" in bad.stderr
+
+    # orch accept: a code change of train, accepted for one set named by a short form
+    project.write("stages/data.py", (project.root / "stages/data.py").read_text().replace(
+        'count("train")', 'count("train")  # refactored\n    log = None'))
+    out = project.orch("accept", "experiment.py", "train", "-p", "params/grid.yaml", "--param-set", "width=16,lr=0.2")
+    assert out.stdout.startswith("accepted     train[grid[train.lr=0.2,model.width=16]]") and out.stdout.count("\n") == 1
+    bad = project.orch("accept", "experiment.py", "train", "-p", "params/grid.yaml", "--param-set", "lr=9", check=False)
+    assert bad.returncode == 1 and "this experiment has no parameter set 'lr=9'; its sets: grid[" in bad.stderr
+    project.reset_counts()
+    project.orch(*grid)
+    assert project.counts() == {"train": 3}

@@ -60,7 +60,8 @@ def load(name: str, run: str = "latest", param_set: str | None = None, cache: st
     """The artifact `name` of a past run, loaded as the stage that made it returned it.
 
     run: a run id (or a unique prefix of one), default the latest run. param_set: needed only when
-    several parameter sets have the artifact. cache: the cache directory; default $ORCH_CACHE, else
+    several parameter sets have the artifact; its name or a short form naming one set by swept
+    values ("lr=0.1,width=16", see runs.paramsets). cache: the cache directory; default $ORCH_CACHE, else
     `.orch` in experiment_dir, else the nearest `.orch` in the current directory or its parents.
     Other keyword options go to the cacher's load, e.g. `load("model", device="cpu")`.
     """
@@ -129,13 +130,17 @@ def artifact_hash(query: dict) -> str | None:
 
 
 def _find_node(manifest: dict, name: str, param_set: str | None, run_id: str) -> dict:
+    """The node of `manifest` whose output `name` is asked for; `param_set` is an exact set name or a
+    short form (runs.paramsets)."""
+    from ..runs.manifest import set_names
+    from ..runs.paramsets import example_short_form, listing, resolve_param_set
+
     nodes = manifest.get("nodes", [])
     if not nodes and manifest.get("status") == "running":
         raise ArtifactNotFoundError(f"run {run_id} has not finished (it is running, or was killed): its manifest "
                                     f"lists no artifacts yet; pick another run with run=... / --run")
-    sets = list(manifest.get("param_sets", {})) + sorted({n["param_set"] for n in nodes} - set(manifest.get("param_sets", {})))
-    if param_set is not None and param_set not in sets:
-        raise ParamSetNotFoundError(f"run {run_id} has no parameter set {param_set!r}; its sets: {', '.join(sets) or 'none'}")
+    if param_set is not None:
+        param_set = resolve_param_set(param_set, set_names(manifest), f"run {run_id}")
     having = [n for n in nodes if name in n.get("outputs", {})]
     if param_set is not None:
         in_set = [n for n in having if n["param_set"] == param_set]
@@ -148,8 +153,10 @@ def _find_node(manifest: dict, name: str, param_set: str | None, run_id: str) ->
         raise ArtifactNotFoundError(_missing(name, run_id, nodes, None, known))
     found_in = list(dict.fromkeys(n["param_set"] for n in having))
     if len(found_in) > 1:
+        example = example_short_form(found_in)
         raise ParamSetNotFoundError(f"artifact {name!r} exists in {len(found_in)} parameter sets of run {run_id}: "
-                                    f"{', '.join(found_in)}; choose one with param_set=... (orch get: --param-set)")
+                                    f"{listing(found_in)}; choose one with param_set=... (orch get: --param-set)"
+                                    + (f", by its name or its swept values, e.g. {example}" if example else ""))
     return max(having, key=lambda n: n["id"])
 
 

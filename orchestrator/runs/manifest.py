@@ -138,9 +138,20 @@ def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
     return rows
 
 
+def set_names(manifest: dict) -> list[str]:
+    """The parameter sets of a run, in its order (and any a node names that the header does not)."""
+    declared = list(manifest.get("param_sets", {}))
+    return declared + sorted({n["param_set"] for n in manifest.get("nodes", [])} - set(declared))
+
+
 def why_rows(manifest: dict, stage: str | None = None, param_set: str | None = None) -> list[dict]:
     """Nodes of a past run that did not come from the cache, with the reason each one ran (and those
-    that did only because `orch accept` re-keyed them to new code)."""
+    that did only because `orch accept` re-keyed them to new code). `param_set`: its exact name or a
+    short form (runs.paramsets)."""
+    if param_set is not None:
+        from .paramsets import resolve_param_set
+
+        param_set = resolve_param_set(param_set, set_names(manifest), f"run {manifest.get('run_id', '?')}")
     rows = []
     for n in manifest.get("nodes", []):
         if stage and n["stage"] != stage or param_set and n["param_set"] != param_set:
