@@ -252,3 +252,47 @@ def test_short_set_names_in_get_why_accept_and_load(project):
     project.reset_counts()
     project.orch(*grid)
     assert project.counts() == {"train": 3}
+
+
+# ------------------------------------------------------------------------------ run ids by prefix
+
+
+def test_run_id_prefixes_everywhere_and_missing_runs_list_the_recent_ones(project):
+    pipeline(project)
+    project.orch(*BASE)
+    first = project.manifest()["run_id"]
+    project.orch(*BASE, "-S", "train.lr=0.5")
+    second = project.manifest()["run_id"]
+    prefix = first[:-2]  # unique: the random tail differs
+    out = project.orch("show", prefix).stdout
+    assert first in out and second not in out
+    out = project.orch("report", prefix).stdout.strip()
+    assert out == str(project.root / ".orch" / "runs" / first / "report.html") and Path(out).is_file()
+    assert project.orch("show", prefix, "--html").stdout.strip() == out
+    why = project.orch("why", "--run", prefix).stdout
+    assert f"run {first}: 3 not from the cache" in why and "train [base]" in why
+    project.orch("get", "model", "--run", prefix, "-o", "m.pkl")
+    assert pickle.loads((project.root / "m.pkl").read_bytes()) == pytest.approx(9.0)
+    from orchestrator import load
+
+    assert load("model", run=second[:-1], experiment_dir=project.root) == pytest.approx(45.0)
+
+    # ambiguous: every run id that starts with it, newest first
+    common = os.path.commonprefix([first, second])
+    for args in (("show", common), ("report", common), ("why", "--run", common), ("get", "model", "--run", common)):
+        proc = project.orch(*args, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, args
+        assert f"run {common!r} is ambiguous" in proc.stderr and f"{second}, {first}" in proc.stderr, args
+
+    # not found: the 10 most recent runs, newest first, and how many more there are
+    runs = project.root / ".orch" / "runs"
+    old = [f"20000101-0000{i:02d}.000-abcd" for i in range(11)]  # older than any real run
+    for run_id in old:
+        (runs / run_id).mkdir()
+        (runs / run_id / "manifest.json").write_text(json.dumps({**project.manifest(first), "run_id": run_id}))
+    for args in (("show", "nope"), ("report", "nope"), ("why", "--run", "nope"), ("get", "model", "--run", "nope")):
+        proc = project.orch(*args, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, args
+        listed = f"{second}, {first}, {', '.join(reversed(old[-8:]))} and 3 older (orch runs -n 13 lists them all)"
+        assert f"no run 'nope' in {runs}; runs: {listed}" in proc.stderr, (args, proc.stderr)
+    assert len(project.orch("runs", "-n", "13").stdout.strip().splitlines()) == 13

@@ -89,23 +89,32 @@ def node_row(outcome) -> dict:
 # -- reading runs back --------------------------------------------------------------------------------
 
 def resolve_run(cache_root: Path, run: str = "latest") -> Path:
-    """The directory of a run: "latest", a run id, or a prefix naming exactly one run."""
+    """The directory of a run: "latest", a run id, or a prefix naming exactly one run. Not found or
+    ambiguous: RunNotFoundError listing the most recent candidates and how many more there are."""
     runs_dir = Path(cache_root) / "runs"
     path = runs_dir / run
     if run == LATEST and path.is_file() and not path.is_symlink():
         path = runs_dir / path.read_text().strip()
-    if not (path / MANIFEST).is_file() and run != LATEST and runs_dir.is_dir():
-        matches = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name.startswith(run))
+    if not (path / MANIFEST).is_file() and run != LATEST:
+        matches = [r for r in _run_ids(runs_dir) if r.startswith(run)]
         if len(matches) > 1:
-            raise RunNotFoundError(f"run {run!r} is ambiguous in {runs_dir}: {', '.join(matches[-10:])}")
+            raise RunNotFoundError(f"run {run!r} is ambiguous in {runs_dir}: it starts {len(matches)} run ids: "
+                                   f"{_recent(matches)}; give more of the id")
         if matches:
             path = runs_dir / matches[0]
     if not (path / MANIFEST).is_file():
         known = _run_ids(runs_dir)
         raise RunNotFoundError(
-            f"no run {run!r} in {runs_dir}" + (f"; runs: {', '.join(known[-10:])}" if known else "; nothing has run yet")
+            f"no run {run!r} in {runs_dir}" + (f"; runs: {_recent(known)}" if known else "; nothing has run yet")
         )
     return path.resolve()
+
+
+def _recent(run_ids: list[str], shown: int = 10) -> str:
+    """The newest `shown` of `run_ids` (oldest first), newest first, and how many older ones there are."""
+    text = ", ".join(reversed(run_ids[-shown:]))
+    more = len(run_ids) - shown
+    return text + (f" and {more} older (orch runs -n {len(run_ids)} lists them all)" if more > 0 else "")
 
 
 def read_manifest(cache_root: Path, run: str = "latest") -> dict:
