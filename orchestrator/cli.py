@@ -145,7 +145,8 @@ def accept(ctx, experiment, stage, params, overrides, param_set, dry, cache):
 @click.argument("name")
 @click.option("--run", "run_id", default="latest", show_default=True, help="Run id (or a unique prefix of one).")
 @click.option("--param-set", "param_set", default=None, metavar="SET",
-              help="Parameter set, needed when several have NAME: " + SET_FORMS + ".")
+              help="Parameter set, needed when several have NAME: " + SET_FORMS + ". With --run latest, a "
+                   "set that run lacks comes from the latest run that has it (a warning says which).")
 @click.option("-o", "--output", "output", default=".", show_default=True, type=click.Path(path_type=Path),
               help="Where to copy it: a new path, or an existing directory to copy into.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",

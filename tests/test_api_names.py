@@ -296,3 +296,94 @@ def test_run_id_prefixes_everywhere_and_missing_runs_list_the_recent_ones(projec
         listed = f"{second}, {first}, {', '.join(reversed(old[-8:]))} and 3 older (orch runs -n 13 lists them all)"
         assert f"no run 'nope' in {runs}; runs: {listed}" in proc.stderr, (args, proc.stderr)
     assert len(project.orch("runs", "-n", "13").stdout.strip().splitlines()) == 13
+
+
+# ------------------------------------------------------------- the latest run that has a parameter set
+
+
+def py(project, code: str) -> subprocess.CompletedProcess:
+    """Python in a fresh process in the project directory, as a notebook would run it."""
+    env = {k: v for k, v in os.environ.items() if k != "ORCH_CACHE"}
+    proc = subprocess.run([os.sys.executable, "-c", code], cwd=project.root, capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_load_and_get_look_back_for_the_latest_run_with_the_set(project):
+    pipeline(project)
+    project.orch(*BASE)
+    base_run = project.manifest()["run_id"]
+    project.orch(*SWEEP, "-S", "data.n=4")  # the latest run is a sweep: no set "base" in it
+    sweep_run = project.manifest()["run_id"]
+
+    out = py(project, 'import orchestrator; print(orchestrator.load("model", param_set="base"))')
+    assert out.stdout.strip() == "9.0"  # the base run's model, not a sweep point's
+    note = (f"using run {base_run}, the latest run with parameter set 'base' and artifact 'model' "
+            f"(the latest run, {sweep_run}, has no such set)")
+    assert out.stderr.strip() == note
+    got = project.orch("get", "model", "--param-set", "base", "-o", "m.pkl")
+    assert pickle.loads((project.root / "m.pkl").read_bytes()) == pytest.approx(9.0)
+    assert f"model of run {base_run} [base]" in got.stdout and note in got.stderr
+    # the latest run has the set: no looking back, nothing said
+    out = py(project, 'import orchestrator; print(orchestrator.load("model", param_set="lr=0.2"))')
+    assert out.stdout.strip() == str(12 * 0.2) and out.stderr == ""
+    # short forms look back too
+    project.orch(*BASE, "-S", "train.lr=0.3")
+    third = project.manifest()["run_id"]
+    out = py(project, 'import orchestrator; print(orchestrator.load("model", param_set="lr=0.2"))')
+    assert out.stdout.strip() == str(12 * 0.2) and f"using run {sweep_run}" in out.stderr
+    assert f"the latest run, {third}, has no such set" in out.stderr
+    # only with run="latest": a named run is that run
+    from orchestrator import load
+    from orchestrator.errors import ParamSetNotFoundError
+
+    with pytest.raises(ParamSetNotFoundError, match=f"run {sweep_run} has no parameter set 'base'"):
+        load("model", run=sweep_run, param_set="base", experiment_dir=project.root)
+    # a set no run has: the latest run's sets, and that no earlier run has it either
+    proc = project.orch("get", "model", "--param-set", "lr=0.7", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (f"run {third} has no parameter set 'lr=0.7'; its sets: base" in proc.stderr
+            and "no earlier run has artifact 'model' in such a set either" in proc.stderr)
+    # an artifact the set's latest run did not produce: an older run that has both
+    project.write("stages/data.py", (project.root / "stages/data.py").read_text().replace(
+        'count("train")', 'count("train"); assert record.params.train.lr != 0.2'))
+    project.orch(*SWEEP, "-S", "data.n=4", check=False)
+    failed_sweep = project.manifest()["run_id"]
+    project.orch(*BASE)
+    out = py(project, 'import orchestrator; print(orchestrator.load("model", param_set="lr=0.2"))')
+    assert f"using run {sweep_run}" in out.stderr and failed_sweep not in out.stderr
+
+
+def test_a_stage_loading_a_set_by_name_stays_cached_while_other_runs_come_and_go(project, tmp_path):
+    """The traced query (run="latest", param_set="base") resolves as load() does: through the runs
+    that lack the set, to the same object, so the consuming stage is not re-run by a sweep."""
+    from conftest import COUNTING, Project
+
+    pipeline(project)
+    project.orch(*BASE)
+    infer = Project(tmp_path / "infer")
+    infer.root.mkdir()
+    infer.write("stages/__init__.py", "")
+    infer.write("stages/counting.py", COUNTING)
+    infer.write("stages/batch.py", f'''
+        import orchestrator
+        from orchestrator import stage, JsonCacher
+        from stages.counting import count
+
+        @stage(outputs=["pred"], cachers=[JsonCacher])
+        def predict(record):
+            count("predict")
+            return orchestrator.load("model", param_set="base", cache={str(project.root / ".orch")!r}) * 10
+    ''')
+    infer.write("experiment.py", "from stages.batch import predict\n\ndef run(record):\n    predict(record)\n")
+    infer.orch("run", "experiment.py")
+    assert infer.counts() == {"predict": 1}
+    project.orch(*SWEEP, "-S", "data.n=4")  # a sweep becomes the latest run
+    out = infer.orch("run", "experiment.py")
+    assert infer.counts() == {"predict": 1}, out.stdout
+    project.orch(*BASE, "-S", "train.lr=0.5")  # a new base model
+    out = infer.orch("run", "experiment.py")
+    assert infer.counts() == {"predict": 2}, out.stdout
+    infer.orch("get", "pred", "-o", "p.json")
+    assert json.loads((infer.root / "p.json").read_text()) == pytest.approx(450.0)

@@ -15,6 +15,7 @@ import secrets
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from ..core.status import RUN_RUNNING, Status
 from ..errors import RunNotFoundError
@@ -125,14 +126,19 @@ def read_manifest(cache_root: Path, run: str = "latest") -> dict:
     return m
 
 
-def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
-    """The newest runs first: id, start, status, duration and node counts."""
+def manifests_newest_first(cache_root: Path) -> Iterator[tuple[str, dict]]:
+    """(run id, manifest) of every run, newest first, read one at a time; unreadable ones are skipped."""
     runs_dir = Path(cache_root) / "runs"
-    rows = []
     for run_id in reversed(_run_ids(runs_dir)):
         m = read_json_object(runs_dir / run_id / MANIFEST)
-        if m is None:
-            continue
+        if m is not None:
+            yield run_id, m
+
+
+def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
+    """The newest runs first: id, start, status, duration and node counts."""
+    rows = []
+    for run_id, m in manifests_newest_first(cache_root):
         rows.append({
             "run_id": m.get("run_id", run_id),
             "started": m.get("started", ""),
