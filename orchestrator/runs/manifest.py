@@ -99,7 +99,7 @@ def resolve_run(cache_root: Path, run: str = "latest") -> Path:
     if not (path / MANIFEST).is_file() and run != LATEST:
         matches = [r for r in _run_ids(runs_dir) if r.startswith(run)]
         if len(matches) > 1:
-            raise RunNotFoundError(f"run {run!r} is ambiguous in {runs_dir}: it starts {len(matches)} run ids: "
+            raise RunNotFoundError(f"run {run!r} is ambiguous in {runs_dir}: it begins {len(matches)} run ids: "
                                    f"{_recent(matches)}; give more of the id")
         if matches:
             path = runs_dir / matches[0]
