@@ -39,6 +39,10 @@ def _set_debug(ctx: click.Context, _param, value: bool) -> None:
         ctx.ensure_object(dict)["debug"] = True
 
 
+#: How a parameter set may be named wherever a user names one (runs.paramsets).
+SET_FORMS = "its name, or some of its swept values that identify it (e.g. lr=0.1,width=16)"
+
+
 def debug_option(f):
     """--debug works before or after the subcommand (`orch --debug run` and `orch run --debug`)."""
     return click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
@@ -107,7 +111,8 @@ def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_
 @click.option("--params", "-p", "params", multiple=True, type=click.Path(dir_okay=False),
               help="Parameter file (YAML or .py); repeatable.")
 @click.option("--set", "-S", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a parameter in every set.")
-@click.option("--param-set", "param_set", default=None, help="Only this parameter set (default: every set).")
+@click.option("--param-set", "param_set", default=None, metavar="SET",
+              help="Only this parameter set (default: every set): " + SET_FORMS + ".")
 @click.option("--dry", is_flag=True, help="Show what would be accepted; change nothing.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",
               help="Cache directory (default: .orch next to the experiment; env ORCH_CACHE).")
@@ -124,6 +129,11 @@ def accept(ctx, experiment, stage, params, overrides, param_set, dry, cache):
 
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides), cache=cache,
                               dry=True)
+    if param_set is not None:
+        from .runs.paramsets import resolve_param_set
+
+        names = [p.name for p in session.load_param_sets(opts.params, opts.overrides)]
+        param_set = resolve_param_set(param_set, names, "this experiment")
     results = session.accept_code(opts, stage, param_set, dry)
     for r in results:
         click.echo(f"{r.outcome:<13}{r.node.label}: {r.detail}", err=r.outcome == REFUSED)
@@ -134,7 +144,9 @@ def accept(ctx, experiment, stage, params, overrides, param_set, dry, cache):
 @main.command("get")
 @click.argument("name")
 @click.option("--run", "run_id", default="latest", show_default=True, help="Run id (or a unique prefix of one).")
-@click.option("--param-set", "param_set", default=None, help="Parameter set (needed when several have NAME).")
+@click.option("--param-set", "param_set", default=None, metavar="SET",
+              help="Parameter set, needed when several have NAME: " + SET_FORMS + ". With --run latest, a "
+                   "set that run lacks comes from the latest run that has it (a warning says which).")
 @click.option("-o", "--output", "output", default=".", show_default=True, type=click.Path(path_type=Path),
               help="Where to copy it: a new path, or an existing directory to copy into.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",
@@ -162,7 +174,7 @@ def cache_option(f):
 @click.option("--set", "-S", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a parameter (with EXPERIMENT).")
 @click.option("--run", "run_id", default="latest", show_default=True, help="Without EXPERIMENT: the past run to explain.")
 @click.option("--stage", default=None, help="Only this stage.")
-@click.option("--param-set", "param_set", default=None, help="Only this parameter set.")
+@click.option("--param-set", "param_set", default=None, metavar="SET", help="Only this parameter set: " + SET_FORMS + ".")
 @cache_option
 @debug_option
 def why(experiment, params, overrides, run_id, stage, param_set, cache):
@@ -177,6 +189,11 @@ def why(experiment, params, overrides, run_id, stage, param_set, cache):
         opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                                   cache=cache, dry=True)
         result = session.run_experiment(opts)
+        if param_set is not None:
+            from .runs.paramsets import resolve_param_set
+
+            names = [o.node.set_name for o in result.outcomes]
+            param_set = resolve_param_set(param_set, names, "this experiment")
         rows = [{"stage": o.node.stage.name, "param_set": o.node.set_name, "status": o.status, "reason": o.reason}
                 for o in result.outcomes if (o.status != Status.CACHED or o.entry is not None and o.entry.accepted)
                 and (not stage or o.node.stage.name == stage) and (not param_set or o.node.set_name == param_set)]

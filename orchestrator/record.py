@@ -12,7 +12,7 @@ import os
 import tempfile
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from .errors import PlanningError
 from .params import TrackedParams, set_key
@@ -109,19 +109,45 @@ class Record:
             raise PlanningError(f"get_path/get_dir take a relative name inside the staging area, got {name!r}")
         return self.staging_dir / "files" / name
 
-    def track(self, path: str | os.PathLike) -> str:
-        """Record a file or directory this stage depends on: editing it invalidates the stage."""
+    @overload
+    def track(self, path: str) -> str: ...
+
+    @overload
+    def track(self, path: os.PathLike[str]) -> os.PathLike[str]: ...
+
+    def track(self, path: str | os.PathLike[str]) -> str | os.PathLike[str]:
+        """Record a file or directory this stage depends on (editing it invalidates the stage) and
+        return its path, so that `np.loadtxt(record.track("data/table.csv"))` reads what was tracked.
+
+        A relative path starts at the experiment's directory. The path comes back as given (same
+        type), unless the stage runs elsewhere: then it is joined to the experiment's directory, so
+        it still names the tracked file. `tracked_hash(path)` gives the content hash recorded."""
         from .hashing import hash_path
 
-        p = Path(path)
-        if not p.is_absolute() and self._project_root is not None:
-            p = self._project_root / p
+        p = self._tracked_path(path)
         try:
             _, digest, _ = hash_path(p, self.stat_cache)
         except FileNotFoundError:
             raise PlanningError(f"record.track({os.fspath(path)!r}): no such file (parameter set {self.name!r})") from None
         self.files[self._trace_name(p)] = digest
-        return digest
+        if Path(path).resolve() == p.resolve():  # the usual case: the stage runs in the experiment's directory
+            return path
+        return str(p) if isinstance(path, str) else p
+
+    def tracked_hash(self, path: str | os.PathLike[str]) -> str:
+        """The content hash `track(path)` recorded for `path` (the same path as given to it)."""
+        try:
+            return self.files[self._trace_name(self._tracked_path(path))]
+        except KeyError:
+            raise PlanningError(f"record.tracked_hash({os.fspath(path)!r}): not tracked by this stage; "
+                                f"call record.track() first (parameter set {self.name!r})") from None
+
+    def _tracked_path(self, path: str | os.PathLike[str]) -> Path:
+        """The absolute path track() hashes: a relative one starts at the experiment's directory."""
+        p = Path(path)
+        if not p.is_absolute() and self._project_root is not None:
+            p = self._project_root / p
+        return p.absolute()
 
     def trace_artifact(self, traced_name: str, digest: str) -> None:
         """Record an artifact of another run this stage loaded (orchestrator.load calls this): a

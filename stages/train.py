@@ -34,7 +34,7 @@ def train(record, train_data):
     args = ["--epochs", p.epochs, "--batch-size", p.batch_size, "--lr", p.lr, "--weight-decay", p.weight_decay,
             "--width", p.width, "--modes", p.modes, "--layers", p.layers, "--seed", p.seed,
             "--device", p.device, "--amp" if p.amp else "--no-amp"]
-    code = [record.track(SCRIPT), record.track(MODEL_CODE)]
+    code = [record.tracked_hash(record.track(path)) for path in (SCRIPT, MODEL_CODE)]
     checkpoints = checkpoint_dir(record, p.get("checkpoint_root"), [train_data.path, *code, *map(str, args)])
     run_external([SCRIPT, "--train-data", train_data.path, "--model-out", model_path, "--metrics-out", metrics_path,
                   "--checkpoint-dir", checkpoints, *args],

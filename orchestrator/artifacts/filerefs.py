@@ -99,7 +99,8 @@ def _bundle(kinds: list[tuple[str, bool]], single: bool, staging: str, out: Outp
             kind = "dir" if os.path.isdir(path) else "file"
             sig = _signature(path, kind)  # before hashing: a write meanwhile shows up at load
             if out.record is not None:
-                digest = out.record.track(path)  # the entry is valid only while it is unchanged
+                out.record.track(path)  # the entry is valid only while it is unchanged
+                digest = out.record.tracked_hash(path)
             else:
                 digest = hash_path(path)[1]
             refs[path] = {"kind": kind, "hash": digest}

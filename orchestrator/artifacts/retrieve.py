@@ -10,6 +10,7 @@ the identity recorded in the entry — only classes that are Cacher subclasses a
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import shutil
 import sys
@@ -20,6 +21,8 @@ from typing import Any
 from ..cachers import Cacher
 from ..core.status import Status
 from ..errors import ArtifactLoadError, ArtifactNotFoundError, DamagedObjectError, OrchError, ParamSetNotFoundError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,7 +63,10 @@ def load(name: str, run: str = "latest", param_set: str | None = None, cache: st
     """The artifact `name` of a past run, loaded as the stage that made it returned it.
 
     run: a run id (or a unique prefix of one), default the latest run. param_set: needed only when
-    several parameter sets have the artifact. cache: the cache directory; default $ORCH_CACHE, else
+    several parameter sets have the artifact; its name or a short form naming one set by swept
+    values ("lr=0.1,width=16", see runs.paramsets). With run="latest" and a set the latest run does
+    not have (a sweep ran since), the latest run with that set and artifact, with a logged warning
+    naming it. cache: the cache directory; default $ORCH_CACHE, else
     `.orch` in experiment_dir, else the nearest `.orch` in the current directory or its parents.
     Other keyword options go to the cacher's load, e.g. `load("model", device="cpu")`.
     """
@@ -70,13 +76,13 @@ def load(name: str, run: str = "latest", param_set: str | None = None, cache: st
 def locate(name: str, run: str = "latest", param_set: str | None = None, cache: str | os.PathLike | None = None,
            experiment_dir: str | os.PathLike | None = None) -> Artifact:
     """Find (never load) an artifact of a past run; errors list the runs, sets or artifacts that exist."""
-    from ..runs.manifest import read_manifest
     from ..store import DiskStore, cache_dir
 
     root = cache_dir(cache, experiment_dir)
-    manifest = read_manifest(root, run)
+    manifest, node, note = _resolve(root, name, run, param_set)
+    if note:
+        log.warning("%s", note)
     run_id = manifest.get("run_id", run)
-    node = _find_node(manifest, name, param_set, run_id)
     store = DiskStore(root)
     obj_hash = node["outputs"][name]
     stored = None
@@ -116,26 +122,53 @@ def _trace_in_running_stage(root: Path, run: str, param_set: str | None, name: s
 def artifact_hash(query: dict) -> str | None:
     """The object a traced artifact query resolves to now (core.traced); None when it no longer
     resolves (the run, set or artifact is gone)."""
-    from ..runs.manifest import read_manifest
     from ..store import cache_dir
 
     try:
-        root = cache_dir(query["cache"])
-        manifest = read_manifest(root, query["run"])
-        node = _find_node(manifest, query["name"], query.get("param_set"), manifest.get("run_id", query["run"]))
+        _, node, _ = _resolve(cache_dir(query["cache"]), query["name"], query["run"], query.get("param_set"))
         return node["outputs"][query["name"]]
     except (OrchError, KeyError, TypeError):
         return None
 
 
+def _resolve(root: Path, name: str, run: str, param_set: str | None) -> tuple[dict, dict, str | None]:
+    """(manifest, node, note): the run and node that `load(name, run, param_set)` means. With
+    run="latest" and a parameter set the latest run does not have (a sweep ran since), the latest
+    run that has that set and that artifact; `note` then says which run that is."""
+    from ..runs.manifest import LATEST, manifests_newest_first, read_manifest, set_names
+    from ..runs.paramsets import matching_sets
+
+    manifest = read_manifest(root, run)
+    run_id = manifest.get("run_id", run)
+    if run != LATEST or param_set is None or matching_sets(param_set, set_names(manifest)):
+        return manifest, _find_node(manifest, name, param_set, run_id), None
+    for older_id, older in manifests_newest_first(root):
+        if older_id == run_id or not matching_sets(param_set, set_names(older)):
+            continue
+        try:
+            node = _find_node(older, name, param_set, older.get("run_id", older_id))
+        except ArtifactNotFoundError:  # it has the set but not the artifact (failed, or not run yet)
+            continue
+        return older, node, (f"using run {older.get('run_id', older_id)}, the latest run with parameter set "
+                             f"{node['param_set']!r} and artifact {name!r} (the latest run, {run_id}, has no such set)")
+    try:
+        return manifest, _find_node(manifest, name, param_set, run_id), None
+    except ParamSetNotFoundError as e:
+        raise ParamSetNotFoundError(f"{e}; no earlier run has artifact {name!r} in such a set either") from None
+
+
 def _find_node(manifest: dict, name: str, param_set: str | None, run_id: str) -> dict:
+    """The node of `manifest` whose output `name` is asked for; `param_set` is an exact set name or a
+    short form (runs.paramsets)."""
+    from ..runs.manifest import set_names
+    from ..runs.paramsets import example_short_form, listing, resolve_param_set
+
     nodes = manifest.get("nodes", [])
     if not nodes and manifest.get("status") == "running":
         raise ArtifactNotFoundError(f"run {run_id} has not finished (it is running, or was killed): its manifest "
                                     f"lists no artifacts yet; pick another run with run=... / --run")
-    sets = list(manifest.get("param_sets", {})) + sorted({n["param_set"] for n in nodes} - set(manifest.get("param_sets", {})))
-    if param_set is not None and param_set not in sets:
-        raise ParamSetNotFoundError(f"run {run_id} has no parameter set {param_set!r}; its sets: {', '.join(sets) or 'none'}")
+    if param_set is not None:
+        param_set = resolve_param_set(param_set, set_names(manifest), f"run {run_id}")
     having = [n for n in nodes if name in n.get("outputs", {})]
     if param_set is not None:
         in_set = [n for n in having if n["param_set"] == param_set]
@@ -148,8 +181,10 @@ def _find_node(manifest: dict, name: str, param_set: str | None, run_id: str) ->
         raise ArtifactNotFoundError(_missing(name, run_id, nodes, None, known))
     found_in = list(dict.fromkeys(n["param_set"] for n in having))
     if len(found_in) > 1:
+        example = example_short_form(found_in)
         raise ParamSetNotFoundError(f"artifact {name!r} exists in {len(found_in)} parameter sets of run {run_id}: "
-                                    f"{', '.join(found_in)}; choose one with param_set=... (orch get: --param-set)")
+                                    f"{listing(found_in)}; choose one with param_set=... (orch get: --param-set)"
+                                    + (f", by its name or its swept values, e.g. {example}" if example else ""))
     return max(having, key=lambda n: n["id"])
 
 

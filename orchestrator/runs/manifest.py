@@ -15,6 +15,7 @@ import secrets
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from ..core.status import RUN_RUNNING, Status
 from ..errors import RunNotFoundError
@@ -91,23 +92,32 @@ def node_row(outcome) -> dict:
 # -- reading runs back --------------------------------------------------------------------------------
 
 def resolve_run(cache_root: Path, run: str = "latest") -> Path:
-    """The directory of a run: "latest", a run id, or a prefix naming exactly one run."""
+    """The directory of a run: "latest", a run id, or a prefix naming exactly one run. Not found or
+    ambiguous: RunNotFoundError listing the most recent candidates and how many more there are."""
     runs_dir = Path(cache_root) / "runs"
     path = runs_dir / run
     if run == LATEST and path.is_file() and not path.is_symlink():
         path = runs_dir / path.read_text().strip()
-    if not (path / MANIFEST).is_file() and run != LATEST and runs_dir.is_dir():
-        matches = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name.startswith(run))
+    if not (path / MANIFEST).is_file() and run != LATEST:
+        matches = [r for r in _run_ids(runs_dir) if r.startswith(run)]
         if len(matches) > 1:
-            raise RunNotFoundError(f"run {run!r} is ambiguous in {runs_dir}: {', '.join(matches[-10:])}")
+            raise RunNotFoundError(f"run {run!r} is ambiguous in {runs_dir}: it begins {len(matches)} run ids: "
+                                   f"{_recent(matches)}; give more of the id")
         if matches:
             path = runs_dir / matches[0]
     if not (path / MANIFEST).is_file():
         known = _run_ids(runs_dir)
         raise RunNotFoundError(
-            f"no run {run!r} in {runs_dir}" + (f"; runs: {', '.join(known[-10:])}" if known else "; nothing has run yet")
+            f"no run {run!r} in {runs_dir}" + (f"; runs: {_recent(known)}" if known else "; nothing has run yet")
         )
     return path.resolve()
+
+
+def _recent(run_ids: list[str], shown: int = 10) -> str:
+    """The newest `shown` of `run_ids` (oldest first), newest first, and how many older ones there are."""
+    text = ", ".join(reversed(run_ids[-shown:]))
+    more = len(run_ids) - shown
+    return text + (f" and {more} older (orch runs -n {len(run_ids)} lists them all)" if more > 0 else "")
 
 
 def read_manifest(cache_root: Path, run: str = "latest") -> dict:
@@ -118,14 +128,19 @@ def read_manifest(cache_root: Path, run: str = "latest") -> dict:
     return m
 
 
-def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
-    """The newest runs first: id, start, status, duration and node counts."""
+def manifests_newest_first(cache_root: Path) -> Iterator[tuple[str, dict]]:
+    """(run id, manifest) of every run, newest first, read one at a time; unreadable ones are skipped."""
     runs_dir = Path(cache_root) / "runs"
-    rows = []
     for run_id in reversed(_run_ids(runs_dir)):
         m = read_json_object(runs_dir / run_id / MANIFEST)
-        if m is None:
-            continue
+        if m is not None:
+            yield run_id, m
+
+
+def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
+    """The newest runs first: id, start, status, duration and node counts."""
+    rows = []
+    for run_id, m in manifests_newest_first(cache_root):
         rows.append({
             "run_id": m.get("run_id", run_id),
             "started": m.get("started", ""),
@@ -140,9 +155,20 @@ def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
     return rows
 
 
+def set_names(manifest: dict) -> list[str]:
+    """The parameter sets of a run, in its order (and any a node names that the header does not)."""
+    declared = list(manifest.get("param_sets", {}))
+    return declared + sorted({n["param_set"] for n in manifest.get("nodes", [])} - set(declared))
+
+
 def why_rows(manifest: dict, stage: str | None = None, param_set: str | None = None) -> list[dict]:
     """Nodes of a past run that did not come from the cache, with the reason each one ran (and those
-    that did only because `orch accept` re-keyed them to new code)."""
+    that did only because `orch accept` re-keyed them to new code). `param_set`: its exact name or a
+    short form (runs.paramsets)."""
+    if param_set is not None:
+        from .paramsets import resolve_param_set
+
+        param_set = resolve_param_set(param_set, set_names(manifest), f"run {manifest.get('run_id', '?')}")
     rows = []
     for n in manifest.get("nodes", []):
         if stage and n["stage"] != stage or param_set and n["param_set"] != param_set:
