@@ -129,11 +129,6 @@ def accept(ctx, experiment, stage, params, overrides, param_set, dry, cache):
 
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides), cache=cache,
                               dry=True)
-    if param_set is not None:
-        from .runs.paramsets import resolve_param_set
-
-        names = [p.name for p in session.load_param_sets(opts.params, opts.overrides)]
-        param_set = resolve_param_set(param_set, names, "this experiment")
     results = session.accept_code(opts, stage, param_set, dry)
     for r in results:
         click.echo(f"{r.outcome:<13}{r.node.label}: {r.detail}", err=r.outcome == REFUSED)

@@ -140,6 +140,10 @@ def accept_code(opts: RunOptions, stage: str, param_set: str | None, dry: bool) 
 
     experiment = Path(opts.experiment).resolve()
     p = plan_experiment(opts, experiment, cache_dir(opts.cache, experiment.parent))
+    if param_set is not None:  # the exact name or a unique short form (lr=0.1)
+        from .runs.paramsets import resolve_param_set
+
+        param_set = resolve_param_set(param_set, [s.name for s in p.param_sets], "this experiment")
     return accept(p.graph, p.ctx, p.decisions, stage, param_set, dry)
 
 
