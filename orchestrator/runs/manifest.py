@@ -117,7 +117,7 @@ def read_manifest(cache_root: Path, run: str = "latest") -> dict:
 
 
 def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
-    """The newest runs first: id, start, status, duration and node counts."""
+    """The newest runs first: id, start, status, duration, node counts and the command (argv)."""
     runs_dir = Path(cache_root) / "runs"
     rows = []
     for run_id in reversed(_run_ids(runs_dir)):
@@ -132,6 +132,7 @@ def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
             "param_sets": len(m.get("param_sets", {})),
             "summary": m.get("summary") or {},
             "experiment": m.get("experiment", ""),
+            "argv": [str(a) for a in m.get("argv") or []],
         })
         if len(rows) == limit:
             break
