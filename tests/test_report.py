@@ -177,6 +177,80 @@ def test_graph_png_with_graphviz(project):
     assert (project.root / "dag.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def sweep_project(p):
+    """pipeline(p) and an aggregate `table` over a 4-point sweep of train.lr that reads each set's
+    train.lr and report.tag (which nothing else reads); make_data (data.* only) is shared by all."""
+    pipeline(p)
+    p.write("stages/agg.py", '''
+        from orchestrator import aggregate, JsonCacher
+
+        @aggregate(inputs=["score"], outputs=["table"], cachers=[JsonCacher])
+        def table(record, score):
+            sets = record.param_sets
+            return {name: [s["score"], sets[name].train.lr, sets[name].report.tag] for name, s in score.items()}
+    ''')
+    p.write("experiment.py", '''
+        from stages.data import make_data, train, evaluate
+        from stages.agg import table
+
+        def run(record):
+            evaluate(train(make_data(record)))
+
+        def aggregate(records):
+            table(records)
+    ''')
+    p.write("params/sweep4.yaml", '''
+        extends: base.yaml
+        report:
+          tag: 1
+        sweep:
+          train.lr: [0.1, 0.2, 0.3, 0.4]
+    ''')
+    return p
+
+
+def svg_of(html: str) -> ET.Element:
+    """The report's inline SVG, parsed as XML."""
+    return ET.fromstring(html[html.index("<svg"):html.index("</svg>") + len("</svg>")])
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def drawn_boxes(svg: ET.Element) -> list[tuple[str, str]]:
+    """(title, subtitle) of every box of a drawing (a box: a <g> with a tooltip, a rect and two texts)."""
+    out = []
+    for g in svg.iter(f"{SVG}g"):
+        texts = [t.text for t in g.findall(f"{SVG}text")]
+        if g.find(f"{SVG}title") is not None and len(texts) == 2:
+            out.append((texts[0], texts[1]))
+    return out
+
+
+def test_what_an_aggregate_read_is_shown_by_parameter_set(project):
+    """An aggregate records its reads as `<set_key(set)>.<path>` (`sweep[train%2Elr=0%2E1].train.lr`): the
+    report shows them, and the reason a read's change gives, by parameter set and path, decoded."""
+    sweep_project(project)
+    project.orch("run", "experiment.py", "-p", "params/sweep4.yaml")
+    m = project.manifest()
+    table = next(n for n in m["nodes"] if n["stage"] == "table")
+    assert "sweep4[train%2Elr=0%2E1].train.lr" in table["reads"]  # what the manifest holds
+    text = Page((run_dir(project) / "report.html").read_text()).text.replace("\xa0", " ")
+    for lr in (0.1, 0.2, 0.3, 0.4):
+        assert f"parameter set sweep4[train.lr={lr}]: train.lr = {lr}, report.tag = 1" in text
+    assert "%2E" not in text
+
+    project.orch("run", "experiment.py", "-p", "params/sweep4.yaml", "-S", "report.tag=2")  # only table re-runs
+    assert project.statuses()[("table", "aggregate")] == "ran"
+    html = (run_dir(project) / "report.html").read_text()
+    text = Page(html).text
+    assert "%2E" in next(n["reason"] for n in project.manifest()["nodes"] if n["stage"] == "table")
+    assert "parameter set sweep4[train.lr=0.1]: report.tag changed: 1 -> 2" in text  # the node table
+    tips = [g.find(f"{SVG}title").text for g in svg_of(html).iter(f"{SVG}g") if g.find(f"{SVG}title") is not None]
+    assert any("parameter set sweep4[train.lr=0.1]: report.tag changed: 1 -> 2" in tip for tip in tips)  # the DAG
+    assert "%2E" not in text
+
+
 # ---- unit: the picture --------------------------------------------------------------------------
 
 def chain_manifest(sets: int, stages: int, statuses=("cached", "cached", "ran")) -> dict:

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
+from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
+from ..params import set_key
 
 NODE_LIMIT = 60  # up to this many nodes every node is drawn; above it, one box per stage
 DRAW_LIMIT = 3000  # boxes: beyond this a picture is no longer readable (nor cheap); none is drawn
@@ -73,16 +75,28 @@ def build(nodes: list[dict], stages: bool | None = None) -> Picture:
 
 def _node_picture(nodes: list[dict]) -> Picture:
     index = {n["id"]: i for i, n in enumerate(nodes)}
+    set_names = list(dict.fromkeys(n["param_set"] for n in nodes))
     boxes = []
     for n in nodes:
         status = n.get("status", "")
         tip = f"{n['stage']} [{n['param_set']}]\n{LABELS.get(status, status)}"
         if n.get("reason"):
-            tip += f": {n['reason']}"
+            reason = aggregate_reason(n["reason"], set_names) if n["param_set"] == AGGREGATE_SET else n["reason"]
+            tip += f": {reason}"
         if n.get("error"):
             tip += f"\n{n['error']}"
         boxes.append(Box(n["stage"], n["param_set"], status, tip))
     return Picture(boxes, _edges(nodes, index), False, len(nodes))
+
+
+def aggregate_reason(reason: str, set_names) -> str:
+    """An aggregate's reason, `parameter <set_key(S)>.<path> changed` (an aggregate reads its sets'
+    parameters under set_key), as `parameter set S: <path> changed`, for the run's own set names."""
+    if "parameter " not in reason:
+        return reason
+    for name in set_names:
+        reason = reason.replace(f"parameter {set_key(name)}.", f"parameter set {name}: ")
+    return reason
 
 
 def _stage_picture(nodes: list[dict]) -> Picture:
