@@ -227,6 +227,39 @@ def drawn_boxes(svg: ET.Element) -> list[tuple[str, str]]:
     return out
 
 
+def test_a_computation_shared_by_the_sets_is_drawn_once(project):
+    """make_data reads only data.*: one computation for the 4 sweep points (it runs once, the other sets
+    find it cached), so the report draws one box `make_data ×4 sets` with an edge to each set's train.
+    train shares make_data's output and so its key across the sets too, but reads a different train.lr
+    in each: 4 computations, 4 boxes, in the report and in `orch graph` (whose plan rows show no reads:
+    it draws every node)."""
+    sweep_project(project)
+    project.orch("run", "experiment.py", "-p", "params/sweep4.yaml")
+    m = project.manifest()
+    assert [n["status"] for n in m["nodes"] if n["stage"] == "make_data"].count("ran") == 1
+    html = (run_dir(project) / "report.html").read_text()
+    svg = svg_of(html)
+    boxes = drawn_boxes(svg)
+    assert boxes.count(("make_data", "×4 sets")) == 1 and [t for t, _ in boxes].count("make_data") == 1
+    assert [t for t, _ in boxes].count("train") == 4 and [t for t, _ in boxes].count("evaluate") == 4
+    assert len(boxes) == 1 + 4 + 4 + 1  # make_data, train, evaluate per set, table
+    shared = next(g for g in svg.iter(f"{SVG}g") if [t.text for t in g.findall(f"{SVG}text")][:2] == ["make_data", "×4 sets"])
+    tip = shared.find(f"{SVG}title").text
+    assert "one computation, shared by 4 parameter sets" in tip and all(f"[{name}]" in tip for name in m["param_sets"])
+    legend = [t.text for t in svg.iter(f"{SVG}text")][:3]
+    assert legend == ["13 nodes", "ran 10", "cached 3"]  # the legend still counts nodes
+    edges = [p for p in svg.iter(f"{SVG}path") if p.find(f"{SVG}title") is not None]
+    assert [p.find(f"{SVG}title").text for p in edges].count("data") == 4  # one edge to each train
+
+    report = project.orch("report", "-o", "again.html").stdout.strip()  # re-rendered from the manifest alike
+    assert drawn_boxes(svg_of((project.root / report).read_text())) == boxes
+
+    # `orch graph`: every train (and make_data) its own box, whatever their keys
+    dot = project.orch("graph", "experiment.py", "-p", "params/sweep4.yaml", "-f", "dot", "-o", "-").stdout
+    labels = re.findall(r'^  n\d+ \[label="([^"]*)"', dot, re.M)
+    assert len(labels) == 13 and sum(label.startswith("train\\nsweep4[") for label in labels) == 4
+
+
 def test_what_an_aggregate_read_is_shown_by_parameter_set(project):
     """An aggregate records its reads as `<set_key(set)>.<path>` (`sweep[train%2Elr=0%2E1].train.lr`): the
     report shows them, and the reason a read's change gives, by parameter set and path, decoded."""
@@ -254,15 +287,16 @@ def test_what_an_aggregate_read_is_shown_by_parameter_set(project):
 # ---- unit: the picture --------------------------------------------------------------------------
 
 def chain_manifest(sets: int, stages: int, statuses=("cached", "cached", "ran")) -> dict:
-    """A manifest like a sweep of `sets` chains of `stages` stages, plus an aggregate over every set."""
+    """A manifest like a sweep of `sets` chains of `stages` stages, plus an aggregate over every set
+    (every node its own computation: keys and outputs differ)."""
     nodes, last = [], []
     for s in range(sets):
         prev = None
         for k in range(stages):
             nodes.append({"id": len(nodes), "stage": f"s{k}", "stage_id": f"stages.chain:s{k}", "param_set": f"p[seed={s}]",
-                          "status": statuses[(s + k) % len(statuses)], "key": "ab" * 32, "reason": "parameter seed changed",
+                          "status": statuses[(s + k) % len(statuses)], "key": f"{s:04x}{k:04x}" * 8, "reason": "parameter seed changed",
                           "duration_s": 0.001, "inputs": [] if prev is None else [[f"x{k - 1}", prev, f"x{k - 1}"]],
-                          "outputs": {f"x{k}": "cd" * 32}, "reads": {"seed": s} if k == 0 else {}, "files": {}})
+                          "outputs": {f"x{k}": f"{k:04x}{s:04x}" * 8}, "reads": {"seed": s} if k == 0 else {}, "files": {}})
             prev = len(nodes) - 1
         last.append(prev)
     nodes.append({"id": len(nodes), "stage": "table", "stage_id": "stages.chain:table", "param_set": "aggregate",
@@ -323,6 +357,49 @@ def test_stage_cycles_and_repeated_stages_still_draw():
     assert len(pic.boxes) == 2 and {(s, d) for s, d, _ in pic.edges} == {(0, 1), (1, 0), (0, 0)}
     ET.fromstring(drawing.svg(pic))
     assert_layered(drawing.layout(drawing.build(nodes, stages=False)))
+
+
+def row(i, stage, set_name, status="cached", key="k", reads=None, outputs=None, inputs=()):
+    return {"id": i, "stage": stage, "stage_id": f"stages:{stage}", "param_set": set_name, "status": status, "key": key,
+            "reason": "", "inputs": [list(e) for e in inputs], "reads": reads or {}, "files": {},
+            "outputs": {"out": "h"} if outputs is None else outputs}
+
+
+def test_one_computation_is_one_box_only_when_the_rows_show_it():
+    nodes = [
+        row(0, "data", "a", "ran", "kd", {"data.n": 3}), row(1, "train", "a", "ran", "kt", {"lr": 0.1}, inputs=[("x", 0, "out")]),
+        row(2, "data", "b", "cached", "kd", {"data.n": 3}), row(3, "train", "b", "ran", "kt", {"lr": 0.2}, inputs=[("x", 2, "out")]),
+        row(4, "data", "c", "failed", "kd", {"data.n": 3}),  # a failure is its own box
+        row(5, "data", "d", "cached", "kd", {"data.n": 4}),  # another value read: another computation
+        row(6, "data", "e", "cached", None, {"data.n": 3}),  # no key
+        row(7, "data", "f", "cached", "kd", {"data.n": 3}, outputs={}),  # no stored outputs (a plan's row)
+    ]
+    pic = drawing.build(nodes, stages=False)
+    assert [(b.title, b.subtitle) for b in pic.boxes] == [
+        ("data", "×2 sets"), ("train", "a"), ("train", "b"), ("data", "c"), ("data", "d"), ("data", "e"), ("data", "f")]
+    shared = pic.boxes[0]
+    assert shared.status == "ran" and shared.counts == {"ran": 1, "cached": 1}
+    assert shared.tooltip.startswith("data: one computation, shared by 2 parameter sets\n[a]\nran")
+    assert sorted((s, d) for s, d, _ in pic.edges) == [(0, 1), (0, 2)]
+    svg = ET.fromstring(drawing.svg(drawing.layout(pic)))
+    assert [t.text for t in svg.iter(f"{SVG}text")][:3] == ["8 nodes", "failed 1", "ran 3"]  # nodes, not boxes
+    assert 'n0 [label="data\\n×2 sets"' in drawing.dot(pic)
+
+
+def test_shared_boxes_keep_the_boxes_in_topological_order():
+    """Per set `seed` (reads differ) -> `prep` (reads nothing, same input content: one computation) ->
+    `fit`; the shared prep comes after both seeds, so the boxes are re-ordered, every edge forward."""
+    nodes = []
+    for k, name in enumerate("ab"):
+        base = 3 * k
+        nodes += [row(base, "seed", name, "ran", f"ks{k}", {"seed": k}, {"out": f"s{k}"}),
+                  row(base + 1, "prep", name, "ran" if k == 0 else "cached", "kp", {}, {"out": "p"}, [("x", base, "out")]),
+                  row(base + 2, "fit", name, "ran", f"kf{k}", {}, {"out": f"f{k}"}, [("x", base + 1, "out")])]
+    pic = drawing.layout(drawing.build(nodes, stages=False))
+    assert [(b.title, b.subtitle) for b in pic.boxes] == [("seed", "a"), ("seed", "b"), ("prep", "×2 sets"),
+                                                         ("fit", "a"), ("fit", "b")]
+    assert all(s < d for s, d, _ in pic.edges) and len(pic.edges) == 4
+    assert_layered(pic)
 
 
 def test_user_text_is_escaped_everywhere():

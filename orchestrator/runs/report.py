@@ -55,12 +55,13 @@ def write_file(path: Path, data: bytes) -> None:
 def render(m: dict) -> str:
     nodes = m.get("nodes") or []
     run_id = str(m.get("run_id", "?"))
+    sets = m.get("param_sets") or {}
     if nodes:
-        sections = [_dag(nodes), _failures(nodes, m.get("param_sets") or {}), _stages(nodes), _node_tables(nodes, m.get("param_sets") or {})]
+        sections = [_dag(nodes), _failures(nodes, sets), _stages(nodes), _node_tables(nodes, sets)]
     else:
         sections = ['<p class="note">No nodes recorded: this run has not finished (it is still running, or it was '
                     'killed before the end). Re-run the experiment: everything that finished is in the cache.</p>']
-    sections = [part for part in sections + [_param_sets(m.get("param_sets") or {})] if part]
+    sections = [part for part in sections + [_param_sets(sets)] if part]
     return "\n".join([_HEAD.format(title=escape(f"orch run {run_id}"), css=_CSS),
                       _header(m, nodes, sections), *sections, _FOOT.format(run=escape(run_id))])
 
@@ -97,7 +98,8 @@ def _dag(nodes: list[dict]) -> str:
         note = (f"{len(nodes):,} nodes: one box per stage, its nodes counted by status across parameter sets "
                 f"(every node is drawn up to {drawing.NODE_LIMIT}).")
     else:
-        note = "Every node; hover over a box for the reason it ran."
+        note = ("Every node; a computation shared by several parameter sets (same stage, key and parameters read) "
+                "is one box. Hover over a box for the reason it ran.")
     if len(pic.boxes) > drawing.DRAW_LIMIT:
         body = f'<p class="note">{len(pic.boxes):,} stages are too many to draw; see the stage table below.</p>'
     else:
