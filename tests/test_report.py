@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import sys
 import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -424,18 +426,146 @@ def test_unfinished_run_renders():
 
 # ---- the report in a real browser ---------------------------------------------------------------
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+WINDOW = (1400, 1000)
+needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+
+
+def chromium(tmp_path: Path, page: Path, *action: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on `page` in a WINDOW-sized window at 1 device pixel per CSS pixel."""
+    return subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+                           "--force-device-scale-factor=1", *action, page.as_uri()],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+
+
+@needs_chromium
 def test_report_renders_in_a_browser(tmp_path):
     report = tmp_path / "report.html"
     write_report(chain_manifest(sets=3, stages=4), report)
     shot = tmp_path / "shot.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1400,1000",
-                    report.as_uri()], capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    chromium(tmp_path, report, f"--screenshot={shot}")
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     assert len(set(_png_pixels(data))) > 16  # not a blank page of one colour
+
+
+# The layout as the browser computed it, written into the page for --dump-dom to print. It runs in a
+# test copy of the report only: the report itself stays script-free.
+PROBE = """<script>(() => {
+  const box = document.querySelector(".dag"), svg = box.querySelector("svg");
+  const rect = e => { const r = e.getBoundingClientRect(); return {left: r.left, right: r.right, top: r.top, bottom: r.bottom}; };
+  const boxes = [...svg.querySelectorAll("g > rect[rx]")].map(e => ({fill: e.getAttribute("fill"), ...rect(e)}));
+  const out = {window: [innerWidth, innerHeight], page_scroll_width: document.documentElement.scrollWidth,
+    dag: {...rect(box), client_width: box.clientWidth, scroll_width: box.scrollWidth, overflow_x: getComputedStyle(box).overflowX},
+    svg: {...rect(svg), view_width: svg.viewBox.baseVal.width}, boxes};
+  const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+  document.body.append(pre);
+})();</script>"""
+
+
+def measure(tmp_path: Path, report: Path) -> dict:
+    """The browser's layout of `report`: the DAG's box, the SVG, every drawn box (CSS pixels)."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    dom = chromium(tmp_path, probe, "--dump-dom").stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, f"no layout from the browser: {dom[-500:]!r}"
+    return json.loads(unescape(found.group(1)))
+
+
+def wide_manifest(sets: int, stages: int) -> dict:
+    """chain_manifest with long set names (sweep[train.lr=0.1,model.width=128]): wide node boxes."""
+    m = chain_manifest(sets=sets, stages=stages)
+    names = {f"p[seed={s}]": f"sweep[train.lr=0.{s},model.width={64 * (s + 1)}]" for s in range(sets)}
+    for n in m["nodes"]:
+        n["param_set"] = names.get(n["param_set"], n["param_set"])
+        n["inputs"] = [e[:3] + [names[e[3]]] if len(e) > 3 else e for e in n["inputs"]]
+    m["param_sets"] = {names[k]: v for k, v in m["param_sets"].items()}
+    return m
+
+
+@needs_chromium
+def test_a_wide_dag_fits_a_1400_px_window(tmp_path):
+    """The DAG is as wide as the page and scaled to it: its right edge, the aggregate's box, is in the
+    window, painted. Checked twice: the layout the browser computed (a test copy of the report with a
+    probe script, --dump-dom), and a screenshot of the real, script-free report in which the aggregate's
+    box must show its fill colour where the layout says it is."""
+    m = wide_manifest(sets=11, stages=5)  # 56 nodes, drawn node by node, 1,698 px wide
+    pic = drawing.layout(drawing.build(m["nodes"]))
+    assert not pic.stages and pic.width > WINDOW[0]  # wider than the window: the case that was clipped
+    report = tmp_path / "report.html"
+    write_report(m, report)
+    assert "<script" not in report.read_text()
+
+    lay = measure(tmp_path, report)
+    assert lay["window"][0] == WINDOW[0]  # (--dump-dom's window is less tall: only the width is compared)
+    dag, svg = lay["dag"], lay["svg"]
+    assert lay["page_scroll_width"] <= WINDOW[0]  # the page does not scroll sideways...
+    assert dag["scroll_width"] <= dag["client_width"]  # ...nor does the DAG's box: nothing to scroll to
+    assert dag["left"] <= svg["left"] and svg["right"] <= dag["right"] <= WINDOW[0]
+    scale = (svg["right"] - svg["left"]) / svg["view_width"]
+    assert drawing.FIT_SCALE <= scale < 1  # shrunk to fit, not beyond the readable limit
+    rightmost = max(lay["boxes"], key=lambda b: b["right"])
+    assert rightmost["fill"] == drawing.COLOURS["failed"][0]  # the aggregate `table`, last in the chain
+    assert rightmost["right"] <= dag["right"] and rightmost["bottom"] <= lay["window"][1] <= WINDOW[1]
+
+    shot = tmp_path / "shot.png"
+    chromium(tmp_path, report, f"--screenshot={shot}")
+    width, height, pixels = _png_rgb(shot.read_bytes())
+    assert (width, height) == WINDOW
+    fill = bytes.fromhex(drawing.COLOURS["failed"][0][1:])
+    inside = [pixels[y][x] for y in range(int(rightmost["top"]) + 3, int(rightmost["bottom"]) - 2)
+              for x in range(int(rightmost["left"]) + 3, int(rightmost["right"]) - 2)]
+    assert inside and sum(_near(p, fill) for p in inside) > 0.6 * len(inside)  # painted, not cut off
+
+
+@needs_chromium
+def test_a_dag_too_wide_to_shrink_scrolls_inside_its_box(tmp_path):
+    """Shrinking stops at FIT_SCALE (labels stay legible); the rest scrolls inside the DAG's box,
+    and the page itself never gets wider than the window."""
+    m = chain_manifest(sets=2, stages=25)  # 51 nodes in 26 columns
+    report = tmp_path / "report.html"
+    write_report(m, report)
+    lay = measure(tmp_path, report)
+    dag, svg = lay["dag"], lay["svg"]
+    assert lay["page_scroll_width"] <= WINDOW[0]
+    scale = (svg["right"] - svg["left"]) / svg["view_width"]
+    assert abs(scale - drawing.FIT_SCALE) < 0.01
+    assert dag["overflow_x"] == "auto" and dag["scroll_width"] > dag["client_width"]  # reachable by scrolling
+    assert dag["scroll_width"] >= svg["right"] - svg["left"]  # all of it
+
+
+def _near(pixel: bytes, colour: bytes, tolerance: int = 6) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, colour))
+
+
+def _png_rgb(data: bytes) -> tuple[int, int, list[list[bytes]]]:
+    """Width, height and rows of RGB pixels of an 8-bit RGB or RGBA PNG (what Chromium writes)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour_type = data[24], data[25]
+    assert depth == 8 and colour_type in (2, 6), (depth, colour_type)
+    bpp = 3 if colour_type == 2 else 4
+    raw, stride, rows, prev = _png_pixels(data), width * bpp, [], bytearray(width * bpp)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append([bytes(line[x * bpp:x * bpp + 3]) for x in range(width)])
+        prev = line
+    return width, height, rows
 
 
 def _png_pixels(data: bytes) -> bytes:

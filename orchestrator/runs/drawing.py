@@ -49,6 +49,7 @@ _CHAR_W, _SUB_W = 7.3, 6.7  # px per character of the 12 px / 11 px monospace la
 _BOX_H, _STAGE_BOX_H, _GAP_X, _GAP_Y, _GAP_WAYPOINT, _MARGIN, _LEGEND_H = 38, 46, 56, 14, 8, 16, 26
 _MAX_TITLE, _MAX_SUB = 34, 40
 _TIP_SETS = 12  # parameter sets listed in the tooltip of a shared computation
+FIT_SCALE = 0.5  # in the report a picture shrinks to the page's width down to this scale, then scrolls
 _ONE_COMPUTATION = (Status.RAN, Status.CACHED)  # a run's rows of these show the trace
 
 
@@ -348,14 +349,19 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def svg(pic: Picture) -> str:
-    """A standalone SVG (also valid inline in HTML): a legend, edges beneath, boxes with tooltips."""
+def svg(pic: Picture, fit: bool = False) -> str:
+    """A standalone SVG (also valid inline in HTML): a legend, edges beneath, boxes with tooltips.
+
+    `fit` (inline in the report): as wide as its container, scaled through the viewBox, never wider
+    than drawn nor narrower than FIT_SCALE of that (the container then scrolls sideways)."""
     if not pic.width:
         layout(pic)
     box_h = _STAGE_BOX_H if pic.stages else _BOX_H
+    style = (f' style="width:100%;height:auto;max-width:{pic.width:.0f}px;min-width:{pic.width * FIT_SCALE:.0f}px"'
+             if fit else "")
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="orch-dag" width="{pic.width:.0f}" height="{pic.height:.0f}" '
-        f'viewBox="0 0 {pic.width:.0f} {pic.height:.0f}" font-family="ui-monospace,SFMono-Regular,Menlo,Consolas,'
+        f'viewBox="0 0 {pic.width:.0f} {pic.height:.0f}"{style} font-family="ui-monospace,SFMono-Regular,Menlo,Consolas,'
         f'DejaVu Sans Mono,monospace">',
         '<defs><marker id="orch-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
         'orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#8796a8"/></marker></defs>',

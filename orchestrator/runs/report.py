@@ -103,7 +103,7 @@ def _dag(nodes: list[dict]) -> str:
     if len(pic.boxes) > drawing.DRAW_LIMIT:
         body = f'<p class="note">{len(pic.boxes):,} stages are too many to draw; see the stage table below.</p>'
     else:
-        body = f'<div class="dag">{drawing.svg(drawing.layout(pic))}</div>'
+        body = f'<div class="dag">{drawing.svg(drawing.layout(pic), fit=True)}</div>'
     return f'<section id="dag"><h2>DAG</h2><p class="dim">{escape(note)}</p>{body}</section>'
 
 
