@@ -88,12 +88,13 @@ def build(nodes: list[dict], stages: bool | None = None) -> Picture:
 
 def _node_picture(nodes: list[dict]) -> Picture:
     """One box per computation: a node, or the nodes of several parameter sets that are one
-    computation (see _computation)."""
-    groups: list[list[dict]] = []
-    box_of: dict[int, int] = {}
+    computation (see _computations)."""
+    computation = _computations(nodes)
+    groups: list[list[dict]] = [[n] for n in nodes] if not computation else []
+    box_of: dict[int, int] = {n["id"]: i for i, n in enumerate(nodes)} if not computation else {}
     seen: dict[tuple, int] = {}
-    for n in nodes:
-        ident = _computation(n)
+    for n in nodes if computation else ():
+        ident = computation.get(n["id"])
         g = seen.get(ident) if ident is not None else None
         if g is None:
             g = len(groups)
@@ -111,14 +112,17 @@ def _node_picture(nodes: list[dict]) -> Picture:
     return Picture(boxes, _edges(nodes, box_of), False, len(nodes))
 
 
-def _computation(n: dict) -> tuple | None:
-    """What makes a node's computation, when its row shows all of it: stage, key, the trace (the
-    parameters read with their values, the files tracked) and the stored outputs; else None. Only a
-    row that ran or came from the cache in a run, with stored outputs, has its trace in `reads`."""
-    if not n.get("key") or n.get("status") not in _ONE_COMPUTATION or not n.get("outputs"):
-        return None
-    return (n.get("stage_id") or n["stage"], n["key"], _canonical(n.get("reads")), _canonical(n.get("files")),
-            _canonical(n.get("outputs")))
+def _computations(nodes: list[dict]) -> dict[int, tuple]:
+    """Node id -> what makes its computation, for the nodes that may share one and whose rows show
+    all of it: stage, key, the trace (the parameters read with their values, the files tracked) and
+    the stored outputs. Only a row that ran or came from the cache in a run, with stored outputs,
+    has its trace in `reads`; and only nodes sharing a stage and key are compared further."""
+    by_key: dict[tuple, list[dict]] = {}
+    for n in nodes:
+        if n.get("key") and n.get("status") in _ONE_COMPUTATION and n.get("outputs"):
+            by_key.setdefault((n.get("stage_id") or n["stage"], n["key"]), []).append(n)
+    return {n["id"]: (*key, _canonical(n.get("reads")), _canonical(n.get("files")), _canonical(n.get("outputs")))
+            for key, members in by_key.items() if len(members) > 1 for n in members}
 
 
 def _canonical(value) -> str:
