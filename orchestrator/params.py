@@ -85,6 +85,25 @@ def set_key(set_name: str) -> str:
     return set_name.replace("%", "%25").replace(".", "%2E")
 
 
+def split_set_key(path: str) -> tuple[str, str]:
+    """The inverse of set_key on a path an aggregate read: `<set_key(name)>.<rest>` -> (name, rest).
+
+    The first "." ends the set's component (set_key leaves none in it); rest is "" when the whole
+    set was read. Only the two escapes set_key writes are undone, in one left-to-right pass."""
+    head, _, rest = path.partition(".")
+    parts = head.split("%")
+    name = [parts[0]]
+    for part in parts[1:]:
+        code = part[:2]
+        if code == "25":
+            name.append("%" + part[2:])
+        elif code == "2E":
+            name.append("." + part[2:])
+        else:
+            name.append("%" + part)
+    return "".join(name), rest
+
+
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import sys
 import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -147,11 +149,12 @@ def test_graph_draws_the_next_run_without_running_it(project):
     dot = project.orch("graph", "experiment.py", "-p", "params/sweep.yaml", "-f", "dot", "-o", "-").stdout
     assert dot.startswith("digraph orch {") and dot.rstrip().endswith("}")
     declared = re.findall(r"^  (n\d+) \[label=", dot, re.M)
-    assert declared == [f"n{i}" for i in range(6)]
+    assert declared == [f"n{i}" for i in range(5)]  # make_data: one cached computation shared by both sets
+    assert 'n0 [label="make_data\\n×2 sets"' in dot
     edges = set(re.findall(r"^  (n\d+) -> (n\d+) ", dot, re.M))
-    assert edges == {("n0", "n1"), ("n1", "n2"), ("n3", "n4"), ("n4", "n5")}
+    assert edges == {("n0", "n1"), ("n1", "n2"), ("n0", "n3"), ("n3", "n4")}
     fills = Counter(line.split('fillcolor="')[1][:7] for line in dot.splitlines() if "fillcolor=" in line)
-    assert fills == {drawing.COLOURS["cached"][0]: 4, drawing.COLOURS["run"][0]: 1, drawing.COLOURS["pending"][0]: 1}
+    assert fills == {drawing.COLOURS["cached"][0]: 3, drawing.COLOURS["run"][0]: 1, drawing.COLOURS["pending"][0]: 1}
 
     stages = project.orch("graph", "experiment.py", "-p", "params/sweep.yaml", "--stages", "-o", "stages.gv").stdout
     text = (project.root / "stages.gv").read_text()
@@ -177,18 +180,128 @@ def test_graph_png_with_graphviz(project):
     assert (project.root / "dag.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def sweep_project(p):
+    """pipeline(p) and an aggregate `table` over a 4-point sweep of train.lr that reads each set's
+    train.lr and report.tag (which nothing else reads); make_data (data.* only) is shared by all."""
+    pipeline(p)
+    p.write("stages/agg.py", '''
+        from orchestrator import aggregate, JsonCacher
+
+        @aggregate(inputs=["score"], outputs=["table"], cachers=[JsonCacher])
+        def table(record, score):
+            sets = record.param_sets
+            return {name: [s["score"], sets[name].train.lr, sets[name].report.tag] for name, s in score.items()}
+    ''')
+    p.write("experiment.py", '''
+        from stages.data import make_data, train, evaluate
+        from stages.agg import table
+
+        def run(record):
+            evaluate(train(make_data(record)))
+
+        def aggregate(records):
+            table(records)
+    ''')
+    p.write("params/sweep4.yaml", '''
+        extends: base.yaml
+        +report:
+          tag: 1
+        sweep:
+          train.lr: [0.1, 0.2, 0.3, 0.4]
+    ''')
+    return p
+
+
+def svg_of(html: str) -> ET.Element:
+    """The report's inline SVG, parsed as XML."""
+    return ET.fromstring(html[html.index("<svg"):html.index("</svg>") + len("</svg>")])
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def drawn_boxes(svg: ET.Element) -> list[tuple[str, str]]:
+    """(title, subtitle) of every box of a drawing (a box: a <g> with a tooltip, a rect and two texts)."""
+    out = []
+    for g in svg.iter(f"{SVG}g"):
+        texts = [t.text for t in g.findall(f"{SVG}text")]
+        if g.find(f"{SVG}title") is not None and len(texts) == 2:
+            out.append((texts[0], texts[1]))
+    return out
+
+
+def test_a_computation_shared_by_the_sets_is_drawn_once(project):
+    """make_data reads only data.*: one computation for the 4 sweep points (it runs once, the other sets
+    find it cached), so the report draws one box `make_data ×4 sets` with an edge to each set's train.
+    train shares make_data's output and so its key across the sets too, but reads a different train.lr
+    in each: 4 computations, 4 boxes, in the report and in `orch graph` (whose plan rows show no reads:
+    it draws every node)."""
+    sweep_project(project)
+    project.orch("run", "experiment.py", "-p", "params/sweep4.yaml")
+    m = project.manifest()
+    assert [n["status"] for n in m["nodes"] if n["stage"] == "make_data"].count("ran") == 1
+    html = (run_dir(project) / "report.html").read_text()
+    svg = svg_of(html)
+    boxes = drawn_boxes(svg)
+    assert boxes.count(("make_data", "×4 sets")) == 1 and [t for t, _ in boxes].count("make_data") == 1
+    assert [t for t, _ in boxes].count("train") == 4 and [t for t, _ in boxes].count("evaluate") == 4
+    assert len(boxes) == 1 + 4 + 4 + 1  # make_data, train, evaluate per set, table
+    shared = next(g for g in svg.iter(f"{SVG}g") if [t.text for t in g.findall(f"{SVG}text")][:2] == ["make_data", "×4 sets"])
+    tip = shared.find(f"{SVG}title").text
+    assert "one computation, shared by 4 parameter sets" in tip and all(f"[{name}]" in tip for name in m["param_sets"])
+    legend = [t.text for t in svg.iter(f"{SVG}text")][:3]
+    assert legend == ["13 nodes", "ran 10", "cached 3"]  # the legend still counts nodes
+    edges = [p for p in svg.iter(f"{SVG}path") if p.find(f"{SVG}title") is not None]
+    assert [p.find(f"{SVG}title").text for p in edges].count("data") == 4  # one edge to each train
+
+    report = project.orch("report", "-o", "again.html").stdout.strip()  # re-rendered from the manifest alike
+    assert drawn_boxes(svg_of((project.root / report).read_text())) == boxes
+
+    # `orch graph` of the same plan (all cached): cached nodes name their entry, so alike
+    dot = project.orch("graph", "experiment.py", "-p", "params/sweep4.yaml", "-f", "dot", "-o", "-").stdout
+    labels = re.findall(r'^  n\d+ \[label="([^"]*)"', dot, re.M)
+    assert len(labels) == 10 and sum(label.startswith("train\\nsweep4[") for label in labels) == 4
+    assert "make_data\\n×4 sets" in labels
+
+
+def test_what_an_aggregate_read_is_shown_by_parameter_set(project):
+    """An aggregate records its reads as `<set_key(set)>.<path>` (`sweep[train%2Elr=0%2E1].train.lr`): the
+    report shows them by parameter set and path, decoded; the reason sums a change up over the sets."""
+    sweep_project(project)
+    project.orch("run", "experiment.py", "-p", "params/sweep4.yaml")
+    m = project.manifest()
+    table = next(n for n in m["nodes"] if n["stage"] == "table")
+    assert "sweep4[train%2Elr=0%2E1].train.lr" in table["reads"]  # what the manifest holds
+    text = Page((run_dir(project) / "report.html").read_text()).text.replace("\xa0", " ")
+    for lr in (0.1, 0.2, 0.3, 0.4):
+        assert f"parameter set sweep4[train.lr={lr}]: train.lr = {lr}, report.tag = 1" in text
+    assert "%2E" not in text
+
+    project.orch("run", "experiment.py", "-p", "params/sweep4.yaml", "-S", "report.tag=2")  # only table re-runs
+    assert project.statuses()[("table", "aggregate")] == "ran"
+    html = (run_dir(project) / "report.html").read_text()
+    text = Page(html).text
+    reason = next(n["reason"] for n in project.manifest()["nodes"] if n["stage"] == "table")
+    assert reason == "parameter report.tag changed in 4 sets"
+    assert reason in text  # the node table
+    tips = [g.find(f"{SVG}title").text for g in svg_of(html).iter(f"{SVG}g") if g.find(f"{SVG}title") is not None]
+    assert any(reason in tip for tip in tips)  # the DAG
+    assert "%2E" not in text
+
+
 # ---- unit: the picture --------------------------------------------------------------------------
 
 def chain_manifest(sets: int, stages: int, statuses=("cached", "cached", "ran")) -> dict:
-    """A manifest like a sweep of `sets` chains of `stages` stages, plus an aggregate over every set."""
+    """A manifest like a sweep of `sets` chains of `stages` stages, plus an aggregate over every set
+    (every node its own computation: keys and outputs differ)."""
     nodes, last = [], []
     for s in range(sets):
         prev = None
         for k in range(stages):
             nodes.append({"id": len(nodes), "stage": f"s{k}", "stage_id": f"stages.chain:s{k}", "param_set": f"p[seed={s}]",
-                          "status": statuses[(s + k) % len(statuses)], "key": "ab" * 32, "reason": "parameter seed changed",
+                          "status": statuses[(s + k) % len(statuses)], "key": f"{s:04x}{k:04x}" * 8, "reason": "parameter seed changed",
                           "duration_s": 0.001, "inputs": [] if prev is None else [[f"x{k - 1}", prev, f"x{k - 1}"]],
-                          "outputs": {f"x{k}": "cd" * 32}, "reads": {"seed": s} if k == 0 else {}, "files": {}})
+                          "outputs": {f"x{k}": f"{k:04x}{s:04x}" * 8}, "reads": {"seed": s} if k == 0 else {}, "files": {}})
             prev = len(nodes) - 1
         last.append(prev)
     nodes.append({"id": len(nodes), "stage": "table", "stage_id": "stages.chain:table", "param_set": "aggregate",
@@ -251,6 +364,49 @@ def test_stage_cycles_and_repeated_stages_still_draw():
     assert_layered(drawing.layout(drawing.build(nodes, stages=False)))
 
 
+def row(i, stage, set_name, status="cached", key="k", reads=None, outputs=None, inputs=()):
+    return {"id": i, "stage": stage, "stage_id": f"stages:{stage}", "param_set": set_name, "status": status, "key": key,
+            "reason": "", "inputs": [list(e) for e in inputs], "reads": reads or {}, "files": {},
+            "outputs": {"out": "h"} if outputs is None else outputs}
+
+
+def test_one_computation_is_one_box_only_when_the_rows_show_it():
+    nodes = [
+        row(0, "data", "a", "ran", "kd", {"data.n": 3}), row(1, "train", "a", "ran", "kt", {"lr": 0.1}, inputs=[("x", 0, "out")]),
+        row(2, "data", "b", "cached", "kd", {"data.n": 3}), row(3, "train", "b", "ran", "kt", {"lr": 0.2}, inputs=[("x", 2, "out")]),
+        row(4, "data", "c", "failed", "kd", {"data.n": 3}),  # a failure is its own box
+        row(5, "data", "d", "cached", "kd", {"data.n": 4}),  # another value read: another computation
+        row(6, "data", "e", "cached", None, {"data.n": 3}),  # no key
+        row(7, "data", "f", "cached", "kd", {"data.n": 3}, outputs={}),  # no stored outputs (a plan's row)
+    ]
+    pic = drawing.build(nodes, stages=False)
+    assert [(b.title, b.subtitle) for b in pic.boxes] == [
+        ("data", "×2 sets"), ("train", "a"), ("train", "b"), ("data", "c"), ("data", "d"), ("data", "e"), ("data", "f")]
+    shared = pic.boxes[0]
+    assert shared.status == "ran" and shared.counts == {"ran": 1, "cached": 1}
+    assert shared.tooltip.startswith("data: one computation, shared by 2 parameter sets\n[a]\nran")
+    assert sorted((s, d) for s, d, _ in pic.edges) == [(0, 1), (0, 2)]
+    svg = ET.fromstring(drawing.svg(drawing.layout(pic)))
+    assert [t.text for t in svg.iter(f"{SVG}text")][:3] == ["8 nodes", "failed 1", "ran 3"]  # nodes, not boxes
+    assert 'n0 [label="data\\n×2 sets"' in drawing.dot(pic)
+
+
+def test_shared_boxes_keep_the_boxes_in_topological_order():
+    """Per set `seed` (reads differ) -> `prep` (reads nothing, same input content: one computation) ->
+    `fit`; the shared prep comes after both seeds, so the boxes are re-ordered, every edge forward."""
+    nodes = []
+    for k, name in enumerate("ab"):
+        base = 3 * k
+        nodes += [row(base, "seed", name, "ran", f"ks{k}", {"seed": k}, {"out": f"s{k}"}),
+                  row(base + 1, "prep", name, "ran" if k == 0 else "cached", "kp", {}, {"out": "p"}, [("x", base, "out")]),
+                  row(base + 2, "fit", name, "ran", f"kf{k}", {}, {"out": f"f{k}"}, [("x", base + 1, "out")])]
+    pic = drawing.layout(drawing.build(nodes, stages=False))
+    assert [(b.title, b.subtitle) for b in pic.boxes] == [("seed", "a"), ("seed", "b"), ("prep", "×2 sets"),
+                                                         ("fit", "a"), ("fit", "b")]
+    assert all(s < d for s, d, _ in pic.edges) and len(pic.edges) == 4
+    assert_layered(pic)
+
+
 def test_user_text_is_escaped_everywhere():
     evil = '<img src=x onerror="alert(1)">'
     m = chain_manifest(sets=1, stages=2)
@@ -273,18 +429,146 @@ def test_unfinished_run_renders():
 
 # ---- the report in a real browser ---------------------------------------------------------------
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+WINDOW = (1400, 1000)
+needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+
+
+def chromium(tmp_path: Path, page: Path, *action: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on `page` in a WINDOW-sized window at 1 device pixel per CSS pixel."""
+    return subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+                           "--force-device-scale-factor=1", *action, page.as_uri()],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+
+
+@needs_chromium
 def test_report_renders_in_a_browser(tmp_path):
     report = tmp_path / "report.html"
     write_report(chain_manifest(sets=3, stages=4), report)
     shot = tmp_path / "shot.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1400,1000",
-                    report.as_uri()], capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    chromium(tmp_path, report, f"--screenshot={shot}")
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     assert len(set(_png_pixels(data))) > 16  # not a blank page of one colour
+
+
+# The layout as the browser computed it, written into the page for --dump-dom to print. It runs in a
+# test copy of the report only: the report itself stays script-free.
+PROBE = """<script>(() => {
+  const box = document.querySelector(".dag"), svg = box.querySelector("svg");
+  const rect = e => { const r = e.getBoundingClientRect(); return {left: r.left, right: r.right, top: r.top, bottom: r.bottom}; };
+  const boxes = [...svg.querySelectorAll("g > rect[rx]")].map(e => ({fill: e.getAttribute("fill"), ...rect(e)}));
+  const out = {window: [innerWidth, innerHeight], page_scroll_width: document.documentElement.scrollWidth,
+    dag: {...rect(box), client_width: box.clientWidth, scroll_width: box.scrollWidth, overflow_x: getComputedStyle(box).overflowX},
+    svg: {...rect(svg), view_width: svg.viewBox.baseVal.width}, boxes};
+  const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+  document.body.append(pre);
+})();</script>"""
+
+
+def measure(tmp_path: Path, report: Path) -> dict:
+    """The browser's layout of `report`: the DAG's box, the SVG, every drawn box (CSS pixels)."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    dom = chromium(tmp_path, probe, "--dump-dom").stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, f"no layout from the browser: {dom[-500:]!r}"
+    return json.loads(unescape(found.group(1)))
+
+
+def wide_manifest(sets: int, stages: int) -> dict:
+    """chain_manifest with long set names (sweep[train.lr=0.1,model.width=128]): wide node boxes."""
+    m = chain_manifest(sets=sets, stages=stages)
+    names = {f"p[seed={s}]": f"sweep[train.lr=0.{s},model.width={64 * (s + 1)}]" for s in range(sets)}
+    for n in m["nodes"]:
+        n["param_set"] = names.get(n["param_set"], n["param_set"])
+        n["inputs"] = [e[:3] + [names[e[3]]] if len(e) > 3 else e for e in n["inputs"]]
+    m["param_sets"] = {names[k]: v for k, v in m["param_sets"].items()}
+    return m
+
+
+@needs_chromium
+def test_a_wide_dag_fits_a_1400_px_window(tmp_path):
+    """The DAG is as wide as the page and scaled to it: its right edge, the aggregate's box, is in the
+    window, painted. Checked twice: the layout the browser computed (a test copy of the report with a
+    probe script, --dump-dom), and a screenshot of the real, script-free report in which the aggregate's
+    box must show its fill colour where the layout says it is."""
+    m = wide_manifest(sets=11, stages=5)  # 56 nodes, drawn node by node, 1,698 px wide
+    pic = drawing.layout(drawing.build(m["nodes"]))
+    assert not pic.stages and pic.width > WINDOW[0]  # wider than the window: the case that was clipped
+    report = tmp_path / "report.html"
+    write_report(m, report)
+    assert "<script" not in report.read_text()
+
+    lay = measure(tmp_path, report)
+    assert lay["window"][0] == WINDOW[0]  # (--dump-dom's window is less tall: only the width is compared)
+    dag, svg = lay["dag"], lay["svg"]
+    assert lay["page_scroll_width"] <= WINDOW[0]  # the page does not scroll sideways...
+    assert dag["scroll_width"] <= dag["client_width"]  # ...nor does the DAG's box: nothing to scroll to
+    assert dag["left"] <= svg["left"] and svg["right"] <= dag["right"] <= WINDOW[0]
+    scale = (svg["right"] - svg["left"]) / svg["view_width"]
+    assert drawing.FIT_SCALE <= scale < 1  # shrunk to fit, not beyond the readable limit
+    rightmost = max(lay["boxes"], key=lambda b: b["right"])
+    assert rightmost["fill"] == drawing.COLOURS["failed"][0]  # the aggregate `table`, last in the chain
+    assert rightmost["right"] <= dag["right"] and rightmost["bottom"] <= lay["window"][1] <= WINDOW[1]
+
+    shot = tmp_path / "shot.png"
+    chromium(tmp_path, report, f"--screenshot={shot}")
+    width, height, pixels = _png_rgb(shot.read_bytes())
+    assert (width, height) == WINDOW
+    fill = bytes.fromhex(drawing.COLOURS["failed"][0][1:])
+    inside = [pixels[y][x] for y in range(int(rightmost["top"]) + 3, int(rightmost["bottom"]) - 2)
+              for x in range(int(rightmost["left"]) + 3, int(rightmost["right"]) - 2)]
+    assert inside and sum(_near(p, fill) for p in inside) > 0.6 * len(inside)  # painted, not cut off
+
+
+@needs_chromium
+def test_a_dag_too_wide_to_shrink_scrolls_inside_its_box(tmp_path):
+    """Shrinking stops at FIT_SCALE (labels stay legible); the rest scrolls inside the DAG's box,
+    and the page itself never gets wider than the window."""
+    m = chain_manifest(sets=2, stages=25)  # 51 nodes in 26 columns
+    report = tmp_path / "report.html"
+    write_report(m, report)
+    lay = measure(tmp_path, report)
+    dag, svg = lay["dag"], lay["svg"]
+    assert lay["page_scroll_width"] <= WINDOW[0]
+    scale = (svg["right"] - svg["left"]) / svg["view_width"]
+    assert abs(scale - drawing.FIT_SCALE) < 0.01
+    assert dag["overflow_x"] == "auto" and dag["scroll_width"] > dag["client_width"]  # reachable by scrolling
+    assert dag["scroll_width"] >= svg["right"] - svg["left"]  # all of it
+
+
+def _near(pixel: bytes, colour: bytes, tolerance: int = 6) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, colour))
+
+
+def _png_rgb(data: bytes) -> tuple[int, int, list[list[bytes]]]:
+    """Width, height and rows of RGB pixels of an 8-bit RGB or RGBA PNG (what Chromium writes)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour_type = data[24], data[25]
+    assert depth == 8 and colour_type in (2, 6), (depth, colour_type)
+    bpp = 3 if colour_type == 2 else 4
+    raw, stride, rows, prev = _png_pixels(data), width * bpp, [], bytearray(width * bpp)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append([bytes(line[x * bpp:x * bpp + 3]) for x in range(width)])
+        prev = line
+    return width, height, rows
 
 
 def _png_pixels(data: bytes) -> bytes:

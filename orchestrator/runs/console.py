@@ -68,13 +68,59 @@ def print_why(rows: list[dict], what: str) -> None:
 
 
 def print_runs(rows: list[dict]) -> None:
+    """One line per run, newest first, in aligned columns: id, status, time, sets, node counts, command."""
     if not rows:
         click.echo("no runs yet")
         return
+    lines = []
     for r in rows:
-        counts = ", ".join(f"{v} {k}" for k, v in r["summary"].items())
         duration = f"{r['duration_s']:.2f}s" if isinstance(r["duration_s"], (int, float)) else "-"
-        click.echo(f"{r['run_id']}  {r['status']:<8}{duration:>9}  {r['param_sets']} sets  {counts}")
+        order = [k for k in (Status.RAN, Status.CACHED, Status.FAILED, Status.SKIPPED) if k in r["summary"]]
+        counts = ", ".join(f"{r['summary'][k]} {k}" for k in order + [k for k in r["summary"] if k not in order]) or "-"
+        sets = "set" if r["param_sets"] == 1 else "sets"
+        lines.append((r["run_id"], r["status"], duration, str(r["param_sets"]), sets, counts, _command(r.get("argv") or [])))
+    w = [max(len(line[i]) for line in lines) for i in range(6)]
+    for line in lines:
+        run_id, status, duration, n, sets, counts, command = line
+        click.echo(f"{run_id:<{w[0]}}  {status:<{w[1]}}  {duration:>{w[2]}}  {n:>{w[3]}} {sets:<{w[4]}}  "
+                   f"{counts:<{w[5]}}  {command}")
+
+
+COMMAND_CHARS = 90  # `orch runs` cuts a longer command here
+
+
+def _command(argv: list[str], limit: int = COMMAND_CHARS) -> str:
+    """The command of a run as typed (`orch run experiment.py -p params/sweep.yaml -S train.lr=0.3`),
+    shortened when long: without --cache (the runs listed are that cache's), long paths by their
+    last two parts, then cut at `limit`."""
+    import shlex
+
+    if not argv:
+        return "-"
+    text = "orch " + shlex.join(argv)
+    if len(text) <= limit:
+        return text
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--cache":
+            skip = True
+        elif not arg.startswith("--cache="):
+            kept.append(_short_path(arg))
+    text = "orch " + " ".join(kept)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _short_path(arg: str) -> str:
+    """An argument, quoted for a shell; a long path (not an option's KEY=VALUE) by its last two parts."""
+    import shlex
+
+    parts = arg.split("/")
+    if len(arg) <= 40 or len(parts) <= 3 or "=" in arg:
+        return shlex.quote(arg)
+    return "…/" + shlex.quote("/".join(parts[-2:]))
 
 
 def print_run(m: dict) -> None:

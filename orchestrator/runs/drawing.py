@@ -5,16 +5,28 @@ as [input, producer id, output, (set)]), so a past run and a plan are drawn alik
 needed: layers by longest path from the sources, order within a layer by barycenter sweeps, curved
 edges under the boxes. Every pass is a loop over the topologically ordered node list (no recursion),
 and a graph of more than NODE_LIMIT nodes is drawn one box per stage, with counts by status.
+
+A computation shared by several parameter sets (make_data reading only `data.*` in a sweep over
+`train.lr`) is one box, `×4 sets`: nodes are one computation when their rows show the same stage,
+key, trace (the parameters read, with their values, and the files tracked) and stored outputs. The
+key alone does not say it (it covers code and inputs, not the parameters read: the train nodes of a
+sweep over train.lr share a key), so a node whose row does not show its trace keeps a box of its
+own: no key yet, failed, skipped, no cacher (it runs per set), and the nodes of a plan that will run
+(`orch graph`; cached ones name their entry's trace and are grouped).
 """
 
 from __future__ import annotations
 
+import heapq
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
+from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
+from ..params import set_key
 
 NODE_LIMIT = 60  # up to this many nodes every node is drawn; above it, one box per stage
 DRAW_LIMIT = 3000  # boxes: beyond this a picture is no longer readable (nor cheap); none is drawn
@@ -36,6 +48,9 @@ LABELS = {Status.RUN: "will run", Status.PENDING: "pending on upstream"}
 _CHAR_W, _SUB_W = 7.3, 6.7  # px per character of the 12 px / 11 px monospace labels
 _BOX_H, _STAGE_BOX_H, _GAP_X, _GAP_Y, _GAP_WAYPOINT, _MARGIN, _LEGEND_H = 38, 46, 56, 14, 8, 16, 26
 _MAX_TITLE, _MAX_SUB = 34, 40
+_TIP_SETS = 12  # parameter sets listed in the tooltip of a shared computation
+FIT_SCALE = 0.5  # in the report a picture shrinks to the page's width down to this scale, then scrolls
+_ONE_COMPUTATION = (Status.RAN, Status.CACHED)  # a run's rows of these show the trace
 
 
 @dataclass(slots=True)
@@ -72,17 +87,113 @@ def build(nodes: list[dict], stages: bool | None = None) -> Picture:
 
 
 def _node_picture(nodes: list[dict]) -> Picture:
-    index = {n["id"]: i for i, n in enumerate(nodes)}
-    boxes = []
+    """One box per computation: a node, or the nodes of several parameter sets that are one
+    computation (see _computations)."""
+    computation = _computations(nodes)
+    groups: list[list[dict]] = [[n] for n in nodes] if not computation else []
+    box_of: dict[int, int] = {n["id"]: i for i, n in enumerate(nodes)} if not computation else {}
+    seen: dict[tuple, int] = {}
+    for n in nodes if computation else ():
+        ident = computation.get(n["id"])
+        g = seen.get(ident) if ident is not None else None
+        if g is None:
+            g = len(groups)
+            groups.append([])
+            if ident is not None:
+                seen[ident] = g
+        groups[g].append(n)
+        box_of[n["id"]] = g
+    if len(groups) < len(nodes):  # a shared box sits where its first node was: order the boxes again
+        order = _topological(groups, box_of)
+        groups = [groups[g] for g in order]
+        box_of = {n["id"]: i for i, members in enumerate(groups) for n in members}
+    set_names = list(dict.fromkeys(n["param_set"] for n in nodes))
+    boxes = [_node_box(members, set_names) for members in groups]
+    return Picture(boxes, _edges(nodes, box_of), False, len(nodes))
+
+
+def _computations(nodes: list[dict]) -> dict[int, tuple]:
+    """Node id -> what makes its computation, for the nodes that may share one and whose rows show
+    all of it: stage, key, the trace (the parameters read with their values, the files tracked) and
+    the stored outputs. Only a row that ran or came from the cache in a run, with stored outputs,
+    has its trace in `reads`; and only nodes sharing a stage and key are compared further."""
+    by_key: dict[tuple, list[dict]] = {}
     for n in nodes:
+        if n.get("key") and n.get("trace"):  # the entry it used: key + trace name one computation exactly
+            by_key.setdefault((n.get("stage_id") or n["stage"], n["key"], n["trace"]), []).append(n)
+        elif n.get("key") and n.get("status") in _ONE_COMPUTATION and n.get("outputs"):
+            by_key.setdefault((n.get("stage_id") or n["stage"], n["key"]), []).append(n)
+    return {n["id"]: (*key, _canonical(n.get("reads")), _canonical(n.get("files")), _canonical(n.get("outputs")))
+            for key, members in by_key.items() if len(members) > 1 for n in members}
+
+
+def _canonical(value) -> str:
+    return json.dumps(value or {}, sort_keys=True, default=str)
+
+
+def _topological(groups: list[list[dict]], box_of: dict[int, int]) -> list[int]:
+    """Boxes with producers before consumers, otherwise in order of first appearance (Kahn's
+    algorithm taking the earliest ready box); boxes on a cycle, if any, follow in their order."""
+    succs: list[set[int]] = [set() for _ in groups]
+    waiting = [0] * len(groups)
+    for g, members in enumerate(groups):
+        for n in members:
+            for edge in n.get("inputs", ()):
+                src = box_of.get(edge[1])
+                if src is not None and src != g and g not in succs[src]:
+                    succs[src].add(g)
+                    waiting[g] += 1
+    ready = [g for g, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        g = heapq.heappop(ready)
+        order.append(g)
+        for d in succs[g]:
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                heapq.heappush(ready, d)
+    if len(order) < len(groups):
+        placed = set(order)
+        order += [g for g in range(len(groups)) if g not in placed]
+    return order
+
+
+def _node_box(members: list[dict], set_names: list[str]) -> Box:
+    n = members[0]
+    if len(members) == 1:
         status = n.get("status", "")
-        tip = f"{n['stage']} [{n['param_set']}]\n{LABELS.get(status, status)}"
-        if n.get("reason"):
-            tip += f": {n['reason']}"
-        if n.get("error"):
-            tip += f"\n{n['error']}"
-        boxes.append(Box(n["stage"], n["param_set"], status, tip))
-    return Picture(boxes, _edges(nodes, index), False, len(nodes))
+        return Box(n["stage"], n["param_set"], status, _node_tip(n, f"{n['stage']} [{n['param_set']}]", set_names))
+    counts = dict(Counter(m.get("status", "") for m in members))
+    status = next(st for st in (*STATUS_ORDER, *counts) if counts.get(st))
+    sets = list(dict.fromkeys(m["param_set"] for m in members))
+    shared = f"×{len(sets)} sets" if len(sets) == len(members) else f"×{len(members)} nodes, {len(sets)} sets"
+    lines = [f"{n['stage']}: one computation, shared by {len(sets)} parameter sets"]
+    lines += [_node_tip(m, f"[{m['param_set']}]", set_names) for m in members[:_TIP_SETS]]
+    if len(members) > _TIP_SETS:
+        lines.append(f"… and {len(members) - _TIP_SETS} more")
+    return Box(n["stage"], shared, status, "\n".join(lines), counts=counts)
+
+
+def _node_tip(n: dict, head: str, set_names: list[str]) -> str:
+    status = n.get("status", "")
+    tip = f"{head}\n{LABELS.get(status, status)}"
+    if n.get("reason"):
+        reason = aggregate_reason(n["reason"], set_names) if n["param_set"] == AGGREGATE_SET else n["reason"]
+        tip += f": {reason}"
+    if n.get("error"):
+        tip += f"\n{n['error']}"
+    return tip
+
+
+def aggregate_reason(reason: str, set_names) -> str:
+    """An aggregate's reason, `parameter <set_key(S)>.<path> changed` (an aggregate reads its sets'
+    parameters under set_key), as `parameter set S: <path> changed`, for the run's own set names."""
+    if "parameter " not in reason:
+        return reason
+    for name in set_names:
+        reason = reason.replace(f"parameter {set_key(name)}.", f"parameter set {name}: ")
+    return reason
 
 
 def _stage_picture(nodes: list[dict]) -> Picture:
@@ -244,14 +355,19 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def svg(pic: Picture) -> str:
-    """A standalone SVG (also valid inline in HTML): a legend, edges beneath, boxes with tooltips."""
+def svg(pic: Picture, fit: bool = False) -> str:
+    """A standalone SVG (also valid inline in HTML): a legend, edges beneath, boxes with tooltips.
+
+    `fit` (inline in the report): as wide as its container, scaled through the viewBox, never wider
+    than drawn nor narrower than FIT_SCALE of that (the container then scrolls sideways)."""
     if not pic.width:
         layout(pic)
     box_h = _STAGE_BOX_H if pic.stages else _BOX_H
+    style = (f' style="width:100%;height:auto;max-width:{pic.width:.0f}px;min-width:{pic.width * FIT_SCALE:.0f}px"'
+             if fit else "")
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="orch-dag" width="{pic.width:.0f}" height="{pic.height:.0f}" '
-        f'viewBox="0 0 {pic.width:.0f} {pic.height:.0f}" font-family="ui-monospace,SFMono-Regular,Menlo,Consolas,'
+        f'viewBox="0 0 {pic.width:.0f} {pic.height:.0f}"{style} font-family="ui-monospace,SFMono-Regular,Menlo,Consolas,'
         f'DejaVu Sans Mono,monospace">',
         '<defs><marker id="orch-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
         'orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#8796a8"/></marker></defs>',
@@ -282,7 +398,7 @@ def svg(pic: Picture) -> str:
         out.append(f'<path d="{path}"{extra}><title>{escape(label)}</title></path>')
     out.append("</g>")
     for box in boxes:
-        out.append(_box(box, box_h))
+        out.append(_box(box, box_h, pic.stages))
     out.append("</svg>")
     return "\n".join(out)
 
@@ -292,7 +408,7 @@ def _curve(x0: float, y0: float, x1: float, y1: float) -> str:
     return f"C{x0 + dx:.1f},{y0:.1f} {x1 - dx:.1f},{y1:.1f} {x1:.1f},{y1:.1f}"
 
 
-def _box(box: Box, h: int) -> str:
+def _box(box: Box, h: int, bar: bool) -> str:
     fill, stroke = COLOURS.get(box.status, UNKNOWN)
     dash = ' stroke-dasharray="5 3"' if box.status in DASHED else ""
     x, y, w = box.x, box.y, box.w
@@ -304,7 +420,7 @@ def _box(box: Box, h: int) -> str:
         f'{escape(_clip(box.title, _MAX_TITLE))}</text>',
         f'<text x="{x + 9:.1f}" y="{y + 30:.1f}" font-size="11" fill="#4a5666">{escape(_clip(box.subtitle, _MAX_SUB))}</text>',
     ]
-    if box.counts:  # a bar split by status: how the stage's nodes ended across parameter sets
+    if bar and box.counts:  # a bar split by status: how the stage's nodes ended across parameter sets
         total, left, bar_w = sum(box.counts.values()), x + 9, w - 18
         for status in _ordered(box.counts):
             seg = bar_w * box.counts[status] / total

@@ -138,7 +138,7 @@ def manifests_newest_first(cache_root: Path) -> Iterator[tuple[str, dict]]:
 
 
 def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
-    """The newest runs first: id, start, status, duration and node counts."""
+    """The newest runs first: id, start, status, duration, node counts and the command (argv)."""
     rows = []
     for run_id, m in manifests_newest_first(cache_root):
         rows.append({
@@ -149,6 +149,7 @@ def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
             "param_sets": len(m.get("param_sets", {})),
             "summary": m.get("summary") or {},
             "experiment": m.get("experiment", ""),
+            "argv": [str(a) for a in m.get("argv") or []],
         })
         if len(rows) == limit:
             break

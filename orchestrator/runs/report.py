@@ -14,7 +14,9 @@ from datetime import datetime
 from html import escape
 from pathlib import Path
 
+from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
+from ..params import split_set_key
 from . import drawing
 
 ROWS_PER_STATUS = 200  # node-table rows per status, over the whole report
@@ -53,12 +55,13 @@ def write_file(path: Path, data: bytes) -> None:
 def render(m: dict) -> str:
     nodes = m.get("nodes") or []
     run_id = str(m.get("run_id", "?"))
+    sets = m.get("param_sets") or {}
     if nodes:
-        sections = [_dag(nodes), _failures(nodes), _stages(nodes), _node_tables(nodes)]
+        sections = [_dag(nodes), _failures(nodes, sets), _stages(nodes), _node_tables(nodes, sets)]
     else:
         sections = ['<p class="note">No nodes recorded: this run has not finished (it is still running, or it was '
                     'killed before the end). Re-run the experiment: everything that finished is in the cache.</p>']
-    sections = [part for part in sections + [_param_sets(m.get("param_sets") or {})] if part]
+    sections = [part for part in sections + [_param_sets(sets)] if part]
     return "\n".join([_HEAD.format(title=escape(f"orch run {run_id}"), css=_CSS),
                       _header(m, nodes, sections), *sections, _FOOT.format(run=escape(run_id))])
 
@@ -95,15 +98,16 @@ def _dag(nodes: list[dict]) -> str:
         note = (f"{len(nodes):,} nodes: one box per stage, its nodes counted by status across parameter sets "
                 f"(every node is drawn up to {drawing.NODE_LIMIT}).")
     else:
-        note = "Every node; hover over a box for the reason it ran."
+        note = ("Every node; a computation shared by several parameter sets (same stage, key and parameters read) "
+                "is one box. Hover over a box for the reason it ran.")
     if len(pic.boxes) > drawing.DRAW_LIMIT:
         body = f'<p class="note">{len(pic.boxes):,} stages are too many to draw; see the stage table below.</p>'
     else:
-        body = f'<div class="dag">{drawing.svg(drawing.layout(pic))}</div>'
+        body = f'<div class="dag">{drawing.svg(drawing.layout(pic), fit=True)}</div>'
     return f'<section id="dag"><h2>DAG</h2><p class="dim">{escape(note)}</p>{body}</section>'
 
 
-def _failures(nodes: list[dict]) -> str:
+def _failures(nodes: list[dict], sets: dict) -> str:
     failed = [n for n in nodes if n.get("status") == Status.FAILED]
     if not failed:
         return ""
@@ -113,7 +117,8 @@ def _failures(nodes: list[dict]) -> str:
                    f'</span> <span class="dim">after {escape(_secs(n.get("duration_s")))}</span></h3>'
                    f'<p class="error">{escape(n.get("error") or "failed")}</p>')
         if n.get("reason"):
-            out.append(f'<p class="dim">ran because: {escape(n["reason"])}</p>')
+            reason = drawing.aggregate_reason(n["reason"], sets) if n["param_set"] == AGGREGATE_SET else n["reason"]
+            out.append(f'<p class="dim">ran because: {escape(reason)}</p>')
         if n.get("traceback"):
             out.append(f"<pre>{escape(n['traceback'].rstrip())}</pre>")
         out.append("</div>")
@@ -158,7 +163,7 @@ def _stages(nodes: list[dict]) -> str:
     return "".join(out)
 
 
-def _node_tables(nodes: list[dict]) -> str:
+def _node_tables(nodes: list[dict], sets: dict) -> str:
     by_set: dict[str, list[dict]] = {}
     for n in nodes:
         by_set.setdefault(n["param_set"], []).append(n)
@@ -175,7 +180,7 @@ def _node_tables(nodes: list[dict]) -> str:
                 hidden[status] = hidden.get(status, 0) + 1
                 continue
             shown[status] = shown.get(status, 0) + 1
-            rows.append(_node_row(n))
+            rows.append(_node_row(n, sets))
         left_out = len(members) - len(rows)
         is_open = " open" if len(nodes) <= 100 or counts.get(Status.FAILED) else ""
         body.append(f'<details{is_open}><summary><span class="set">{escape(set_name)}</span> &nbsp; '
@@ -194,22 +199,33 @@ def _node_tables(nodes: list[dict]) -> str:
     return "".join(out + body + ["</section>"])
 
 
-def _node_row(n: dict) -> str:
+def _node_row(n: dict, sets: dict) -> str:
     status = n.get("status", "")
-    reason = n.get("reason") or ""
+    aggregate = n.get("param_set") == AGGREGATE_SET
+    reason = drawing.aggregate_reason(n.get("reason") or "", sets) if aggregate else n.get("reason") or ""
     if status == Status.SKIPPED:
         reason = f"upstream {n.get('skipped_because', '?')} failed"
     elif status == Status.FAILED:
         reason = f"{reason}; {n.get('error', '')}" if reason else n.get("error", "")
     outs = "<br>".join(f'{escape(name)}=<code title="{escape(h)}">{escape(h[:10])}</code>'
                        for name, h in (n.get("outputs") or {}).items())
-    reads = [_value_cell(path, v) for path, v in (n.get("reads") or {}).items()]
+    reads = _aggregate_reads(n["reads"]) if aggregate and n.get("reads") else \
+        [_value_cell(path, v) for path, v in (n.get("reads") or {}).items()]
     reads += [f"file <code>{escape(path)}</code>" for path in (n.get("files") or {})]
     key = n.get("key") or ""
     return (f'<tr><td title="{escape("key " + key if key else "no key")}">{escape(n["stage"])}</td>'
             f'<td><span class="chip st-{_cls(status)}">{escape(status)}</span></td>'
             f"<td class=num>{_secs(n.get('duration_s'))}</td><td>{escape(reason)}</td><td>{outs}</td>"
             f"<td>{'<br>'.join(reads)}</td></tr>")
+
+
+def _aggregate_reads(reads: dict) -> list[str]:
+    """An aggregate reads `<set_key(set)>.<path>`: one line per parameter set, its paths decoded."""
+    by_set: dict[str, list[str]] = {}
+    for path, v in reads.items():
+        name, rest = split_set_key(path)
+        by_set.setdefault(name, []).append(_value_cell(rest, v) if rest else f"(the whole set)&nbsp;=&nbsp;{_value(v)}")
+    return [f'parameter set <span class="set">{escape(name)}</span>: {", ".join(cells)}' for name, cells in by_set.items()]
 
 
 def _param_sets(sets: dict) -> str:
