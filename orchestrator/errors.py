@@ -9,17 +9,43 @@ _ORCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def user_traceback(exc: BaseException, header: bool = True) -> str:
-    """The traceback of the user's own code, without orch's frames (users debug their code, not ours)."""
+    """The traceback of the user's own code: without orch's frames (users debug their code, not ours)
+    and without the import machinery's (`<frozen importlib._bootstrap>`, `importlib/__init__.py`),
+    which sit between an import statement and the user's module that failed to import. Chained
+    exceptions (`raise ... from e`, errors while handling another) are filtered the same way."""
     import traceback
 
     te = traceback.TracebackException.from_exception(exc)
-    te.stack = traceback.StackSummary.from_list(
-        [f for f in te.stack if not os.path.abspath(f.filename).startswith(_ORCH_DIR + os.sep)]
-    )
+    hidden = _hidden_frame_test()
+    seen: set[int] = set()
+    todo = [te]
+    while todo:
+        t = todo.pop()
+        if t is None or id(t) in seen:
+            continue
+        seen.add(id(t))
+        t.stack = traceback.StackSummary.from_list([f for f in t.stack if not hidden(f.filename)])
+        todo += [t.__cause__, t.__context__, *(t.exceptions or ())]
     lines = list(te.format())
     if not header and lines and lines[0].startswith("Traceback"):
         lines = lines[1:]
     return "".join(lines)
+
+
+def _hidden_frame_test():
+    import importlib
+
+    importlib_dir = os.path.dirname(os.path.abspath(importlib.__file__))
+    machinery = {os.path.join(importlib_dir, name)
+                 for name in ("__init__.py", "_bootstrap.py", "_bootstrap_external.py")}
+
+    def hidden(filename: str) -> bool:
+        if filename.startswith("<frozen importlib"):
+            return True
+        path = os.path.abspath(filename)
+        return path.startswith(_ORCH_DIR + os.sep) or path in machinery
+
+    return hidden
 
 
 class OrchError(Exception):

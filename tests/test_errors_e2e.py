@@ -3,6 +3,8 @@ and the cache left intact."""
 
 from __future__ import annotations
 
+import os
+
 from conftest import pipeline
 
 BASE = ("run", "experiment.py", "--params", "params/base.yaml")
@@ -145,3 +147,53 @@ def test_bad_input_never_damages_the_cache(project):
     _fails(project, "run", "experiment.py", "-p", "params/bad.yaml", needles=("nowhere.yaml",))
     project.orch(*BASE)
     assert project.counts() == {}
+
+
+def _no_import_machinery(text: str) -> None:
+    assert "<frozen importlib" not in text and f"importlib{os.sep}__init__.py" not in text, text
+
+
+def test_import_error_in_a_user_module_shows_no_importlib_frames(project):
+    project.write("stages/data.py", '''
+        from orchestrator import stage, JsonCacher
+        import nmupy
+
+        @stage(outputs=["x"], cachers=[JsonCacher])
+        def make(record):
+            return 1
+    ''')
+    project.write("experiment.py", '''
+        from stages.data import make
+
+        def run(record):
+            make(record)
+    ''')
+    proc = _fails(project, "run", "experiment.py", needles=(
+        'experiment.py", line 1, in <module>', 'stages/data.py", line 2, in <module>', "import nmupy",
+        "ModuleNotFoundError: No module named 'nmupy'"))
+    _no_import_machinery(proc.stderr)
+
+
+def test_failing_import_inside_a_stage_shows_no_importlib_frames(project):
+    project.write("stages/broken.py", "VALUE = undefined_name + 1\n")
+    project.write("stages/late.py", '''
+        import importlib
+
+        from orchestrator import stage, JsonCacher
+
+        @stage(outputs=["y"], cachers=[JsonCacher])
+        def late(record):
+            return importlib.import_module("stages.broken").VALUE
+    ''')
+    project.write("experiment.py", '''
+        from stages.late import late
+
+        def run(record):
+            late(record)
+    ''')
+    proc = project.orch("run", "experiment.py", "--debug", check=False)
+    assert proc.returncode == 1
+    assert 'stages/broken.py", line 1, in <module>' in proc.stderr
+    assert "NameError: name 'undefined_name' is not defined" in proc.stderr
+    _no_import_machinery(proc.stderr)
+    _no_import_machinery(project.manifest()["nodes"][0]["traceback"])

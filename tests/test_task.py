@@ -343,6 +343,12 @@ def test_output_that_cannot_be_saved_fails_and_leaves_no_partial_outputs(store):
     _nothing_stored(store, task, half_savable)  # 'good' was prepared, never ingested
 
 
+
+def test_a_chained_error_shows_only_the_users_frames(store):
+    r = execute(make_task(half_savable, {}), store, half_savable)  # StageOutputError from pickle's error
+    assert "The above exception was the direct cause" in r.traceback and "TypeError" in r.traceback
+    assert f"orchestrator{os.sep}" not in r.traceback, r.traceback  # neither the cause's frames nor its own
+
 # -- inputs ----------------------------------------------------------------------------------------
 
 def test_damaged_stored_input_is_reported_with_its_producer_and_quarantined(store):
