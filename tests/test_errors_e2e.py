@@ -196,4 +196,6 @@ def test_failing_import_inside_a_stage_shows_no_importlib_frames(project):
     assert 'stages/broken.py", line 1, in <module>' in proc.stderr
     assert "NameError: name 'undefined_name' is not defined" in proc.stderr
     _no_import_machinery(proc.stderr)
+    log = project.root / ".orch" / "runs" / project.manifest()["run_id"] / "logs" / "0-late.log"
+    _no_import_machinery(log.read_text())
     _no_import_machinery(project.manifest()["nodes"][0]["traceback"])
