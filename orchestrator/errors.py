@@ -103,7 +103,8 @@ class ExternalCommandError(OrchError):
     """An external command (run_external) failed, timed out or could not start.
 
     `command` (the argv list), `returncode` (None if it never ran), `tail` (its last output lines),
-    `log_path` and `timed_out` let a stage react to the failure; the message shows all of them."""
+    `log_path` and `timed_out` let a stage react to the failure. The message's first line says what
+    failed and how, then the command line and the log; the tail only if it was not streamed live."""
 
     def __init__(self, message: str, *, command=None, returncode=None, tail=None, log_path=None, timed_out=False):
         super().__init__(message)

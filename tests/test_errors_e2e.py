@@ -149,6 +149,59 @@ def test_bad_input_never_damages_the_cache(project):
     assert project.counts() == {}
 
 
+# ------------------------------------------------------------------ failures said once, and logged
+
+
+def _fragile_stage(project):
+    project.write("stages/fragile.py", '''
+        from orchestrator import stage, JsonCacher
+
+        def parse(text):
+            return int(text)
+
+        @stage(outputs=["n"], cachers=[JsonCacher])
+        def fragile(record):
+            return parse("twelve")
+    ''')
+    project.write("experiment.py", '''
+        from stages.fragile import fragile
+
+        def run(record):
+            fragile(record)
+    ''')
+
+
+def test_in_process_failure_is_said_once_and_its_log_holds_the_traceback(project):
+    _fragile_stage(project)
+    error = "ValueError: invalid literal for int() with base 10: 'twelve'"
+    proc = _fails(project, "run", "experiment.py")
+    log = project.root / ".orch" / "runs" / project.manifest()["run_id"] / "logs" / "0-fragile.log"
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("FAILED  fragile [default] after ") and lines[0].endswith(error)
+    assert lines[1] == f"          log: {log}"  # the log the FAILED line points to...
+    assert lines[2] == f"failed: fragile [default]: {error}"  # the summary: one line
+    assert lines[3] == f"tracebacks in the logs: {log.parent}{os.sep} (--debug prints them)"
+    assert len(lines) == 4, proc.stderr
+    text = log.read_text()  # ...exists and holds the error and the user's traceback
+    assert text.startswith("--- fragile[default] failed ---\nTraceback (most recent call last):\n")
+    assert 'stages/fragile.py", line 4, in parse' in text and text.rstrip().endswith(error)
+    assert "orchestrator" not in text  # the user's frames only
+    m = project.manifest()["nodes"][0]  # the manifest keeps the error and traceback
+    assert m["error"] == error and "in parse" in m["traceback"]
+
+
+def test_debug_shows_an_in_process_traceback_once(project):
+    _fragile_stage(project)
+    proc = project.orch("run", "experiment.py", "--debug", check=False)
+    assert proc.returncode == 1
+    console = proc.stdout + proc.stderr
+    assert console.count("Traceback (most recent call last)") == 1, console
+    assert console.count("return int(text)") == 1 and console.count("in parse") == 1, console
+    log_dir = project.root / ".orch" / "runs" / project.manifest()["run_id"] / "logs"
+    assert console.count(f"log: {log_dir / '0-fragile.log'}") == 1  # after the traceback
+    assert proc.stderr.splitlines()[-1] == f"logs: {log_dir}{os.sep}"
+
+
 def _no_import_machinery(text: str) -> None:
     assert "<frozen importlib" not in text and f"importlib{os.sep}__init__.py" not in text, text
 
