@@ -9,17 +9,62 @@ _ORCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def user_traceback(exc: BaseException, header: bool = True) -> str:
-    """The traceback of the user's own code, without orch's frames (users debug their code, not ours)."""
+    """The traceback of the user's own code: without orch's frames (users debug their code, not ours)
+    and without the import machinery's (`<frozen importlib._bootstrap>`, `importlib/__init__.py`),
+    which sit between an import statement and the user's module that failed to import. Chained
+    exceptions (`raise ... from e`, errors while handling another) are filtered the same way."""
     import traceback
 
     te = traceback.TracebackException.from_exception(exc)
-    te.stack = traceback.StackSummary.from_list(
-        [f for f in te.stack if not os.path.abspath(f.filename).startswith(_ORCH_DIR + os.sep)]
-    )
+    hidden = _hidden_frame_test()
+    seen: set[int] = set()
+    todo = [te]
+    while todo:
+        t = todo.pop()
+        if t is None or id(t) in seen:
+            continue
+        seen.add(id(t))
+        t.stack = traceback.StackSummary.from_list([f for f in t.stack if not hidden(f.filename)])
+        todo += [t.__cause__, t.__context__, *(t.exceptions or ())]
     lines = list(te.format())
     if not header and lines and lines[0].startswith("Traceback"):
         lines = lines[1:]
     return "".join(lines)
+
+
+def _hidden_frame_test():
+    import importlib
+
+    importlib_dir = os.path.dirname(os.path.abspath(importlib.__file__))
+    machinery = {os.path.join(importlib_dir, name)
+                 for name in ("__init__.py", "_bootstrap.py", "_bootstrap_external.py")}
+
+    def hidden(filename: str) -> bool:
+        if filename.startswith("<frozen importlib"):
+            return True
+        path = os.path.abspath(filename)
+        return path.startswith(_ORCH_DIR + os.sep) or path in machinery
+
+    return hidden
+
+
+#: How a failed node's traceback (executors.task, kept in the manifest and the report) names the log
+#: file that holds it in full; the console shows it as the node's log.
+LOG_NOTE = "full log: "
+
+
+def add_log_note(traceback_text: str, log_path: str) -> str:
+    """`traceback_text` with a last line naming the log that holds it (and the output before it)."""
+    text = traceback_text if not traceback_text or traceback_text.endswith("\n") else traceback_text + "\n"
+    return f"{text}{LOG_NOTE}{log_path}\n"
+
+
+def split_log_note(traceback_text: str) -> tuple[str, str | None]:
+    """(the traceback without its log note, the log's path or None): the inverse of add_log_note."""
+    body, _, last = traceback_text.rstrip("\n").rpartition("\n")
+    if not last.startswith(LOG_NOTE):
+        return traceback_text, None
+    return (body + "\n" if body else ""), last[len(LOG_NOTE):]
 
 
 class OrchError(Exception):
@@ -58,7 +103,8 @@ class ExternalCommandError(OrchError):
     """An external command (run_external) failed, timed out or could not start.
 
     `command` (the argv list), `returncode` (None if it never ran), `tail` (its last output lines),
-    `log_path` and `timed_out` let a stage react to the failure; the message shows all of them."""
+    `log_path` and `timed_out` let a stage react to the failure. The message's first line says what
+    failed and how, then the command line and the log; the tail only if it was not streamed live."""
 
     def __init__(self, message: str, *, command=None, returncode=None, tail=None, log_path=None, timed_out=False):
         super().__init__(message)

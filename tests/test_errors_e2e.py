@@ -3,6 +3,8 @@ and the cache left intact."""
 
 from __future__ import annotations
 
+import os
+
 from conftest import pipeline
 
 BASE = ("run", "experiment.py", "--params", "params/base.yaml")
@@ -145,3 +147,108 @@ def test_bad_input_never_damages_the_cache(project):
     _fails(project, "run", "experiment.py", "-p", "params/bad.yaml", needles=("nowhere.yaml",))
     project.orch(*BASE)
     assert project.counts() == {}
+
+
+# ------------------------------------------------------------------ failures said once, and logged
+
+
+def _fragile_stage(project):
+    project.write("stages/fragile.py", '''
+        from orchestrator import stage, JsonCacher
+
+        def parse(text):
+            return int(text)
+
+        @stage(outputs=["n"], cachers=[JsonCacher])
+        def fragile(record):
+            return parse("twelve")
+    ''')
+    project.write("experiment.py", '''
+        from stages.fragile import fragile
+
+        def run(record):
+            fragile(record)
+    ''')
+
+
+def test_in_process_failure_is_said_once_and_its_log_holds_the_traceback(project):
+    _fragile_stage(project)
+    error = "ValueError: invalid literal for int() with base 10: 'twelve'"
+    proc = _fails(project, "run", "experiment.py")
+    log = project.root / ".orch" / "runs" / project.manifest()["run_id"] / "logs" / "0-fragile.log"
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("FAILED  fragile [default] after ") and lines[0].endswith(error)
+    assert lines[1] == f"          log: {log}"  # the log the FAILED line points to...
+    assert lines[2] == f"failed: fragile [default]: {error}"  # the summary: one line
+    assert lines[3] == f"tracebacks in the logs: {log.parent}{os.sep} (--debug prints them)"
+    assert len(lines) == 4, proc.stderr
+    text = log.read_text()  # ...exists and holds the error and the user's traceback
+    assert text.startswith("--- fragile[default] failed ---\nTraceback (most recent call last):\n")
+    assert 'stages/fragile.py", line 4, in parse' in text and text.rstrip().endswith(error)
+    assert "orchestrator" not in text  # the user's frames only
+    m = project.manifest()["nodes"][0]  # the manifest keeps the error and traceback
+    assert m["error"] == error and "in parse" in m["traceback"]
+
+
+def test_debug_shows_an_in_process_traceback_once(project):
+    _fragile_stage(project)
+    proc = project.orch("run", "experiment.py", "--debug", check=False)
+    assert proc.returncode == 1
+    console = proc.stdout + proc.stderr
+    assert console.count("Traceback (most recent call last)") == 1, console
+    assert console.count("return int(text)") == 1 and console.count("in parse") == 1, console
+    log_dir = project.root / ".orch" / "runs" / project.manifest()["run_id"] / "logs"
+    assert console.count(f"log: {log_dir / '0-fragile.log'}") == 1  # after the traceback
+    assert proc.stderr.splitlines()[-1] == f"logs: {log_dir}{os.sep}"
+
+
+def _no_import_machinery(text: str) -> None:
+    assert "<frozen importlib" not in text and f"importlib{os.sep}__init__.py" not in text, text
+
+
+def test_import_error_in_a_user_module_shows_no_importlib_frames(project):
+    project.write("stages/data.py", '''
+        from orchestrator import stage, JsonCacher
+        import nmupy
+
+        @stage(outputs=["x"], cachers=[JsonCacher])
+        def make(record):
+            return 1
+    ''')
+    project.write("experiment.py", '''
+        from stages.data import make
+
+        def run(record):
+            make(record)
+    ''')
+    proc = _fails(project, "run", "experiment.py", needles=(
+        'experiment.py", line 1, in <module>', 'stages/data.py", line 2, in <module>', "import nmupy",
+        "ModuleNotFoundError: No module named 'nmupy'"))
+    _no_import_machinery(proc.stderr)
+
+
+def test_failing_import_inside_a_stage_shows_no_importlib_frames(project):
+    project.write("stages/broken.py", "VALUE = undefined_name + 1\n")
+    project.write("stages/late.py", '''
+        import importlib
+
+        from orchestrator import stage, JsonCacher
+
+        @stage(outputs=["y"], cachers=[JsonCacher])
+        def late(record):
+            return importlib.import_module("stages.broken").VALUE
+    ''')
+    project.write("experiment.py", '''
+        from stages.late import late
+
+        def run(record):
+            late(record)
+    ''')
+    proc = project.orch("run", "experiment.py", "--debug", check=False)
+    assert proc.returncode == 1
+    assert 'stages/broken.py", line 1, in <module>' in proc.stderr
+    assert "NameError: name 'undefined_name' is not defined" in proc.stderr
+    _no_import_machinery(proc.stderr)
+    log = project.root / ".orch" / "runs" / project.manifest()["run_id"] / "logs" / "0-late.log"
+    _no_import_machinery(log.read_text())
+    _no_import_machinery(project.manifest()["nodes"][0]["traceback"])

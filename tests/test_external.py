@@ -153,12 +153,29 @@ def test_failure_carries_command_exit_code_and_log_tail(tmp_path):
     assert err.command == [PY, str(s), "--flag", "a b"]
     assert len(err.tail) == TAIL_LINES and err.tail[0] == "line 31" and err.tail[-1] == "Traceback: something broke"
     msg = str(err)
-    assert "exit code 3" in msg and cmdline in msg and "line 79" in msg and "line 30" not in msg
-    assert str(log) in msg and "something broke" in log.read_text()
+    assert msg.splitlines()[0] == f"external command {s} failed with exit code 3"  # what failed, and how
+    assert cmdline in msg and str(log) in msg and "something broke" in log.read_text()
+    # echo=False: nothing was shown, so the message carries the last lines (once)
+    assert "line 79" in msg and "line 30" not in msg and msg.count("something broke") == 1
     import pickle
 
     back = pickle.loads(pickle.dumps(err))  # crosses process boundaries (pool workers, MPI ranks) intact
     assert (str(back), back.returncode, back.tail, back.command) == (msg, 3, err.tail, err.command)
+
+
+def test_streamed_failure_leaves_the_output_out_of_the_message(tmp_path, capsys):
+    s = script(tmp_path, "fail.py", """
+        print("epoch 1: loss nan", flush=True)
+        raise SystemExit(2)
+    """)
+    log = tmp_path / "fail.log"
+    with pytest.raises(ExternalCommandError) as info:
+        run_external([s], log=log)
+    err = info.value
+    assert capsys.readouterr().out.count("epoch 1: loss nan") == 1  # shown live, once
+    assert err.tail == ["epoch 1: loss nan"] and "epoch 1: loss nan" in log.read_text()  # and kept
+    assert str(err).splitlines() == [f"external command {s} failed with exit code 2",
+                                     "  $ " + shlex.join([PY, str(s)]), f"  log: {log}"]
 
 
 def test_killed_by_a_signal_is_reported(tmp_path):
@@ -421,18 +438,21 @@ def test_editing_code_the_external_script_imports_invalidates_its_stage(project)
     assert "file external/mathutil.py changed" in out.stdout
 
 
-def test_failing_external_stage_reports_command_and_tail(project):
+def _failing_external_stage(project, echo: bool = True) -> None:
     project.write("external/boom.py", """
-        import sys
         print("loading data", flush=True)
-        raise SystemExit("CUDA out of memory (pretend)")
+
+        def allocate(batch):
+            raise RuntimeError(f"CUDA out of memory (pretend, batch {batch})")
+
+        allocate(64)
     """)
-    project.write("stages/boom.py", """
+    project.write("stages/boom.py", f"""
         from orchestrator import stage, run_external, JsonCacher
 
         @stage(outputs=["x"], cachers=[JsonCacher])
         def boom(record):
-            run_external(["external/boom.py", "--batch", 64])
+            run_external(["external/boom.py", "--batch", 64], echo={echo})
             return 1
     """)
     project.write("experiment.py", """
@@ -441,10 +461,56 @@ def test_failing_external_stage_reports_command_and_tail(project):
         def run(record):
             boom(record)
     """)
+
+
+def _node_log(project, node: str) -> Path:
+    return project.root / ".orch" / "runs" / project.manifest()["run_id"] / "logs" / f"{node}.log"
+
+
+def test_external_failure_is_said_once(project):
+    """The child's output streams live (its traceback with it); the FAILED line then says what failed
+    and where the log is, and the summary one line: its traceback is not repeated."""
+    _failing_external_stage(project)
     proc = project.orch("run", "experiment.py", check=False)
     assert proc.returncode == 1
-    assert "ExternalCommandError" in proc.stderr and "exit code 1" in proc.stderr
-    assert "external/boom.py --batch 64" in proc.stderr and "CUDA out of memory (pretend)" in proc.stderr
+    console = proc.stdout + proc.stderr
+    assert console.count("CUDA out of memory (pretend, batch 64)") == 1, console
+    assert console.count("Traceback (most recent call last)") == 1, console  # the child's own, streamed
+    assert console.count("loading data") == 1
     assert "Traceback" not in proc.stderr  # no orch traceback without --debug
+    log = _node_log(project, "0-boom")
+    failed = proc.stderr.splitlines()
+    assert failed[0].startswith("FAILED  boom [default] after ")
+    assert failed[0].endswith("s: ExternalCommandError: external command external/boom.py failed with exit code 1")
+    assert "external/boom.py --batch 64" in failed[1] and failed[2] == f"          log: {log}"
+    assert "failed: boom [default]: ExternalCommandError: external command external/boom.py failed with exit code 1" \
+        in failed
+    assert len(failed) == 5, proc.stderr  # FAILED + command + log, the summary line, where the logs are
+    text = log.read_text()  # the output, then orch's traceback of the stage
+    assert "CUDA out of memory (pretend, batch 64)" in text and "--- boom[default] failed ---" in text
+    assert 'run_external(["external/boom.py", "--batch", 64]' in text
     m = project.manifest()
-    assert m["nodes"][0]["status"] == "failed"
+    assert m["nodes"][0]["status"] == "failed" and "exit code 1" in m["nodes"][0]["error"]
+    assert 'run_external(["external/boom.py"' in m["nodes"][0]["traceback"]
+
+
+def test_external_failure_without_echo_shows_the_tail_once(project):
+    _failing_external_stage(project, echo=False)
+    proc = project.orch("run", "experiment.py", check=False)
+    assert proc.returncode == 1
+    assert "loading data" not in proc.stdout  # echo=False: nothing streamed...
+    console = proc.stdout + proc.stderr
+    assert console.count("CUDA out of memory (pretend, batch 64)") == 1, console  # ...so the tail, once
+    assert console.count("| loading data") == 1 and " lines of its output:" in proc.stderr
+    assert "CUDA out of memory" in _node_log(project, "0-boom").read_text()
+
+
+def test_external_failure_with_debug_shows_the_stage_traceback_once(project):
+    _failing_external_stage(project)
+    proc = project.orch("run", "experiment.py", "--debug", check=False)
+    assert proc.returncode == 1
+    console = proc.stdout + proc.stderr
+    assert console.count('run_external(["external/boom.py", "--batch", 64]') == 1, console  # orch's, once
+    assert console.count("CUDA out of memory (pretend, batch 64)") == 1, console  # the child's, streamed
+    assert console.count("Traceback (most recent call last)") == 2  # the child's and the stage's
+    assert console.count(str(_node_log(project, "0-boom"))) == 1

@@ -17,6 +17,7 @@ from orchestrator import Lazy, PickleCacher, stage
 from orchestrator.artifacts.lazy import LazyArtifact
 from orchestrator.core import keys
 from orchestrator.core.status import Status
+from orchestrator.errors import split_log_note
 from orchestrator.executors.task import InputValue, Task, TaskResult, execute
 from orchestrator.hashing import hash_bytes, hash_value
 from orchestrator.params import MISSING
@@ -342,6 +343,25 @@ def test_output_that_cannot_be_saved_fails_and_leaves_no_partial_outputs(store):
     assert "output 'bad' (lock) cannot be saved by PickleCacher" in r.error
     _nothing_stored(store, task, half_savable)  # 'good' was prepared, never ingested
 
+
+
+def test_failure_is_appended_to_the_node_log_which_its_traceback_names(store, tmp_path):
+    log = tmp_path / "run" / "logs" / "0-explode.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("$ python train.py\nepoch 1\n")  # what run_external wrote there before the failure
+    r = execute(make_task(explode, {"n": 3}, log_path=str(log)), store, explode)
+    text = log.read_text()
+    assert text.startswith("$ python train.py\nepoch 1\n--- explode[a] failed ---\nTraceback (most recent call last):\n")
+    assert "in explode" in text and text.endswith("ValueError: exploded on purpose (n=3)\n")
+    assert split_log_note(r.traceback) == (text[text.index("Traceback"):], str(log))
+    no_log = execute(make_task(explode, {"n": 3}), store, explode)  # no log (unit use): nothing named
+    assert split_log_note(no_log.traceback) == (no_log.traceback, None)
+
+
+def test_a_chained_error_shows_only_the_users_frames(store):
+    r = execute(make_task(half_savable, {}), store, half_savable)  # StageOutputError from pickle's error
+    assert "The above exception was the direct cause" in r.traceback and "TypeError" in r.traceback
+    assert f"orchestrator{os.sep}" not in r.traceback, r.traceback  # neither the cause's frames nor its own
 
 # -- inputs ----------------------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ loads what it wrote back as artifacts. This module makes that launch safe and de
 - list arguments only (never a shell), each value str()-ed, so a path with a space is one argument;
 - the launched script's content goes into the running stage's trace, so editing it re-runs the stage;
 - output is streamed live to the console and appended to the node's log in the run directory;
-- a failure raises ExternalCommandError with the exact command line, exit code and the log's tail;
+- a failure raises ExternalCommandError with the exact command line, exit code and log path, and the
+  output's last lines when they were not streamed already (echo=False); they are its `tail` always;
 - a timeout, Ctrl-C or failure of the caller kills the child's whole process group (torchrun workers
   included), so no stray trainer keeps a GPU busy;
 - the child does not inherit the parent's MPI/torchrun identity (an `mpiexec -n 64 orch run` rank
@@ -108,7 +109,8 @@ def run_external(
     timeout: seconds; past it the whole process group is stopped and ExternalCommandError raised.
     record: the stage's Record, to trace the script in; default the record of the running stage.
     max_restarts: torchrun's worker restarts on failure (the script resumes from its checkpoint).
-    echo: print the command and stream the output to stdout (always written to the log).
+    echo: print the command and stream the output to stdout (always written to the log); with
+        echo=False a failure's message carries the output's last lines instead.
     """
     from ..record import current_record
 
@@ -131,7 +133,7 @@ def run_external(
         child_env["OMP_NUM_THREADS"] = str(_threads_per_proc(nproc))
     log_path = os.fspath(log) if log is not None else (getattr(record, "log_path", None) if record is not None else None)
     shown = _shown_command(full, run_dir, env)
-    return _execute(full, shown, run_dir, child_env, log_path, timeout, echo)
+    return _execute(full, shown, _name_of(args), run_dir, child_env, log_path, timeout, echo)
 
 
 def _trace_script_imports(script: Path, record, run_dir: Path, child_env: dict) -> None:
@@ -310,7 +312,8 @@ def _shown_command(full: list[str], run_dir: Path | None, env) -> str:
 # ------------------------------------------------------------------------------------------ running
 
 
-def _execute(full: list[str], shown: str, run_dir, env: dict, log_path: str | None, timeout, echo: bool) -> ExternalResult:
+def _execute(full: list[str], shown: str, name: str, run_dir, env: dict, log_path: str | None, timeout,
+             echo: bool) -> ExternalResult:
     import collections
     import subprocess
     import threading
@@ -357,15 +360,11 @@ def _execute(full: list[str], shown: str, run_dir, env: dict, log_path: str | No
             log_file.close()
     duration = time.perf_counter() - t0
     lines = tail.lines()
-    if timed_out:
+    if timed_out or code != 0:
+        what = f"timed out after {timeout:g}s; its process group was killed" if timed_out else _describe_exit(code)
         raise ExternalCommandError(
-            _failure_message(f"timed out after {timeout:g}s; its process group was killed", shown, lines, log_path),
-            command=full, returncode=code, tail=lines, log_path=log_path, timed_out=True,
-        )
-    if code != 0:
-        raise ExternalCommandError(
-            _failure_message(_describe_exit(code), shown, lines, log_path),
-            command=full, returncode=code, tail=lines, log_path=log_path,
+            _failure_message(f"{name} {what}", shown, lines, log_path, shown_live=console.enabled),
+            command=full, returncode=code, tail=lines, log_path=log_path, timed_out=timed_out,
         )
     return ExternalResult(full, code, duration, log_path, lines)
 
@@ -459,12 +458,22 @@ def _describe_exit(code: int) -> str:
     return f"failed with exit code {code}"
 
 
-def _failure_message(what: str, shown: str, tail: list[str], log_path: str | None) -> str:
-    lines = [f"external command {what}:", f"  $ {shown}"]
-    if tail:
-        where = f" (full log: {log_path})" if log_path else ""
-        lines.append(f"last {len(tail)} lines of its output{where}:")
-        lines.extend("  | " + t for t in tail)
-    else:
-        lines.append("it printed nothing" + (f" (log: {log_path})" if log_path else ""))
+def _name_of(args: list[str]) -> str:
+    """The command as the stage named it, for the first line of a failure: `external/train.py`."""
+    return "python " + shlex.join(args[:2]) if args[0] == "-m" else shlex.quote(args[0])
+
+
+def _failure_message(what: str, shown: str, tail: list[str], log_path: str | None, shown_live: bool) -> str:
+    """What failed, how (first line: what the console's one-line summaries show), the command line to
+    re-run it and where its output is. The output's last lines only if they were not streamed to the
+    console already: a failure is said once, the full output is in the log."""
+    lines = [f"external command {what}", f"  $ {shown}"]
+    if log_path:
+        lines.append(f"  log: {log_path}")
+    if not shown_live:
+        if tail:
+            lines.append(f"last {len(tail)} lines of its output:")
+            lines.extend("  | " + t for t in tail)
+        else:
+            lines.append("it printed nothing")
     return "\n".join(lines)

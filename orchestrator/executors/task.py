@@ -20,7 +20,7 @@ from ..artifacts.lazy import LazyArtifact
 from ..cachers import Cacher, OutputTarget
 from ..core import keys
 from ..core.status import Status
-from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
+from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, add_log_note, user_traceback
 from ..fsutil import rmtree_force
 from ..hashing import hash_bytes, hash_value
 from ..hashing.coderoots import CodeRoots
@@ -351,5 +351,24 @@ def _write_entry(task: Task, store: Store, record: Record, reads: dict[str, Read
 
 
 def _failure(task: Task, exc: BaseException, duration: float) -> TaskResult:
+    """The node's failure: its error and the user's traceback, also appended to the node's log (after
+    whatever run_external wrote there), which the traceback then names (errors.add_log_note)."""
+    tb = user_traceback(exc)
+    if _log_failure(task, tb):
+        tb = add_log_note(tb, task.log_path)
     return TaskResult(task.node_id, Status.FAILED, duration=duration, error=str(exc) or type(exc).__name__,
-                      error_type=type(exc).__name__, traceback=user_traceback(exc))
+                      error_type=type(exc).__name__, traceback=tb)
+
+
+def _log_failure(task: Task, tb: str) -> bool:
+    """Append the traceback to the node's log; False if there is none or it cannot be written (the
+    failure is still reported and recorded in the manifest)."""
+    if not task.log_path:
+        return False
+    try:
+        Path(task.log_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(task.log_path, "a", encoding="utf-8", errors="replace") as f:
+            f.write(f"--- {task.label} failed ---\n{tb}")
+    except OSError:
+        return False
+    return True

@@ -1,10 +1,17 @@
-"""What a run prints: one line per node as it finishes, failures, and a summary."""
+"""What a run prints: one line per node as it finishes, failures, and a summary.
+
+A failure is said once: where it happens, its error (not the output an external command streamed
+already, which is in the node's log) and the path of the node's log, which holds the traceback too;
+the summary repeats one line per failed node. --debug prints the traceback instead of pointing to it."""
 
 from __future__ import annotations
+
+import os
 
 import click
 
 from ..core.status import Status
+from ..errors import split_log_note
 
 
 class Console:
@@ -14,10 +21,7 @@ class Console:
 
     def node_done(self, o) -> None:
         if o.status == Status.FAILED:
-            click.echo(f"FAILED  {o.node.stage.name} [{o.node.set_name}] after {o.duration:.2f}s: "
-                       f"{o.error_type}: {o.error}", err=True)
-            if self.debug and o.traceback:
-                click.echo(o.traceback.rstrip(), err=True)
+            click.echo(self._failure(o), err=True)
             return
         if self.quiet:
             return
@@ -48,11 +52,42 @@ class Console:
         parts = [f"{c.get(k, 0)} {k}" for k in (Status.RAN, Status.CACHED, Status.FAILED, Status.SKIPPED) if c.get(k)]
         click.echo(f"{len(result.outcomes)} nodes: {', '.join(parts) or 'nothing to do'} "
                    f"in {result.seconds:.2f}s; run {result.run_id}")
+        log_dirs, tracebacks = [], False
         for o in result.failed:
-            click.echo(f"failed: {o.node.stage.name} [{o.node.set_name}]: {o.error_type}: {o.error}"
-                       + ("" if self.debug else "  (--debug shows the traceback; the log is in the run directory)"),
+            click.echo(f"failed: {o.node.stage.name} [{o.node.set_name}]: {o.error_type}: {_first_line(o.error)}",
                        err=True)
+            tb, log = split_log_note(o.traceback or "")
+            tracebacks = tracebacks or bool(tb.strip())
+            if log and os.path.dirname(log) not in log_dirs:
+                log_dirs.append(os.path.dirname(log))
+        if log_dirs:
+            where = ", ".join(d + os.sep for d in log_dirs)
+            click.echo(f"logs: {where}" if self.debug else f"tracebacks in the logs: {where} (--debug prints them)",
+                       err=True)
+        elif tracebacks and not self.debug:
+            click.echo("(--debug prints the tracebacks)", err=True)
 
+    def _failure(self, o) -> str:
+        """A failed node, said once: the first line of its error, the rest of the message (an external
+        command's command line, output it did not stream), or with --debug the user's traceback instead,
+        and the log that holds it all (which an external command's message may already name)."""
+        tb, log = split_log_note(o.traceback or "")
+        first, *rest = (o.error or "").splitlines() or [""]
+        lines = [f"FAILED  {o.node.stage.name} [{o.node.set_name}] after {o.duration:.2f}s: {o.error_type}: {first}"]
+        if self.debug and tb.strip():
+            lines.append(tb.rstrip())
+        else:
+            lines.extend(_INDENT + line if line.strip() else "" for line in rest)
+        if log and log not in (o.error or ""):
+            lines.append(f"{_INDENT}  log: {log}")
+        return "\n".join(lines)
+
+
+_INDENT = " " * 8  # under the node's name, past the status column
+
+
+def _first_line(text: str) -> str:
+    return (text or "").partition("\n")[0]
 
 def print_why(rows: list[dict], what: str) -> None:
     if not rows:
