@@ -48,25 +48,6 @@ def _hidden_frame_test():
     return hidden
 
 
-#: How a failed node's traceback (executors.task, kept in the manifest and the report) names the log
-#: file that holds it in full; the console shows it as the node's log.
-LOG_NOTE = "full log: "
-
-
-def add_log_note(traceback_text: str, log_path: str) -> str:
-    """`traceback_text` with a last line naming the log that holds it (and the output before it)."""
-    text = traceback_text if not traceback_text or traceback_text.endswith("\n") else traceback_text + "\n"
-    return f"{text}{LOG_NOTE}{log_path}\n"
-
-
-def split_log_note(traceback_text: str) -> tuple[str, str | None]:
-    """(the traceback without its log note, the log's path or None): the inverse of add_log_note."""
-    body, _, last = traceback_text.rstrip("\n").rpartition("\n")
-    if not last.startswith(LOG_NOTE):
-        return traceback_text, None
-    return (body + "\n" if body else ""), last[len(LOG_NOTE):]
-
-
 class OrchError(Exception):
     """Base of all user-facing errors."""
 

@@ -17,7 +17,6 @@ from orchestrator import Lazy, PickleCacher, stage
 from orchestrator.artifacts.lazy import LazyArtifact
 from orchestrator.core import keys
 from orchestrator.core.status import Status
-from orchestrator.errors import split_log_note
 from orchestrator.executors.task import InputValue, Task, TaskResult, execute
 from orchestrator.hashing import hash_bytes, hash_value
 from orchestrator.params import MISSING
@@ -344,8 +343,7 @@ def test_output_that_cannot_be_saved_fails_and_leaves_no_partial_outputs(store):
     _nothing_stored(store, task, half_savable)  # 'good' was prepared, never ingested
 
 
-
-def test_failure_is_appended_to_the_node_log_which_its_traceback_names(store, tmp_path):
+def test_failure_is_appended_to_the_node_log_which_its_result_names(store, tmp_path):
     log = tmp_path / "run" / "logs" / "0-explode.log"
     log.parent.mkdir(parents=True)
     log.write_text("$ python train.py\nepoch 1\n")  # what run_external wrote there before the failure
@@ -353,9 +351,9 @@ def test_failure_is_appended_to_the_node_log_which_its_traceback_names(store, tm
     text = log.read_text()
     assert text.startswith("$ python train.py\nepoch 1\n--- explode[a] failed ---\nTraceback (most recent call last):\n")
     assert "in explode" in text and text.endswith("ValueError: exploded on purpose (n=3)\n")
-    assert split_log_note(r.traceback) == (text[text.index("Traceback"):], str(log))
+    assert r.traceback == text[text.index("Traceback"):] and r.log_path == str(log)
     no_log = execute(make_task(explode, {"n": 3}), store, explode)  # no log (unit use): nothing named
-    assert split_log_note(no_log.traceback) == (no_log.traceback, None)
+    assert no_log.log_path is None and no_log.traceback.startswith("Traceback")
 
 
 def test_a_chained_error_shows_only_the_users_frames(store):

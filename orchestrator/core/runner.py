@@ -46,6 +46,7 @@ class NodeOutcome:
     error_type: str = ""
     traceback: str = ""
     skipped_because: str = ""
+    log_path: str | None = None  # a failure written to the node's log (the console points to it)
 
     def take(self, entry: Entry | None, outputs: dict[str, StoredOutput], reads: dict[str, Read]) -> None:
         self.entry, self.outputs, self.reads = entry, outputs, reads
@@ -199,6 +200,7 @@ class Runner:
             return
         if r.status == FAILED:
             out.status, out.error, out.error_type, out.traceback = FAILED, r.error, r.error_type, r.traceback
+            out.log_path = r.log_path
             self.on_done(out)
             self._release_inputs(node)
             self._skip_downstream(node, ready)

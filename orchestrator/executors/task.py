@@ -20,7 +20,7 @@ from ..artifacts.lazy import LazyArtifact
 from ..cachers import Cacher, OutputTarget
 from ..core import keys
 from ..core.status import Status
-from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, add_log_note, user_traceback
+from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
 from ..fsutil import rmtree_force
 from ..hashing import hash_bytes, hash_value
 from ..hashing.coderoots import CodeRoots
@@ -89,6 +89,7 @@ class TaskResult:
     error_type: str = ""
     traceback: str = ""
     damaged_producer: int | None = None
+    log_path: str | None = None  # a failure: the node's log, which holds its traceback
 
 
 def import_stage(ref: tuple[str, str]):
@@ -352,12 +353,11 @@ def _write_entry(task: Task, store: Store, record: Record, reads: dict[str, Read
 
 def _failure(task: Task, exc: BaseException, duration: float) -> TaskResult:
     """The node's failure: its error and the user's traceback, also appended to the node's log (after
-    whatever run_external wrote there), which the traceback then names (errors.add_log_note)."""
+    whatever run_external wrote there), whose path the result carries."""
     tb = user_traceback(exc)
-    if _log_failure(task, tb):
-        tb = add_log_note(tb, task.log_path)
+    logged = _log_failure(task, tb)
     return TaskResult(task.node_id, Status.FAILED, duration=duration, error=str(exc) or type(exc).__name__,
-                      error_type=type(exc).__name__, traceback=tb)
+                      error_type=type(exc).__name__, traceback=tb, log_path=task.log_path if logged else None)
 
 
 def _log_failure(task: Task, tb: str) -> bool:

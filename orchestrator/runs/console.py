@@ -11,7 +11,6 @@ import os
 import click
 
 from ..core.status import Status
-from ..errors import split_log_note
 
 
 class Console:
@@ -56,7 +55,7 @@ class Console:
         for o in result.failed:
             click.echo(f"failed: {o.node.stage.name} [{o.node.set_name}]: {o.error_type}: {_first_line(o.error)}",
                        err=True)
-            tb, log = split_log_note(o.traceback or "")
+            tb, log = o.traceback or "", o.log_path
             tracebacks = tracebacks or bool(tb.strip())
             if log and os.path.dirname(log) not in log_dirs:
                 log_dirs.append(os.path.dirname(log))
@@ -71,7 +70,7 @@ class Console:
         """A failed node, said once: the first line of its error, the rest of the message (an external
         command's command line, output it did not stream), or with --debug the user's traceback instead,
         and the log that holds it all (which an external command's message may already name)."""
-        tb, log = split_log_note(o.traceback or "")
+        tb, log = o.traceback or "", o.log_path
         first, *rest = (o.error or "").splitlines() or [""]
         lines = [f"FAILED  {o.node.stage.name} [{o.node.set_name}] after {o.duration:.2f}s: {o.error_type}: {first}"]
         if self.debug and tb.strip():

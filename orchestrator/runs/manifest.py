@@ -80,6 +80,8 @@ def node_row(outcome) -> dict:
     if outcome.status == Status.FAILED:
         row["error"] = f"{outcome.error_type}: {outcome.error}"
         row["traceback"] = outcome.traceback
+        if outcome.log_path:
+            row["log"] = outcome.log_path
     if outcome.skipped_because:
         row["skipped_because"] = outcome.skipped_because
     if outcome.entry is not None:
