@@ -841,3 +841,46 @@ def test_parameters_and_locals_are_not_references_to_module_names(proj):
     assert after["evaluate"] == before["evaluate"]  # its `model` and `data` are its own
     assert after["uses"] != before["uses"]
     assert after["shadow_in_inner"] != before["shadow_in_inner"]  # local in inner, global in the outer body
+
+
+def test_module_data_too_large_to_key_by_value_warns_once_and_points_to_track(proj, caplog):
+    proj.write("stages/a.py", """
+        from pathlib import Path
+
+        WORDS = ["w%06d" % i for i in range(20000)]   # ~200 KB encoded: past MAX_CONST_BYTES
+
+        def make(x):
+            return len(WORDS) + x
+
+        def other(x):
+            return WORDS[x]
+    """)
+    import logging
+
+    mod = proj.load("stages.a")
+    fp = Fingerprinter(proj.root)  # one per run
+    with caplog.at_level(logging.WARNING, logger="orchestrator.hashing.fingerprints"):
+        first = fp.fingerprint(mod.make)
+        fp.fingerprint(mod.other)
+    warned = [r.getMessage() for r in caplog.records if "WORDS" in r.getMessage()]
+    assert len(warned) == 1 and "record.track(path)" in warned[0] and "stages/a.py" in warned[0]
+    proj.edit("stages/a.py", "range(20000)", "range(20001)")  # the source still counts
+    assert proj.fp("stages.a:make") != first
+
+
+def test_module_data_is_keyed_by_value_as_imported(proj, monkeypatch):
+    proj.write("stages/data.txt", "cat dog\n")
+    proj.write("stages/a.py", """
+        from pathlib import Path
+
+        CLASSES = Path(__file__).with_name("data.txt").read_text().split()
+
+        def make(x):
+            return len(CLASSES) + x
+    """)
+    mod = proj.load("stages.a")
+    before = Fingerprinter(proj.root).fingerprint(mod.make)
+    mod.CLASSES.append("bird")  # a stage filling it in this process: as imported, not a change
+    assert Fingerprinter(proj.root).fingerprint(mod.make) == before
+    (proj.root / "stages/data.txt").write_text("cat dog bird\n")
+    assert proj.fp("stages.a:make") != before  # a new import reads the new file: keyed by value
