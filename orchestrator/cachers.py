@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifacts.lazy import Lazy, LazyArtifact
 from .errors import StageDefinitionError, StageOutputError
 
 __all__ = ["Cacher", "OutputTarget", "PickleCacher", "JsonCacher", "NumpyCacher", "CheckpointCacher",
@@ -285,6 +284,56 @@ class FileReferenceCacher(Cacher):
     def exported_paths(self, path, metadata):
         loaded = self.load(path, metadata)
         return [loaded] if isinstance(loaded, str) else list(loaded)
+
+
+class Lazy:
+    """Marks an input or output name as lazy.
+
+    As an output: saved right away and dropped from memory. As an input: the stage receives a
+    `LazyArtifact` handle (`.path`, `.load()`) and nothing is loaded unless it asks.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        if not isinstance(name, str) or not name:
+            raise StageDefinitionError(f"Lazy() takes an artifact name, got {name!r}")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Lazy({self.name!r})"
+
+
+class LazyArtifact:
+    """What a stage receives for a `Lazy(name)` input: the stored file, loaded only on demand."""
+
+    __slots__ = ("name", "path", "_cacher", "_metadata")
+
+    def __init__(self, name: str, path: str, cacher: Cacher | None, metadata: dict | None):
+        self.name = name
+        self.path = os.fspath(path)
+        self._cacher = cacher
+        self._metadata = metadata
+
+    @property
+    def metadata(self) -> dict | None:
+        """What the cacher recorded when it saved the artifact (e.g. a model's class)."""
+        return self._metadata
+
+    def load(self, **kwargs):
+        """Load with the artifact's cacher; keyword options go to it (e.g. device="cpu", mmap_mode="r")."""
+        if self._cacher is None:
+            raise StageDefinitionError(f"artifact {self.name!r} has no cacher to load it with")
+        return self._cacher.load(self.path, self._metadata, **kwargs)
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"LazyArtifact({self.name!r}, path={self.path!r})"
 
 
 def as_cacher(c: Any, where: str) -> Cacher | None:

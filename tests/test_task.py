@@ -14,7 +14,7 @@ import pytest
 from conftest import flip_stored_byte
 
 from orchestrator import Lazy, PickleCacher, stage
-from orchestrator.artifacts.lazy import LazyArtifact
+from orchestrator.cachers import LazyArtifact
 from orchestrator.core import keys
 from orchestrator.core.status import Status
 from orchestrator.executors.task import InputValue, Task, TaskResult, execute

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts.lazy import LazyArtifact
-from ..cachers import Cacher, OutputTarget
+from ..cachers import Cacher, LazyArtifact, OutputTarget
 from ..core import keys
 from ..core.status import Status
 from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
