@@ -161,21 +161,18 @@ def strict(record, score):
 """
 
 
+def _partial_project(project, lrs: list, aggregates=("best", "strict")) -> None:
+    project.write("stages/p.py", PARTIAL)
+    calls = "\n".join(f"    {a}(records)" for a in aggregates)
+    project.write("experiment.py", f"from stages.p import train, {', '.join(aggregates)}\n\n"
+                                   f"def run(record):\n    train(record)\n\ndef aggregate(records):\n{calls}\n")
+    project.write("params/p.yaml", f"lr: {lrs[0]}\nsweep:\n  lr: {lrs}\n")
+
+
 def test_a_partial_aggregate_runs_on_the_sets_that_succeeded(project):
     import json
 
-    project.write("stages/p.py", PARTIAL)
-    project.write("experiment.py", """
-        from stages.p import train, best, strict
-
-        def run(record):
-            train(record)
-
-        def aggregate(records):
-            best(records)
-            strict(records)
-    """)
-    project.write("params/p.yaml", "lr: 0.1\nsweep:\n  lr: [0.1, 0.2, 5.0]\n")
+    _partial_project(project, [0.1, 0.2, 5.0])
     out = project.orch("run", "experiment.py", "-p", "params/p.yaml", check=False)
     assert out.returncode == 1  # a node failed: the run says so
     statuses = project.statuses()
@@ -199,16 +196,6 @@ def test_a_partial_aggregate_runs_on_the_sets_that_succeeded(project):
 
 
 def test_a_partial_aggregate_with_no_set_left_is_skipped(project):
-    project.write("stages/p.py", PARTIAL)
-    project.write("experiment.py", """
-        from stages.p import train, best
-
-        def run(record):
-            train(record)
-
-        def aggregate(records):
-            best(records)
-    """)
-    project.write("params/p.yaml", "lr: 5.0\nsweep:\n  lr: [5.0, 6.0]\n")
+    _partial_project(project, [5.0, 6.0], aggregates=("best",))
     project.orch("run", "experiment.py", "-p", "params/p.yaml", check=False)
     assert project.statuses()[("best", "aggregate")] == "skipped"
