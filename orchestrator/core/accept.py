@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from ..errors import PlanningError
 from ..store import CodeManifest, Head
 from . import keys
-from .explain import code_change
+from .explain import code_change, component_changes
 from .graph import Graph, Node
 from .plan import Decision, PlanContext
 from .status import Status
@@ -88,11 +88,13 @@ def _accept_one(node: Node, graph: Graph, ctx: PlanContext, d: Decision, dry: bo
     for old_code in codes:
         old_key = keys.node_key(new._replace(code=old_code))
         for candidate in ctx.store.get_entries(old_key, label=node.label):
-            reason = ctx.check_trace(candidate, node, params) or _missing_outputs(candidate, ctx)
+            missing = ctx.store.missing_outputs(candidate)
+            reason = ctx.check_trace(candidate, node, params) or (
+                f"stored output {', '.join(missing)} is missing" if missing else None)
             if reason is None:
                 return _rekey(node, ctx, d, candidate, old_code, dry, who)
             why = why or reason
-    if own is not None and (differs := _differences(own.components, new)):
+    if own is not None and (differs := component_changes(node, own.components, new, ctx, code=False)):
         return Acceptance(node, REFUSED, f"more than its code changed: {'; '.join(differs)}; only a code change can "
                                          f"be accepted (run it instead)")
     if why:
@@ -115,25 +117,6 @@ def _rekey(node: Node, ctx: PlanContext, d: Decision, entry, old_code: str, dry:
     ctx.store.put_entry(accepted)
     ctx.store.put_head(keys.head_key(node.stage.id, node.set_name), Head(d.key, now, new, accepted.trace_id))
     return Acceptance(node, ACCEPTED, change)
-
-
-def _differences(old, new) -> list[str]:
-    out = []
-    if old.version != new.version:
-        out.append(f"version {old.version!r} -> {new.version!r}")
-    if old.decl != new.decl:
-        out.append("declaration (inputs, outputs or cachers)")
-    for name in sorted(set(old.inputs) | set(new.inputs)):
-        if old.inputs.get(name) != new.inputs.get(name):
-            out.append(f"input {name}")
-    if old.sets != new.sets:
-        out.append("parameter sets")
-    return out
-
-
-def _missing_outputs(entry, ctx: PlanContext) -> str | None:
-    missing = [name for name, out in entry.outputs.items() if not ctx.store.has_object(out.object)]
-    return f"stored output {', '.join(missing)} is missing" if missing else None
 
 
 def _user() -> str:

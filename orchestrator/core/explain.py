@@ -31,14 +31,14 @@ def why_miss(node: Node, comp: KeyComponents, key: str, params: dict, ctx: PlanC
     prev_key, prev_comp, prev_entry = _previous(node, ctx)
     if prev_key is None:
         return "new parameter set" if _siblings_ran(node, ctx) else "never ran"
-    changes = _component_changes(node, prev_comp, comp, ctx) if prev_comp is not None else []
+    changes = component_changes(node, prev_comp, comp, ctx) if prev_comp is not None else []
     if prev_entry is not None:
         changes += _trace_changes(node, prev_entry, params, ctx)
     if changes:
         shown = changes[:SHOWN] + ([f"and {len(changes) - SHOWN} more"] if len(changes) > SHOWN else [])
         return "; ".join(shown)
     if prev_entry is not None:
-        missing = [name for name, out in prev_entry.outputs.items() if not ctx.store.has_object(out.object)]
+        missing = ctx.store.missing_outputs(prev_entry)
         if missing:
             return f"stored output {', '.join(missing)} is missing or damaged"
     if prev_comp is not None and prev_key != keys.node_key(prev_comp):
@@ -67,11 +67,13 @@ def _siblings_ran(node: Node, ctx: PlanContext) -> bool:
     return any(stage == node.stage.id for stage, _ in rows)
 
 
-def _component_changes(node: Node, old: KeyComponents, new: KeyComponents, ctx: PlanContext) -> list[str]:
+def component_changes(node: Node, old: KeyComponents, new: KeyComponents, ctx: PlanContext,
+                      code: bool = True) -> list[str]:
+    """What differs between two keys' components, in words (`code=False`: all but the code)."""
     changes = []
     if old.version != new.version:
         changes.append(f"version {old.version!r} -> {new.version!r}")
-    if old.code != new.code:
+    if code and old.code != new.code:
         changes.append(code_change(node, old.code, ctx))
     if old.decl != new.decl:
         changes.append("declaration changed (inputs, outputs or cachers)")

@@ -124,8 +124,9 @@ def key_components(node: Node, graph: Graph, input_hashes: list, ctx: PlanContex
     return KeyComponents(stage.id, stage.version, ctx.fingerprint(node), ctx.declaration_hash(node), inputs, sets)
 
 
-def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> tuple[Entry | None, str]:
-    """Find an entry of `key` whose trace matches; else the reason for the miss.
+def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> Entry | None:
+    """An entry of `key` whose trace still holds and whose objects are present, or None (why a node
+    misses is core.explain's question).
 
     Fast path: for each read signature this stage is known to have, predict the trace id from the
     current parameter and file values and open that one entry. Slow path (first sight of a stage, or
@@ -134,18 +135,15 @@ def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> tuple[Entry 
     for reads, files in known.values():
         tid = _predicted_trace_id(node, params, reads, files, ctx)
         entry = ctx.store.get_entry(key, tid, label=node.label) if tid is not None else None
-        if entry is not None and _outputs_present(entry, ctx) is None:
-            return entry, ""
-    first_reason = None
+        if entry is not None and not ctx.store.missing_outputs(entry):
+            return entry
     for entry in ctx.store.get_entries(key, label=node.label):
         sig = keys.signature_of(entry.trace_id)
         if sig not in known:
             known[sig] = (tuple(entry.reads), tuple(entry.files))
-        why = ctx.check_trace(entry, node, params) or _outputs_present(entry, ctx)
-        if why is None:
-            return entry, ""
-        first_reason = first_reason or why
-    return None, first_reason or ""
+        if ctx.check_trace(entry, node, params) is None and not ctx.store.missing_outputs(entry):
+            return entry
+    return None
 
 
 def _predicted_trace_id(node: Node, params: dict, reads: tuple, files: tuple, ctx: PlanContext) -> str | None:
@@ -158,11 +156,6 @@ def _predicted_trace_id(node: Node, params: dict, reads: tuple, files: tuple, ct
             return None
         file_hashes[name] = h
     return keys.trace_id(read_hashes, file_hashes)
-
-
-def _outputs_present(entry: Entry, ctx: PlanContext) -> str | None:
-    missing = [name for name, out in entry.outputs.items() if not ctx.store.has_object(out.object)]
-    return f"stored output {', '.join(missing)} is missing or damaged" if missing else None
 
 
 def record_code_manifests(graph: Graph, decisions: list[Decision], ctx: PlanContext) -> None:
@@ -194,7 +187,7 @@ def decide(node: Node, graph: Graph, input_hashes: list[str | None], ctx: PlanCo
     if node.id in ctx.forced:
         return Decision(RUN, "--overwrite-stage", key, None, comp)
     params = graph.params_of(node)
-    entry, _ = lookup(node, key, params, ctx)
+    entry = lookup(node, key, params, ctx)
     if entry is not None:
         return Decision(CACHED, acceptance_note(entry), key, entry, comp)
     return Decision(RUN, why_miss(node, comp, key, params, ctx), key, None, comp)

@@ -121,7 +121,7 @@ class Runner:
         if d.state != CACHED and node.stage.cached and d.key is not None:
             forced = self.ctx.overwrite or node.id in self.ctx.forced
             if forced and d.key in self._ran and node.id not in self._rerun_after_damage:
-                entry, _ = lookup(node, d.key, self.graph.params_of(node), self.ctx)
+                entry = lookup(node, d.key, self.graph.params_of(node), self.ctx)
                 if entry is not None and entry.trace_id in self._ran[d.key]:
                     # forced, but this very computation was stored earlier in this run
                     d = Decision(CACHED, "computed earlier in this run", d.key, entry, d.components)

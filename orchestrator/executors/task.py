@@ -140,7 +140,7 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
 
     for entry in store.get_entries(task.key, label=task.label):
         if (keys.check_trace(entry, stage.ignore, read_hash, lambda p: resolve(task.params, p), file_hash) is None
-                and all(store.has_object(o.object) for o in entry.outputs.values())):
+                and not store.missing_outputs(entry)):
             return entry
     return None
 

@@ -88,6 +88,7 @@ _INDENT = " " * 8  # under the node's name, past the status column
 def _first_line(text: str) -> str:
     return (text or "").partition("\n")[0]
 
+
 def print_why(rows: list[dict], what: str) -> None:
     if not rows:
         click.echo(f"{what}: everything comes from the cache")

@@ -10,6 +10,7 @@ inputs, output hashes and what it read.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import time
@@ -189,12 +190,10 @@ def why_rows(manifest: dict, stage: str | None = None, param_set: str | None = N
 
 def recent_node_rows(cache_root: Path, runs: int) -> dict[tuple[str, str], dict]:
     """(stage id, parameter set) -> {"key", "trace"} of its node in the newest of the last `runs`
-    finished runs that had it (unreadable manifests are skipped)."""
-    runs_dir = Path(cache_root) / "runs"
+    readable runs that had it."""
     found: dict[tuple[str, str], dict] = {}
-    for run_id in list(reversed(_run_ids(runs_dir)))[:runs]:
-        m = read_json_object(runs_dir / run_id / MANIFEST)
-        for n in (m or {}).get("nodes", []):
+    for _, m in itertools.islice(manifests_newest_first(cache_root), runs):
+        for n in m.get("nodes", []):
             if isinstance(n, dict) and n.get("key"):
                 found.setdefault((n.get("stage_id"), n.get("param_set")), {"key": n["key"], "trace": n.get("trace")})
     return found

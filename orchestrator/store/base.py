@@ -60,6 +60,10 @@ class Store(abc.ABC):
         (path, size, mtime_ns, inode); a missing or damaged object raises DamagedObjectError and a
         damaged one is moved into quarantine so that re-running its producer stores a good copy."""
 
+    def missing_outputs(self, entry: Entry) -> list[str]:
+        """The names of `entry`'s outputs whose objects fail the cheap check of has_object."""
+        return [name for name, out in entry.outputs.items() if not self.has_object(out.object)]
+
     @abc.abstractmethod
     def delete_object(self, info: ObjectInfo) -> None:
         """Remove an object (for `orch cache gc`); absent is fine."""
