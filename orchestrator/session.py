@@ -6,13 +6,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .core.graph import Graph
 from .core.status import RUN_FAILED, RUN_INTERRUPTED, RUN_OK, Status
 from .errors import ParamsError
 from .executors.launch import Launch
 from .params import ParamSet, load_params
+
+if TYPE_CHECKING:
+    from .core.plan import Decision, PlanContext
+    from .store import DiskStore
 
 
 @dataclass
@@ -113,9 +117,9 @@ class Planned:
 
     param_sets: list[ParamSet]
     graph: Graph
-    store: object  # store.DiskStore
-    ctx: object  # core.plan.PlanContext
-    decisions: list
+    store: DiskStore
+    ctx: PlanContext
+    decisions: list[Decision]
 
 
 def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
