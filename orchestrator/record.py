@@ -8,6 +8,7 @@ A Record made by hand (`Record(params={...})`) lets tests call `stage.fn(record)
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextvars import ContextVar
@@ -40,6 +41,7 @@ class Record:
         checkpoint_root: str | os.PathLike | None = None,
         code_roots=None,
         failed_sets: dict[str, str] | None = None,
+        metrics_path: str | os.PathLike | None = None,
     ):
         self.name = name
         self.reads: dict[str, Any] = {}
@@ -50,6 +52,10 @@ class Record:
         self.param_sets = {n: TrackedParams(v, self.reads, set_name=n, prefix=set_key(n), ignore=ignore)
                            for n, v in (param_sets or {}).items()}
         self.log_path = os.fspath(log_path) if log_path else None
+        #: The node's metrics stream (orchestrator.metrics); None (a Record made by hand): `log` keeps
+        #: the lines, as dicts, in `logged`.
+        self.metrics_path = os.fspath(metrics_path) if metrics_path else None
+        self.logged: list[dict] = []
         self._staging = Path(staging_dir) if staging_dir else None
         self._checkpoints = Path(checkpoint_root) if checkpoint_root else None
         self._project_root = Path(project_root) if project_root else None
@@ -103,6 +109,19 @@ class Record:
         path = self._checkpoints / name
         path.mkdir(parents=True, exist_ok=True)
         return str(path)
+
+    def log(self, step: int | None = None, **scalars) -> None:
+        """Log scalar metrics of this node, e.g. `record.log(step=epoch, loss=loss, lr=lr)`.
+
+        They stream to the node's metrics file as they are logged (a live display and the report read
+        it); once the stage succeeds the entry keeps each metric's last, min and max, so a cached
+        node still shows them (`orch compare`). Without a step, each metric counts 0, 1, 2, ..."""
+        from . import metrics
+
+        if self.metrics_path is None:
+            self.logged.append(json.loads(metrics.encode(step, scalars)))
+        else:
+            metrics.append(self.metrics_path, step, scalars)
 
     def _staging_child(self, name: str) -> Path:
         if not name or os.path.isabs(name) or ".." in Path(name).parts:

@@ -167,7 +167,7 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     record_code_manifests(graph, decisions, ctx)
     manifest = ManifestWriter(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
     executor.start(store)
-    runner = Runner(graph, ctx, decisions, executor, on_done, manifest.log_dir)
+    runner = Runner(graph, ctx, decisions, executor, on_done, manifest.dir)
     try:
         outcomes = runner.run_all()
     except KeyboardInterrupt:  # Ctrl-C: what finished is stored; say so in the run's manifest

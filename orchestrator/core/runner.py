@@ -47,10 +47,14 @@ class NodeOutcome:
     traceback: str = ""
     skipped_because: str = ""
     log_path: str | None = None  # a failure written to the node's log (the console points to it)
+    metrics: dict[str, dict] | None = None  # its metrics summary (orchestrator.metrics), this run's or the entry's
+    series: str | None = None  # the metrics stream it was summarized from (a JSONL file), if any
 
     def take(self, entry: Entry | None, outputs: dict[str, StoredOutput], reads: dict[str, Read]) -> None:
         self.entry, self.outputs, self.reads = entry, outputs, reads
         self.files = dict(entry.files) if entry is not None else {}
+        if entry is not None:
+            self.metrics = entry.metrics
 
 
 @dataclass
@@ -64,13 +68,17 @@ class _State:
 
 class Runner:
     def __init__(self, graph: Graph, ctx: PlanContext, decisions: list[Decision], executor: Executor,
-                 on_done: Callable[[NodeOutcome], None] = lambda o: None, log_dir: Path | None = None):
+                 on_done: Callable[[NodeOutcome], None] = lambda o: None, run_dir: Path | None = None,
+                 on_start: Callable[[Node, Task], None] = lambda node, task: None):
+        """`run_dir`: where the nodes' logs (logs/) and metrics streams (metrics/) go; `on_start`
+        hears each node as it is handed to the executor, `on_done` each outcome as it is final."""
         self.graph = graph
         self.ctx = ctx
         self.decisions = list(decisions)
         self.executor = executor
         self.on_done = on_done
-        self.log_dir = log_dir
+        self.on_start = on_start
+        self.run_dir = run_dir
         self.outcomes = [NodeOutcome(n) for n in graph.nodes]
         self._in_flight: set[int] = set()  # node ids submitted and not completed
         self._rerun_after_damage: set[int] = set()
@@ -103,7 +111,9 @@ class Runner:
 
     def _submit(self, node: Node, d: Decision) -> None:
         self._in_flight.add(node.id)
-        self.executor.submit(self._task(node, d), node.stage)
+        task = self._task(node, d)
+        self.on_start(node, task)
+        self.executor.submit(task, node.stage)
 
     # -- dispatch ------------------------------------------------------------------------------
     def _dispatch(self, node: Node, ready: deque) -> None:
@@ -138,6 +148,8 @@ class Runner:
         if d.state == CACHED:
             out.status, out.duration = CACHED, 0.0
             out.take(d.entry, d.entry.outputs, d.entry.reads)
+            if d.entry.series is not None:
+                out.series = str(self.ctx.store.object_path(d.entry.series, verify=False))
             self._finish(node, d.entry.output_hashes(), ready)
             return
         self._submit(node, d)
@@ -158,7 +170,7 @@ class Runner:
             else:
                 iv.stored = stored
             inputs.append(iv)
-        log_path = str(self.log_dir / f"{node.id}-{node.stage.name}.log") if self.log_dir else None
+        log_path, metrics_path = self._node_files(node)
         cacheable = node.stage.cached and d.key is not None
         return Task(
             lock_scope=(self._scope_of.get(node.id) or self._scope(node, d)) if cacheable else None,
@@ -175,9 +187,17 @@ class Runner:
             hash_memory_outputs=any(self.graph.nodes[c].stage.cached for c in node.consumers),
             failed_sets={e.set_name: absent[e.producer] for e in node.inputs if e.producer in absent},
             log_path=log_path,
+            metrics_path=metrics_path,
             force=self.ctx.overwrite or node.id in self.ctx.forced or node.id in self._rerun_after_damage,
             code_roots=self.ctx.fingerprinter.roots,
         )
+
+    def _node_files(self, node: Node) -> tuple[str | None, str | None]:
+        """The node's log and metrics stream in the run directory (None without one)."""
+        if self.run_dir is None:
+            return None, None
+        name = f"{node.id}-{node.stage.name}"
+        return str(self.run_dir / "logs" / f"{name}.log"), str(self.run_dir / "metrics" / f"{name}.jsonl")
 
     def _scope(self, node: Node, d: Decision) -> str:
         params, ignore = self.graph.params_of(node), node.stage.ignore
@@ -195,6 +215,9 @@ class Runner:
         if r.status == RAN and r.entry is not None:
             self._ran.setdefault(r.entry.key, set()).add(r.entry.trace_id)
         out.duration = r.duration
+        stream = self._node_files(node)[1]
+        if stream is not None and r.status in (RAN, FAILED) and Path(stream).is_file():
+            out.series = stream
         if r.status == DAMAGED:
             self._rerun_producer(node, r, ready)
             return
@@ -207,6 +230,10 @@ class Runner:
             return
         out.status = r.status
         out.take(r.entry, r.outputs, r.reads)
+        if r.metrics is not None:
+            out.metrics = r.metrics
+        if r.status == CACHED and r.entry is not None and r.entry.series is not None:
+            out.series = str(self.ctx.store.object_path(r.entry.series, verify=False))
         if r.status == CACHED:
             out.reason = "computed meanwhile by another process"
         st = self._st

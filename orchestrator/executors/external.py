@@ -122,6 +122,7 @@ def run_external(
     chosen = _choose_launcher(args, launcher, nproc, nnodes)
     script = _script_of(args, chosen, run_dir)
     child_env = clean_env(os.environ, env)
+    _route_metrics(child_env, record, env)
     if script is not None and record is not None:
         record.track(script)
         if project_root is not None:  # and the project code it imports (its model, its data loading)
@@ -134,6 +135,19 @@ def run_external(
     log_path = os.fspath(log) if log is not None else (getattr(record, "log_path", None) if record is not None else None)
     shown = _shown_command(full, run_dir, env)
     return _execute(full, shown, _name_of(args), run_dir, child_env, log_path, timeout, echo)
+
+
+def _route_metrics(child_env: dict, record, env) -> None:
+    """orchestrator.metrics.log in the child writes to the running node's stream (nowhere if none)."""
+    from ..metrics import ENV_VAR
+
+    if env and ENV_VAR in env:
+        return
+    path = getattr(record, "metrics_path", None) if record is not None else None
+    if path:
+        child_env[ENV_VAR] = path
+    else:
+        child_env.pop(ENV_VAR, None)
 
 
 def _trace_script_imports(script: Path, record, run_dir: Path, child_env: dict) -> None:

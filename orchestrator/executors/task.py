@@ -72,6 +72,9 @@ class Task:
     code_roots: CodeRoots | None = None
     # A partial aggregate: {parameter set: why its inputs are missing} (record.failed_sets).
     failed_sets: dict[str, str] = field(default_factory=dict)
+    # The node's metrics stream (orchestrator.metrics) in the run directory; None keeps what the
+    # stage logs in memory (record.logged), still summarized into the entry.
+    metrics_path: str | None = None
 
 
 @dataclass
@@ -89,6 +92,7 @@ class TaskResult:
     traceback: str = ""
     damaged_producer: int | None = None
     log_path: str | None = None  # a failure: the node's log, which holds its traceback
+    metrics: dict[str, dict] | None = None  # what it logged and its JSON outputs' numbers (summarized)
 
 
 def import_stage(ref: tuple[str, str]):
@@ -157,7 +161,8 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
         checkpoints = store.checkpoint_dir(keys.checkpoint_dir_name(task.key, task.stage_ref, task.set_name, task.params))
         record = Record(task.params, task.set_name, staging_dir=staging, project_root=task.project_root,
                         ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path,
-                        checkpoint_root=checkpoints, code_roots=task.code_roots, failed_sets=task.failed_sets)
+                        checkpoint_root=checkpoints, code_roots=task.code_roots, failed_sets=task.failed_sets,
+                        metrics_path=_fresh_stream(task))
         record.stat_cache = store.stat_cache()
         if gate is not None:
             gate.begin(task)
@@ -186,6 +191,7 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
         if record.stat_cache is not None:
             record.stat_cache.save()
         res = TaskResult(task.node_id, Status.RAN, outputs=outputs, reads=_reads(record), duration=fn_time)
+        res.metrics = _metrics(stage, values, record)
         if task.hash_memory_outputs:
             res.hashes = {o.name: _memory_hash(values[o.name]) for o in stage.outputs if o.cacher is None}
         res.hashes.update({name: out.object.hash for name, out in outputs.items()})
@@ -196,11 +202,52 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
                 values.pop(spec.name, None)
         res.values = values
         if stage.cached and task.key is not None:
-            res.entry = _write_entry(task, store, record, res.reads, outputs, fn_time)
+            series = _store_series(record, staging, store) if res.metrics else None
+            res.entry = _write_entry(task, store, record, res.reads, outputs, fn_time, res.metrics, series)
         rmtree_force(checkpoints, missing_ok=True)  # the outputs are stored: its checkpoints are done with
         return res
     finally:
         rmtree_force(staging, missing_ok=True)
+
+
+def _fresh_stream(task: Task) -> str | None:
+    """The metrics stream the stage writes: emptied first (a re-run after damage starts it anew);
+    /dev/null on torchrun ranks that store nothing."""
+    if not task.save:
+        return os.devnull
+    if task.metrics_path:
+        Path(task.metrics_path).unlink(missing_ok=True)
+    return task.metrics_path
+
+
+def _metrics(stage, values: dict[str, Any], record: Record) -> dict[str, dict] | None:
+    """The node's metrics summary: the numbers of its JSON outputs, then what it logged (a logged
+    series wins over an output number of the same name)."""
+    from .. import metrics
+    from ..cachers import JsonCacher
+
+    summary = {}
+    for spec in stage.outputs:
+        if isinstance(spec.cacher, JsonCacher):
+            for name, value in metrics.final_metrics(values.get(spec.name)).items():
+                summary[name] = metrics.summary_of_value(value)
+    if record.metrics_path is not None:
+        series = metrics.read_series(record.metrics_path)
+    else:
+        series = metrics.read_lines(json.dumps(line).encode() for line in record.logged)
+    summary.update(metrics.summarize(series))
+    return summary or None
+
+
+def _store_series(record: Record, staging: Path, store: Store):
+    """The stream stored as an object (a copy: the run directory keeps its own for the report)."""
+    import shutil
+
+    if record.metrics_path is None or not os.path.isfile(record.metrics_path):
+        return None
+    copy = f"{staging}.metrics.jsonl"
+    shutil.copyfile(record.metrics_path, copy)
+    return store.ingest(Path(copy), ".jsonl")
 
 
 def _load_inputs(task: Task, store: Store) -> dict[str, Any]:
@@ -337,12 +384,12 @@ def _shown(value: Any) -> Any:
 
 
 def _write_entry(task: Task, store: Store, record: Record, reads: dict[str, Read],
-                 outputs: dict[str, StoredOutput], fn_time: float) -> Entry:
+                 outputs: dict[str, StoredOutput], fn_time: float, metrics=None, series=None) -> Entry:
     entry = Entry(
         key=task.key, trace_id=keys.trace_id({p: r.hash for p, r in reads.items()}, record.files),
         stage=task.stage_ref[0] + ":" + task.stage_ref[1], param_set=task.set_name, created=time.time(),
         components=task.components, reads=reads, files=dict(record.files), outputs=outputs,
-        duration_s=round(fn_time, 6),
+        duration_s=round(fn_time, 6), metrics=metrics, series=series,
     )
     store.put_entry(entry)
     store.put_head(keys.head_key(entry.stage, task.set_name),

@@ -87,6 +87,12 @@ def node_row(outcome) -> dict:
         row["skipped_because"] = outcome.skipped_because
     if outcome.entry is not None:
         row["trace"] = outcome.entry.trace_id  # with the key: this node's computation (core.explain)
+    if outcome.metrics:
+        row["metrics"] = outcome.metrics
+    if outcome.series:
+        row["series"] = outcome.series
+    if outcome.entry is not None and outcome.status == Status.CACHED:
+        row["computed_s"] = outcome.entry.duration_s  # what it cost when it ran (compare's durations)
     if outcome.entry is not None and outcome.entry.accepted:
         row["accepted"] = dict(outcome.entry.accepted)
     return row

@@ -145,6 +145,12 @@ class Entry(NamedTuple):
     #: Set when `orch accept` re-keyed this entry to new code without running it: who, when, the
     #: key it came from and the old and new code fingerprints (all strings).
     accepted: dict[str, str] | None = None
+    #: What the stage logged (orchestrator.metrics.summarize) and the numbers of its JSON outputs:
+    #: metric name -> {"last", "step", "min", "min_step", "max", "max_step", "n"}.
+    metrics: dict[str, dict] | None = None
+    #: The stored metrics stream (JSONL) the summary was made from, for curves; informational: a
+    #: missing or damaged series never makes the entry a miss.
+    series: ObjectInfo | None = None
 
     def output_hashes(self) -> dict[str, str]:
         return {name: out.object.hash for name, out in self.outputs.items()}
@@ -156,7 +162,9 @@ class Entry(NamedTuple):
             "reads": {path: r.to_json() for path, r in self.reads.items()}, "files": dict(self.files),
             "outputs": {name: out.to_json() for name, out in self.outputs.items()},
             "duration_s": self.duration_s,
-        } | ({"accepted": dict(self.accepted)} if self.accepted is not None else {})
+        } | ({"accepted": dict(self.accepted)} if self.accepted is not None else {}) | (
+            {"metrics": self.metrics} if self.metrics is not None else {}) | (
+            {"series": self.series.to_json()} if self.series is not None else {})
 
     @classmethod
     def from_json(cls, d: Any) -> Entry:
@@ -210,7 +218,23 @@ def _fast_entry(d: dict) -> Entry:
     accepted = d.get("accepted")
     if accepted is not None and not (type(accepted) is dict and all(type(v) is str for v in accepted.values())):
         raise _NotFast
-    return Entry(key, trace, stage, pset, float(created), components, reads, files, outputs, float(duration), accepted)
+    metrics, series = d.get("metrics"), d.get("series")
+    if metrics is not None and not _metrics_ok(metrics):
+        raise _NotFast
+    if series is not None:
+        h, size, kind, ext = series["hash"], series["size"], series["kind"], series.get("ext", "")
+        if not (type(h) is str and type(size) is int and size >= 0 and kind in _KINDS and type(ext) is str
+                and _HASH_RE.match(h) and _EXT_RE.match(ext)):
+            raise _NotFast
+        series = ObjectInfo(h, size, kind, ext)
+    return Entry(key, trace, stage, pset, float(created), components, reads, files, outputs, float(duration), accepted,
+                 metrics, series)
+
+
+def _metrics_ok(metrics: Any) -> bool:
+    """{name: {field: number or null}}: a summary as orchestrator.metrics.summarize makes it."""
+    return type(metrics) is dict and all(
+        type(m) is dict and all(v is None or type(v) in _NUMBERS for v in m.values()) for m in metrics.values())
 
 
 def _checked_entry(d: Any) -> Entry:
@@ -231,7 +255,15 @@ def _checked_entry(d: Any) -> Entry:
         reads=reads, files=_str_map(d.get("files"), "files"), outputs=outputs,
         duration_s=_number(d, "duration_s", default=0.0),
         accepted=_str_map(d["accepted"], "accepted") if d.get("accepted") is not None else None,
+        metrics=_metrics(d.get("metrics")),
+        series=ObjectInfo.from_json(d["series"]) if d.get("series") is not None else None,
     )
+
+
+def _metrics(value: Any) -> dict | None:
+    if value is not None and not _metrics_ok(value):
+        raise EntryError("metrics must map each metric name to {field: number or null}")
+    return value
 
 
 class _NotFast(Exception):

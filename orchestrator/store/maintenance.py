@@ -86,7 +86,11 @@ def gc(store: Store, *, grace_s: float = 3600.0, staging_age_s: float = 86400.0,
     than `staging_age_s`, and the checkpoint directories of failed stages (record.checkpoint_dir)
     untouched for `checkpoint_age_s`."""
     report = GcReport()
-    referenced = {o.object.hash for e in store.iter_entries() for o in e.outputs.values()}
+    referenced = set()
+    for e in store.iter_entries():
+        referenced.update(o.object.hash for o in e.outputs.values())
+        if e.series is not None:  # the metrics stream of the entry (its curves)
+            referenced.add(e.series.hash)
     now = time.time()
     for info in list(store.iter_objects()):
         if info.hash in referenced or _age(store, info, now) < grace_s:
