@@ -276,6 +276,18 @@ def test_bad_input(name, template, tmp_path):
         assert _tree_digest(cache, DERIVED) == before_all, "the cache changed"
 
 
+def test_a_path_that_is_not_utf8_does_not_break_the_run_record(template, tmp_path):
+    """argv holds undecodable bytes as surrogates: the manifest and the report must still be written."""
+    root = tmp_path / "proj"
+    shutil.copytree(template, root, symlinks=True)
+    project = Project(root)
+    cache = os.fsdecode(bytes(root) + b"/cache-\xff")
+    proc = project.orch(*BASE, "--cache", cache)
+    assert "3 ran" in proc.stdout and "Traceback" not in proc.stderr
+    latest = Path(cache) / "runs" / "latest"
+    assert (latest / "manifest.json").is_file() and "cache-" in (latest / "report.html").read_text("utf-8")
+
+
 def test_debug_shows_the_traceback_a_bad_input_hides(template, tmp_path):
     root = tmp_path / "proj"
     shutil.copytree(template, root, symlinks=True)
