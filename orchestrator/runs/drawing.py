@@ -1,4 +1,4 @@
-"""The DAG picture, laid out in pure Python: SVG for the run report and `orch graph`, DOT for Graphviz.
+"""The DAG picture, laid out in pure Python: SVG for the run report and `orch graph -o`, DOT for Graphviz.
 
 Input is manifest-shaped node dicts (`id`, `stage`, `stage_id`, `param_set`, `status`, `reason`, `inputs`
 as [input, producer id, output, (set)]), so a past run and a plan are drawn alike. No graphviz is
