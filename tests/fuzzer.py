@@ -49,6 +49,8 @@ class StageSpec:
     output: str
     cacher: str
     reads: list[str]  # parameter names (an aggregate reads them in every set)
+    # (a, b): reads parameter b only when parameter a > 4 (a trace that depends on a value)
+    conditional: tuple[str, str] | None
     helpers: list[int]
     consts: list[int]
     files: list[int]
@@ -68,9 +70,22 @@ class ProjectSpec:
     files: list[int]
     params: dict[str, int]
     sweep: dict[str, list[int]]
+    helper_calls: list[int | None]  # helper i also calls this helper (None: no other)
+    access: list[str]  # per stages module: how it reaches helpers, "from" | "module" | "star"
 
     def stage(self, name: str) -> StageSpec:
         return next(s for s in self.stages if s.name == name)
+
+    def helper_closure(self, helpers: list[int]) -> list[int]:
+        """The helpers a stage's code reaches: those it calls and, transitively, those they call."""
+        seen, todo = set(), list(helpers)
+        while todo:
+            h = todo.pop()
+            if h not in seen:
+                seen.add(h)
+                if self.helper_calls[h] is not None:
+                    todo.append(self.helper_calls[h])
+        return sorted(seen)
 
 
 def generate(rng: random.Random, max_stages: int = 30) -> ProjectSpec:
@@ -97,14 +112,18 @@ def generate(rng: random.Random, max_stages: int = 30) -> ProjectSpec:
         stages.append(StageSpec(
             name=name, aggregate=aggregate, inputs=inputs, output=f"{name}_out", cacher=rng.choice(CACHERS),
             reads=rng.sample(sorted(params), k=rng.randint(0, min(2, len(params)))),
+            conditional=tuple(rng.sample(sorted(params), 2)) if len(params) > 1 and rng.random() < 0.25 and not aggregate
+            else None,
             helpers=rng.sample(range(n_helpers), k=rng.randint(0, min(2, n_helpers))),
             consts=rng.sample(range(n_consts), k=rng.randint(0, min(1, n_consts))),
             files=rng.sample(range(n_files), k=rng.randint(0, min(1, n_files))) if rng.random() < 0.3 else [],
             module=rng.randint(0, 1)))
         produced.append(f"{name}_out")
+    calls = [rng.choice([None, rng.randrange(i)]) if i else None for i in range(n_helpers)]
     return ProjectSpec(stages, [0] * n_helpers, [0] * n_helpers, [0] * n_helpers,
                        [rng.randint(0, 99) for _ in range(n_consts)], [rng.randint(0, 99) for _ in range(n_files)],
-                       params, sweep)
+                       params, sweep, calls, [rng.choice(["from", "module", "star"]) for _ in range(2)])
+
 
 
 # -- rendering the project -------------------------------------------------------------------------
@@ -150,7 +169,8 @@ def _helpers(spec: ProjectSpec) -> str:
     for i, (ver, rew, cos) in enumerate(zip(spec.helper_version, spec.helper_rewrite, spec.helper_cosmetic)):
         lines.append(f"\ndef h{i}(x):\n")
         lines += [f"    # note {c}\n" for c in range(cos)]
-        lines.append(f"    return mix(x, {7 + i * 13 + ver * 101}){' + 0 * ' + str(rew) if rew else ''}\n")
+        inner = f"h{spec.helper_calls[i]}(x)" if spec.helper_calls[i] is not None else "x"
+        lines.append(f"    return mix({inner}, {7 + i * 13 + ver * 101}){' + 0 * ' + str(rew) if rew else ''}\n")
     return "".join(lines)
 
 
@@ -158,7 +178,7 @@ def _consts(spec: ProjectSpec) -> str:
     return "".join(f"C{i} = {v}\n" for i, v in enumerate(spec.consts)) or "NONE = 0\n"
 
 
-def _stage_source(s: StageSpec) -> str:
+def _stage_source(s: StageSpec, access: str) -> str:
     cacher = {"pickle": "PickleCacher", "json": "JsonCacher", "lazy": "PickleCacher", "file": "FileReferenceCacher"}[s.cacher]
     out = f'Lazy("{s.output}")' if s.cacher == "lazy" else f'"{s.output}"'
     ins = ", ".join(f'Lazy("{a}")' if lazy else f'"{a}"' for a, lazy in s.inputs)
@@ -174,8 +194,12 @@ def _stage_source(s: StageSpec) -> str:
             body.append(f"    for set_name in sorted(record.param_sets):\n        v = mix(v, record.param_sets[set_name].{p})\n")
         else:
             body.append(f"    v = mix(v, record.params.{p})\n")
+    if s.conditional:
+        a, b = s.conditional
+        body.append(f"    if record.params.{a} > 4:\n        v = mix(v, record.params.{b})\n")
     for h in s.helpers:
-        body.append(f"    v = mix(v, h{h}(v % 1000))\n")
+        call = f"helpers.h{h}" if access == "module" else f"h{h}"
+        body.append(f"    v = mix(v, {call}(v % 1000))\n")
     for c in s.consts:
         body.append(f"    v = mix(v, consts.C{c})\n")
     for f in s.files:
@@ -193,13 +217,15 @@ def render(spec: ProjectSpec, root: Path) -> None:
     """Write the project; only files whose text changed are rewritten (with a fresh mtime)."""
     files = {"fz/__init__.py": "", "fz/support.py": SUPPORT, "fz/helpers.py": _helpers(spec), "fz/consts.py": _consts(spec)}
     helpers = ", ".join(f"h{i}" for i in range(len(spec.helper_version)))
-    header = ("from pathlib import Path\n\nfrom orchestrator import FileReferenceCacher, JsonCacher, Lazy, PickleCacher, "
-              f"aggregate, stage\n\nfrom fz import consts\nfrom fz.helpers import {helpers}\n"
-              "from fz.support import mix, ran, unwrap, wrap\n\n")
+    reach = {"from": f"from fz.helpers import {helpers}\n", "module": "from fz import helpers\n",
+             "star": "from fz.helpers import *  # noqa: F403\n"}
     modules = ["", ""]
     for s in spec.stages:
-        modules[s.module] += "\n" + _stage_source(s)
+        modules[s.module] += "\n" + _stage_source(s, spec.access[s.module])
     for m, text in enumerate(modules):
+        header = ("from pathlib import Path\n\nfrom orchestrator import FileReferenceCacher, JsonCacher, Lazy, "
+                  "PickleCacher, aggregate, stage\n\nfrom fz import consts\n" + reach[spec.access[m]] +
+                  "from fz.support import mix, ran, unwrap, wrap\n\n")
         files[f"fz/stages{m}.py"] = header + text
     per_set = [s.name for s in spec.stages if not s.aggregate]
     aggs = [s.name for s in spec.stages if s.aggregate]
@@ -239,9 +265,16 @@ def identity(spec: ProjectSpec, row: dict, ref_rows: dict[int, dict], param_sets
         reads = {p: [param_sets[n].get(p) for n in sorted(param_sets)] for p in s.reads}
         sets = sorted(param_sets)
     else:
-        reads = {p: param_sets[row["param_set"]].get(p) for p in s.reads}
+        values = param_sets[row["param_set"]]
+        reads = {p: values.get(p) for p in s.reads}
+        if s.conditional:
+            a, b = s.conditional
+            reads[a] = values.get(a)
+            if values.get(a) > 4:
+                reads[b] = values.get(b)
         sets = None
-    return json.dumps([s.name, s.version, s.rewrite, [(h, spec.helper_version[h], spec.helper_rewrite[h]) for h in s.helpers],
+    helpers = [(h, spec.helper_version[h], spec.helper_rewrite[h]) for h in spec.helper_closure(s.helpers)]
+    return json.dumps([s.name, s.version, s.rewrite, helpers,
                        [spec.consts[c] for c in s.consts], [spec.files[f] for f in s.files], reads, inputs, sets])
 
 
