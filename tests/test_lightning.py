@@ -160,6 +160,9 @@ save_checkpoint(t, "recorded.ckpt")      # the helper adds RecordClass
 out["no_class"] = error(lambda: c.load("plain.ckpt"))
 out["with_cls"] = type(c.load("plain.ckpt", cls=models.Regressor)).__name__
 out["recorded"] = type(c.load("recorded.ckpt")).__name__
+save_checkpoint(t, "weights.ckpt", weights_only=True)   # Lightning calls no callback for these
+weights = torch.load("weights.ckpt", weights_only=False)
+out["weights_only"] = [type(c.load("weights.ckpt")).__name__, "optimizer_states" in weights]
 ck = torch.load("recorded.ckpt", weights_only=False)
 ck["orch_class"] = "gone.models:Regressor"
 torch.save(ck, "gone.ckpt")
@@ -199,6 +202,7 @@ def test_lightning_checkpoint_errors_and_the_logger_outside_the_cli(project):
     # no class recorded: a clear error saying how to record it, and cls= as the way out
     assert "does not record which LightningModule" in out["no_class"] and "RecordClass()" in out["no_class"]
     assert "cls=" in out["no_class"] and out["with_cls"] == "Regressor" and out["recorded"] == "Regressor"
+    assert out["weights_only"] == ["Regressor", False]
     assert out["gone"].startswith("CheckpointError") and "cannot import the model class gone.models:Regressor" in out["gone"]
     assert "'cuda:0' is not available" in out["device"]
     # save_hyperparameters() not called: warned at save, refused at load naming the argument

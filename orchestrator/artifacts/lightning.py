@@ -96,6 +96,16 @@ def save_module(module, path: str) -> dict:
     return describe(path)
 
 
+def add_class_fields(path: str, cls) -> None:
+    """Record `cls` in a checkpoint already written (a weights-only one: Lightning calls no callback
+    for those), rewritten atomically."""
+    from .checkpoint import _atomic_torch_save
+
+    ckpt = _read(path)
+    ckpt.update(class_fields(cls))
+    _atomic_torch_save(ckpt, path)
+
+
 def storing_warning(meta: dict, what: str) -> str | None:
     """Why a checkpoint just stored could not be loaded without help, or None."""
     if not meta.get("class"):

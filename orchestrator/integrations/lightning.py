@@ -5,8 +5,9 @@
   final values in `orch compare`. In a stage that calls `trainer.fit` itself it writes where
   `record.log` writes; in a script launched by `run_external` it follows `ORCH_METRICS_FILE`, as
   `orchestrator.metrics.log` does; outside orch it does nothing. Rank 0 only.
-- `RecordClass()`: a callback that writes the LightningModule's import path into every checkpoint the
-  Trainer saves (`trainer.save_checkpoint`, `ModelCheckpoint`), so `LightningCheckpointCacher` and
+- `RecordClass()`: a callback that writes the LightningModule's import path into every full checkpoint
+  the Trainer saves (`trainer.save_checkpoint`, `ModelCheckpoint`; Lightning skips callbacks for
+  weights-only ones, `ModelCheckpoint(save_weights_only=True)`), so `LightningCheckpointCacher` and
   `orchestrator.load` rebuild the right subclass without the loading code naming it (Lightning's
   `load_from_checkpoint` must be called on the right class; a checkpoint does not say which).
 - `save_checkpoint(trainer, path)`: `trainer.save_checkpoint` with `RecordClass` in place.
@@ -102,6 +103,7 @@ class RecordClass(pl.Callback):
     not record: such a checkpoint keeps its weights, but cannot be rebuilt without naming them."""
 
     def __init__(self):
+        super().__init__()
         self._warned = False
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
@@ -126,7 +128,13 @@ def _warn_missing(cls, missing) -> None:
 def save_checkpoint(trainer, path, weights_only: bool = False) -> None:
     """`trainer.save_checkpoint(path)` with the module's class recorded (adds `RecordClass` to the
     trainer's callbacks if it has none). Under DDP call it on every rank, as Lightning requires:
-    rank 0 writes. `weights_only=True` leaves out optimizer and loop state (a smaller final model)."""
+    rank 0 writes. `weights_only=True` leaves out optimizer and loop state (a smaller final model);
+    Lightning then skips the callbacks' hooks, so rank 0 adds the class to the written file."""
+    path = os.fspath(path)
     if not any(isinstance(cb, RecordClass) for cb in trainer.callbacks):
         trainer.callbacks.append(RecordClass())
-    trainer.save_checkpoint(os.fspath(path), weights_only=weights_only)
+    trainer.save_checkpoint(path, weights_only=weights_only)
+    if weights_only and trainer.is_global_zero:
+        from ..artifacts.lightning import add_class_fields
+
+        add_class_fields(path, type(trainer.lightning_module))
