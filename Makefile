@@ -1,27 +1,31 @@
-# `make run` runs the bundled example; `make test` runs the whole test suite.
+# `make run` runs the bundled example, `make run-pinn` the PINN example; `make test` runs the whole test suite.
 # Both create .venv and install everything on a fresh machine.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench install clean
+.PHONY: run run-pinn test bench install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # torch must be installed as `torch==2.13.0` before anything that depends on it: that spelling
-# takes the local CPU wheel; any other one downloads a multi-GB CUDA build.
+# takes the local CPU wheel; any other one downloads a multi-GB CUDA build. Lightning and PINA
+# (the lightning and pinn extras) come after it for the same reason.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0 numpy
-	$(BIN)/pip install --quiet -e '.[test,mpi,torch]' graphviz matplotlib
+	$(BIN)/pip install --quiet -e '.[test,mpi,torch,lightning,pinn]' graphviz matplotlib
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/orch run experiment.py --params params/default.yaml
+
+run-pinn: $(STAMP)
+	$(BIN)/orch run examples/pinn/experiment.py --params examples/pinn/params/sweep.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -2,13 +2,22 @@
 
 How the package is organized: ARCHITECTURE.md at the repository root."""
 
-from .cachers import Cacher, CheckpointCacher, FileReferenceCacher, JsonCacher, Lazy, NumpyCacher, PickleCacher
+from .cachers import (
+    Cacher,
+    CheckpointCacher,
+    FileReferenceCacher,
+    JsonCacher,
+    Lazy,
+    LightningCheckpointCacher,
+    NumpyCacher,
+    PickleCacher,
+)
 from .errors import OrchError
 from .record import Record
 from .stage import aggregate, stage
 
 __all__ = ["stage", "aggregate", "Record", "Lazy", "Cacher", "PickleCacher", "JsonCacher", "OrchError", "run_external",
-           "CheckpointCacher", "FileReferenceCacher", "NumpyCacher", "load"]
+           "CheckpointCacher", "LightningCheckpointCacher", "FileReferenceCacher", "NumpyCacher", "load"]
 
 
 def load(name: str, run: str = "latest", param_set: str | None = None, cache=None, experiment_dir=None, **options):

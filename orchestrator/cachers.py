@@ -30,7 +30,7 @@ from typing import Any
 from .errors import StageDefinitionError, StageOutputError
 
 __all__ = ["Cacher", "OutputTarget", "PickleCacher", "JsonCacher", "NumpyCacher", "CheckpointCacher",
-           "FileReferenceCacher", "Lazy", "LazyArtifact", "as_cacher"]
+           "LightningCheckpointCacher", "FileReferenceCacher", "Lazy", "LazyArtifact", "as_cacher"]
 
 
 @dataclass
@@ -242,6 +242,74 @@ class CheckpointCacher(Cacher):
         from .artifacts.checkpoint import load_checkpoint
 
         return load_checkpoint(path, device=device, **options)
+
+
+class LightningCheckpointCacher(Cacher):
+    """PyTorch Lightning checkpoints (`.ckpt`), loaded back as the right LightningModule subclass.
+
+    The stage returns the path of a checkpoint an external script wrote (`trainer.save_checkpoint`,
+    a `ModelCheckpoint` file): it is stored as it is, training state included. Or it returns a
+    LightningModule: stored as a weights-only checkpoint (weights and saved hyperparameters).
+    Loading imports the class recorded in the checkpoint by `integrations.lightning.RecordClass` and
+    calls its `load_from_checkpoint`, so no code names the class (artifacts/lightning.py says which
+    classes can be rebuilt, and the error when one cannot).
+
+    Loading options (on `load`, a Lazy input's `.load()`, or `orchestrator.load`): device= ("cpu",
+    "cuda:0"; default: where it was saved, or the CPU when that device is missing), hparams={...}
+    to override or supply init arguments, cls=Module when the checkpoint records no class,
+    strict=False for partial weights, training_state=True for {"model": module, "epoch": ...,
+    "optimizer_states": ..., ...} minus the names in skip=(...), model=False for the raw checkpoint
+    dict minus skip=(...) (e.g. skip=("optimizer_states", "loops")).
+    """
+
+    extension = ".ckpt"
+
+    def prepare(self, value, out):
+        from .artifacts import lightning as lt
+
+        what = f"stage {out.stage}: output {out.output!r}"
+        if isinstance(value, (str, os.PathLike)):
+            path, meta = self._prepare_path(os.path.abspath(os.fspath(value)), out)
+        elif hasattr(value, "load_from_checkpoint") and hasattr(value, "state_dict"):
+            path, meta = out.path, lt.save_module(value, out.path)
+        else:
+            raise StageOutputError(f"{what}: LightningCheckpointCacher stores the path of a Lightning checkpoint "
+                                   f"or a LightningModule, got {type(value).__name__}")
+        problem = lt.storing_warning(meta, what)
+        if problem:
+            warnings.warn(problem, RuntimeWarning, stacklevel=2)
+        return path, self.extension, meta
+
+    def _prepare_path(self, src: str, out: OutputTarget):
+        import shutil
+
+        from .artifacts import lightning as lt
+        from .artifacts.filerefs import is_under
+        from .errors import CheckpointError
+
+        what = f"stage {out.stage}: output {out.output!r}"
+        if not os.path.isfile(src):
+            raise StageOutputError(f"{what} is the path {src}, which is not a file; did the script write its "
+                                   f"checkpoint there (trainer.save_checkpoint(path))?")
+        try:
+            meta = lt.describe(src)
+        except (ValueError, CheckpointError) as e:
+            raise StageOutputError(f"{what}: {src} is not a usable Lightning checkpoint: {e}") from None
+        if is_under(src, out.staging):
+            os.replace(src, out.path)
+        else:  # a file elsewhere (a ModelCheckpoint directory) is copied and left alone
+            shutil.copyfile(src, out.path)
+        return out.path, {**meta, "source": src}
+
+    def keep_in_memory(self, value):
+        return not isinstance(value, (str, os.PathLike))
+
+    def load(self, path, metadata=None, *, device=None, model=True, cls=None, hparams=None, strict=True,
+             training_state=False, skip=()):
+        from .artifacts.lightning import load
+
+        return load(path, metadata, device=device, model=model, cls=cls, hparams=hparams, strict=strict,
+                    training_state=training_state, skip=skip)
 
 
 class FileReferenceCacher(Cacher):

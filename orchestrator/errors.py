@@ -122,6 +122,10 @@ class CheckpointError(OrchError):
     init arguments unknown, weights that do not fit the rebuilt model, unavailable device)."""
 
 
+class MissingDependencyError(OrchError, ImportError):
+    """An optional part of orch is used without the package it needs (e.g. Lightning: orch[lightning])."""
+
+
 class ArtifactLoadError(OrchError):
     """A stored artifact exists but its cacher cannot load it (e.g. its class moved or its format changed)."""
 

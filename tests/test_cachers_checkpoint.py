@@ -289,8 +289,9 @@ def test_class_defined_in_a_guarded_script_is_found_in_that_script(tmp_path):
 
 
 def test_importing_orchestrator_does_not_import_torch_or_numpy():
-    code = ("import sys, orchestrator, orchestrator.cachers, orchestrator.checkpoint, orchestrator.artifacts.retrieve; "
-            "print([m for m in ('torch', 'numpy') if m in sys.modules])")
+    code = ("import sys, orchestrator, orchestrator.cachers, orchestrator.checkpoint, orchestrator.artifacts.retrieve, "
+            "orchestrator.artifacts.lightning, orchestrator.integrations; "
+            "print([m for m in ('torch', 'numpy', 'lightning', 'pytorch_lightning', 'pina') if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
