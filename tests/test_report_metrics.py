@@ -1,15 +1,21 @@
-"""The report's curves of logged metrics (runs/curves.py) and short set names in legends."""
+"""The report's curves of logged metrics (runs/curves.py), the images stages stored (runs/images.py),
+and short set names in legends."""
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
+from test_report import Page, run_dir
 
-from orchestrator.runs import curves
+from orchestrator.runs import curves, images, report
 from orchestrator.runs.paramsets import matching_sets, short_names
+from orchestrator.runs.report import render
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -117,3 +123,211 @@ def test_short_names_name_each_set_by_what_differs():
     assert short_names(["p[seed=0]"]) == {"p[seed=0]": "p[seed=0]"}  # one set: nothing differs
     big = [f"s[lr={i},width={j}]" for i in range(60) for j in range(60)]
     assert short_names(big, big[:2]) == {big[0]: "lr=0,width=0", big[1]: "lr=0,width=1"}  # only those asked for
+
+
+# ---- unit: images --------------------------------------------------------------------------------
+
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYPj/HwADAgH/eL9GtQAAAABJRU5ErkJggg==")
+
+
+def test_images_are_found_embedded_and_bounded(tmp_path, monkeypatch):
+    out = tmp_path / "dir-output"
+    (out / "sub").mkdir(parents=True)
+    (out / "a.png").write_bytes(PNG)
+    (out / "sub" / "b.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>')
+    (out / "notes.txt").write_text("no image")
+    (out / "fake.png").write_text("not a png")
+    (out / "big.png").write_bytes(PNG + b"\0" * 5000)
+    single = tmp_path / "plot.png"
+    single.write_bytes(PNG)
+    nodes = [{"stage": "plot", "param_set": "a", "output_paths": {"figure": str(single)}},
+             {"stage": "eval", "param_set": "a", "output_paths": {"plots": str(out), "gone": str(tmp_path / "nope")}},
+             {"stage": "plot", "param_set": "b", "output_paths": {"figure": str(single)}}]  # the same object again
+    monkeypatch.setattr(images, "MAX_BYTES", 3000)
+    found = images.collect(nodes)
+    assert [(i.node["stage"], i.label) for i in found.images] == [
+        ("plot", "figure"), ("eval", "plots/a.png"), ("eval", "plots/big.png"), ("eval", "plots/fake.png"),
+        ("eval", "plots/sub/b.svg")]
+    embedded = {i.label: i.data_uri for i in found.images if i.data_uri}
+    assert embedded["figure"] == "data:image/png;base64," + base64.b64encode(PNG).decode()
+    assert base64.b64decode(embedded["plots/sub/b.svg"].split(",", 1)[1]).startswith(b"<svg")
+    problems = {i.label: i.problem for i in found.images if not i.data_uri}
+    assert problems == {"plots/big.png": "5 kB, larger than the 3 kB an image may take in the report",
+                        "plots/fake.png": "not a PNG image"}
+    assert found.problems == []  # a missing output path is simply not a directory nor an image
+
+    monkeypatch.setattr(images, "MAX_BYTES", 10_000)
+    monkeypatch.setattr(images, "TOTAL_BYTES", len(PNG) * 2 + 100)
+    monkeypatch.setattr(images, "MAX_IMAGES", 4)
+    found = images.collect(nodes)
+    assert found.more == 1 and [bool(i.data_uri) for i in found.images] == [True, True, False, False]
+    assert "the report's" in found.images[2].problem and "used up" in found.images[2].problem
+
+
+# ---- unit: the metrics section -------------------------------------------------------------------
+
+def stream(path: Path, rows: list[tuple[int | None, dict]]) -> str:
+    path.write_text("".join(json.dumps({"t": 0, "step": s, "metrics": m}) + "\n" for s, m in rows))
+    return str(path)
+
+
+def sweep_manifest(tmp_path: Path, sets: int, steps: int = 20) -> dict:
+    """`sets` parameter sets, each a train node that logged loss (falling faster with larger k) and a
+    lr that never changes, and an evaluate node with a JSON output's final number."""
+    nodes, names = [], [f"sweep[train.k={k}]" for k in range(sets)]
+    for k, name in enumerate(names):
+        loss = [(s, 1.0 / (1 + s * (k + 1))) for s in range(steps)]
+        path = stream(tmp_path / f"{k}.jsonl", [(s, {"loss": v, "lr": 0.1}) for s, v in loss])
+        summary = {"loss": {"last": loss[-1][1], "step": steps - 1, "min": loss[-1][1], "min_step": steps - 1,
+                            "max": 1.0, "max_step": 0, "n": steps},
+                   "lr": {"last": 0.1, "step": steps - 1, "min": 0.1, "min_step": 0, "max": 0.1, "max_step": 0, "n": steps}}
+        nodes.append({"id": 2 * k, "stage": "train", "stage_id": "s:train", "param_set": name, "status": "ran",
+                      "key": "k", "inputs": [], "outputs": {}, "reads": {}, "metrics": summary, "series": path})
+        nodes.append({"id": 2 * k + 1, "stage": "evaluate", "stage_id": "s:evaluate", "param_set": name, "status": "ran",
+                      "key": "e", "inputs": [["model", 2 * k, "model"]], "outputs": {}, "reads": {},
+                      "metrics": {"rel_l2": {"last": 0.1, "step": None, "min": 0.1, "min_step": None, "max": 0.1,
+                                             "max_step": None, "n": 1}}})
+    return {"run_id": "r", "status": "ok", "param_sets": {n: {"train": {"k": k}} for k, n in enumerate(names)},
+            "nodes": nodes}
+
+
+def test_a_sweep_gets_one_chart_per_stage_and_metric_one_line_per_set(tmp_path):
+    html = render(sweep_manifest(tmp_path, sets=3))
+    Page(html)
+    charts = curve_svgs(html)
+    overlay = charts[:2]
+    assert [texts(c)[0] for c in overlay] == ["train · loss", "train · lr"]  # not rel_l2: a final number only
+    assert {"k=0", "k=1", "k=2"} <= set(texts(overlay[0])) and len(line_paths(overlay[0])) == 3
+    # one colour per set in every chart
+    colours = [[p.get("stroke") for p in c.iter(f"{SVG}path") if p.get("stroke-width") == "2.5"] for c in overlay]
+    assert colours[0] == colours[1] == list(curves.PALETTE[:3])
+    assert len(charts) == 2 + 3 * 2  # and every node on its own, in closed <details>
+    assert "Every node on its own" in html and '<details class="nodes-charts">' in html
+    assert 'href="#metrics"' in html
+
+
+def test_a_large_sweep_draws_the_extremes_and_caps_the_charts(tmp_path):
+    m = sweep_manifest(tmp_path, sets=30)
+    html = render(m)
+    loss = curve_svgs(html)[0]
+    legend = [t for t in texts(loss) if t.startswith("k=")]
+    # the lowest last loss is k=29's, the highest k=0's; the legend is ordered by last value
+    assert len(legend) == report.MAX_LINES and legend[0] == "k=29" and legend[-1] == "k=0"
+    assert "10 of 30 parameter sets: the lowest and highest last value" in Page(html).text
+    assert len(curve_svgs(html)) == 2 + report.MAX_NODE_CHARTS  # 2 charts per node, 24 of the 30 nodes
+    assert "6 more nodes with metrics are not drawn here." in Page(html).text
+
+
+def test_a_stream_that_cannot_be_read_is_named(tmp_path, monkeypatch):
+    m = sweep_manifest(tmp_path, sets=2)
+    Path(m["nodes"][0]["series"]).unlink()
+    big = m["nodes"][2]["series"]
+    monkeypatch.setattr(report, "SERIES_BYTES", Path(big).stat().st_size - 1)
+    text = Page(render(m)).text
+    assert f"train [sweep[train.k=0]]: its metrics stream {tmp_path / '0.jsonl'} cannot be read" in text
+    assert "train [sweep[train.k=1]]: its metrics stream is 0 MB, more than a report reads" in text
+
+
+# ---- a real run ----------------------------------------------------------------------------------
+
+def metrics_project(p):
+    """A sweep over train.lr (3 sets): `train` logs loss (NaN at the end when lr > 0.25) and a metric
+    whose name holds markup; `evaluate` stores a directory with a PNG, an SVG with a script in it and a
+    text file; the aggregate `summary` stores a PNG file. PNGs are written by the stage itself."""
+    p.write("stages/m.py", '''
+        import struct
+        import zlib
+
+        from orchestrator import aggregate, stage, FileReferenceCacher, JsonCacher, PickleCacher
+
+        def write_png(path, width, height, rgb):
+            def chunk(kind, data):
+                return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+            raw = b"".join(b"\\0" + bytes(rgb) * width for _ in range(height))
+            with open(path, "wb") as f:
+                f.write(b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                        + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+        @stage(outputs=["model"], cachers=[PickleCacher])
+        def train(record):
+            lr, loss = record.params.train.lr, 10.0
+            for epoch in range(record.params.train.epochs):
+                loss *= 1 - lr
+                record.log(step=epoch, loss=loss, **{"acc<i>": 1 - loss / 10})
+            if lr > 0.25:
+                record.log(step=record.params.train.epochs, loss=float("nan"))
+            return loss
+
+        @stage(inputs=["model"], outputs=["plots", "evaluation"], cachers=[FileReferenceCacher(expect="dir"), JsonCacher])
+        def evaluate(record, model):
+            out = record.get_dir("plots")
+            shade = int(600 * record.params.train.lr)
+            write_png(f"{out}/pred.png", 160, 100, (shade, 90, 200))
+            with open(f"{out}/notes.txt", "w") as f:
+                f.write("not an image")
+            with open(f"{out}/drawing.svg", "w") as f:
+                f.write('<svg xmlns="http://www.w3.org/2000/svg" width="80" height="50"><script>alert(1)</script>'
+                        f'<rect width="80" height="50" fill="rgb({shade},90,200)"/></svg>')
+            return out, {"rel_l2": model / 10, "n_test": 8}
+
+        @aggregate(inputs=["evaluation"], outputs=["summary"], cachers=[FileReferenceCacher(expect="file")])
+        def summary(record, evaluation):
+            path = record.get_path("summary.png")
+            write_png(path, 120, 60, (20, 160, 60))
+            return path
+    ''')
+    p.write("experiment.py", '''
+        from stages.m import evaluate, summary, train
+
+        def run(record):
+            evaluate(train(record))
+
+        def aggregate(records):
+            summary(records)
+    ''')
+    p.write("params/sweep.yaml", '''
+        train:
+          epochs: 40
+          lr: 0.1
+        sweep:
+          train.lr: [0.1, 0.2, 0.3]
+    ''')
+    return p
+
+
+def test_a_real_sweep_reports_its_curves_and_images(project):
+    metrics_project(project)
+    project.orch("run", "experiment.py", "-p", "params/sweep.yaml")
+    m = project.manifest()
+    html = (run_dir(project) / "report.html").read_text()
+    check_metrics_report(m, html)
+    assert all(n["series"].startswith(str(run_dir(project))) for n in m["nodes"] if n["stage"] == "train")
+
+    project.orch("run", "experiment.py", "-p", "params/sweep.yaml")  # everything cached: the same from the store
+    m = project.manifest()
+    assert {n["status"] for n in m["nodes"]} == {"cached"}
+    assert all("/objects/" in n["series"] for n in m["nodes"] if n["stage"] == "train")
+    check_metrics_report(m, (run_dir(project) / "report.html").read_text())
+
+
+def check_metrics_report(m: dict, html: str) -> None:
+    page = Page(html)
+    assert page.tags["script"] == 0 and "<script" not in html  # the SVG output's script is inside base64
+    charts = curve_svgs(html)
+    assert len(charts) == 2 + 3 * 2  # loss and acc<i> overlaid, then per node
+    loss = next(c for c in charts if texts(c)[0] == "train · loss")
+    assert {"lr=0.1", "lr=0.2", "lr=0.3 (1 not finite)"} <= set(texts(loss))
+    assert "step (value axis logarithmic)" in texts(loss)  # 9 down to 1e-5
+    assert [len(points) for points in line_paths(loss)] == [40, 40, 40]
+    assert "train · acc<i>" in page.text and "train · acc&lt;i&gt;" in html
+
+    by_stage = {(n["stage"], n["param_set"]): n for n in m["nodes"]}
+    assert "output_paths" not in by_stage[("train", "sweep[train.lr=0.1]")]  # a pickle: nothing to show
+    shown = re.findall(r'<img src="data:([^;]+);base64,([^"]+)" alt="([^"]+)"', html)
+    assert sorted((mime, alt) for mime, _, alt in shown) == sorted(
+        [("image/png", "plots/pred.png")] * 3 + [("image/svg+xml", "plots/drawing.svg")] * 3 + [("image/png", "summary")])
+    pngs = {base64.b64decode(data) for mime, data, alt in shown if alt == "plots/pred.png"}
+    stored = {(Path(by_stage[("evaluate", s)]["output_paths"]["plots"]) / "pred.png").read_bytes() for s in m["param_sets"]}
+    assert pngs == stored and len(stored) == 3  # the stored files, byte for byte
+    assert "notes.txt" not in page.text
+    assert "evaluate · plots/pred.png" in page.text and "summary · summary" in page.text

@@ -1,15 +1,20 @@
 """The HTML report of a run: one self-contained file (inline CSS and SVG, no script, no network) written
 next to the manifest at the end of every run, and again by `orch report` / `orch show --html`.
 
-It is built from the manifest alone, so any past run can be re-rendered. Everything in it that came
-from the user (stage and set names, reasons, parameter values, tracebacks) is HTML-escaped. It must
-stay cheap on 10,000-node runs: the picture turns into one box per stage and the node table shows the
-first ROWS_PER_STATUS nodes of each status (the manifest keeps them all).
+It is built from the manifest alone, so any past run can be re-rendered, plus the files its rows
+point to: the metrics streams (`series`) drawn as curves (runs/curves.py) and the stored images
+(`output_paths`, runs/images.py). Everything in it that came from the user (stage, set and metric
+names, reasons, parameter values, tracebacks) is HTML-escaped. It must stay cheap on 10,000-node runs:
+the picture turns into one box per stage, the node table shows the first ROWS_PER_STATUS nodes of
+each status (the manifest keeps them all), metrics get one chart per stage and metric with at most
+MAX_LINES parameter sets in it, at most MAX_NODE_CHARTS charts of single nodes, and the streams and
+images read are bounded in number and bytes. A file that cannot be read is named in the report.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -17,7 +22,8 @@ from pathlib import Path
 from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
 from ..params import split_set_key
-from . import drawing
+from . import curves, drawing
+from .paramsets import short_names
 
 ROWS_PER_STATUS = 200  # node-table rows per status, over the whole report
 TRACEBACKS = 30  # failures shown with their traceback; the others by their error line
@@ -25,6 +31,11 @@ MAX_STAGES = 500  # rows of the per-stage table
 MAX_SETS = 300  # rows of the parameter-set table
 MAX_VARYING = 16  # columns of the parameter-set table
 VALUE_CHARS = 80  # a parameter value is cut here (the full value is in its tooltip)
+MAX_CHARTS = 40  # overlaid charts, one per stage and metric
+MAX_LINES = 10  # parameter sets in one overlaid chart (beyond: the extremes and evenly spaced between)
+MAX_NODE_CHARTS = 48  # charts of single nodes, over the whole report
+SERIES_BYTES = 32_000_000  # a metrics stream larger than this is not drawn
+SERIES_TOTAL = 96_000_000  # metrics streams read for one report
 
 
 def write_report(manifest: dict, path: Path) -> None:
@@ -57,7 +68,8 @@ def render(m: dict) -> str:
     run_id = str(m.get("run_id", "?"))
     sets = m.get("param_sets") or {}
     if nodes:
-        sections = [_dag(nodes), _failures(nodes, sets), _stages(nodes), _node_tables(nodes, sets)]
+        sections = [_dag(nodes), _failures(nodes, sets), _metrics(nodes, sets), _images(nodes, sets), _stages(nodes),
+                    _node_tables(nodes, sets)]
     else:
         sections = ['<p class="note">No nodes recorded: this run has not finished (it is still running, or it was '
                     'killed before the end). Re-run the experiment: everything that finished is in the cache.</p>']
@@ -85,7 +97,8 @@ def _header(m: dict, nodes: list[dict], sections: list[str]) -> str:
     ]
     grid = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in
-                     (("dag", "DAG"), ("failures", "failures"), ("stages", "stages"), ("nodes", "nodes"),
+                     (("dag", "DAG"), ("failures", "failures"), ("metrics", "metrics"), ("images", "images"),
+                      ("stages", "stages"), ("nodes", "nodes"),
                       ("params", "parameter sets")) if any(p.startswith(f'<section id="{a}">') for p in sections))
     return (f'<header><h1><span class="badge st-{_cls(status)}">{escape(status)}</span> run '
             f'<code>{escape(str(m.get("run_id", "?")))}</code></h1><dl class="meta">{grid}</dl>'
@@ -137,6 +150,189 @@ def _failures(nodes: list[dict], sets: dict) -> str:
         items = "".join(f"<li>{count} skipped because {escape(cause)} failed</li>"
                         for cause, count in list(skipped.items())[:ROWS_PER_STATUS])
         out.append(f"<ul class=dim>{items}</ul>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _metrics(nodes: list[dict], sets: dict) -> str:
+    """Curves of what the stages logged: one chart per stage and metric with a line per parameter
+    set, then (for sweeps) charts of single nodes in closed <details>."""
+    streams = _Streams()
+    groups: dict[tuple[str, str], list[dict]] = {}  # (stage id, metric) -> nodes, in manifest order
+    for n in nodes:
+        if not n.get("series"):
+            continue
+        for name in _logged(n, streams):
+            groups.setdefault((n.get("stage_id") or n["stage"], name), []).append(n)
+    if not groups:
+        return ""
+    shown = list(groups.items())[:MAX_CHARTS]
+    picked = {key: _pick(members, key[1], streams) for key, members in shown}
+    in_charts = list(dict.fromkeys(n["param_set"] for lines in picked.values() for n in lines))
+    names = short_names(list(sets) + [n["param_set"] for n in nodes], in_charts)
+    slots = {s: k for k, s in enumerate(in_charts)} if len(in_charts) <= len(curves.PALETTE) else None
+    out = ['<section id="metrics"><h2>Metrics</h2><p class="dim">What the stages logged (<code>record.log</code>, '
+           '<code>orchestrator.metrics.log</code>): one chart per stage and metric, one line per parameter set. '
+           'Hover over a line or a legend entry for its last, lowest and highest values.</p><div class="charts">']
+    for key, members in shown:
+        drawn = picked[key]
+        lines = [_line(n, key[1], streams, names, slots) for n in drawn]
+        lines = [line for line in lines if line is not None]
+        if not lines:
+            continue
+        stage = members[0]["stage"]
+        sub = _plural(len(members), "parameter set") if len(members) > 1 else names.get(members[0]["param_set"], "")
+        svg = curves.chart(f"{stage} · {key[1]}", lines, subtitle=sub)
+        caption = ""
+        if len(members) > len(drawn):
+            caption = (f'<figcaption class="note">{len(drawn)} of {len(members):,} parameter sets: the lowest and '
+                       f"highest last value and evenly spaced between, in that order.</figcaption>")
+        out.append(f"<figure>{svg}{caption}</figure>")
+    out.append("</div>")
+    if len(groups) > MAX_CHARTS:
+        more = [f"{members[0]['stage']} · {metric}" for (_, metric), members in list(groups.items())[MAX_CHARTS:]]
+        out.append(f'<p class="note">{len(more):,} more stage and metric pairs are not drawn: '
+                   f'{escape(", ".join(more[:30]))}{" …" if len(more) > 30 else ""}.</p>')
+    if any(len(members) > 1 for members in groups.values()):
+        out.append(_node_charts(nodes, streams, names))
+    if streams.problems:
+        items = "".join(f"<li>{escape(p)}</li>" for p in streams.problems[:50])
+        more = len(streams.problems) - 50
+        out.append(f'<p class="note">Not drawn:</p><ul class="dim">{items}</ul>'
+                   + (f'<p class="note">… and {more:,} more.</p>' if more > 0 else ""))
+    out.append("</section>")
+    return "".join(out)
+
+
+def _line(n: dict, metric: str, streams: _Streams, names: dict[str, str], slots: dict | None) -> curves.Line | None:
+    points = (streams.read(n) or {}).get(metric)
+    if not points:
+        return None
+    failed = n.get("status") == Status.FAILED
+    return curves.Line(names.get(n["param_set"], n["param_set"]) + (" (failed)" if failed else ""), points,
+                       note=f"{n['stage']} [{n['param_set']}]", dashed=failed,
+                       slot=None if slots is None else slots[n["param_set"]])
+
+
+def _node_charts(nodes: list[dict], streams: _Streams, names: dict[str, str]) -> str:
+    """Charts of single nodes (every metric it logged), closed until opened, MAX_NODE_CHARTS in all."""
+    body, charts, left_out = [], 0, 0
+    with_series = [n for n in nodes if n.get("series")]
+    for n in with_series:
+        metrics = _logged(n, streams)
+        if charts + len(metrics) > MAX_NODE_CHARTS:
+            left_out += 1
+            continue
+        series = streams.read(n) or {}
+        subtitle = names.get(n["param_set"], n["param_set"])
+        figures = [f"<figure>{curves.chart(n['stage'] + ' · ' + m, [curves.Line(m, series[m])], subtitle=subtitle)}"
+                   "</figure>" for m in metrics if series.get(m)]
+        if not figures:
+            continue
+        charts += len(figures)
+        last = ", ".join(f"{m} {curves.number(s['last'])}" for m, s in list((n.get("metrics") or {}).items())[:4]
+                         if isinstance(s, dict) and isinstance(s.get("last"), (int, float)))
+        body.append(f'<details><summary>{escape(n["stage"])} <span class="set">[{escape(n["param_set"])}]</span> '
+                    f'<span class="chip st-{_cls(n.get("status", ""))}">{escape(n.get("status", ""))}</span> '
+                    f'<span class="dim">{escape(last)}</span></summary><div class="charts">{"".join(figures)}</div></details>')
+    note = f'<p class="note">{left_out:,} more nodes with metrics are not drawn here.</p>' if left_out else ""
+    return (f'<details class="nodes-charts"><summary>Every node on its own <span class="count">{len(with_series):,}'
+            f'</span></summary>{"".join(body)}{note}</details>')
+
+
+def _logged(n: dict, streams: _Streams) -> list[str]:
+    """The metrics a node logged as a series (not the final numbers of its JSON outputs), from its
+    summary; a node without one (it failed) from its stream."""
+    summary = n.get("metrics")
+    if isinstance(summary, dict) and summary:
+        return [name for name, s in summary.items()
+                if isinstance(s, dict) and (s.get("step") is not None or (s.get("n") or 0) > 1)]
+    return list(streams.read(n) or {})
+
+
+def _pick(members: list[dict], metric: str, streams: _Streams) -> list[dict]:
+    """The nodes drawn in one chart: all of them up to MAX_LINES, else the lowest and highest last
+    value of `metric` and evenly spaced between (nodes without a known last value after them)."""
+    if len(members) <= MAX_LINES:
+        return members
+
+    def last(n: dict) -> float:
+        s = (n.get("metrics") or {}).get(metric)
+        v = s.get("last") if isinstance(s, dict) else None
+        return v if isinstance(v, (int, float)) and v == v else float("inf")
+
+    ranked = sorted(members, key=last)
+    idx = sorted({round(k * (len(ranked) - 1) / (MAX_LINES - 1)) for k in range(MAX_LINES)})
+    return [ranked[i] for i in idx]
+
+
+class _Streams:
+    """Metrics streams read at most once each, within SERIES_BYTES per stream and SERIES_TOTAL in all;
+    what is not read says why in `problems`."""
+
+    def __init__(self):
+        self.cache: dict[str, dict | None] = {}
+        self.budget = SERIES_TOTAL
+        self.problems: list[str] = []
+
+    def read(self, n: dict) -> dict | None:
+        from ..metrics import read_series
+
+        path = n.get("series")
+        if not isinstance(path, str):
+            return None
+        if path not in self.cache:
+            self.cache[path] = None
+            what = f"{n['stage']} [{n['param_set']}]"
+            try:
+                size = os.path.getsize(path)
+            except OSError as e:
+                self.problems.append(f"{what}: its metrics stream {path} cannot be read ({e.strerror or e})")
+                return None
+            if size > SERIES_BYTES:
+                self.problems.append(f"{what}: its metrics stream is {size / 1e6:.0f} MB, more than a report reads "
+                                     f"({SERIES_BYTES / 1e6:.0f} MB); orchestrator.metrics.read_series({path!r}) reads it")
+            elif size > self.budget:
+                self.problems.append(f"{what}: the report has read {SERIES_TOTAL / 1e6:.0f} MB of metrics streams already")
+            else:
+                self.budget -= size
+                self.cache[path] = read_series(path)
+        return self.cache[path]
+
+
+def _images(nodes: list[dict], sets: dict) -> str:
+    """The images stages stored (plots, predictions), grouped by stage and file, embedded."""
+    from .images import collect
+
+    found = collect(nodes)
+    if not found.images and not found.problems:
+        return ""
+    names = short_names(list(sets) + [n["param_set"] for n in nodes],
+                        list(dict.fromkeys(img.node["param_set"] for img in found.images)))
+    groups: dict[tuple[str, str], list] = {}
+    for img in found.images:
+        groups.setdefault((img.node["stage"], img.label), []).append(img)
+    out = [f'<section id="images"><h2>Images <span class="count">{len(found.images) + found.more}</span></h2>']
+    skipped = []
+    for (stage, label), imgs in groups.items():
+        figures = []
+        for img in imgs:
+            set_name = img.node["param_set"]
+            if not img.data_uri:
+                skipped.append(f"{stage} [{set_name}] {label}: {img.problem} ({img.path})")
+                continue
+            figures.append(f'<figure class="image"><img src="{img.data_uri}" alt="{escape(label)}" loading="lazy" '
+                           f'title="{escape(img.path)}"><figcaption><span class="set" title="{escape(set_name)}">'
+                           f'{escape(names.get(set_name, set_name))}</span></figcaption></figure>')
+        if figures:
+            out.append(f'<h3>{escape(stage)} · <code>{escape(label)}</code></h3><div class="images">{"".join(figures)}</div>')
+    notes = skipped + found.problems
+    if notes:
+        out.append('<p class="note">Not shown:</p><ul class="dim">'
+                   + "".join(f"<li>{escape(t)}</li>" for t in notes[:100]) + "</ul>")
+    if found.more:
+        out.append(f'<p class="note">{found.more:,} more images are not shown (the report embeds the first '
+                   f"{len(found.images)}).</p>")
     out.append("</section>")
     return "".join(out)
 
@@ -369,6 +565,14 @@ summary{cursor:pointer}
 .error{color:#a3221b;font-weight:600;margin:4px 0;white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
 pre{background:#f6f8fa;border:1px solid var(--line);border-radius:6px;padding:10px 12px;overflow:auto;max-height:360px;margin:6px 0}
 footer{color:var(--dim);font-size:12px}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:14px;margin:10px 0}
+.charts figure,figure.image{margin:0;border:1px solid var(--line);border-radius:8px;padding:6px;background:#fff;min-width:0}
+.charts svg{display:block}
+figcaption{font-size:12px;margin:4px 6px 2px}
+.images{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:14px;margin:6px 0 14px}
+figure.image img{display:block;max-width:100%;height:auto;margin:0 auto}
+figure.image figcaption{text-align:center}
+details.nodes-charts>details{margin-left:14px}
 """ + _status_css()
 
 _NODES_HEAD = ('<table class="nodes"><colgroup><col style="width:17%"><col style="width:8%"><col style="width:8%">'
