@@ -1,5 +1,5 @@
 """The report's curves of logged metrics (runs/curves.py), the images stages stored (runs/images.py),
-and short set names in legends."""
+short set names in legends, and the report of a real sweep in a real browser."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from test_report import Page, run_dir
+from cdp import Chromium
+from test_report import WINDOW, Page, _png_pixels, _png_rgb, chromium, run_dir
 
 from orchestrator.runs import curves, images, report
 from orchestrator.runs.paramsets import matching_sets, short_names
@@ -331,3 +332,62 @@ def check_metrics_report(m: dict, html: str) -> None:
     assert pngs == stored and len(stored) == 3  # the stored files, byte for byte
     assert "notes.txt" not in page.text
     assert "evaluate · plots/pred.png" in page.text and "summary · summary" in page.text
+
+
+# ---- in a real browser ---------------------------------------------------------------------------
+
+DOM = """(async () => {
+  const box = e => { const r = e.getBoundingClientRect(); return [r.width, r.height]; };
+  const dag = document.querySelector("svg.orch-dag");
+  const curves = [...document.querySelectorAll("#metrics > .charts svg.orch-curve")];
+  const lines = curves.flatMap(svg => [...svg.querySelectorAll('path[stroke-width="1.8"]')])
+    .map(p => ({length: p.getTotalLength(), box: box(p)}));
+  const imgs = [...document.images];
+  await Promise.all(imgs.map(i => { i.loading = "eager"; return i.decode().catch(() => null); }));
+  const first = curves[0].getBoundingClientRect();
+  return {dag: dag ? {box: box(dag), boxes: dag.querySelectorAll('g > rect[rx="6"]').length} : null,
+          curves: curves.length, titles: curves.map(s => s.querySelector("text").textContent), lines,
+          images: imgs.map(i => [i.alt, i.naturalWidth, i.naturalHeight, box(i)[0]]),
+          first_curve: {x: first.left + scrollX, y: first.top + scrollY, width: first.width, height: first.height},
+          page_width: document.documentElement.scrollWidth, scripts: document.scripts.length};
+})()"""
+
+
+@pytest.mark.usefixtures("require_chromium")
+def test_the_report_of_a_real_sweep_in_a_browser(project, tmp_path):
+    """Through the real CLI, then in headless Chromium (DevTools protocol): nothing on the console (no
+    error, no failed load), the DAG and the metric curves drawn with a size, every image decoded,
+    the first chart painted in its colours; and a screenshot of the page in the test's directory."""
+    metrics_project(project)
+    project.orch("run", "experiment.py", "-p", "params/sweep.yaml")
+    report_file = run_dir(project) / "report.html"
+
+    with Chromium(tmp_path, WINDOW) as browser:
+        page = browser.page()
+        page.open(report_file.as_uri(), *WINDOW)
+        dom = page.evaluate(DOM)
+        page.evaluate("1")  # a round trip: console events sent meanwhile are in
+        console = page.console()
+        clip = dom["first_curve"]
+        chart_png = base64.b64decode(page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                                               clip={**clip, "scale": 1})["data"])
+    assert [entry for entry in console if entry[0] in ("error", "warning")] == [], console
+    assert dom["scripts"] == 0 and dom["page_width"] <= WINDOW[0]
+    assert dom["dag"] and dom["dag"]["boxes"] == 7 and min(dom["dag"]["box"]) > 50  # 3 train, 3 evaluate, summary
+    assert dom["curves"] == 2 and dom["titles"] == ["train · loss", "train · acc<i>"]
+    assert len(dom["lines"]) == 6 and all(line["length"] > 100 and line["box"][0] > 100 for line in dom["lines"])
+    assert len(dom["images"]) == 7 and all(w > 0 and h > 0 and shown > 0 for _, w, h, shown in dom["images"])
+    assert sorted((alt, w, h) for alt, w, h, _ in dom["images"])[0] == ("plots/drawing.svg", 80, 50)
+
+    width, height, pixels = _png_rgb(chart_png)  # the first chart as painted: its three lines' colours
+    assert (width, height) == (round(clip["width"]), round(clip["height"]))
+    for colour in curves.PALETTE[:3]:
+        rgb = bytes.fromhex(colour[1:])
+        assert sum(p == rgb for row in pixels for p in row) > 150, colour
+
+    shot = tmp_path / "report.png"
+    chromium(tmp_path, report_file, f"--screenshot={shot}")
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 30_000
+    assert len(set(_png_pixels(data))) > 16  # not a blank page
+
