@@ -14,7 +14,9 @@ command; it runs the same way by hand, with or without torchrun:
   --max-restarts, a preempted batch job, a rerun of the same command) resumes from the latest one,
   provided it was written with the same settings.
 - Output: the final model (class + init args + weights, loadable by orch's CheckpointCacher or
-  `orchestrator.checkpoint.load_checkpoint`) and a metrics JSON (loss per epoch, wall time).
+  `orchestrator.checkpoint.load_checkpoint`) and a metrics JSON (loss per epoch, wall time). Under
+  orch, the loss of every epoch also streams to the node's metrics (`orchestrator.metrics.log`; a
+  no-op when run by hand).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make `external.models` importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from external.models import FNO2d, relative_l2  # noqa: E402
+from orchestrator import metrics  # noqa: E402
 from orchestrator.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 CHECKPOINT_GLOB = "epoch-*.pt"
@@ -166,6 +169,7 @@ def _train(opts: dict, rank: int, world: int, dev: torch.device, t_start: float)
         if rank == 0:
             h = history[-1]
             print(f"epoch {epoch + 1:>3}/{epochs}  loss {h['loss']:.4f}  lr {lr_now:.2e}  {seconds:.2f}s", flush=True)
+            metrics.log(step=epoch + 1, loss=h["loss"], lr=lr_now)  # orch's live display, report and compare
             path = ckpt_dir / f"epoch-{epoch + 1:04d}.pt"
             save_checkpoint(model, path, optimizer=opt, init_args=model_args, epoch=epoch + 1, config=config,
                             scheduler=sched.state_dict(), scaler=scaler.state_dict(), history=history)
@@ -178,7 +182,7 @@ def _train(opts: dict, rank: int, world: int, dev: torch.device, t_start: float)
         model.eval()
         save_checkpoint(model, opts["model_out"], init_args=model_args)
         train_time = sum(h["seconds"] for h in history)
-        metrics = {
+        summary = {
             "epochs": history,
             "final_loss": history[-1]["loss"] if history else None,
             "train_time_s": round(train_time, 4),
@@ -191,7 +195,7 @@ def _train(opts: dict, rank: int, world: int, dev: torch.device, t_start: float)
             "resumed_from_epoch": resumed_from,
             "config": config,
         }
-        _write_json(metrics, opts["metrics_out"])
+        _write_json(summary, opts["metrics_out"])
         print(f"wrote {opts['model_out']} and {opts['metrics_out']}", flush=True)
 
 

@@ -235,6 +235,32 @@ def show(run_id, html, cache):
 
 
 @main.command()
+@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
+@click.option("--all-params", is_flag=True, help="Every parameter, not only those that differ between the rows.")
+@click.option("--sort", "sort", default=None, metavar="COLUMN",
+              help="Sort by a metric, parameter or duration_s, ascending; -COLUMN descending.")
+@click.option("--metric", "-m", "metrics", multiple=True, metavar="GLOB", help="Only these metric columns; repeatable.")
+@click.option("--higher", multiple=True, metavar="GLOB",
+              help="Metrics where higher is better (beyond names like acc, f1, auc, score); repeatable.")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table",
+              show_default=True)
+@cache_option
+@debug_option
+def compare(run_ids, all_params, sort, metrics, higher, fmt, cache):
+    """Compare the parameter sets of runs (default: the latest): one row per set, the parameters that
+    differ, final metrics and compute time; the best value of each metric is marked."""
+    from .runs.compare import build_comparison, render
+    from .runs.manifest import read_manifest
+    from .store import cache_dir
+
+    root = cache_dir(cache)
+    manifests = [read_manifest(root, r) for r in dict.fromkeys(run_ids or ("latest",))]
+    comparison = build_comparison(manifests, all_params=all_params, sort=sort, metric_patterns=metrics,
+                                  higher=higher)
+    click.echo(render(comparison, fmt), nl=False)
+
+
+@main.command()
 @click.argument("run_id", default="latest")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write it (default: report.html in the run's directory).")

@@ -163,6 +163,17 @@ def test_bundled_example_end_to_end_then_fully_cached(example):
     metrics = load("train_metrics", cache=cache)
     assert metrics["world_size"] == 2 and len(metrics["epochs"]) == 2 and metrics["train_time_s"] > 0
 
+    # the training script logged its loss per epoch into the node's metrics (orchestrator.metrics.log,
+    # under torchrun, rank 0 only); evaluate's JSON numbers are final metrics; orch compare shows both
+    nodes = {n["stage"]: n for n in json.loads((example / ".orch/runs/latest/manifest.json").read_text())["nodes"]}
+    loss = nodes["train"]["metrics"]["loss"]
+    assert loss["n"] == 2 and loss["step"] == 2 and loss["last"] == pytest.approx(metrics["epochs"][-1]["loss"])
+    assert nodes["evaluate"]["metrics"]["rel_l2"]["last"] == evaluation["rel_l2"]
+    table = orch(example, "compare", "--format", "csv").stdout.splitlines()
+    header, row = table[0].split(","), dict(zip(table[0].split(","), table[1].split(",")))
+    assert {"loss", "rel_l2", "duration_s"} <= set(header) and row["param_set"] == "default"
+    assert float(row["rel_l2"]) == pytest.approx(evaluation["rel_l2"], rel=1e-3)
+
     # the stored checkpoint rebuilds the model on the CPU (no class named) and reproduces the stages' results
     model = load("model", cache=cache, device="cpu")
     assert type(model).__name__ == "FNO2d" and next(model.parameters()).device.type == "cpu"

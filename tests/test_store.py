@@ -315,6 +315,9 @@ MALFORMED = {
     "another key": _with(_good_json(), "ee" + "e" * 62, "key"),
     "another trace id": _with(_good_json(), "other", "trace_id"),
     "future format": _with(_good_json(), 2, "format"),
+    "metrics not numbers": _with(_good_json(), {"loss": {"last": "low"}}, "metrics"),
+    "metrics not a mapping": _with(_good_json(), [0.1], "metrics"),
+    "series hash not hex": _with(_good_json(), {"hash": "../x", "size": 1, "kind": "file", "ext": ".jsonl"}, "series"),
 }
 
 
@@ -674,7 +677,10 @@ def test_the_fast_entry_parser_accepts_exactly_what_the_checked_one_accepts():
     from orchestrator.store.entries import _checked_entry, _fast_entry
 
     good = entry("t", 1.0, outputs={"x": H1}, files={"a": H2},
-                 components=KeyComponents("m:agg", 3, "c" * 64, "d" * 64, {"x@a": H1}, ("a",))).to_json()
+                 components=KeyComponents("m:agg", 3, "c" * 64, "d" * 64, {"x@a": H1}, ("a",)),
+                 metrics={"loss": {"last": 0.5, "step": 3, "min": 0.5, "min_step": 3, "max": 1.0, "max_step": 0, "n": 4},
+                          "acc": {"last": 0.9, "step": None}},
+                 series=ObjectInfo(H2, 10, "file", ".jsonl")).to_json()
     assert _fast_entry(good) == _checked_entry(good)  # a valid entry does take the fast path
     variants = [good]
     for path in _leaf_paths(good):
