@@ -331,6 +331,20 @@ def check_metrics_report(m: dict, html: str) -> None:
     stored = {(Path(by_stage[("evaluate", s)]["output_paths"]["plots"]) / "pred.png").read_bytes() for s in m["param_sets"]}
     assert pngs == stored and len(stored) == 3  # the stored files, byte for byte
     assert "notes.txt" not in page.text
+
+    # the comparison: a row per set, lr differing, final metrics with the best of each marked
+    table = html[html.index('<table class="compare">'):]
+    table = table[:table.index("</table>")]
+    head = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", table)
+    assert head == ["set", "train.lr", "loss ↓", "acc&lt;i&gt; ↓", "rel_l2 ↓", "n_test ↓", "compute time"]
+    rows = re.findall(r'<tr><td class="set">(.*?)</td>(.*?)</tr>', table)
+    assert [name for name, _ in rows] == list(m["param_sets"])
+    marked = [(name, re.findall(r'title="best: the lowest (.*?)">(.*?)</td>', cells)) for name, cells in rows]
+    assert [(name, found) for name, found in marked if found] == [
+        ("sweep[train.lr=0.1]", [("acc&lt;i&gt;", "0.9852")]),
+        ("sweep[train.lr=0.2]", [("loss", "0.001329")]),  # lr=0.3's last loss is NaN: not a contender
+        ("sweep[train.lr=0.3]", [("rel_l2", "6.367e-07")])]  # n_test: all equal, nothing marked
+    assert "comparison</a> above" in html  # the parameter sets section does not repeat what differs
     assert "evaluate · plots/pred.png" in page.text and "summary · summary" in page.text
 
 
@@ -349,6 +363,7 @@ DOM = """(async () => {
           curves: curves.length, titles: curves.map(s => s.querySelector("text").textContent), lines,
           images: imgs.map(i => [i.alt, i.naturalWidth, i.naturalHeight, box(i)[0]]),
           first_curve: {x: first.left + scrollX, y: first.top + scrollY, width: first.width, height: first.height},
+          best: document.querySelectorAll("table.compare td.best").length,
           page_width: document.documentElement.scrollWidth, scripts: document.scripts.length};
 })()"""
 
@@ -374,6 +389,7 @@ def test_the_report_of_a_real_sweep_in_a_browser(project, tmp_path):
     assert [entry for entry in console if entry[0] in ("error", "warning")] == [], console
     assert dom["scripts"] == 0 and dom["page_width"] <= WINDOW[0]
     assert dom["dag"] and dom["dag"]["boxes"] == 7 and min(dom["dag"]["box"]) > 50  # 3 train, 3 evaluate, summary
+    assert dom["best"] == 3  # the comparison, best values marked
     assert dom["curves"] == 2 and dom["titles"] == ["train · loss", "train · acc<i>"]
     assert len(dom["lines"]) == 6 and all(line["length"] > 100 and line["box"][0] > 100 for line in dom["lines"])
     assert len(dom["images"]) == 7 and all(w > 0 and h > 0 and shown > 0 for _, w, h, shown in dom["images"])

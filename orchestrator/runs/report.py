@@ -31,6 +31,7 @@ MAX_STAGES = 500  # rows of the per-stage table
 MAX_SETS = 300  # rows of the parameter-set table
 MAX_VARYING = 16  # columns of the parameter-set table
 VALUE_CHARS = 80  # a parameter value is cut here (the full value is in its tooltip)
+MAX_METRICS = 24  # metric columns of the comparison
 MAX_CHARTS = 40  # overlaid charts, one per stage and metric
 MAX_LINES = 10  # parameter sets in one overlaid chart (beyond: the extremes and evenly spaced between)
 MAX_NODE_CHARTS = 48  # charts of single nodes, over the whole report
@@ -67,13 +68,15 @@ def render(m: dict) -> str:
     nodes = m.get("nodes") or []
     run_id = str(m.get("run_id", "?"))
     sets = m.get("param_sets") or {}
+    compared = ""
     if nodes:
-        sections = [_dag(nodes), _failures(nodes, sets), _metrics(nodes, sets), _images(nodes, sets), _stages(nodes),
-                    _node_tables(nodes, sets)]
+        compared = _compare(m)
+        sections = [_dag(nodes), _failures(nodes, sets), compared, _metrics(nodes, sets), _images(nodes, sets),
+                    _stages(nodes), _node_tables(nodes, sets)]
     else:
         sections = ['<p class="note">No nodes recorded: this run has not finished (it is still running, or it was '
                     'killed before the end). Re-run the experiment: everything that finished is in the cache.</p>']
-    sections = [part for part in sections + [_param_sets(sets)] if part]
+    sections = [part for part in sections + [_param_sets(sets, differing=not compared)] if part]
     return "\n".join([_HEAD.format(title=escape(f"orch run {run_id}"), css=_CSS),
                       _header(m, nodes, sections), *sections, _FOOT.format(run=escape(run_id))])
 
@@ -97,7 +100,8 @@ def _header(m: dict, nodes: list[dict], sections: list[str]) -> str:
     ]
     grid = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in
-                     (("dag", "DAG"), ("failures", "failures"), ("metrics", "metrics"), ("images", "images"),
+                     (("dag", "DAG"), ("failures", "failures"), ("compare", "comparison"), ("metrics", "metrics"),
+                      ("images", "images"),
                       ("stages", "stages"), ("nodes", "nodes"),
                       ("params", "parameter sets")) if any(p.startswith(f'<section id="{a}">') for p in sections))
     return (f'<header><h1><span class="badge st-{_cls(status)}">{escape(status)}</span> run '
@@ -150,6 +154,60 @@ def _failures(nodes: list[dict], sets: dict) -> str:
         items = "".join(f"<li>{count} skipped because {escape(cause)} failed</li>"
                         for cause, count in list(skipped.items())[:ROWS_PER_STATUS])
         out.append(f"<ul class=dim>{items}</ul>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _compare(m: dict) -> str:
+    """`orch compare` of this run: a row per parameter set, the parameters that differ, the final
+    metrics (the best of each marked) and the compute time; nothing for one set without metrics."""
+    from .compare import build_comparison, format_value
+
+    c = build_comparison([m])
+    if len(c.rows) < 2 and not c.metrics:
+        return ""
+    params, metrics = c.params[:MAX_VARYING], c.metrics[:MAX_METRICS]
+    status = any(r.status != "ok" for r in c.rows)
+    head = "".join(f"<th>{escape(p)}</th>" for p in params)
+    for name in metrics:
+        way = "higher" if name in c.higher else "lower"
+        head += f'<th class=num title="{way} is better">{escape(name)} {"↑" if way == "higher" else "↓"}</th>'
+    head += "<th class=num>compute time</th>" + ("<th>status</th>" if status else "")
+    out = [f'<section id="compare"><h2>Parameter sets compared <span class="count">{len(c.rows):,}</span></h2>'
+           '<p class="dim">The parameters that differ between the sets, their final metrics (the last value logged, '
+           "or a number a JSON output holds) and the time their nodes took to compute; the best value of each metric "
+           "is marked (the lowest, or the highest where the name says so: acc, f1, score, ...). "
+           "<code>orch compare</code> prints the same table.</p>"]
+    best = [f"<b>{escape(name)}</b> {escape(format_value(c.rows[i].metrics[name]))} in "
+            f'<span class="set">{escape(c.rows[i].param_set)}</span>' for name, i in c.best.items() if name in metrics]
+    if best and len(c.rows) > MAX_SETS:
+        out.append(f"<p>Best: {' · '.join(best)}</p>")
+    out.append(f'<div class="scroll"><table class="compare"><thead><tr><th>set</th>{head}</tr></thead><tbody>')
+    for i, r in enumerate(c.rows[:MAX_SETS]):
+        cells = "".join(f"<td>{_value(r.params[p]) if p in r.params else '<span class=dim>—</span>'}</td>" for p in params)
+        for name in metrics:
+            v = r.metrics.get(name)
+            text = escape(format_value(v)) if v is not None else "<span class=dim>—</span>"
+            if c.best.get(name) == i:
+                way = "highest" if name in c.higher else "lowest"
+                cells += f'<td class="num best" title="best: the {way} {escape(name)}">{text}</td>'
+            else:
+                cells += f'<td class="num" title="{escape(repr(v))}">{text}</td>' if v is not None else f"<td class=num>{text}</td>"
+        cells += f"<td class=num>{_secs(r.duration_s)}</td>"
+        if status:
+            cells += f'<td><span class="chip st-{_cls(r.status)}">{escape(r.status)}</span></td>'
+        out.append(f'<tr><td class="set">{escape(r.param_set)}</td>{cells}</tr>')
+    out.append("</tbody></table></div>")
+    notes = []
+    if len(c.params) > MAX_VARYING:
+        notes.append(f"{len(c.params) - MAX_VARYING} more differing parameters are not shown")
+    if len(c.metrics) > MAX_METRICS:
+        notes.append(f"{len(c.metrics) - MAX_METRICS} more metrics are not shown: "
+                     + ", ".join(c.metrics[MAX_METRICS:MAX_METRICS + 40]))
+    if len(c.rows) > MAX_SETS:
+        notes.append(f"the first {MAX_SETS} of {len(c.rows):,} sets are listed")
+    if notes:
+        out.append(f'<p class="note">{escape("; ".join(notes))} (<code>orch compare</code> shows everything).</p>')
     out.append("</section>")
     return "".join(out)
 
@@ -424,7 +482,8 @@ def _aggregate_reads(reads: dict) -> list[str]:
     return [f'parameter set <span class="set">{escape(name)}</span>: {", ".join(cells)}' for name, cells in by_set.items()]
 
 
-def _param_sets(sets: dict) -> str:
+def _param_sets(sets: dict, differing: bool = True) -> str:
+    """The parameters of every set: what differs (unless the comparison above shows it), and what not."""
     if not sets:
         return ""
     flat = {name: _flatten(values) for name, values in sets.items()}
@@ -436,7 +495,9 @@ def _param_sets(sets: dict) -> str:
     varying = [k for k in keys if any(f.get(k, missing) != first.get(k, missing) for f in flat.values())]
     common = [k for k in keys if k not in set(varying)]
     out = [f'<section id="params"><h2>Parameter sets <span class="count">{len(sets)}</span></h2>']
-    if varying:
+    if varying and not differing:
+        out.append('<p class="dim">What differs between the sets is in the <a href="#compare">comparison</a> above.</p>')
+    elif varying:
         cols = varying[:MAX_VARYING]
         head = "".join(f"<th>{escape(k)}</th>" for k in cols)
         out.append(f'<h3>What differs</h3><table class="params"><thead><tr><th>set</th>{head}</tr></thead><tbody>')
@@ -565,6 +626,10 @@ summary{cursor:pointer}
 .error{color:#a3221b;font-weight:600;margin:4px 0;white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
 pre{background:#f6f8fa;border:1px solid var(--line);border-radius:6px;padding:10px 12px;overflow:auto;max-height:360px;margin:6px 0}
 footer{color:var(--dim);font-size:12px}
+.scroll{overflow-x:auto}
+table.compare{width:auto;min-width:50%}
+table.compare td,table.compare th{padding:4px 14px 4px 10px}
+table.compare td.best{background:#dcf3e3;font-weight:600;border-radius:4px}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:14px;margin:10px 0}
 .charts figure,figure.image{margin:0;border:1px solid var(--line);border-radius:8px;padding:6px;background:#fff;min-width:0}
 .charts svg{display:block}
