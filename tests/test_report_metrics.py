@@ -207,16 +207,23 @@ def test_a_sweep_gets_one_chart_per_stage_and_metric_one_line_per_set(tmp_path):
     assert 'href="#metrics"' in html
 
 
-def test_a_large_sweep_draws_the_extremes_and_caps_the_charts(tmp_path):
+def test_a_large_sweep_draws_the_extremes_and_caps_the_charts(tmp_path, monkeypatch):
     m = sweep_manifest(tmp_path, sets=30)
     html = render(m)
-    loss = curve_svgs(html)[0]
+    loss, lr = curve_svgs(html)[:2]
     legend = [t for t in texts(loss) if t.startswith("k=")]
     # the lowest last loss is k=29's, the highest k=0's; the legend is ordered by last value
     assert len(legend) == report.MAX_LINES and legend[0] == "k=29" and legend[-1] == "k=0"
-    assert "10 of 30 parameter sets: the lowest and highest last value" in Page(html).text
-    assert len(curve_svgs(html)) == 2 + report.MAX_NODE_CHARTS  # 2 charts per node, 24 of the 30 nodes
-    assert "6 more nodes with metrics are not drawn here." in Page(html).text
+    assert [t for t in texts(lr) if t.startswith("k=")] == legend  # the same sets in every chart of the stage
+    text = Page(html).text
+    assert ("10 of 30 parameter sets, the same in every chart of train: the lowest and highest last loss "
+            "and evenly spaced between") in text
+    assert len(curve_svgs(html)) == 2 + 2 * report.MAX_LINES  # then the nodes drawn, each on its own
+    assert "The nodes drawn above, each on its own" in text
+
+    monkeypatch.setattr(report, "MAX_NODE_CHARTS", 7)
+    html = render(m)
+    assert len(curve_svgs(html)) == 2 + 6 and "7 more nodes with metrics are not drawn here." in Page(html).text
 
 
 def test_a_stream_that_cannot_be_read_is_named(tmp_path, monkeypatch):

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from html import escape
+from math import isfinite
+from operator import itemgetter
 
 MAX_POINTS = 500  # per line, after downsampling
 MARKERS = 40  # lines of at most this many points get a dot (with a tooltip) per point
@@ -36,9 +38,10 @@ _MAX_LABEL = 44  # characters of a legend label (the full label is in its toolti
 @dataclass
 class Line:
     label: str  # legend text: a parameter set's short name, or a metric's name
-    points: list[tuple[float, float]]  # (step, value) in logged order
+    points: list[tuple[float, float]]  # (step, value) in logged order: numbers (NaN and infinities allowed)
     note: str = ""  # more for the tooltip (e.g. "failed")
     dashed: bool = False  # drawn dashed whatever its position (e.g. a failed node's curve)
+    dropped: int = 0  # non-finite values already taken out of `points` (by prepare)
     slot: int | None = None  # its colour's place in the palette (one set, one colour in every chart); default: its place
 
 
@@ -52,21 +55,27 @@ class _Scale:
 
     def at(self, v: float, a: float, b: float) -> float:
         """v on an axis from a (at lo) to b (at hi)."""
+        return self.mapping(a, b)([v])[0]
+
+    def mapping(self, a: float, b: float):
+        """values -> their positions on an axis from a (at lo) to b (at hi), for many values at once."""
+        lo, hi = (math.log10(self.lo), math.log10(self.hi)) if self.log else (self.lo, self.hi)
+        if hi <= lo:
+            return lambda vs: [(a + b) / 2 for _ in vs]
+        k = (b - a) / (hi - lo)
         if self.log:
-            v, lo, hi = math.log10(v), math.log10(self.lo), math.log10(self.hi)
-        else:
-            lo, hi = self.lo, self.hi
-        return a + (v - lo) / (hi - lo) * (b - a) if hi > lo else (a + b) / 2
+            log10 = math.log10
+            return lambda vs: [a + (log10(v) - lo) * k for v in vs]
+        return lambda vs: [a + (v - lo) * k for v in vs]
 
 
 def chart(title: str, lines: list[Line], subtitle: str = "", x_label: str = "step") -> str:
     """One SVG chart of `lines` (drawn in order, the first on top in the legend)."""
     clean, dropped = [], []
     for line in lines:
-        finite = [(float(x), float(y)) for x, y in line.points if _finite(x) and _finite(y)]
-        finite.sort(key=lambda p: p[0])  # stable: repeated steps (a resumed run) keep their order
-        clean.append(downsample(finite))
-        dropped.append(len(line.points) - len(finite))
+        points, left_out = prepare(line.points)
+        clean.append(points)
+        dropped.append(left_out + line.dropped)
     xs = [x for pts in clean for x, _ in pts]
     ys = [y for pts in clean for _, y in pts]
     texts = [_clip(line.label, _MAX_LABEL) + (f" ({n} not finite)" if n else "") for line, n in zip(lines, dropped)]
@@ -109,12 +118,13 @@ def chart(title: str, lines: list[Line], subtitle: str = "", x_label: str = "ste
                f'<text x="{(x0 + x1) / 2:.1f}" y="{y0 + 31:.1f}" text-anchor="middle">{escape(x_label)}'
                f'{" (value axis logarithmic)" if yscale.log else ""}</text></g>')
 
+    to_x, to_y = xscale.mapping(px0, px1), yscale.mapping(py0, py1)
     for i in reversed(range(len(lines))):  # the first line is drawn last, on top
         pts, line = clean[i], lines[i]
         if not pts:
             continue
         colour, dash = _style(i, line)
-        coords = [(xscale.at(x, px0, px1), yscale.at(y, py0, py1)) for x, y in pts]
+        coords = list(zip(to_x([x for x, _ in pts]), to_y([y for _, y in pts])))
         tip = escape(_line_tip(line, pts, dropped[i]))
         parts = [f'<g><title>{tip}</title>']
         if len(coords) > 1:
@@ -133,6 +143,14 @@ def chart(title: str, lines: list[Line], subtitle: str = "", x_label: str = "ste
     return "".join(out)
 
 
+def prepare(points: list[tuple[float, float]]) -> tuple[list[tuple[float, float]], int]:
+    """(the points a chart draws: finite, by step, downsampled; how many were not finite). A caller
+    drawing one series in several charts prepares it once and passes `dropped` on in its Line."""
+    finite = [(x, y) for x, y in points if isfinite(x) and isfinite(y)]
+    finite.sort(key=itemgetter(0))  # stable: repeated steps (a resumed run) keep their order
+    return downsample(finite), len(points) - len(finite)
+
+
 def downsample(points: list[tuple[float, float]], limit: int = MAX_POINTS) -> list[tuple[float, float]]:
     """At most `limit` points: the first, the last, and the lowest and highest of each bucket between
     (in their order), so that a spike is never smoothed away."""
@@ -141,13 +159,14 @@ def downsample(points: list[tuple[float, float]], limit: int = MAX_POINTS) -> li
         return points
     buckets = max(1, (limit - 2) // 2)
     size = (n - 2) / buckets
+    ys = [y for _, y in points]
     out = [points[0]]
     for b in range(buckets):
         start, end = 1 + int(b * size), 1 + int((b + 1) * size)
         if start >= end:
             continue
-        lo = min(range(start, end), key=lambda k: points[k][1])
-        hi = max(range(start, end), key=lambda k: points[k][1])
+        lo = min(range(start, end), key=ys.__getitem__)
+        hi = max(range(start, end), key=ys.__getitem__)
         out.extend(points[k] for k in sorted({lo, hi}))
     out.append(points[-1])
     return out
@@ -229,10 +248,6 @@ def number(v: float) -> str:
     if float(v).is_integer() and abs(v) < 1e15:
         return str(int(v))
     return _exp(f"{v:.6g}")
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _style(i: int, line: Line) -> tuple[str, str]:

@@ -36,7 +36,7 @@ MAX_CHARTS = 40  # overlaid charts, one per stage and metric
 MAX_LINES = 10  # parameter sets in one overlaid chart (beyond: the extremes and evenly spaced between)
 MAX_NODE_CHARTS = 48  # charts of single nodes, over the whole report
 SERIES_BYTES = 32_000_000  # a metrics stream larger than this is not drawn
-SERIES_TOTAL = 96_000_000  # metrics streams read for one report
+SERIES_TOTAL = 64_000_000  # metrics streams read for one report
 
 
 def write_report(manifest: dict, path: Path) -> None:
@@ -214,45 +214,53 @@ def _compare(m: dict) -> str:
 
 def _metrics(nodes: list[dict], sets: dict) -> str:
     """Curves of what the stages logged: one chart per stage and metric with a line per parameter
-    set, then (for sweeps) charts of single nodes in closed <details>."""
+    set (for a big sweep, the same MAX_LINES sets in every chart of a stage), then each of those
+    nodes on its own, in closed <details>."""
     streams = _Streams()
-    groups: dict[tuple[str, str], list[dict]] = {}  # (stage id, metric) -> nodes, in manifest order
+    by_stage: dict[str, list[dict]] = {}  # stage id -> its nodes that logged, in manifest order
+    metrics_of: dict[str, dict[str, int]] = {}  # stage id -> metric -> how many of its nodes logged it
     for n in nodes:
-        if not n.get("series"):
-            continue
-        for name in _logged(n, streams):
-            groups.setdefault((n.get("stage_id") or n["stage"], name), []).append(n)
-    if not groups:
+        logged = streams.logged(n)
+        if logged:
+            stage = n.get("stage_id") or n["stage"]
+            by_stage.setdefault(stage, []).append(n)
+            counts = metrics_of.setdefault(stage, {})
+            for name in logged:
+                counts[name] = counts.get(name, 0) + 1
+    if not by_stage:
         return ""
-    shown = list(groups.items())[:MAX_CHARTS]
-    picked = {key: _pick(members, key[1], streams) for key, members in shown}
-    in_charts = list(dict.fromkeys(n["param_set"] for lines in picked.values() for n in lines))
+    charts = [(stage, name) for stage, counts in metrics_of.items() for name in counts]
+    shown = charts[:MAX_CHARTS]
+    picked = {stage: _pick(members, next(iter(metrics_of[stage]))) for stage, members in by_stage.items()
+              if any(stage == s for s, _ in shown)}
+    in_charts = list(dict.fromkeys(n["param_set"] for drawn in picked.values() for n in drawn))
     names = short_names(list(sets) + [n["param_set"] for n in nodes], in_charts)
     slots = {s: k for k, s in enumerate(in_charts)} if len(in_charts) <= len(curves.PALETTE) else None
     out = ['<section id="metrics"><h2>Metrics</h2><p class="dim">What the stages logged (<code>record.log</code>, '
            '<code>orchestrator.metrics.log</code>): one chart per stage and metric, one line per parameter set. '
            'Hover over a line or a legend entry for its last, lowest and highest values.</p><div class="charts">']
-    for key, members in shown:
-        drawn = picked[key]
-        lines = [_line(n, key[1], streams, names, slots) for n in drawn]
-        lines = [line for line in lines if line is not None]
+    for stage, metric in shown:
+        members, drawn = by_stage[stage], picked[stage]
+        lines = [line for n in drawn if (line := _line(n, metric, streams, names, slots)) is not None]
         if not lines:
             continue
-        stage = members[0]["stage"]
-        sub = _plural(len(members), "parameter set") if len(members) > 1 else names.get(members[0]["param_set"], "")
-        svg = curves.chart(f"{stage} · {key[1]}", lines, subtitle=sub)
+        count = metrics_of[stage][metric]
+        sub = _plural(count, "parameter set") if count > 1 else names.get(members[0]["param_set"], "")
         caption = ""
         if len(members) > len(drawn):
-            caption = (f'<figcaption class="note">{len(drawn)} of {len(members):,} parameter sets: the lowest and '
-                       f"highest last value and evenly spaced between, in that order.</figcaption>")
-        out.append(f"<figure>{svg}{caption}</figure>")
+            caption = (f'<figcaption class="note">{len(drawn)} of {len(members):,} parameter sets, the same in every '
+                       f"chart of {escape(members[0]['stage'])}: the lowest and highest last "
+                       f"{escape(next(iter(metrics_of[stage])))} and evenly spaced between, in that order.</figcaption>")
+        out.append(f"<figure>{curves.chart(members[0]['stage'] + ' · ' + metric, lines, subtitle=sub)}{caption}</figure>")
     out.append("</div>")
-    if len(groups) > MAX_CHARTS:
-        more = [f"{members[0]['stage']} · {metric}" for (_, metric), members in list(groups.items())[MAX_CHARTS:]]
+    if len(charts) > MAX_CHARTS:
+        more = [f"{by_stage[stage][0]['stage']} · {metric}" for stage, metric in charts[MAX_CHARTS:]]
         out.append(f'<p class="note">{len(more):,} more stage and metric pairs are not drawn: '
                    f'{escape(", ".join(more[:30]))}{" …" if len(more) > 30 else ""}.</p>')
-    if any(len(members) > 1 for members in groups.values()):
-        out.append(_node_charts(nodes, streams, names))
+    if any(len(members) > 1 for members in by_stage.values()):
+        every = all(len(picked.get(stage, ())) == len(members) for stage, members in by_stage.items())
+        drawn_ids = {id(n) for drawn in picked.values() for n in drawn}
+        out.append(_node_charts([n for n in nodes if id(n) in drawn_ids], streams, names, every))
     if streams.problems:
         items = "".join(f"<li>{escape(p)}</li>" for p in streams.problems[:50])
         more = len(streams.problems) - 50
@@ -263,28 +271,30 @@ def _metrics(nodes: list[dict], sets: dict) -> str:
 
 
 def _line(n: dict, metric: str, streams: _Streams, names: dict[str, str], slots: dict | None) -> curves.Line | None:
-    points = (streams.read(n) or {}).get(metric)
-    if not points:
+    prepared = streams.points(n, metric)
+    if prepared is None:
         return None
     failed = n.get("status") == Status.FAILED
-    return curves.Line(names.get(n["param_set"], n["param_set"]) + (" (failed)" if failed else ""), points,
-                       note=f"{n['stage']} [{n['param_set']}]", dashed=failed,
+    return curves.Line(names.get(n["param_set"], n["param_set"]) + (" (failed)" if failed else ""), prepared[0],
+                       note=f"{n['stage']} [{n['param_set']}]", dashed=failed, dropped=prepared[1],
                        slot=None if slots is None else slots[n["param_set"]])
 
 
-def _node_charts(nodes: list[dict], streams: _Streams, names: dict[str, str]) -> str:
+def _node_charts(nodes: list[dict], streams: _Streams, names: dict[str, str], every: bool) -> str:
     """Charts of single nodes (every metric it logged), closed until opened, MAX_NODE_CHARTS in all."""
     body, charts, left_out = [], 0, 0
-    with_series = [n for n in nodes if n.get("series")]
-    for n in with_series:
-        metrics = _logged(n, streams)
-        if charts + len(metrics) > MAX_NODE_CHARTS:
+    for n in nodes:
+        logged = streams.logged(n)
+        if charts + len(logged) > MAX_NODE_CHARTS:
             left_out += 1
             continue
-        series = streams.read(n) or {}
         subtitle = names.get(n["param_set"], n["param_set"])
-        figures = [f"<figure>{curves.chart(n['stage'] + ' · ' + m, [curves.Line(m, series[m])], subtitle=subtitle)}"
-                   "</figure>" for m in metrics if series.get(m)]
+        figures = []
+        for m in logged:
+            prepared = streams.points(n, m)
+            if prepared is not None:
+                line = curves.Line(m, prepared[0], dropped=prepared[1])
+                figures.append(f"<figure>{curves.chart(n['stage'] + ' · ' + m, [line], subtitle=subtitle)}</figure>")
         if not figures:
             continue
         charts += len(figures)
@@ -294,23 +304,14 @@ def _node_charts(nodes: list[dict], streams: _Streams, names: dict[str, str]) ->
                     f'<span class="chip st-{_cls(n.get("status", ""))}">{escape(n.get("status", ""))}</span> '
                     f'<span class="dim">{escape(last)}</span></summary><div class="charts">{"".join(figures)}</div></details>')
     note = f'<p class="note">{left_out:,} more nodes with metrics are not drawn here.</p>' if left_out else ""
-    return (f'<details class="nodes-charts"><summary>Every node on its own <span class="count">{len(with_series):,}'
-            f'</span></summary>{"".join(body)}{note}</details>')
+    title = "Every node on its own" if every else "The nodes drawn above, each on its own"
+    return (f'<details class="nodes-charts"><summary>{title} <span class="count">{len(nodes):,}</span></summary>'
+            f'{"".join(body)}{note}</details>')
 
 
-def _logged(n: dict, streams: _Streams) -> list[str]:
-    """The metrics a node logged as a series (not the final numbers of its JSON outputs), from its
-    summary; a node without one (it failed) from its stream."""
-    summary = n.get("metrics")
-    if isinstance(summary, dict) and summary:
-        return [name for name, s in summary.items()
-                if isinstance(s, dict) and (s.get("step") is not None or (s.get("n") or 0) > 1)]
-    return list(streams.read(n) or {})
-
-
-def _pick(members: list[dict], metric: str, streams: _Streams) -> list[dict]:
-    """The nodes drawn in one chart: all of them up to MAX_LINES, else the lowest and highest last
-    value of `metric` and evenly spaced between (nodes without a known last value after them)."""
+def _pick(members: list[dict], metric: str) -> list[dict]:
+    """The nodes of a stage drawn in its charts: all of them up to MAX_LINES, else the lowest and
+    highest last value of `metric` and evenly spaced between (nodes without a known last value after them)."""
     if len(members) <= MAX_LINES:
         return members
 
@@ -325,20 +326,38 @@ def _pick(members: list[dict], metric: str, streams: _Streams) -> list[dict]:
 
 
 class _Streams:
-    """Metrics streams read at most once each, within SERIES_BYTES per stream and SERIES_TOTAL in all;
-    what is not read says why in `problems`."""
+    """The metrics streams of nodes, each read at most once and within SERIES_BYTES per stream and
+    SERIES_TOTAL in all (what is not read says why in `problems`), and their points as charts draw them."""
 
     def __init__(self):
         self.cache: dict[str, dict | None] = {}
+        self.prepared: dict[tuple[str, str], tuple[list, int] | None] = {}
         self.budget = SERIES_TOTAL
         self.problems: list[str] = []
+
+    def logged(self, n: dict) -> list[str]:
+        """The metrics a node logged as a series (not the final numbers of its JSON outputs), from its
+        summary; for a node without one (it failed), from its stream."""
+        if not isinstance(n.get("series"), str):
+            return []
+        summary = n.get("metrics")
+        if isinstance(summary, dict) and summary:
+            return [name for name, s in summary.items()
+                    if isinstance(s, dict) and (s.get("step") is not None or (s.get("n") or 0) > 1)]
+        return list(self.read(n) or {})
+
+    def points(self, n: dict, metric: str) -> tuple[list, int] | None:
+        """curves.prepare of one metric of a node's stream (None if the stream or the metric is absent)."""
+        key = (n["series"], metric)
+        if key not in self.prepared:
+            points = (self.read(n) or {}).get(metric)
+            self.prepared[key] = curves.prepare(points) if points else None
+        return self.prepared[key]
 
     def read(self, n: dict) -> dict | None:
         from ..metrics import read_series
 
-        path = n.get("series")
-        if not isinstance(path, str):
-            return None
+        path = n["series"]
         if path not in self.cache:
             self.cache[path] = None
             what = f"{n['stage']} [{n['param_set']}]"
