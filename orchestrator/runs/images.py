@@ -46,7 +46,8 @@ class Image:
 @dataclass
 class Found:
     images: list[Image]  # in manifest order; embedded ones have data_uri
-    more: int  # images past MAX_IMAGES, not listed
+    more: int  # image outputs past MAX_IMAGES, not listed
+    unsearched: int  # directory outputs past MAX_IMAGES, not looked into
     problems: list[str]  # directories that could not be read
 
 
@@ -55,11 +56,19 @@ def collect(nodes: list[dict]) -> Found:
     computation shared by several parameter sets) once."""
     images: list[Image] = []
     problems: list[str] = []
-    seen: set[str] = set()
-    more = 0
+    seen: set[str] = set()  # image files taken
+    outputs: set[str] = set()  # stored outputs looked at (a shared computation's, once)
+    more = unsearched = 0
     for n in nodes:
         for output, path in (n.get("output_paths") or {}).items():
-            if not isinstance(path, str):
+            if not isinstance(path, str) or path in outputs:
+                continue
+            outputs.add(path)
+            if len(images) >= MAX_IMAGES:  # count the rest without touching the disk
+                if os.path.splitext(path)[1].lower() in IMAGE_EXTS:
+                    more += 1
+                else:
+                    unsearched += 1
                 continue
             for name, file, size in _files(path, problems):
                 if file in seen:
@@ -79,7 +88,7 @@ def collect(nodes: list[dict]) -> Found:
             img.data_uri, img.problem = _embed(img.path)
             if img.data_uri:
                 budget -= img.size
-    return Found(images, more, problems)
+    return Found(images, more, unsearched, problems)
 
 
 def _files(path: str, problems: list[str]):

@@ -379,9 +379,9 @@ class _Streams:
 
 def _images(nodes: list[dict], sets: dict) -> str:
     """The images stages stored (plots, predictions), grouped by stage and file, embedded."""
-    from .images import collect
+    from . import images
 
-    found = collect(nodes)
+    found = images.collect(nodes)
     if not found.images and not found.problems:
         return ""
     names = short_names(list(sets) + [n["param_set"] for n in nodes],
@@ -389,7 +389,8 @@ def _images(nodes: list[dict], sets: dict) -> str:
     groups: dict[tuple[str, str], list] = {}
     for img in found.images:
         groups.setdefault((img.node["stage"], img.label), []).append(img)
-    out = [f'<section id="images"><h2>Images <span class="count">{len(found.images) + found.more}</span></h2>']
+    out = [f'<section id="images"><h2>Images <span class="count">{len(found.images) + found.more}'
+           f'{"+" if found.unsearched else ""}</span></h2>']
     skipped = []
     for (stage, label), imgs in groups.items():
         figures = []
@@ -407,9 +408,11 @@ def _images(nodes: list[dict], sets: dict) -> str:
     if notes:
         out.append('<p class="note">Not shown:</p><ul class="dim">'
                    + "".join(f"<li>{escape(t)}</li>" for t in notes[:100]) + "</ul>")
-    if found.more:
-        out.append(f'<p class="note">{found.more:,} more images are not shown (the report embeds the first '
-                   f"{len(found.images)}).</p>")
+    if found.more or found.unsearched:
+        rest = [f"{found.more:,} more images"] if found.more else []
+        rest += [f"{found.unsearched:,} more directory outputs (which may hold images)"] if found.unsearched else []
+        out.append(f'<p class="note">Not shown: {" and ".join(rest)}; the report shows the first '
+                   f"{images.MAX_IMAGES} images of the run.</p>")
     out.append("</section>")
     return "".join(out)
 
