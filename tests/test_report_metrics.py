@@ -166,6 +166,20 @@ def test_images_are_found_embedded_and_bounded(tmp_path, monkeypatch):
     assert "the report's" in found.images[2].problem and "used up" in found.images[2].problem
 
 
+def test_images_of_a_sweep_are_grouped_by_stage_and_file(tmp_path, monkeypatch):
+    nodes = []
+    for k in range(4):
+        (tmp_path / f"{k}.png").write_bytes(PNG + bytes([k]))  # (trailing bytes after IEND: still a PNG)
+        nodes.append({"id": k, "stage": "plot<b>", "param_set": f"s[lr={k}]", "status": "ran", "inputs": [],
+                      "output_paths": {"fig": str(tmp_path / f"{k}.png")}})
+    monkeypatch.setattr(report, "IMAGES_OPEN", 3)
+    html = render({"run_id": "r", "param_sets": {n["param_set"]: {"lr": k} for k, n in enumerate(nodes)}, "nodes": nodes})
+    page = Page(html)
+    assert page.tags["img"] == 4 and "plot<b> · fig" in page.text and "<b>" not in html
+    section = html[html.index('<section id="images">'):]
+    assert section.index("lr=2") < section.index("<details><summary>1 more</summary>") < section.index("lr=3")
+
+
 # ---- unit: the metrics section -------------------------------------------------------------------
 
 def stream(path: Path, rows: list[tuple[int | None, dict]]) -> str:
@@ -223,8 +237,13 @@ def test_a_large_sweep_draws_the_extremes_and_caps_the_charts(tmp_path, monkeypa
     assert "The nodes drawn above, each on its own" in text
 
     monkeypatch.setattr(report, "MAX_NODE_CHARTS", 7)
+    monkeypatch.setattr(report, "FOLD_ROWS", 20)
     html = render(m)
-    assert len(curve_svgs(html)) == 2 + 6 and "7 more nodes with metrics are not drawn here." in Page(html).text
+    text = Page(html).text
+    assert len(curve_svgs(html)) == 2 + 6 and "7 more nodes with metrics are not drawn here." in text
+    # a long comparison is folded under the line that names the best (lr and rel_l2: all equal, no best)
+    assert f"Best: loss {1 / (1 + 19 * 30):.4g} in sweep[train.k=29]" in text.replace("\xa0", " ")
+    assert '<details><summary>Every parameter set <span class="count">30</span>' in html
 
 
 def test_a_stream_that_cannot_be_read_is_named(tmp_path, monkeypatch):

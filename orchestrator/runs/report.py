@@ -32,6 +32,8 @@ MAX_SETS = 300  # rows of the parameter-set table
 MAX_VARYING = 16  # columns of the parameter-set table
 VALUE_CHARS = 80  # a parameter value is cut here (the full value is in its tooltip)
 MAX_METRICS = 24  # metric columns of the comparison
+IMAGES_OPEN = 6  # images of one stage and file shown open; the others in a closed <details>
+FOLD_ROWS = 30  # a comparison of more sets is folded (closed <details>) under a line naming the best
 MAX_CHARTS = 40  # overlaid charts, one per stage and metric
 MAX_LINES = 10  # parameter sets in one overlaid chart (beyond: the extremes and evenly spaced between)
 MAX_NODE_CHARTS = 48  # charts of single nodes, over the whole report
@@ -180,8 +182,11 @@ def _compare(m: dict) -> str:
            "<code>orch compare</code> prints the same table.</p>"]
     best = [f"<b>{escape(name)}</b> {escape(format_value(c.rows[i].metrics[name]))} in "
             f'<span class="set">{escape(c.rows[i].param_set)}</span>' for name, i in c.best.items() if name in metrics]
-    if best and len(c.rows) > MAX_SETS:
+    folded = len(c.rows) > FOLD_ROWS
+    if best and folded:
         out.append(f"<p>Best: {' · '.join(best)}</p>")
+    if folded:
+        out.append(f"<details><summary>Every parameter set <span class=\"count\">{len(c.rows):,}</span></summary>")
     out.append(f'<div class="scroll"><table class="compare"><thead><tr><th>set</th>{head}</tr></thead><tbody>')
     for i, r in enumerate(c.rows[:MAX_SETS]):
         cells = "".join(f"<td>{_value(r.params[p]) if p in r.params else '<span class=dim>—</span>'}</td>" for p in params)
@@ -197,7 +202,7 @@ def _compare(m: dict) -> str:
         if status:
             cells += f'<td><span class="chip st-{_cls(r.status)}">{escape(r.status)}</span></td>'
         out.append(f'<tr><td class="set">{escape(r.param_set)}</td>{cells}</tr>')
-    out.append("</tbody></table></div>")
+    out.append("</tbody></table></div>" + ("</details>" if folded else ""))
     notes = []
     if len(c.params) > MAX_VARYING:
         notes.append(f"{len(c.params) - MAX_VARYING} more differing parameters are not shown")
@@ -403,7 +408,11 @@ def _images(nodes: list[dict], sets: dict) -> str:
                            f'title="{escape(img.path)}"><figcaption><span class="set" title="{escape(set_name)}">'
                            f'{escape(names.get(set_name, set_name))}</span></figcaption></figure>')
         if figures:
-            out.append(f'<h3>{escape(stage)} · <code>{escape(label)}</code></h3><div class="images">{"".join(figures)}</div>')
+            out.append(f'<h3>{escape(stage)} · <code>{escape(label)}</code></h3><div class="images">'
+                       f'{"".join(figures[:IMAGES_OPEN])}</div>')
+        if len(figures) > IMAGES_OPEN:
+            out.append(f'<details><summary>{len(figures) - IMAGES_OPEN} more</summary><div class="images">'
+                       f'{"".join(figures[IMAGES_OPEN:])}</div></details>')
     notes = skipped + found.problems
     if notes:
         out.append('<p class="note">Not shown:</p><ul class="dim">'
