@@ -222,6 +222,17 @@ def test_a_sweep_gets_one_chart_per_stage_and_metric_one_line_per_set(tmp_path):
     assert 'href="#metrics"' in html
 
 
+def test_a_failed_node_is_drawn_from_its_stream_dashed(tmp_path):
+    m = sweep_manifest(tmp_path, sets=3)
+    failed = m["nodes"][2]  # train of k=1: no summary, its stream up to the failure
+    failed.update(status="failed", error="RuntimeError: diverged")
+    del failed["metrics"]
+    loss = curve_svgs(render(m))[0]
+    assert "k=1 (failed)" in texts(loss)
+    dashed = [p for p in loss.iter(f"{SVG}path") if p.get("stroke-width") == "1.8" and p.get("stroke-dasharray")]
+    assert len(dashed) == 1 and dashed[0].get("stroke") == curves.PALETTE[1]
+
+
 def test_a_large_sweep_draws_the_extremes_and_caps_the_charts(tmp_path, monkeypatch):
     m = sweep_manifest(tmp_path, sets=30)
     html = render(m)
