@@ -222,6 +222,16 @@ def test_a_sweep_gets_one_chart_per_stage_and_metric_one_line_per_set(tmp_path):
     assert 'href="#metrics"' in html
 
 
+def test_one_set_gets_its_final_metrics_and_its_curves_once(tmp_path):
+    html = render(sweep_manifest(tmp_path, sets=1))
+    text = Page(html).text
+    assert "Final metrics" in text and "Parameter sets compared" not in text
+    table = html[html.index('<table class="compare">'):html.index("</table>")]
+    assert re.findall(r"<th(?: [^>]*)?>(.*?)</th>", table) == ["set", "loss ↓", "lr ↓", "rel_l2 ↓", "compute time"]
+    assert "best" not in table  # nothing to compare with
+    assert len(curve_svgs(html)) == 2 and "on its own" not in text  # the charts are the node's already
+
+
 def test_a_failed_node_is_drawn_from_its_stream_dashed(tmp_path):
     m = sweep_manifest(tmp_path, sets=3)
     failed = m["nodes"][2]  # train of k=1: no summary, its stream up to the failure

@@ -175,11 +175,16 @@ def _compare(m: dict) -> str:
         way = "higher" if name in c.higher else "lower"
         head += f'<th class=num title="{way} is better">{escape(name)} {"↑" if way == "higher" else "↓"}</th>'
     head += "<th class=num>compute time</th>" + ("<th>status</th>" if status else "")
-    out = [f'<section id="compare"><h2>Parameter sets compared <span class="count">{len(c.rows):,}</span></h2>'
-           '<p class="dim">The parameters that differ between the sets, their final metrics (the last value logged, '
-           "or a number a JSON output holds) and the time their nodes took to compute; the best value of each metric "
-           "is marked (the lowest, or the highest where the name says so: acc, f1, score, ...). "
-           "<code>orch compare</code> prints the same table.</p>"]
+    if len(c.rows) > 1:
+        out = [f'<section id="compare"><h2>Parameter sets compared <span class="count">{len(c.rows):,}</span></h2>'
+               '<p class="dim">The parameters that differ between the sets, their final metrics (the last value '
+               "logged, or a number a JSON output holds) and the time their nodes took to compute; the best value of "
+               "each metric is marked (the lowest, or the highest where the name says so: acc, f1, score, ...). "
+               "<code>orch compare</code> prints the same table.</p>"]
+    else:
+        out = ['<section id="compare"><h2>Final metrics</h2><p class="dim">The last value of each metric the stages '
+               "logged, the numbers their JSON outputs hold, and the time the nodes took to compute "
+               "(<code>orch compare</code>).</p>"]
     best = [f"<b>{escape(name)}</b> {escape(format_value(c.rows[i].metrics[name]))} in "
             f'<span class="set">{escape(c.rows[i].param_set)}</span>' for name, i in c.best.items() if name in metrics]
     folded = len(c.rows) > FOLD_ROWS
