@@ -99,6 +99,15 @@ def test_nan_and_infinite_values_are_skipped_and_said():
     assert "no finite values to draw" in texts(empty) and "all nan (1 not finite)" in texts(empty)
 
 
+@pytest.mark.parametrize("points", [
+    [(0, -1e308), (1, 1e308)], [(0, 1e308), (1, 1.7e308)], [(0, 1e16), (1, 1e16 + 2)], [(0, 1.0), (1, 1 + 1e-15)],
+    [(0, 5e-324), (1, 1e-300)], [(0, 1e-199), (1, 1e199)], [(0, 0), (2 ** 62, 1)], [(-5, 1), (-5, 2)], [(3, -0.0)]])
+def test_extreme_values_still_draw(points):
+    """Whatever a stage logs, the chart is drawn (a report that fails would fail the run's end)."""
+    svg = ET.fromstring(curves.chart("x", [curves.Line("a", points)]))
+    assert len(line_paths(svg)) == (len(points) > 1) and len(list(svg.iter(f"{SVG}circle"))) == len(points)
+
+
 def test_chart_text_is_escaped():
     evil = '<img src=x onerror="alert(1)">'
     html = curves.chart(evil, [curves.Line(evil, [(0, 1), (1, 2)], note=evil)], subtitle=evil)

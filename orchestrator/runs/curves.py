@@ -173,8 +173,9 @@ def downsample(points: list[tuple[float, float]], limit: int = MAX_POINTS) -> li
 
 
 def use_log(values: list[float]) -> bool:
-    """A logarithmic value axis: every value positive and spanning more than two decades."""
-    return bool(values) and min(values) > 0 and max(values) / min(values) > LOG_SPAN
+    """A logarithmic value axis: every value positive and spanning more than two decades (and within
+    1e-200..1e200, where every power of ten its ticks take is a float)."""
+    return bool(values) and 1e-200 < min(values) and max(values) < 1e200 and max(values) / min(values) > LOG_SPAN
 
 
 def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
@@ -195,12 +196,17 @@ def _linear(lo: float, hi: float, integers: bool, target: int) -> _Scale:
     if hi == lo:  # one value: a range around it
         pad = abs(lo) * 0.1 or 1.0
         lo, hi = lo - pad, hi + pad
-    step = _nice((hi - lo) / max(1, target - 1), round_=True)
-    if integers:
-        step = max(step, 1.0)
-    start, end = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
-    ticks = [start + k * step for k in range(int(round((end - start) / step)) + 1)]
-    return _Scale(ticks[0], ticks[-1], False, ticks, [_tick(t, step) for t in ticks])
+    span = hi - lo
+    if math.isfinite(span) and span > max(abs(lo), abs(hi)) * 1e-12:
+        step = _nice(span / max(1, target - 1), round_=True)
+        if integers:
+            step = max(step, 1.0)
+        start, end = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+        if math.isfinite(end - start) and (end - start) / step < 4 * target:
+            ticks = [start + k * step for k in range(int(round((end - start) / step)) + 1)]
+            return _Scale(ticks[0], ticks[-1], False, ticks, [_tick(t, step) for t in ticks])
+    # beyond what floats resolve (near ±1e308, 1e16 + 1): the axis is just the two ends
+    return _Scale(lo, hi, False, [lo, hi], [number(lo), number(hi)])
 
 
 def _value_scale(lo: float, hi: float, log: bool) -> _Scale:
