@@ -421,7 +421,8 @@ DOM = """(async () => {
           images: imgs.map(i => [i.alt, i.naturalWidth, i.naturalHeight, box(i)[0]]),
           first_curve: {x: first.left + scrollX, y: first.top + scrollY, width: first.width, height: first.height},
           best: document.querySelectorAll("table.compare td.best").length,
-          page_width: document.documentElement.scrollWidth, scripts: document.scripts.length};
+          page_width: document.documentElement.scrollWidth, page_height: document.documentElement.scrollHeight,
+          scripts: document.scripts.length};
 })()"""
 
 
@@ -443,6 +444,9 @@ def test_the_report_of_a_real_sweep_in_a_browser(project, tmp_path):
         clip = dom["first_curve"]
         chart_png = base64.b64decode(page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
                                                clip={**clip, "scale": 1})["data"])
+        whole = {"x": 0, "y": 0, "width": WINDOW[0], "height": dom["page_height"], "scale": 1}
+        (tmp_path / "report-full.png").write_bytes(base64.b64decode(
+            page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True, clip=whole)["data"]))
     assert [entry for entry in console if entry[0] in ("error", "warning")] == [], console
     assert dom["scripts"] == 0 and dom["page_width"] <= WINDOW[0]
     assert dom["dag"] and dom["dag"]["boxes"] == 7 and min(dom["dag"]["box"]) > 50  # 3 train, 3 evaluate, summary
@@ -458,6 +462,7 @@ def test_the_report_of_a_real_sweep_in_a_browser(project, tmp_path):
         rgb = bytes.fromhex(colour[1:])
         assert sum(p == rgb for row in pixels for p in row) > 150, colour
 
+    assert (tmp_path / "report-full.png").stat().st_size > 100_000  # the whole page, for people to look at
     shot = tmp_path / "report.png"
     chromium(tmp_path, report_file, f"--screenshot={shot}")
     data = shot.read_bytes()
