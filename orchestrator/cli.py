@@ -280,31 +280,41 @@ def report(run_id, output, cache):
               help="Parameter file (YAML or .py); repeatable.")
 @click.option("--set", "-S", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a parameter in every set.")
 @click.option("--format", "-f", "fmt", type=click.Choice(["svg", "dot", "png"]), default=None,
-              help="svg (drawn by orch), dot (Graphviz source) or png (needs Graphviz's dot). "
-                   "Default: from the suffix of -o, else svg.")
+              help="Write a picture instead of printing the DAG: svg (drawn by orch), dot (Graphviz source) "
+                   "or png (needs Graphviz's dot). Default with -o: from its suffix, else svg.")
 @click.option("-o", "--output", default=None, metavar="PATH",
-              help="File to write (default: dag.FORMAT here); - writes svg or dot to stdout.")
+              help="Write the picture to PATH instead of printing the DAG (-f alone: dag.FORMAT here); "
+                   "- writes svg or dot to stdout.")
 @click.option("--stages/--nodes", "stages", default=None,
-              help="One box per stage, or every node (default: every node up to 60, else one box per stage).")
+              help="One tree (or box) per stage, or every node: one tree per parameter set (default: every "
+                   "node up to 60, else one per stage).")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",
               help="Cache directory (default: .orch next to the experiment; env ORCH_CACHE).")
 @debug_option
 def graph(experiment, params, overrides, fmt, output, stages, cache):
-    """Draw the DAG the next run of EXPERIMENT would execute, coloured cached / will run / pending
-    (plans only: nothing runs)."""
+    """Print the DAG the next run of EXPERIMENT would execute: each node cached, will run (and why) or
+    pending; -o/-f write a picture instead (plans only: nothing runs)."""
     from . import session
     from .core.status import Status
-    from .runs.drawing import format_of, render
     from .runs.manifest import node_row
-    from .runs.report import write_file
 
-    fmt = fmt or format_of(output)
     if output == "-" and fmt == "png":
         raise click.UsageError("-o - writes text; give --format png a file name")
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                               cache=cache, dry=True)
     result = session.run_experiment(opts)
-    data = render([node_row(o) for o in result.outcomes], fmt, stages)
+    rows = [node_row(o) for o in result.outcomes]
+    if output is None and fmt is None:
+        from .runs.tree import render as render_text
+
+        click.echo(render_text(rows, stages, colour=sys.stdout.isatty()), nl=False)
+        return
+
+    from .runs.drawing import format_of, render
+    from .runs.report import write_file
+
+    fmt = fmt or format_of(output)
+    data = render(rows, fmt, stages)
     if output == "-":
         click.echo(data.decode("utf-8"), nl=False)
         return

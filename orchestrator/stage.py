@@ -7,6 +7,7 @@ A Stage records metadata only. Calling it inside `run(record)` adds a node to th
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -157,6 +158,9 @@ def _input_specs(inputs, where) -> tuple[InputSpec, ...]:
     return tuple(specs)
 
 
+_OUTPUT_NAME = re.compile(r"\w[\w.-]*")  # word characters (any script), then also . and -
+
+
 def _output_specs(outputs, cachers, where) -> tuple[OutputSpec, ...]:
     names = _str_list(outputs, "outputs", where)
     if cachers is None:
@@ -174,8 +178,11 @@ def _output_specs(outputs, cachers, where) -> tuple[OutputSpec, ...]:
     for item, c in zip(names, cacher_list):
         lazy = isinstance(item, Lazy)
         name = item.name if lazy else item
-        if not isinstance(name, str) or not name:
-            raise StageDefinitionError(f"{where}: output names must be non-empty strings, got {name!r}")
+        if not isinstance(name, str) or not _OUTPUT_NAME.fullmatch(name) or ".." in name:
+            raise StageDefinitionError(
+                f"{where}: output name {name!r} must be letters, digits, '_', '.' or '-' (no '/', '..' or "
+                f"control characters: it names files of `orch get` and staging paths); a consumer takes it as "
+                f"an input only if it is a Python identifier, e.g. 'train_data'")
         if any(s.name == name for s in specs):
             raise StageDefinitionError(f"{where}: output {name!r} is declared twice")
         cacher = as_cacher(c, f"{where} output {name!r}")

@@ -1,4 +1,4 @@
-"""The DAG picture, laid out in pure Python: SVG for the run report and `orch graph`, DOT for Graphviz.
+"""The DAG picture, laid out in pure Python: SVG for the run report and `orch graph -o`, DOT for Graphviz.
 
 Input is manifest-shaped node dicts (`id`, `stage`, `stage_id`, `param_set`, `status`, `reason`, `inputs`
 as [input, producer id, output, (set)]), so a past run and a plan are drawn alike. No graphviz is
@@ -88,8 +88,8 @@ def build(nodes: list[dict], stages: bool | None = None) -> Picture:
 
 def _node_picture(nodes: list[dict]) -> Picture:
     """One box per computation: a node, or the nodes of several parameter sets that are one
-    computation (see _computations)."""
-    computation = _computations(nodes)
+    computation (see computations)."""
+    computation = computations(nodes)
     groups: list[list[dict]] = [[n] for n in nodes] if not computation else []
     box_of: dict[int, int] = {n["id"]: i for i, n in enumerate(nodes)} if not computation else {}
     seen: dict[tuple, int] = {}
@@ -112,11 +112,12 @@ def _node_picture(nodes: list[dict]) -> Picture:
     return Picture(boxes, _edges(nodes, box_of), False, len(nodes))
 
 
-def _computations(nodes: list[dict]) -> dict[int, tuple]:
+def computations(nodes: list[dict]) -> dict[int, tuple]:
     """Node id -> what makes its computation, for the nodes that may share one and whose rows show
     all of it: stage, key, the trace (the parameters read with their values, the files tracked) and
     the stored outputs. Only a row that ran or came from the cache in a run, with stored outputs,
-    has its trace in `reads`; and only nodes sharing a stage and key are compared further."""
+    has its trace in `reads`; and only nodes sharing a stage and key are compared further. The text
+    tree (tree.py) groups by the same rule, so the picture and the terminal agree."""
     by_key: dict[tuple, list[dict]] = {}
     for n in nodes:
         if n.get("key") and n.get("trace"):  # the entry it used: key + trace name one computation exactly

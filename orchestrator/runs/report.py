@@ -43,7 +43,7 @@ SERIES_TOTAL = 64_000_000  # metrics streams read for one report
 
 def write_report(manifest: dict, path: Path) -> None:
     """Render `manifest` and write it to `path` atomically (a reader never sees half a report)."""
-    write_file(path, render(manifest).encode("utf-8"))
+    write_file(path, render(manifest).encode("utf-8", "replace"))  # a non-UTF-8 path in argv: shown as ?
 
 
 def report_for_run(cache_root: Path, run: str = "latest", output: Path | None = None) -> Path:
