@@ -107,8 +107,7 @@ def read_series(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
 def read_lines(lines) -> dict[str, list[tuple[int, float]]]:
     """read_series of stream lines (bytes) already in memory."""
     series: dict[str, list[tuple[int, float]]] = {}
-    for raw in lines:
-        parsed = _parse_line(raw)
+    for parsed in _parse_lines([raw for raw in lines if raw.strip()]):
         if parsed is None:
             continue
         step, values = parsed
@@ -137,11 +136,28 @@ def last_values(path: str | os.PathLike, max_bytes: int = 8192) -> dict[str, flo
     return latest
 
 
+def _parse_lines(lines: list[bytes]) -> list:
+    """_parse_line of each line. The lines are parsed as one JSON array first (the JSON parser's C
+    loop, several times faster than a call per line on a long stream); if that fails, or the array
+    does not have one element per line, line by line, so a bad line costs only itself."""
+    try:
+        docs = json.loads(b"[" + b",".join(lines) + b"]")
+    except ValueError:
+        return [_parse_line(raw) for raw in lines]
+    if len(docs) != len(lines):
+        return [_parse_line(raw) for raw in lines]
+    return [_checked(d) for d in docs]
+
+
 def _parse_line(raw: bytes) -> tuple[int | None, dict[str, float]] | None:
     try:
         d = json.loads(raw)
     except ValueError:
         return None
+    return _checked(d)
+
+
+def _checked(d) -> tuple[int | None, dict[str, float]] | None:
     if not isinstance(d, dict):
         return None
     step, values = d.get("step"), d.get("metrics")

@@ -171,11 +171,11 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     try:
         outcomes = runner.run_all()
     except KeyboardInterrupt:  # Ctrl-C: what finished is stored; say so in the run's manifest
-        manifest.finish(RUN_INTERRUPTED, [node_row(o) for o in runner.outcomes], {})
+        manifest.finish(RUN_INTERRUPTED, [node_row(o, store) for o in runner.outcomes], {})
         _leave_report(manifest)
         raise
     result = RunResult(manifest.run_id, outcomes, decisions, graph, time.perf_counter() - t0, root)
-    manifest.finish(RUN_FAILED if result.failed else RUN_OK, [node_row(o) for o in outcomes], result.counts())
+    manifest.finish(RUN_FAILED if result.failed else RUN_OK, [node_row(o, store) for o in outcomes], result.counts())
     _leave_report(manifest)
     return result
 

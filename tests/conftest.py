@@ -122,6 +122,20 @@ def flip_stored_byte(store, info) -> Path:
 
 
 @pytest.fixture
+def require_chromium() -> str:
+    """Debian's `chromium`, for tests that open a page in a real browser. Missing: such a test fails
+    when ORCH_REQUIRE_BROWSER=1 (CI, .ci/run, installs it and sets it) and is skipped elsewhere."""
+    import shutil
+
+    exe = shutil.which("chromium")
+    if exe is None:
+        if os.environ.get("ORCH_REQUIRE_BROWSER") == "1":
+            pytest.fail("ORCH_REQUIRE_BROWSER=1 but Debian's chromium is not on PATH (apt-get install chromium)")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; CI requires it)")
+    return exe
+
+
+@pytest.fixture
 def project(tmp_path) -> Project:
     p = Project(tmp_path / "proj")
     p.root.mkdir()

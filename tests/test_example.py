@@ -4,6 +4,7 @@ to end at a tiny size (torchrun with 2 processes on CPU), run through the real `
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -195,6 +196,12 @@ def test_bundled_example_end_to_end_then_fully_cached(example):
     rows = (files / "comparison.csv").read_text().splitlines()
     assert rows[0].startswith("set,width,") and rows[1].startswith("default,8,")
     assert (files / "comparison.png").stat().st_size > 0
+
+    # the run's report draws the loss curve and shows the plots the stages stored
+    html = (example / ".orch/runs/latest/report.html").read_text()
+    assert html.count('class="orch-curve"') == 2 and "train · loss" in html and "train · lr" in html
+    for alt in ("predictions/predictions.png", "comparison_files/comparison.png"):
+        assert re.search(f'<img src="data:image/png;base64,[A-Za-z0-9+/=]{{1000,}}" alt="{alt}"', html), alt
 
     # the second run comes entirely from the cache
     second = orch(example, *run)

@@ -235,6 +235,20 @@ def test_stream_reader_tolerates_a_truncated_line_and_counts_steps_per_metric(tm
     assert nan["min"] == 1.0 and nan["max"] == 2.0 and nan["n"] == 3 and nan["last"] == 1.0
 
 
+def test_stream_reader_reads_clean_and_damaged_streams_alike(tmp_path):
+    """A clean stream is parsed in one go (as a JSON array); damage anywhere falls back to line by
+    line, and two broken lines that would make one valid object when joined are still two bad lines."""
+    good = [b'{"t": 1, "step": null, "metrics": {"a": 1, "b": NaN}}', b'{"t": 1, "step": 4, "metrics": {"a": 2.5}}',
+            b"", b'{"t": 1, "step": null, "metrics": {"a": 3, "bad": "x", "flag": true}}', b"7",
+            b'{"t": 1, "step": 1.5, "metrics": {"a": 9}}']  # valid JSON, but not all of it stream lines
+    clean = metrics.read_lines(good)
+    assert clean["a"] == [(0, 1), (4, 2.5), (5, 3)] and math.isnan(clean["b"][0][1]) and set(clean) == {"a", "b"}
+    split = [b'{"t": 1, "step": null, "metrics": {"a": 1}', b'"c": 2}', b'{"t": 1, "step": 2, "metrics": {"a": 7}}']
+    assert metrics.read_lines(split) == {"a": [(2, 7)]}  # joined, the first two would parse as one object
+    for damaged in (good[:2] + [b"garbage"] + good[2:], good + [b"[1, 2]"]):  # line by line: the same
+        assert metrics.read_lines(damaged).keys() == clean.keys() and metrics.read_lines(damaged)["a"] == clean["a"]
+
+
 def test_logged_values_must_be_numbers():
     np = pytest.importorskip("numpy")
     record = Record({"x": 1})

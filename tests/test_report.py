@@ -430,7 +430,7 @@ def test_unfinished_run_renders():
 # ---- the report in a real browser ---------------------------------------------------------------
 
 WINDOW = (1400, 1000)
-needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+needs_chromium = pytest.mark.usefixtures("require_chromium")  # skipped without it, unless ORCH_REQUIRE_BROWSER=1
 
 
 def chromium(tmp_path: Path, page: Path, *action: str) -> subprocess.CompletedProcess:

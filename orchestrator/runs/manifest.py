@@ -61,8 +61,14 @@ class ManifestWriter:
         atomic_write_json(self.dir / MANIFEST, self.data)
 
 
-def node_row(outcome) -> dict:
-    """A node's row in the manifest, from its core.runner.NodeOutcome."""
+#: Stored outputs the report shows (runs/images.py): files with these extensions, and directories
+#: (which may hold such files). Their paths in the store are in the node's row ("output_paths").
+IMAGE_EXTS = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
+
+
+def node_row(outcome, store=None) -> dict:
+    """A node's row in the manifest, from its core.runner.NodeOutcome; with the store, the paths
+    of its stored images and directories (for the report)."""
     node = outcome.node
     row = {
         "id": node.id,
@@ -91,6 +97,11 @@ def node_row(outcome) -> dict:
         row["metrics"] = outcome.metrics
     if outcome.series:
         row["series"] = outcome.series
+    if store is not None:
+        paths = {name: str(store.object_path(out.object, verify=False)) for name, out in outcome.outputs.items()
+                 if out.object.kind == "dir" or out.object.ext.lower() in IMAGE_EXTS}
+        if paths:
+            row["output_paths"] = paths
     if outcome.entry is not None and outcome.status == Status.CACHED:
         row["computed_s"] = outcome.entry.duration_s  # what it cost when it ran (compare's durations)
     if outcome.entry is not None and outcome.entry.accepted:

@@ -73,6 +73,62 @@ def example_short_form(names: Iterable[str]) -> str | None:
     return ",".join(f"{path.rsplit('.', 1)[-1]}={value}" for path, value in swept[1].items())
 
 
+def short_names(names: Iterable[str], wanted: Iterable[str] | None = None) -> dict[str, str]:
+    """A short form for each of `wanted` (default: every name) that names it among `names`: the swept
+    values that differ between the sets, by leaf name where that is unambiguous (`lr=0.1,width=16`).
+    A set with no such form (not swept, or one the form would not single out) keeps its name.
+    Linear in len(names) plus the work per wanted set, so a legend of 10 sets out of 10,000 is cheap."""
+    names = list(dict.fromkeys(names))
+    parsed = {n: v for n in names if (v := swept_values(n)) is not None}
+    values_of: dict[str, set] = {}  # path -> the values it takes (None: a swept set without it)
+    count: dict[str, int] = {}
+    for _, pairs in parsed.values():
+        for path, value in pairs.items():
+            values_of.setdefault(path, set()).add(value)
+            count[path] = count.get(path, 0) + 1
+    for path, seen in values_of.items():
+        if count[path] < len(parsed):
+            seen.add(None)
+    varying = [path for path, seen in values_of.items() if len(seen) > 1]
+    leaves: dict[str, int] = {}
+    for path in values_of:  # how many paths a key would match (leaf `lr` matches `lr` and `x.lr`)
+        for k in _suffixes(path):
+            leaves[k] = leaves.get(k, 0) + 1
+    index: dict[tuple[str, str], set[str]] = {}  # (path, value) -> the sets that have it
+    for n, (_, pairs) in parsed.items():
+        for path, value in pairs.items():
+            index.setdefault((path, value), set()).add(n)
+    exact = set(names)
+    out = {}
+    for name in (names if wanted is None else wanted):
+        form = None
+        if name in parsed and varying:
+            pairs = parsed[name][1]
+            shown = {min((k for k in _suffixes(p) if leaves[k] == 1), key=len, default=p): pairs[p]
+                     for p in varying if p in pairs}
+            form = ",".join(f"{k}={v}" for k, v in shown.items())
+            if (not shown or form in exact or _parse_query(form) != (None, shown)
+                    or _found(shown, index, values_of) != {name}):
+                form = None
+        out[name] = form or name
+    return out
+
+
+def _suffixes(path: str) -> list[str]:
+    """The keys that match `path` in a short form: `train.lr` -> [lr, train.lr]."""
+    parts = path.split(".")
+    return [".".join(parts[k:]) for k in range(len(parts) - 1, -1, -1)]
+
+
+def _found(pairs: dict[str, str], index: dict, values_of: dict) -> set[str]:
+    """The swept sets a short form's pairs match (as _matches decides), from the index."""
+    found: set[str] | None = None
+    for key, value in pairs.items():
+        hits = set().union(*(index.get((p, value), ()) for p in values_of if p == key or p.endswith("." + key)))
+        found = hits if found is None else found & hits
+    return found or set()
+
+
 def _parse_query(query: str) -> tuple[str | None, dict[str, str]] | None:
     m = _SWEPT.fullmatch(query.strip())
     if m is not None and "=" not in m.group("base"):  # NAME[k=v,...]; not k=[1,2]

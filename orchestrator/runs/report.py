@@ -1,15 +1,20 @@
 """The HTML report of a run: one self-contained file (inline CSS and SVG, no script, no network) written
 next to the manifest at the end of every run, and again by `orch report` / `orch show --html`.
 
-It is built from the manifest alone, so any past run can be re-rendered. Everything in it that came
-from the user (stage and set names, reasons, parameter values, tracebacks) is HTML-escaped. It must
-stay cheap on 10,000-node runs: the picture turns into one box per stage and the node table shows the
-first ROWS_PER_STATUS nodes of each status (the manifest keeps them all).
+It is built from the manifest alone, so any past run can be re-rendered, plus the files its rows
+point to: the metrics streams (`series`) drawn as curves (runs/curves.py) and the stored images
+(`output_paths`, runs/images.py). Everything in it that came from the user (stage, set and metric
+names, reasons, parameter values, tracebacks) is HTML-escaped. It must stay cheap on 10,000-node runs:
+the picture turns into one box per stage, the node table shows the first ROWS_PER_STATUS nodes of
+each status (the manifest keeps them all), metrics get one chart per stage and metric with at most
+MAX_LINES parameter sets in it, at most MAX_NODE_CHARTS charts of single nodes, and the streams and
+images read are bounded in number and bytes. A file that cannot be read is named in the report.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -17,7 +22,8 @@ from pathlib import Path
 from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
 from ..params import split_set_key
-from . import drawing
+from . import curves, drawing
+from .paramsets import short_names
 
 ROWS_PER_STATUS = 200  # node-table rows per status, over the whole report
 TRACEBACKS = 30  # failures shown with their traceback; the others by their error line
@@ -25,6 +31,14 @@ MAX_STAGES = 500  # rows of the per-stage table
 MAX_SETS = 300  # rows of the parameter-set table
 MAX_VARYING = 16  # columns of the parameter-set table
 VALUE_CHARS = 80  # a parameter value is cut here (the full value is in its tooltip)
+MAX_METRICS = 24  # metric columns of the comparison
+IMAGES_OPEN = 6  # images of one stage and file shown open; the others in a closed <details>
+FOLD_ROWS = 30  # a comparison of more sets is folded (closed <details>) under a line naming the best
+MAX_CHARTS = 40  # overlaid charts, one per stage and metric
+MAX_LINES = 10  # parameter sets in one overlaid chart (beyond: the extremes and evenly spaced between)
+MAX_NODE_CHARTS = 48  # charts of single nodes, over the whole report
+SERIES_BYTES = 32_000_000  # a metrics stream larger than this is not drawn
+SERIES_TOTAL = 64_000_000  # metrics streams read for one report
 
 
 def write_report(manifest: dict, path: Path) -> None:
@@ -56,12 +70,15 @@ def render(m: dict) -> str:
     nodes = m.get("nodes") or []
     run_id = str(m.get("run_id", "?"))
     sets = m.get("param_sets") or {}
+    compared = ""
     if nodes:
-        sections = [_dag(nodes), _failures(nodes, sets), _stages(nodes), _node_tables(nodes, sets)]
+        compared = _compare(m)
+        sections = [_dag(nodes), _failures(nodes, sets), compared, _metrics(nodes, sets), _images(nodes, sets),
+                    _stages(nodes), _node_tables(nodes, sets)]
     else:
         sections = ['<p class="note">No nodes recorded: this run has not finished (it is still running, or it was '
                     'killed before the end). Re-run the experiment: everything that finished is in the cache.</p>']
-    sections = [part for part in sections + [_param_sets(sets)] if part]
+    sections = [part for part in sections + [_param_sets(sets, differing=not compared)] if part]
     return "\n".join([_HEAD.format(title=escape(f"orch run {run_id}"), css=_CSS),
                       _header(m, nodes, sections), *sections, _FOOT.format(run=escape(run_id))])
 
@@ -85,7 +102,9 @@ def _header(m: dict, nodes: list[dict], sections: list[str]) -> str:
     ]
     grid = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in
-                     (("dag", "DAG"), ("failures", "failures"), ("stages", "stages"), ("nodes", "nodes"),
+                     (("dag", "DAG"), ("failures", "failures"), ("compare", "comparison"), ("metrics", "metrics"),
+                      ("images", "images"),
+                      ("stages", "stages"), ("nodes", "nodes"),
                       ("params", "parameter sets")) if any(p.startswith(f'<section id="{a}">') for p in sections))
     return (f'<header><h1><span class="badge st-{_cls(status)}">{escape(status)}</span> run '
             f'<code>{escape(str(m.get("run_id", "?")))}</code></h1><dl class="meta">{grid}</dl>'
@@ -137,6 +156,277 @@ def _failures(nodes: list[dict], sets: dict) -> str:
         items = "".join(f"<li>{count} skipped because {escape(cause)} failed</li>"
                         for cause, count in list(skipped.items())[:ROWS_PER_STATUS])
         out.append(f"<ul class=dim>{items}</ul>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _compare(m: dict) -> str:
+    """`orch compare` of this run: a row per parameter set, the parameters that differ, the final
+    metrics (the best of each marked) and the compute time; nothing for one set without metrics."""
+    from .compare import build_comparison, format_value
+
+    c = build_comparison([m])
+    if len(c.rows) < 2 and not c.metrics:
+        return ""
+    params, metrics = c.params[:MAX_VARYING], c.metrics[:MAX_METRICS]
+    status = any(r.status != "ok" for r in c.rows)
+    head = "".join(f"<th>{escape(p)}</th>" for p in params)
+    for name in metrics:
+        way = "higher" if name in c.higher else "lower"
+        head += f'<th class=num title="{way} is better">{escape(name)} {"↑" if way == "higher" else "↓"}</th>'
+    head += "<th class=num>compute time</th>" + ("<th>status</th>" if status else "")
+    if len(c.rows) > 1:
+        out = [f'<section id="compare"><h2>Parameter sets compared <span class="count">{len(c.rows):,}</span></h2>'
+               '<p class="dim">The parameters that differ between the sets, their final metrics (the last value '
+               "logged, or a number a JSON output holds) and the time their nodes took to compute; the best value of "
+               "each metric is marked (the lowest, or the highest where the name says so: acc, f1, score, ...). "
+               "<code>orch compare</code> prints the same table.</p>"]
+    else:
+        out = ['<section id="compare"><h2>Final metrics</h2><p class="dim">The last value of each metric the stages '
+               "logged, the numbers their JSON outputs hold, and the time the nodes took to compute "
+               "(<code>orch compare</code>).</p>"]
+    best = [f"<b>{escape(name)}</b> {escape(format_value(c.rows[i].metrics[name]))} in "
+            f'<span class="set">{escape(c.rows[i].param_set)}</span>' for name, i in c.best.items() if name in metrics]
+    folded = len(c.rows) > FOLD_ROWS
+    if best and folded:
+        out.append(f"<p>Best: {' · '.join(best)}</p>")
+    if folded:
+        out.append(f"<details><summary>Every parameter set <span class=\"count\">{len(c.rows):,}</span></summary>")
+    out.append(f'<div class="scroll"><table class="compare"><thead><tr><th>set</th>{head}</tr></thead><tbody>')
+    for i, r in enumerate(c.rows[:MAX_SETS]):
+        cells = "".join(f"<td>{_value(r.params[p]) if p in r.params else '<span class=dim>—</span>'}</td>" for p in params)
+        for name in metrics:
+            v = r.metrics.get(name)
+            text = escape(format_value(v)) if v is not None else "<span class=dim>—</span>"
+            if c.best.get(name) == i:
+                way = "highest" if name in c.higher else "lowest"
+                cells += f'<td class="num best" title="best: the {way} {escape(name)}">{text}</td>'
+            else:
+                cells += f'<td class="num" title="{escape(repr(v))}">{text}</td>' if v is not None else f"<td class=num>{text}</td>"
+        cells += f"<td class=num>{_secs(r.duration_s)}</td>"
+        if status:
+            cells += f'<td><span class="chip st-{_cls(r.status)}">{escape(r.status)}</span></td>'
+        out.append(f'<tr><td class="set">{escape(r.param_set)}</td>{cells}</tr>')
+    out.append("</tbody></table></div>" + ("</details>" if folded else ""))
+    notes = []
+    if len(c.params) > MAX_VARYING:
+        notes.append(f"{len(c.params) - MAX_VARYING} more differing parameters are not shown")
+    if len(c.metrics) > MAX_METRICS:
+        notes.append(f"{len(c.metrics) - MAX_METRICS} more metrics are not shown: "
+                     + ", ".join(c.metrics[MAX_METRICS:MAX_METRICS + 40]))
+    if len(c.rows) > MAX_SETS:
+        notes.append(f"the first {MAX_SETS} of {len(c.rows):,} sets are listed")
+    if notes:
+        out.append(f'<p class="note">{escape("; ".join(notes))} (<code>orch compare</code> shows everything).</p>')
+    out.append("</section>")
+    return "".join(out)
+
+
+def _metrics(nodes: list[dict], sets: dict) -> str:
+    """Curves of what the stages logged: one chart per stage and metric with a line per parameter
+    set (for a big sweep, the same MAX_LINES sets in every chart of a stage), then each of those
+    nodes on its own, in closed <details>."""
+    streams = _Streams()
+    by_stage: dict[str, list[dict]] = {}  # stage id -> its nodes that logged, in manifest order
+    metrics_of: dict[str, dict[str, int]] = {}  # stage id -> metric -> how many of its nodes logged it
+    for n in nodes:
+        logged = streams.logged(n)
+        if logged:
+            stage = n.get("stage_id") or n["stage"]
+            by_stage.setdefault(stage, []).append(n)
+            counts = metrics_of.setdefault(stage, {})
+            for name in logged:
+                counts[name] = counts.get(name, 0) + 1
+    if not by_stage:
+        return ""
+    charts = [(stage, name) for stage, counts in metrics_of.items() for name in counts]
+    shown = charts[:MAX_CHARTS]
+    picked = {stage: _pick(members, next(iter(metrics_of[stage]))) for stage, members in by_stage.items()
+              if any(stage == s for s, _ in shown)}
+    in_charts = list(dict.fromkeys(n["param_set"] for drawn in picked.values() for n in drawn))
+    names = short_names(list(sets) + [n["param_set"] for n in nodes], in_charts)
+    slots = {s: k for k, s in enumerate(in_charts)} if len(in_charts) <= len(curves.PALETTE) else None
+    out = ['<section id="metrics"><h2>Metrics</h2><p class="dim">What the stages logged (<code>record.log</code>, '
+           '<code>orchestrator.metrics.log</code>): one chart per stage and metric, one line per parameter set. '
+           'Hover over a line or a legend entry for its last, lowest and highest values.</p><div class="charts">']
+    for stage, metric in shown:
+        members, drawn = by_stage[stage], picked[stage]
+        lines = [line for n in drawn if (line := _line(n, metric, streams, names, slots)) is not None]
+        if not lines:
+            continue
+        count = metrics_of[stage][metric]
+        sub = _plural(count, "parameter set") if count > 1 else names.get(members[0]["param_set"], "")
+        caption = ""
+        if len(members) > len(drawn):
+            caption = (f'<figcaption class="note">{len(drawn)} of {len(members):,} parameter sets, the same in every '
+                       f"chart of {escape(members[0]['stage'])}: the lowest and highest last "
+                       f"{escape(next(iter(metrics_of[stage])))} and evenly spaced between, in that order.</figcaption>")
+        out.append(f"<figure>{curves.chart(members[0]['stage'] + ' · ' + metric, lines, subtitle=sub)}{caption}</figure>")
+    out.append("</div>")
+    if len(charts) > MAX_CHARTS:
+        more = [f"{by_stage[stage][0]['stage']} · {metric}" for stage, metric in charts[MAX_CHARTS:]]
+        out.append(f'<p class="note">{len(more):,} more stage and metric pairs are not drawn: '
+                   f'{escape(", ".join(more[:30]))}{" …" if len(more) > 30 else ""}.</p>')
+    if any(len(members) > 1 for members in by_stage.values()):
+        every = all(len(picked.get(stage, ())) == len(members) for stage, members in by_stage.items())
+        drawn_ids = {id(n) for drawn in picked.values() for n in drawn}
+        out.append(_node_charts([n for n in nodes if id(n) in drawn_ids], streams, names, every))
+    if streams.problems:
+        items = "".join(f"<li>{escape(p)}</li>" for p in streams.problems[:50])
+        more = len(streams.problems) - 50
+        out.append(f'<p class="note">Not drawn:</p><ul class="dim">{items}</ul>'
+                   + (f'<p class="note">… and {more:,} more.</p>' if more > 0 else ""))
+    out.append("</section>")
+    return "".join(out)
+
+
+def _line(n: dict, metric: str, streams: _Streams, names: dict[str, str], slots: dict | None) -> curves.Line | None:
+    prepared = streams.points(n, metric)
+    if prepared is None:
+        return None
+    failed = n.get("status") == Status.FAILED
+    return curves.Line(names.get(n["param_set"], n["param_set"]) + (" (failed)" if failed else ""), prepared[0],
+                       note=f"{n['stage']} [{n['param_set']}]", dashed=failed, dropped=prepared[1],
+                       slot=None if slots is None else slots[n["param_set"]])
+
+
+def _node_charts(nodes: list[dict], streams: _Streams, names: dict[str, str], every: bool) -> str:
+    """Charts of single nodes (every metric it logged), closed until opened, MAX_NODE_CHARTS in all."""
+    body, charts, left_out = [], 0, 0
+    for n in nodes:
+        logged = streams.logged(n)
+        if charts + len(logged) > MAX_NODE_CHARTS:
+            left_out += 1
+            continue
+        subtitle = names.get(n["param_set"], n["param_set"])
+        figures = []
+        for m in logged:
+            prepared = streams.points(n, m)
+            if prepared is not None:
+                line = curves.Line(m, prepared[0], dropped=prepared[1])
+                figures.append(f"<figure>{curves.chart(n['stage'] + ' · ' + m, [line], subtitle=subtitle)}</figure>")
+        if not figures:
+            continue
+        charts += len(figures)
+        last = ", ".join(f"{m} {curves.number(s['last'])}" for m, s in list((n.get("metrics") or {}).items())[:4]
+                         if isinstance(s, dict) and isinstance(s.get("last"), (int, float)))
+        body.append(f'<details><summary>{escape(n["stage"])} <span class="set">[{escape(n["param_set"])}]</span> '
+                    f'<span class="chip st-{_cls(n.get("status", ""))}">{escape(n.get("status", ""))}</span> '
+                    f'<span class="dim">{escape(last)}</span></summary><div class="charts">{"".join(figures)}</div></details>')
+    note = f'<p class="note">{left_out:,} more nodes with metrics are not drawn here.</p>' if left_out else ""
+    title = "Every node on its own" if every else "The nodes drawn above, each on its own"
+    return (f'<details class="nodes-charts"><summary>{title} <span class="count">{len(nodes):,}</span></summary>'
+            f'{"".join(body)}{note}</details>')
+
+
+def _pick(members: list[dict], metric: str) -> list[dict]:
+    """The nodes of a stage drawn in its charts: all of them up to MAX_LINES, else the lowest and
+    highest last value of `metric` and evenly spaced between (nodes without a known last value after them)."""
+    if len(members) <= MAX_LINES:
+        return members
+
+    def last(n: dict) -> float:
+        s = (n.get("metrics") or {}).get(metric)
+        v = s.get("last") if isinstance(s, dict) else None
+        return v if isinstance(v, (int, float)) and v == v else float("inf")
+
+    ranked = sorted(members, key=last)
+    idx = sorted({round(k * (len(ranked) - 1) / (MAX_LINES - 1)) for k in range(MAX_LINES)})
+    return [ranked[i] for i in idx]
+
+
+class _Streams:
+    """The metrics streams of nodes, each read at most once and within SERIES_BYTES per stream and
+    SERIES_TOTAL in all (what is not read says why in `problems`), and their points as charts draw them."""
+
+    def __init__(self):
+        self.cache: dict[str, dict | None] = {}
+        self.prepared: dict[tuple[str, str], tuple[list, int] | None] = {}
+        self.budget = SERIES_TOTAL
+        self.problems: list[str] = []
+
+    def logged(self, n: dict) -> list[str]:
+        """The metrics a node logged as a series (not the final numbers of its JSON outputs), from its
+        summary; for a node without one (it failed), from its stream."""
+        if not isinstance(n.get("series"), str):
+            return []
+        summary = n.get("metrics")
+        if isinstance(summary, dict) and summary:
+            return [name for name, s in summary.items()
+                    if isinstance(s, dict) and (s.get("step") is not None or (s.get("n") or 0) > 1)]
+        return list(self.read(n) or {})
+
+    def points(self, n: dict, metric: str) -> tuple[list, int] | None:
+        """curves.prepare of one metric of a node's stream (None if the stream or the metric is absent)."""
+        key = (n["series"], metric)
+        if key not in self.prepared:
+            points = (self.read(n) or {}).get(metric)
+            self.prepared[key] = curves.prepare(points) if points else None
+        return self.prepared[key]
+
+    def read(self, n: dict) -> dict | None:
+        from ..metrics import read_series
+
+        path = n["series"]
+        if path not in self.cache:
+            self.cache[path] = None
+            what = f"{n['stage']} [{n['param_set']}]"
+            try:
+                size = os.path.getsize(path)
+            except OSError as e:
+                self.problems.append(f"{what}: its metrics stream {path} cannot be read ({e.strerror or e})")
+                return None
+            if size > SERIES_BYTES:
+                self.problems.append(f"{what}: its metrics stream is {size / 1e6:.0f} MB, more than a report reads "
+                                     f"({SERIES_BYTES / 1e6:.0f} MB); orchestrator.metrics.read_series({path!r}) reads it")
+            elif size > self.budget:
+                self.problems.append(f"{what}: the report has read {SERIES_TOTAL / 1e6:.0f} MB of metrics streams already")
+            else:
+                self.budget -= size
+                self.cache[path] = read_series(path)
+        return self.cache[path]
+
+
+def _images(nodes: list[dict], sets: dict) -> str:
+    """The images stages stored (plots, predictions), grouped by stage and file, embedded."""
+    from . import images
+
+    found = images.collect(nodes)
+    if not found.images and not found.problems:
+        return ""
+    names = short_names(list(sets) + [n["param_set"] for n in nodes],
+                        list(dict.fromkeys(img.node["param_set"] for img in found.images)))
+    groups: dict[tuple[str, str], list] = {}
+    for img in found.images:
+        groups.setdefault((img.node["stage"], img.label), []).append(img)
+    out = [f'<section id="images"><h2>Images <span class="count">{len(found.images) + found.more}'
+           f'{"+" if found.unsearched else ""}</span></h2>']
+    skipped = []
+    for (stage, label), imgs in groups.items():
+        figures = []
+        for img in imgs:
+            set_name = img.node["param_set"]
+            if not img.data_uri:
+                skipped.append(f"{stage} [{set_name}] {label}: {img.problem} ({img.path})")
+                continue
+            figures.append(f'<figure class="image"><img src="{img.data_uri}" alt="{escape(label)}" loading="lazy" '
+                           f'title="{escape(img.path)}"><figcaption><span class="set" title="{escape(set_name)}">'
+                           f'{escape(names.get(set_name, set_name))}</span></figcaption></figure>')
+        if figures:
+            out.append(f'<h3>{escape(stage)} · <code>{escape(label)}</code></h3><div class="images">'
+                       f'{"".join(figures[:IMAGES_OPEN])}</div>')
+        if len(figures) > IMAGES_OPEN:
+            out.append(f'<details><summary>{len(figures) - IMAGES_OPEN} more</summary><div class="images">'
+                       f'{"".join(figures[IMAGES_OPEN:])}</div></details>')
+    notes = skipped + found.problems
+    if notes:
+        out.append('<p class="note">Not shown:</p><ul class="dim">'
+                   + "".join(f"<li>{escape(t)}</li>" for t in notes[:100]) + "</ul>")
+    if found.more or found.unsearched:
+        rest = [f"{found.more:,} more images"] if found.more else []
+        rest += [f"{found.unsearched:,} more directory outputs (which may hold images)"] if found.unsearched else []
+        out.append(f'<p class="note">Not shown: {" and ".join(rest)}; the report shows the first '
+                   f"{images.MAX_IMAGES} images of the run.</p>")
     out.append("</section>")
     return "".join(out)
 
@@ -228,7 +518,8 @@ def _aggregate_reads(reads: dict) -> list[str]:
     return [f'parameter set <span class="set">{escape(name)}</span>: {", ".join(cells)}' for name, cells in by_set.items()]
 
 
-def _param_sets(sets: dict) -> str:
+def _param_sets(sets: dict, differing: bool = True) -> str:
+    """The parameters of every set: what differs (unless the comparison above shows it), and what not."""
     if not sets:
         return ""
     flat = {name: _flatten(values) for name, values in sets.items()}
@@ -240,7 +531,9 @@ def _param_sets(sets: dict) -> str:
     varying = [k for k in keys if any(f.get(k, missing) != first.get(k, missing) for f in flat.values())]
     common = [k for k in keys if k not in set(varying)]
     out = [f'<section id="params"><h2>Parameter sets <span class="count">{len(sets)}</span></h2>']
-    if varying:
+    if varying and not differing:
+        out.append('<p class="dim">What differs between the sets is in the <a href="#compare">comparison</a> above.</p>')
+    elif varying:
         cols = varying[:MAX_VARYING]
         head = "".join(f"<th>{escape(k)}</th>" for k in cols)
         out.append(f'<h3>What differs</h3><table class="params"><thead><tr><th>set</th>{head}</tr></thead><tbody>')
@@ -369,6 +662,18 @@ summary{cursor:pointer}
 .error{color:#a3221b;font-weight:600;margin:4px 0;white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
 pre{background:#f6f8fa;border:1px solid var(--line);border-radius:6px;padding:10px 12px;overflow:auto;max-height:360px;margin:6px 0}
 footer{color:var(--dim);font-size:12px}
+.scroll{overflow-x:auto}
+table.compare{width:auto;min-width:50%}
+table.compare td,table.compare th{padding:4px 14px 4px 10px}
+table.compare td.best{background:#dcf3e3;font-weight:600;border-radius:4px}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:14px;margin:10px 0}
+.charts figure,figure.image{margin:0;border:1px solid var(--line);border-radius:8px;padding:6px;background:#fff;min-width:0}
+.charts svg{display:block}
+figcaption{font-size:12px;margin:4px 6px 2px}
+.images{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:14px;margin:6px 0 14px}
+figure.image img{display:block;max-width:100%;height:auto;margin:0 auto}
+figure.image figcaption{text-align:center}
+details.nodes-charts>details{margin-left:14px}
 """ + _status_css()
 
 _NODES_HEAD = ('<table class="nodes"><colgroup><col style="width:17%"><col style="width:8%"><col style="width:8%">'
