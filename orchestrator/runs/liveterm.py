@@ -190,7 +190,8 @@ class LiveArea:
                     out += data
                     line_open = not data.endswith(b"\n")
             if self._ending or self._exiting or self._master_closed():  # closed: 1 and 2 are restored
-                out += _erase(self._shown) + self._drain_to_mark()  # shown: nothing was written below it
+                rest = self._drain_to_mark() if self._ending else self._read_available()
+                out += _erase(self._shown) + rest  # shown: nothing was written below it
                 self._shown = 0
                 self._write(bytes(out))
                 return

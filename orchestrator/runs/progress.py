@@ -158,9 +158,12 @@ class Watch:
 
     def _done(self, outcome) -> None:
         node = outcome.node
+        if self._pending is None:  # nothing started yet (so no display thread): a cached node, noted
+            self._done_ids.add(node.id)
+            self._next_done(outcome)
+            return
         with self._lock:
-            if self._running.pop(node.id, None) is None and self._pending is not None \
-                    and node.id not in self._done_ids:
+            if self._running.pop(node.id, None) is None and node.id not in self._done_ids:
                 self._pending[node.stage.id] -= 1  # cached or skipped: never ran
             self._done_ids.add(node.id)
             if outcome.status == Status.FAILED:
