@@ -71,16 +71,21 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Re-run this stage and everything downstream of it; repeatable.")
 @click.option("--dry", is_flag=True, help="Show what would run or come from the cache, run nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No line per node; only failures and the summary.")
+@click.option("--progress/--no-progress", "progress", default=None,
+              help="Show what is running: a live area on a terminal, else a 'started' line per slow node and a "
+                   "heartbeat (env ORCH_PROGRESS_AFTER, ORCH_PROGRESS_EVERY: seconds). Default: shown unless --quiet.")
 @click.option("--parallel", "-j", "parallel", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Run up to N nodes at once in local worker processes. Under mpiexec/mpirun the MPI ranks "
                    "are the workers instead (rank 0 schedules, ranks 1..n-1 run nodes).")
 @debug_option
 @click.pass_context
-def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, parallel):
+def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, progress,
+                parallel):
     """Run EXPERIMENT (an experiment.py) for every parameter set, from the cache where possible."""
     from . import session
     from .executors.launch import detect_launch
     from .runs.console import Console
+    from .runs.progress import progress_options
 
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                               cache=cache, overwrite=overwrite, overwrite_stages=list(overwrite_stages),
@@ -96,7 +101,8 @@ def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_
                    else "rank 0 runs the nodes, distributed stages run on every rank")
             click.echo(f"note: --parallel is ignored under {launch.kind}: {how}", err=True)
     console = Console(debug=ctx.obj["debug"], quiet=quiet)
-    result = session.run_experiment(opts, on_done=console.node_done, launch=launch)
+    shown = progress_options(progress, quiet)
+    result = session.run_experiment(opts, on_done=console.node_done, launch=launch, progress=shown)
     if dry:
         console.dry_plan(result)
         return

@@ -144,3 +144,7 @@ class ReportError(OrchError):
 
 class GraphvizNotFoundError(ReportError):
     """--format png needs Graphviz's `dot` program, and it is not installed."""
+
+
+class ProgressError(OrchError):
+    """A progress setting (ORCH_PROGRESS_AFTER, ORCH_PROGRESS_EVERY) is not a valid number of seconds."""

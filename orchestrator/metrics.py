@@ -120,6 +120,13 @@ def read_lines(lines) -> dict[str, list[tuple[int, float]]]:
 
 def last_values(path: str | os.PathLike, max_bytes: int = 8192) -> dict[str, float]:
     """The latest value of each metric in the stream's last lines (a live display polls this)."""
+    return latest(path, max_bytes)[1]
+
+
+def latest(path: str | os.PathLike, max_bytes: int = 8192) -> tuple[int | None, dict[str, float]]:
+    """The last explicit step in the stream's last lines (None when they give none) and the latest
+    value of each metric there: what the live display (runs.progress) shows of a running node,
+    read from the tail only, so polling a long stream stays cheap."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -127,13 +134,14 @@ def last_values(path: str | os.PathLike, max_bytes: int = 8192) -> dict[str, flo
             f.seek(max(0, size - max_bytes))
             tail = f.read()
     except OSError:
-        return {}
-    latest: dict[str, float] = {}
+        return None, {}
+    step, values = None, {}
     for raw in tail.splitlines():
         parsed = _parse_line(raw)
         if parsed is not None:
-            latest.update(parsed[1])
-    return latest
+            step = parsed[0] if parsed[0] is not None else step
+            values.update(parsed[1])
+    return step, values
 
 
 def _parse_lines(lines: list[bytes]) -> list:

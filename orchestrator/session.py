@@ -16,6 +16,7 @@ from .params import ParamSet, load_params
 
 if TYPE_CHECKING:
     from .core.plan import Decision, PlanContext
+    from .runs.progress import ProgressOptions
     from .store import DiskStore
 
 
@@ -52,9 +53,11 @@ class RunResult:
         return c
 
 
-def run_experiment(opts: RunOptions, on_done: Callable = lambda o: None, launch: Launch | None = None) -> RunResult:
+def run_experiment(opts: RunOptions, on_done: Callable = lambda o: None, launch: Launch | None = None,
+                   progress: ProgressOptions | None = None) -> RunResult:
     """The run as a single process, or as rank 0 of an MPI / torchrun launch (the other ranks are in
-    executors.serve and are released by the executor's close, whatever happens here)."""
+    executors.serve and are released by the executor's close, whatever happens here). `progress`:
+    how the run shows what is running (runs.progress); None shows nothing."""
     from .executors import WorkerConfig, open_executor
     from .store import cache_dir
 
@@ -63,7 +66,7 @@ def run_experiment(opts: RunOptions, on_done: Callable = lambda o: None, launch:
     executor = open_executor(launch or Launch(), WorkerConfig(str(root), str(experiment)), opts.parallel, opts.argv)
     code = 1
     try:
-        result = _plan_and_run(opts, experiment, root, executor, on_done)
+        result = _plan_and_run(opts, experiment, root, executor, on_done, progress)
         code = 1 if result.failed else 0
         return result
     finally:
@@ -151,10 +154,12 @@ def accept_code(opts: RunOptions, stage: str, param_set: str | None, dry: bool) 
     return accept(p.graph, p.ctx, p.decisions, stage, param_set, dry)
 
 
-def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_done: Callable) -> RunResult:
+def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_done: Callable,
+                  progress: ProgressOptions | None = None) -> RunResult:
     from .core.plan import record_code_manifests
     from .core.runner import NodeOutcome, Runner
     from .runs.manifest import ManifestWriter, node_row
+    from .runs.progress import watch_run
 
     t0 = time.perf_counter()
     planned = plan_experiment(opts, experiment, root)
@@ -167,13 +172,16 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     record_code_manifests(graph, decisions, ctx)
     manifest = ManifestWriter(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
     executor.start(store)
-    runner = Runner(graph, ctx, decisions, executor, on_done, manifest.dir)
+    watch = watch_run(progress, graph.nodes, root, executor, on_done)  # starts with the first node that runs
+    runner = Runner(graph, ctx, decisions, watch.executor, watch.on_done, manifest.dir, on_start=watch.on_start)
     try:
         outcomes = runner.run_all()
     except KeyboardInterrupt:  # Ctrl-C: what finished is stored; say so in the run's manifest
         manifest.finish(RUN_INTERRUPTED, [node_row(o, store) for o in runner.outcomes], {})
         _leave_report(manifest)
         raise
+    finally:
+        watch.close()
     result = RunResult(manifest.run_id, outcomes, decisions, graph, time.perf_counter() - t0, root)
     manifest.finish(RUN_FAILED if result.failed else RUN_OK, [node_row(o, store) for o in outcomes], result.counts())
     _leave_report(manifest)

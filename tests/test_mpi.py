@@ -112,3 +112,22 @@ def test_mpiexec_with_one_rank_is_a_plain_run(project):
     out = mpirun(project, 1, *SWEEP8)
     assert out.returncode == 0, out.stderr
     assert plain_counts(project) == {"make_data": 1, "train": 8, "evaluate": 8, "table": 1}
+
+
+def test_rank_0_prints_heartbeats_with_the_metric_a_worker_rank_logs(project):
+    """Under MPI the display lives on rank 0 (its stdout is the launcher's pipe: plain lines); the
+    metric comes from the stream the stage writes on a worker rank."""
+    from test_progress import FAST, Streamed, orch_env, release, slow_project
+
+    args = slow_project(project)
+    run = Streamed([MPIEXEC, "-n", "3", *ORCH_MPI, *args], project.root, orch_env(project, FAST))
+    try:
+        run.wait_for_output(r"started train \[base\] \d+s ago\n", "rank 0's started line for train")
+        run.wait_for_output(r"progress \d+s: 0/2 done, 1 running, 1 pending; running: train \[base\] \d+s  step 3  "
+                            r"loss=0.5\n", "a heartbeat with the metric logged on a worker rank")
+        release(project, "train-0.5")
+        assert run.finish(timeout=90) == 0, run.stdout + run.stderr
+    finally:
+        run.kill()
+    assert "\x1b" not in run.stdout + run.stderr
+    assert run.stdout.count("2 nodes: 2 ran") == 1  # rank 0 alone prints
