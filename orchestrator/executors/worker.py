@@ -77,6 +77,36 @@ def init_worker(config: WorkerConfig, where: str = "") -> None:
         _Worker.setup_error = str(e)
 
 
+def init_pool_worker(config: WorkerConfig, coordinator: int) -> None:
+    """A `--parallel` worker: dies with the run that started it, then prepares like any worker."""
+    die_with_parent(coordinator)
+    init_worker(config)
+
+
+def die_with_parent(coordinator: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG).
+
+    Why: when `orch run` is killed (kill -9, the OOM killer), its pool workers would otherwise
+    finish their nodes for nobody and block the next run on the node locks they hold. Killing a
+    worker is safe at any moment: its outputs reach the store only by rename, its lock dies with it.
+    The parent is the coordinator (fork) or the forkserver, which exits when the coordinator does.
+    If the coordinator is already gone by now, exit at once. Elsewhere than Linux: a no-op."""
+    import ctypes
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # no prctl here: workers end when they next read the queue
+        return
+    try:
+        os.kill(coordinator, 0)
+    except ProcessLookupError:
+        os._exit(1)
+
+
 def run_encoded(node_id: int, payload: bytes) -> bytes:
     """Worker entry: unpickle a Task, execute it, return its pickled TaskResult. Never raises for
     anything a node can cause; the result says what failed."""
