@@ -48,9 +48,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with open(fd, "wb", closefd=True) as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = path  # a failed write() names no file: say which record it was
         raise
 
 

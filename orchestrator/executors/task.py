@@ -186,7 +186,7 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
             return TaskResult(task.node_id, Status.RAN, duration=fn_time)
         try:
             values = _split_outputs(stage, result)
-            outputs = _save_outputs(stage, values, staging, store, record)
+            outputs = _save_outputs(stage, values, staging, store, record, task.label)
         except OrchError as e:
             return _failure(task, e, fn_time)
         if record.stat_cache is not None:
@@ -316,13 +316,13 @@ def _split_outputs(stage, result) -> dict[str, Any]:
 
 
 def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store,
-                  record: Record | None = None) -> dict[str, StoredOutput]:
+                  record: Record | None = None, label: str = "") -> dict[str, StoredOutput]:
     """Two phases, so that a bad output leaves nothing in the store: every cacher first prepares its
     file or directory next to the staging area (a failure names the stage and artifact and removes
     what was prepared), then all are ingested."""
     prepared: list = []
     try:
-        _prepare_outputs(stage, values, staging, record, prepared)
+        _prepare_outputs(stage, values, staging, record, prepared, label or stage.name)
     except BaseException:
         for _, path, _, _ in prepared:
             if path.startswith(f"{staging}.out."):
@@ -338,7 +338,7 @@ def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store,
                     rmtree_force(rest, missing_ok=True)
             if not is_write_failure(e):
                 raise
-            raise write_error(e, f"stage {stage.name}: output {spec.name!r}", _root(store), path) from e
+            raise write_error(e, f"stage {label or stage.name}: output {spec.name!r}", _root(store), path) from e
         saved[spec.name] = StoredOutput(info, spec.cacher.identity(), metadata)
     return saved
 
@@ -348,7 +348,7 @@ def _root(store: Store) -> str:
     return str(getattr(store, "root", "the cache"))
 
 
-def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepared: list) -> None:
+def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepared: list, label: str) -> None:
     used: dict[str, str] = {}
     for spec in stage.outputs:
         if spec.cacher is None:
@@ -365,7 +365,7 @@ def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepa
             rmtree_force(out_path, missing_ok=True)
             if not is_write_failure(e):
                 raise _unsavable(stage, spec, values, e) from e
-            raise write_error(e, f"stage {stage.name}: output {spec.name!r}", os.path.dirname(os.path.dirname(staging)),
+            raise write_error(e, f"stage {label}: output {spec.name!r}", os.path.dirname(os.path.dirname(staging)),
                               out_path) from e
         except Exception as e:
             rmtree_force(out_path, missing_ok=True)
