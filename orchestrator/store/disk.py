@@ -299,7 +299,12 @@ class DiskStore(Store):
     def check_locking(self) -> None:
         """One flock taken and dropped in the cache (locks.check_flock): a filesystem without flock
         fails the run once, before anything runs, with what to do."""
-        check_flock(self._tmp_root())
+        try:
+            check_flock(self._tmp_root())
+        except OSError as e:
+            if not is_write_failure(e):
+                raise
+            raise write_error(e, "taking a lock in the cache", self.root) from e
 
     def stat_cache(self) -> hashing.StatCache:
         if self._stat_cache is None:
