@@ -106,7 +106,7 @@ def assert_store_complete(cache: Path) -> list[Path]:
             kind, digest, _ = hash_path(obj)
             assert digest == name, f"{obj} does not hash to its name: a partial or damaged object"
     tmp = cache / "tmp"
-    return [p for p in tmp.iterdir() if p.name != ".probe.lock"] if tmp.is_dir() else []  # the flock probe
+    return list(tmp.iterdir()) if tmp.is_dir() else []
 
 
 def orch_runs_status(project, cache: Path | None = None) -> str:

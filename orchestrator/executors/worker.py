@@ -68,7 +68,8 @@ def init_worker(config: WorkerConfig, where: str = "") -> None:
     if experiment_dir not in sys.path:
         sys.path.insert(0, experiment_dir)
     try:
-        _Worker.store = DiskStore(config.store_root)
+        # the coordinator decided whether this run may write the cache; a refused write is the node's CacheWriteError
+        _Worker.store = DiskStore(config.store_root, write=False)
         from ..session import project_code
 
         project_code(Path(config.experiment))  # imports run the hashed source here too (core.pycache)

@@ -300,7 +300,7 @@ class DiskStore(Store):
         """One flock taken and dropped in the cache (locks.check_flock): a filesystem without flock
         fails the run once, before anything runs, with what to do."""
         try:
-            check_flock(self._tmp_root())
+            check_flock(self._ensure_dir(self._locks))
         except OSError as e:
             if not is_write_failure(e):
                 raise
@@ -323,6 +323,8 @@ class DiskStore(Store):
         removed = 0
         for shard in _listdir(self._locks):
             shard_dir = os.path.join(self._locks, shard)
+            if len(shard) != 2 or not os.path.isdir(shard_dir):  # the flock probe (locks.PROBE)
+                continue
             for name in _listdir(shard_dir):
                 path = os.path.join(shard_dir, name)
                 key = name.split(".", 1)[0]

@@ -87,12 +87,16 @@ def unsupported(path: str, e: OSError) -> LockingUnsupportedError:
         "support (NFSv4, Lustre -o flock) or put the cache elsewhere (--cache DIR / ORCH_CACHE)")
 
 
+#: The file check_flock locks, at the top of the locks directory (node locks live in 2-letter shards).
+PROBE = "probe.lock"
+
+
 def check_flock(lock_dir: str) -> None:
     """Take and drop a lock in `lock_dir` once: a filesystem without flock is one clear error
     before anything runs, not a failure of every node. `lock_dir` must exist."""
     import fcntl
 
-    fd = os.open(os.path.join(lock_dir, ".probe.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(os.path.join(lock_dir, PROBE), os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
