@@ -18,9 +18,12 @@ from conftest import ORCH, wait_for
 from faultkit import alive, assert_store_complete, entries, half_writer_project, orch_runs_status, writers
 
 
-def _start(project, args, *, argv=None, hold=True) -> subprocess.Popen:
+def _start(project, args, *, argv=None, hold=True, start_method=None) -> subprocess.Popen:
     env = {**os.environ, "ORCH_COUNTS": str(project.counts_file), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("ORCH_CACHE", None)
+    env.pop("ORCH_START_METHOD", None)
+    if start_method:
+        env["ORCH_START_METHOD"] = start_method
     env.pop("ORCH_TEST_HOLD_WRITE", None)
     if hold:
         env["ORCH_TEST_HOLD_WRITE"] = "1"
@@ -70,12 +73,14 @@ def test_kill_9_of_a_pool_worker_mid_object_fails_its_node_and_leaves_no_partial
     _rerun_recomputes_only_big(project, args)
 
 
-def test_kill_9_of_the_coordinator_takes_its_pool_workers_down(project):
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_kill_9_of_the_coordinator_takes_its_pool_workers_down(project, start_method):
     """`orch run -j 2` killed while both workers are in the middle of a write: the workers die with
     it (they would otherwise finish for nobody and hold their node locks), the store is intact, the
-    run reads as died, and the re-run redoes only what was unfinished."""
+    run reads as died, and the re-run redoes only what was unfinished. With forkserver (a coordinator
+    with threads) the workers' parent is the fork server, which exits with the coordinator."""
     args = half_writer_project(project, sets=(1, 2), mb=8)
-    proc = _start(project, (*args, "--parallel", "2"))
+    proc = _start(project, (*args, "--parallel", "2"), start_method=start_method)
     try:
         pids = wait_for(lambda: len(writers(project)) == 2 and writers(project), "both workers mid-write",
                         detail=lambda: project.counts())

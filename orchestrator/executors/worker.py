@@ -85,27 +85,59 @@ def init_pool_worker(config: WorkerConfig, coordinator: int) -> None:
 
 
 def die_with_parent(coordinator: int) -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG).
+    """End this worker when the coordinator (`orch run`) dies.
 
     Why: when `orch run` is killed (kill -9, the OOM killer), its pool workers would otherwise
     finish their nodes for nobody and block the next run on the node locks they hold. Killing a
     worker is safe at any moment: its outputs reach the store only by rename, its lock dies with it.
-    The parent is the coordinator (fork) or the forkserver, which exits when the coordinator does.
-    If the coordinator is already gone by now, exit at once. Elsewhere than Linux: a no-op."""
-    import ctypes
+    A forked worker asks the kernel (Linux PR_SET_PDEATHSIG: SIGKILL when the parent dies). A
+    forkserver's worker cannot: its parent is the fork server, which the workers themselves keep
+    alive (they hold its liveness pipe), so a daemon thread waits on the coordinator's pidfd (or
+    polls it) and kills this process when it is gone. Elsewhere than Linux: a no-op."""
     import signal
 
     if not sys.platform.startswith("linux"):
         return
+    if os.getppid() == coordinator:
+        try:
+            import ctypes
+
+            if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # PR_SET_PDEATHSIG
+                if os.getppid() != coordinator:  # it died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    import threading
+
+    threading.Thread(target=_kill_self_when_gone, args=(coordinator,), name="orch-coordinator-watch",
+                     daemon=True).start()
+
+
+def _kill_self_when_gone(pid: int) -> None:
+    import select
+    import signal
+
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):  # no prctl here: workers end when they next read the queue
-        return
-    try:
-        os.kill(coordinator, 0)
+        fd = os.pidfd_open(pid)
     except ProcessLookupError:
-        os._exit(1)
+        fd = None  # already gone
+    except (AttributeError, OSError):  # no pidfd (Linux < 5.3): poll
+        while _process_exists(pid):
+            time.sleep(0.5)
+        fd = None
+    else:
+        select.select([fd], [], [])  # readable once the process has exited
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _process_exists(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def run_encoded(node_id: int, payload: bytes) -> bytes:
