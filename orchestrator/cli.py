@@ -336,10 +336,11 @@ def cache():
     """Inspect and maintain the cache directory."""
 
 
-def _store(cache):
+def _store(cache, write: bool = True):
+    """The cache of a `cache` command; `write=False` for those that only read (a read-only cache is fine)."""
     from .store import DiskStore, cache_dir
 
-    return DiskStore(cache_dir(cache))
+    return DiskStore(cache_dir(cache), write=write)
 
 
 @cache.command("ls")
@@ -350,7 +351,7 @@ def cache_ls(cache):
     from .runs.console import print_cache_stats
     from .store.maintenance import stats
 
-    store = _store(cache)
+    store = _store(cache, write=False)
     print_cache_stats(store.root, stats(store))
 
 

@@ -109,6 +109,21 @@ class StoreError(OrchError):
     """The cache directory is unusable (permissions, not a cache)."""
 
 
+class CacheWriteError(StoreError):
+    """The cache's filesystem refused a write: full, over quota, read-only or not permitted
+    (store.failures words the message). `errno` says which."""
+
+    errno: int | None = None
+
+
+class ReadOnlyCacheError(StoreError):
+    """A run must store results in a cache that is read-only for this user."""
+
+
+class LockingUnsupportedError(StoreError):
+    """The cache's filesystem does not support flock(2), which node locks need."""
+
+
 class DamagedObjectError(StoreError):
     """A stored object is missing or does not match its hash: treated as a cache miss."""
 

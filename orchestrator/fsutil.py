@@ -9,6 +9,7 @@ power cut costs a re-run; fsync per node would cost 1-10 ms each, see BENCHMARKS
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -47,9 +48,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with open(fd, "wb", closefd=True) as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = path  # a failed write() names no file: say which record it was
         raise
 
 
@@ -92,12 +95,14 @@ def load_cache_file(path: str | os.PathLike | None, version: object, field: str)
 
 
 def save_cache_file(path: str | os.PathLike, data: dict) -> bool:
-    """atomic_write_json for cache files: a failure is a warning and False, never an error."""
+    """atomic_write_json for cache files: a failure is a warning and False, never an error. A cache
+    that is read-only for this user (EROFS, EACCES) is a supported way to use one: no warning."""
     try:
         atomic_write_json(path, data)
         return True
     except OSError as e:
-        log.warning("could not save the cache file %s: %s", path, e)
+        quiet = e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        log.log(logging.DEBUG if quiet else logging.WARNING, "could not save the cache file %s: %s", path, e)
         return False
 
 

@@ -133,7 +133,7 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
     param_sets = load_param_sets(opts.params, opts.overrides)
     roots = project_code(experiment)
     graph = build_graph(load_experiment(experiment), param_sets)
-    store = DiskStore(root)
+    store = DiskStore(root, write=False)  # a read-only cache can still plan (and serve a cached run)
     ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
     decisions = plan(graph, ctx)
     ctx.fingerprinter.save()
@@ -169,6 +169,9 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
         outcomes = [NodeOutcome(n, status=d.state, key=d.key, reason=d.reason, entry=d.entry)
                     for n, d in zip(graph.nodes, decisions)]
         return RunResult(None, outcomes, decisions, graph, time.perf_counter() - t0, root)
+    if store.read_only:
+        return _run_read_only(graph, ctx, decisions, executor, on_done, root, t0)
+    store.check_locking()
     record_code_manifests(graph, decisions, ctx)
     manifest = ManifestWriter(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
     executor.start(store)
@@ -180,12 +183,39 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
         manifest.finish(RUN_INTERRUPTED, [node_row(o, store) for o in runner.outcomes], {})
         _leave_report(manifest)
         raise
+    except BaseException:  # orch itself failed mid-run: the record says the run failed, not "running"
+        manifest.finish(RUN_FAILED, [node_row(o, store) for o in runner.outcomes], {})
+        raise
     finally:
         watch.close()
     result = RunResult(manifest.run_id, outcomes, decisions, graph, time.perf_counter() - t0, root)
     manifest.finish(RUN_FAILED if result.failed else RUN_OK, [node_row(o, store) for o in outcomes], result.counts())
     _leave_report(manifest)
     return result
+
+
+def _run_read_only(graph: Graph, ctx, decisions, executor, on_done: Callable, root: Path, t0: float) -> RunResult:
+    """A run against a cache this user cannot write (a read-only mount, another team's archive):
+    reading is fine, so a run that finds every stored result serves it from the cache, unrecorded
+    (no manifest: recording needs write). A node that would have to store something is refused
+    before anything runs, rather than computed and thrown away."""
+    import logging
+
+    from .core.runner import Runner
+    from .errors import ReadOnlyCacheError
+
+    must_store = [n for n, d in zip(graph.nodes, decisions) if d.state != Status.CACHED and n.stage.cached]
+    if must_store:
+        shown = ", ".join(n.label for n in must_store[:5]) + (f" and {len(must_store) - 5} more" if len(must_store) > 5 else "")
+        raise ReadOnlyCacheError(
+            f"the cache {root} is read-only for you and {len(must_store)} node(s) must run and store their "
+            f"results: {shown}; make it writable, or run with a writable cache (--cache DIR / ORCH_CACHE); "
+            "`orch run --dry` shows what would run")
+    logging.getLogger(__name__).warning("the cache %s is read-only for you: every result comes from it, and this run "
+                                        "is not recorded (orch runs/show will not list it)", root)
+    executor.start(ctx.store)
+    outcomes = Runner(graph, ctx, decisions, executor, on_done, None).run_all()
+    return RunResult(None, outcomes, decisions, graph, time.perf_counter() - t0, root)
 
 
 def _leave_report(manifest) -> None:

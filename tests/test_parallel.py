@@ -48,7 +48,8 @@ def sweep_project(p, extra: str = "", runs_before_data: int = 0, train_ranks: in
 
         def runs_started():
             runs = os.path.join(os.path.dirname(COUNTS), ".orch", "runs")
-            return [d for d in os.listdir(runs) if d != "latest" and os.path.exists(os.path.join(runs, d, "manifest.json"))]
+            return [d for d in os.listdir(runs) if d != "latest" and not d.startswith(".")  # not latest's temp link
+                    and os.path.exists(os.path.join(runs, d, "manifest.json"))]
 
         def train_ranks():
             with open(COUNTS) as f:

@@ -701,3 +701,61 @@ def test_the_fast_entry_parser_accepts_exactly_what_the_checked_one_accepts():
             assert fast == checked, v
         agreed += checked is not None
     assert agreed > 10  # some variants are still valid entries (e.g. another version or a string size hint)
+
+
+def test_a_setgid_cache_root_is_group_shared_and_gives_the_group_the_owners_bits(tmp_path):
+    from orchestrator.store import sharing
+
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    shared.mkdir()
+    private.mkdir()
+    os.chmod(shared, 0o2770)
+    os.chmod(private, 0o755)
+    assert sharing.is_group_shared(shared) and sharing.is_group_shared(shared / "not" / "yet")
+    assert not sharing.is_group_shared(private) and not sharing.is_group_shared(private / "cache")
+    before = os.umask(0o077)
+    try:
+        assert not sharing.apply_group_policy(private) and sharing.current_umask() == 0o077
+        assert sharing.apply_group_policy(shared / "cache")
+        assert sharing.current_umask() == 0o007  # the group gets the owner's bits; others keep the umask
+        DiskStore(shared / "cache").new_staging_dir()
+        d = shared / "cache" / "tmp"
+        assert stat.S_IMODE(d.stat().st_mode) & 0o2070 == 0o2070  # inherited setgid, group rwx
+    finally:
+        os.umask(before)
+        sharing._applied.clear()
+
+
+def test_a_refused_write_names_the_record_the_cause_and_what_to_do(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from orchestrator import fsutil
+    from orchestrator.errors import CacheWriteError
+    from orchestrator.fsutil import atomic_write_bytes
+    from orchestrator.store.failures import write_error
+
+    class Full:  # a file on a full disk: created, but no byte fits
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+    target = tmp_path / "entries" / "x.json"
+    target.parent.mkdir()
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(target, b"{}")
+    monkeypatch.undo()
+    assert info.value.filename == str(target) and list(target.parent.iterdir()) == []  # no temp left
+    err = write_error(info.value, "stage train[default]: its cache entry", tmp_path)
+    assert isinstance(err, CacheWriteError) and err.errno == errno.ENOSPC
+    assert str(err).startswith(f"stage train[default]: its cache entry: cannot write {target}: no space left on device")
+    assert "free space" in str(err) and "re-run continues" in str(err)

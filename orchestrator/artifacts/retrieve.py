@@ -83,7 +83,7 @@ def locate(name: str, run: str = "latest", param_set: str | None = None, cache: 
     if note:
         log.warning("%s", note)
     run_id = manifest.get("run_id", run)
-    store = DiskStore(root)
+    store = DiskStore(root, write=False)  # reading an artifact needs no write access
     obj_hash = node["outputs"][name]
     stored = None
     for entry in store.get_entries(node["key"], label=f"{node['stage']}[{node['param_set']}]") if node.get("key") else []:

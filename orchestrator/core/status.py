@@ -32,3 +32,6 @@ class Status(str, Enum):
 
 #: What a finished run can say about itself in its manifest.
 RUN_OK, RUN_FAILED, RUN_INTERRUPTED, RUN_RUNNING = "ok", "failed", "interrupted", "running"
+#: Never written: what readers show for a manifest still "running" whose process is gone (kill -9,
+#: an MPI job aborted by the launcher, a lost node); runs.manifest tells by the run's liveness lock.
+RUN_DIED = "died"

@@ -9,7 +9,7 @@ from collections import deque
 from ..core.status import Status
 from .base import Executor
 from .task import Task, TaskResult
-from .worker import WorkerConfig, decode_result, encode_task, init_worker, run_encoded
+from .worker import WorkerConfig, decode_result, encode_task, init_pool_worker, run_encoded
 
 
 def _threads_in_this_process() -> int | None:
@@ -76,7 +76,7 @@ class PoolExecutor(Executor):
             from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_mp_context(),
-                                             initializer=init_worker, initargs=(self.config,))
+                                             initializer=init_pool_worker, initargs=(self.config, os.getpid()))
         return self._pool
 
     def submit(self, task: Task, stage) -> None:

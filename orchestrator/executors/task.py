@@ -26,6 +26,7 @@ from ..hashing.coderoots import CodeRoots
 from ..params import MISSING, resolve
 from ..record import Record, current_record
 from ..store import Entry, Head, KeyComponents, Read, Store, StoredOutput
+from ..store.failures import is_write_failure, write_error
 
 #: What pickle raises for a value it cannot serialize (one place: workers, in-memory hashes).
 PICKLING_ERRORS = (pickle.PicklingError, TypeError, AttributeError, RecursionError)
@@ -185,7 +186,7 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
             return TaskResult(task.node_id, Status.RAN, duration=fn_time)
         try:
             values = _split_outputs(stage, result)
-            outputs = _save_outputs(stage, values, staging, store, record)
+            outputs = _save_outputs(stage, values, staging, store, record, task.label)
         except OrchError as e:
             return _failure(task, e, fn_time)
         if record.stat_cache is not None:
@@ -202,8 +203,15 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
                 values.pop(spec.name, None)
         res.values = values
         if stage.cached and task.key is not None:
-            series = _store_series(record, staging, store) if res.metrics else None
-            res.entry = _write_entry(task, store, record, res.reads, outputs, fn_time, res.metrics, series)
+            what = f"stage {task.label}: its metrics stream"
+            try:
+                series = _store_series(record, staging, store) if res.metrics else None
+                what = f"stage {task.label}: its cache entry"
+                res.entry = _write_entry(task, store, record, res.reads, outputs, fn_time, res.metrics, series)
+            except OSError as e:  # a full or read-only cache: this node fails, what finished stays stored
+                if not is_write_failure(e):
+                    raise
+                return _failure(task, write_error(e, what, _root(store)), fn_time)
         rmtree_force(checkpoints, missing_ok=True)  # the outputs are stored: its checkpoints are done with
         return res
     finally:
@@ -308,26 +316,39 @@ def _split_outputs(stage, result) -> dict[str, Any]:
 
 
 def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store,
-                  record: Record | None = None) -> dict[str, StoredOutput]:
+                  record: Record | None = None, label: str = "") -> dict[str, StoredOutput]:
     """Two phases, so that a bad output leaves nothing in the store: every cacher first prepares its
     file or directory next to the staging area (a failure names the stage and artifact and removes
     what was prepared), then all are ingested."""
     prepared: list = []
     try:
-        _prepare_outputs(stage, values, staging, record, prepared)
+        _prepare_outputs(stage, values, staging, record, prepared, label or stage.name)
     except BaseException:
         for _, path, _, _ in prepared:
             if path.startswith(f"{staging}.out."):
                 rmtree_force(path, missing_ok=True)
         raise
     saved = {}
-    for spec, path, ext, metadata in prepared:
-        info = store.ingest(Path(path), ext)
+    for i, (spec, path, ext, metadata) in enumerate(prepared):
+        try:
+            info = store.ingest(Path(path), ext)
+        except OSError as e:  # ingest stages and renames: nothing partial is left in objects/
+            for _, rest, _, _ in prepared[i:]:
+                if rest.startswith(f"{staging}.out."):
+                    rmtree_force(rest, missing_ok=True)
+            if not is_write_failure(e):
+                raise
+            raise write_error(e, f"stage {label or stage.name}: output {spec.name!r}", _root(store), path) from e
         saved[spec.name] = StoredOutput(info, spec.cacher.identity(), metadata)
     return saved
 
 
-def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepared: list) -> None:
+def _root(store: Store) -> str:
+    """The cache directory, for messages (the in-memory store has none)."""
+    return str(getattr(store, "root", "the cache"))
+
+
+def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepared: list, label: str) -> None:
     used: dict[str, str] = {}
     for spec in stage.outputs:
         if spec.cacher is None:
@@ -340,18 +361,27 @@ def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepa
         except OrchError:
             rmtree_force(out_path, missing_ok=True)
             raise
+        except OSError as e:
+            rmtree_force(out_path, missing_ok=True)
+            if not is_write_failure(e):
+                raise _unsavable(stage, spec, values, e) from e
+            raise write_error(e, f"stage {label}: output {spec.name!r}", os.path.dirname(os.path.dirname(staging)),
+                              out_path) from e
         except Exception as e:
             rmtree_force(out_path, missing_ok=True)
-            raise StageOutputError(
-                f"stage {stage.name}: output {spec.name!r} ({type(values[spec.name]).__name__}) cannot be saved by "
-                f"{spec.cacher!r}: {type(e).__name__}: {e}; make it savable or choose another cacher"
-            ) from e
+            raise _unsavable(stage, spec, values, e) from e
         real = os.path.realpath(path)
         if real in used:
             raise StageOutputError(f"stage {stage.name}: outputs {used[real]!r} and {spec.name!r} are the same path "
                                    f"{path}; return each file once")
         used[real] = spec.name
         prepared.append((spec, path, ext, metadata))
+
+
+def _unsavable(stage, spec, values: dict[str, Any], e: BaseException) -> StageOutputError:
+    return StageOutputError(
+        f"stage {stage.name}: output {spec.name!r} ({type(values[spec.name]).__name__}) cannot be saved by "
+        f"{spec.cacher!r}: {type(e).__name__}: {e}; make it savable or choose another cacher")
 
 
 def _safe_name(name: str) -> str:

@@ -68,13 +68,76 @@ def init_worker(config: WorkerConfig, where: str = "") -> None:
     if experiment_dir not in sys.path:
         sys.path.insert(0, experiment_dir)
     try:
-        _Worker.store = DiskStore(config.store_root)
+        # the coordinator decided whether this run may write the cache; a refused write is the node's CacheWriteError
+        _Worker.store = DiskStore(config.store_root, write=False)
         from ..session import project_code
 
         project_code(Path(config.experiment))  # imports run the hashed source here too (core.pycache)
         load_experiment(config.experiment)
     except OrchError as e:
         _Worker.setup_error = str(e)
+
+
+def init_pool_worker(config: WorkerConfig, coordinator: int) -> None:
+    """A `--parallel` worker: dies with the run that started it, then prepares like any worker."""
+    die_with_parent(coordinator)
+    init_worker(config)
+
+
+def die_with_parent(coordinator: int) -> None:
+    """End this worker when the coordinator (`orch run`) dies.
+
+    Why: when `orch run` is killed (kill -9, the OOM killer), its pool workers would otherwise
+    finish their nodes for nobody and block the next run on the node locks they hold. Killing a
+    worker is safe at any moment: its outputs reach the store only by rename, its lock dies with it.
+    A forked worker asks the kernel (Linux PR_SET_PDEATHSIG: SIGKILL when the parent dies). A
+    forkserver's worker cannot: its parent is the fork server, which the workers themselves keep
+    alive (they hold its liveness pipe), so a daemon thread waits on the coordinator's pidfd (or
+    polls it) and kills this process when it is gone. Elsewhere than Linux: a no-op."""
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return
+    if os.getppid() == coordinator:
+        try:
+            import ctypes
+
+            if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # PR_SET_PDEATHSIG
+                if os.getppid() != coordinator:  # it died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    import threading
+
+    threading.Thread(target=_kill_self_when_gone, args=(coordinator,), name="orch-coordinator-watch",
+                     daemon=True).start()
+
+
+def _kill_self_when_gone(pid: int) -> None:
+    import select
+    import signal
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        fd = None  # already gone
+    except (AttributeError, OSError):  # no pidfd (Linux < 5.3): poll
+        while _process_exists(pid):
+            time.sleep(0.5)
+        fd = None
+    else:
+        select.select([fd], [], [])  # readable once the process has exited
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _process_exists(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def run_encoded(node_id: int, payload: bytes) -> bytes:

@@ -50,7 +50,7 @@ class Console:
         c = result.counts()
         parts = [f"{c.get(k, 0)} {k}" for k in (Status.RAN, Status.CACHED, Status.FAILED, Status.SKIPPED) if c.get(k)]
         click.echo(f"{len(result.outcomes)} nodes: {', '.join(parts) or 'nothing to do'} "
-                   f"in {result.seconds:.2f}s; run {result.run_id}")
+                   f"in {result.seconds:.2f}s; " + (f"run {result.run_id}" if result.run_id else "not recorded"))
         log_dirs, tracebacks = [], False
         for o in result.failed:
             click.echo(f"failed: {o.node.stage.name} [{o.node.set_name}]: {o.error_type}: {_first_line(o.error)}",

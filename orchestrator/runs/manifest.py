@@ -3,13 +3,17 @@ place that writes them and reads them back (`orch runs`, `show`, `why --run`, `r
 `orchestrator.load`).
 
 The manifest is written once with status "running" when the run starts (so a killed run still
-leaves a trace) and once more when it ends; both writes are atomic renames. It is plain JSON:
+leaves a trace) and once more when it ends; both writes are atomic renames. While it runs, the run
+holds an flock on `runs/<id>/alive.lock`; the kernel drops it when the process dies however it dies
+(kill -9, the OOM killer, an MPI launcher aborting the job), so readers show a manifest still
+"running" whose lock is free as "died". It is plain JSON:
 one row per node (`node_row`) with its stage, parameter set, status, key, reason, duration,
 inputs, output hashes and what it read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -18,12 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from ..core.status import RUN_RUNNING, Status
+from ..core.status import RUN_DIED, RUN_RUNNING, Status
 from ..errors import RunNotFoundError
 from ..fsutil import atomic_write_json, read_json_object
+from ..store.failures import is_write_failure, write_error
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
+ALIVE = "alive.lock"
 
 
 def new_run_id() -> str:
@@ -40,7 +46,8 @@ class ManifestWriter:
         self.runs_dir = Path(cache_root) / "runs"
         self.dir = self.runs_dir / self.run_id
         self.log_dir = self.dir / "logs"
-        self.log_dir.mkdir(parents=True)
+        with self._writing("recording the start of run"):
+            self.log_dir.mkdir(parents=True)
         self.data = {
             "run_id": self.run_id,
             "experiment": experiment,
@@ -52,13 +59,66 @@ class ManifestWriter:
             "nodes": [],
         }
         self._t0 = time.perf_counter()
-        atomic_write_json(self.dir / MANIFEST, self.data)
-        _point_latest(self.runs_dir, self.run_id)
+        self._alive: int | None = None
+        with self._writing("recording the start of run"):
+            self._alive = _hold_alive(self.dir / ALIVE)  # before the manifest says "running"
+            atomic_write_json(self.dir / MANIFEST, self.data)
+            _point_latest(self.runs_dir, self.run_id)
 
     def finish(self, status: str, nodes: list[dict], summary: dict) -> None:
         self.data.update(finished=_now(), status=status, nodes=nodes, summary=summary,
                          duration_s=round(time.perf_counter() - self._t0, 4))
-        atomic_write_json(self.dir / MANIFEST, self.data)
+        try:
+            with self._writing("recording the end of run"):
+                atomic_write_json(self.dir / MANIFEST, self.data)
+        finally:
+            fd, self._alive = self._alive, None
+            if fd is not None:
+                os.close(fd)  # after the final manifest: a reader never sees "running" and a free lock
+
+    @contextlib.contextmanager
+    def _writing(self, what: str):
+        """A full or read-only cache while recording the run: a CacheWriteError naming the run."""
+        try:
+            yield
+        except OSError as e:
+            if not is_write_failure(e):
+                raise
+            raise write_error(e, f"{what} {self.run_id}", self.runs_dir.parent, self.dir) from e
+
+
+def _hold_alive(path: Path) -> int | None:
+    """An flock held for as long as this run's process lives (the descriptor is closed at finish or
+    by the kernel); None where the filesystem has no flock (the store refuses such a cache)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _settled(run_dir: Path, m: dict) -> dict:
+    """`m`, with status "died" when it says "running" but its process is gone: its alive.lock can be
+    locked. No lock file (a run from before alive.lock, an unreadable one): left as it says."""
+    import fcntl
+
+    if m.get("status") != RUN_RUNNING:
+        return m
+    try:
+        fd = os.open(run_dir / ALIVE, os.O_RDONLY)
+    except OSError:
+        return m
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # held: the run is alive (or flock is unsupported: we cannot tell)
+        return m
+    finally:
+        os.close(fd)
+    return {**m, "status": RUN_DIED}
 
 
 #: Stored outputs the report shows (runs/images.py): files with these extensions, and directories
@@ -145,7 +205,7 @@ def read_manifest(cache_root: Path, run: str = "latest") -> dict:
     m = read_json_object(path)
     if m is None:
         raise RunNotFoundError(f"the manifest of run {run!r} ({path}) cannot be read")
-    return m
+    return _settled(path.parent, m)
 
 
 def manifests_newest_first(cache_root: Path) -> Iterator[tuple[str, dict]]:
@@ -154,7 +214,7 @@ def manifests_newest_first(cache_root: Path) -> Iterator[tuple[str, dict]]:
     for run_id in reversed(_run_ids(runs_dir)):
         m = read_json_object(runs_dir / run_id / MANIFEST)
         if m is not None:
-            yield run_id, m
+            yield run_id, _settled(runs_dir / run_id, m)
 
 
 def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:

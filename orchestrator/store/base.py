@@ -136,6 +136,9 @@ class Store(abc.ABC):
         On disk under scratch/ (the name orch 0.1.0 gave it, kept so no checkpoint is lost)."""
         return Path(self._tmp_root()).parent / "scratch" / check_name("checkpoint directory name", name)
 
+    def check_locking(self) -> None:
+        """Raise LockingUnsupportedError when node locks cannot work here (DiskStore: no flock)."""
+
     def stat_cache(self) -> StatCache | None:
         """The stat cache persisted with this store (unchanged tracked files are not re-hashed), or
         None for a store that has no directory of its own."""

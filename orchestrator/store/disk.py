@@ -25,9 +25,11 @@ from ..fsutil import (
     rmtree_force,
     save_cache_file,
 )
+from . import sharing
 from .base import Store
 from .entries import FORMAT, CodeManifest, Entry, EntryError, Head, ObjectInfo, check_name, check_object
-from .locks import FileNodeLock, NodeLock
+from .failures import is_write_failure, write_error
+from .locks import FileNodeLock, NodeLock, check_flock
 
 log = logging.getLogger("orchestrator.store")
 #: How many code fingerprints' manifests the cache keeps (the newest; each a few KB at most).
@@ -41,10 +43,15 @@ class DiskStore(Store):
     objects/ab/<hash[2:]><ext>, entries/ab/<key>/<trace_id>.json, locks/ab/<key>.lock,
     tmp/ (staging, same filesystem as objects), quarantine/ (damaged objects, for inspection)."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, *, write: bool = True):
+        """`write=False` opens a cache that may be read-only for this user (`orch get`, `cache ls`,
+        `orchestrator.load`, a run that finds everything cached): `read_only` says whether it is,
+        and a write that is refused fails with CacheWriteError instead of at opening."""
         super().__init__()
         self.root = Path(os.path.abspath(root))
-        _check_root(self.root)
+        self.read_only = _check_root(self.root, write)
+        if not self.read_only:
+            sharing.apply_group_policy(self.root)
         r = str(self.root)
         self._objects, self._entries = os.path.join(r, "objects"), os.path.join(r, "entries")
         self._locks, self._tmp = os.path.join(r, "locks"), os.path.join(r, "tmp")
@@ -58,9 +65,13 @@ class DiskStore(Store):
         if d not in self._made:
             try:
                 os.makedirs(d, exist_ok=True)
-            except (PermissionError, FileExistsError, NotADirectoryError) as e:
-                raise StoreError(f"cannot create {d} in the cache {self.root}: {e}; fix the "
-                                 "permissions or choose another cache (--cache DIR / ORCH_CACHE)") from e
+            except (FileExistsError, NotADirectoryError) as e:
+                raise StoreError(f"cannot create {d} in the cache {self.root}: {e}; remove what is in the way "
+                                 "or choose another cache (--cache DIR / ORCH_CACHE)") from e
+            except OSError as e:
+                if not is_write_failure(e):
+                    raise
+                raise write_error(e, f"creating the directory {d}", self.root, d) from e
             self._made.add(d)
         return d
 
@@ -285,6 +296,16 @@ class DiskStore(Store):
         lock_dir = self._ensure_dir(os.path.join(self._locks, name[:2]))  # re-created by the lock if gone
         return FileNodeLock(os.path.join(lock_dir, name + ".lock"))
 
+    def check_locking(self) -> None:
+        """One flock taken and dropped in the cache (locks.check_flock): a filesystem without flock
+        fails the run once, before anything runs, with what to do."""
+        try:
+            check_flock(self._ensure_dir(self._locks))
+        except OSError as e:
+            if not is_write_failure(e):
+                raise
+            raise write_error(e, "taking a lock in the cache", self.root) from e
+
     def stat_cache(self) -> hashing.StatCache:
         if self._stat_cache is None:
             self._stat_cache = hashing.StatCache(self.root / "stat-cache.json")
@@ -302,6 +323,8 @@ class DiskStore(Store):
         removed = 0
         for shard in _listdir(self._locks):
             shard_dir = os.path.join(self._locks, shard)
+            if len(shard) != 2 or not os.path.isdir(shard_dir):  # the flock probe (locks.PROBE)
+                continue
             for name in _listdir(shard_dir):
                 path = os.path.join(shard_dir, name)
                 key = name.split(".", 1)[0]
@@ -325,12 +348,13 @@ class DiskStore(Store):
         return self._ensure_dir(self._tmp)
 
 
-def _check_root(root: Path) -> None:
-    """Fail early, with what to do, on a cache path that cannot work; create nothing."""
+def _check_root(root: Path, write: bool) -> bool:
+    """Fail early, with what to do, on a cache path that cannot work; create nothing. Returns
+    whether the cache is read-only for this process (only possible with write=False)."""
     try:
         st = os.stat(root)
     except FileNotFoundError:
-        return  # created at the first write
+        return False  # created at the first write
     except NotADirectoryError:
         st = None
     except PermissionError as e:
@@ -339,9 +363,14 @@ def _check_root(root: Path) -> None:
     if st is None or not stat.S_ISDIR(st.st_mode):
         raise StoreError(f"cache directory {root} is not a directory: remove it or choose another "
                          "cache with --cache DIR or ORCH_CACHE")
-    if not os.access(root, os.W_OK | os.X_OK):
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise StoreError(f"cache directory {root} is not readable: fix its permissions or choose "
+                         "another cache with --cache DIR or ORCH_CACHE")
+    writable = os.access(root, os.W_OK)  # EROFS on a read-only mount, even for root
+    if write and not writable:
         raise StoreError(f"cache directory {root} is not writable: fix its permissions or choose "
                          "another cache with --cache DIR or ORCH_CACHE")
+    return not writable
 
 
 def _tree_size(root: str) -> int:

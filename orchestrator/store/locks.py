@@ -12,7 +12,7 @@ import os
 import threading
 import time
 
-from ..errors import StoreError
+from ..errors import LockingUnsupportedError
 
 
 class NodeLock(abc.ABC):
@@ -75,6 +75,41 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=THREAD_LOCKS.reset)
 
 
+#: What flock(2) fails with on a filesystem that does not support it (NFS without lockd, some
+#: FUSE and object-store mounts, Lustre without -o flock).
+UNSUPPORTED = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)
+
+
+def unsupported(path: str, e: OSError) -> LockingUnsupportedError:
+    return LockingUnsupportedError(
+        f"cannot lock {path}: its filesystem does not support flock ({e.strerror or e}); orch needs it so "
+        "that one computation runs once and no run reads a half-written result; mount it with flock "
+        "support (NFSv4, Lustre -o flock) or put the cache elsewhere (--cache DIR / ORCH_CACHE)")
+
+
+#: The file check_flock locks, at the top of the locks directory (node locks live in 2-letter shards).
+PROBE = "probe.lock"
+
+
+def check_flock(lock_dir: str) -> None:
+    """Take and drop a lock in `lock_dir` once: a filesystem without flock is one clear error
+    before anything runs, not a failure of every node. `lock_dir` must exist."""
+    import fcntl
+
+    fd = os.open(os.path.join(lock_dir, PROBE), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        pass  # another run probes at this moment: flock works
+    except OSError as e:
+        if e.errno in UNSUPPORTED:
+            raise unsupported(lock_dir, e) from e
+        raise
+    finally:
+        os.close(fd)
+
+
 class FileNodeLock(NodeLock):
     """flock(2) on a per-node lock file, as filelock's UnixFileLock does, minus its per-call
     bookkeeping (a lock per executed node is on the hot path)."""
@@ -108,11 +143,20 @@ class FileNodeLock(NodeLock):
         return True
 
     def _open(self) -> int:
+        """The lock file, opened for writing (NFS emulates flock with fcntl locks, which need it)."""
         try:
-            return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
-        except FileNotFoundError:  # the locks directory was removed (orch cache gc): make it again
-            os.makedirs(os.path.dirname(self._path), exist_ok=True)
-            return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:  # the locks directory was removed (orch cache gc): make it again
+                os.makedirs(os.path.dirname(self._path), exist_ok=True)
+                return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            from .failures import is_write_failure, write_error
+
+            if not is_write_failure(e):
+                raise
+            root = os.path.dirname(os.path.dirname(os.path.dirname(self._path)))  # root/locks/ab/x.lock
+            raise write_error(e, "opening a node lock", root, self._path) from e
 
     def _flock(self, fd: int, timeout: float, deadline: float) -> bool:
         import fcntl
@@ -131,11 +175,8 @@ class FileNodeLock(NodeLock):
                         return False
                     time.sleep(min(self._POLL, left))
         except OSError as e:
-            if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
-                raise StoreError(
-                    f"cannot lock {self._path}: its filesystem does not support flock; mount it with "
-                    "flock support or put the cache elsewhere (--cache DIR / ORCH_CACHE)"
-                ) from e
+            if e.errno in UNSUPPORTED:
+                raise unsupported(self._path, e) from e
             raise
 
     def release(self) -> None:
