@@ -58,6 +58,33 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)["debug"] = debug
 
 
+def slurm_options(f):
+    """--executor and the run-wide Slurm overrides (see README "Slurm"); per stage: resources=."""
+    for option in reversed([
+        click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+                     help="Where nodes run: here (local, see --parallel) or as Slurm jobs (slurm: a sweep's "
+                          "ready points of one stage go out as one job array)."),
+        click.option("--slurm-partition", metavar="NAME", help="Partition of every job (over the stages' own)."),
+        click.option("--slurm-account", metavar="NAME", help="Account every job is charged to."),
+        click.option("--slurm-time", metavar="TIME", help="Time limit of every job (minutes or HH:MM:SS)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _slurm_settings(executor: str, parallel: int, partition, account, time_limit) -> dict | None:
+    """The run's Slurm overrides, or None for a local run (where --slurm-* options are a mistake)."""
+    given = {"partition": partition, "account": account, "time": time_limit}
+    if executor != "slurm":
+        named = [f"--slurm-{k}" for k, v in given.items() if v is not None]
+        if named:
+            raise OrchError(f"{', '.join(named)} only apply with --executor slurm")
+        return None
+    if parallel > 1:
+        raise OrchError("--parallel is for local runs; with --executor slurm every node is its own job")
+    return {k: v for k, v in given.items() if v is not None}
+
+
 @main.command("run")
 @click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--params", "-p", "params", multiple=True, type=click.Path(dir_okay=False),
@@ -74,18 +101,23 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--parallel", "-j", "parallel", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Run up to N nodes at once in local worker processes. Under mpiexec/mpirun the MPI ranks "
                    "are the workers instead (rank 0 schedules, ranks 1..n-1 run nodes).")
+@slurm_options
 @debug_option
 @click.pass_context
-def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, parallel):
+def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, parallel,
+                executor, slurm_partition, slurm_account, slurm_time):
     """Run EXPERIMENT (an experiment.py) for every parameter set, from the cache where possible."""
     from . import session
     from .executors.launch import detect_launch
     from .runs.console import Console
 
+    slurm = _slurm_settings(executor, parallel, slurm_partition, slurm_account, slurm_time)
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                               cache=cache, overwrite=overwrite, overwrite_stages=list(overwrite_stages),
-                              dry=dry, parallel=parallel, argv=sys.argv[1:])
+                              dry=dry, parallel=parallel, argv=sys.argv[1:], slurm=slurm)
     launch = detect_launch()
+    if slurm is not None and launch.kind != "local":
+        raise OrchError(f"--executor slurm submits jobs from a login node; it cannot run under {launch.kind}")
     if not launch.leader:  # an MPI or torchrun rank other than 0: it prints nothing of the run
         ctx.exit(session.serve_rank(opts, launch))
     if launch.kind != "local":

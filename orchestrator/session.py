@@ -30,6 +30,7 @@ class RunOptions:
     dry: bool = False
     parallel: int = 1
     argv: list[str] = field(default_factory=list)
+    slurm: dict | None = None  # --executor slurm: its --slurm-* options ({} for none); None: local
 
 
 @dataclass
@@ -60,7 +61,8 @@ def run_experiment(opts: RunOptions, on_done: Callable = lambda o: None, launch:
 
     experiment = Path(opts.experiment).resolve()
     root = cache_dir(opts.cache, experiment.parent)
-    executor = open_executor(launch or Launch(), WorkerConfig(str(root), str(experiment)), opts.parallel, opts.argv)
+    executor = open_executor(launch or Launch(), WorkerConfig(str(root), str(experiment)), opts.parallel, opts.argv,
+                             slurm=opts.slurm)
     code = 1
     try:
         result = _plan_and_run(opts, experiment, root, executor, on_done)
@@ -125,11 +127,13 @@ class Planned:
 def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
     from .core.experiment import build_graph, load_experiment
     from .core.plan import plan
+    from .resources import check_stage_names
     from .store import DiskStore
 
     param_sets = load_param_sets(opts.params, opts.overrides)
     roots = project_code(experiment)
     graph = build_graph(load_experiment(experiment), param_sets)
+    check_stage_names(param_sets, {n.stage.name for n in graph.nodes})  # parameter files' orch.resources
     store = DiskStore(root)
     ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
     decisions = plan(graph, ctx)
@@ -160,6 +164,7 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     planned = plan_experiment(opts, experiment, root)
     param_sets, graph, store, ctx, decisions = (planned.param_sets, planned.graph, planned.store, planned.ctx,
                                                 planned.decisions)
+    executor.prepare(graph)
     if opts.dry:
         outcomes = [NodeOutcome(n, status=d.state, key=d.key, reason=d.reason, entry=d.entry)
                     for n, d in zip(graph.nodes, decisions)]

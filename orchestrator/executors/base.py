@@ -31,6 +31,11 @@ class Executor(abc.ABC):
     def capacity(self) -> int:
         """How many tasks may be in flight at once."""
 
+    def prepare(self, graph) -> None:
+        """The run's graph is planned (called once, before start, also for a dry run): an executor
+        that needs per-node settings (executors.slurm: each node's resources) derives and checks
+        them here, so that a mistake fails before anything runs."""
+
     def start(self, store: Store) -> None:
         """The run's store is open (called before the first submit). Executors that run nodes in
         this process keep it; the others reach the store through their workers' own."""
