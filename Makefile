@@ -15,7 +15,7 @@ $(BIN)/python:
 # takes the local CPU wheel; any other one downloads a multi-GB CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0 numpy
-	$(BIN)/pip install --quiet -e '.[test,mpi,torch]' graphviz matplotlib
+	$(BIN)/pip install --quiet -e '.[test,mpi,torch,slurm]' graphviz matplotlib
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,269 @@
+"""`--executor slurm` against a real single-node Slurm (tests/slurm/start-cluster.sh), through the
+real CLI on real temp projects; the cache is on the local filesystem, which is "shared" on one node.
+
+In CI (.ci/run sets ORCH_REQUIRE_SLURM=1 after starting the cluster) these tests fail when the cluster
+is missing; elsewhere they skip, saying how to start it. What Slurm did is checked with sacct (records
+appear 1-3 s after a job ends: polled) and scontrol, never taken from orch's own output alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import ORCH, wait_for
+
+START = "tests/slurm/start-cluster.sh"
+HOST = socket.gethostname().split(".")[0]
+
+
+def _cluster_problem() -> str | None:
+    """Why the Slurm tests cannot run here, or None."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        return "submitit is not installed (pip install 'orch[slurm]')"
+    if shutil.which("sinfo") is None or shutil.which("sacct") is None:
+        return "Slurm's commands are not installed"
+    state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    if state.returncode != 0 or not {"idle", "mix", "alloc", "comp"} & set(state.stdout.split()):
+        return f"no Slurm node is up (sinfo: {state.stdout.strip() or state.stderr.strip()})"
+    if subprocess.run(["sacct", "-n", "-X", "-S", "now-1minutes"], capture_output=True).returncode != 0:
+        return "sacct does not answer (slurmdbd down?)"
+    return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _slurm_cluster():
+    problem = _cluster_problem()
+    if problem is None:
+        return
+    if os.environ.get("ORCH_REQUIRE_SLURM") == "1":
+        pytest.fail(f"ORCH_REQUIRE_SLURM=1 but {problem}; .ci/run starts it with {START} (as root)", pytrace=False)
+    pytest.skip(f"{problem}: start a single-node test cluster with `sudo {START}`")
+
+
+STAGES = '''
+import os
+import time
+from orchestrator import stage, aggregate, PickleCacher
+from stages.counting import count, wait_until
+
+def mark(name):
+    """Say, in a file the test polls, that this node runs in Slurm job N."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "?"))
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    with open(os.path.join(os.environ["ORCH_MARKS"], name), "w") as f:
+        f.write(f"{job}_{task}" if task else job)
+
+@stage(outputs=["y"], cachers=[PickleCacher], resources={"cpus": 1, "time": "00:10:00"})
+def square(record):
+    count("square")
+    x = record.params.x
+    print(f"square of {x} on its way")
+    if x == record.params.fail_at:
+        raise ValueError(f"no square for {x}")
+    if x == record.params.hold_at:
+        mark("held")
+        wait_until(lambda: False, "the test to cancel this job", timeout=300)
+    return x * x
+
+@stage(inputs=["y"], outputs=["z"], cachers=[PickleCacher])
+def plus(record, y):
+    count("plus")
+    return y + 1
+
+@stage(outputs=["w"], cachers=[PickleCacher])
+def other(record):
+    count("other")
+    return -record.params.x
+
+@aggregate(inputs=["z"], outputs=["total"], cachers=[PickleCacher])
+def total(record, z):
+    count("total")
+    return sum(z.values())
+'''
+
+EXPERIMENT = '''
+from stages.sweep import square, plus, other, total
+
+def run(record):
+    plus(square(record))
+    other(record)
+
+def aggregate(records):
+    total(records)
+'''
+
+
+def _sweep(project, n=4, fail_at=-1, hold_at=-1):
+    project.write("stages/sweep.py", STAGES)
+    project.write("experiment.py", EXPERIMENT)
+    xs = ", ".join(str(i) for i in range(1, n + 1))
+    project.write("params/p.yaml", f"x: 0\nfail_at: {fail_at}\nhold_at: {hold_at}\nsweep:\n  x: [{xs}]\n")
+    (project.root / "marks").mkdir(exist_ok=True)
+    return ["run", "experiment.py", "-p", "params/p.yaml", "--executor", "slurm"]
+
+
+def _env(project):
+    return {"ORCH_MARKS": str(project.root / "marks")}
+
+
+def _sacct(job: str, fields: str = "JobID,State") -> list[dict]:
+    out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", fields], capture_output=True, text=True,
+                         check=True).stdout
+    names = fields.split(",")
+    return [dict(zip(names, line.split("|"))) for line in out.splitlines() if line.strip()]
+
+
+def _ended(job: str, count: int, fields: str = "JobID,State") -> list[dict]:
+    """sacct's rows of `job` once `count` of them have ended (records lag the jobs by 1-3 s)."""
+    def rows():
+        got = _sacct(job, fields)
+        done = [r for r in got if r["State"].split()[0] not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING")
+                and all(r.values())]  # a record can show its end before its other fields are filled in
+        return got if len(done) == count else None
+    return wait_for(rows, f"sacct to show {count} ended tasks of job {job}", timeout=60,
+                    detail=lambda: _sacct(job, fields))
+
+
+def _submitted(stdout: str, stage: str) -> list[tuple[str, int]]:
+    """(job id, tasks) of each submission of `stage` the head printed."""
+    found = []
+    for m in re.finditer(rf"^submitted {stage}: (?:array job (\d+) \((\d+) tasks\)|job (\d+)) ", stdout, re.M):
+        found.append((m.group(1), int(m.group(2))) if m.group(1) else (m.group(3), 1))
+    return found
+
+
+def test_a_sweep_goes_out_as_one_array_each_node_once_and_a_second_run_submits_nothing(project):
+    args = _sweep(project, n=4)
+    first = project.orch(*args, env=_env(project))
+    squares = _submitted(first.stdout, "square")
+    assert len(squares) == 1 and squares[0][1] == 4, first.stdout  # one array of 4, not 4 jobs
+    rows = _ended(squares[0][0], 4)
+    assert sorted(r["JobID"] for r in rows) == [f"{squares[0][0]}_{i}" for i in range(4)]
+    assert {r["State"] for r in rows} == {"COMPLETED"}
+    assert project.counts() == {"square": 4, "plus": 4, "other": 4, "total": 1}  # each node once
+    assert re.search(rf"^job {squares[0][0]}_\d on {HOST}: square\[p\[x=1\]\] ran in \d+\.\d+s$", first.stdout, re.M)
+    assert set(project.statuses().values()) == {"ran"}
+
+    project.reset_counts()
+    second = project.orch(*args, env=_env(project))
+    assert "submitted" not in second.stdout, second.stdout
+    assert project.counts() == {}
+    assert set(project.statuses().values()) == {"cached"}
+    # what the jobs stored is what a local run finds: the executor is no part of a key
+    local = project.orch("run", "experiment.py", "-p", "params/p.yaml")
+    assert set(project.statuses().values()) == {"cached"}, local.stdout
+
+
+def test_a_failing_job_names_its_job_node_and_log_tail_skips_dependents_and_the_rest_goes_on(project):
+    args = _sweep(project, n=3, fail_at=2)
+    proc = project.orch(*args, env=_env(project), check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    job = _submitted(proc.stdout, "square")[0][0]
+    failure = proc.stderr
+    assert "FAILED  square [p[x=2]]" in failure and "ValueError: no square for 2" in failure, failure
+    assert f"Slurm job {job}_1 on {HOST}" in failure, failure
+    assert "square of 2 on its way" in failure  # the tail of the job's log
+    assert f"slurm/jobs/{job}_1/{job}_1_0_log.out" in failure
+    statuses = project.statuses()
+    assert statuses[("square", "p[x=2]")] == "failed"
+    assert statuses[("plus", "p[x=2]")] == "skipped" and statuses[("total", "aggregate")] == "skipped"
+    assert statuses[("plus", "p[x=1]")] == statuses[("plus", "p[x=3]")] == "ran"
+    assert {statuses[("other", f"p[x={i}]")] for i in (1, 2, 3)} == {"ran"}
+    # the failed point ran once, in its job: Slurm saw the job itself succeed (orch caught the error)
+    assert {r["State"] for r in _ended(job, 3)} == {"COMPLETED"}
+
+
+def test_resources_reach_sbatch_from_the_stage_the_parameter_file_and_the_command_line(project):
+    project.write("stages/res.py", '''
+        from orchestrator import stage, PickleCacher
+
+        @stage(outputs=["a"], cachers=[PickleCacher], resources={"cpus": 1, "mem": "100M", "time": "00:07:00"})
+        def small(record):
+            return 1
+
+        @stage(outputs=["b"], cachers=[PickleCacher], resources={"cpus": 1, "partition": "debug"})
+        def placed(record):
+            return 2
+    ''')
+    project.write("experiment.py", '''
+        from stages.res import small, placed
+
+        def run(record):
+            small(record)
+            placed(record)
+    ''')
+    # the parameter file moves `placed` to another partition and gives it a time; not a parameter
+    project.write("params/p.yaml", '''
+        n: 1
+        orch:
+          resources:
+            placed: {partition: second, time: "00:09:00"}
+    ''')
+    proc = project.orch("run", "experiment.py", "-p", "params/p.yaml", "--executor", "slurm",
+                        "--slurm-account", "orchtest")
+    fields = "JobID,State,Partition,AllocCPUS,Timelimit,Account,ReqMem,JobName"
+    small_job = _submitted(proc.stdout, "small")[0][0]
+    placed_job = _submitted(proc.stdout, "placed")[0][0]
+    (small_row,) = _ended(small_job, 1, fields)
+    (placed_row,) = _ended(placed_job, 1, fields)
+    assert (small_row["Partition"], small_row["Timelimit"], small_row["Account"]) == ("debug", "00:07:00", "orchtest")
+    assert small_row["ReqMem"] in ("100M", "100Mn") and small_row["JobName"] == "orch:small"
+    assert (placed_row["Partition"], placed_row["Timelimit"], placed_row["Account"]) == ("second", "00:09:00", "orchtest")
+    # --slurm-time overrides every stage; resources are no part of a key: nothing runs again
+    again = project.orch("run", "experiment.py", "-p", "params/p.yaml", "--executor", "slurm",
+                         "--slurm-time", "00:05:00")
+    assert "submitted" not in again.stdout and set(project.statuses().values()) == {"cached"}
+
+
+def test_a_job_cancelled_behind_orchs_back_fails_its_node_with_the_job_named(project):
+    args = _sweep(project, n=2, hold_at=2)
+    proc = subprocess.Popen([*ORCH, *args], cwd=project.root, env={**os.environ, **_env(project),
+                            "ORCH_COUNTS": str(project.counts_file)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        held = wait_for(lambda: (project.root / "marks" / "held").exists() and
+                        (project.root / "marks" / "held").read_text(), "the held job to start", timeout=90)
+        subprocess.run(["scancel", held], check=True)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, out + err
+    assert f"Slurm job {held} was cancelled" in err and f"on {HOST}" in err, err
+    statuses = project.statuses()
+    assert statuses[("square", "p[x=2]")] == "failed" and statuses[("plus", "p[x=2]")] == "skipped"
+    assert statuses[("square", "p[x=1]")] == statuses[("plus", "p[x=1]")] == "ran"
+    assert _ended(held, 1)[0]["State"].startswith("CANCELLED")
+
+
+def test_ctrl_c_cancels_the_jobs_it_submitted(project):
+    args = _sweep(project, n=1, hold_at=1)
+    proc = subprocess.Popen([*ORCH, *args], cwd=project.root, env={**os.environ, **_env(project),
+                            "ORCH_COUNTS": str(project.counts_file)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        held = wait_for(lambda: (project.root / "marks" / "held").exists() and
+                        (project.root / "marks" / "held").read_text(), "the held job to start", timeout=90)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)  # no TTY: cancel without asking
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    # `other` may still be queued too: every job in flight is cancelled, the held one among them
+    assert re.search(rf"^cancelled \d Slurm job\(s\): (\S+ )*{held}( |$)", err, re.M), err
+    assert _ended(held, 1)[0]["State"].startswith("CANCELLED")
+    assert time.monotonic() - started < 30  # KillWait=5: the job is gone well before its 300 s wait
+    assert project.manifest()["status"] == "interrupted"
