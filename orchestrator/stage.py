@@ -12,7 +12,6 @@ from typing import Any, Callable, Sequence
 
 from .cachers import Cacher, Lazy, as_cacher
 from .errors import PlanningError, StageDefinitionError
-from .resources import check as check_resources
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +49,11 @@ class Stage:
         self.distributed = bool(distributed)
         self.partial = bool(partial)  # aggregates: run on the sets that succeeded (record.failed_sets)
         # What a cluster job of this stage asks for (orchestrator.resources): never part of the key.
-        self.resources = check_resources(resources, where)
+        self.resources = {}
+        if resources is not None:  # imported only then: `orch --help` imports what it always did
+            from .resources import check as check_resources
+
+            self.resources = check_resources(resources, where)
         _check_signature(fn, self.inputs, where)
 
     @property

@@ -132,3 +132,24 @@ def test_a_multi_node_stage_is_refused_before_anything_is_submitted(project):
     proc = project.orch(*args, "--executor", "slurm", check=False)
     assert proc.returncode == 1 and "stage work asks for nodes=2" in proc.stderr, proc.stderr
     assert project.orch(*args, "--executor", "slurm", "--dry", check=False).returncode == 1
+
+
+def test_submitit_is_imported_only_when_the_slurm_executor_runs():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import orchestrator.cli\n"
+        "try:\n"
+        "    orchestrator.cli.main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "orchestrator.cli.main(['run', '--help'], standalone_mode=False)\n"
+        "assert 'orchestrator.resources' not in sys.modules, 'orch --help imports what it did before'\n"
+        "import orchestrator.executors.slurm, orchestrator.executors.slurmjob, orchestrator.executors.slurmctl\n"
+        "assert 'submitit' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "--executor [local|slurm]" in out.stdout
