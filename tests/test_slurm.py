@@ -267,3 +267,42 @@ def test_ctrl_c_cancels_the_jobs_it_submitted(project):
     assert _ended(held, 1)[0]["State"].startswith("CANCELLED")
     assert time.monotonic() - started < 30  # KillWait=5: the job is gone well before its 300 s wait
     assert project.manifest()["status"] == "interrupted"
+
+
+def _node_cpus() -> int:
+    out = subprocess.run(["scontrol", "show", "node", HOST, "--oneliner"], capture_output=True, text=True,
+                         check=True).stdout
+    return int(re.search(r"\bCPUTot=(\d+)", out).group(1))
+
+
+def _squeue_state(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
+def test_code_edited_while_a_job_waits_in_the_queue_is_never_stored_under_the_planned_key(project):
+    args = _sweep(project, n=1)
+    # a job of the test's own holds every CPU: orch's jobs wait in the queue behind it
+    blocker = subprocess.run(["sbatch", "--parsable", "-c", str(_node_cpus()), "-J", "orch-test-blocker",
+                              "-o", "/dev/null", "--wrap", "sleep 300"], capture_output=True, text=True,
+                             check=True).stdout.strip().split(";")[0]
+    proc = None
+    try:
+        wait_for(lambda: _squeue_state(blocker) == "RUNNING", "the blocker to run", timeout=60)
+        proc = subprocess.Popen([*ORCH, *args], cwd=project.root, env={**os.environ, **_env(project),
+                                "ORCH_COUNTS": str(project.counts_file)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        queued = subprocess.run  # squeue: orch's job of `square` is pending behind the blocker
+        wait_for(lambda: "PENDING" in queued(["squeue", "-h", "-n", "orch:square", "-o", "%T"], capture_output=True,
+                                             text=True).stdout, "orch's job to be queued", timeout=60)
+        project.write("stages/sweep.py", STAGES.replace("return x * x", "return x * x + 0"))
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    assert "CodeChangedError: stage square[p[x=1]]: its code changed between submission and the start" in err, err
+    assert "square" not in project.counts()  # neither version ran in that job
+    statuses = project.statuses()
+    assert statuses[("square", "p[x=1]")] == "failed" and statuses[("other", "p[x=1]")] == "ran"
+    project.reset_counts()
+    again = project.orch(*args, env=_env(project))  # plans and submits the new code
+    assert project.counts() == {"square": 1, "plus": 1, "total": 1}, again.stdout

@@ -12,8 +12,11 @@ executor side.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 
+from ..core.status import Status
+from .task import TaskResult, import_stage
 from .worker import WorkerConfig, init_worker, run_encoded
 
 
@@ -29,4 +32,35 @@ def run_job(config: WorkerConfig, node_id: int, payload: bytes) -> tuple[dict, b
     """Run one node in this job; never raises for anything a node can cause (the result says)."""
     where = {"job": job_id_from_env(), "host": socket.gethostname().split(".")[0]}
     init_worker(config, where=f"Slurm job {where['job']} on {where['host']}")
+    changed = _changed_since_planned(payload)
+    if changed:
+        return where, pickle.dumps(TaskResult(node_id, Status.FAILED, error_type="CodeChangedError", error=changed),
+                                   protocol=pickle.HIGHEST_PROTOCOL)
     return where, run_encoded(node_id, payload)
+
+
+def _changed_since_planned(payload: bytes) -> str:
+    """Why the stage this job imported is not the one the head planned (its key covers the code it
+    fingerprinted), or "". A job may start hours after submission: if the stage was edited meanwhile,
+    running it would store the new code's result under the old code's key, a wrong cache hit for
+    every later run. Refused instead, saying so (the next run plans, and submits, the new code)."""
+    from ..hashing import hash_value
+    from ..hashing.fingerprints import Fingerprinter
+
+    try:
+        task = pickle.loads(payload)
+        stage = import_stage(task.stage_ref)
+    except Exception:  # run_encoded unpickles and imports again, and reports this as the node's failure
+        return ""
+    planned = task.components
+    if planned is None or task.code_roots is None:  # an uncached stage: no key to protect
+        return ""
+    now = {"code": Fingerprinter(task.code_roots).fingerprint(stage.fn), "declaration": hash_value(stage.declaration()),
+           "version": stage.version}
+    was = {"code": planned.code, "declaration": planned.decl, "version": planned.version}
+    differ = [name for name in now if now[name] != was[name]]
+    if not differ:
+        return ""
+    return (f"stage {task.label}: its {' and '.join(differ)} changed between submission and the start of this job "
+            f"({stage.fn.__code__.co_filename}); not run, so that the new code's result is never stored under the "
+            f"key of the code that was planned: run again (the new code is planned and submitted)")
