@@ -67,22 +67,24 @@ def slurm_options(f):
         click.option("--slurm-partition", metavar="NAME", help="Partition of every job (over the stages' own)."),
         click.option("--slurm-account", metavar="NAME", help="Account every job is charged to."),
         click.option("--slurm-time", metavar="TIME", help="Time limit of every job (minutes or HH:MM:SS)."),
+        click.option("--detach", is_flag=True, help="With --executor slurm: submit what is ready and return; "
+                     "`orch status` follows the jobs, `orch run` again re-attaches and submits what they unblock."),
     ]):
         f = option(f)
     return f
 
 
-def _slurm_settings(executor: str, parallel: int, partition, account, time_limit) -> dict | None:
+def _slurm_settings(executor: str, parallel: int, partition, account, time_limit, detach: bool) -> dict | None:
     """The run's Slurm overrides, or None for a local run (where --slurm-* options are a mistake)."""
     given = {"partition": partition, "account": account, "time": time_limit}
     if executor != "slurm":
-        named = [f"--slurm-{k}" for k, v in given.items() if v is not None]
+        named = [f"--slurm-{k}" for k, v in given.items() if v is not None] + (["--detach"] if detach else [])
         if named:
             raise OrchError(f"{', '.join(named)} only apply with --executor slurm")
         return None
     if parallel > 1:
         raise OrchError("--parallel is for local runs; with --executor slurm every node is its own job")
-    return {k: v for k, v in given.items() if v is not None}
+    return {**{k: v for k, v in given.items() if v is not None}, "detach": detach}
 
 
 @main.command("run")
@@ -105,13 +107,13 @@ def _slurm_settings(executor: str, parallel: int, partition, account, time_limit
 @debug_option
 @click.pass_context
 def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, parallel,
-                executor, slurm_partition, slurm_account, slurm_time):
+                executor, slurm_partition, slurm_account, slurm_time, detach):
     """Run EXPERIMENT (an experiment.py) for every parameter set, from the cache where possible."""
     from . import session
     from .executors.launch import detect_launch
     from .runs.console import Console
 
-    slurm = _slurm_settings(executor, parallel, slurm_partition, slurm_account, slurm_time)
+    slurm = _slurm_settings(executor, parallel, slurm_partition, slurm_account, slurm_time, detach)
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                               cache=cache, overwrite=overwrite, overwrite_stages=list(overwrite_stages),
                               dry=dry, parallel=parallel, argv=sys.argv[1:], slurm=slurm)
@@ -132,6 +134,11 @@ def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_
     if dry:
         console.dry_plan(result)
         return
+    if result.detached is not None:
+        click.echo(f"detached: run {result.run_id}, {len(result.detached)} Slurm job(s) in flight "
+                   f"({' '.join(result.detached)}); `orch status {result.run_id}` follows them; `orch run` again "
+                   f"with the same arguments re-attaches and submits what they unblock")
+        ctx.exit(1 if result.failed else 0)
     console.summary(result)
     if result.failed:
         ctx.exit(1)
@@ -192,6 +199,24 @@ def get(name, run_id, param_set, output, cache, force):
 def cache_option(f):
     return click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",
                         help="Cache directory (default: the nearest .orch here or above; env ORCH_CACHE).")(f)
+
+
+@main.command()
+@click.argument("run_id", default="latest", metavar="[RUN]")
+@cache_option
+@debug_option
+def status(run_id, cache):
+    """Where each node of RUN (default: the latest) stands, with its Slurm job: cached, ran/done,
+    failed, skipped, queued, running, or waiting for its inputs."""
+    from .runs.slurmstatus import run_status
+    from .store import cache_dir
+
+    manifest, states = run_status(cache_dir(cache), run_id)
+    click.echo(f"run {manifest.get('run_id', run_id)}: {manifest.get('status', '?')}")
+    width = max((len(s.label) for s in states), default=0)
+    for s in states:
+        job = f"job {s.job}" + (f" on {s.node}" if s.node else "") if s.job else ""
+        click.echo(f"{s.state:<8}{s.label:<{width}}  {job}" + (f"  ({s.detail})" if s.detail else ""))
 
 
 @main.command()

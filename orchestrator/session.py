@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .core.graph import Graph
-from .core.status import RUN_FAILED, RUN_INTERRUPTED, RUN_OK, Status
+from .core.status import RUN_DETACHED, RUN_FAILED, RUN_INTERRUPTED, RUN_OK, Status
 from .errors import ParamsError
 from .executors.launch import Launch
 from .params import ParamSet, load_params
@@ -41,6 +41,7 @@ class RunResult:
     graph: Graph
     seconds: float
     cache: Path
+    detached: list[str] | None = None  # --detach: the jobs left running (executors.base.Detached)
 
     @property
     def failed(self) -> list:
@@ -158,6 +159,7 @@ def accept_code(opts: RunOptions, stage: str, param_set: str | None, dry: bool) 
 def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_done: Callable) -> RunResult:
     from .core.plan import record_code_manifests
     from .core.runner import NodeOutcome, Runner
+    from .executors.base import Detached
     from .runs.manifest import ManifestWriter, node_row
 
     t0 = time.perf_counter()
@@ -171,10 +173,16 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
         return RunResult(None, outcomes, decisions, graph, time.perf_counter() - t0, root)
     record_code_manifests(graph, decisions, ctx)
     manifest = ManifestWriter(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
+    executor.run_dir = manifest.dir
     executor.start(store)
     runner = Runner(graph, ctx, decisions, executor, on_done, manifest.log_dir)
     try:
         outcomes = runner.run_all()
+    except Detached as d:  # --detach: the jobs run on; `orch status` follows them, `orch run` again re-attaches
+        result = RunResult(manifest.run_id, runner.outcomes, decisions, graph, time.perf_counter() - t0, root,
+                           detached=d.job_ids)
+        manifest.finish(RUN_DETACHED, [node_row(o) for o in runner.outcomes], result.counts())
+        return result
     except KeyboardInterrupt:  # Ctrl-C: what finished is stored; say so in the run's manifest
         manifest.finish(RUN_INTERRUPTED, [node_row(o) for o in runner.outcomes], {})
         _leave_report(manifest)

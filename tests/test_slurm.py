@@ -71,7 +71,8 @@ def square(record):
         raise ValueError(f"no square for {x}")
     if x == record.params.hold_at:
         mark("held")
-        wait_until(lambda: False, "the test to cancel this job", timeout=300)
+        release = os.path.join(os.environ["ORCH_MARKS"], "release")
+        wait_until(lambda: os.path.exists(release), "the test to release (or cancel) this job", timeout=300)
     return x * x
 
 @stage(inputs=["y"], outputs=["z"], cachers=[PickleCacher])
@@ -306,3 +307,45 @@ def test_code_edited_while_a_job_waits_in_the_queue_is_never_stored_under_the_pl
     project.reset_counts()
     again = project.orch(*args, env=_env(project))  # plans and submits the new code
     assert project.counts() == {"square": 1, "plus": 1, "total": 1}, again.stdout
+
+
+def test_detach_then_status_then_a_new_run_reattaches_to_the_jobs_in_flight(project):
+    args = _sweep(project, n=2, hold_at=2)
+    marks = project.root / "marks"
+    detached = project.orch(*args, "--detach", env=_env(project))
+    run_id = re.search(r"^detached: run (\S+), 4 Slurm job\(s\) in flight", detached.stdout, re.M).group(1)
+    ((array, tasks),) = _submitted(detached.stdout, "square")
+    assert tasks == 2 and project.manifest()["status"] == "detached"
+    assert wait_for(lambda: (marks / "held").exists() and (marks / "held").read_text(), "the held job") == f"{array}_1"
+
+    def status():
+        return project.orch("status", run_id).stdout
+
+    wait_for(lambda: re.search(rf"^done +square\[p\[x=1\]\] +job {array}_0 on {HOST}$", status(), re.M),
+             "status to show the first point done", detail=status)
+    shown = status()
+    assert re.search(rf"^running +square\[p\[x=2\]\] +job {array}_1 on {HOST}$", shown, re.M), shown
+    assert re.search(r"^waiting +plus\[p\[x=2\]\] .*not submitted", shown, re.M), shown
+    # the same run again: finished points from the cache, the held one re-attached, not resubmitted
+    proc = subprocess.Popen([*ORCH, *args], cwd=project.root, env={**os.environ, **_env(project),
+                            "ORCH_COUNTS": str(project.counts_file)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        runs = project.root / ".orch" / "runs"
+        wait_for(lambda: any((d / "slurm.json").exists() and f'"{array}_1"' in (d / "slurm.json").read_text()
+                             for d in runs.iterdir() if d.is_dir() and not d.is_symlink() and d.name not in
+                             (run_id, "latest")),
+                 "the new run to attach to the held job")
+        (marks / "release").write_text("")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out + err
+    assert f"attached to job {array}_1: square[p[x=2]] (submitted by run {run_id}, running)" in out, out
+    assert _submitted(out, "square") == []
+    assert project.counts() == {"square": 2, "plus": 2, "other": 2, "total": 1}  # every node once, in all
+    assert project.statuses()[("square", "p[x=1]")] == "cached"
+    assert project.statuses()[("square", "p[x=2]")] == "ran"
+    assert not list((project.root / ".orch" / "slurm" / "inflight").iterdir())  # collected: no record left

@@ -32,3 +32,5 @@ class Status(str, Enum):
 
 #: What a finished run can say about itself in its manifest.
 RUN_OK, RUN_FAILED, RUN_INTERRUPTED, RUN_RUNNING = "ok", "failed", "interrupted", "running"
+#: `--executor slurm --detach`: what was ready is submitted and runs on without the head.
+RUN_DETACHED = "detached"

@@ -17,7 +17,19 @@ from ..store import Store
 from .task import Task, TaskResult, execute
 
 
+class Detached(Exception):
+    """Raised by an executor's wait() to end the run loop while what it submitted runs on without this
+    process (`--executor slurm --detach`); the session records the run as detached."""
+
+    def __init__(self, job_ids: list[str]):
+        super().__init__(f"{len(job_ids)} job(s) in flight")
+        self.job_ids = job_ids
+
+
 class Executor(abc.ABC):
+    #: The run's directory (runs/<id>), set by the session before start(); None for a dry run.
+    run_dir = None
+
     @abc.abstractmethod
     def submit(self, task: Task, stage) -> None:
         """Start a task (may run it right away)."""

@@ -14,11 +14,20 @@ ended without one (cancelled, timed out, killed, out of memory), which then fail
 its node and the tail of its log. Closing with jobs still in flight (Ctrl-C, a crash) cancels them,
 or asks first when a person is at the terminal.
 
+Detach and re-attach: each job of a cached stage leaves a record in `<cache>/slurm/inflight/`, named
+by the node's lock scope (its key and the values of the parameters it visibly reads: the computation,
+whichever run asks for it), removed by whoever collects the job. With `--detach` the run loop ends once
+what is ready is submitted (executors.base.Detached); a later run that must run the same computation
+finds the record and, while Slurm still holds that job, waits for it instead of submitting another.
+Downstream nodes of a detached run are submitted by that later run. The jobs of a run are listed in
+`runs/<id>/slurm.json` for `orch status`.
+
 submitit is imported here only, inside methods: `orch --help` and local runs never load it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import sys
@@ -32,7 +41,7 @@ from ..core.status import Status
 from ..errors import OrchError
 from ..resources import check as check_resources
 from ..resources import for_node, time_minutes
-from .base import Executor
+from .base import Detached, Executor
 from .task import Task, TaskResult
 from .worker import WorkerConfig, decode_result, encode_task
 
@@ -51,15 +60,20 @@ class _Job:
     node_id: int
     label: str
     ended_seen: float | None = None  # when sacct first said COMPLETED while no result file was there
+    record: Path | None = None  # its record in <cache>/slurm/inflight/
 
 
 class SlurmExecutor(Executor):
     def __init__(self, config: WorkerConfig, overrides: dict | None = None,
                  echo: Callable[[str], None] | None = None):
         self.config = config
-        self.overrides = check_resources({k: v for k, v in (overrides or {}).items() if v is not None},
+        overrides = dict(overrides or {})
+        self.detach = bool(overrides.pop("detach", False))
+        self.overrides = check_resources({k: v for k, v in overrides.items() if v is not None},
                                          "--slurm-* options", OrchError)
         self.folder = Path(config.store_root) / "slurm" / "jobs"
+        self.records = Path(config.store_root) / "slurm" / "inflight"
+        self._run_jobs: dict[str, str] = {}  # node label -> job id, for runs/<id>/slurm.json
         self.echo = echo or (lambda line: print(line, flush=True))
         self.submitted: list[str] = []  # every job id this run submitted, in order
         self._node_resources: dict[int, dict] = {}
@@ -98,6 +112,8 @@ class SlurmExecutor(Executor):
                 from None
         self._limits = cluster_limits()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.records.mkdir(parents=True, exist_ok=True)
+        self._prune_records()
 
     # -- submitting ---------------------------------------------------------------------------------
     def submit(self, task: Task, stage) -> None:
@@ -110,7 +126,7 @@ class SlurmExecutor(Executor):
     def _flush(self) -> None:
         """Submit what was collected: one array per (stage, resources), chunked at MaxArraySize."""
         groups: dict[tuple, list] = defaultdict(list)
-        for task, stage, payload in self._pending:
+        for task, stage, payload in self._adopt(self._pending):
             res = self._node_resources.get(task.node_id) or for_node(stage, {}, self.overrides)
             groups[(stage.id, tuple(sorted(res.items())))].append((task, stage, payload))
         self._pending = []
@@ -118,6 +134,88 @@ class SlurmExecutor(Executor):
         for (_, res), items in groups.items():
             for i in range(0, len(items), size):
                 self._submit_group(items[i:i + size], dict(res))
+        self._write_run_jobs()
+
+    # -- records of jobs in flight: re-attach ---------------------------------------------------------
+    def _record_path(self, task: Task) -> Path | None:
+        if task.lock_scope is None:  # an uncached stage always runs: nothing to re-attach to
+            return None
+        return self.records / (hashlib.sha256(task.lock_scope.encode()).hexdigest()[:40] + ".json")
+
+    def _adopt(self, items: list) -> list:
+        """Wait for the jobs of earlier runs still computing what these tasks would (the same lock
+        scope, Slurm still holding the job) instead of submitting them again; returns the rest. A
+        forced task (--overwrite) is submitted anyway; a record whose job left the queue is dropped
+        (the job ended: its result is in the cache, and the planner saw it, or it failed)."""
+        from submitit import SlurmJob
+
+        from ..fsutil import read_json_object
+        from .slurmctl import queued_jobs
+
+        found = []
+        for item in items:
+            path = None if item[0].force else self._record_path(item[0])
+            record = read_json_object(path) if path is not None and path.exists() else None
+            found.append((item, path, record))
+        if not any(record for _, _, record in found):
+            return items
+        queued = queued_jobs()
+        rest = []
+        for item, path, record in found:
+            job_id = str(record.get("job_id", "")) if record else ""
+            if job_id and job_id in queued:
+                task = item[0]
+                self._in_flight[job_id] = _Job(SlurmJob(folder=self.folder / "%j", job_id=job_id), task.node_id,
+                                               task.label, record=path)
+                self._run_jobs[task.label] = job_id
+                self.echo(f"attached to job {job_id}: {task.label} (submitted by run {record.get('run', '?')}, "
+                          f"{queued[job_id][0].lower()})")
+                continue
+            if path is not None and record:
+                path.unlink(missing_ok=True)
+            rest.append(item)
+        return rest
+
+    def _prune_records(self) -> None:
+        """Drop the records of jobs Slurm no longer holds (a detached run's jobs that ended: their
+        nodes are cached now, or failed). A record is written after sbatch returned, so a job whose
+        record exists and that is not in the queue has ended."""
+        from ..fsutil import read_json_object
+        from .slurmctl import queued_jobs
+
+        paths = list(self.records.glob("*.json"))
+        if not paths:
+            return
+        queued = queued_jobs()
+        for path in paths:
+            record = read_json_object(path) or {}
+            if str(record.get("job_id")) not in queued:
+                path.unlink(missing_ok=True)
+
+    def _write_record(self, task: Task, job_id: str) -> Path | None:
+        from ..fsutil import atomic_write_json
+
+        path = self._record_path(task)
+        if path is not None:
+            run = self.run_dir.name if self.run_dir is not None else None
+            atomic_write_json(path, {"job_id": job_id, "label": task.label, "run": run, "submitted": time.time()})
+        return path
+
+    def _drop_record(self, j: _Job) -> None:
+        """The job is collected: its record goes (unless a newer job of the same computation replaced it)."""
+        from ..fsutil import read_json_object
+
+        if j.record is not None and j.record.exists():
+            record = read_json_object(j.record) or {}
+            if str(record.get("job_id")) == j.job.job_id:
+                j.record.unlink(missing_ok=True)
+
+    def _write_run_jobs(self) -> None:
+        from ..fsutil import atomic_write_json
+
+        if self.run_dir is not None and self._run_jobs:
+            atomic_write_json(Path(self.run_dir) / "slurm.json", {"jobs": self._run_jobs,
+                                                                   "folder": str(self.folder)})
 
     def _sbatch_parameters(self, stage, res: dict) -> dict:
         partition = res.get("partition")
@@ -157,7 +255,8 @@ class SlurmExecutor(Executor):
                                                    f"({_describe(res)}): {_first_lines(str(e), 6)}"))
             return
         for (task, _, _), job in zip(items, jobs):
-            self._in_flight[job.job_id] = _Job(job, task.node_id, task.label)
+            self._in_flight[job.job_id] = _Job(job, task.node_id, task.label, record=self._write_record(task, job.job_id))
+            self._run_jobs[task.label] = job.job_id
             self.submitted.append(job.job_id)
         first = jobs[0].job_id.split("_")[0]
         what = f"array job {first} ({len(jobs)} tasks)" if len(jobs) > 1 else f"job {first}"
@@ -168,6 +267,8 @@ class SlurmExecutor(Executor):
         if self._pending:
             self._flush()
         results, self._done = self._done, []
+        if self.detach and not results and self._in_flight:
+            raise Detached(sorted(self._in_flight))
         delay = 0.05
         while not results:
             if not self._in_flight:
@@ -203,11 +304,13 @@ class SlurmExecutor(Executor):
 
     def _finished(self, jid: str) -> TaskResult:
         j = self._in_flight.pop(jid)
+        self._drop_record(j)
         try:
             where, data = j.job.result()
             result = decode_result(data)
         except Exception as e:  # the job side failed before running the node (submitit says why)
             return self._failure(j, "JobError", f"the job failed before running the node: {_first_lines(str(e), 12)}")
+        result.node_id = j.node_id  # an adopted job was submitted by another run, with its node ids
         self.echo(f"job {where['job']} on {where['host']}: {j.label} {result.status} in {result.duration:.2f}s")
         if result.status == Status.FAILED:
             result.error += self._log_tail(j)
@@ -215,6 +318,7 @@ class SlurmExecutor(Executor):
 
     def _ended_without_result(self, jid: str, state: str) -> TaskResult:
         j = self._in_flight.pop(jid)
+        self._drop_record(j)
         why = {"CANCELLED": "was cancelled (scancel, or an administrator)",
                "TIMEOUT": "hit its time limit (give the stage a longer resources={'time': ...} or --slurm-time)",
                "OUT_OF_MEMORY": "ran out of memory (give the stage more resources={'mem': ...})",
@@ -251,7 +355,8 @@ class SlurmExecutor(Executor):
         """Jobs still in flight here mean the run was interrupted (Ctrl-C) or crashed: cancel them (at a
         terminal, ask first); their computations are not wanted by anyone waiting."""
         self._pending = []
-        if not self._in_flight:
+        if not self._in_flight or self.detach:  # detached: they run on, recorded for re-attaching
+            self._in_flight.clear()
             return
         ids = list(self._in_flight)
         if sys.stdin.isatty() and sys.stderr.isatty():
@@ -264,6 +369,8 @@ class SlurmExecutor(Executor):
         from .slurmctl import cancel
 
         trouble = cancel(ids)
+        for j in self._in_flight.values():
+            self._drop_record(j)
         print(f"cancelled {len(ids)} Slurm job(s): {' '.join(ids)}" + (f" ({trouble})" if trouble else ""),
               file=sys.stderr)
         self._in_flight.clear()

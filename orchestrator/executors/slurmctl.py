@@ -97,3 +97,27 @@ def cancel(job_ids: list[str]) -> str:
         return ""
     proc = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
     return proc.stderr.strip() if proc.returncode != 0 else ""
+
+
+def queued_jobs() -> dict[str, tuple[str, str]]:
+    """Every job Slurm still holds (pending, running, completing): id ("120_3" for an array task,
+    one line per task) -> (state, node list)."""
+    out = _run(["squeue", "-h", "-r", "-o", "%i|%T|%N"], "listing the queue")
+    jobs = {}
+    for line in out.splitlines():
+        job, state, nodes = (line.split("|") + ["", ""])[:3]
+        jobs[job.strip()] = (state.strip(), nodes.strip())
+    return jobs
+
+
+def ended_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """What sacct says of jobs that left the queue: id -> (state, node list); unknown ids are missing."""
+    if not job_ids:
+        return {}
+    out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,NodeList", "-j", ",".join(job_ids)],
+               "asking sacct for job states")
+    jobs = {}
+    for line in out.splitlines():
+        job, state, nodes = (line.split("|") + ["", ""])[:3]
+        jobs[job.strip()] = (state.split()[0] if state.strip() else "UNKNOWN", nodes.strip())
+    return jobs
