@@ -36,6 +36,9 @@ def _cluster_problem() -> str | None:
         return f"no Slurm node is up (sinfo: {state.stdout.strip() or state.stderr.strip()})"
     if subprocess.run(["sacct", "-n", "-X", "-S", "now-1minutes"], capture_output=True).returncode != 0:
         return "sacct does not answer (slurmdbd down?)"
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    if not re.search(r"^ClusterName\s*=\s*orchtest$", config, re.M):  # never submit tests to a real cluster
+        return "this Slurm is not the test cluster (ClusterName=orchtest)"
     return None
 
 
@@ -47,6 +50,17 @@ def _slurm_cluster():
     if os.environ.get("ORCH_REQUIRE_SLURM") == "1":
         pytest.fail(f"ORCH_REQUIRE_SLURM=1 but {problem}; .ci/run starts it with {START} (as root)", pytrace=False)
     pytest.skip(f"{problem}: start a single-node test cluster with `sudo {START}`")
+
+
+@pytest.fixture(autouse=True)
+def _no_jobs_left_behind(project):
+    """A test that fails while a job of its project waits (a held stage) must not slow the next one."""
+    yield
+    queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], capture_output=True, text=True).stdout
+    mine = [job for job, _, workdir in (line.partition("|") for line in queue.splitlines())
+            if workdir == str(project.root) or workdir.startswith(str(project.root) + os.sep)]
+    if mine:
+        subprocess.run(["scancel", *mine], check=False)
 
 
 STAGES = '''
@@ -280,8 +294,13 @@ def _squeue_state(job: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
 
 
-def test_code_edited_while_a_job_waits_in_the_queue_is_never_stored_under_the_planned_key(project):
+@pytest.mark.parametrize("freeze", ["1", "0"])
+def test_code_edited_while_a_job_waits_in_the_queue(project, freeze):
+    """Frozen (the default): the job runs the code as submitted, stored under that code's key, and the
+    next run plans and runs the edit. Not frozen (ORCH_SLURM_FREEZE=0): the job imports the edited
+    stage, sees it is not what was planned and refuses; never the new code's result under the old key."""
     args = _sweep(project, n=1)
+    env = {**os.environ, **_env(project), "ORCH_COUNTS": str(project.counts_file), "ORCH_SLURM_FREEZE": freeze}
     # a job of the test's own holds every CPU: orch's jobs wait in the queue behind it
     blocker = subprocess.run(["sbatch", "--parsable", "-c", str(_node_cpus()), "-J", "orch-test-blocker",
                               "-o", "/dev/null", "--wrap", "sleep 300"], capture_output=True, text=True,
@@ -289,24 +308,31 @@ def test_code_edited_while_a_job_waits_in_the_queue_is_never_stored_under_the_pl
     proc = None
     try:
         wait_for(lambda: _squeue_state(blocker) == "RUNNING", "the blocker to run", timeout=60)
-        proc = subprocess.Popen([*ORCH, *args], cwd=project.root, env={**os.environ, **_env(project),
-                                "ORCH_COUNTS": str(project.counts_file)}, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([*ORCH, *args], cwd=project.root, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        queued = subprocess.run  # squeue: orch's job of `square` is pending behind the blocker
-        wait_for(lambda: "PENDING" in queued(["squeue", "-h", "-n", "orch:square", "-o", "%T"], capture_output=True,
-                                             text=True).stdout, "orch's job to be queued", timeout=60)
-        project.write("stages/sweep.py", STAGES.replace("return x * x", "return x * x + 0"))
+        wait_for(lambda: "PENDING" in subprocess.run(["squeue", "-h", "-n", "orch:square", "-o", "%T"],
+                                                     capture_output=True, text=True).stdout,
+                 "orch's job to be queued", timeout=60)
+        project.write("stages/sweep.py", STAGES.replace('count("square")', 'count("square-edited")'))
     finally:
         subprocess.run(["scancel", blocker], check=True)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, out + err
-    assert "CodeChangedError: stage square[p[x=1]]: its code changed between submission and the start" in err, err
-    assert "square" not in project.counts()  # neither version ran in that job
     statuses = project.statuses()
-    assert statuses[("square", "p[x=1]")] == "failed" and statuses[("other", "p[x=1]")] == "ran"
+    assert statuses[("other", "p[x=1]")] == "ran"
+    if freeze == "1":
+        assert proc.returncode == 0, out + err
+        assert project.counts()["square"] == 1 and "square-edited" not in project.counts()
+        assert list((project.root / ".orch" / "runs" / project.manifest()["run_id"] / "code").iterdir())
+    else:
+        assert proc.returncode == 1, out + err
+        assert "CodeChangedError: stage square[p[x=1]]: its code changed between submission and the start" in err
+        assert "square" not in project.counts() and "square-edited" not in project.counts()
+        assert statuses[("square", "p[x=1]")] == "failed"
     project.reset_counts()
-    again = project.orch(*args, env=_env(project))  # plans and submits the new code
-    assert project.counts() == {"square": 1, "plus": 1, "total": 1}, again.stdout
+    again = project.orch(*args, env={**_env(project), "ORCH_SLURM_FREEZE": freeze})  # plans, runs the edit
+    # (frozen: the edit gives the same value, so what is downstream stays cached: early cutoff)
+    expected = {"square-edited": 1} if freeze == "1" else {"square-edited": 1, "plus": 1, "total": 1}
+    assert project.counts() == expected, again.stdout
 
 
 def test_detach_then_status_then_a_new_run_reattaches_to_the_jobs_in_flight(project):
@@ -349,3 +375,10 @@ def test_detach_then_status_then_a_new_run_reattaches_to_the_jobs_in_flight(proj
     assert project.statuses()[("square", "p[x=1]")] == "cached"
     assert project.statuses()[("square", "p[x=2]")] == "ran"
     assert not list((project.root / ".orch" / "slurm" / "inflight").iterdir())  # collected: no record left
+
+
+def test_arrays_are_chunked_at_the_array_size_limit(project):
+    args = _sweep(project, n=5)
+    proc = project.orch(*args, env={**_env(project), "ORCH_SLURM_MAX_ARRAY": "2"})
+    assert [tasks for _, tasks in _submitted(proc.stdout, "square")] == [2, 2, 1], proc.stdout
+    assert project.counts()["square"] == 5

@@ -82,6 +82,8 @@ class SlurmExecutor(Executor):
         self._done: list[TaskResult] = []
         self._limits = None
         self._last_check = 0.0
+        self._snapshot = None  # executors.slurmcode.Snapshot, made at the first submission
+        self._frozen = False
 
     @property
     def capacity(self) -> int:
@@ -130,7 +132,9 @@ class SlurmExecutor(Executor):
             res = self._node_resources.get(task.node_id) or for_node(stage, {}, self.overrides)
             groups[(stage.id, tuple(sorted(res.items())))].append((task, stage, payload))
         self._pending = []
-        size = max(1, self._limits.max_array_size if self._limits else 1000)
+        if groups and not self._frozen:
+            self._freeze(next(iter(groups.values()))[0][0])
+        size = self._array_size()
         for (_, res), items in groups.items():
             for i in range(0, len(items), size):
                 self._submit_group(items[i:i + size], dict(res))
@@ -217,6 +221,25 @@ class SlurmExecutor(Executor):
             atomic_write_json(Path(self.run_dir) / "slurm.json", {"jobs": self._run_jobs,
                                                                    "folder": str(self.folder)})
 
+    def _freeze(self, task: Task) -> None:
+        """Copy the project's code into the run directory once, before the first job is submitted."""
+        from .slurmcode import freeze
+
+        self._frozen = True
+        if self.run_dir is not None and task.code_roots is not None:
+            self._snapshot = freeze(task.code_roots, self.config.experiment, Path(self.run_dir) / "code")
+
+    def _array_size(self) -> int:
+        """Tasks per array: the cluster's MaxArraySize, or less with ORCH_SLURM_MAX_ARRAY (a site that
+        caps arrays by policy; 1 submits one job per node, as the benchmark compares)."""
+        size = self._limits.max_array_size if self._limits else 1000
+        cap = os.environ.get("ORCH_SLURM_MAX_ARRAY", "")
+        if cap:
+            if not cap.isdigit() or int(cap) < 1:
+                raise OrchError(f"ORCH_SLURM_MAX_ARRAY={cap!r}: give a positive number of tasks per job array")
+            size = min(size, int(cap))
+        return max(1, size)
+
     def _sbatch_parameters(self, stage, res: dict) -> dict:
         partition = res.get("partition")
         minutes = (time_minutes(res["time"]) if "time" in res
@@ -247,7 +270,7 @@ class SlurmExecutor(Executor):
             ex.update_parameters(array_parallelism=len(items), **self._sbatch_parameters(stage, res))
             # one item: a plain job; several: one array job (submitit's map_array)
             jobs = ex.map_array(run_job, [self.config] * len(items), [t.node_id for t, _, _ in items],
-                                [payload for _, _, payload in items])
+                                [payload for _, _, payload in items], [self._snapshot] * len(items))
         except Exception as e:  # sbatch refused (a partition or account that does not exist, ...): say so per node
             for task, _, _ in items:
                 self._done.append(TaskResult(task.node_id, Status.FAILED, error_type="SlurmSubmissionError",
@@ -383,8 +406,3 @@ def _describe(res: dict) -> str:
 def _first_lines(text: str, n: int) -> str:
     lines = text.strip().splitlines()
     return "\n".join(lines[:n]) + ("\n..." if len(lines) > n else "")
-
-
-def job_env_marker() -> bool:
-    """True inside a job started by this executor (submitit sets SUBMITIT_EXECUTOR)."""
-    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"

@@ -2,7 +2,8 @@
 
 submitit pickles `run_job` by reference with its arguments; the job's python (the head's own
 interpreter, with the head's orch first on PYTHONPATH: executors.slurm writes that into the job
-script) imports this module, sets itself up as a worker (executors.worker) and runs one node
+script) imports this module, puts the run's code snapshot first on its path (executors.slurmcode),
+sets itself up as a worker (executors.worker) and runs one node
 against the shared cache. It returns where it ran with the pickled TaskResult, which travels back
 in submitit's result pickle: in-memory outputs come back that way, stored ones are in the cache.
 Kept apart from executors.slurm so that a job imports neither the head's machinery nor submitit's
@@ -16,6 +17,7 @@ import pickle
 import socket
 
 from ..core.status import Status
+from .slurmcode import Snapshot, activate, job_roots
 from .task import TaskResult, import_stage
 from .worker import WorkerConfig, init_worker, run_encoded
 
@@ -28,18 +30,22 @@ def job_id_from_env() -> str:
     return os.environ.get("SLURM_JOB_ID", "?")
 
 
-def run_job(config: WorkerConfig, node_id: int, payload: bytes) -> tuple[dict, bytes]:
-    """Run one node in this job; never raises for anything a node can cause (the result says)."""
+def run_job(config: WorkerConfig, node_id: int, payload: bytes, snapshot: Snapshot | None = None) -> tuple[dict, bytes]:
+    """Run one node in this job, from the run's code snapshot (executors.slurmcode) when it has one;
+    never raises for anything a node can cause (the result says)."""
     where = {"job": job_id_from_env(), "host": socket.gethostname().split(".")[0]}
+    if snapshot is not None:
+        activate(snapshot)
+        config = WorkerConfig(config.store_root, snapshot.experiment)
     init_worker(config, where=f"Slurm job {where['job']} on {where['host']}")
-    changed = _changed_since_planned(payload)
+    changed = _changed_since_planned(payload, snapshot)
     if changed:
         return where, pickle.dumps(TaskResult(node_id, Status.FAILED, error_type="CodeChangedError", error=changed),
                                    protocol=pickle.HIGHEST_PROTOCOL)
     return where, run_encoded(node_id, payload)
 
 
-def _changed_since_planned(payload: bytes) -> str:
+def _changed_since_planned(payload: bytes, snapshot: Snapshot | None) -> str:
     """Why the stage this job imported is not the one the head planned (its key covers the code it
     fingerprinted), or "". A job may start hours after submission: if the stage was edited meanwhile,
     running it would store the new code's result under the old code's key, a wrong cache hit for
@@ -55,7 +61,8 @@ def _changed_since_planned(payload: bytes) -> str:
     planned = task.components
     if planned is None or task.code_roots is None:  # an uncached stage: no key to protect
         return ""
-    now = {"code": Fingerprinter(task.code_roots).fingerprint(stage.fn), "declaration": hash_value(stage.declaration()),
+    roots = job_roots(task.code_roots, snapshot)
+    now = {"code": Fingerprinter(roots).fingerprint(stage.fn), "declaration": hash_value(stage.declaration()),
            "version": stage.version}
     was = {"code": planned.code, "declaration": planned.decl, "version": planned.version}
     differ = [name for name in now if now[name] != was[name]]
