@@ -16,7 +16,9 @@ from .errors import ParamsError, StageDefinitionError
 
 #: key -> (what it takes, validator). Times are Slurm's formats; mem is Slurm's (a number of MB, or
 #: with a unit: 500M, 32G, 1T).
-KEYS = ("gpus", "cpus", "mem", "time", "partition", "account", "qos", "constraint", "nodes")
+KEYS = ("gpus", "cpus", "mem", "time", "partition", "account", "qos", "constraint", "nodes", "requeue")
+#: How many times a job warned of its end (time limit, preemption) is requeued before its node fails.
+DEFAULT_REQUEUE = 3
 _MEM = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -49,8 +51,8 @@ def time_minutes(value) -> int:
 
 def _check_one(key: str, value) -> str | None:
     """Why `value` is not valid for `key`, or None."""
-    if key in ("gpus", "cpus", "nodes"):
-        low = 0 if key == "gpus" else 1
+    if key in ("gpus", "cpus", "nodes", "requeue"):
+        low = 0 if key in ("gpus", "requeue") else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             return f"an integer >= {low}"
     elif key == "mem":

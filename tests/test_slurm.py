@@ -382,3 +382,57 @@ def test_arrays_are_chunked_at_the_array_size_limit(project):
     proc = project.orch(*args, env={**_env(project), "ORCH_SLURM_MAX_ARRAY": "2"})
     assert [tasks for _, tasks in _submitted(proc.stdout, "square")] == [2, 2, 1], proc.stdout
     assert project.counts()["square"] == 5
+
+
+REQUEUED = '''
+import os
+import time
+from orchestrator import stage, PickleCacher
+from stages.counting import count
+
+@stage(outputs=["y"], cachers=[PickleCacher], resources={"requeue": 1})
+def long(record):
+    count("long")
+    marks = os.environ["ORCH_MARKS"]
+    with open(os.path.join(marks, "started-" + os.environ.get("SLURM_RESTART_COUNT", "0")), "w") as f:
+        f.write(os.environ["SLURM_JOB_ID"])
+    while not os.path.exists(os.path.join(marks, "release")):
+        time.sleep(0.05)
+    return 1
+'''
+
+
+def _job_field(job: str, name: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job, "--oneliner"], capture_output=True, text=True).stdout
+    m = re.search(rf"\b{name}=(\S+)", out)
+    return m.group(1) if m else ""
+
+
+def test_a_job_warned_of_its_end_is_requeued_then_fails_its_node_past_the_requeue_limit(project):
+    project.write("stages/long.py", REQUEUED)
+    project.write("experiment.py", "from stages.long import long\n\ndef run(record):\n    long(record)\n")
+    project.write("params/p.yaml", "x: 1\n")
+    marks = project.root / "marks"
+    marks.mkdir()
+    proc = subprocess.Popen([*ORCH, "run", "experiment.py", "-p", "params/p.yaml", "--executor", "slurm"],
+                            cwd=project.root, env={**os.environ, **_env(project), "ORCH_COUNTS": str(project.counts_file)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        job = wait_for(lambda: (marks / "started-0").exists() and (marks / "started-0").read_text(), "the job")
+        # what Slurm sends before a time limit (--signal=USR2@90) or a preemption
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        wait_for(lambda: _job_field(job, "Restarts") == "1" and _job_field(job, "JobState") == "PENDING",
+                 "the job to be requeued", detail=lambda: _job_field(job, "JobState"))
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)  # skip the requeue delay
+        wait_for(lambda: (marks / "started-1").exists(), "the requeued job to run the node again", timeout=90)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)  # once more: past the limit of 1
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, out + err
+    assert "RequeueLimitReached: Slurm job" in err and "after 1 requeue(s), the limit" in err, err
+    assert "requeued (1 of at most 1)" in err  # from the job's log
+    assert project.counts() == {"long": 2}
+    assert project.statuses()[("long", "p")] == "failed"

@@ -39,8 +39,8 @@ from typing import Any, Callable
 
 from ..core.status import Status
 from ..errors import OrchError
+from ..resources import DEFAULT_REQUEUE, for_node, time_minutes
 from ..resources import check as check_resources
-from ..resources import for_node, time_minutes
 from .base import Detached, Executor
 from .task import Task, TaskResult
 from .worker import WorkerConfig, decode_result, encode_task
@@ -270,7 +270,8 @@ class SlurmExecutor(Executor):
             ex.update_parameters(array_parallelism=len(items), **self._sbatch_parameters(stage, res))
             # one item: a plain job; several: one array job (submitit's map_array)
             jobs = ex.map_array(run_job, [self.config] * len(items), [t.node_id for t, _, _ in items],
-                                [payload for _, _, payload in items], [self._snapshot] * len(items))
+                                [payload for _, _, payload in items], [self._snapshot] * len(items),
+                                [res.get("requeue", DEFAULT_REQUEUE)] * len(items))
         except Exception as e:  # sbatch refused (a partition or account that does not exist, ...): say so per node
             for task, _, _ in items:
                 self._done.append(TaskResult(task.node_id, Status.FAILED, error_type="SlurmSubmissionError",

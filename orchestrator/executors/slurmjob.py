@@ -17,6 +17,7 @@ import pickle
 import socket
 
 from ..core.status import Status
+from ..resources import DEFAULT_REQUEUE
 from .slurmcode import Snapshot, activate, job_roots
 from .task import TaskResult, import_stage
 from .worker import WorkerConfig, init_worker, run_encoded
@@ -30,10 +31,16 @@ def job_id_from_env() -> str:
     return os.environ.get("SLURM_JOB_ID", "?")
 
 
-def run_job(config: WorkerConfig, node_id: int, payload: bytes, snapshot: Snapshot | None = None) -> tuple[dict, bytes]:
+class RequeueLimitReached(Exception):
+    """Raised into the stage when its job is warned of its end once more than it may be requeued."""
+
+
+def run_job(config: WorkerConfig, node_id: int, payload: bytes, snapshot: Snapshot | None = None,
+            max_requeue: int = DEFAULT_REQUEUE) -> tuple[dict, bytes]:
     """Run one node in this job, from the run's code snapshot (executors.slurmcode) when it has one;
     never raises for anything a node can cause (the result says)."""
     where = {"job": job_id_from_env(), "host": socket.gethostname().split(".")[0]}
+    _requeue_on_warning(max_requeue)
     if snapshot is not None:
         activate(snapshot)
         config = WorkerConfig(config.store_root, snapshot.experiment)
@@ -43,6 +50,34 @@ def run_job(config: WorkerConfig, node_id: int, payload: bytes, snapshot: Snapsh
         return where, pickle.dumps(TaskResult(node_id, Status.FAILED, error_type="CodeChangedError", error=changed),
                                    protocol=pickle.HIGHEST_PROTOCOL)
     return where, run_encoded(node_id, payload)
+
+
+def _requeue_on_warning(max_requeue: int) -> None:
+    """Slurm warns a job before its time limit (and, where configured, before preemption) with
+    SIGUSR2 (submitit asks for it 90 s ahead). Then: requeue this job and leave at once, writing
+    nothing (os._exit: a stage catching exceptions cannot turn it into a result; the kernel drops the
+    node lock); the job runs the node again from the start, and a stage that checkpoints into
+    record.checkpoint_dir() resumes there. After `max_requeue` requeues, the stage is interrupted with
+    RequeueLimitReached instead: the node fails, saying so. Replaces submitit's handler, which
+    would raise SystemExit into the stage."""
+    import signal
+    import subprocess
+    import sys
+
+    def warned(signum, frame):
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        job = os.environ.get("SLURM_JOB_ID", "")
+        if restarts < max_requeue and job:
+            print(f"orch: Slurm warned job {job_id_from_env()} of its end (time limit or preemption): requeued "
+                  f"({restarts + 1} of at most {max_requeue})", file=sys.stderr, flush=True)
+            subprocess.run(["scontrol", "requeue", job], timeout=60, check=False)
+            os._exit(3)
+        raise RequeueLimitReached(
+            f"Slurm job {job_id_from_env()} was warned of its end (time limit or preemption) after {restarts} "
+            f"requeue(s), the limit: give the stage more time (resources={{'time': ...}}, --slurm-time) or more "
+            f"requeues (resources={{'requeue': N}}), and checkpoint into record.checkpoint_dir() to resume")
+
+    signal.signal(signal.SIGUSR2, warned)
 
 
 def _changed_since_planned(payload: bytes, snapshot: Snapshot | None) -> str:
