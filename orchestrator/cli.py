@@ -74,7 +74,8 @@ def slurm_options(f):
     return f
 
 
-def _slurm_settings(executor: str, parallel: int, partition, account, time_limit, detach: bool) -> dict | None:
+def _slurm_settings(executor: str, parallel: int, partition, account, time_limit, detach: bool,
+                    quiet: bool = False) -> dict | None:
     """The run's Slurm overrides, or None for a local run (where --slurm-* options are a mistake)."""
     given = {"partition": partition, "account": account, "time": time_limit}
     if executor != "slurm":
@@ -84,7 +85,7 @@ def _slurm_settings(executor: str, parallel: int, partition, account, time_limit
         return None
     if parallel > 1:
         raise OrchError("--parallel is for local runs; with --executor slurm every node is its own job")
-    return {**{k: v for k, v in given.items() if v is not None}, "detach": detach}
+    return {**{k: v for k, v in given.items() if v is not None}, "detach": detach, "quiet": quiet}
 
 
 @main.command("run")
@@ -113,7 +114,7 @@ def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_
     from .executors.launch import detect_launch
     from .runs.console import Console
 
-    slurm = _slurm_settings(executor, parallel, slurm_partition, slurm_account, slurm_time, detach)
+    slurm = _slurm_settings(executor, parallel, slurm_partition, slurm_account, slurm_time, detach, quiet)
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                               cache=cache, overwrite=overwrite, overwrite_stages=list(overwrite_stages),
                               dry=dry, parallel=parallel, argv=sys.argv[1:], slurm=slurm)

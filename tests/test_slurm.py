@@ -237,6 +237,11 @@ def test_resources_reach_sbatch_from_the_stage_the_parameter_file_and_the_comman
     again = project.orch("run", "experiment.py", "-p", "params/p.yaml", "--executor", "slurm",
                          "--slurm-time", "00:05:00")
     assert "submitted" not in again.stdout and set(project.statuses().values()) == {"cached"}
+    # --quiet: no line per job either, only the summary
+    (project.root / "stages" / "res.py").write_text((project.root / "stages" / "res.py").read_text()
+                                                   .replace("return 1", "return 10"))
+    quiet = project.orch("run", "experiment.py", "-p", "params/p.yaml", "--executor", "slurm", "-q")
+    assert quiet.stdout.startswith("2 nodes: 1 ran, 1 cached") and len(quiet.stdout.splitlines()) == 1, quiet.stdout
 
 
 def test_a_job_cancelled_behind_orchs_back_fails_its_node_with_the_job_named(project):

@@ -69,6 +69,8 @@ class SlurmExecutor(Executor):
         self.config = config
         overrides = dict(overrides or {})
         self.detach = bool(overrides.pop("detach", False))
+        if overrides.pop("quiet", False) and echo is None:  # --quiet: no line per submission or job either
+            echo = lambda line: None  # noqa: E731
         self.overrides = check_resources({k: v for k, v in overrides.items() if v is not None},
                                          "--slurm-* options", OrchError)
         self.folder = Path(config.store_root) / "slurm" / "jobs"
