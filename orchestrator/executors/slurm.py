@@ -47,7 +47,10 @@ from .worker import WorkerConfig, decode_result, encode_task
 
 #: Slurm states after which a job will never write its result file.
 ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                   "DEADLINE", "REVOKED", "PREEMPTED_FINAL"})
+                   "DEADLINE", "REVOKED", "PREEMPTED"})
+#: Ended only if it stays so: a COMPLETED job's result file may lag on a shared filesystem, and a
+#: PREEMPTED job is requeued where the cluster's PreemptMode says so.
+SETTLING = frozenset({"COMPLETED", "PREEMPTED"})
 SACCT_EVERY = 2.0  # seconds between state checks of the jobs in flight (result files are checked every poll)
 #: COMPLETED without a result file: on a shared filesystem the file may show up a little later.
 RESULT_GRACE = 30.0
@@ -59,7 +62,7 @@ class _Job:
     job: Any  # submitit.slurm.slurm.SlurmJob
     node_id: int
     label: str
-    ended_seen: float | None = None  # when sacct first said COMPLETED while no result file was there
+    ended_seen: float | None = None  # when sacct first said COMPLETED/PREEMPTED while no result file was there
     record: Path | None = None  # its record in <cache>/slurm/inflight/
 
 
@@ -93,8 +96,10 @@ class SlurmExecutor(Executor):
 
     # -- before the run ---------------------------------------------------------------------------
     def prepare(self, graph) -> None:
-        """Each node's resources (declaration < parameter file < run options), checked before anything
-        is submitted."""
+        """Each node's resources (declaration < parameter file < run options) and the cluster's limits,
+        checked before anything is recorded or submitted."""
+        from .slurmctl import cluster_limits
+
         for node in graph.nodes:
             ps = graph.param_sets.get(node.set_name)
             orch = ps.orch if ps is not None else next(
@@ -105,16 +110,14 @@ class SlurmExecutor(Executor):
                                 f"node on one Slurm node so far; use nodes=1 (multi-node torchrun jobs are not "
                                 f"supported yet)")
             self._node_resources[node.id] = res
-
-    def start(self, store) -> None:
-        from .slurmctl import cluster_limits
-
         try:
             import submitit  # noqa: F401
         except ImportError:
             raise OrchError("--executor slurm needs submitit: pip install 'orch[slurm]' (or pip install submitit)") \
                 from None
         self._limits = cluster_limits()
+
+    def start(self, store) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.records.mkdir(parents=True, exist_ok=True)
         self._prune_records()
@@ -317,10 +320,11 @@ class SlurmExecutor(Executor):
         for jid, j in list(self._in_flight.items()):
             state = (watcher.get_state(jid, mode="cache") or "UNKNOWN").split()[0].upper()
             if state not in ENDED:
+                j.ended_seen = None  # requeued after all
                 continue
             if j.job.paths.result_pickle.exists():
                 results.append(self._finished(jid))
-            elif state != "COMPLETED":
+            elif state not in SETTLING:
                 results.append(self._ended_without_result(jid, state))
             elif j.ended_seen is None:
                 j.ended_seen = now
