@@ -126,6 +126,14 @@ def _sweep(project, n=4, fail_at=-1, hold_at=-1):
     return ["run", "experiment.py", "-p", "params/p.yaml", "--executor", "slurm"]
 
 
+def _throttled(condition, seconds: float = 0.25):
+    """`condition` for wait_for (which polls every 10 ms) asking Slurm at most every `seconds`."""
+    def slower():
+        time.sleep(seconds)
+        return condition()
+    return slower
+
+
 def _env(project):
     return {"ORCH_MARKS": str(project.root / "marks")}
 
@@ -144,7 +152,7 @@ def _ended(job: str, count: int, fields: str = "JobID,State") -> list[dict]:
         done = [r for r in got if r["State"].split()[0] not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING")
                 and all(r.values())]  # a record can show its end before its other fields are filled in
         return got if len(done) == count else None
-    return wait_for(rows, f"sacct to show {count} ended tasks of job {job}", timeout=60,
+    return wait_for(_throttled(rows), f"sacct to show {count} ended tasks of job {job}", timeout=60,
                     detail=lambda: _sacct(job, fields))
 
 
@@ -312,11 +320,11 @@ def test_code_edited_while_a_job_waits_in_the_queue(project, freeze):
                              check=True).stdout.strip().split(";")[0]
     proc = None
     try:
-        wait_for(lambda: _squeue_state(blocker) == "RUNNING", "the blocker to run", timeout=60)
+        wait_for(_throttled(lambda: _squeue_state(blocker) == "RUNNING"), "the blocker to run", timeout=60)
         proc = subprocess.Popen([*ORCH, *args], cwd=project.root, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: "PENDING" in subprocess.run(["squeue", "-h", "-n", "orch:square", "-o", "%T"],
-                                                     capture_output=True, text=True).stdout,
+        wait_for(_throttled(lambda: "PENDING" in subprocess.run(["squeue", "-h", "-n", "orch:square", "-o", "%T"],
+                                                                capture_output=True, text=True).stdout),
                  "orch's job to be queued", timeout=60)
         project.write("stages/sweep.py", STAGES.replace('count("square")', 'count("square-edited")'))
     finally:
@@ -426,7 +434,7 @@ def test_a_job_warned_of_its_end_is_requeued_then_fails_its_node_past_the_requeu
         job = wait_for(lambda: (marks / "started-0").exists() and (marks / "started-0").read_text(), "the job")
         # what Slurm sends before a time limit (--signal=USR2@90) or a preemption
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
-        wait_for(lambda: _job_field(job, "Restarts") == "1" and _job_field(job, "JobState") == "PENDING",
+        wait_for(_throttled(lambda: _job_field(job, "Restarts") == "1" and _job_field(job, "JobState") == "PENDING"),
                  "the job to be requeued", detail=lambda: _job_field(job, "JobState"))
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)  # skip the requeue delay
         wait_for(lambda: (marks / "started-1").exists(), "the requeued job to run the node again", timeout=90)

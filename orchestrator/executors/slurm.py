@@ -385,6 +385,11 @@ class SlurmExecutor(Executor):
         """Jobs still in flight here mean the run was interrupted (Ctrl-C) or crashed: cancel them (at a
         terminal, ask first); their computations are not wanted by anyone waiting."""
         self._pending = []
+        if not self._in_flight and not self.detach and self.records.is_dir():
+            try:  # a run that ended normally: drop the records of jobs that ended meanwhile, uncollected
+                self._prune_records()
+            except OrchError as e:
+                print(f"warning: {e}", file=sys.stderr)
         if not self._in_flight or self.detach:  # detached: they run on, recorded for re-attaching
             self._in_flight.clear()
             return

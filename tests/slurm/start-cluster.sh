@@ -18,7 +18,11 @@ DB_PASS=orch-slurm-test
 CONF=/etc/slurm
 LOGS=/var/log/slurm
 
-say() { echo "start-cluster: $*" >&2; }
+T0=$(date +%s%N)
+say() {
+    local ms=$(( ($(date +%s%N) - T0) / 1000000 ))
+    printf 'start-cluster [%d.%03ds]: %s\n' $((ms / 1000)) $((ms % 1000)) "$*" >&2
+}
 die() {
     say "ERROR: $*"
     for f in "$LOGS"/slurmctld.log "$LOGS"/slurmd.log "$LOGS"/slurmdbd.log "$LOGS"/mariadb.log; do
@@ -36,13 +40,15 @@ wait_for() {
         sleep 0.2
     done
 }
-node_idle() { sinfo -h -N -n "$HOST" -o %t 2>/dev/null | grep -qx 'idle'; }
-usable() { node_idle && sacct -n -X -S now-1minutes >/dev/null 2>&1; }
+# up: idle, or running jobs (a second call while tests run)
+node_up() { sinfo -h -N -n "$HOST" -o %t 2>/dev/null | grep -Eqx 'idle|mix|alloc|comp'; }
+usable() { node_up && sacct -n -X -S now-1minutes >/dev/null 2>&1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts daemons)"
 
-if command -v sinfo >/dev/null && usable; then
-    say "already running (node $HOST idle, sacct answers)"
+# (only ask the daemons when they run: sinfo waits ~10 s for a controller that is not there)
+if command -v sinfo >/dev/null && running slurmctld && running slurmd && running slurmdbd && usable; then
+    say "already running (node $HOST up, sacct answers)"
     exit 0
 fi
 
@@ -162,6 +168,6 @@ fi
 if sinfo -h -N -n "$HOST" -o %t | grep -Eq 'down|drain'; then
     scontrol update nodename="$HOST" state=resume || say "could not resume node $HOST"
 fi
-wait_for 60 "node $HOST to be idle" node_idle
+wait_for 60 "node $HOST to be up" node_up
 wait_for 60 "sacct to answer" sacct -n -X -S now-1minutes
 say "ready: cluster $CLUSTER, node $HOST ($CPUS CPUs, ${MEM_MB} MB), partitions debug (default) and second"
