@@ -449,3 +449,47 @@ def test_a_job_warned_of_its_end_is_requeued_then_fails_its_node_past_the_requeu
     assert "requeued (1 of at most 1)" in err  # from the job's log
     assert project.counts() == {"long": 2}
     assert project.statuses()[("long", "p")] == "failed"
+
+
+def test_ctrl_c_at_a_terminal_asks_before_cancelling(project):
+    """At a terminal Ctrl-C asks; answering no leaves the jobs running, and their results land in the cache."""
+    import pty
+
+    args = _sweep(project, n=1, hold_at=1)
+    marks = project.root / "marks"
+    env = {**os.environ, **_env(project), "ORCH_COUNTS": str(project.counts_file)}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: orch on the terminal
+        os.chdir(project.root)
+        os.execve(ORCH[0], [*ORCH, *args], env)
+    seen = []
+
+    def read_until(text: str) -> str:
+        def more():
+            import select
+
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    seen.append(os.read(fd, 4096).decode(errors="replace"))
+                except OSError:  # the child closed the terminal
+                    return "".join(seen)
+            return text in "".join(seen) and "".join(seen)
+        return wait_for(more, f"{text!r} on the terminal", detail=lambda: "".join(seen))
+
+    try:
+        held = wait_for(lambda: (marks / "held").exists() and (marks / "held").read_text(), "the held job")
+        os.kill(pid, signal.SIGINT)
+        read_until("still queued or running? [Y/n]")
+        os.write(fd, b"n\n")
+        read_until("left running:")
+        assert os.waitpid(pid, 0)[1] != 0
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass  # it exited, as it should
+        os.close(fd)
+    assert held in "".join(seen) and _squeue_state(held) == "RUNNING"  # not cancelled
+    (marks / "release").write_text("")
+    assert _ended(held, 1)[0]["State"] == "COMPLETED"
