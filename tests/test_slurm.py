@@ -493,3 +493,28 @@ def test_ctrl_c_at_a_terminal_asks_before_cancelling(project):
     assert held in "".join(seen) and _squeue_state(held) == "RUNNING"  # not cancelled
     (marks / "release").write_text("")
     assert _ended(held, 1)[0]["State"] == "COMPLETED"
+
+
+def test_in_memory_outputs_travel_back_from_their_job_to_the_next(project):
+    project.write("stages/mem.py", '''
+        import os
+        from orchestrator import stage, PickleCacher
+
+        @stage(outputs=["table"])  # no cacher: kept in memory, it comes back in the job's result
+        def build(record):
+            return {"rows": [record.params.n] * 3, "where": os.environ["SLURM_JOB_ID"]}
+
+        @stage(inputs=["table"], outputs=["total"], cachers=[PickleCacher])
+        def use(record, table):
+            with open(os.path.join(os.environ["ORCH_MARKS"], "total"), "w") as f:
+                f.write(f"{sum(table['rows'])} from job {table['where']} in job {os.environ['SLURM_JOB_ID']}")
+            return sum(table["rows"])
+    ''')
+    project.write("experiment.py", "from stages.mem import build, use\n\ndef run(record):\n    use(build(record))\n")
+    project.write("params/p.yaml", "n: 7\n")
+    (project.root / "marks").mkdir()
+    proc = project.orch("run", "experiment.py", "-p", "params/p.yaml", "--executor", "slurm",
+                        "--slurm-partition", "second", env=_env(project))
+    build_job, use_job = _submitted(proc.stdout, "build")[0][0], _submitted(proc.stdout, "use")[0][0]
+    assert (project.root / "marks" / "total").read_text() == f"21 from job {build_job} in job {use_job}"
+    assert {r["Partition"] for r in _ended(f"{build_job},{use_job}", 2, "JobID,State,Partition")} == {"second"}
