@@ -518,3 +518,16 @@ def test_in_memory_outputs_travel_back_from_their_job_to_the_next(project):
     build_job, use_job = _submitted(proc.stdout, "build")[0][0], _submitted(proc.stdout, "use")[0][0]
     assert (project.root / "marks" / "total").read_text() == f"21 from job {build_job} in job {use_job}"
     assert {r["Partition"] for r in _ended(f"{build_job},{use_job}", 2, "JobID,State,Partition")} == {"second"}
+
+
+def test_a_job_sbatch_refuses_fails_its_node_with_sbatchs_reason(project):
+    args = _sweep(project, n=2)
+    project.write("params/p.yaml", "x: 0\nfail_at: -1\nhold_at: -1\nsweep:\n  x: [1, 2]\n"
+                                   "orch:\n  resources:\n    square: {partition: nowhere}\n")
+    proc = project.orch(*args, env=_env(project), check=False)
+    assert proc.returncode == 1
+    assert "FAILED  square [p[x=1]] after 0.00s: SlurmSubmissionError: stage square[p[x=1]]: sbatch refused the job " \
+           "(cpus=1, partition=nowhere, time=00:10:00)" in proc.stderr, proc.stderr
+    assert "invalid partition" in proc.stderr.lower()
+    statuses = project.statuses()
+    assert statuses[("plus", "p[x=2]")] == "skipped" and statuses[("other", "p[x=2]")] == "ran"

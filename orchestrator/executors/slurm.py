@@ -266,6 +266,7 @@ class SlurmExecutor(Executor):
 
     def _submit_group(self, items: list, res: dict) -> None:
         import submitit
+        from submitit.core.utils import FailedJobError
 
         from .slurmjob import run_job
 
@@ -277,7 +278,7 @@ class SlurmExecutor(Executor):
             jobs = ex.map_array(run_job, [self.config] * len(items), [t.node_id for t, _, _ in items],
                                 [payload for _, _, payload in items], [self._snapshot] * len(items),
                                 [res.get("requeue", DEFAULT_REQUEUE)] * len(items))
-        except Exception as e:  # sbatch refused (a partition or account that does not exist, ...): say so per node
+        except (FailedJobError, OSError) as e:  # sbatch refused (a partition or account that does not exist, ...)
             for task, _, _ in items:
                 self._done.append(TaskResult(task.node_id, Status.FAILED, error_type="SlurmSubmissionError",
                                              error=f"stage {task.label}: sbatch refused the job "
