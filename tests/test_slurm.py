@@ -56,11 +56,11 @@ def _slurm_cluster():
 def _no_jobs_left_behind(project):
     """A test that fails while a job of its project waits (a held stage) must not slow the next one."""
     yield
-    queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], capture_output=True, text=True).stdout
-    mine = [job for job, _, workdir in (line.partition("|") for line in queue.splitlines())
-            if workdir == str(project.root) or workdir.startswith(str(project.root) + os.sep)]
+    queue = subprocess.run(["squeue", "-h", "-o", "%F|%Z"], capture_output=True, text=True).stdout  # %F: arrays whole
+    mine = {job for job, _, workdir in (line.partition("|") for line in queue.splitlines())
+            if workdir == str(project.root) or workdir.startswith(str(project.root) + os.sep)}
     if mine:
-        subprocess.run(["scancel", *mine], check=False)
+        subprocess.run(["scancel", *sorted(mine)], check=True)
 
 
 STAGES = '''
@@ -392,9 +392,11 @@ def test_detach_then_status_then_a_new_run_reattaches_to_the_jobs_in_flight(proj
 
 def test_arrays_are_chunked_at_the_array_size_limit(project):
     args = _sweep(project, n=5)
-    proc = project.orch(*args, env={**_env(project), "ORCH_SLURM_MAX_ARRAY": "2"})
-    assert [tasks for _, tasks in _submitted(proc.stdout, "square")] == [2, 2, 1], proc.stdout
-    assert project.counts()["square"] == 5
+    proc = project.orch(*args, "--detach", env={**_env(project), "ORCH_SLURM_MAX_ARRAY": "2"})
+    squares = _submitted(proc.stdout, "square")
+    assert [tasks for _, tasks in squares] == [2, 2, 1], proc.stdout
+    for (job, tasks), ids in zip(squares, (["_0", "_1"], ["_0", "_1"], [""])):  # (what else runs is cancelled)
+        assert sorted(r["JobID"] for r in _ended(job, tasks)) == [job + i for i in ids]
 
 
 REQUEUED = '''
