@@ -533,3 +533,28 @@ def test_a_job_sbatch_refuses_fails_its_node_with_sbatchs_reason(project):
     assert "invalid partition" in proc.stderr.lower()
     statuses = project.statuses()
     assert statuses[("plus", "p[x=2]")] == "skipped" and statuses[("other", "p[x=2]")] == "ran"
+
+
+def test_without_accounting_a_job_that_left_the_queue_without_a_result_fails_its_node(project, tmp_path):
+    """A cluster where sacct knows nothing (no slurmdbd): squeue tells that the job is gone."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sacct").write_text("#!/bin/sh\necho 'sacct: error: accounting storage is disabled' >&2\nexit 1\n")
+    (fake / "sacct").chmod(0o755)
+    args = _sweep(project, n=1, hold_at=1)
+    env = {**os.environ, **_env(project), "ORCH_COUNTS": str(project.counts_file),
+           "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "ORCH_SLURM_RESULT_GRACE": "2"}
+    proc = subprocess.Popen([*ORCH, *args], cwd=project.root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        held = wait_for(lambda: (project.root / "marks" / "held").exists() and
+                        (project.root / "marks" / "held").read_text(), "the held job to start", timeout=90)
+        subprocess.run(["scancel", held], check=True)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, out + err
+    assert f"Slurm job {held} left Slurm's queue (sacct has no record of it) before the node finished" in err, err
+    assert project.statuses()[("other", "p[x=1]")] == "ran"

@@ -47,12 +47,14 @@ from .worker import WorkerConfig, decode_result, encode_task
 
 #: Slurm states after which a job will never write its result file.
 ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                   "DEADLINE", "REVOKED", "PREEMPTED"})
-#: Ended only if it stays so: a COMPLETED job's result file may lag on a shared filesystem, and a
-#: PREEMPTED job is requeued where the cluster's PreemptMode says so.
-SETTLING = frozenset({"COMPLETED", "PREEMPTED"})
+                   "DEADLINE", "REVOKED", "PREEMPTED", "VANISHED"})
+#: Ended only if it stays so: a COMPLETED job's result file may lag on a shared filesystem, a
+#: PREEMPTED job is requeued where the cluster's PreemptMode says so, and VANISHED (neither sacct nor
+#: squeue knows the job) covers clusters without accounting.
+SETTLING = frozenset({"COMPLETED", "PREEMPTED", "VANISHED"})
 SACCT_EVERY = 2.0  # seconds between state checks of the jobs in flight (result files are checked every poll)
-#: COMPLETED without a result file: on a shared filesystem the file may show up a little later.
+#: Seconds a job may stay COMPLETED/PREEMPTED/VANISHED without a result file before its node fails: on
+#: a shared filesystem the file may show up late (NFS attribute caching); ORCH_SLURM_RESULT_GRACE.
 RESULT_GRACE = 30.0
 LOG_TAIL = 15  # lines of a failed job's log in its failure message
 
@@ -88,6 +90,11 @@ class SlurmExecutor(Executor):
         self._limits = None
         self._last_check = 0.0
         self._snapshot = None  # executors.slurmcode.Snapshot, made at the first submission
+        self._warned_squeue = False
+        grace = os.environ.get("ORCH_SLURM_RESULT_GRACE", "")
+        if grace and not grace.replace(".", "", 1).isdigit():
+            raise OrchError(f"ORCH_SLURM_RESULT_GRACE={grace!r}: give a number of seconds")
+        self._grace = float(grace) if grace else RESULT_GRACE
         self._frozen = False
 
     @property
@@ -318,8 +325,11 @@ class SlurmExecutor(Executor):
         self._last_check = now
         watcher = next(iter(self._in_flight.values())).job.watcher
         watcher.update()  # one sacct call for every job in flight
+        states = {jid: (watcher.get_state(jid, mode="cache") or "UNKNOWN").split()[0].upper() for jid in self._in_flight}
+        if "UNKNOWN" in states.values():
+            states.update(self._unknown_to_sacct([jid for jid, state in states.items() if state == "UNKNOWN"]))
         for jid, j in list(self._in_flight.items()):
-            state = (watcher.get_state(jid, mode="cache") or "UNKNOWN").split()[0].upper()
+            state = states[jid]
             if state not in ENDED:
                 j.ended_seen = None  # requeued after all
                 continue
@@ -329,9 +339,23 @@ class SlurmExecutor(Executor):
                 results.append(self._ended_without_result(jid, state))
             elif j.ended_seen is None:
                 j.ended_seen = now
-            elif now - j.ended_seen > RESULT_GRACE:
+            elif now - j.ended_seen > self._grace:
                 results.append(self._ended_without_result(jid, state))
         return results
+
+    def _unknown_to_sacct(self, job_ids: list[str]) -> dict[str, str]:
+        """Jobs sacct has no record of (just submitted, or a cluster without accounting): those that
+        squeue no longer lists have left the queue; "VANISHED" settles like COMPLETED, then fails."""
+        from .slurmctl import SlurmUnavailableError, queued_jobs
+
+        try:
+            queued = queued_jobs()
+        except SlurmUnavailableError as e:  # the controller is busy or restarting: ask again next round
+            if not self._warned_squeue:
+                print(f"warning: {e}", file=sys.stderr)
+                self._warned_squeue = True
+            return {}
+        return {jid: "VANISHED" for jid in job_ids if jid not in queued}
 
     def _finished(self, jid: str) -> TaskResult:
         j = self._in_flight.pop(jid)
@@ -353,7 +377,8 @@ class SlurmExecutor(Executor):
         why = {"CANCELLED": "was cancelled (scancel, or an administrator)",
                "TIMEOUT": "hit its time limit (give the stage a longer resources={'time': ...} or --slurm-time)",
                "OUT_OF_MEMORY": "ran out of memory (give the stage more resources={'mem': ...})",
-               "NODE_FAIL": "lost its node"}.get(state, f"ended {state}")
+               "NODE_FAIL": "lost its node",
+               "VANISHED": "left Slurm's queue (sacct has no record of it)"}.get(state, f"ended {state}")
         return self._failure(j, "SlurmJobError", f"Slurm job {jid} {why} before the node finished")
 
     def _failure(self, j: _Job, error_type: str, message: str) -> TaskResult:
