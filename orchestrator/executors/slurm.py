@@ -14,9 +14,9 @@ ended without one (cancelled, timed out, killed, out of memory), which then fail
 its node and the tail of its log. Closing with jobs still in flight (Ctrl-C, a crash) cancels them,
 or asks first when a person is at the terminal.
 
-Detach and re-attach: each job of a cached stage leaves a record in `<cache>/slurm/inflight/`, named
-by the node's lock scope (its key and the values of the parameters it visibly reads: the computation,
-whichever run asks for it), removed by whoever collects the job. With `--detach` the run loop ends once
+Detach and re-attach: each job of a cached stage leaves a record (executors.slurmrecords) named by the
+node's lock scope (the computation, whichever run asks for it), removed by whoever collects the job.
+With `--detach` the run loop ends once
 what is ready is submitted (executors.base.Detached); a later run that must run the same computation
 finds the record and, while Slurm still holds that job, waits for it instead of submitting another.
 Downstream nodes of a detached run are submitted by that later run. The jobs of a run are listed in
@@ -27,7 +27,6 @@ submitit is imported here only, inside methods: `orch --help` and local runs nev
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import sys
@@ -42,6 +41,7 @@ from ..errors import OrchError
 from ..resources import DEFAULT_REQUEUE, for_node, time_minutes
 from ..resources import check as check_resources
 from .base import Detached, Executor
+from .slurmrecords import InflightRecords
 from .task import Task, TaskResult
 from .worker import WorkerConfig, decode_result, encode_task
 
@@ -79,7 +79,7 @@ class SlurmExecutor(Executor):
         self.overrides = check_resources({k: v for k, v in overrides.items() if v is not None},
                                          "--slurm-* options", OrchError)
         self.folder = Path(config.store_root) / "slurm" / "jobs"
-        self.records = Path(config.store_root) / "slurm" / "inflight"
+        self.records = InflightRecords(Path(config.store_root) / "slurm" / "inflight")
         self._run_jobs: dict[str, str] = {}  # node label -> job id, for runs/<id>/slurm.json
         self.echo = echo or (lambda line: print(line, flush=True))
         self.submitted: list[str] = []  # every job id this run submitted, in order
@@ -125,9 +125,11 @@ class SlurmExecutor(Executor):
         self._limits = cluster_limits()
 
     def start(self, store) -> None:
+        from .slurmctl import queued_jobs
+
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.records.mkdir(parents=True, exist_ok=True)
-        self._prune_records()
+        self.records.dir.mkdir(parents=True, exist_ok=True)
+        self.records.prune(queued_jobs)
 
     # -- submitting ---------------------------------------------------------------------------------
     def submit(self, task: Task, stage) -> None:
@@ -152,12 +154,7 @@ class SlurmExecutor(Executor):
                 self._submit_group(items[i:i + size], dict(res))
         self._write_run_jobs()
 
-    # -- records of jobs in flight: re-attach ---------------------------------------------------------
-    def _record_path(self, task: Task) -> Path | None:
-        if task.lock_scope is None:  # an uncached stage always runs: nothing to re-attach to
-            return None
-        return self.records / (hashlib.sha256(task.lock_scope.encode()).hexdigest()[:40] + ".json")
-
+    # -- records of jobs in flight: re-attach (executors.slurmrecords) -------------------------------
     def _adopt(self, items: list) -> list:
         """Wait for the jobs of earlier runs still computing what these tasks would (the same lock
         scope, Slurm still holding the job) instead of submitting them again; returns the rest. A
@@ -165,14 +162,12 @@ class SlurmExecutor(Executor):
         (the job ended: its result is in the cache, and the planner saw it, or it failed)."""
         from submitit import SlurmJob
 
-        from ..fsutil import read_json_object
         from .slurmctl import queued_jobs
 
         found = []
         for item in items:
-            path = None if item[0].force else self._record_path(item[0])
-            record = read_json_object(path) if path is not None and path.exists() else None
-            found.append((item, path, record))
+            path = None if item[0].force else self.records.path(item[0].lock_scope)
+            found.append((item, path, self.records.read(path)))
         if not any(record for _, _, record in found):
             return items
         queued = queued_jobs()
@@ -187,51 +182,16 @@ class SlurmExecutor(Executor):
                 self.echo(f"attached to job {job_id}: {task.label} (submitted by run {record.get('run', '?')}, "
                           f"{queued[job_id][0].lower()})")
                 continue
-            if path is not None and record:
+            if record:
                 path.unlink(missing_ok=True)
             rest.append(item)
         return rest
 
-    def _prune_records(self) -> None:
-        """Drop the records of jobs Slurm no longer holds (a detached run's jobs that ended: their
-        nodes are cached now, or failed). A record is written after sbatch returned, so a job whose
-        record exists and that is not in the queue has ended."""
-        from ..fsutil import read_json_object
-        from .slurmctl import queued_jobs
-
-        paths = list(self.records.glob("*.json"))
-        if not paths:
-            return
-        queued = queued_jobs()
-        for path in paths:
-            record = read_json_object(path) or {}
-            if str(record.get("job_id")) not in queued:
-                path.unlink(missing_ok=True)
-
-    def _write_record(self, task: Task, job_id: str) -> Path | None:
-        from ..fsutil import atomic_write_json
-
-        path = self._record_path(task)
-        if path is not None:
-            run = self.run_dir.name if self.run_dir is not None else None
-            atomic_write_json(path, {"job_id": job_id, "label": task.label, "run": run, "submitted": time.time()})
-        return path
-
-    def _drop_record(self, j: _Job) -> None:
-        """The job is collected: its record goes (unless a newer job of the same computation replaced it)."""
-        from ..fsutil import read_json_object
-
-        if j.record is not None and j.record.exists():
-            record = read_json_object(j.record) or {}
-            if str(record.get("job_id")) == j.job.job_id:
-                j.record.unlink(missing_ok=True)
-
     def _write_run_jobs(self) -> None:
-        from ..fsutil import atomic_write_json
+        from .slurmrecords import write_run_jobs
 
         if self.run_dir is not None and self._run_jobs:
-            atomic_write_json(Path(self.run_dir) / "slurm.json", {"jobs": self._run_jobs,
-                                                                   "folder": str(self.folder)})
+            write_run_jobs(Path(self.run_dir), self._run_jobs, self.folder)
 
     def _freeze(self, task: Task) -> None:
         """Copy the project's code into the run directory once, before the first job is submitted."""
@@ -292,7 +252,9 @@ class SlurmExecutor(Executor):
                                                    f"({_describe(res)}): {_first_lines(str(e), 6)}"))
             return
         for (task, _, _), job in zip(items, jobs):
-            self._in_flight[job.job_id] = _Job(job, task.node_id, task.label, record=self._write_record(task, job.job_id))
+            run = self.run_dir.name if self.run_dir is not None else None
+            record = self.records.write(task.lock_scope, job.job_id, task.label, run)
+            self._in_flight[job.job_id] = _Job(job, task.node_id, task.label, record=record)
             self._run_jobs[task.label] = job.job_id
             self.submitted.append(job.job_id)
         first = jobs[0].job_id.split("_")[0]
@@ -359,7 +321,7 @@ class SlurmExecutor(Executor):
 
     def _finished(self, jid: str) -> TaskResult:
         j = self._in_flight.pop(jid)
-        self._drop_record(j)
+        self.records.drop(j.record, j.job.job_id)
         try:
             where, data = j.job.result()
             result = decode_result(data)
@@ -373,7 +335,7 @@ class SlurmExecutor(Executor):
 
     def _ended_without_result(self, jid: str, state: str) -> TaskResult:
         j = self._in_flight.pop(jid)
-        self._drop_record(j)
+        self.records.drop(j.record, j.job.job_id)
         why = {"CANCELLED": "was cancelled (scancel, or an administrator)",
                "TIMEOUT": "hit its time limit (give the stage a longer resources={'time': ...} or --slurm-time)",
                "OUT_OF_MEMORY": "ran out of memory (give the stage more resources={'mem': ...})",
@@ -411,9 +373,11 @@ class SlurmExecutor(Executor):
         """Jobs still in flight here mean the run was interrupted (Ctrl-C) or crashed: cancel them (at a
         terminal, ask first); their computations are not wanted by anyone waiting."""
         self._pending = []
-        if not self._in_flight and not self.detach and self.records.is_dir():
+        if not self._in_flight and not self.detach:
+            from .slurmctl import queued_jobs
+
             try:  # a run that ended normally: drop the records of jobs that ended meanwhile, uncollected
-                self._prune_records()
+                self.records.prune(queued_jobs)
             except OrchError as e:
                 print(f"warning: {e}", file=sys.stderr)
         if not self._in_flight or self.detach:  # detached: they run on, recorded for re-attaching
@@ -431,7 +395,7 @@ class SlurmExecutor(Executor):
 
         trouble = cancel(ids)
         for j in self._in_flight.values():
-            self._drop_record(j)
+            self.records.drop(j.record, j.job.job_id)
         print(f"cancelled {len(ids)} Slurm job(s): {' '.join(ids)}" + (f" ({trouble})" if trouble else ""),
               file=sys.stderr)
         self._in_flight.clear()
