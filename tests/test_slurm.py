@@ -8,6 +8,7 @@ appear 1-3 s after a job ends: polled) and scontrol, never taken from orch's own
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -558,3 +559,28 @@ def test_without_accounting_a_job_that_left_the_queue_without_a_result_fails_its
     assert proc.returncode == 1, out + err
     assert f"Slurm job {held} left Slurm's queue (sacct has no record of it) before the node finished" in err, err
     assert project.statuses()[("other", "p[x=1]")] == "ran"
+
+
+def test_a_torchrun_stage_runs_its_ranks_inside_the_job(project):
+    """run_external under torchrun inside a job (on CPU here; with resources={"gpus": N} and nproc="gpu",
+    torchrun takes the GPUs Slurm gave the job through CUDA_VISIBLE_DEVICES)."""
+    project.write("external/ranks.py", '''
+        import os
+        print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} in job {os.environ['SLURM_JOB_ID']}")
+    ''')
+    project.write("stages/dist.py", '''
+        import os
+        from orchestrator import stage, run_external, JsonCacher
+
+        @stage(outputs=["ranks"], cachers=[JsonCacher], resources={"cpus": 1})
+        def launch(record):
+            return sorted(line for line in run_external(["external/ranks.py"], nproc=2, echo=False).tail
+                          if line.startswith("rank "))
+    ''')
+    project.write("experiment.py", "from stages.dist import launch\n\ndef run(record):\n    launch(record)\n")
+    project.write("params/p.yaml", "n: 1\n")
+    proc = project.orch("run", "experiment.py", "-p", "params/p.yaml", "--executor", "slurm", timeout=240)
+    job = _submitted(proc.stdout, "launch")[0][0]
+    got = project.orch("get", "ranks", "-o", "ranks.json")
+    assert "ranks" in got.stdout
+    assert json.loads((project.root / "ranks.json").read_text()) == [f"rank {r} of 2 in job {job}" for r in (0, 1)]
