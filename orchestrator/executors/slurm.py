@@ -199,7 +199,8 @@ class SlurmExecutor(Executor):
 
         self._frozen = True
         if self.run_dir is not None and task.code_roots is not None:
-            self._snapshot = freeze(task.code_roots, self.config.experiment, Path(self.run_dir) / "code")
+            self._snapshot = freeze(task.code_roots, self.config.experiment, Path(self.run_dir) / "code",
+                                    self.config.store_root)
 
     def _array_size(self) -> int:
         """Tasks per array: the cluster's MaxArraySize, or less with ORCH_SLURM_MAX_ARRAY (a site that

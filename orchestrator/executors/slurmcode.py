@@ -40,14 +40,15 @@ class Snapshot:
         return None
 
 
-def freeze(roots: CodeRoots, experiment: str, into: Path) -> Snapshot | None:
-    """Copy the project code under `into`; None when ORCH_SLURM_FREEZE=0 or the experiment is in no root."""
+def freeze(roots: CodeRoots, experiment: str, into: Path, cache: str) -> Snapshot | None:
+    """Copy the project code under `into` (inside the cache directory `cache`, which is never walked:
+    it may lie in the project, unhidden); None when ORCH_SLURM_FREEZE=0 or the experiment is in no root."""
     if os.environ.get("ORCH_SLURM_FREEZE", "1") == "0":
         return None
     pairs = []
     for n, root in enumerate(roots.roots):
         copy = into / str(n)
-        _mirror(Path(root.path), copy, roots, root.path)
+        _mirror(Path(root.path), copy, roots, root.path, os.path.realpath(cache))
         pairs.append((root.path, str(copy)))
     snap = Snapshot(tuple(pairs), "")
     experiment_copy = snap.mapped(experiment)
@@ -57,9 +58,9 @@ def freeze(roots: CodeRoots, experiment: str, into: Path) -> Snapshot | None:
     return Snapshot(tuple(pairs), experiment_copy, path)
 
 
-def _mirror(src: Path, dst: Path, roots: CodeRoots, root: str) -> None:
+def _mirror(src: Path, dst: Path, roots: CodeRoots, root: str, cache: str) -> None:
     """Python files copied, the rest symlinked; directories that are not this root's code (installed
-    packages, virtual environments, excluded paths, hidden ones) symlinked whole."""
+    packages, virtual environments, excluded paths, hidden ones, the cache) symlinked whole."""
     dst.mkdir(parents=True, exist_ok=True)
     with os.scandir(src) as entries:
         for entry in entries:
@@ -69,10 +70,10 @@ def _mirror(src: Path, dst: Path, roots: CodeRoots, root: str) -> None:
             if entry.is_dir(follow_symlinks=False):
                 real = os.path.realpath(entry.path)
                 owner = roots.root_of(os.path.join(real, "x.py"))
-                if entry.name.startswith(".") or owner is None or owner.path != root:
+                if entry.name.startswith(".") or owner is None or owner.path != root or real == cache:
                     target.symlink_to(real)
                 else:
-                    _mirror(Path(entry.path), target, roots, root)
+                    _mirror(Path(entry.path), target, roots, root, cache)
             elif entry.name.endswith(".py") and entry.is_file():
                 shutil.copyfile(entry.path, target)
             else:
