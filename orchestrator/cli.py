@@ -208,7 +208,7 @@ def cache_option(f):
 @debug_option
 def status(run_id, cache):
     """Where each node of RUN (default: the latest) stands, with its Slurm job: cached, ran/done,
-    failed, skipped, queued, running, or waiting for its inputs."""
+    failed, skipped, queued, running, waiting for its inputs, or blocked by a failed upstream node."""
     from .runs.slurmstatus import run_status
     from .store import cache_dir
 

@@ -584,3 +584,18 @@ def test_a_torchrun_stage_runs_its_ranks_inside_the_job(project):
     got = project.orch("get", "ranks", "-o", "ranks.json")
     assert "ranks" in got.stdout
     assert json.loads((project.root / "ranks.json").read_text()) == [f"rank {r} of 2 in job {job}" for r in (0, 1)]
+
+
+def test_status_of_a_detached_run_shows_failures_and_what_they_block(project):
+    args = _sweep(project, n=2, fail_at=2)
+    detached = project.orch(*args, "--detach", env=_env(project))
+    run_id = re.search(r"^detached: run (\S+),", detached.stdout, re.M).group(1)
+
+    def status():
+        return project.orch("status", run_id).stdout
+
+    shown = wait_for(_throttled(lambda: (s := status()).count("\ndone") + s.count("\nfailed") == 4 and s, 1.0),
+                     "every submitted job to end", timeout=90, detail=status)
+    assert re.search(r"^failed +square\[p\[x=2\]\] +job \S+ on \S+ +\(ValueError: no square for 2", shown, re.M), shown
+    assert re.search(r"^blocked +plus\[p\[x=2\]\] +\(upstream square\[p\[x=2\]\] failed\)$", shown, re.M), shown
+    assert re.search(r"^waiting +plus\[p\[x=1\]\] .*`orch run` again submits it", shown, re.M), shown

@@ -3,7 +3,8 @@
 The run's manifest says what the head saw (ran, cached, failed, skipped, or pending when it detached
 or was interrupted); `runs/<id>/slurm.json` (executors.slurm) names the job of each submitted node;
 Slurm says where those jobs are now: squeue while it holds them, then sacct. A job that completed is
-"done" only if its result says the node succeeded (a stage that raised completes its job too).
+"done" only if its result says the node succeeded (a stage that raised completes its job too); a node
+not submitted is "blocked" when something upstream failed, else "waiting" for the next `orch run`.
 """
 
 from __future__ import annotations
@@ -33,21 +34,28 @@ def run_status(cache_root: Path, run: str = "latest") -> tuple[dict, list[NodeSt
     jobs: dict[str, str] = jobs_file.get("jobs") or {}
     folder = Path(jobs_file.get("folder") or Path(cache_root) / "slurm" / "jobs")
     slurm = _job_states(sorted(set(jobs.values()))) if jobs else {}
-    states = []
+    states, by_id = [], {}
     for row in manifest.get("nodes", []):
         label = f"{row['stage']}[{row['param_set']}]"
         job = jobs.get(label, "")
         if row["status"] != Status.PENDING:
             states.append(NodeState(label, row["status"], job))
-            continue
-        if not job:
-            states.append(NodeState(label, "waiting", detail="not submitted: its inputs were not stored yet; "
+        elif not job:
+            failed = [by_id[p].label for p in _producers(row) if p in by_id and by_id[p].state in ("failed", "blocked")]
+            states.append(NodeState(label, "blocked", detail=f"upstream {failed[0]} failed") if failed else
+                          NodeState(label, "waiting", detail="not submitted: its inputs were not stored yet; "
                                                              "`orch run` again submits it once they are"))
-            continue
-        state, node = slurm.get(job, ("UNKNOWN", ""))
-        ours, detail = _meaning(state, folder / job)
-        states.append(NodeState(label, ours, job=job, node=node, detail=detail))
+        else:
+            state, node = slurm.get(job, ("UNKNOWN", ""))
+            ours, detail = _meaning(state, folder / job)
+            states.append(NodeState(label, ours, job=job, node=node, detail=detail))
+        by_id[row.get("id")] = states[-1]
     return manifest, states
+
+
+def _producers(row: dict) -> list:
+    """The node ids a manifest row's inputs come from ([input, producer, output(, set)] each)."""
+    return [edge[1] for edge in row.get("inputs") or [] if isinstance(edge, list) and len(edge) > 1]
 
 
 def _job_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
