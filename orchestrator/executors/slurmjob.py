@@ -3,9 +3,9 @@
 submitit pickles `run_job` by reference with its arguments; the job's python (the head's own
 interpreter, with the head's orch first on PYTHONPATH: executors.slurm writes that into the job
 script) imports this module, puts the run's code snapshot first on its path (executors.slurmcode),
-sets itself up as a worker (executors.worker) and runs one node
-against the shared cache. It returns where it ran with the pickled TaskResult, which travels back
-in submitit's result pickle: in-memory outputs come back that way, stored ones are in the cache.
+sets itself up as a worker (executors.worker) and runs one node against the shared cache. It returns
+where it ran with the pickled TaskResult, which travels back in submitit's result pickle: in-memory
+outputs come back that way, stored ones are in the cache.
 Kept apart from executors.slurm so that a job imports neither the head's machinery nor submitit's
 executor side.
 """
