@@ -95,6 +95,10 @@ class SlurmExecutor(Executor):
         if grace and not grace.replace(".", "", 1).isdigit():
             raise OrchError(f"ORCH_SLURM_RESULT_GRACE={grace!r}: give a number of seconds")
         self._grace = float(grace) if grace else RESULT_GRACE
+        cap = os.environ.get("ORCH_SLURM_MAX_ARRAY", "")
+        if cap and (not cap.isdigit() or int(cap) < 1):
+            raise OrchError(f"ORCH_SLURM_MAX_ARRAY={cap!r}: give a positive number of tasks per job array")
+        self._max_array = int(cap) if cap else None
         self._frozen = False
 
     @property
@@ -206,12 +210,7 @@ class SlurmExecutor(Executor):
         """Tasks per array: the cluster's MaxArraySize, or less with ORCH_SLURM_MAX_ARRAY (a site that
         caps arrays by policy; 1 submits one job per node, as the benchmark compares)."""
         size = self._limits.max_array_size if self._limits else 1000
-        cap = os.environ.get("ORCH_SLURM_MAX_ARRAY", "")
-        if cap:
-            if not cap.isdigit() or int(cap) < 1:
-                raise OrchError(f"ORCH_SLURM_MAX_ARRAY={cap!r}: give a positive number of tasks per job array")
-            size = min(size, int(cap))
-        return max(1, size)
+        return max(1, min(size, self._max_array or size))
 
     def _sbatch_parameters(self, stage, res: dict) -> dict:
         partition = res.get("partition")
