@@ -16,7 +16,7 @@ $(BIN)/python:
 # (the lightning and pinn extras) come after it for the same reason.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0 numpy
-	$(BIN)/pip install --quiet -e '.[test,mpi,torch,lightning,pinn]' graphviz matplotlib
+	$(BIN)/pip install --quiet -e '.[test,mpi,torch,lightning,pinn,slurm]' graphviz matplotlib
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -58,6 +58,36 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)["debug"] = debug
 
 
+def slurm_options(f):
+    """--executor and the run-wide Slurm overrides (see README "Slurm"); per stage: resources=."""
+    for option in reversed([
+        click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+                     help="Where nodes run: here (local, see --parallel) or as Slurm jobs (slurm: a sweep's "
+                          "ready points of one stage go out as one job array)."),
+        click.option("--slurm-partition", metavar="NAME", help="Partition of every job (over the stages' own)."),
+        click.option("--slurm-account", metavar="NAME", help="Account every job is charged to."),
+        click.option("--slurm-time", metavar="TIME", help="Time limit of every job (minutes or HH:MM:SS)."),
+        click.option("--detach", is_flag=True, help="With --executor slurm: submit what is ready and return; "
+                     "`orch status` follows the jobs, `orch run` again re-attaches and submits what they unblock."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _slurm_settings(executor: str, parallel: int, partition, account, time_limit, detach: bool,
+                    quiet: bool = False) -> dict | None:
+    """The run's Slurm overrides, or None for a local run (where --slurm-* options are a mistake)."""
+    given = {"partition": partition, "account": account, "time": time_limit}
+    if executor != "slurm":
+        named = [f"--slurm-{k}" for k, v in given.items() if v is not None] + (["--detach"] if detach else [])
+        if named:
+            raise OrchError(f"{', '.join(named)} only apply with --executor slurm")
+        return None
+    if parallel > 1:
+        raise OrchError("--parallel is for local runs; with --executor slurm every node is its own job")
+    return {**{k: v for k, v in given.items() if v is not None}, "detach": detach, "quiet": quiet}
+
+
 @main.command("run")
 @click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--params", "-p", "params", multiple=True, type=click.Path(dir_okay=False),
@@ -77,20 +107,24 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--parallel", "-j", "parallel", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Run up to N nodes at once in local worker processes. Under mpiexec/mpirun the MPI ranks "
                    "are the workers instead (rank 0 schedules, ranks 1..n-1 run nodes).")
+@slurm_options
 @debug_option
 @click.pass_context
 def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, progress,
-                parallel):
+                parallel, executor, slurm_partition, slurm_account, slurm_time, detach):
     """Run EXPERIMENT (an experiment.py) for every parameter set, from the cache where possible."""
     from . import session
     from .executors.launch import detect_launch
     from .runs.console import Console
     from .runs.progress import progress_options
 
+    slurm = _slurm_settings(executor, parallel, slurm_partition, slurm_account, slurm_time, detach, quiet)
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                               cache=cache, overwrite=overwrite, overwrite_stages=list(overwrite_stages),
-                              dry=dry, parallel=parallel, argv=sys.argv[1:])
+                              dry=dry, parallel=parallel, argv=sys.argv[1:], slurm=slurm)
     launch = detect_launch()
+    if slurm is not None and launch.kind != "local":
+        raise OrchError(f"--executor slurm submits jobs from a login node; it cannot run under {launch.kind}")
     if not launch.leader:  # an MPI or torchrun rank other than 0: it prints nothing of the run
         ctx.exit(session.serve_rank(opts, launch))
     if launch.kind != "local":
@@ -106,6 +140,11 @@ def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_
     if dry:
         console.dry_plan(result)
         return
+    if result.detached is not None:
+        click.echo(f"detached: run {result.run_id}, {len(result.detached)} Slurm job(s) in flight "
+                   f"({' '.join(result.detached)}); `orch status {result.run_id}` follows them; `orch run` again "
+                   f"with the same arguments re-attaches and submits what they unblock")
+        ctx.exit(1 if result.failed else 0)
     console.summary(result)
     if result.failed:
         ctx.exit(1)
@@ -166,6 +205,24 @@ def get(name, run_id, param_set, output, cache, force):
 def cache_option(f):
     return click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",
                         help="Cache directory (default: the nearest .orch here or above; env ORCH_CACHE).")(f)
+
+
+@main.command()
+@click.argument("run_id", default="latest", metavar="[RUN]")
+@cache_option
+@debug_option
+def status(run_id, cache):
+    """Where each node of RUN (default: the latest) stands, with its Slurm job: cached, ran/done,
+    failed, skipped, queued, running, waiting for its inputs, or blocked by a failed upstream node."""
+    from .runs.slurmstatus import run_status
+    from .store import cache_dir
+
+    manifest, states = run_status(cache_dir(cache), run_id)
+    click.echo(f"run {manifest.get('run_id', run_id)}: {manifest.get('status', '?')}")
+    width = max((len(s.label) for s in states), default=0)
+    for s in states:
+        job = f"job {s.job}" + (f" on {s.node}" if s.node else "") if s.job else ""
+        click.echo(f"{s.state:<8}{s.label:<{width}}  {job}" + (f"  ({s.detail})" if s.detail else ""))
 
 
 @main.command()

@@ -7,20 +7,24 @@ adding one is explicit, spelled ``+key`` (``train: {+wd: 0.1}``, ``sweep: {+trai
 ``-S +train.wd=0.1``), and a ``+key`` that exists is an error too. A file that extends nothing is a
 base and defines its keys freely, except that a top-level key that looks like a misspelled reserved
 word and holds what that word takes (``sweeps: {train.lr: [...]}``, ``extend: base.yaml``,
-``nmae: big``) is refused unless written ``+key``."""
+``nmae: big``) is refused unless written ``+key``.
+
+A top-level ``orch:`` section is no parameter: it holds settings of the run (``orch: {resources: {train:
+{gpus: 1}}}``, see orchestrator.resources), merged along ``extends`` like parameters and never part of a key."""
 
 from __future__ import annotations
 
 import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ParamsError
 from .params import MISSING, ParamSet, _copy_plain, _join, is_ignored, resolve
 
 RESERVED = ("name", "extends", "sweep")
+ORCH = "orch"  # settings of the run, not parameters (orchestrator.resources): never part of a key
 NEW = "+"  # marks a key that its base does not have yet
 _SCALARS = (str, int, float, bool, type(None))
 # How many edits (case aside) still make a key a misspelling of a reserved word: one for the short
@@ -37,6 +41,7 @@ class _Unexpanded:
     source: str
     sweep: dict
     sweep_source: str = ""
+    orch: dict = field(default_factory=dict)  # the `orch:` section
 
 
 def _yaml_loader():
@@ -201,11 +206,11 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def _load_yaml(path: Path, source: str, chain: tuple = (), extended_by: str | None = None):
-    """(raw, values, sweep, sweep_source) of a YAML file with its ``extends`` bases merged underneath."""
+    """(raw, values, sweep, sweep_source, orch) of a YAML file with its ``extends`` bases merged underneath."""
     raw = _read_yaml(path, source, extended_by)
     chain = chain + ((os.path.realpath(path), source),)
     bases = _extends_list(raw, source)
-    values, sweep, sweep_source = {}, {}, ""
+    values, sweep, sweep_source, orch = {}, {}, "", {}
     for rel in bases:
         base_path = path.parent / rel
         base_source = os.path.normpath(os.path.join(os.path.dirname(source), rel))
@@ -214,16 +219,21 @@ def _load_yaml(path: Path, source: str, chain: tuple = (), extended_by: str | No
         if any(real == os.path.realpath(base_path) for real, _ in chain):
             cycle = " -> ".join([s for _, s in chain] + [base_source])
             raise ParamsError(f"'extends' cycle: {cycle}; remove one of these extends")
-        _, b_values, b_sweep, b_source = _load_yaml(base_path, base_source, chain, source)
+        _, b_values, b_sweep, b_source, b_orch = _load_yaml(base_path, base_source, chain, source)
         values = _deep_merge(values, b_values)
+        orch = _deep_merge(orch, b_orch)
         if b_source:
             sweep, sweep_source = b_sweep, b_source
     file = _File(path, source, tuple(bases), values if bases else None)
-    own = {k: v for k, v in raw.items() if k not in RESERVED}
+    own = {k: v for k, v in raw.items() if k not in RESERVED and k != ORCH}
+    if ORCH in raw:
+        from .resources import check_orch_section
+
+        orch = _deep_merge(orch, check_orch_section(raw[ORCH], source))
     values = _deep_merge(values, _plain(_unmark(own, file, (), file.base_values), source))
     if "sweep" in raw:
         sweep, sweep_source = _parse_sweep(raw["sweep"], file, values), source
-    return raw, values, sweep, sweep_source
+    return raw, values, sweep, sweep_source, orch
 
 
 # ------------------------------------------------------------------------ strictness of files
@@ -266,8 +276,8 @@ def _bases(file: _File) -> str:
 
 def _check_top_level(name: str, new: bool, value, at: _At, base: dict | None) -> None:
     """Reserved words are never parameters, and in a base file a misspelled one is refused."""
-    if new and name in RESERVED:
-        raise ParamsError(f"{at}: '+{name}': '{name}' is reserved ({', '.join(RESERVED)}) and cannot be "
+    if new and name in (*RESERVED, ORCH):
+        raise ParamsError(f"{at}: '+{name}': '{name}' is reserved ({', '.join((*RESERVED, ORCH))}) and cannot be "
                           f"a parameter; write '{name}:' without the '+', or choose another name")
     word = _reserved_typo(name) if base is None and not new else None
     if word and _holds(word, value):
@@ -385,9 +395,9 @@ def _set_name(raw_name, default: str, source: str) -> str:
 
 
 def _load_yaml_file(path: Path, source: str) -> list[_Unexpanded]:
-    raw, values, sweep, sweep_source = _load_yaml(path, source)
+    raw, values, sweep, sweep_source, orch = _load_yaml(path, source)
     name = _set_name(raw.get("name"), path.stem, source)
-    return [_Unexpanded(name, values, source, sweep, sweep_source)]
+    return [_Unexpanded(name, values, source, sweep, sweep_source, orch)]
 
 
 # ----------------------------------------------------------------------------- Python files
@@ -425,8 +435,13 @@ def _python_set(item: dict, index: int, count: int, stem: str, source: str) -> _
                               "return one dict per parameter set instead")
     default = stem if count == 1 else f"{stem}[{index}]"
     name = _set_name(item.get("name"), default, where)
-    values = _plain({k: v for k, v in item.items() if k != "name"}, where)
-    return _Unexpanded(name, values, source, {})
+    values = _plain({k: v for k, v in item.items() if k not in ("name", ORCH)}, where)
+    orch = {}
+    if ORCH in item:
+        from .resources import check_orch_section
+
+        orch = check_orch_section(item[ORCH], where)
+    return _Unexpanded(name, values, source, {}, orch=orch)
 
 
 def _load_file(path: str | os.PathLike) -> list[_Unexpanded]:
@@ -520,7 +535,7 @@ def _set_path(values: dict, key: str, value, source: str, verb: str = "sweep") -
 def _expand(unit: _Unexpanded) -> list[ParamSet]:
     """One ParamSet per sweep combination (first key varies slowest), each with its own copy."""
     if not unit.sweep:
-        return [ParamSet(unit.name, _copy_plain(unit.values), unit.source)]
+        return [ParamSet(unit.name, _copy_plain(unit.values), unit.source, unit.orch)]
     keys = list(unit.sweep)
     sets = []
     for combo in itertools.product(*(unit.sweep[k] for k in keys)):
@@ -528,7 +543,7 @@ def _expand(unit: _Unexpanded) -> list[ParamSet]:
         for key, value in zip(keys, combo):
             _set_path(values, key, _copy_plain(value), unit.source)
         label = ",".join(f"{k}={_format_value(v)}" for k, v in zip(keys, combo))
-        sets.append(ParamSet(f"{unit.name}[{label}]", values, unit.source))
+        sets.append(ParamSet(f"{unit.name}[{label}]", values, unit.source, unit.orch))
     return sets
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ParamsError, UnknownParameterError
 
@@ -47,6 +47,8 @@ class ParamSet:
     name: str
     values: dict
     source: str
+    # The file's `orch:` section (orchestrator.resources): settings of the run, never parameters.
+    orch: dict = field(default_factory=dict, compare=False)
 
 
 # ---------------------------------------------------------------------------------------- paths

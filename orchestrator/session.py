@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .core.graph import Graph
-from .core.status import RUN_FAILED, RUN_INTERRUPTED, RUN_OK, Status
+from .core.status import RUN_DETACHED, RUN_FAILED, RUN_INTERRUPTED, RUN_OK, Status
 from .errors import ParamsError
 from .executors.launch import Launch
 from .params import ParamSet, load_params
@@ -31,6 +31,7 @@ class RunOptions:
     dry: bool = False
     parallel: int = 1
     argv: list[str] = field(default_factory=list)
+    slurm: dict | None = None  # --executor slurm: its --slurm-* options ({} for none); None: local
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RunResult:
     graph: Graph
     seconds: float
     cache: Path
+    detached: list[str] | None = None  # --detach: the jobs left running (executors.base.Detached)
 
     @property
     def failed(self) -> list:
@@ -63,7 +65,8 @@ def run_experiment(opts: RunOptions, on_done: Callable = lambda o: None, launch:
 
     experiment = Path(opts.experiment).resolve()
     root = cache_dir(opts.cache, experiment.parent)
-    executor = open_executor(launch or Launch(), WorkerConfig(str(root), str(experiment)), opts.parallel, opts.argv)
+    executor = open_executor(launch or Launch(), WorkerConfig(str(root), str(experiment)), opts.parallel, opts.argv,
+                             slurm=opts.slurm)
     code = 1
     try:
         result = _plan_and_run(opts, experiment, root, executor, on_done, progress)
@@ -128,11 +131,13 @@ class Planned:
 def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
     from .core.experiment import build_graph, load_experiment
     from .core.plan import plan
+    from .resources import check_stage_names
     from .store import DiskStore
 
     param_sets = load_param_sets(opts.params, opts.overrides)
     roots = project_code(experiment)
     graph = build_graph(load_experiment(experiment), param_sets)
+    check_stage_names(param_sets, {n.stage.name for n in graph.nodes})  # parameter files' orch.resources
     store = DiskStore(root, write=False)  # a read-only cache can still plan (and serve a cached run)
     ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
     decisions = plan(graph, ctx)
@@ -158,6 +163,7 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
                   progress: ProgressOptions | None = None) -> RunResult:
     from .core.plan import record_code_manifests
     from .core.runner import NodeOutcome, Runner
+    from .executors.base import Detached
     from .runs.manifest import ManifestWriter, node_row
     from .runs.progress import watch_run
 
@@ -165,6 +171,7 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     planned = plan_experiment(opts, experiment, root)
     param_sets, graph, store, ctx, decisions = (planned.param_sets, planned.graph, planned.store, planned.ctx,
                                                 planned.decisions)
+    executor.prepare(graph)
     if opts.dry:
         outcomes = [NodeOutcome(n, status=d.state, key=d.key, reason=d.reason, entry=d.entry)
                     for n, d in zip(graph.nodes, decisions)]
@@ -174,11 +181,17 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     store.check_locking()
     record_code_manifests(graph, decisions, ctx)
     manifest = ManifestWriter(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
+    executor.run_dir = manifest.dir
     executor.start(store)
     watch = watch_run(progress, graph.nodes, root, executor, on_done)  # starts with the first node that runs
     runner = Runner(graph, ctx, decisions, watch.executor, watch.on_done, manifest.dir, on_start=watch.on_start)
     try:
         outcomes = runner.run_all()
+    except Detached as d:  # --detach: the jobs run on; `orch status` follows them, `orch run` again re-attaches
+        result = RunResult(manifest.run_id, runner.outcomes, decisions, graph, time.perf_counter() - t0, root,
+                           detached=d.job_ids)
+        manifest.finish(RUN_DETACHED, [node_row(o, store) for o in runner.outcomes], result.counts())
+        return result
     except KeyboardInterrupt:  # Ctrl-C: what finished is stored; say so in the run's manifest
         manifest.finish(RUN_INTERRUPTED, [node_row(o, store) for o in runner.outcomes], {})
         _leave_report(manifest)

@@ -32,7 +32,7 @@ class Stage:
     """A declared stage. `kind` is "stage" (one node per record) or "aggregate" (one node over records)."""
 
     def __init__(self, fn: Callable, *, kind: str, inputs, outputs, cachers, version, ignore, distributed,
-                 partial: bool = False):
+                 partial: bool = False, resources: dict | None = None):
         self.fn = fn
         self.__wrapped__ = fn
         self.__name__ = fn.__name__
@@ -49,6 +49,12 @@ class Stage:
         self.ignore = tuple(_str_list(ignore, "ignore", where))
         self.distributed = bool(distributed)
         self.partial = bool(partial)  # aggregates: run on the sets that succeeded (record.failed_sets)
+        # What a cluster job of this stage asks for (orchestrator.resources): never part of the key.
+        self.resources = {}
+        if resources is not None:  # imported only then: `orch --help` imports what it always did
+            from .resources import check as check_resources
+
+            self.resources = check_resources(resources, where)
         _check_signature(fn, self.inputs, where)
 
     @property
@@ -92,9 +98,13 @@ def stage(
     version: str | int | None = None,
     ignore: Sequence[str] = (),
     distributed: bool = False,
+    resources: dict | None = None,
 ):
-    """Declare a stage: `fn(record, **inputs)` returns one value per output (a tuple for several)."""
-    return _decorator("stage", inputs, outputs, cachers, version, ignore, distributed)
+    """Declare a stage: `fn(record, **inputs)` returns one value per output (a tuple for several).
+
+    resources: what a cluster job of this stage asks for (`--executor slurm`), e.g. {"cpus": 8,
+    "mem": "32G", "gpus": 1, "time": "04:00:00", "partition": "gpu"}; never part of the cache key."""
+    return _decorator("stage", inputs, outputs, cachers, version, ignore, distributed, resources=resources)
 
 
 def aggregate(
@@ -105,16 +115,17 @@ def aggregate(
     version: str | int | None = None,
     ignore: Sequence[str] = (),
     partial: bool = False,
+    resources: dict | None = None,
 ):
     """Declare an aggregate: one node over many records; each input is {parameter-set name: value}.
 
     partial=True: when some parameter sets fail (or are skipped), run anyway on the sets that
     succeeded; `record.failed_sets` says which did not ({set: why}). By default an aggregate
     needs every set and is skipped when one fails."""
-    return _decorator("aggregate", inputs, outputs, cachers, version, ignore, False, partial)
+    return _decorator("aggregate", inputs, outputs, cachers, version, ignore, False, partial, resources)
 
 
-def _decorator(kind, inputs, outputs, cachers, version, ignore, distributed, partial=False):
+def _decorator(kind, inputs, outputs, cachers, version, ignore, distributed, partial=False, resources=None):
     if callable(inputs) and not isinstance(inputs, (list, tuple, str)):
         raise StageDefinitionError(f"use @{kind}(...) with parentheses, e.g. @{kind}(outputs=['x'])")
     if version is not None and not isinstance(version, (str, int)):
@@ -124,7 +135,7 @@ def _decorator(kind, inputs, outputs, cachers, version, ignore, distributed, par
         if not callable(fn) or not hasattr(fn, "__code__"):
             raise StageDefinitionError(f"@{kind} decorates a plain function, got {fn!r}")
         return Stage(fn, kind=kind, inputs=inputs, outputs=outputs, cachers=cachers,
-                     version=version, ignore=ignore, distributed=distributed, partial=partial)
+                     version=version, ignore=ignore, distributed=distributed, partial=partial, resources=resources)
 
     return wrap
 

@@ -35,3 +35,5 @@ RUN_OK, RUN_FAILED, RUN_INTERRUPTED, RUN_RUNNING = "ok", "failed", "interrupted"
 #: Never written: what readers show for a manifest still "running" whose process is gone (kill -9,
 #: an MPI job aborted by the launcher, a lost node); runs.manifest tells by the run's liveness lock.
 RUN_DIED = "died"
+#: `--executor slurm --detach`: what was ready is submitted and runs on without the head.
+RUN_DETACHED = "detached"

@@ -4,6 +4,7 @@
 - base: the Executor interface and the in-process executor;
 - worker: the worker side shared by pool processes, MPI ranks and torchrun followers;
 - pool, mpi, torchrun: the other executors; launch: how this process was started;
+- slurm (with slurmjob, the job side, and slurmctl, scontrol/scancel): nodes as Slurm jobs;
 - external: run_external, a command launched from inside a stage.
 
 `open_executor` chooses one for a launch; `serve` is the life of a rank that is not the leader.
@@ -21,10 +22,16 @@ from .worker import WorkerConfig
 __all__ = ["Executor", "InProcessExecutor", "Launch", "WorkerConfig", "open_executor", "serve"]
 
 
-def open_executor(launch: Launch, config: WorkerConfig, parallel: int = 1, argv: Sequence[str] = ()) -> Executor:
+def open_executor(launch: Launch, config: WorkerConfig, parallel: int = 1, argv: Sequence[str] = (),
+                  slurm: dict | None = None) -> Executor:
     """The executor of a run. Opened first thing, before anything that can fail, so that under MPI
     or torchrun the other ranks always hear from rank 0 (they get its exit code, never a hang).
-    Nothing starts here for a local run: pool workers start on the first submit."""
+    Nothing starts here for a local run: pool workers start on the first submit. `slurm` (the
+    run's --slurm-* options, possibly empty) selects --executor slurm: nodes become Slurm jobs."""
+    if slurm is not None:
+        from .slurm import SlurmExecutor
+
+        return SlurmExecutor(config, slurm)
     if launch.kind == "mpi":
         from .mpi import MPIExecutor
 

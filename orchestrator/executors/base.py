@@ -17,7 +17,19 @@ from ..store import Store
 from .task import Task, TaskResult, execute
 
 
+class Detached(Exception):
+    """Raised by an executor's wait() to end the run loop while what it submitted runs on without this
+    process (`--executor slurm --detach`); the session records the run as detached."""
+
+    def __init__(self, job_ids: list[str]):
+        super().__init__(f"{len(job_ids)} job(s) in flight")
+        self.job_ids = job_ids
+
+
 class Executor(abc.ABC):
+    #: The run's directory (runs/<id>), set by the session before start(); None for a dry run.
+    run_dir = None
+
     @abc.abstractmethod
     def submit(self, task: Task, stage) -> None:
         """Start a task (may run it right away)."""
@@ -30,6 +42,11 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def capacity(self) -> int:
         """How many tasks may be in flight at once."""
+
+    def prepare(self, graph) -> None:
+        """The run's graph is planned (called once, before start, also for a dry run): an executor
+        that needs per-node settings (executors.slurm: each node's resources) derives and checks
+        them here, so that a mistake fails before anything runs."""
 
     def start(self, store: Store) -> None:
         """The run's store is open (called before the first submit). Executors that run nodes in

@@ -440,6 +440,24 @@ def _dump(nodes: list) -> str:
     return "\n".join(out)
 
 
+def _without_resources(node):
+    """A definition without the `resources=` of its orch decorator: a name used there (a module-level
+    GPU count) says where a stage runs, not what it computes, and is no dependency of its code."""
+    if not isinstance(node, _DEFS) or not any(isinstance(d, ast.Call) and _is_orch_decorator(d)
+                                              and any(k.arg == "resources" for k in d.keywords)
+                                              for d in node.decorator_list):
+        return node
+    node = copy.copy(node)
+    decorators = []
+    for d in node.decorator_list:
+        if isinstance(d, ast.Call) and _is_orch_decorator(d):
+            d = copy.copy(d)
+            d.keywords = [k for k in d.keywords if k.arg != "resources"]
+        decorators.append(d)
+    node.decorator_list = decorators
+    return node
+
+
 def _reference_chains(nodes: list, scopes: dict | None = None) -> set[tuple[str, ...]]:
     """Every loaded name, dotted chain (a.b.c) and import in the nodes, decorators included. Names
     bound by an `import` inside a definition (`import a.b as c` in a function body) become chains
@@ -447,7 +465,7 @@ def _reference_chains(nodes: list, scopes: dict | None = None) -> set[tuple[str,
     local variables are dropped (`scopes`, see _local_names): `def train(record, model)` next to a
     stage called `model` does not depend on it."""
     chains, local_imports, locals_only = set(), {}, set()
-    for node in nodes:
+    for node in map(_without_resources, nodes):
         in_def = isinstance(node, _DEFS)
         if in_def:
             locals_only |= _local_names(node, scopes)

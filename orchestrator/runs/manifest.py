@@ -267,11 +267,11 @@ def why_rows(manifest: dict, stage: str | None = None, param_set: str | None = N
 
 def recent_node_rows(cache_root: Path, runs: int) -> dict[tuple[str, str], dict]:
     """(stage id, parameter set) -> {"key", "trace"} of its node in the newest of the last `runs`
-    readable runs that had it."""
+    readable runs that computed or reused it (not a pending row of an interrupted or detached run)."""
     found: dict[tuple[str, str], dict] = {}
     for _, m in itertools.islice(manifests_newest_first(cache_root), runs):
         for n in m.get("nodes", []):
-            if isinstance(n, dict) and n.get("key"):
+            if isinstance(n, dict) and n.get("key") and n.get("status") in (Status.RAN, Status.CACHED):
                 found.setdefault((n.get("stage_id"), n.get("param_set")), {"key": n["key"], "trace": n.get("trace")})
     return found
 
