@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -42,12 +42,14 @@ def main() -> None:
     opts = ap.parse_args()
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="orch-fuzz-"))
     seeds = list(range(opts.first, opts.first + opts.sequences))
-    chunks = [seeds[i::opts.jobs * 8] for i in range(opts.jobs * 8)]
+    chunks = [seeds[i:i + 10] for i in range(0, len(seeds), 10)]
     t0 = time.perf_counter()
     total = Stats()
     findings: list[str] = []
     with ProcessPoolExecutor(opts.jobs) as pool:
-        for part in pool.map(_chunk, [(c, opts.steps, opts.max_stages, str(workdir)) for c in chunks if c]):
+        futures = [pool.submit(_chunk, (c, opts.steps, opts.max_stages, str(workdir))) for c in chunks]
+        for future in as_completed(futures):
+            part = future.result()
             total.sequences += part["sequences"]
             total.steps += part["steps"]
             total.runs += part["runs"]
@@ -56,15 +58,25 @@ def main() -> None:
             findings += part["findings"]
             print(f"{total.sequences}/{len(seeds)} sequences, {len(findings)} findings, "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
-    seconds = time.perf_counter() - t0
-    result = {"sequences": total.sequences, "steps": total.steps, "orch_runs": total.runs,
-              "nodes_checked": total.nodes, "actions": dict(sorted(total.actions.items())), "findings": findings,
-              "seconds": round(seconds, 1), "seeds": [seeds[0], seeds[-1]], "steps_per_sequence": opts.steps,
-              "max_stages": opts.max_stages}
+            _write(opts.json, _result(total, findings, time.perf_counter() - t0, seeds, opts))  # partial
+    result = _result(total, findings, time.perf_counter() - t0, seeds, opts)
     print(json.dumps(result, indent=1))
-    if opts.json:
-        opts.json.write_text(json.dumps(result, indent=1) + "\n")
+    _write(opts.json, result)
     sys.exit(1 if findings else 0)
+
+
+def _result(total: Stats, findings: list[str], seconds: float, seeds: list[int], opts) -> dict:
+    return {"sequences": total.sequences, "steps": total.steps, "orch_runs": total.runs,
+            "nodes_checked": total.nodes, "actions": dict(sorted(total.actions.items())), "findings": findings,
+            "seconds": round(seconds, 1), "seeds_asked": [seeds[0], seeds[-1]], "steps_per_sequence": opts.steps,
+            "max_stages": opts.max_stages}
+
+
+def _write(path: Path | None, result: dict) -> None:
+    if path is not None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(path)
 
 
 if __name__ == "__main__":
