@@ -155,9 +155,13 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+#: The checkout whose orch is measured (--code; default: this one), whatever is installed.
+ORCH_CODE = [REPO]
+
+
 def _env() -> dict:
     env = bench_env()  # bytecode caching on
-    env["PYTHONPATH"] = str(REPO)  # this checkout's orch, whatever is installed
+    env["PYTHONPATH"] = str(ORCH_CODE[0])
     return env
 
 
@@ -231,24 +235,35 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="orch only, small sizes, no results file")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of the chain-200 workloads")
+    ap.add_argument("--big-reps", type=int, default=3, help="repetitions of the chain-1000 and 10k workloads")
+    ap.add_argument("--code", type=Path, help="measure the orch of this checkout (default: this one)")
     ap.add_argument("--only", action="append", choices=sorted(WORKLOADS))
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--json", type=Path, default=HERE / "results.json")
     ap.add_argument("--markdown", action="store_true", help="print the table for BENCHMARKS.md")
+    ap.add_argument("--merge", action="store_true", help="add to the workloads already in --json")
     args = ap.parse_args(argv)
     tools = ["orch"] if args.quick else [t for t in args.tools.split(",") if t]
     workloads = QUICK if args.quick else {n: WORKLOADS[n] for n in (args.only or WORKLOADS)}
     reps = 1 if args.quick else args.reps
+    if args.code:
+        ORCH_CODE[0] = args.code.resolve()
     ensure_venvs(tools)
-    results = {"env": env_info(), "reps": reps, "tools": tools, "workloads": {}}
+    previous = json.loads(args.json.read_text()) if args.merge and args.json.exists() else {}
+    results = {"env": env_info(), "reps": reps, "big_reps": args.big_reps, "tools": tools,
+               "load_average_at_start": os.getloadavg(), "workloads": previous.get("workloads", {})}
     with tempfile.TemporaryDirectory(prefix="orch-compare-") as tmp:
         if not args.quick:
-            results["help"] = python_pass(reps)
+            results["help"] = python_pass(reps) if "help" not in previous else previous["help"]
         for name, spec in workloads.items():
             print(f"== {name}", flush=True)
-            results["workloads"][name] = run_workload(name, spec, tools, reps, Path(tmp))
+            n = reps if spec[0] * spec[1] <= 200 or args.quick else args.big_reps
+            results["workloads"][name] = run_workload(name, spec, tools, n, Path(tmp))
+            if not args.quick:  # partial results survive an interrupted run
+                args.json.write_text(json.dumps(results, indent=1) + "\n")
     if not args.quick:
+        results["load_average_at_end"] = os.getloadavg()
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     if args.markdown or args.quick:
         print(markdown(results))

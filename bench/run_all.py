@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["bench_chain.py", "bench_scale.py", "bench_hashing.py", "bench_parallel.py"]
+BENCHES = ["bench_chain.py", "bench_scale.py", "bench_hashing.py", "bench_parallel.py", "compare.py"]
 
 
 def main() -> int:
