@@ -196,6 +196,8 @@ def run_workload(name: str, spec: tuple, tools: list[str], reps: int, tmp: Path)
         if tool != "orch" and "orch" in samples:
             ratios = [w / o for (w, _), (o, _) in zip(s, samples["orch"])]
             out[tool]["paired_ratio_to_orch"] = round(statistics.median(ratios), 2)
+            cpu_ratios = [c / o for (_, c), (_, o) in zip(s, samples["orch"])]
+            out[tool]["paired_cpu_ratio_to_orch"] = round(statistics.median(cpu_ratios), 2)
     return out
 
 
@@ -224,9 +226,11 @@ def markdown(results: dict) -> str:
             if t not in r:
                 cells.append("-")
                 continue
-            c = f"{r[t]['median_wall_s']:.2f} s ({r[t]['median_cpu_s']:.2f} CPU)"
-            if "paired_ratio_to_orch" in r[t]:
-                c += f", {r[t]['paired_ratio_to_orch']:.1f} x orch"
+            c = f"{r[t]['median_wall_s']:.2f} s ({r[t]['median_cpu_s']:.2f} s CPU)"
+            if t != "orch" and "orch" in r:
+                wall = statistics.median(w / o for w, o in zip(r[t]["wall_s"], r["orch"]["wall_s"]))
+                cpu = statistics.median(c / o for c, o in zip(r[t]["cpu_s"], r["orch"]["cpu_s"]))
+                c += f": **{wall:.1f} x** orch ({cpu:.1f} x CPU)"
             cells.append(c)
         rows.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     return head + "\n" + "\n".join(rows)
