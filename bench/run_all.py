@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["bench_chain.py", "bench_scale.py", "bench_report.py", "bench_hashing.py", "bench_parallel.py", "bench_slurm.py"]
+BENCHES = ["bench_chain.py", "bench_scale.py", "bench_report.py", "bench_hashing.py", "bench_parallel.py",
+           "bench_slurm.py", "compare.py"]
 
 
 def main() -> int:

@@ -35,6 +35,8 @@ log = logging.getLogger("orchestrator.store")
 #: How many code fingerprints' manifests the cache keeps (the newest; each a few KB at most).
 CODE_MANIFESTS_KEPT = 5000
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")  # what check_name accepts
+_O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_READ_SIZE = 1 << 16
 _OBJECT_NAME_RE = re.compile(r"([0-9a-f]{62})((?:\.[A-Za-z0-9_-]+)*)\Z")  # a name inside objects/ab/
 
 
@@ -88,12 +90,16 @@ class DiskStore(Store):
             self._ensure_dir(d)
             return fn(*args)
 
+    # Paths are joined by hand below (the parts are checked single components, the roots absolute):
+    # every cached node builds two of them, and os.path.join costs as much as opening the file.
     def _object_file(self, info: ObjectInfo) -> str:
         check_object(info)
-        return os.path.join(self._objects, info.hash[:2], info.hash[2:] + info.ext)
+        h = info.hash
+        return f"{self._objects}/{h[:2]}/{h[2:]}{info.ext}"
 
     def _entry_dir(self, key: str) -> str:
-        return os.path.join(self._entries, key[:2], check_name("node key", key))
+        check_name("node key", key)
+        return f"{self._entries}/{key[:2]}/{key}"
 
     # -- objects -------------------------------------------------------------------------------
     def ingest(self, path: Path, ext: str = "") -> ObjectInfo:
@@ -196,7 +202,8 @@ class DiskStore(Store):
 
     # -- entries and heads -----------------------------------------------------------------------
     def _entry_file(self, key: str, trace_id: str) -> str:
-        return os.path.join(self._entry_dir(key), check_name("trace id", trace_id) + ".json")
+        check_name("trace id", trace_id)
+        return f"{self._entry_dir(key)}/{trace_id}.json"
 
     def get_entry(self, key: str, trace_id: str, *, label: str = "") -> Entry | None:
         path = self._entry_file(key, trace_id)
@@ -279,9 +286,15 @@ class DiskStore(Store):
     def _read(self, path: str) -> bytes | None:
         """A record's bytes, or None when it is absent (deleted since a listing is not damage) or
         unreadable (warned once: a record that cannot be read is a miss)."""
-        try:
-            with open(path, "rb") as f:
-                return f.read()
+        try:  # os.open/os.read: a third of the instructions of open() + read() per cached node
+            fd = os.open(path, _O_READ)
+            try:
+                data = os.read(fd, _READ_SIZE)  # an entry is a few KB: one read, then EOF
+                while chunk := os.read(fd, _READ_SIZE):  # until EOF: a short read is not the end
+                    data += chunk
+            finally:
+                os.close(fd)
+            return data
         except FileNotFoundError:
             return None
         except OSError as e:
