@@ -46,10 +46,12 @@ def main() -> None:
     t0 = time.perf_counter()
     total = Stats()
     findings: list[str] = []
+    done: list[int] = []
     with ProcessPoolExecutor(opts.jobs) as pool:
-        futures = [pool.submit(_chunk, (c, opts.steps, opts.max_stages, str(workdir))) for c in chunks]
+        futures = {pool.submit(_chunk, (c, opts.steps, opts.max_stages, str(workdir))): c for c in chunks}
         for future in as_completed(futures):
             part = future.result()
+            done += futures[future]
             total.sequences += part["sequences"]
             total.steps += part["steps"]
             total.runs += part["runs"]
@@ -58,18 +60,30 @@ def main() -> None:
             findings += part["findings"]
             print(f"{total.sequences}/{len(seeds)} sequences, {len(findings)} findings, "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
-            _write(opts.json, _result(total, findings, time.perf_counter() - t0, seeds, opts))  # partial
-    result = _result(total, findings, time.perf_counter() - t0, seeds, opts)
+            _write(opts.json, _result(total, findings, time.perf_counter() - t0, seeds, done, opts))  # partial
+    result = _result(total, findings, time.perf_counter() - t0, seeds, done, opts)
     print(json.dumps(result, indent=1))
     _write(opts.json, result)
     sys.exit(1 if findings else 0)
 
 
-def _result(total: Stats, findings: list[str], seconds: float, seeds: list[int], opts) -> dict:
+def _result(total: Stats, findings: list[str], seconds: float, seeds: list[int], done: list[int], opts) -> dict:
     return {"sequences": total.sequences, "steps": total.steps, "orch_runs": total.runs,
             "nodes_checked": total.nodes, "actions": dict(sorted(total.actions.items())), "findings": findings,
-            "seconds": round(seconds, 1), "seeds_asked": [seeds[0], seeds[-1]], "steps_per_sequence": opts.steps,
+            "seconds": round(seconds, 1), "seeds_asked": [seeds[0], seeds[-1]],
+            "seeds_done": _ranges(sorted(done)), "steps_per_sequence": opts.steps,
             "max_stages": opts.max_stages}
+
+
+def _ranges(seeds: list[int]) -> list[list[int]]:
+    """Finished seeds as [first, last] ranges, so a run stopped early says exactly what it covered."""
+    out: list[list[int]] = []
+    for s in seeds:
+        if out and out[-1][1] == s - 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
 
 
 def _write(path: Path | None, result: dict) -> None:
