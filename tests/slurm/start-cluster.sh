@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# A real single-node Slurm cluster (with accounting) for orch's Slurm tests and CI. Run as root.
+# A real Slurm cluster (with accounting) on one machine for orch's Slurm tests and CI. Run as root.
 #
 #   tests/slurm/start-cluster.sh          install if missing, configure, start, wait until usable
 #
-# Idempotent: when the node is already idle and sacct answers, it exits 0 at once. No systemd:
+# Idempotent: when every node is up and sacct answers, it exits 0 at once. No systemd:
 # every daemon is started directly (munged, mariadbd, slurmdbd, slurmctld, slurmd), so it works
 # in containers and CI machines. Everything runs as root (SlurmUser=root): a throwaway test cluster.
-# Partitions: `debug` (default) and `second` (to check that a stage's partition reaches sbatch);
-# account `orchtest` (for --slurm-account). Logs: /var/log/slurm/*.log, /var/log/slurm/mariadb.log.
+# Nodes: this host, and two emulated nodes `orchn1`/`orchn2` (two more slurmd processes on this
+# machine, `slurmd -N <name>`, each on its own port, sharing the same cores).
+# Partitions: `debug` (default) and `second` (this host: to check that a stage's partition reaches
+# sbatch) and `multi` (orchn1 + orchn2: multi-node jobs); account `orchtest` (for --slurm-account).
+# Logs: /var/log/slurm/*.log (slurmd-<node>.log per node), /var/log/slurm/mariadb.log.
 set -euo pipefail
 
 CLUSTER=orchtest
 HOST=$(hostname -s)
 CPUS=$(nproc)
 MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))  # 80% of RAM, for --mem requests
+EMULATED=(orchn1 orchn2)  # partition `multi`: slurmd -N <name> on ports 17001, 17002
 DB_PASS=orch-slurm-test
 CONF=/etc/slurm
 LOGS=/var/log/slurm
@@ -25,12 +29,18 @@ say() {
 }
 die() {
     say "ERROR: $*"
-    for f in "$LOGS"/slurmctld.log "$LOGS"/slurmd.log "$LOGS"/slurmdbd.log "$LOGS"/mariadb.log; do
+    for f in "$LOGS"/slurmctld.log "$LOGS"/slurmd-*.log "$LOGS"/slurmdbd.log "$LOGS"/mariadb.log; do
         [ -f "$f" ] && { say "--- tail of $f"; tail -n 20 "$f" >&2; }
     done
     exit 1
 }
-running() { pgrep -x "$1" >/dev/null; }
+# pid_alive PID: it runs (a zombie, left by a daemon forking itself away, does not)
+pid_alive() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) && [ "${st:0:1}" != Z ]; }
+running() { local pid; for pid in $(pgrep -x "$1"); do pid_alive "$pid" && return 0; done; return 1; }
+# alive PIDFILE: the daemon that wrote PIDFILE still runs
+alive() { [ -s "$1" ] && pid_alive "$(cat "$1")"; }
+slurmd_running() { alive "/run/slurm/slurmd-$1.pid"; }  # slurmd_running NODE
+all_slurmd() { for node in "$HOST" "${EMULATED[@]}"; do slurmd_running "$node" || return 1; done; }
 # wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.2 s until it succeeds
 wait_for() {
     local limit=$1 what=$2; shift 2
@@ -41,14 +51,15 @@ wait_for() {
     done
 }
 # up: idle, or running jobs (a second call while tests run)
-node_up() { sinfo -h -N -n "$HOST" -o %t 2>/dev/null | grep -Eqx 'idle|mix|alloc|comp'; }
-usable() { node_up && sacct -n -X -S now-1minutes >/dev/null 2>&1; }
+node_up() { sinfo -h -N -n "$1" -o %t 2>/dev/null | grep -Eqx 'idle|mix|alloc|comp'; }  # node_up NODE
+all_up() { for node in "$HOST" "${EMULATED[@]}"; do node_up "$node" || return 1; done; }
+usable() { all_up && sacct -n -X -S now-1minutes >/dev/null 2>&1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts daemons)"
 
 # (only ask the daemons when they run: sinfo waits ~10 s for a controller that is not there)
-if command -v sinfo >/dev/null && running slurmctld && running slurmd && running slurmdbd && usable; then
-    say "already running (node $HOST up, sacct answers)"
+if command -v sinfo >/dev/null && running slurmctld && all_slurmd && running slurmdbd && usable; then
+    say "already running (nodes $HOST ${EMULATED[*]} up, sacct answers)"
     exit 0
 fi
 
@@ -72,20 +83,22 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # -- configure -----------------------------------------------------------------------------
-mkdir -p "$CONF" "$LOGS" /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /run/slurm /run/munge /run/mysqld
+mkdir -p "$CONF" "$LOGS" /var/lib/slurm/slurmctld /run/slurm /run/munge /run/mysqld
+for node in "$HOST" "${EMULATED[@]}"; do mkdir -p "/var/lib/slurm/slurmd/$node"; done
+OLD_CONF=$(cat "$CONF/slurm.conf" 2>/dev/null || true)
 cat >"$CONF/slurm.conf" <<EOF
-# Written by orch tests/slurm/start-cluster.sh: a single-node test cluster.
+# Written by orch tests/slurm/start-cluster.sh: a test cluster on one machine (3 nodes, 2 emulated).
 ClusterName=$CLUSTER
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation=/var/lib/slurm/slurmctld
-SlurmdSpoolDir=/var/lib/slurm/slurmd
+SlurmdSpoolDir=/var/lib/slurm/slurmd/%n
 SlurmctldPidFile=/run/slurm/slurmctld.pid
-SlurmdPidFile=/run/slurm/slurmd.pid
+SlurmdPidFile=/run/slurm/slurmd-%n.pid
 SlurmctldLogFile=$LOGS/slurmctld.log
-SlurmdLogFile=$LOGS/slurmd.log
+SlurmdLogFile=$LOGS/slurmd-%n.log
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -102,9 +115,24 @@ MaxArraySize=1001
 MinJobAge=300
 SlurmdParameters=config_overrides
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+NodeName=${EMULATED[0]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17001 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+NodeName=${EMULATED[1]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17002 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 PartitionName=second Nodes=$HOST MaxTime=INFINITE State=UP
+PartitionName=multi Nodes=${EMULATED[0]},${EMULATED[1]} MaxTime=INFINITE State=UP
 EOF
+if [ -n "$OLD_CONF" ] && [ "$OLD_CONF" != "$(cat "$CONF/slurm.conf")" ]; then
+    # nodes were added or changed (e.g. the single-node layout of an older version of this script):
+    # slurmctld and the slurmds read them only when they start. Stopped by their pid files.
+    for pidfile in /run/slurm/slurmctld.pid /run/slurm/slurmd.pid /run/slurm/slurmd-*.pid; do
+        if alive "$pidfile"; then
+            pid=$(cat "$pidfile")
+            say "configuration changed: stopping the daemon of $pidfile"
+            kill "$pid"
+            wait_for 30 "the daemon of $pidfile to stop" eval "! pid_alive $pid"
+        fi
+    done
+fi
 cat >"$CONF/slurmdbd.conf" <<EOF
 # Written by orch tests/slurm/start-cluster.sh
 AuthType=auth/munge
@@ -167,14 +195,23 @@ if ! running slurmctld; then
     slurmctld || die "slurmctld did not start"
 fi
 wait_for 30 "slurmctld to answer" scontrol ping
-if ! running slurmd; then
+if ! slurmd_running "$HOST"; then
     say "starting slurmd"
     slurmd || die "slurmd did not start"
 fi
-# A node left DOWN/DRAINED by an earlier crash of this cluster: bring it back.
-if sinfo -h -N -n "$HOST" -o %t | grep -Eq 'down|drain'; then
-    scontrol update nodename="$HOST" state=resume || say "could not resume node $HOST"
-fi
-wait_for 60 "node $HOST to be up" node_up
+for node in "${EMULATED[@]}"; do
+    if ! slurmd_running "$node"; then
+        say "starting slurmd -N $node"
+        slurmd -N "$node" || die "slurmd -N $node did not start"
+    fi
+done
+for node in "$HOST" "${EMULATED[@]}"; do
+    # A node left DOWN/DRAINED by an earlier crash of this cluster: bring it back.
+    if sinfo -h -N -n "$node" -o %t | grep -Eq 'down|drain'; then
+        scontrol update nodename="$node" state=resume || say "could not resume node $node"
+    fi
+    wait_for 60 "node $node to be up" node_up "$node"
+done
 wait_for 60 "sacct to answer" sacct -n -X -S now-1minutes
-say "ready: cluster $CLUSTER, node $HOST ($CPUS CPUs, ${MEM_MB} MB), partitions debug (default) and second"
+say "ready: cluster $CLUSTER, nodes $HOST, ${EMULATED[*]} ($CPUS CPUs, ${MEM_MB} MB each);" \
+    "partitions debug (default) and second: $HOST; multi: ${EMULATED[*]}"
