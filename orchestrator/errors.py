@@ -72,6 +72,10 @@ class StageDefinitionError(OrchError):
     """A @stage/@aggregate declaration is invalid."""
 
 
+class ResourcesError(OrchError):
+    """A stage asks a cluster for what it cannot give (more nodes than its partition has)."""
+
+
 class PlanningError(OrchError):
     """The DAG cannot be built: missing input producer, cycle, stage called outside planning."""
 

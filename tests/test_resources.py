@@ -131,13 +131,6 @@ def test_slurm_options_need_the_slurm_executor_and_a_cluster(project):
     assert project.counts() == {}
 
 
-def test_a_multi_node_stage_is_refused_before_anything_is_submitted(project):
-    args = _project(project, orch="orch:\n  resources:\n    work: {nodes: 2}\n")
-    proc = project.orch(*args, "--executor", "slurm", check=False)
-    assert proc.returncode == 1 and "stage work asks for nodes=2" in proc.stderr, proc.stderr
-    assert project.orch(*args, "--executor", "slurm", "--dry", check=False).returncode == 1
-
-
 def test_submitit_is_imported_only_when_the_slurm_executor_runs():
     import subprocess
     import sys

@@ -59,6 +59,8 @@ _TORCH_NAMES = {
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
     "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCH_NCCL_ASYNC_ERROR_HANDLING",
 }
+# orch's own: the body of a multi-node Slurm job owns its allocation (executors.slurmlaunch), not what it launches.
+_ORCH_NAMES = {"ORCH_SLURM_NODES"}
 
 
 @dataclass
@@ -80,7 +82,7 @@ def run_external(
     cmd: Sequence,
     *,
     nproc: int | str | None = None,
-    nnodes: int = 1,
+    nnodes: int | None = None,
     launcher: str | None = None,
     env: Mapping[str, str | None] | None = None,
     cwd: str | os.PathLike | None = None,
@@ -100,7 +102,10 @@ def run_external(
     nproc: processes per node for torchrun ("gpu"/"auto"/"cpu" are passed to it); default 1.
     nnodes: > 1 adds c10d rendezvous arguments: `rdzv_endpoint` (else $ORCH_RDZV_ENDPOINT, else the
         parent's $MASTER_ADDR:$MASTER_PORT) and `rdzv_id` (else $ORCH_RDZV_ID, else the batch job id).
-        Every node must run the same command; one node per machine.
+        Every node must run the same command; one node per machine. Default 1, except in a job of
+        `--executor slurm` with `resources={"nodes": N}`: there a torchrun launch runs on all N nodes
+        (srun starts torchrun on each, the rendezvous is on the first; executors.slurmlaunch), and
+        nnodes=1 keeps it on this node.
     env: variables added to the child's environment (None removes one). The parent's MPI and torchrun
         identity is never inherited; CUDA_VISIBLE_DEVICES is kept unless `env` sets it.
     cwd: working directory of the child; default the experiment's directory while a stage runs (so
@@ -120,6 +125,7 @@ def run_external(
     args = _stringify(cmd)
     run_dir = _resolve_cwd(cwd, project_root)
     chosen = _choose_launcher(args, launcher, nproc, nnodes)
+    nnodes, alloc = _nodes(chosen, nnodes)
     script = _script_of(args, chosen, run_dir)
     child_env = clean_env(os.environ, env)
     _route_metrics(child_env, record, env)
@@ -127,8 +133,16 @@ def run_external(
         record.track(script)
         if project_root is not None:  # and the project code it imports (its model, its data loading)
             _trace_script_imports(script, record, run_dir or Path(project_root), child_env)
-    full = build_command(args, launcher=chosen, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
-                         rdzv_id=rdzv_id, max_restarts=max_restarts)
+    srun = []
+    if alloc is not None:  # a multi-node Slurm job: torchrun on every node of the allocation
+        from .slurmlaunch import rendezvous, srun_prefix
+
+        srun = srun_prefix(nnodes)
+        if rdzv_endpoint is None:
+            rdzv_endpoint, job_id = rendezvous(alloc)
+            rdzv_id = rdzv_id or job_id
+    full = srun + build_command(args, launcher=chosen, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
+                                rdzv_id=rdzv_id, max_restarts=max_restarts)
     child_env.setdefault("PYTHONUNBUFFERED", "1")  # live output: Python block-buffers a pipe otherwise
     if chosen == "torchrun" and "OMP_NUM_THREADS" not in child_env:
         child_env["OMP_NUM_THREADS"] = str(_threads_per_proc(nproc))
@@ -206,8 +220,9 @@ def _resolve_cwd(cwd, project_root) -> Path | None:
 
 
 def _choose_launcher(args: list[str], launcher: str | None, nproc, nnodes) -> str:
-    if not isinstance(nnodes, int) or nnodes < 1:
+    if nnodes is not None and (not isinstance(nnodes, int) or isinstance(nnodes, bool) or nnodes < 1):
         raise ExternalCommandError(f"run_external: nnodes must be a positive integer, got {nnodes!r}")
+    nnodes = nnodes or 1
     if nproc is not None and not (isinstance(nproc, int) and nproc >= 1 or nproc in ("gpu", "auto", "cpu")):
         raise ExternalCommandError(f"run_external: nproc must be a positive integer (or 'gpu'/'auto'), got {nproc!r}")
     if launcher is None:
@@ -225,6 +240,22 @@ def _choose_launcher(args: list[str], launcher: str | None, nproc, nnodes) -> st
             f"run_external: launcher='python' runs a .py script or ['-m', module, ...], got {args[0]!r}"
         )
     return launcher
+
+
+def _nodes(launcher: str, nnodes: int | None):
+    """(nodes to launch on, the multi-node Slurm allocation to spread over or None). In the body of an
+    `--executor slurm` job with several nodes, a torchrun launch uses them all unless nnodes=1."""
+    from .slurmlaunch import allocation
+
+    alloc = allocation() if launcher == "torchrun" else None
+    if alloc is None or nnodes == 1:
+        return nnodes or 1, None
+    if nnodes is None or nnodes == alloc.nodes:
+        return alloc.nodes, alloc
+    raise ExternalCommandError(
+        f"run_external(nnodes={nnodes}): this Slurm job has {alloc.nodes} nodes (the stage's "
+        f"resources={{'nodes': {alloc.nodes}}}); leave nnodes out to run torchrun on all of them, pass nnodes=1 "
+        f"to run it on this node only, or change the stage's resources={{'nodes': ...}}")
 
 
 def _is_python(args: list[str]) -> bool:
@@ -295,7 +326,7 @@ def clean_env(base: Mapping[str, str], extra: Mapping[str, str | None] | None = 
 
 
 def _inherited_identity(name: str) -> bool:
-    return (name in _MPI_NAMES or name in _TORCH_NAMES or name.startswith(_MPI_PREFIXES)
+    return (name in _MPI_NAMES or name in _TORCH_NAMES or name in _ORCH_NAMES or name.startswith(_MPI_PREFIXES)
             or name.startswith(_TORCH_PREFIXES))
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.status import Status
-from ..errors import OrchError
+from ..errors import OrchError, ResourcesError
 from ..resources import DEFAULT_REQUEUE, for_node, time_minutes
 from ..resources import check as check_resources
 from .base import Detached, Executor
@@ -115,18 +115,25 @@ class SlurmExecutor(Executor):
             ps = graph.param_sets.get(node.set_name)
             orch = ps.orch if ps is not None else next(
                 (p.orch for p in graph.param_sets.values() if node.stage.name in p.orch.get("resources", {})), {})
-            res = for_node(node.stage, orch, self.overrides)
-            if res.get("nodes", 1) > 1:
-                raise OrchError(f"stage {node.stage.name} asks for nodes={res['nodes']}: --executor slurm runs a "
-                                f"node on one Slurm node so far; use nodes=1 (multi-node torchrun jobs are not "
-                                f"supported yet)")
-            self._node_resources[node.id] = res
+            self._node_resources[node.id] = for_node(node.stage, orch, self.overrides)
         try:
             import submitit  # noqa: F401
         except ImportError:
             raise OrchError("--executor slurm needs submitit: pip install 'orch[slurm]' (or pip install submitit)") \
                 from None
         self._limits = cluster_limits()
+        for node in graph.nodes:
+            self._check_nodes(node.stage.name, self._node_resources[node.id])
+
+    def _check_nodes(self, stage: str, res: dict) -> None:
+        """A multi-node stage fits its partition (sbatch would say only "Node count specification invalid")."""
+        nodes, partition = res.get("nodes", 1), self._limits.partition(res.get("partition"))
+        if nodes > 1 and partition is not None and partition.total_nodes and nodes > partition.total_nodes:
+            raise ResourcesError(
+                f"stage {stage} asks for nodes={nodes}, but partition {partition.name} has "
+                f"{partition.total_nodes} node(s): ask for at most {partition.total_nodes} "
+                f"(resources={{'nodes': ...}}, or an orch: section), or for a partition with more nodes "
+                f"(resources={{'partition': ...}}, --slurm-partition)")
 
     def start(self, store) -> None:
         from .slurmctl import queued_jobs
@@ -229,6 +236,9 @@ class SlurmExecutor(Executor):
             "mem": (f"{res['mem']}M" if isinstance(res.get("mem"), int) else res.get("mem")),
             "setup": [f"export PYTHONPATH={shlex.quote(orch_dir)}${{PYTHONPATH:+:$PYTHONPATH}}"],
         }
+        nodes = res.get("nodes", 1)
+        if nodes > 1:  # one task per node, the stage once on the first (executors.slurmlaunch spreads torchrun)
+            params.update(nodes=nodes, ntasks_per_node=1, srun_args=["--nodes=1", "--ntasks=1"])
         return {k: v for k, v in params.items() if v is not None}
 
     def _submit_group(self, items: list, res: dict) -> None:
@@ -251,6 +261,8 @@ class SlurmExecutor(Executor):
                                              error=f"stage {task.label}: sbatch refused the job "
                                                    f"({_describe(res)}): {_first_lines(str(e), 6)}"))
             return
+        # a job of several nodes has a task per node, but the node runs in task 0 only (its result)
+        jobs = [job.task(0) for job in jobs]
         for (task, _, _), job in zip(items, jobs):
             run = self.run_dir.name if self.run_dir is not None else None
             record = self.records.write(task.lock_scope, job.job_id, task.label, run)

@@ -47,6 +47,7 @@ class Partition:
     default: bool
     default_minutes: int | None  # DefaultTime, None when NONE
     max_minutes: int | None  # MaxTime, None when UNLIMITED
+    total_nodes: int | None = None  # TotalNodes
 
 
 @dataclass
@@ -58,9 +59,13 @@ class ClusterLimits:
     def default_partition(self) -> Partition | None:
         return next((p for p in self.partitions.values() if p.default), None)
 
+    def partition(self, name: str | None) -> Partition | None:
+        """The partition a job asking for `name` (None: none) runs in, if the cluster has it."""
+        return self.partitions.get(name) if name else self.default_partition
+
     def default_minutes(self, partition: str | None) -> int:
         """The time limit of a job that asks for none: its partition's DefaultTime, else its MaxTime."""
-        p = self.partitions.get(partition) if partition else self.default_partition
+        p = self.partition(partition)
         if p is None:
             return UNLIMITED_MINUTES
         return p.default_minutes or p.max_minutes or UNLIMITED_MINUTES
@@ -87,7 +92,8 @@ def cluster_limits() -> ClusterLimits:
         f = _fields(line)
         if "PartitionName" in f:
             limits.partitions[f["PartitionName"]] = Partition(
-                f["PartitionName"], f.get("Default") == "YES", _limit(f.get("DefaultTime")), _limit(f.get("MaxTime")))
+                f["PartitionName"], f.get("Default") == "YES", _limit(f.get("DefaultTime")), _limit(f.get("MaxTime")),
+                int(f["TotalNodes"]) if f.get("TotalNodes", "").isdigit() else None)
     return limits
 
 
@@ -121,3 +127,17 @@ def ended_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
         job, state, nodes = (line.split("|") + ["", ""])[:3]
         jobs[job.strip()] = (state.split()[0] if state.strip() else "UNKNOWN", nodes.strip())
     return jobs
+
+
+def hostnames(nodelist: str) -> list[str]:
+    """A compressed node list ("orchn[1-2],gpu7") as names, in Slurm's order (`scontrol show hostnames`)."""
+    names = _run(["scontrol", "show", "hostnames", nodelist], "expanding the job's node list").split()
+    if not names:
+        raise SlurmUnavailableError(f"`scontrol show hostnames {nodelist}` named no node")
+    return names
+
+
+def node_address(name: str) -> str:
+    """The address Slurm reaches node `name` at (its NodeAddr, which is its name unless configured)."""
+    return _fields(_run(["scontrol", "show", "node", name, "--oneliner"], f"looking up node {name}")).get(
+        "NodeAddr", name)

@@ -39,8 +39,9 @@ def run_job(config: WorkerConfig, node_id: int, payload: bytes, snapshot: Snapsh
             max_requeue: int = DEFAULT_REQUEUE) -> tuple[dict, bytes]:
     """Run one node in this job, from the run's code snapshot (executors.slurmcode) when it has one;
     never raises for anything a node can cause (the result says)."""
-    where = {"job": job_id_from_env(), "host": socket.gethostname().split(".")[0]}
+    where = {"job": job_id_from_env(), "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]}
     _requeue_on_warning(max_requeue)
+    _own_allocation()
     if snapshot is not None:
         activate(snapshot)
         config = WorkerConfig(config.store_root, snapshot.experiment)
@@ -50,6 +51,16 @@ def run_job(config: WorkerConfig, node_id: int, payload: bytes, snapshot: Snapsh
         return where, pickle.dumps(TaskResult(node_id, Status.FAILED, error_type="CodeChangedError", error=changed),
                                    protocol=pickle.HIGHEST_PROTOCOL)
     return where, run_encoded(node_id, payload)
+
+
+def _own_allocation() -> None:
+    """A job of several nodes runs its stage here, once; a torchrun launch in it spreads over them all
+    (executors.slurmlaunch)."""
+    from .slurmlaunch import NODES_VAR
+
+    nodes = os.environ.get("SLURM_JOB_NUM_NODES", "1")
+    if nodes.isdigit() and int(nodes) > 1:
+        os.environ[NODES_VAR] = nodes
 
 
 def _requeue_on_warning(max_requeue: int) -> None:
