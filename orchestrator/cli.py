@@ -436,15 +436,24 @@ def cache_verify(ctx, cache):
 @cache_option
 @debug_option
 def cache_gc(dry, grace, cache):
-    """Delete objects no entry references, staging leftovers of killed runs (older than a day) and
-    checkpoint directories of failed stages untouched for a week."""
+    """Delete objects no entry references, staging leftovers of killed runs (older than a day),
+    checkpoint directories of failed stages untouched for a week, and what `--executor slurm` left:
+    the job folders and code snapshots of runs no longer in flight."""
+    from .runs.slurmgc import gc_slurm
     from .store.maintenance import gc
 
-    report = gc(_store(cache), grace_s=grace, dry=dry)
+    store = _store(cache)
+    report = gc(store, grace_s=grace, dry=dry)
+    slurm = gc_slurm(Path(store.root), dry=dry)
     verb = "would delete" if dry else "deleted"
     click.echo(f"{verb} {report.objects} objects ({report.bytes / 1e6:.1f} MB), {report.staging} staging leftovers, "
                f"{report.locks} old lock files and {report.checkpoint_dirs} checkpoint directories of failed stages "
                f"untouched for a week")
+    if slurm.job_folders or slurm.snapshots or slurm.kept_runs:
+        click.echo(f"{verb} {slurm.job_folders} Slurm job folders and {slurm.snapshots} code snapshots of finished "
+                   f"runs" + (f"; kept those of {slurm.kept_runs} run(s) in flight" if slurm.kept_runs else ""))
+    if slurm.skipped:
+        click.echo(f"note: {slurm.skipped}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

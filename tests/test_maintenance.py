@@ -110,3 +110,15 @@ def test_gc_prunes_old_lock_files_of_computed_nodes_only(tmp_path):
     lock = store.lock(done)  # a pruned lock file is simply made again
     assert lock.acquire(timeout=1)
     lock.release()
+
+
+def test_gc_keeps_slurm_leftovers_where_slurm_cannot_say_what_is_queued(project):
+    """From a machine without Slurm's commands, a queued job cannot be told from a finished one: its
+    job folder and the code snapshot it imports are kept, and gc says why."""
+    cache = project.root / ".orch"
+    (cache / "slurm" / "jobs" / "4711").mkdir(parents=True)
+    (cache / "runs" / "20260101-000000.000-abcd" / "code" / "0").mkdir(parents=True)
+    proc = project.orch("cache", "gc", env={"PATH": "/nonexistent"})
+    assert "note: Slurm job folders and code snapshots kept: --executor slurm: `squeue` not found" in proc.stderr
+    assert (cache / "slurm" / "jobs" / "4711").is_dir() and (cache / "runs" / "20260101-000000.000-abcd" / "code").is_dir()
+    assert "Slurm job folders" not in proc.stdout

@@ -599,3 +599,40 @@ def test_status_of_a_detached_run_shows_failures_and_what_they_block(project):
     assert re.search(r"^failed +square\[p\[x=2\]\] +job \S+ on \S+ +\(ValueError: no square for 2", shown, re.M), shown
     assert re.search(r"^blocked +plus\[p\[x=2\]\] +\(upstream square\[p\[x=2\]\] failed\)$", shown, re.M), shown
     assert re.search(r"^waiting +plus\[p\[x=1\]\] .*`orch run` again submits it", shown, re.M), shown
+
+
+def test_cache_gc_deletes_the_slurm_leftovers_of_finished_runs_only(project):
+    """Job folders and code snapshots of finished runs go; a detached run with a job still queued keeps
+    its snapshot (the job imports from it) and its job folders, until it is finished too."""
+    jobs, runs = project.root / ".orch" / "slurm" / "jobs", project.root / ".orch" / "runs"
+    (project.root / "data").mkdir()
+    (project.root / "data" / "table.csv").write_text("a,b\n")  # linked from every snapshot: never deleted
+    marks = project.root / "marks"
+    finished = project.orch(*_sweep(project, n=1), env=_env(project))
+    finished_id = project.manifest()["run_id"]
+    finished_jobs = {job for job, _ in _submitted(finished.stdout, "square") + _submitted(finished.stdout, "plus")}
+    assert (runs / finished_id / "code").is_dir() and {d.name for d in jobs.iterdir() if d.is_dir()} >= finished_jobs
+
+    args = _sweep(project, n=2, hold_at=2)  # x=1 is cached; square[x=2] is held in its job
+    detached = project.orch(*args, "--detach", env=_env(project))
+    detached_id = re.search(r"^detached: run (\S+),", detached.stdout, re.M).group(1)
+    held = wait_for(lambda: (marks / "held").exists() and (marks / "held").read_text(), "the held job")
+    in_flight = set(json.loads((runs / detached_id / "slurm.json").read_text())["jobs"].values())
+
+    gc = project.orch("cache", "gc")
+    assert re.search(r"^deleted \d+ Slurm job folders and 1 code snapshots of finished runs; kept those of 1 run\(s\) "
+                     r"in flight$", gc.stdout, re.M), gc.stdout
+    assert not (runs / finished_id / "code").exists() and (runs / detached_id / "code").is_dir()
+    left = {d.name for d in jobs.iterdir() if d.is_dir()}
+    assert not left & finished_jobs and held in left and in_flight <= left, (left, in_flight)
+    assert (project.root / "data" / "table.csv").read_text() == "a,b\n"
+
+    (marks / "release").write_text("")
+    wait_for(_throttled(lambda: not _squeue_state(held)), "the held job to end", timeout=60)
+    project.orch(*args, env=_env(project))  # finishes the rest: everything is stored
+    gc = project.orch("cache", "gc")
+    assert re.search(r"^deleted \d+ Slurm job folders and 2 code snapshots of finished runs$", gc.stdout, re.M), gc.stdout
+    assert not [d for d in jobs.iterdir() if d.is_dir()] and not list(runs.glob("*/code"))
+    assert not [p for p in jobs.iterdir() if p.is_symlink()]  # no link to a deleted submission script
+    again = project.orch(*args, env=_env(project))
+    assert "submitted" not in again.stdout and set(project.statuses().values()) == {"cached"}

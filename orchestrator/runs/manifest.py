@@ -121,6 +121,13 @@ def _settled(run_dir: Path, m: dict) -> dict:
     return {**m, "status": RUN_DIED}
 
 
+def in_progress(run_dir: Path) -> bool:
+    """The run's process still runs: its manifest says "running" and alive.lock is held. An unreadable
+    manifest counts as in progress (whoever asks is about to delete something the run may need)."""
+    m = read_json_object(Path(run_dir) / MANIFEST)
+    return m is None or _settled(Path(run_dir), m).get("status") == RUN_RUNNING
+
+
 #: Stored outputs the report shows (runs/images.py): files with these extensions, and directories
 #: (which may hold such files). Their paths in the store are in the node's row ("output_paths").
 IMAGE_EXTS = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
