@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator import run_external
 from orchestrator.errors import ExternalCommandError
-from orchestrator.executors.external import clean_env
+from orchestrator.executors.external import _nodes, clean_env
 from orchestrator.executors.slurmlaunch import NODES_VAR, allocation, srun_prefix
 
 PY = sys.executable
@@ -79,9 +79,9 @@ def test_an_explicit_endpoint_and_nnodes_equal_to_the_allocation_are_kept(fake_s
 def test_nnodes_1_and_non_torchrun_launches_stay_on_this_node(fake_slurm, capsys):
     res = run_external([fake_slurm / "train.py"], cwd=fake_slurm, echo=False)  # python, not torchrun
     assert res.command == [PY, str(fake_slurm / "train.py")]
-    res = run_external([fake_slurm / "train.py"], nproc=1, nnodes=1, cwd=fake_slurm, echo=False)
-    assert res.command[:4] == [PY, "-m", "torch.distributed.run", "--standalone"]
     assert not (fake_slurm / "srun.json").exists()
+    assert _nodes("torchrun", 1) == (1, None)  # torchrun --standalone here (not started: it imports torch)
+    assert _nodes("torchrun", None)[0] == 2 and _nodes("python", None) == (1, None)
 
 
 def test_nnodes_other_than_the_allocation_is_refused_saying_what_to_do(fake_slurm):
