@@ -32,6 +32,11 @@ class Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             raise OrchClickError(str(e)) from e
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during `orch run` (interrupts.py): 130 / 143
+            from .interrupts import Terminated, exit_code
+
+            click.echo("\nterminated (SIGTERM)" if isinstance(e, Terminated) else "\ninterrupted", err=True)
+            ctx.exit(exit_code(e))
 
 
 def _set_debug(ctx: click.Context, _param, value: bool) -> None:
@@ -115,6 +120,7 @@ def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_
     """Run EXPERIMENT (an experiment.py) for every parameter set, from the cache where possible."""
     from . import session
     from .executors.launch import detect_launch
+    from .interrupts import terminate_as_interrupt
     from .runs.console import Console
     from .runs.progress import progress_options
 
@@ -136,6 +142,7 @@ def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_
             click.echo(f"note: --parallel is ignored under {launch.kind}: {how}", err=True)
     console = Console(debug=ctx.obj["debug"], quiet=quiet)
     shown = progress_options(progress, quiet)
+    terminate_as_interrupt()
     result = session.run_experiment(opts, on_done=console.node_done, launch=launch, progress=shown)
     if dry:
         console.dry_plan(result)

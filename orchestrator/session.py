@@ -72,6 +72,11 @@ def run_experiment(opts: RunOptions, on_done: Callable = lambda o: None, launch:
         result = _plan_and_run(opts, experiment, root, executor, on_done, progress)
         code = 1 if result.failed else 0
         return result
+    except KeyboardInterrupt as e:  # the executor stops its workers rather than wait for their nodes
+        from .interrupts import exit_code
+
+        code = exit_code(e)
+        raise
     finally:
         executor.close(code)
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from conftest import ORCH, wait_for
 
 from orchestrator.store import Entry
@@ -178,12 +179,33 @@ def test_ctrl_c_keeps_finished_work_and_records_the_interruption(project):
     proc = _start(project, args, hold="s1")
     _wait_for_count(project, "s1-start")  # s0 is done and s1 is running (held there)
     os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=30) != 0
+    assert proc.wait(timeout=30) == 130
     m = project.manifest()
     assert m["status"] == "interrupted"
     statuses = {n["stage"]: n["status"] for n in m["nodes"]}
     assert statuses.pop("s0") == "ran"
     assert not set(statuses.values()) & {"ran", "cached"}, statuses  # nothing after s0 claims to be done
+    project.reset_counts()
+    project.orch(*args)
+    assert "s0" not in project.counts() and project.counts()["final"] == 1
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_sigterm_ends_the_run_like_ctrl_c(project, parallel):
+    """`kill PID` (SIGTERM to orch alone, as a scheduler or a container stop sends it): exit 143, the
+    manifest says interrupted (not "died"), finished work is kept, and with --parallel the workers are
+    stopped rather than waited for (the held stage would keep its worker busy for 120 s)."""
+    args = (*_project(project, mb=1), "--parallel", parallel)
+    proc = _start(project, args, hold="s1")
+    _wait_for_count(project, "s1-start")
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    m = project.manifest()
+    assert m["status"] == "interrupted"
+    statuses = {n["stage"]: n["status"] for n in m["nodes"]}
+    assert statuses.pop("s0") == "ran"
+    assert not set(statuses.values()) & {"ran", "cached"}, statuses
+    assert "s1" not in project.counts()
     project.reset_counts()
     project.orch(*args)
     assert "s0" not in project.counts() and project.counts()["final"] == 1

@@ -137,3 +137,61 @@ def test_kill_9_of_an_mpi_rank_mid_object_ends_the_job_and_the_rerun_continues(p
     project.reset_counts()
     project.orch(*args)  # continues without MPI: the store is the same
     assert project.counts() == {"big": 1, "size": 1}
+
+
+_EXTERNAL_STAGE = """
+    import sys
+    from pathlib import Path
+    from orchestrator import stage, run_external, JsonCacher
+
+    @stage(outputs=["out"], cachers=[JsonCacher])
+    def train(record):
+        run_external([sys.executable, str(Path(__file__).parent / "hang.py"), record.params.pids], echo=False)
+        return 1
+
+    def run(record):
+        train(record)
+"""
+
+_HANG = """
+    import os, subprocess, sys, time
+    from pathlib import Path
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    Path(sys.argv[1]).write_text(f"{os.getpid()} {child.pid}")
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_kill_9_of_orch_stops_the_external_command_it_started(project, tmp_path, parallel):
+    """kill -9 of `orch run` (or of the coordinator of a pool whose worker runs the stage) while a
+    stage's run_external command and that command's own child run: both are stopped (the command runs
+    in its own session, so without the guard they would run on for nobody)."""
+    pids_file = tmp_path / "pids"
+    project.write("experiment.py", _EXTERNAL_STAGE)
+    project.write("hang.py", _HANG)
+    project.write("params/p.yaml", f"pids: {str(pids_file)!r}\n")
+    proc = _start(project, ("run", "experiment.py", "-p", "params/p.yaml", "--parallel", parallel), hold=False)
+    try:
+        wait_for(lambda: len(_pids_in(pids_file)) == 2 or proc.poll() is not None, "the external command to start")
+        assert proc.poll() is None, proc.communicate()
+        command, child = (int(p) for p in pids_file.read_text().split())
+        assert alive(command) and alive(child)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        wait_for(lambda: not alive(command) and not alive(child), "the external command and its child to be stopped",
+                 timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _pids_in(pids_file):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pids_in(path: Path) -> list[int]:
+    try:
+        return [int(p) for p in path.read_text().split()]
+    except (FileNotFoundError, ValueError):
+        return []

@@ -150,3 +150,58 @@ def test_two_users_share_one_cache(shared):
     runs = alice.orch(project, cache, "runs").stdout
     assert runs.count(" ok ") == 5  # every run, whoever ran it
     assert "0 damaged" in alice.orch(project, cache, "cache", "verify").stdout
+
+
+def test_a_member_sets_aside_another_members_damaged_directory_object(shared):
+    """A directory object is sealed by its owner (0555): a group member cannot make it writable, so
+    cannot move it into quarantine/ (moving a directory to another parent rewrites its `..`). When
+    it is damaged, the member's run sets it aside within its shard, recomputes the producer and
+    stores a good copy under the name, and the consumer sees the right content."""
+    project, cache, (alice, bob) = shared
+    project.write("experiment.py", '''
+        from pathlib import Path
+        from orchestrator import stage, FileReferenceCacher, JsonCacher
+        from stages.counting import count
+
+        @stage(outputs=["tree"], cachers=[FileReferenceCacher(expect="dir")])
+        def make(record):
+            count("make")
+            d = Path(record.get_dir("tree"))
+            for i in range(3):
+                (d / f"part{i}.txt").write_text(f"part {i} of {record.params.n}\\n")
+            return str(d)
+
+        @stage(inputs=["tree"], outputs=["text"], cachers=[JsonCacher])
+        def read(record, tree):
+            text = "".join(p.read_text() for p in sorted(Path(tree).iterdir()))
+            count("read:" + text.splitlines()[1].replace(" ", "_"))  # what the consumer saw
+            return text
+
+        def run(record):
+            read(make(record))
+    ''')
+    project.write("params/p.yaml", "n: 7\n")
+    args = ("run", "experiment.py", "-p", "params/p.yaml")
+    assert "2 nodes: 2 ran" in alice.orch(project, cache, *args).stdout
+    trees = [p for p in (cache / "objects").glob("*/*") if p.is_dir()]
+    assert len(trees) == 1 and trees[0].stat().st_uid == alice.uid
+    tree = trees[0]
+    assert stat.S_IMODE(tree.stat().st_mode) == 0o555
+    assert bob.python(f"import os; os.chmod({str(tree)!r}, 0o755)").returncode != 0  # bob cannot unseal it
+
+    part = tree / "part1.txt"  # damage it as root: a disk error, or someone with rights
+    os.chmod(part, 0o644)
+    part.write_text("part 1 of 8\n")
+    os.chmod(part, 0o444)
+
+    project.reset_counts()
+    project.counts_file.touch()
+    os.chmod(project.counts_file, 0o666)
+    out = bob.orch(project, cache, *args, "--overwrite-stage", "read")
+    assert project.counts() == {"make": 1, "read:part_1_of_7": 1}, out.stdout + out.stderr
+    assert "damaged" in out.stderr
+    aside = [p for p in tree.parent.iterdir() if p.name.startswith(".damaged-")]
+    assert len(aside) == 1 and (aside[0] / "part1.txt").read_text() == "part 1 of 8\n"
+    assert tree.is_dir() and tree.stat().st_uid == bob.uid  # the good copy, stored by bob
+    assert (tree / "part1.txt").read_text() == "part 1 of 7\n"
+    assert "0 damaged" in alice.orch(project, cache, "cache", "verify").stdout

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..errors import ExternalCommandError
+from .reaper import guard_group
 
 if TYPE_CHECKING:
     import collections
@@ -383,6 +384,7 @@ def _execute(full: list[str], shown: str, name: str, run_dir, env: dict, log_pat
                 f"cannot start {full[0]!r}: {e.strerror or e}; is it installed and on PATH?\n  $ {shown}",
                 command=full, returncode=None, tail=[], log_path=log_path,
             ) from e
+        guard = None
         # One pipe for stdout and stderr keeps the order in which the child wrote them; a reader
         # thread drains it so the child never blocks on a full pipe while we wait on it.
         reader = threading.Thread(target=_pump, args=(proc.stdout, log_file, console, tail),
@@ -390,6 +392,7 @@ def _execute(full: list[str], shown: str, name: str, run_dir, env: dict, log_pat
         reader.start()
         timed_out = False
         try:
+            guard = guard_group(proc.pid, KILL_GRACE_S)  # stops the group if this process is killed
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
@@ -399,6 +402,8 @@ def _execute(full: list[str], shown: str, name: str, run_dir, env: dict, log_pat
             raise
         finally:
             _finish_reader(proc, reader)
+            if guard is not None:
+                guard.release()
         code = proc.returncode
     finally:
         if log_file is not None:

@@ -147,6 +147,14 @@ class PoolExecutor(Executor):
                               error_type=type(e).__name__, traceback="".join(traceback.format_exception(e)))
 
     def close(self, exit_code: int = 0) -> None:
+        """Wait for the workers to end; an interrupted run (Ctrl-C, SIGTERM) first stops them, rather
+        than wait for nodes nobody will use (a terminal's Ctrl-C reached them already, a SIGTERM sent
+        to `orch` alone did not). A stopped worker's outputs never reach the store half-written."""
+        from ..interrupts import INTERRUPTED_EXITS
+
         if self._pool is not None:
+            if exit_code in INTERRUPTED_EXITS:
+                for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+                    process.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

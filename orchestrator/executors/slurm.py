@@ -382,8 +382,8 @@ class SlurmExecutor(Executor):
 
     # -- the end ------------------------------------------------------------------------------------
     def close(self, exit_code: int = 0) -> None:
-        """Jobs still in flight here mean the run was interrupted (Ctrl-C) or crashed: cancel them (at a
-        terminal, ask first); their computations are not wanted by anyone waiting."""
+        """Jobs still in flight here mean the run was interrupted (Ctrl-C, SIGTERM) or crashed: cancel them
+        (after Ctrl-C at a terminal, ask first); their computations are not wanted by anyone waiting."""
         self._pending = []
         if not self._in_flight and not self.detach:
             from .slurmctl import queued_jobs
@@ -396,7 +396,9 @@ class SlurmExecutor(Executor):
             self._in_flight.clear()
             return
         ids = list(self._in_flight)
-        if sys.stdin.isatty() and sys.stderr.isatty():
+        from ..interrupts import EXIT_SIGTERM
+
+        if exit_code != EXIT_SIGTERM and sys.stdin.isatty() and sys.stderr.isatty():  # SIGTERM: nobody to ask
             answer = input(f"\ncancel the {len(ids)} Slurm job(s) of this run still queued or running? [Y/n] ")
             if answer.strip().lower() in ("n", "no"):
                 print(f"left running: {' '.join(ids)}; what they compute is stored in the cache "

@@ -37,6 +37,8 @@ CODE_MANIFESTS_KEPT = 5000
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")  # what check_name accepts
 _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _READ_SIZE = 1 << 16
+#: A damaged directory object another user owns, set aside inside its shard (see _quarantine).
+DAMAGED_PREFIX = ".damaged-"
 _OBJECT_NAME_RE = re.compile(r"([0-9a-f]{62})((?:\.[A-Za-z0-9_-]+)*)\Z")  # a name inside objects/ab/
 
 
@@ -170,11 +172,21 @@ class DiskStore(Store):
         return Path(path)
 
     def _quarantine(self, info: ObjectInfo, path: str) -> str:
-        dest = os.path.join(self._ensure_dir(self._quarantine_dir),
-                            f"{info.hash}{info.ext}.{os.getpid()}.{os.urandom(4).hex()}")
+        """Move a damaged object out of its name, so its producer can store a good copy there.
+
+        A directory object owned by another member of a team cache cannot move to quarantine/: moving
+        a directory into another parent rewrites its `..`, which needs write on the directory itself,
+        and only its owner may grant that. It is then renamed within its shard instead (which needs
+        write on the shard only, as any store does), to a name no lookup or listing matches, kept for
+        inspection like quarantine/."""
+        tag = f"{info.hash}{info.ext}.{os.getpid()}.{os.urandom(4).hex()}"
+        dest = os.path.join(self._ensure_dir(self._quarantine_dir), tag)
         try:
             if os.path.isdir(path) and not os.path.islink(path):
-                make_writable_dir(path)  # renaming a directory into another parent needs write on it
+                try:
+                    make_writable_dir(path)  # renaming a directory into another parent needs write on it
+                except PermissionError:
+                    dest = os.path.join(os.path.dirname(path), DAMAGED_PREFIX + tag)
             os.rename(path, dest)
         except FileNotFoundError:
             return dest + " (already moved by another process)"
