@@ -10,6 +10,8 @@ exit code tells which signal it was, as a shell reports it (128 + the signal num
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
 import threading
 
@@ -24,13 +26,37 @@ class Terminated(KeyboardInterrupt):
 
 
 def terminate_as_interrupt() -> None:
-    """Raise Terminated in the main thread on SIGTERM (signal handlers can only be set there)."""
+    """Raise Terminated in the main thread on SIGTERM (signal handlers can only be set there).
+
+    A process forked from this one (a stage's multiprocessing, a DataLoader worker) must still die of
+    SIGTERM. Resetting the handler in the child is not enough: CPython drops a signal that arrives
+    between fork() and its after-fork bookkeeping, so `Process.start(); p.terminate()` would lose it
+    and leave the child running. SIGTERM is therefore blocked in the forking thread across fork(); the
+    child restores the default action and then unblocks it, so a pending SIGTERM ends it."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGTERM, functools.partial(_raise_terminated, os.getpid()))
+        os.register_at_fork(before=_block_sigterm, after_in_parent=_unblock_sigterm,
+                            after_in_child=_default_sigterm)
 
 
-def _raise_terminated(signum, frame) -> None:
+def _block_sigterm() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _unblock_sigterm() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _default_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _unblock_sigterm()
+
+
+def _raise_terminated(owner: int, signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    if os.getpid() != owner:  # a forked child inherited the handler (a stage's multiprocessing, a DataLoader
+        os.kill(os.getpid(), signal.SIGTERM)  # worker): it dies of SIGTERM, as it would without orch
+        return
     raise Terminated()
 
 

@@ -514,3 +514,70 @@ def test_external_failure_with_debug_shows_the_stage_traceback_once(project):
     assert console.count("CUDA out of memory (pretend, batch 64)") == 1, console  # the child's, streamed
     assert console.count("Traceback (most recent call last)") == 2  # the child's and the stage's
     assert console.count(str(_node_log(project, "0-boom"))) == 1
+
+
+def test_a_second_ctrl_c_while_the_command_is_stopped_leaves_nothing_running(tmp_path):
+    """Ctrl-C, then another during the grace period orch gives the command to stop: the second
+    interrupt leaves orch at once, and the guard (executors/reaper.py) still ends the command's group."""
+    pid_file = tmp_path / "child.pid"
+    child = script(tmp_path, "stubborn.py", f"""
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        open({str(pid_file) + '.tmp'!r}, "w").write(str(os.getpid()))
+        os.replace({str(pid_file) + '.tmp'!r}, {str(pid_file)!r})
+        time.sleep(600)
+    """)
+    driver = script(tmp_path, "driver.py", f"""
+        import os, signal, threading, time
+        from orchestrator import run_external
+
+        def interrupt_twice():
+            while not os.path.exists({str(pid_file)!r}):
+                time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # orch is now waiting for the command to end after its SIGTERM
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=interrupt_twice, daemon=True).start()
+        try:
+            run_external([{str(child)!r}], echo=False)
+        except KeyboardInterrupt:
+            os._exit(7)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(driver)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 7, out.stderr
+    pid = int(pid_file.read_text())
+    try:
+        wait_for(lambda: not alive(pid), f"the stubborn command (pid {pid}) to be killed by the guard", timeout=30)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_process_a_stage_forks_still_dies_of_sigterm(project):
+    """`orch run` turns SIGTERM into an interrupt; a process forked by a stage (multiprocessing, a
+    DataLoader worker) inherits the handler but must still die of SIGTERM, not raise in the child."""
+    project.write("experiment.py", '''
+        import multiprocessing, time
+        from orchestrator import stage, JsonCacher
+
+        @stage(outputs=["codes"], cachers=[JsonCacher])
+        def fork(record):
+            codes = []
+            for _ in range(5):  # terminated at once: the signal may land while the child is still being forked
+                p = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+                p.start()
+                p.terminate()
+                p.join(30)
+                codes.append(p.exitcode)
+            return codes
+
+        def run(record):
+            fork(record)
+    ''')
+    out = project.orch("run", "experiment.py")
+    assert "Traceback" not in out.stderr
+    project.orch("get", "codes", "-o", str(project.root / "codes.json"))
+    assert json.loads((project.root / "codes.json").read_text()) == [-signal.SIGTERM] * 5

@@ -398,7 +398,13 @@ def _execute(full: list[str], shown: str, name: str, run_dir, env: dict, log_pat
             timed_out = True
             _stop_group(proc)
         except BaseException:  # Ctrl-C or the stage being torn down: never leave the job running
-            _stop_group(proc)
+            try:
+                _stop_group(proc)
+            except BaseException:  # interrupted again while stopping it: the guard finishes the job
+                if guard is not None:
+                    guard.abandon()
+                    guard = None
+                raise
             raise
         finally:
             _finish_reader(proc, reader)

@@ -52,6 +52,10 @@ class Guard:
             os.close(self.fd)
         self.proc.wait()
 
+    def abandon(self) -> None:
+        """Close the pipe without `done`: the guard stops the group (SIGTERM, grace, SIGKILL) on its own."""
+        os.close(self.fd)
+
 
 def guard_group(pgid: int, grace_s: float) -> Guard | None:
     """Start a guard for process group `pgid`; None where there are no process groups (Windows)."""
