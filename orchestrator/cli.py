@@ -461,6 +461,8 @@ def cache_gc(dry, grace, cache):
                    f"runs" + (f"; kept those of {slurm.kept_runs} run(s) in flight" if slurm.kept_runs else ""))
     if slurm.skipped:
         click.echo(f"note: {slurm.skipped}", err=True)
+    for problem in slurm.failed:
+        click.echo(f"warning: could not delete {problem}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

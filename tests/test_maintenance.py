@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -122,3 +123,27 @@ def test_gc_keeps_slurm_leftovers_where_slurm_cannot_say_what_is_queued(project)
     assert "note: Slurm job folders and code snapshots kept: --executor slurm: `squeue` not found" in proc.stderr
     assert (cache / "slurm" / "jobs" / "4711").is_dir() and (cache / "runs" / "20260101-000000.000-abcd" / "code").is_dir()
     assert "Slurm job folders" not in proc.stdout
+
+
+def test_gc_keeps_the_snapshot_of_a_run_an_uncollected_job_record_names(project, tmp_path):
+    """A job record not collected yet names its run: that run's code snapshot (what the job imports) is
+    kept even when `squeue` does not list the job (PrivateData=jobs hides a teammate's jobs); the
+    snapshot of a run nothing names is deleted."""
+    cache = project.root / ".orch"
+    named, finished = "20260101-000000.000-abcd", "20260101-000001.000-ef01"
+    for run in (named, finished):
+        (cache / "runs" / run / "code" / "0").mkdir(parents=True)
+        (cache / "runs" / run / "manifest.json").write_text(json.dumps({"status": "detached" if run == named else "ok"}))
+    (cache / "slurm" / "jobs" / "99").mkdir(parents=True)
+    (cache / "slurm" / "jobs" / "98").mkdir(parents=True)
+    (cache / "slurm" / "inflight").mkdir(parents=True)
+    (cache / "slurm" / "inflight" / "a1.json").write_text(json.dumps({"job_id": "99", "label": "s[p]", "run": named}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")  # an empty queue, as another user may see it
+    (bin_dir / "squeue").chmod(0o755)
+    proc = project.orch("cache", "gc", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert "deleted 1 Slurm job folders and 1 code snapshots of finished runs; kept those of 1 run(s) in flight" \
+        in proc.stdout, proc.stdout
+    assert (cache / "runs" / named / "code").is_dir() and (cache / "slurm" / "jobs" / "99").is_dir()
+    assert not (cache / "runs" / finished / "code").exists() and not (cache / "slurm" / "jobs" / "98").exists()

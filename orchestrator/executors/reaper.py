@@ -63,14 +63,28 @@ def guard_group(pgid: int, grace_s: float) -> Guard | None:
 
     if not hasattr(os, "killpg"):
         return None
-    read_end, write_end = os.pipe()  # both non-inheritable: no other child of ours gets the write end
+    try:
+        read_end, write_end = os.pipe()  # both non-inheritable: no other child of ours gets the write end
+    except OSError as e:
+        return _unguarded(e)
     try:
         proc = subprocess.Popen([sys.executable, "-S", "-E", "-c", _PROGRAM, str(pgid), str(grace_s)],
                                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
+    except OSError as e:  # out of processes or descriptors: the command still runs, as it did before guards
+        os.close(write_end)
+        return _unguarded(e)
     except BaseException:
         os.close(write_end)
         raise
     finally:
         os.close(read_end)
     return Guard(proc, write_end)
+
+
+def _unguarded(e: OSError) -> None:
+    import logging
+
+    logging.getLogger(__name__).warning("cannot start the guard of an external command (%s): if orch is killed, "
+                                        "that command will not be stopped with it", e.strerror or e)
+    return None

@@ -399,7 +399,10 @@ class SlurmExecutor(Executor):
         from ..interrupts import EXIT_SIGTERM
 
         if exit_code != EXIT_SIGTERM and sys.stdin.isatty() and sys.stderr.isatty():  # SIGTERM: nobody to ask
-            answer = input(f"\ncancel the {len(ids)} Slurm job(s) of this run still queued or running? [Y/n] ")
+            try:
+                answer = input(f"\ncancel the {len(ids)} Slurm job(s) of this run still queued or running? [Y/n] ")
+            except (KeyboardInterrupt, EOFError):  # another Ctrl-C, a SIGTERM, a closed stdin: nobody answered
+                answer = "y"
             if answer.strip().lower() in ("n", "no"):
                 print(f"left running: {' '.join(ids)}; what they compute is stored in the cache "
                       f"(a new run finds it there)", file=sys.stderr)

@@ -28,7 +28,11 @@ def _run(argv: list[str], what: str) -> str:
     if shutil.which(argv[0]) is None:
         raise SlurmUnavailableError(f"--executor slurm: `{argv[0]}` not found; run orch on a Slurm login node "
                                     f"(or start a test cluster: tests/slurm/start-cluster.sh)")
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as e:
+        raise SlurmUnavailableError(f"--executor slurm: {what} did not answer within 60 s (`{' '.join(argv)}`); "
+                                    f"is slurmctld overloaded or down? (`scontrol ping`)") from e
     if proc.returncode != 0:
         raise SlurmUnavailableError(f"--executor slurm: {what} failed (`{' '.join(argv)}` exited "
                                     f"{proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}); "

@@ -14,7 +14,7 @@ job is still queued cannot be known there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..fsutil import read_json_object, rmtree_force
@@ -27,9 +27,14 @@ class SlurmGcReport:
     snapshots: int = 0
     kept_runs: int = 0  # runs in flight, whose snapshot and job folders were kept
     skipped: str = ""  # why nothing was touched
+    failed: list[str] = field(default_factory=list)  # what could not be deleted, and why
 
 
 def gc_slurm(cache_root: Path, dry: bool = False) -> SlurmGcReport:
+    """What the runs and records say is read first and Slurm's queue last: a job submitted meanwhile
+    by a run that then detached is named by a record read before, so it is in the queue read after
+    (or has ended). A run an uncollected record names keeps its snapshot even when the queue does not
+    show the job (PrivateData=jobs hides other users' jobs; a cache shared by clusters)."""
     from ..executors.slurmctl import SlurmUnavailableError, queued_jobs
 
     report = SlurmGcReport()
@@ -40,38 +45,46 @@ def gc_slurm(cache_root: Path, dry: bool = False) -> SlurmGcReport:
     snapshots = [d / "code" for d in runs if (d / "code").is_dir()]
     if not folders and not snapshots:
         return report
+    keep_jobs, keep_runs = set(), set()
+    for record in _records(Path(cache_root) / "slurm" / "inflight"):
+        keep_jobs.add(str(record.get("job_id", "")))  # not collected yet: its folder holds the result
+        if record.get("run"):
+            keep_runs.add(str(record["run"]))
+    run_jobs = {run.name: {str(j) for j in ((read_json_object(run / "slurm.json") or {}).get("jobs") or {}).values()}
+                for run in runs}
+    live = {run.name for run in runs if in_progress(run)}
     try:
         queued = set(queued_jobs())
     except SlurmUnavailableError as e:
         report.skipped = f"Slurm job folders and code snapshots kept: {e}"
         return report
-    keep_jobs, keep_runs = set(queued), set()
-    for record in _records(Path(cache_root) / "slurm" / "inflight"):
-        job = str(record.get("job_id", ""))
-        keep_jobs.add(job)  # not collected yet: its folder holds the result someone may still read
-        if job in queued and record.get("run"):
-            keep_runs.add(str(record["run"]))
+    keep_jobs |= queued
     for run in runs:
-        jobs = {str(j) for j in ((read_json_object(run / "slurm.json") or {}).get("jobs") or {}).values()}
-        if run.name in keep_runs or jobs & queued or in_progress(run):
+        if run.name in keep_runs or run.name in live or run_jobs[run.name] & queued:
             keep_runs.add(run.name)
-            keep_jobs |= jobs
+            keep_jobs |= run_jobs[run.name]
     report.kept_runs = sum(1 for run in runs if run.name in keep_runs and (run / "code").is_dir())
     for folder in folders:
-        if folder.name not in keep_jobs:
+        if folder.name not in keep_jobs and (dry or _remove(folder, report)):
             report.job_folders += 1
-            if not dry:
-                rmtree_force(folder, missing_ok=True)
     for snapshot in snapshots:
-        if snapshot.parent.name not in keep_runs:
+        if snapshot.parent.name not in keep_runs and (dry or _remove(snapshot, report)):
             report.snapshots += 1
-            if not dry:
-                rmtree_force(snapshot, missing_ok=True)
     if not dry:  # submitit's links to the submission scripts of deleted folders
         for link in jobs_dir.glob(".submission_file_*"):
             if link.is_symlink() and not link.exists():
                 link.unlink(missing_ok=True)
     return report
+
+
+def _remove(path: Path, report: SlurmGcReport) -> bool:
+    """Delete, or note why not (a teammate's folder this user may not delete): gc goes on either way."""
+    try:
+        rmtree_force(path, missing_ok=True)
+        return True
+    except OSError as e:
+        report.failed.append(f"{path}: {e.strerror or e}")
+        return False
 
 
 def _records(directory: Path) -> list[dict]:
