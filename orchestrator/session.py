@@ -3,6 +3,7 @@ ARCHITECTURE.md follows one run through it."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,9 +140,11 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
     graph = build_graph(load_experiment(experiment), param_sets)
     check_stage_names(param_sets, {n.stage.name for n in graph.nodes})  # parameter files' orch.resources
     store = DiskStore(root, write=False)  # a read-only cache can still plan (and serve a cached run)
+    store.use_entry_index(hashlib.sha256(str(experiment).encode()).hexdigest()[:32])  # store.entryindex
     ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
     decisions = plan(graph, ctx)
     ctx.fingerprinter.save()
+    store.save_entry_index()
     return Planned(param_sets, graph, store, ctx, decisions)
 
 
