@@ -2,7 +2,7 @@
 text click rendered for them (orchestrator/helptext.py, checked against click by the tests), so they
 import neither click nor the CLI (~170 M instructions, twice a bare interpreter's start-up); every
 other command line goes to orchestrator.cli, as does one the stored text may not match exactly (a
-terminal narrower than the text, a program name other than `orch`)."""
+terminal narrower than the text, a program name other than `orch`, shell completion)."""
 
 import os
 import sys
@@ -28,6 +28,8 @@ def _stored(argv: list):
 
     found = TEXTS.get(tuple(argv))
     if found is None or os.path.basename(sys.argv[0]) != "orch" or _columns() < COLUMNS:
+        return None
+    if "_ORCH_COMPLETE" in os.environ:  # click's shell completion asks with these same command lines
         return None
     if getattr(sys.modules.get("__main__"), "__package__", None):  # `python -m`: click names the program otherwise
         return None

@@ -61,6 +61,9 @@ def test_the_launcher_prints_what_click_prints(scripts, argv):
 def test_the_launcher_asks_click_when_the_stored_text_may_differ(scripts):
     narrow = _run(scripts["launcher"], ["--help"], COLUMNS="60")
     assert narrow == _run(scripts["click"], ["--help"], COLUMNS="60") and narrow[0] != helptext.TEXTS[("--help",)][0]
+    completion = {"_ORCH_COMPLETE": "bash_complete", "COMP_WORDS": "orch ", "COMP_CWORD": "1"}
+    completed = _run(scripts["launcher"], [], **completion)
+    assert completed == _run(scripts["click"], [], **completion) and "run" in completed[0]
     # ORCH_CACHE names a default no help text shows: stored text still holds
     assert _run(scripts["launcher"], ["run", "--help"], ORCH_CACHE="/elsewhere") == (*helptext.TEXTS[("run", "--help")],)
 
