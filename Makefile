@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-pinn test bench install clean
+.PHONY: run run-pinn test bench install clean help-text
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# After editing a command's options or docstring: the text `orch --help` prints without importing click.
+help-text: $(STAMP)
+	$(BIN)/python -m orchestrator.helprender
 
 clean:
 	rm -rf $(VENV) .orch

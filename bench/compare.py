@@ -37,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import bench_env, env_info, write_chain_project  # noqa: E402
+from instructions import SETTLE_S, console_script  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -173,6 +174,10 @@ def run_workload(name: str, spec: tuple, tools: list[str], reps: int, tmp: Path)
         cmd, cache = WRITERS[tool](root, sets, stages)
         timed(cmd, root)  # warm: bytecode written, and the cache a cached run finds
         projects[tool] = (root, cmd, root / cache)
+    if mode == "cached":  # steady state, as when a user re-runs: orch's entry index and parsed parameters
+        time.sleep(SETTLE_S)  # (store.entryindex keeps entries older than 2 s)
+        for tool in tools:
+            timed(projects[tool][1], projects[tool][0])
     samples: dict[str, list[tuple[float, float]]] = {t: [] for t in tools}
     trash = tmp / "trash"
     for rep in range(reps):
@@ -203,10 +208,11 @@ def run_workload(name: str, spec: tuple, tools: list[str], reps: int, tmp: Path)
 
 def python_pass(reps: int) -> dict:
     """`orch --help` against `python -c pass`, paired (the start-up goal is a multiple of the latter)."""
-    cwd = Path(tempfile.gettempdir())
+    cwd = Path(tempfile.mkdtemp())
+    orch = [sys.executable, str(console_script(ORCH_CODE[0], cwd)), "--help"]  # the `orch` command
     helps, passes = [], []
     for _ in range(reps):
-        helps.append(timed([sys.executable, "-m", "orchestrator.cli", "--help"], cwd)[0])
+        helps.append(timed(orch, cwd)[0])
         passes.append(timed([sys.executable, "-c", "pass"], cwd)[0])
     return {"median_help_s": round(statistics.median(helps), 4), "median_pass_s": round(statistics.median(passes), 4),
             "paired_ratio": round(statistics.median(h / p for h, p in zip(helps, passes)), 2)}

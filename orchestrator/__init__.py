@@ -1,20 +1,22 @@
 """orch: a cached DAG experiment orchestrator. Public API only; importing this is cheap.
 
+The public names are loaded on first use (PEP 562 `__getattr__`): the `orch` entry point
+(orchestrator.launcher) lives in this package, and `orch --help` must not pay for importing the
+cachers, dataclasses and typing that the API needs.
+
 How the package is organized: ARCHITECTURE.md at the repository root."""
 
-from .cachers import (
-    Cacher,
-    CheckpointCacher,
-    FileReferenceCacher,
-    JsonCacher,
-    Lazy,
-    LightningCheckpointCacher,
-    NumpyCacher,
-    PickleCacher,
-)
-from .errors import OrchError
-from .record import Record
-from .stage import aggregate, stage
+import sys
+
+#: public name -> the submodule that defines it
+_LAZY = {
+    "stage": "stage", "aggregate": "stage", "Record": "record", "OrchError": "errors",
+    "Cacher": "cachers", "CheckpointCacher": "cachers", "FileReferenceCacher": "cachers", "JsonCacher": "cachers",
+    "Lazy": "cachers", "LightningCheckpointCacher": "cachers", "NumpyCacher": "cachers", "PickleCacher": "cachers",
+    "run_external": "executors.external",
+}
+#: submodules the package used to import eagerly: `orchestrator.cachers` works after `import orchestrator`
+_SUBMODULES = ("cachers", "errors", "record")
 
 __all__ = ["stage", "aggregate", "Record", "Lazy", "Cacher", "PickleCacher", "JsonCacher", "OrchError", "run_external",
            "CheckpointCacher", "LightningCheckpointCacher", "FileReferenceCacher", "NumpyCacher", "load"]
@@ -28,9 +30,34 @@ def load(name: str, run: str = "latest", param_set: str | None = None, cache=Non
 
 
 def __getattr__(name: str):
-    """Lazy public names: `from orchestrator import run_external` loads its module only when asked."""
-    if name == "run_external":
-        from .executors.external import run_external
+    """Lazy public names: `from orchestrator import stage` imports orchestrator.stage when first asked."""
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
 
-        return run_external
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(type(sys)):
+    """The function `stage` shares its name with the submodule `orchestrator.stage`: when that
+    submodule is first imported (by anything), the import system binds it as an attribute of the
+    package; bind the function instead, as the eager `from .stage import stage` used to."""
+
+    def __setattr__(self, name, value):
+        if name == "stage" and isinstance(value, type(sys)) and hasattr(value, "stage"):
+            value = value.stage
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -50,6 +50,12 @@ def _yaml_loader():
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def _parse_yaml(text: str):
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
+
+
 def _leaf_paths(values: dict, prefix: str = ""):
     for key, value in values.items():
         path = _join(prefix, key)
@@ -158,10 +164,12 @@ def _line_of(path: Path, keys: Sequence) -> str:
     return line
 
 
+#: the yamlcache.ParsedYaml of the load_params call in progress, if it was given one
+_yaml_cache = None
+
+
 def _read_yaml(path: Path, source: str, extended_by: str | None = None) -> dict:
     """Parse one YAML file into a mapping; an empty file is an empty mapping."""
-    import yaml
-
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -170,8 +178,12 @@ def _read_yaml(path: Path, source: str, extended_by: str | None = None) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ParamsError(f"cannot read parameter file {source}: {exc}") from None
     try:
-        data = yaml.load(text, Loader=_yaml_loader())
-    except yaml.YAMLError as exc:
+        data = _yaml_cache.load(text, _parse_yaml) if _yaml_cache is not None else _parse_yaml(text)
+    except Exception as exc:
+        import yaml
+
+        if not isinstance(exc, yaml.YAMLError):
+            raise
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
@@ -547,10 +559,16 @@ def _expand(unit: _Unexpanded) -> list[ParamSet]:
     return sets
 
 
-def load_params(paths: Sequence[str | os.PathLike], overrides: Sequence[str] = ()) -> list[ParamSet]:
-    """Load parameter files in order, apply ``-S`` overrides, expand sweeps; set names are unique."""
+def load_params(paths: Sequence[str | os.PathLike], overrides: Sequence[str] = (), yaml_cache=None) -> list[ParamSet]:
+    """Load parameter files in order, apply ``-S`` overrides, expand sweeps; set names are unique.
+    `yaml_cache`: a yamlcache.ParsedYaml that YAML files are parsed through (a run's cache has one)."""
+    global _yaml_cache
     parsed = [_parse_override(text) for text in overrides]
-    units = [unit for path in paths for unit in _load_file(path)]
+    _yaml_cache = yaml_cache
+    try:
+        units = [unit for path in paths for unit in _load_file(path)]
+    finally:
+        _yaml_cache = None
     for key, value, new in parsed:
         _apply_override(units, key, value, new)
     sets, seen = [], {}

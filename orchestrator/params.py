@@ -143,13 +143,14 @@ def _copy_plain(value):
 # -------------------------------------------------------------------------------------- loading
 
 
-def load_params(paths: Sequence[str | os.PathLike], overrides: Sequence[str] = ()) -> list[ParamSet]:
+def load_params(paths: Sequence[str | os.PathLike], overrides: Sequence[str] = (), yaml_cache=None) -> list[ParamSet]:
     """Load parameter files in order, apply ``-S`` overrides, expand sweeps; set names are unique.
 
-    The files, ``extends``, ``sweep``, ``+new`` keys and overrides are ``orchestrator.paramfiles``."""
+    The files, ``extends``, ``sweep``, ``+new`` keys and overrides are ``orchestrator.paramfiles``;
+    `yaml_cache` is a yamlcache.ParsedYaml (parsed texts kept in a run's cache directory)."""
     from .paramfiles import load_params as load
 
-    return load(paths, overrides)
+    return load(paths, overrides, yaml_cache)
 
 
 # ------------------------------------------------------------------------------- tracked view

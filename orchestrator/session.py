@@ -3,6 +3,7 @@ ARCHITECTURE.md follows one run through it."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,12 +91,21 @@ def serve_rank(opts: RunOptions, launch: Launch) -> int:
     return serve(launch, WorkerConfig(str(cache_dir(opts.cache, experiment.parent)), str(experiment)), opts.argv)
 
 
-def load_param_sets(paths: list[str], overrides: list[str]) -> list[ParamSet]:
+def load_param_sets(paths: list[str], overrides: list[str], root: Path | None = None) -> list[ParamSet]:
+    """The parameter sets of a run; with the cache directory `root`, YAML texts parsed before come
+    from its yaml-cache.json (yamlcache: a cached run need not import PyYAML)."""
     if not paths:
         if overrides:
             raise ParamsError("--set needs a parameter file to override; pass --params FILE")
         return [ParamSet("default", {}, "<none>")]
-    return load_params(paths, overrides)
+    if root is None:
+        return load_params(paths, overrides)
+    from .yamlcache import ParsedYaml
+
+    cache = ParsedYaml(root / "yaml-cache.json")
+    sets = load_params(paths, overrides, cache)
+    cache.save()
+    return sets
 
 
 def project_code(experiment: Path):
@@ -139,14 +149,16 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
     from .resources import check_stage_names
     from .store import DiskStore
 
-    param_sets = load_param_sets(opts.params, opts.overrides)
+    param_sets = load_param_sets(opts.params, opts.overrides, root)
     roots = project_code(experiment)
     graph = build_graph(load_experiment(experiment), param_sets)
     check_stage_names(param_sets, {n.stage.name for n in graph.nodes})  # parameter files' orch.resources
     store = DiskStore(root, write=False)  # a read-only cache can still plan (and serve a cached run)
+    store.use_entry_index(hashlib.sha256(str(experiment).encode()).hexdigest()[:32])  # store.entryindex
     ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
     decisions = plan(graph, ctx)
     ctx.fingerprinter.save()
+    store.save_entry_index()
     return Planned(param_sets, graph, store, ctx, decisions)
 
 

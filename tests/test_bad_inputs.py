@@ -200,8 +200,9 @@ CASES: dict[str, Case] = {
 
 
 #: What a bad input may change in the cache: parse and stat caches (fingerprints of the files it
-#: read, keyed by their stamps, which a copied project does not share) and empty lock files.
-DERIVED = ("fingerprints.json", "stat-cache.json", "locks", "tmp")
+#: read, keyed by their stamps, which a copied project does not share; parsed parameter files; the
+#: entry index of what planning read) and empty lock files.
+DERIVED = ("fingerprints.json", "stat-cache.json", "yaml-cache.json", "index", "locks", "tmp")
 #: What a run that started and failed may add besides: its run record and the code manifests of the
 #: stages it was about to run. Stored results (entries, objects, heads) never change.
 RUN_RECORDS = ("runs", "code-manifests.json")

@@ -64,6 +64,7 @@ class DiskStore(Store):
         self._stat_cache: hashing.StatCache | None = None
         self._code_path = os.path.join(r, "code-manifests.json")
         self._manifests: dict | None = None  # loaded when a code change is explained
+        self._index = None  # an EntryIndex once use_entry_index is called (planning of an experiment)
 
     def _ensure_dir(self, d: str) -> str:
         if d not in self._made:
@@ -218,9 +219,36 @@ class DiskStore(Store):
         return f"{self._entry_dir(key)}/{trace_id}.json"
 
     def get_entry(self, key: str, trace_id: str, *, label: str = "") -> Entry | None:
-        path = self._entry_file(key, trace_id)
-        data = self._read(path)
-        return None if data is None else self._parse_entry(data, path, key, trace_id, label)
+        return self._load_entry(self._entry_file(key, trace_id), key, trace_id, label)
+
+    def _load_entry(self, path: str, key: str, trace_id: str, label: str) -> Entry | None:
+        index = self._index
+        if index is None:
+            data = self._read(path)
+            return None if data is None else self._parse_entry(data, path, key, trace_id, label)
+        name = f"{key}/{trace_id}"
+        found = index.get(name, path)
+        if found is not False:
+            return found
+        read = self._read(path, with_stat=True)
+        if read is None:
+            return None
+        entry = self._parse_entry(read[0], path, key, trace_id, label)
+        if entry is not None:
+            index.learn(name, read[1], entry)
+        return entry
+
+    def use_entry_index(self, name: str) -> None:
+        """Serve entries through the index `name` (store.entryindex: one per experiment) from now on."""
+        from .entryindex import EntryIndex
+
+        check_name("entry index name", name)
+        self._index = EntryIndex(os.path.join(str(self.root), "index", name + ".idx"), self._entries,
+                                 writable=not self.read_only and os.path.isdir(self.root))
+
+    def save_entry_index(self) -> None:
+        if self._index is not None:
+            self._index.save()
 
     def get_entries(self, key: str, *, label: str = "") -> list[Entry]:
         d = self._entry_dir(key)
@@ -231,9 +259,7 @@ class DiskStore(Store):
         entries = []
         for name in names:
             if name.endswith(".json") and not name.startswith("."):  # ".x.tmp": writes in progress
-                path = os.path.join(d, name)
-                data = self._read(path)
-                entry = None if data is None else self._parse_entry(data, path, key, name[:-5], label)
+                entry = self._load_entry(os.path.join(d, name), key, name[:-5], label)
                 if entry is not None:
                     entries.append(entry)
         entries.sort(key=lambda e: e.created, reverse=True)
@@ -295,15 +321,18 @@ class DiskStore(Store):
             self._manifests = load_cache_file(self._code_path, FORMAT, "manifests")
         return self._manifests
 
-    def _read(self, path: str) -> bytes | None:
-        """A record's bytes, or None when it is absent (deleted since a listing is not damage) or
-        unreadable (warned once: a record that cannot be read is a miss)."""
+    def _read(self, path: str, with_stat: bool = False):
+        """A record's bytes (with_stat: and the file's fstat after reading them), or None when it is
+        absent (deleted since a listing is not damage) or unreadable (warned once: a record that
+        cannot be read is a miss)."""
         try:  # os.open/os.read: a third of the instructions of open() + read() per cached node
             fd = os.open(path, _O_READ)
             try:
                 data = os.read(fd, _READ_SIZE)  # an entry is a few KB: one read, then EOF
                 while chunk := os.read(fd, _READ_SIZE):  # until EOF: a short read is not the end
                     data += chunk
+                if with_stat:
+                    return data, os.fstat(fd)
             finally:
                 os.close(fd)
             return data

@@ -1,0 +1,87 @@
+"""Paired A/B timing of two checkouts on a noisy machine: the same workloads, whole processes, run in
+alternation (A B A B ...), each checkout in its own copy of the project and cache. Reports medians of
+wall and CPU time (user + sys of the child) and the median of the paired ratios B/A (each from one
+round), which cancels most of the load that comes and goes on a shared machine.
+
+    python bench/ab.py --code A_DIR --code B_DIR [--reps N] [--only NAME ...]
+
+Workloads: "python-pass" (`python -c pass`), "orch-help" (the `orch` console script of each
+checkout's pyproject.toml, `--help`), and fully cached runs of chain/sweep projects; a cached
+workload is prepared by a first run and, 2.5 s later, a cached run (what a user re-running an
+experiment has: the entry index and the parsed parameters of store.entryindex and yamlcache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import bench_env, write_chain_project  # noqa: E402
+from instructions import SETTLE_S, console_script  # noqa: E402
+
+RUN = ["run", "experiment.py", "-p", "params/p.yaml", "-q"]
+#: name -> (stages, sets)
+WORKLOADS = {"python-pass": (0, 0), "orch-help": (0, 0), "chain200-cached": (200, 1), "1k-cached": (100, 10),
+             "10k-cached": (100, 100)}
+
+
+def prepare(code: Path, name: str, root: Path) -> list[str]:
+    stages, sets = WORKLOADS[name]
+    root.mkdir(parents=True)
+    if name == "python-pass":
+        return [sys.executable, "-c", "pass"]
+    if name == "orch-help":
+        return [sys.executable, str(console_script(code, root)), "--help"]
+    write_chain_project(root, stages, sets=sets)
+    cmd = [sys.executable, "-m", "orchestrator.cli", *RUN]
+    env = bench_env() | {"PYTHONPATH": str(code)}
+    subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    time.sleep(SETTLE_S)
+    subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    return cmd
+
+
+def timed(cmd: list[str], code: Path, cwd: Path) -> tuple[float, float]:
+    env = bench_env() | {"PYTHONPATH": str(code), "COLUMNS": "100"}
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{cmd} failed in {cwd}: {err.read().decode()[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--code", action="append", type=Path, required=True)
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--only", action="append", choices=sorted(WORKLOADS))
+    args = ap.parse_args()
+    a, b = (c.resolve() for c in args.code)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only or list(WORKLOADS):
+            cmds = {c: prepare(c, name, Path(tmp) / f"{name}-{i}") for i, c in enumerate((a, b))}
+            results = {a: [], b: []}
+            for _ in range(args.reps):
+                for i, c in enumerate((a, b)):
+                    results[c].append(timed(cmds[c], c, Path(tmp) / f"{name}-{i}"))
+            med = {c: (statistics.median(w for w, _ in r), statistics.median(u for _, u in r)) for c, r in results.items()}
+            wall_ratio = statistics.median(rb[0] / ra[0] for ra, rb in zip(results[a], results[b]))
+            cpu_ratio = statistics.median(rb[1] / ra[1] for ra, rb in zip(results[a], results[b]))
+            print(f"{name:16s} A {med[a][0]:7.3f} s ({med[a][1]:.3f} s CPU)   B {med[b][0]:7.3f} s ({med[b][1]:.3f} s CPU)"
+                  f"   paired B/A: wall {wall_ratio:.3f}, CPU {cpu_ratio:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

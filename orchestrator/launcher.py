@@ -1,0 +1,56 @@
+"""The `orch` entry point. `orch`, `orch --help`, `orch --version` and `orch CMD --help` print the
+text click rendered for them (orchestrator/helptext.py, checked against click by the tests), so they
+import neither click nor the CLI (~170 M instructions, twice a bare interpreter's start-up); every
+other command line goes to orchestrator.cli, as does one the stored text may not match exactly (a
+terminal narrower than the text, a program name other than `orch`, shell completion)."""
+
+import os
+import sys
+
+
+def main():
+    stored = _stored(sys.argv[1:])
+    if stored is None:
+        from .cli import main as cli
+
+        return cli()
+    out, err, code = stored
+    for stream, text in ((sys.stdout, out), (sys.stderr, err)):
+        if text:
+            stream.write(text)
+            stream.flush()
+    return code
+
+
+def _stored(argv: list):
+    """(stdout, stderr, exit code) as click would give them for `argv`, or None to ask click."""
+    from .helptext import COLUMNS, TEXTS
+
+    found = TEXTS.get(tuple(argv))
+    if found is None or os.path.basename(sys.argv[0]) != "orch" or _columns() < COLUMNS:
+        return None
+    if "_ORCH_COMPLETE" in os.environ:  # click's shell completion asks with these same command lines
+        return None
+    if getattr(sys.modules.get("__main__"), "__package__", None):  # `python -m`: click names the program otherwise
+        return None
+    return found
+
+
+def _columns() -> int:
+    """shutil.get_terminal_size().columns (what click wraps help to), without importing shutil."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    try:
+        lines = int(os.environ["LINES"])
+    except (KeyError, ValueError):
+        lines = 0
+    if columns <= 0 or lines <= 0:
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())
+        except (AttributeError, ValueError, OSError):
+            size = os.terminal_size((80, 24))
+        if columns <= 0:
+            columns = size.columns or 80
+    return columns

@@ -1,0 +1,168 @@
+"""The entry index: the already-checked entries an experiment's last planning read, each with the
+stat signature its file had, so that the next planning of a cached node does one `stat` instead of
+opening, parsing and checking the entry's JSON (~125k of ~450k instructions per cached node).
+
+Why a record can be trusted: entries are immutable files, replaced only by rename (a new inode),
+and a record is used only when the file at that path has exactly the signature (device, inode,
+size, mtime_ns, ctime_ns) it had when the record was read from it. A record is kept only for a file
+whose ctime is more than RACY_S older than the filesystem's clock at the start of the planning that
+read it (a probe file gives that clock: no skew between this machine and a shared filesystem), so
+any later change of the file, even in place and within the same clock tick, changes its ctime. An
+index file that is truncated, corrupt (crc32 of the payload: damage, not forgery; whoever can write
+the cache can write its pickles too), of another format or Python marshal
+version, or written for another cache directory is ignored as if absent: it can only save work
+that reading the entry would have done with the same result, never decide a hit on its own.
+
+One index per experiment file (`<cache>/index/<sha256 of its path>.idx`), written by rename after
+planning when it learned something; several writers lose at most speed, never correctness.
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import os
+import zlib
+
+from .entries import Entry, KeyComponents, ObjectInfo, Read, StoredOutput
+
+log = logging.getLogger("orchestrator.store")
+MAGIC = b"orch-entry-index 1\n"  # then the payload's crc32 (4 bytes, big-endian), then the payload
+#: how much older than the planning's start (filesystem clock) an entry file must be to be indexed
+#: (the environment may only change it for tests: tests/test_fuzz.py sets 0 to index every entry)
+RACY_S = max(0.0, float(os.environ.get("ORCH_INDEX_RACY_S") or 2.0))
+#: records an experiment did not use this time are kept while they are at most this many times the used ones
+KEEP_UNUSED = 1
+
+
+def signature(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def pack(e: Entry) -> bytes:
+    """An entry as marshal bytes (unpack(pack(e)) == e for entries parsed from JSON); unpacked at each
+    use, so no two lookups share a mutable part."""
+    c = e.components
+    return marshal.dumps((e.key, e.trace_id, e.stage, e.param_set, e.created,
+            (c.stage, c.version, c.code, c.decl, c.inputs, c.sets),
+            {p: (r.hash, r.shown) for p, r in e.reads.items()}, e.files,
+            {n: (tuple(o.object), o.cacher, o.metadata) for n, o in e.outputs.items()},
+            e.duration_s, e.accepted, e.metrics, tuple(e.series) if e.series is not None else None))
+
+
+_new = tuple.__new__  # a NamedTuple from a tuple of its fields, without its __new__ (a third of the cost)
+
+
+def unpack(data: bytes) -> Entry:
+    key, trace, stage, pset, created, c, reads, files, outs, duration, accepted, metrics, series = marshal.loads(data)
+    if len(c) != 6 or (series is not None and len(series) != 4):
+        raise ValueError("not an entry")
+    outputs = {}
+    for n, (o, cacher, md) in outs.items():
+        if len(o) != 4:
+            raise ValueError("not an entry")
+        outputs[n] = _new(StoredOutput, (_new(ObjectInfo, o), cacher, md))
+    return _new(Entry, (key, trace, stage, pset, created, _new(KeyComponents, c),
+                        {p: Read(*r) for p, r in reads.items()} if reads else {}, files, outputs, duration, accepted,
+                        metrics, _new(ObjectInfo, series) if series is not None else None))
+
+
+class EntryIndex:
+    """Records "<key>/<trace_id>" -> (signature, pack(entry)) of one experiment's entries."""
+
+    def __init__(self, path: str, entries_dir: str, writable: bool):
+        self.path, self._entries_dir = path, entries_dir
+        self._old = _load(path, entries_dir)
+        self._used: dict[str, tuple] = {}  # records confirmed or learned by this planning
+        self._learned = 0
+        self._clock = _fs_clock(os.path.dirname(path)) if writable else None  # None: read only, learn nothing
+
+    def get(self, name: str, path: str) -> Entry | None | bool:
+        """The entry at `path` if its record still holds; None if the file is gone; False if the file
+        must be read (no record, another signature, or a record that does not unpack)."""
+        rec = self._old.get(name)
+        if rec is None:
+            return False
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return False  # the read path decides, and warns
+        if signature(st) != rec[0]:
+            return False
+        try:
+            entry = unpack(rec[1])
+        except (TypeError, ValueError, EOFError):
+            return False
+        if f"{entry.key}/{entry.trace_id}" != name:
+            return False
+        self._used[name] = rec
+        return entry
+
+    def learn(self, name: str, st: os.stat_result, entry: Entry) -> None:
+        """`entry` was just parsed from a file whose fstat (taken after reading it) is `st`."""
+        if self._clock is not None and st.st_ctime_ns < self._clock - int(RACY_S * 1e9):
+            try:
+                self._used[name] = (signature(st), pack(entry))
+            except ValueError:  # a value marshal cannot write: that entry is read from its file
+                return
+            self._learned += 1
+
+    def save(self) -> None:
+        """Write the index if this planning learned a record (atomic; a failure costs only speed)."""
+        if self._clock is None or not self._learned:
+            return
+        records = dict(self._used)
+        unused = [(n, r) for n, r in self._old.items() if n not in records]
+        if len(unused) <= KEEP_UNUSED * len(records):
+            records.update(unused)
+        tmp = f"{self.path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        try:
+            payload = marshal.dumps((self._entries_dir, records))
+            data = MAGIC + zlib.crc32(payload).to_bytes(4, "big") + payload
+            with open(tmp, "xb") as f:
+                f.write(data)
+            os.replace(tmp, self.path)
+        except (OSError, ValueError) as e:
+            log.debug("entry index %s not written: %s", self.path, e)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        self._old, self._learned = records, 0
+
+
+def _load(path: str, entries_dir: str) -> dict:
+    """The records of the index at `path`, or {} for anything but an intact index of this cache."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return {}
+    head = len(MAGIC) + 4
+    if len(data) < head or not data.startswith(MAGIC) or zlib.crc32(data[head:]).to_bytes(4, "big") != data[len(MAGIC):head]:
+        return {}
+    try:
+        root, records = marshal.loads(data[head:])
+    except (ValueError, EOFError, TypeError):
+        return {}
+    if root != entries_dir or type(records) is not dict:
+        return {}
+    return {n: r for n, r in records.items()
+            if type(n) is str and type(r) is tuple and len(r) == 2 and type(r[0]) is tuple and type(r[1]) is bytes}
+
+
+def _fs_clock(directory: str) -> int | None:
+    """The filesystem's current time (the ctime of a file made now), in ns; None if nothing can be made."""
+    probe = os.path.join(directory, f".probe.{os.getpid()}.{os.urandom(4).hex()}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            return os.fstat(fd).st_ctime_ns
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError:
+        return None

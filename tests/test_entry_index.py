@@ -1,0 +1,197 @@
+"""The entry index (store.entryindex) may only skip reading an entry file that would give the same
+entry: a changed, replaced, deleted or corrupted entry, and a truncated, corrupt or foreign index,
+must all be noticed (the entry is read from its file, or is absent)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from conftest import pipeline
+
+from orchestrator.store import DiskStore, Entry, KeyComponents, ObjectInfo, Read, StoredOutput, entryindex
+
+H = ["%064x" % i for i in range(1, 9)]
+KEYS = ["ab" + "c" * 62, "cd" + "e" * 62]
+SETTLE = 0.3  # RACY_S in these tests: entries older than this at a planning's start are indexed
+
+
+@pytest.fixture(autouse=True)
+def short_racy(monkeypatch):
+    monkeypatch.setattr(entryindex, "RACY_S", SETTLE)
+
+
+def make_entry(key: str, trace: str, out: str, **extra) -> Entry:
+    fields = dict(key=key, trace_id=trace, stage="m:s", param_set="p", created=1.5,
+                  components=KeyComponents("m:s", None, H[0], H[1], {"x": H[2]}),
+                  reads={"lr": Read(H[3], 0.1), "model": Read(H[4], {"width": 8, "act": ["relu", None]})},
+                  files={"data/a.csv": H[5]},
+                  outputs={"y": StoredOutput(ObjectInfo(out, 5, "file", ".pkl"), ("orchestrator.cachers:PickleCacher",
+                                                                                   {"protocol": 5}), [1, {"a": 2.5}])})
+    fields.update(extra)
+    return Entry(**fields)
+
+
+def planning(root: Path, name: str = "exp") -> DiskStore:
+    """A store as session.plan_experiment opens it, with the index of experiment `name`."""
+    store = DiskStore(root, write=False)
+    store.use_entry_index(name)
+    return store
+
+
+def reads_of(store: DiskStore, monkeypatch) -> list[str]:
+    """The entry files `store` opens from now on."""
+    opened = []
+    real = store._read
+
+    def counting(path, *args, **kwargs):
+        opened.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(store, "_read", counting)
+    return opened
+
+
+@pytest.fixture
+def cache(tmp_path) -> Path:
+    """A cache with three entries, old enough to be indexed, and an index learned from them."""
+    root = tmp_path / "cache"
+    writer = DiskStore(root)
+    for key, trace, out in ((KEYS[0], "s-t1", H[6]), (KEYS[0], "s-t2", H[7]), (KEYS[1], "s-t1", H[6])):
+        writer.put_entry(make_entry(key, trace, out))
+    time.sleep(SETTLE + 0.1)
+    store = planning(root)
+    assert store.get_entry(KEYS[0], "s-t1") and len(store.get_entries(KEYS[0])) == 2 and store.get_entry(KEYS[1], "s-t1")
+    store.save_entry_index()
+    assert len(list((root / "index").glob("*.idx"))) == 1
+    return root
+
+
+def test_pack_round_trips_every_field():
+    e = make_entry(KEYS[0], "s-t1", H[6], accepted={"by": "me", "from": KEYS[1]}, duration_s=2.25,
+                   metrics={"loss": {"last": 0.5, "n": 3, "min": None}}, series=ObjectInfo(H[7], 10, "file", ".jsonl"),
+                   components=KeyComponents("m:agg", 3, H[0], H[1], {"x@a": H[2]}, ("a", "b")))
+    back = entryindex.unpack(entryindex.pack(e))
+    assert back == e and type(back) is Entry and type(back.components) is KeyComponents
+    assert type(back.outputs["y"].object) is ObjectInfo and type(back.series) is ObjectInfo
+    assert back.outputs["y"].metadata == [1, {"a": 2.5}] and back.reads["model"] == Read(H[4], {"width": 8, "act": ["relu", None]})
+
+
+def test_an_indexed_entry_is_served_without_opening_its_file(cache, monkeypatch):
+    store = planning(cache)
+    opened = reads_of(store, monkeypatch)
+    assert store.get_entry(KEYS[0], "s-t1") == make_entry(KEYS[0], "s-t1", H[6])
+    assert {e.trace_id for e in store.get_entries(KEYS[0])} == {"s-t1", "s-t2"}
+    assert opened == []
+    store.save_entry_index()  # nothing learned: nothing written
+
+
+def test_an_entry_rewritten_in_place_with_the_same_size_is_read_again(cache, monkeypatch):
+    path = cache / "entries" / KEYS[0][:2] / KEYS[0] / "s-t1.json"
+    data = path.read_bytes()
+    assert data.count(H[6].encode()) == 1
+    ino = os.stat(path).st_ino
+    with open(path, "r+b") as f:  # same inode, same size, new output hash
+        f.write(data.replace(H[6].encode(), H[5].encode()))
+    assert os.stat(path).st_ino == ino and os.stat(path).st_size == len(data)
+    store = planning(cache)
+    opened = reads_of(store, monkeypatch)
+    assert store.get_entry(KEYS[0], "s-t1").outputs["y"].object.hash == H[5]
+    assert opened == [str(path)]
+
+
+def test_an_entry_replaced_by_rename_or_deleted_is_noticed(cache):
+    DiskStore(cache).put_entry(make_entry(KEYS[0], "s-t1", H[5]))  # same size: only the hash differs
+    DiskStore(cache).delete_entry(KEYS[1], "s-t1")
+    store = planning(cache)
+    assert store.get_entry(KEYS[0], "s-t1").outputs["y"].object.hash == H[5]
+    assert store.get_entry(KEYS[1], "s-t1") is None
+    assert [e.trace_id for e in store.get_entries(KEYS[1])] == []
+
+
+def test_an_entry_learned_too_soon_after_it_was_written_is_not_indexed(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    DiskStore(root).put_entry(make_entry(KEYS[0], "s-t1", H[6]))
+    store = planning(root)  # at once: the file is younger than RACY_S
+    assert store.get_entry(KEYS[0], "s-t1")
+    store.save_entry_index()
+    assert not (root / "index").exists() or not list((root / "index").glob("*.idx"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "flipped byte", "old format", "garbage"])
+def test_a_damaged_index_is_ignored(cache, monkeypatch, damage):
+    [index] = (cache / "index").glob("*.idx")
+    data = index.read_bytes()
+    data = {"truncated": data[: len(data) // 2], "empty": b"", "old format": b"orch-entry-index 0\n" + data[19:],
+            "flipped byte": data[:-40] + bytes([data[-40] ^ 1]) + data[-39:], "garbage": os.urandom(len(data))}[damage]
+    index.write_bytes(data)
+    store = planning(cache)
+    opened = reads_of(store, monkeypatch)
+    assert store.get_entry(KEYS[0], "s-t1") == make_entry(KEYS[0], "s-t1", H[6])
+    assert len(opened) == 1
+
+
+def test_an_index_copied_from_another_cache_is_ignored(cache, tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    shutil.copytree(cache, other)  # entries and index, mtimes preserved
+    DiskStore(other).put_entry(make_entry(KEYS[0], "s-t1", H[5]))
+    for idx in (cache / "index").glob("*.idx"):
+        shutil.copy2(idx, other / "index" / idx.name)
+    store = planning(other)
+    opened = reads_of(store, monkeypatch)
+    assert store.get_entry(KEYS[0], "s-t1").outputs["y"].object.hash == H[5]
+    assert store.get_entry(KEYS[1], "s-t1") == make_entry(KEYS[1], "s-t1", H[6])
+    assert len(opened) == 2  # nothing served from the copied index
+
+
+def test_a_record_filed_under_another_entry_is_not_used(cache, monkeypatch):
+    """An intact index whose record for one entry holds another entry's content (never written by
+    orch, but the name check costs nothing) is not trusted for it."""
+    index = entryindex.EntryIndex(str(next((cache / "index").glob("*.idx"))), str(cache / "entries"), writable=True)
+    a, b = f"{KEYS[0]}/s-t1", f"{KEYS[0]}/s-t2"
+    index._used = {a: (index._old[a][0], index._old[b][1]), b: index._old[b]}
+    index._learned = 1
+    index.save()
+    store = planning(cache)
+    opened = reads_of(store, monkeypatch)
+    assert store.get_entry(KEYS[0], "s-t1").trace_id == "s-t1"
+    assert len(opened) == 1
+
+
+def test_a_read_only_cache_reads_the_index_and_writes_none(cache, monkeypatch):
+    for idx in (cache / "index").glob("*.idx"):
+        idx.unlink()
+    store = DiskStore(cache, write=False)
+    store.read_only = True
+    store.use_entry_index("exp")
+    assert store.get_entry(KEYS[0], "s-t1")
+    store.save_entry_index()
+    assert list((cache / "index").glob("*.idx")) == []
+
+
+def test_the_index_serves_cached_runs_and_an_edit_still_reruns(project):
+    """End to end, every entry indexed at once (ORCH_INDEX_RACY_S=0, as tests/test_fuzz.py runs it):
+    the third run is served from the index, then edits re-run exactly what they change."""
+    pipeline(project)
+    env = {"ORCH_INDEX_RACY_S": "0"}
+    run = ("run", "experiment.py", "--params", "params/sweep.yaml")
+    project.orch(*run, env=env)
+    project.orch(*run, env=env)  # reads every entry, writes the index
+    [index] = (project.root / ".orch" / "index").glob("*.idx")
+    before = index.stat().st_mtime_ns
+    project.reset_counts()
+    project.orch(*run, env=env)
+    assert project.counts() == {} and index.stat().st_mtime_ns == before  # nothing new learned: not rewritten
+    assert set(project.statuses().values()) == {"cached"}
+    project.write("stages/util.py", """
+        def scale(x):
+            return x * 3
+    """)
+    project.orch(*run, env=env)
+    assert project.counts() == {"make_data": 1, "train": 2, "evaluate": 2}  # make_data: one computation for both sets
+    project.reset_counts()
+    project.orch(*run, env=env)
+    assert project.counts() == {}

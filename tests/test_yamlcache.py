@@ -1,0 +1,93 @@
+"""Parameter files parsed through the run's yaml-cache.json (orchestrator.yamlcache) give exactly
+what PyYAML gives, every time, and a cached run does not import PyYAML."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import pipeline
+
+from orchestrator import yamlcache
+from orchestrator.paramfiles import _parse_yaml
+
+TEXTS = [
+    "a: 1\nb: [1, 2.5, -0.0, true, null, 'x']\nc: {d: {e: 1e-7}}\n",
+    "lr: 0.1\nsweep:\n  lr: [0.1, 0.2]\n",
+    "",  # empty file: None
+    "when: 2024-01-02\n",  # a date: not exact in JSON, parsed every time
+    "n: .nan\n",
+    "1: one\n",  # an int key
+    "s: !!set {a, b}\n",
+    "big: 123456789012345678901234567890\nx: 0x10\ny: 1_000\nz: '1'\n",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_what_the_cache_gives_is_what_yaml_gives(tmp_path, text):
+    expected = yaml.safe_load(text)
+    path = tmp_path / "yaml-cache.json"
+    first = yamlcache.ParsedYaml(path)
+    got = first.load(text, _parse_yaml)
+    first.save()
+    again = yamlcache.ParsedYaml(path).load(text, _parse_yaml)
+    for value in (got, again):
+        if expected == expected:  # NaN aside
+            assert value == expected and repr(value) == repr(expected)
+    kept = json.loads(path.read_text())["parsed"] if path.exists() else {}
+    assert bool(kept) == yamlcache._exact_in_json(expected)
+
+
+def test_a_caller_changing_the_value_changes_nothing_stored(tmp_path):
+    path = tmp_path / "yaml-cache.json"
+    c = yamlcache.ParsedYaml(path)
+    c.load(TEXTS[0], _parse_yaml)["a"] = 99
+    c.save()
+    c2 = yamlcache.ParsedYaml(path)
+    c2.load(TEXTS[0], _parse_yaml)["c"]["d"]["e"] = 0
+    assert c2.load(TEXTS[0], _parse_yaml) == yaml.safe_load(TEXTS[0])
+
+
+def test_a_damaged_or_foreign_cache_file_is_ignored(tmp_path):
+    path = tmp_path / "yaml-cache.json"
+    c = yamlcache.ParsedYaml(path)
+    c.load(TEXTS[1], _parse_yaml)
+    c.save()
+    data = json.loads(path.read_text())
+    digest = next(iter(data["parsed"]))
+    data["parsed"][digest] = 12  # not JSON text
+    path.write_text(json.dumps(data))
+    assert yamlcache.ParsedYaml(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
+    data["version"] = "1 another pyyaml"
+    data["parsed"][digest] = json.dumps({"lr": 5})
+    path.write_text(json.dumps(data))
+    assert yamlcache.ParsedYaml(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
+    path.write_text("{not json")
+    assert yamlcache.ParsedYaml(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
+
+
+def test_a_cached_run_does_not_import_yaml_and_an_edit_is_seen(project):
+    pipeline(project)
+    run = ("run", "experiment.py", "--params", "params/sweep.yaml")
+    project.orch(*run)
+    project.orch(*run)  # the first run made the cache directory after its parameters were read
+    assert (project.root / ".orch" / "yaml-cache.json").exists()
+    probe = ("import sys, runpy\nsys.argv = ['orch', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('orchestrator.cli', run_name='__main__')\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "print('yaml' in sys.modules, file=sys.stderr)\nsys.exit(code)\n")
+    env = {**os.environ, "ORCH_COUNTS": str(project.counts_file)}
+    p = subprocess.run([sys.executable, "-c", probe, *run], cwd=project.root, capture_output=True, text=True, env=env)
+    assert p.returncode == 0 and p.stderr.strip().splitlines()[-1] == "False", p.stderr
+    project.reset_counts()
+    project.write("params/sweep.yaml", """
+        extends: base.yaml
+        sweep:
+          train.lr: [0.1, 0.3]
+    """)
+    project.orch(*run)
+    assert project.counts() == {"train": 1, "evaluate": 1}
