@@ -58,6 +58,19 @@ def test_gc_removes_old_staging_leftovers_only(tmp_path):
     assert not old.exists() and new.exists()
 
 
+def test_gc_removes_old_leftovers_of_killed_entry_index_writes_only(tmp_path):
+    store = DiskStore(tmp_path / "cache")
+    index = tmp_path / "cache" / "index"
+    index.mkdir(parents=True)
+    past = time.time() - 3 * 86400
+    for name in ("a.idx", "a.idx.123.beef.tmp", "b.idx.124.cafe.tmp"):
+        (index / name).write_bytes(b"x")
+        os.utime(index / name, (past, past))
+    os.utime(index / "b.idx.124.cafe.tmp")  # being written now
+    assert gc(store).staging == 1
+    assert sorted(p.name for p in index.iterdir()) == ["a.idx", "b.idx.124.cafe.tmp"]
+
+
 def test_gc_keeps_recent_checkpoint_directories_of_failed_stages(tmp_path):
     store = DiskStore(tmp_path / "cache")
     recent, stale = store.checkpoint_dir("a" * 32), store.checkpoint_dir("b" * 32)

@@ -103,16 +103,18 @@ def gc(store: Store, *, grace_s: float = 3600.0, staging_age_s: float = 86400.0,
         report.locks = store.prune_locks(before=now - staging_age_s)
     if store.root is not None:
         report.staging = _remove_old(Path(store.root) / "tmp", now - staging_age_s, dry)
+        report.staging += _remove_old(Path(store.root) / "index", now - staging_age_s, dry,
+                                      pattern="*.tmp")  # an entry index write that was killed
         report.checkpoint_dirs = _remove_old(Path(store.root) / "scratch", now - checkpoint_age_s, dry)
     return report
 
 
-def _remove_old(directory: Path, before: float, dry: bool) -> int:
-    """Remove the children of `directory` last modified before `before`; how many."""
+def _remove_old(directory: Path, before: float, dry: bool, pattern: str = "*") -> int:
+    """Remove the children of `directory` (matching `pattern`) last modified before `before`; how many."""
     removed = 0
     if not directory.is_dir():
         return 0
-    for child in directory.iterdir():
+    for child in directory.glob(pattern):
         try:
             old = _newest_mtime(child) < before
         except FileNotFoundError:
