@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ParamsError
 from .params import MISSING, ParamSet, _copy_plain, _join, is_ignored, resolve
@@ -164,11 +165,11 @@ def _line_of(path: Path, keys: Sequence) -> str:
     return line
 
 
-#: the yamlcache.ParsedYaml of the load_params call in progress, if it was given one
-_yaml_cache = None
+#: how a YAML text becomes a value: PyYAML's safe loader, or a yamlcache.ParsedYaml's load in front of it
+Parse = Callable[[str], Any]
 
 
-def _read_yaml(path: Path, source: str, extended_by: str | None = None) -> dict:
+def _read_yaml(path: Path, source: str, parse: Parse, extended_by: str | None = None) -> dict:
     """Parse one YAML file into a mapping; an empty file is an empty mapping."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -178,7 +179,7 @@ def _read_yaml(path: Path, source: str, extended_by: str | None = None) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ParamsError(f"cannot read parameter file {source}: {exc}") from None
     try:
-        data = _yaml_cache.load(text, _parse_yaml) if _yaml_cache is not None else _parse_yaml(text)
+        data = parse(text)
     except Exception as exc:
         import yaml
 
@@ -217,9 +218,9 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _load_yaml(path: Path, source: str, chain: tuple = (), extended_by: str | None = None):
+def _load_yaml(path: Path, source: str, parse: Parse, chain: tuple = (), extended_by: str | None = None):
     """(raw, values, sweep, sweep_source, orch) of a YAML file with its ``extends`` bases merged underneath."""
-    raw = _read_yaml(path, source, extended_by)
+    raw = _read_yaml(path, source, parse, extended_by)
     chain = chain + ((os.path.realpath(path), source),)
     bases = _extends_list(raw, source)
     values, sweep, sweep_source, orch = {}, {}, "", {}
@@ -231,7 +232,7 @@ def _load_yaml(path: Path, source: str, chain: tuple = (), extended_by: str | No
         if any(real == os.path.realpath(base_path) for real, _ in chain):
             cycle = " -> ".join([s for _, s in chain] + [base_source])
             raise ParamsError(f"'extends' cycle: {cycle}; remove one of these extends")
-        _, b_values, b_sweep, b_source, b_orch = _load_yaml(base_path, base_source, chain, source)
+        _, b_values, b_sweep, b_source, b_orch = _load_yaml(base_path, base_source, parse, chain, source)
         values = _deep_merge(values, b_values)
         orch = _deep_merge(orch, b_orch)
         if b_source:
@@ -406,8 +407,8 @@ def _set_name(raw_name, default: str, source: str) -> str:
     return raw_name
 
 
-def _load_yaml_file(path: Path, source: str) -> list[_Unexpanded]:
-    raw, values, sweep, sweep_source, orch = _load_yaml(path, source)
+def _load_yaml_file(path: Path, source: str, parse: Parse) -> list[_Unexpanded]:
+    raw, values, sweep, sweep_source, orch = _load_yaml(path, source, parse)
     name = _set_name(raw.get("name"), path.stem, source)
     return [_Unexpanded(name, values, source, sweep, sweep_source, orch)]
 
@@ -456,12 +457,12 @@ def _python_set(item: dict, index: int, count: int, stem: str, source: str) -> _
     return _Unexpanded(name, values, source, {}, orch=orch)
 
 
-def _load_file(path: str | os.PathLike) -> list[_Unexpanded]:
+def _load_file(path: str | os.PathLike, parse: Parse) -> list[_Unexpanded]:
     source = os.fspath(path)
     path = Path(path)
     if path.suffix == ".py":
         return _load_python_file(path, source)
-    return _load_yaml_file(path, source)
+    return _load_yaml_file(path, source, parse)
 
 
 # ------------------------------------------------------------------------------- overrides
@@ -562,13 +563,9 @@ def _expand(unit: _Unexpanded) -> list[ParamSet]:
 def load_params(paths: Sequence[str | os.PathLike], overrides: Sequence[str] = (), yaml_cache=None) -> list[ParamSet]:
     """Load parameter files in order, apply ``-S`` overrides, expand sweeps; set names are unique.
     `yaml_cache`: a yamlcache.ParsedYaml that YAML files are parsed through (a run's cache has one)."""
-    global _yaml_cache
     parsed = [_parse_override(text) for text in overrides]
-    _yaml_cache = yaml_cache
-    try:
-        units = [unit for path in paths for unit in _load_file(path)]
-    finally:
-        _yaml_cache = None
+    parse = _parse_yaml if yaml_cache is None else (lambda text: yaml_cache.load(text, _parse_yaml))
+    units = [unit for path in paths for unit in _load_file(path, parse)]
     for key, value, new in parsed:
         _apply_override(units, key, value, new)
     sets, seen = [], {}

@@ -79,10 +79,8 @@ def init_worker(config: WorkerConfig, where: str = "") -> None:
 
 
 def init_pool_worker(config: WorkerConfig, coordinator: int) -> None:
-    """A `--parallel` worker: dies with the run that started it, then prepares like any worker."""
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits `orch run`'s (interrupts.py)
+    """A `--parallel` worker: dies with the run that started it, then prepares like any worker (a
+    forked one already has SIGTERM's default action back: interrupts.py resets it in every fork)."""
     die_with_parent(coordinator)
     init_worker(config)
 
