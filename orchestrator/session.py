@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from . import gcpolicy
 from .core.graph import Graph
 from .core.status import RUN_DETACHED, RUN_FAILED, RUN_INTERRUPTED, RUN_OK, Status
 from .errors import ParamsError
@@ -70,7 +71,8 @@ def run_experiment(opts: RunOptions, on_done: Callable = lambda o: None, launch:
                              slurm=opts.slurm)
     code = 1
     try:
-        result = _plan_and_run(opts, experiment, root, executor, on_done, progress)
+        with gcpolicy.frozen():
+            result = _plan_and_run(opts, experiment, root, executor, on_done, progress)
         code = 1 if result.failed else 0
         return result
     except KeyboardInterrupt as e:  # the executor stops its workers rather than wait for their nodes
@@ -151,14 +153,16 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
 
     param_sets = load_param_sets(opts.params, opts.overrides, root)
     roots = project_code(experiment)
-    graph = build_graph(load_experiment(experiment), param_sets)
+    graph = build_graph(load_experiment(experiment), param_sets)  # user code: the collector stays on
     check_stage_names(param_sets, {n.stage.name for n in graph.nodes})  # parameter files' orch.resources
-    store = DiskStore(root, write=False)  # a read-only cache can still plan (and serve a cached run)
-    store.use_entry_index(hashlib.sha256(str(experiment).encode()).hexdigest()[:32])  # store.entryindex
-    ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
-    decisions = plan(graph, ctx)
-    ctx.fingerprinter.save()
-    store.save_entry_index()
+    with gcpolicy.paused():  # planning builds the run's long-lived structures (gcpolicy)
+        store = DiskStore(root, write=False)  # a read-only cache can still plan (and serve a cached run)
+        store.use_entry_index(hashlib.sha256(str(experiment).encode()).hexdigest()[:32])  # store.entryindex
+        ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
+        decisions = plan(graph, ctx)
+        ctx.fingerprinter.save()
+        store.save_entry_index()
+        gcpolicy.settle()  # before the collector is back: it would traverse all of this at once
     return Planned(param_sets, graph, store, ctx, decisions)
 
 
@@ -219,8 +223,10 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     finally:
         watch.close()
     result = RunResult(manifest.run_id, outcomes, decisions, graph, time.perf_counter() - t0, root)
-    manifest.finish(RUN_FAILED if result.failed else RUN_OK, [node_row(o, store) for o in outcomes], result.counts())
-    _leave_report(manifest)
+    with gcpolicy.paused():  # the rows and the report: orch's own bookkeeping (gcpolicy)
+        manifest.finish(RUN_FAILED if result.failed else RUN_OK, [node_row(o, store) for o in outcomes],
+                        result.counts())
+        _leave_report(manifest)
     return result
 
 

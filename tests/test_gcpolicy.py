@@ -1,0 +1,99 @@
+"""The cyclic collector during a run (orchestrator.gcpolicy): off while orch plans and records, on
+for stage bodies, and the process left as it was found."""
+
+from __future__ import annotations
+
+import gc
+import json
+
+from orchestrator import gcpolicy
+
+# A stage body that makes cyclic garbage and reports whether the collector reclaimed it on its own
+# (no gc.collect()): a paused or frozen-out collector would leave the finalizer uncalled.
+STAGES = '''
+import gc
+import weakref
+
+from orchestrator import stage
+from orchestrator.cachers import JsonCacher
+
+
+class Cycle:
+    pass
+
+
+@stage(outputs=["seen"], cachers=[JsonCacher])
+def body(record):
+    freed = []
+    c = Cycle()
+    c.self = c
+    weakref.finalize(c, freed.append, True)
+    del c
+    keep = []
+    for i in range(200_000):
+        keep.append([i])
+        if freed:
+            break
+    return {"enabled": gc.isenabled(), "collected": bool(freed)}
+'''
+
+EXPERIMENT = '''
+from stages.body import body
+
+
+def run(record):
+    body(record)
+'''
+
+
+def test_stage_bodies_run_with_the_collector_on(project):
+    project.write("stages/body.py", STAGES)
+    project.write("experiment.py", EXPERIMENT)
+    project.orch("run", "experiment.py")
+    [row] = project.manifest()["nodes"]
+    assert row["status"] == "ran"
+    out = project.root / ".orch" / "objects"
+    seen = [json.loads(p.read_text()) for p in out.rglob("*.json")]
+    assert seen == [{"enabled": True, "collected": True}]
+
+
+def test_paused_restores_the_collector_state():
+    assert gc.isenabled()
+    with gcpolicy.paused():
+        assert not gc.isenabled()
+        with gcpolicy.paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner pause does not re-enable what the outer paused
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gcpolicy.paused():
+            pass
+        assert not gc.isenabled()  # left off, as it was found
+    finally:
+        gc.enable()
+
+
+def test_frozen_unfreezes_what_it_and_settle_froze():
+    assert gc.get_freeze_count() == 0
+    with gcpolicy.frozen():
+        assert gc.get_freeze_count() > 0
+        made = [[i] for i in range(1000)]
+        before = gc.get_freeze_count()
+        gcpolicy.settle()
+        assert gc.get_freeze_count() >= before + 1000
+        del made
+    assert gc.get_freeze_count() == 0
+    gcpolicy.settle()  # outside frozen(): nothing to add to
+    assert gc.get_freeze_count() == 0
+
+
+def test_frozen_leaves_a_freeze_made_by_someone_else():
+    gc.freeze()
+    try:
+        theirs = gc.get_freeze_count()
+        with gcpolicy.frozen():
+            pass
+        assert gc.get_freeze_count() == theirs
+    finally:
+        gc.unfreeze()
