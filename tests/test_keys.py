@@ -24,6 +24,25 @@ def test_node_keys_are_pinned():
     assert keys.node_key(C3) == "7349ef9b432dfdbc05904fd3e87e488f0a96c0db16b5045abf5274fdc1323d73"
 
 
+def test_node_key_builds_the_bytes_of_the_generic_encoding():
+    """node_key builds hash_value((KEY_VERSION, static hash, sorted inputs)) by hand: the same digest
+    for any components, odd input names included."""
+    import random
+
+    from orchestrator.hashing import hash_value
+
+    rng = random.Random(7)
+    names = ["data", "x@a", "é", "\udcff", "", "a" * 300, "model@p[lr=0.1]", "日本"]
+    for _ in range(300):
+        inputs = {rng.choice(names) + str(rng.randrange(3)): "%064x" % rng.getrandbits(256)
+                  for _ in range(rng.randrange(5))}
+        c = KeyComponents(rng.choice(["m:s", "m:agg"]), rng.choice([None, 1, "v2"]), "%064x" % rng.getrandbits(256),
+                          "d" * 64, inputs, rng.choice([None, (), ("a", "b")]))
+        generic = hash_value((keys.KEY_VERSION, keys._static_hash(c.stage, c.version, c.code, c.decl, c.sets),
+                              sorted(c.inputs.items())))
+        assert keys.node_key(c) == generic
+
+
 def test_every_component_changes_the_key():
     base = keys.node_key(C1)
     variants = [

@@ -166,6 +166,23 @@ class DiskStore(Store):
         st = _lstat_or_none(self._object_file(info))
         return st is not None and _looks_intact(st, info)
 
+    def missing_outputs(self, entry: Entry) -> list[str]:
+        """has_object of each output, inlined (every cached node's lookup ends here). The object's
+        name is not validated again: entries are checked when parsed, and an lstat reads nothing."""
+        missing = []
+        objects = self._objects
+        for name, out in entry.outputs.items():
+            info = out.object
+            h = info.hash
+            try:
+                st = os.lstat(f"{objects}/{h[:2]}/{h[2:]}{info.ext}")
+            except FileNotFoundError:
+                missing.append(name)
+                continue
+            if not _looks_intact(st, info):
+                missing.append(name)
+        return missing
+
     def object_path(self, info: ObjectInfo, verify: bool = True) -> Path:
         path = self._object_file(info)
         if verify:
