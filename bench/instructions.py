@@ -41,6 +41,7 @@ WORKLOADS = {
     "1k-cached": (100, 10, True, RUN),
     "1k-cached-once": (100, 10, True, RUN),
     "1k-first": (100, 10, False, RUN),
+    "10k-cached": (100, 100, True, RUN),
 }
 
 
