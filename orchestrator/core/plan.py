@@ -51,6 +51,8 @@ class PlanContext:
     _declarations: dict[str, str] = field(default_factory=dict)
     _read_hashes: dict[tuple[str, str, tuple], str] = field(default_factory=dict)
     _file_hashes: dict[str, str | None] = field(default_factory=dict)
+    #: (parameter set, read paths, file names, ignored) -> the trace id those reads give now
+    predicted: dict[tuple, str | None] = field(default_factory=dict)
     #: stage id -> {read signature: (parameter paths, file names)} seen in its entries
     signatures: dict[str, dict[str, tuple]] = field(default_factory=dict)
     #: code object -> the parameter paths its function visibly reads (core.lockscope)
@@ -147,8 +149,18 @@ def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> Entry | None
 
 
 def _predicted_trace_id(node: Node, params: dict, reads: tuple, files: tuple, ctx: PlanContext) -> str | None:
+    """The trace id an entry of this signature would have now; memoized per parameter set, as the
+    read and file hashes it is made of are."""
     ignore = node.stage.ignore
-    read_hashes = {p: ctx.read_hash(node.set_name, params, p, ignore) for p in reads}
+    memo_key = (node.set_name, reads, files, ignore)
+    tid = ctx.predicted.get(memo_key, False)
+    if tid is False:
+        tid = ctx.predicted[memo_key] = _trace_id_now(node.set_name, params, reads, files, ignore, ctx)
+    return tid
+
+
+def _trace_id_now(set_name: str, params: dict, reads: tuple, files: tuple, ignore: tuple, ctx: PlanContext) -> str | None:
+    read_hashes = {p: ctx.read_hash(set_name, params, p, ignore) for p in reads}
     file_hashes = {}
     for name in files:
         h = ctx.file_hash(name)
