@@ -159,9 +159,11 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
         store = DiskStore(root, write=False)  # a read-only cache can still plan (and serve a cached run)
         store.use_entry_index(hashlib.sha256(str(experiment).encode()).hexdigest()[:32])  # store.entryindex
         ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
+        ctx.signatures.update(store.planning_hints())
         decisions = plan(graph, ctx)
         ctx.fingerprinter.save()
-        store.save_entry_index()
+        stage_ids = {n.stage.id for n in graph.nodes}
+        store.save_entry_index({s: sigs for s, sigs in ctx.signatures.items() if s in stage_ids})
         gcpolicy.settle()  # before the collector is back: it would traverse all of this at once
     return Planned(param_sets, graph, store, ctx, decisions)
 

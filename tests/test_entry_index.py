@@ -195,3 +195,61 @@ def test_the_index_serves_cached_runs_and_an_edit_still_reruns(project):
     project.reset_counts()
     project.orch(*run, env=env)
     assert project.counts() == {}
+
+
+def test_planning_hints_round_trip_with_the_index(cache):
+    hints = {"m:s": {"sig1": (("lr", "model"), ("data/a.csv",))}, "m:t": {"sig2": ((), ())}}
+    store = planning(cache)
+    assert store.planning_hints() == {}  # the fixture's index was saved without hints
+    store.save_entry_index(hints)  # nothing learned but the hints: written all the same
+    assert planning(cache).planning_hints() == hints
+    [index] = (cache / "index").glob("*.idx")
+    before = index.stat().st_mtime_ns
+    time.sleep(0.01)
+    store = planning(cache)
+    store.save_entry_index(store.planning_hints())  # the same hints, nothing learned: not rewritten
+    assert index.stat().st_mtime_ns == before
+
+
+def test_malformed_hints_are_dropped_and_the_records_kept(cache, monkeypatch):
+    import marshal
+    import zlib
+
+    [index] = (cache / "index").glob("*.idx")
+    head = len(entryindex.MAGIC) + 4
+    root, records, _ = marshal.loads(index.read_bytes()[head:])
+    bad = {"m:s": {"sig": (("lr",), ())}, "m:t": {"sig": ("lr", ())}, "m:u": ["not", "a", "dict"], 3: {}}
+    payload = marshal.dumps((root, records, bad))
+    index.write_bytes(entryindex.MAGIC + zlib.crc32(payload).to_bytes(4, "big") + payload)
+    store = planning(cache)
+    assert store.planning_hints() == {"m:s": {"sig": (("lr",), ())}}
+    opened = reads_of(store, monkeypatch)
+    assert store.get_entry(KEYS[0], "s-t1") == make_entry(KEYS[0], "s-t1", H[6])
+    assert opened == []  # the records still serve
+
+
+def test_a_settled_cached_run_lists_no_entry_directory(project, monkeypatch):
+    """With the hints, the first node of each stage stats its predicted entry instead of listing its
+    key's directory; an edit that misses still lists it (and re-runs what it changes)."""
+    from orchestrator.session import RunOptions, plan_experiment
+
+    pipeline(project)
+    env = {"ORCH_INDEX_RACY_S": "0"}
+    run = ("run", "experiment.py", "--params", "params/sweep.yaml")
+    project.orch(*run, env=env)
+    project.orch(*run, env=env)  # reads every entry, writes the index and the hints
+    monkeypatch.setattr(entryindex, "RACY_S", 0.0)
+    monkeypatch.chdir(project.root)
+    monkeypatch.syspath_prepend(str(project.root))
+    listed = []
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda d=".": listed.append(str(d)) or real(d))
+    experiment = (project.root / "experiment.py").resolve()
+    opts = RunOptions(experiment, params=["params/sweep.yaml"])
+    planned = plan_experiment(opts, experiment, project.root / ".orch")
+    assert {d.state for d in planned.decisions} == {"cached"}
+    assert [d for d in listed if "/entries/" in d] == []
+    planned = plan_experiment(RunOptions(experiment, params=["params/sweep.yaml"], overrides=["data.n=11"]),
+                              experiment, project.root / ".orch")
+    assert [str(d.state) for d in planned.decisions].count("run") == 2  # make_data, in each set
+    assert [d for d in listed if "/entries/" in d]  # the miss looked at every entry of the key

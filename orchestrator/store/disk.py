@@ -263,8 +263,15 @@ class DiskStore(Store):
         self._index = EntryIndex(os.path.join(str(self.root), "index", name + ".idx"), self._entries,
                                  writable=not self.read_only and os.path.isdir(self.root))
 
-    def save_entry_index(self) -> None:
+    def planning_hints(self) -> dict[str, dict[str, tuple]]:
+        """The planner's hints kept in the entry index (store.entryindex), {} without one."""
+        return self._index.hints() if self._index is not None else {}
+
+    def save_entry_index(self, hints: dict[str, dict[str, tuple]] | None = None) -> None:
+        """Write the entry index if it learned something, with the planner's `hints` for next time."""
         if self._index is not None:
+            if hints is not None:
+                self._index.keep_hints(hints)
             self._index.save()
 
     def get_entries(self, key: str, *, label: str = "") -> list[Entry]:

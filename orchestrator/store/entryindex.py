@@ -15,6 +15,12 @@ that reading the entry would have done with the same result, never decide a hit 
 
 One index per experiment file (`<cache>/index/<sha256 of its path>.idx`), written by rename after
 planning when it learned something; several writers lose at most speed, never correctness.
+
+It also keeps the planner's hints: for each stage, the sets of parameters and files its entries
+were seen to read (core.plan's `signatures`). With them, the first node of a stage predicts the
+name of its entry and stats that one file, as every later node of the stage does, instead of
+listing the key's directory and reading every entry in it. A hint only chooses which file to try;
+what that file says is checked as always, and a miss still lists the directory.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import zlib
 from .entries import Entry, KeyComponents, ObjectInfo, Read, StoredOutput
 
 log = logging.getLogger("orchestrator.store")
-MAGIC = b"orch-entry-index 1\n"  # then the payload's crc32 (4 bytes, big-endian), then the payload
+MAGIC = b"orch-entry-index 2\n"  # then the payload's crc32 (4 bytes, big-endian), then the payload
 #: how much older than the planning's start (filesystem clock) an entry file must be to be indexed
 #: (the environment may only change it for tests: tests/test_fuzz.py sets 0 to index every entry)
 RACY_S = max(0.0, float(os.environ.get("ORCH_INDEX_RACY_S") or 2.0))
@@ -72,7 +78,8 @@ class EntryIndex:
 
     def __init__(self, path: str, entries_dir: str, writable: bool):
         self.path, self._entries_dir = path, entries_dir
-        self._old = _load(path, entries_dir)
+        self._old, self._hints = _load(path, entries_dir)
+        self._new_hints: dict | None = None  # hints to write, when they differ from the loaded ones
         self._used: dict[str, tuple] = {}  # records confirmed or learned by this planning
         self._learned = 0
         self._clock = _fs_clock(os.path.dirname(path)) if writable else None  # None: read only, learn nothing
@@ -109,17 +116,27 @@ class EntryIndex:
                 return
             self._learned += 1
 
+    def hints(self) -> dict[str, dict[str, tuple]]:
+        """stage id -> {read signature: (parameter paths, file names)}, as the last planning left them."""
+        return {stage: dict(sigs) for stage, sigs in self._hints.items()}
+
+    def keep_hints(self, hints: dict[str, dict[str, tuple]]) -> None:
+        """The hints to save with the index (written only if they or the records changed)."""
+        if hints != self._hints:
+            self._new_hints = {stage: dict(sigs) for stage, sigs in hints.items()}
+
     def save(self) -> None:
-        """Write the index if this planning learned a record (atomic; a failure costs only speed)."""
-        if self._clock is None or not self._learned:
+        """Write the index if this planning learned a record or a hint (atomic; a failure costs only speed)."""
+        if self._clock is None or not (self._learned or self._new_hints is not None):
             return
+        hints = self._new_hints if self._new_hints is not None else self._hints
         records = dict(self._used)
         unused = [(n, r) for n, r in self._old.items() if n not in records]
         if len(unused) <= KEEP_UNUSED * len(records):
             records.update(unused)
         tmp = f"{self.path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         try:
-            payload = marshal.dumps((self._entries_dir, records))
+            payload = marshal.dumps((self._entries_dir, records, hints))
             data = MAGIC + zlib.crc32(payload).to_bytes(4, "big") + payload
             with open(tmp, "xb") as f:
                 f.write(data)
@@ -130,27 +147,37 @@ class EntryIndex:
                 os.unlink(tmp)
             except OSError:
                 pass
-        self._old, self._learned = records, 0
+        self._old, self._learned, self._hints, self._new_hints = records, 0, hints, None
 
 
-def _load(path: str, entries_dir: str) -> dict:
-    """The records of the index at `path`, or {} for anything but an intact index of this cache."""
+def _load(path: str, entries_dir: str) -> tuple[dict, dict]:
+    """The records and hints of the index at `path`, or empty ones for anything but an intact index
+    of this cache."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError:
-        return {}
+        return {}, {}
     head = len(MAGIC) + 4
     if len(data) < head or not data.startswith(MAGIC) or zlib.crc32(data[head:]).to_bytes(4, "big") != data[len(MAGIC):head]:
-        return {}
+        return {}, {}
     try:
-        root, records = marshal.loads(data[head:])
+        root, records, hints = marshal.loads(data[head:])
     except (ValueError, EOFError, TypeError):
-        return {}
-    if root != entries_dir or type(records) is not dict:
-        return {}
-    return {n: r for n, r in records.items()
-            if type(n) is str and type(r) is tuple and len(r) == 2 and type(r[0]) is tuple and type(r[1]) is bytes}
+        return {}, {}
+    if root != entries_dir or type(records) is not dict or type(hints) is not dict:
+        return {}, {}
+    records = {n: r for n, r in records.items()
+               if type(n) is str and type(r) is tuple and len(r) == 2 and type(r[0]) is tuple and type(r[1]) is bytes}
+    return records, {stage: sigs for stage, sigs in hints.items() if type(stage) is str and _hints_ok(sigs)}
+
+
+def _hints_ok(sigs: object) -> bool:
+    """{signature: (parameter paths, file names)}, all str."""
+    return type(sigs) is dict and all(
+        type(sig) is str and type(v) is tuple and len(v) == 2 and all(
+            type(names) is tuple and all(type(n) is str for n in names) for names in v)
+        for sig, v in sigs.items())
 
 
 def _fs_clock(directory: str) -> int | None:
