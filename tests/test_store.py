@@ -727,7 +727,6 @@ def test_a_setgid_cache_root_is_group_shared_and_gives_the_group_the_owners_bits
 
 
 def test_a_refused_write_names_the_record_the_cause_and_what_to_do(tmp_path, monkeypatch):
-    import builtins
     import errno
 
     from orchestrator import fsutil
@@ -735,20 +734,10 @@ def test_a_refused_write_names_the_record_the_cause_and_what_to_do(tmp_path, mon
     from orchestrator.fsutil import atomic_write_bytes
     from orchestrator.store.failures import write_error
 
-    class Full:  # a file on a full disk: created, but no byte fits
-        def __init__(self, f):
-            self.f = f
+    def full(fd, data):  # a file on a full disk: created, but no byte fits
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc_info):
-            self.f.close()
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(fsutil, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+    monkeypatch.setattr(fsutil, "_write_all", full)
     target = tmp_path / "entries" / "x.json"
     target.parent.mkdir()
     with pytest.raises(OSError) as info:

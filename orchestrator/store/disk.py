@@ -69,7 +69,13 @@ class DiskStore(Store):
     def _ensure_dir(self, d: str) -> str:
         if d not in self._made:
             try:
-                os.makedirs(d, exist_ok=True)
+                try:
+                    os.mkdir(d)  # its parent usually exists: one syscall (os.makedirs stats parents first)
+                except FileNotFoundError:
+                    os.makedirs(d, exist_ok=True)
+                except FileExistsError:
+                    if not os.path.isdir(d):
+                        raise
             except (FileExistsError, NotADirectoryError) as e:
                 raise StoreError(f"cannot create {d} in the cache {self.root}: {e}; remove what is in the way "
                                  "or choose another cache (--cache DIR / ORCH_CACHE)") from e
