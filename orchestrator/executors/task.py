@@ -349,7 +349,8 @@ def _root(store: Store) -> str:
 
 
 def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepared: list, label: str) -> None:
-    used: dict[str, str] = {}
+    used: dict[str, str] = {}  # path -> output name: two outputs must not be one file
+    resolved = False  # every path so far is a cacher's own fresh staging path (out_path): no realpath needed
     for spec in stage.outputs:
         if spec.cacher is None:
             continue
@@ -370,7 +371,10 @@ def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepa
         except Exception as e:
             rmtree_force(out_path, missing_ok=True)
             raise _unsavable(stage, spec, values, e) from e
-        real = os.path.realpath(path)
+        if path != out_path and not resolved:  # a file of the stage's own (FileReferenceCacher): compare real paths
+            resolved = True
+            used = {os.path.realpath(p): name for p, name in used.items()}
+        real = os.path.realpath(path) if resolved else path
         if real in used:
             raise StageOutputError(f"stage {stage.name}: outputs {used[real]!r} and {spec.name!r} are the same path "
                                    f"{path}; return each file once")
