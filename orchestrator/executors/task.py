@@ -25,7 +25,7 @@ from ..hashing import hash_bytes, hash_value
 from ..hashing.coderoots import CodeRoots
 from ..params import MISSING, resolve
 from ..record import Record, current_record
-from ..store import Entry, Head, KeyComponents, Read, Store, StoredOutput
+from ..store import Entry, KeyComponents, Read, Store, StoredOutput
 from ..store.failures import is_write_failure, write_error
 
 #: What pickle raises for a value it cannot serialize (one place: workers, in-memory hashes).
@@ -425,9 +425,7 @@ def _write_entry(task: Task, store: Store, record: Record, reads: dict[str, Read
         components=task.components, reads=reads, files=dict(record.files), outputs=outputs,
         duration_s=round(fn_time, 6), metrics=metrics, series=series,
     )
-    store.put_entry(entry)
-    store.put_head(keys.head_key(entry.stage, task.set_name),
-                   Head(task.key, entry.created, task.components, entry.trace_id))
+    store.put_entry_and_head(entry, keys.head_key(entry.stage, task.set_name))
     return entry
 
 

@@ -103,6 +103,12 @@ class Store(abc.ABC):
     def put_head(self, name: str, head: Head) -> None:
         """Write a head atomically, last writer wins (one flat file: no directory per name)."""
 
+    def put_entry_and_head(self, entry: Entry, head_name: str) -> None:
+        """put_entry, then the head `head_name` (the last key of the entry's stage on its parameter
+        set) naming it: what a node that ran stores."""
+        self.put_entry(entry)
+        self.put_head(head_name, Head(entry.key, entry.created, entry.components, entry.trace_id))
+
     @abc.abstractmethod
     def get_code_manifest(self, digest: str) -> CodeManifest | None:
         """What the code fingerprint `digest` was made of, if a run recorded it."""

@@ -20,11 +20,13 @@ from ..errors import StoreError
 from ..fsutil import (
     atomic_write_bytes,
     load_cache_file,
+    make_dirs,
     make_readonly,
     make_writable_dir,
     readonly_mode,
     rmtree_force,
     save_cache_file,
+    temp_name,
 )
 from . import sharing
 from .base import Store
@@ -40,6 +42,9 @@ _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _READ_SIZE = 1 << 16
 #: A damaged directory object another user owns, set aside inside its shard (see _quarantine).
 DAMAGED_PREFIX = ".damaged-"
+#: What link(2) fails with where hard links are not supported (or the entry was removed meanwhile).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK,
+                            errno.ENOENT})
 _OBJECT_NAME_RE = re.compile(r"([0-9a-f]{62})((?:\.[A-Za-z0-9_-]+)*)\Z")  # a name inside objects/ab/
 
 
@@ -328,6 +333,35 @@ class DiskStore(Store):
 
     def put_head(self, name: str, head: Head) -> None:
         atomic_write_bytes(self._head_file(name), json.dumps(head.to_json(), separators=(",", ":")).encode())
+
+    def put_entry_and_head(self, entry: Entry, head_name: str) -> None:
+        """The head is a hard link to the entry file just written: an entry is a valid head record
+        (Head.from_json reads its format, key, created, components and trace_id, all equal to the
+        head's, and nothing else), so the head costs a link and a rename instead of a new file (an
+        inode: the slowest part of creating a record). Both names are only ever replaced by rename,
+        never written in place, so the shared inode never changes. Where hard links are refused
+        (some network and FUSE filesystems) the head is written as before."""
+        self.put_entry(entry)
+        head = Head(entry.key, entry.created, entry.components, entry.trace_id)
+        source, path = self._entry_file(entry.key, entry.trace_id), self._head_file(head_name)
+        tmp = temp_name(path)
+        try:
+            try:
+                os.link(source, tmp)
+            except FileNotFoundError:  # refs/ab/ not made yet (or removed): make it, once more
+                make_dirs(os.path.dirname(tmp))
+                os.link(source, tmp)
+        except OSError as e:
+            if e.errno not in _NO_HARD_LINKS:  # ENOENT: the entry removed meanwhile (gc): write the head
+                raise
+            self.put_head(head_name, head)
+            return
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def get_code_manifest(self, digest: str) -> CodeManifest | None:
         found = self._code_manifests().get(digest)
