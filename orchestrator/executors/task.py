@@ -133,10 +133,10 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
     """Inside the lock: did another process store this node while we waited?"""
     from ..core.traced import current_hash
 
-    stat_cache, root = store.stat_cache(), Path(task.project_root)
+    stat_cache = store.stat_cache()
 
-    def file_hash(name: str) -> str | None:
-        return current_hash(name, root, stat_cache)
+    def file_hash(name: str) -> str | None:  # only for an entry that tracked files
+        return current_hash(name, Path(task.project_root), stat_cache)
 
     def read_hash(path: str) -> str:
         from ..params import traced_value
@@ -224,7 +224,10 @@ def _fresh_stream(task: Task) -> str | None:
     if not task.save:
         return os.devnull
     if task.metrics_path:
-        Path(task.metrics_path).unlink(missing_ok=True)
+        try:
+            os.unlink(task.metrics_path)
+        except FileNotFoundError:
+            pass
     return task.metrics_path
 
 

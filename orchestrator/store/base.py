@@ -130,7 +130,7 @@ class Store(abc.ABC):
     def new_staging_path(self, prefix: str = "") -> Path:
         """A fresh, unique path in the staging area on the objects' filesystem, *not created*: a
         stage that never asks for a staging directory costs no mkdir/rmdir (slow on some disks)."""
-        return Path(self._tmp_root()) / f"{prefix}-{os.getpid()}-{next(_STAGING_COUNTER)}-{os.urandom(4).hex()}"
+        return Path(f"{self._tmp_root()}/{prefix}-{os.getpid()}-{next(_STAGING_COUNTER)}-{os.urandom(4).hex()}")
 
     @abc.abstractmethod
     def new_staging_dir(self, prefix: str = "") -> Path:
@@ -140,7 +140,8 @@ class Store(abc.ABC):
         """A node's checkpoint directory (record.checkpoint_dir; not created): unlike staging, it
         survives a failed or killed run so a long stage can resume; removed once the node succeeded.
         On disk under scratch/ (the name orch 0.1.0 gave it, kept so no checkpoint is lost)."""
-        return Path(self._tmp_root()).parent / "scratch" / check_name("checkpoint directory name", name)
+        parent = os.path.dirname(self._tmp_root())  # an absolute, normalized directory: joined by hand
+        return Path(f"{parent}/scratch/{check_name('checkpoint directory name', name)}")
 
     def check_locking(self) -> None:
         """Raise LockingUnsupportedError when node locks cannot work here (DiskStore: no flock)."""

@@ -71,6 +71,9 @@ class DiskStore(Store):
         self._code_path = os.path.join(r, "code-manifests.json")
         self._manifests: dict | None = None  # loaded when a code change is explained
         self._index = None  # an EntryIndex once use_entry_index is called (planning of an experiment)
+        # The last key get_entries found no directory for: a node's re-check under its lock, just before
+        # its put_entry, which then makes the directory first instead of failing to open a file in it.
+        self._dirless_key: str | None = None
 
     def _ensure_dir(self, d: str) -> str:
         if d not in self._made:
@@ -298,6 +301,7 @@ class DiskStore(Store):
         try:
             names = os.listdir(d)
         except FileNotFoundError:
+            self._dirless_key = key
             return []
         entries = []
         for name in names:
@@ -310,7 +314,11 @@ class DiskStore(Store):
 
     def put_entry(self, entry: Entry) -> None:
         data = json.dumps(entry.to_json(), separators=(",", ":")).encode()  # before any file exists
-        atomic_write_bytes(self._entry_file(entry.key, entry.trace_id), data)  # makes the dir
+        path = self._entry_file(entry.key, entry.trace_id)
+        if entry.key == self._dirless_key:  # seen missing just now: make it rather than fail an open first
+            self._dirless_key = None
+            make_dirs(os.path.dirname(path))  # made meanwhile by another process: EEXIST, fine
+        atomic_write_bytes(path, data)  # makes the dir if it is missing
 
     def delete_entry(self, key: str, trace_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
