@@ -41,8 +41,8 @@ def _sha256_of(path, size: int) -> str:
                             m.madvise(drop, start, min(_MMAP_WINDOW, len(m) - start))
                 finally:
                     view.release()
-        else:
-            buf = bytearray(_CHUNK)
+        else:  # no bigger than the file: a zeroed 1 MiB buffer per 5-byte pickle cost more than hashing it
+            buf = bytearray(min(_CHUNK, size + 1))
             view = memoryview(buf)
             while n := f.readinto(buf):
                 h.update(view[:n])
