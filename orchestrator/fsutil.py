@@ -22,11 +22,28 @@ _EXEC_BITS = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 log = logging.getLogger(__name__)
 
 
-def _temp_name(path: str) -> str:
+def temp_name(path: str) -> str:
     """`.{name}.{pid}.{random}.tmp` next to `path`: unique across processes and hosts on a shared
     filesystem, and hidden so that directory listings of entries skip it."""
     directory, name = os.path.split(path)
     return os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+
+
+def make_dirs(d: str) -> None:
+    """os.makedirs(d, exist_ok=True) for a path whose parents usually exist: mkdir first, so the usual
+    case is one syscall (os.makedirs stats every parent first), parents made only on ENOENT. Like
+    os.makedirs(exist_ok=True), a non-directory in the way is left for the caller's next step to trip on."""
+    try:
+        os.mkdir(d)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        parent = os.path.dirname(d)
+        if not parent or parent == d:
+            raise
+        make_dirs(parent)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d)
 
 
 def _open_exclusive(tmp: str) -> int:
@@ -35,18 +52,27 @@ def _open_exclusive(tmp: str) -> int:
     try:
         return os.open(tmp, flags, 0o666)
     except FileNotFoundError:
-        os.makedirs(os.path.dirname(tmp) or ".", exist_ok=True)
+        make_dirs(os.path.dirname(tmp) or ".")
         return os.open(tmp, flags, 0o666)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a file object would add fstat, ioctl and lseek calls)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temp file and os.replace; on error the temp is removed."""
     path = os.fspath(path)
-    tmp = _temp_name(path)
+    tmp = temp_name(path)
     fd = _open_exclusive(tmp)
     try:
-        with open(fd, "wb", closefd=True) as f:
-            f.write(data)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
@@ -106,7 +132,7 @@ def save_cache_file(path: str | os.PathLike, data: dict) -> bool:
         return False
 
 
-def _readonly_mode(mode: int) -> int:
+def readonly_mode(mode: int) -> int:
     """0o444, or 0o555 for an executable file (a stored script or binary must stay runnable)."""
     return 0o555 if mode & _EXEC_BITS else 0o444
 
@@ -120,14 +146,14 @@ def make_readonly(path: str | os.PathLike, *, skip_top: bool = False) -> None:
     if stat.S_ISLNK(st.st_mode):
         return
     if not stat.S_ISDIR(st.st_mode):
-        os.chmod(path, _readonly_mode(st.st_mode))
+        os.chmod(path, readonly_mode(st.st_mode))
         return
     for dirpath, dirnames, filenames in os.walk(path, topdown=False):
         for name in filenames:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
             if not stat.S_ISLNK(st.st_mode):
-                os.chmod(p, _readonly_mode(st.st_mode))
+                os.chmod(p, readonly_mode(st.st_mode))
         for name in dirnames:
             p = os.path.join(dirpath, name)
             if not os.path.islink(p):

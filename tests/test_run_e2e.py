@@ -324,7 +324,11 @@ def test_a_truncated_entry_and_a_damaged_head_are_misses_not_crashes(project):
     path.chmod(0o644)
     path.write_bytes(path.read_bytes()[:40])
     for head in (project.root / ".orch" / "refs").rglob("*.json"):
-        head.write_text('{"key": 3}')
+        # replaced, as orch replaces every record (written in place, a head that is a hard link of
+        # its entry, DiskStore.put_entry_and_head, would damage that entry too)
+        damaged = head.with_name(head.name + ".damaged")
+        damaged.write_text('{"key": 3}')
+        damaged.replace(head)
     project.reset_counts()
     second = project.orch(*BASE)
     assert project.counts() == {"make_data": 1}

@@ -664,6 +664,42 @@ def test_heads_put_get_overwrite(store):
         store.put_head("../escape", Head("a" * 64, 1.0, COMPONENTS))
 
 
+
+def test_entry_and_head_stored_together(store):
+    name = "cd" + "3" * 62
+    first, second = entry("1" * 16 + "-" + "a" * 40, 1.0), entry("2" * 16 + "-" + "a" * 40, 2.0)
+    store.put_entry_and_head(first, name)
+    store.put_entry_and_head(second, name)  # the head moves on, the first entry stays whole
+    assert store.get_head(name) == Head(KEY, 2.0, COMPONENTS, second.trace_id)
+    assert [e.trace_id for e in store.get_entries(KEY)] == [second.trace_id, first.trace_id]
+    assert store.get_entry(KEY, first.trace_id) == first and store.get_entry(KEY, second.trace_id) == second
+    store.put_head(name, Head("b" * 64, 3.0, COMPONENTS))  # a head written on its own replaces the link
+    assert store.get_head(name) == Head("b" * 64, 3.0, COMPONENTS) and store.get_entry(KEY, second.trace_id) == second
+
+
+def test_head_is_a_link_of_its_entry_or_written_where_links_are_refused(disk, monkeypatch):
+    import errno
+
+    name = "cd" + "4" * 62
+    e = entry("1" * 16 + "-" + "a" * 40, 1.0)
+    disk.put_entry_and_head(e, name)
+    head_file = disk.root / "refs" / name[:2] / (name + ".json")
+    entry_file = disk.root / "entries" / KEY[:2] / KEY / (e.trace_id + ".json")
+    assert os.path.samefile(head_file, entry_file)  # no inode of its own
+    assert temp_files(disk.root) == []
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refused)
+    later = entry("2" * 16 + "-" + "a" * 40, 2.0)
+    disk.put_entry_and_head(later, name)
+    monkeypatch.undo()
+    assert disk.get_head(name) == Head(KEY, 2.0, COMPONENTS, later.trace_id)
+    assert not os.path.samefile(head_file, entry_file) and disk.get_entry(KEY, e.trace_id) == e
+    assert temp_files(disk.root) == []
+
+
 def _leaf_paths(d, prefix=()):
     for k, v in d.items():
         yield prefix + (k,)
@@ -727,7 +763,6 @@ def test_a_setgid_cache_root_is_group_shared_and_gives_the_group_the_owners_bits
 
 
 def test_a_refused_write_names_the_record_the_cause_and_what_to_do(tmp_path, monkeypatch):
-    import builtins
     import errno
 
     from orchestrator import fsutil
@@ -735,20 +770,10 @@ def test_a_refused_write_names_the_record_the_cause_and_what_to_do(tmp_path, mon
     from orchestrator.fsutil import atomic_write_bytes
     from orchestrator.store.failures import write_error
 
-    class Full:  # a file on a full disk: created, but no byte fits
-        def __init__(self, f):
-            self.f = f
+    def full(fd, data):  # a file on a full disk: created, but no byte fits
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc_info):
-            self.f.close()
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(fsutil, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+    monkeypatch.setattr(fsutil, "_write_all", full)
     target = tmp_path / "entries" / "x.json"
     target.parent.mkdir()
     with pytest.raises(OSError) as info:

@@ -9,6 +9,7 @@ else still runs. The executor is injected: the loop never knows where a node run
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class Runner:
         self.on_done = on_done
         self.on_start = on_start
         self.run_dir = run_dir
+        self._run_dir = str(run_dir) if run_dir is not None else None  # joined by hand per node: no Path
         self.outcomes = [NodeOutcome(n) for n in graph.nodes]
         self._in_flight: set[int] = set()  # node ids submitted and not completed
         self._rerun_after_damage: set[int] = set()
@@ -194,10 +196,11 @@ class Runner:
 
     def _node_files(self, node: Node) -> tuple[str | None, str | None]:
         """The node's log and metrics stream in the run directory (None without one)."""
-        if self.run_dir is None:
+        d = self._run_dir
+        if d is None:
             return None, None
         name = f"{node.id}-{node.stage.name}"
-        return str(self.run_dir / "logs" / f"{name}.log"), str(self.run_dir / "metrics" / f"{name}.jsonl")
+        return f"{d}/logs/{name}.log", f"{d}/metrics/{name}.jsonl"
 
     def _scope(self, node: Node, d: Decision) -> str:
         params, ignore = self.graph.params_of(node), node.stage.ignore
@@ -216,7 +219,7 @@ class Runner:
             self._ran.setdefault(r.entry.key, set()).add(r.entry.trace_id)
         out.duration = r.duration
         stream = self._node_files(node)[1]
-        if stream is not None and r.status in (RAN, FAILED) and Path(stream).is_file():
+        if stream is not None and r.status in (RAN, FAILED) and os.path.isfile(stream):
             out.series = stream
         if r.status == DAMAGED:
             self._rerun_producer(node, r, ready)

@@ -25,7 +25,7 @@ from ..hashing import hash_bytes, hash_value
 from ..hashing.coderoots import CodeRoots
 from ..params import MISSING, resolve
 from ..record import Record, current_record
-from ..store import Entry, Head, KeyComponents, Read, Store, StoredOutput
+from ..store import Entry, KeyComponents, Read, Store, StoredOutput
 from ..store.failures import is_write_failure, write_error
 
 #: What pickle raises for a value it cannot serialize (one place: workers, in-memory hashes).
@@ -133,10 +133,10 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
     """Inside the lock: did another process store this node while we waited?"""
     from ..core.traced import current_hash
 
-    stat_cache, root = store.stat_cache(), Path(task.project_root)
+    stat_cache = store.stat_cache()
 
-    def file_hash(name: str) -> str | None:
-        return current_hash(name, root, stat_cache)
+    def file_hash(name: str) -> str | None:  # only for an entry that tracked files
+        return current_hash(name, Path(task.project_root), stat_cache)
 
     def read_hash(path: str) -> str:
         from ..params import traced_value
@@ -224,7 +224,10 @@ def _fresh_stream(task: Task) -> str | None:
     if not task.save:
         return os.devnull
     if task.metrics_path:
-        Path(task.metrics_path).unlink(missing_ok=True)
+        try:
+            os.unlink(task.metrics_path)
+        except FileNotFoundError:
+            pass
     return task.metrics_path
 
 
@@ -349,7 +352,8 @@ def _root(store: Store) -> str:
 
 
 def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepared: list, label: str) -> None:
-    used: dict[str, str] = {}
+    used: dict[str, str] = {}  # path -> output name: two outputs must not be one file
+    resolved = False  # every path so far is a cacher's own fresh staging path (out_path): no realpath needed
     for spec in stage.outputs:
         if spec.cacher is None:
             continue
@@ -370,7 +374,10 @@ def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepa
         except Exception as e:
             rmtree_force(out_path, missing_ok=True)
             raise _unsavable(stage, spec, values, e) from e
-        real = os.path.realpath(path)
+        if path != out_path and not resolved:  # a file of the stage's own (FileReferenceCacher): compare real paths
+            resolved = True
+            used = {os.path.realpath(p): name for p, name in used.items()}
+        real = os.path.realpath(path) if resolved else path
         if real in used:
             raise StageOutputError(f"stage {stage.name}: outputs {used[real]!r} and {spec.name!r} are the same path "
                                    f"{path}; return each file once")
@@ -421,9 +428,7 @@ def _write_entry(task: Task, store: Store, record: Record, reads: dict[str, Read
         components=task.components, reads=reads, files=dict(record.files), outputs=outputs,
         duration_s=round(fn_time, 6), metrics=metrics, series=series,
     )
-    store.put_entry(entry)
-    store.put_head(keys.head_key(entry.stage, task.set_name),
-                   Head(task.key, entry.created, task.components, entry.trace_id))
+    store.put_entry_and_head(entry, keys.head_key(entry.stage, task.set_name))
     return entry
 
 

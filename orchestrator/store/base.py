@@ -103,6 +103,12 @@ class Store(abc.ABC):
     def put_head(self, name: str, head: Head) -> None:
         """Write a head atomically, last writer wins (one flat file: no directory per name)."""
 
+    def put_entry_and_head(self, entry: Entry, head_name: str) -> None:
+        """put_entry, then the head `head_name` (the last key of the entry's stage on its parameter
+        set) naming it: what a node that ran stores."""
+        self.put_entry(entry)
+        self.put_head(head_name, Head(entry.key, entry.created, entry.components, entry.trace_id))
+
     @abc.abstractmethod
     def get_code_manifest(self, digest: str) -> CodeManifest | None:
         """What the code fingerprint `digest` was made of, if a run recorded it."""
@@ -124,7 +130,7 @@ class Store(abc.ABC):
     def new_staging_path(self, prefix: str = "") -> Path:
         """A fresh, unique path in the staging area on the objects' filesystem, *not created*: a
         stage that never asks for a staging directory costs no mkdir/rmdir (slow on some disks)."""
-        return Path(self._tmp_root()) / f"{prefix}-{os.getpid()}-{next(_STAGING_COUNTER)}-{os.urandom(4).hex()}"
+        return Path(f"{self._tmp_root()}/{prefix}-{os.getpid()}-{next(_STAGING_COUNTER)}-{os.urandom(4).hex()}")
 
     @abc.abstractmethod
     def new_staging_dir(self, prefix: str = "") -> Path:
@@ -134,7 +140,8 @@ class Store(abc.ABC):
         """A node's checkpoint directory (record.checkpoint_dir; not created): unlike staging, it
         survives a failed or killed run so a long stage can resume; removed once the node succeeded.
         On disk under scratch/ (the name orch 0.1.0 gave it, kept so no checkpoint is lost)."""
-        return Path(self._tmp_root()).parent / "scratch" / check_name("checkpoint directory name", name)
+        parent = os.path.dirname(self._tmp_root())  # an absolute, normalized directory: joined by hand
+        return Path(f"{parent}/scratch/{check_name('checkpoint directory name', name)}")
 
     def check_locking(self) -> None:
         """Raise LockingUnsupportedError when node locks cannot work here (DiskStore: no flock)."""
