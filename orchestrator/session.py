@@ -3,7 +3,6 @@ ARCHITECTURE.md follows one run through it."""
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -208,14 +207,8 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     executor.start(store)
     watch = watch_run(progress, graph.nodes, root, executor, on_done)  # starts with the first node that runs
     runner = Runner(graph, ctx, decisions, watch.executor, watch.on_done, manifest.dir, on_start=watch.on_start)
-    # The graph, the plan and every module imported live as long as the run: frozen, no collection
-    # scans them again (a 10,000-node run spent ~12% of its CPU time in the collector), nor touches
-    # them in forked workers (copy-on-write). Unfrozen after, for processes that run again.
-    gc.freeze()
-    try:
-        return _run_recorded(runner, watch, manifest, decisions, graph, store, root, t0)
-    finally:
-        gc.unfreeze()
+    gcpolicy.settle()  # the runner's per-node state lives as long as the run too
+    return _run_recorded(runner, watch, manifest, decisions, graph, store, root, t0)
 
 
 def _run_recorded(runner, watch, manifest, decisions, graph: Graph, store, root: Path, t0: float) -> RunResult:
