@@ -7,7 +7,6 @@ over the graph is a loop over a list (10,000-node DAGs never recurse).
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 from ..errors import PlanningError
@@ -97,6 +96,8 @@ class Graph:
     def _edge(self, stage: Stage, record: Record, name: str, lazy: bool, set_name: str | None) -> Edge:
         found = record._producers.get(name)
         if found is None:
+            import difflib
+
             known = sorted(record._producers)
             hint = difflib.get_close_matches(name, known, n=1)
             raise PlanningError(

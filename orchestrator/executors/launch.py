@@ -29,6 +29,15 @@ class Launch:
         return self.rank == 0
 
 
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker process needs before its first task (here, not in worker.py: a run in this
+    process names it but needs none of the worker side)."""
+
+    store_root: str
+    experiment: str  # path of the experiment file
+
+
 def mpi_size_from_env(env=os.environ) -> int | None:
     """The MPI world size the launcher exported; 0 when an MPI launcher started us without
     exporting it; None when no MPI launcher did."""

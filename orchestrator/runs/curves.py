@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from html import escape
 from math import isfinite
 from operator import itemgetter
 
@@ -33,6 +32,12 @@ _CHAR_W = 6.4  # px per character of the 11 px labels
 _LEGEND_ROW = 17
 _INSET = 5  # px between the axes and the first and last ticks
 _MAX_LABEL = 44  # characters of a legend label (the full label is in its tooltip)
+
+
+def escape(s: str) -> str:
+    """html.escape(s): the same replacements in the same order, without importing html (which
+    builds its entity table and compiles a regular expression: ~8 M instructions, every run)."""
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;").replace("'", "&#x27;")
 
 
 @dataclass

@@ -21,12 +21,12 @@ import heapq
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 
 from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
 from ..params import set_key
+from .curves import escape
 
 NODE_LIMIT = 60  # up to this many nodes every node is drawn; above it, one box per stage
 DRAW_LIMIT = 3000  # boxes: beyond this a picture is no longer readable (nor cheap); none is drawn

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime
-from html import escape
 from pathlib import Path
 
 from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
 from ..params import split_set_key
 from . import curves, drawing
+from .curves import escape
 from .paramsets import short_names
 
 ROWS_PER_STATUS = 200  # node-table rows per status, over the whole report

@@ -19,14 +19,14 @@ planning when it learned something; several writers lose at most speed, never co
 
 from __future__ import annotations
 
-import logging
 import marshal
 import os
 import zlib
 
+from ..fsutil import LazyLogger
 from .entries import Entry, KeyComponents, ObjectInfo, Read, StoredOutput
 
-log = logging.getLogger("orchestrator.store")
+log = LazyLogger("orchestrator.store")
 MAGIC = b"orch-entry-index 1\n"  # then the payload's crc32 (4 bytes, big-endian), then the payload
 #: how much older than the planning's start (filesystem clock) an entry file must be to be indexed
 #: (the environment may only change it for tests: tests/test_fuzz.py sets 0 to index every entry)
