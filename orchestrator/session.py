@@ -250,12 +250,12 @@ def _run_read_only(graph: Graph, ctx, decisions, executor, on_done: Callable, ro
 
 def _leave_report(manifest) -> None:
     """runs/<id>/report.html next to the manifest; if it cannot be written the run still stands (warning)."""
-    import logging
-
     from .errors import ReportError
     from .runs.report import write_report
 
     try:
         write_report(manifest.data, manifest.dir / "report.html")
     except ReportError as e:
+        import logging
+
         logging.getLogger(__name__).warning("%s", e)

@@ -163,6 +163,11 @@ def _failures(nodes: list[dict], sets: dict) -> str:
 def _compare(m: dict) -> str:
     """`orch compare` of this run: a row per parameter set, the parameters that differ, the final
     metrics (the best of each marked) and the compute time; nothing for one set without metrics."""
+    from .manifest import set_names
+
+    if (not any(isinstance(n, dict) and n.get("metrics") for n in m.get("nodes") or [])
+            and sum(name != AGGREGATE_SET for name in set_names(m)) < 2):
+        return ""  # what the comparison below gives (< 2 rows, no metric), without importing runs.compare
     from .compare import build_comparison, format_value
 
     c = build_comparison([m])
