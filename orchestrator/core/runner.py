@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..executors.task import InputValue, Task, TaskResult
 from ..store import Entry, Read, StoredOutput
 from .graph import Graph, Node
-from .lockscope import lock_scope
 from .plan import ABSENT, Decision, PlanContext, decide, lookup
 from .status import Status
 
@@ -27,6 +25,7 @@ CACHED, RUN, PENDING, RAN, FAILED, SKIPPED, DAMAGED = (Status.CACHED, Status.RUN
 
 if TYPE_CHECKING:
     from ..executors.base import Executor
+    from ..executors.task import Task, TaskResult
 
 
 @dataclass
@@ -155,6 +154,8 @@ class Runner:
         self._submit(node, d)
 
     def _task(self, node: Node, d: Decision) -> Task:
+        from ..executors.task import InputValue, Task  # a fully cached run builds no task
+
         st = self._st
         inputs = []
         absent = self._absent.get(node.id, {})
@@ -200,6 +201,8 @@ class Runner:
         return str(self.run_dir / "logs" / f"{name}.log"), str(self.run_dir / "metrics" / f"{name}.jsonl")
 
     def _scope(self, node: Node, d: Decision) -> str:
+        from .lockscope import lock_scope  # only for a node that runs
+
         params, ignore = self.graph.params_of(node), node.stage.ignore
         return lock_scope(node.stage, params, d.key,
                           lambda path: self.ctx.read_hash(node.set_name, params, path, ignore),

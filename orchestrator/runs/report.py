@@ -17,13 +17,17 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
 from ..params import split_set_key
-from . import curves, drawing
-from .curves import escape
+from . import drawing
+from .drawing import escape
 from .paramsets import short_names
+
+if TYPE_CHECKING:
+    from . import curves
 
 ROWS_PER_STATUS = 200  # node-table rows per status, over the whole report
 TRACEBACKS = 30  # failures shown with their traceback; the others by their error line
@@ -244,6 +248,8 @@ def _metrics(nodes: list[dict], sets: dict) -> str:
                 counts[name] = counts.get(name, 0) + 1
     if not by_stage:
         return ""
+    from . import curves  # only for a run whose stages logged metrics
+
     charts = [(stage, name) for stage, counts in metrics_of.items() for name in counts]
     shown = charts[:MAX_CHARTS]
     picked = {stage: _pick(members, next(iter(metrics_of[stage]))) for stage, members in by_stage.items()
@@ -286,6 +292,8 @@ def _metrics(nodes: list[dict], sets: dict) -> str:
 
 
 def _line(n: dict, metric: str, streams: _Streams, names: dict[str, str], slots: dict | None) -> curves.Line | None:
+    from . import curves
+
     prepared = streams.points(n, metric)
     if prepared is None:
         return None
@@ -297,6 +305,8 @@ def _line(n: dict, metric: str, streams: _Streams, names: dict[str, str], slots:
 
 def _node_charts(nodes: list[dict], streams: _Streams, names: dict[str, str], every: bool) -> str:
     """Charts of single nodes (every metric it logged), closed until opened, MAX_NODE_CHARTS in all."""
+    from . import curves
+
     body, charts, left_out = [], 0, 0
     for n in nodes:
         logged = streams.logged(n)
@@ -365,6 +375,8 @@ class _Streams:
         """curves.prepare of one metric of a node's stream (None if the stream or the metric is absent)."""
         key = (n["series"], metric)
         if key not in self.prepared:
+            from . import curves
+
             points = (self.read(n) or {}).get(metric)
             self.prepared[key] = curves.prepare(points) if points else None
         return self.prepared[key]
