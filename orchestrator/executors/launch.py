@@ -48,11 +48,22 @@ def mpi_size_from_env(env=os.environ) -> int | None:
     return 0 if any(var in env for var in _MPI_HINT_VARS) else None
 
 
+def torchrun_env(env=os.environ) -> tuple[int, int] | None:
+    """(rank, world size) when this process was started by torchrun (or a launcher exporting the
+    same variables), else None."""
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+    if "TORCHELASTIC_RUN_ID" not in env and ("LOCAL_RANK" not in env or "MASTER_ADDR" not in env):
+        return None
+    try:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    except ValueError:
+        return None
+
+
 def detect_launch(env=os.environ) -> Launch:
     """torchrun wins over MPI: when both sets of variables are present, torchrun started this
     process (from inside an MPI job) and its ranks are the ones that must cooperate."""
-    from ..distributed import torchrun_env
-
     tr = torchrun_env(env)
     if tr is not None:
         rank, size = tr

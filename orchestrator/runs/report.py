@@ -24,7 +24,6 @@ from ..core.status import Status
 from ..params import split_set_key
 from . import drawing
 from .drawing import escape
-from .paramsets import short_names
 
 if TYPE_CHECKING:
     from . import curves
@@ -249,6 +248,7 @@ def _metrics(nodes: list[dict], sets: dict) -> str:
     if not by_stage:
         return ""
     from . import curves  # only for a run whose stages logged metrics
+    from .paramsets import short_names
 
     charts = [(stage, name) for stage, counts in metrics_of.items() for name in counts]
     shown = charts[:MAX_CHARTS]
@@ -406,7 +406,10 @@ class _Streams:
 
 def _images(nodes: list[dict], sets: dict) -> str:
     """The images stages stored (plots, predictions), grouped by stage and file, embedded."""
+    if not any(n.get("output_paths") for n in nodes):
+        return ""  # what collect finds then (no image, no problem), without importing runs.images
     from . import images
+    from .paramsets import short_names
 
     found = images.collect(nodes)
     if not found.images and not found.problems:
