@@ -10,7 +10,6 @@ else still runs. The executor is injected: the loop never knows where a node run
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -28,26 +27,28 @@ if TYPE_CHECKING:
     from ..executors.task import Task, TaskResult
 
 
-@dataclass
 class NodeOutcome:
-    """What became of one node in this run (or, for a dry run, what would)."""
+    """What became of one node in this run (or, for a dry run, what would). A plain class, not a
+    dataclass: defining one costs 2-3 M instructions at import, on every run."""
 
-    node: Node
-    status: Status = PENDING
-    key: str | None = None
-    reason: str = ""
-    duration: float = 0.0
-    entry: Entry | None = None  # the entry used (cached) or written (ran)
-    outputs: dict[str, StoredOutput] = field(default_factory=dict)  # stored outputs, entry or not
-    reads: dict[str, Read] = field(default_factory=dict)
-    files: dict[str, str] = field(default_factory=dict)
-    error: str = ""
-    error_type: str = ""
-    traceback: str = ""
-    skipped_because: str = ""
-    log_path: str | None = None  # a failure written to the node's log (the console points to it)
-    metrics: dict[str, dict] | None = None  # its metrics summary (orchestrator.metrics), this run's or the entry's
-    series: str | None = None  # the metrics stream it was summarized from (a JSONL file), if any
+    def __init__(self, node: Node, status: Status = PENDING, key: str | None = None, reason: str = "",
+                 entry: Entry | None = None):
+        self.node = node
+        self.status = status
+        self.key = key
+        self.reason = reason
+        self.duration = 0.0
+        self.entry = entry  # the entry used (cached) or written (ran)
+        self.outputs: dict[str, StoredOutput] = {}  # stored outputs, entry or not
+        self.reads: dict[str, Read] = {}
+        self.files: dict[str, str] = {}
+        self.error = ""
+        self.error_type = ""
+        self.traceback = ""
+        self.skipped_because = ""
+        self.log_path: str | None = None  # a failure written to the node's log (the console points to it)
+        self.metrics: dict[str, dict] | None = None  # its metrics summary (orchestrator.metrics), this run's or the entry's
+        self.series: str | None = None  # the metrics stream it was summarized from (a JSONL file), if any
 
     def take(self, entry: Entry | None, outputs: dict[str, StoredOutput], reads: dict[str, Read]) -> None:
         self.entry, self.outputs, self.reads = entry, outputs, reads
@@ -56,13 +57,13 @@ class NodeOutcome:
             self.metrics = entry.metrics
 
 
-@dataclass
 class _State:
-    remaining: list[int]  # per node: producers not finished yet
-    refs: dict[tuple[int, str], int]  # (producer, output) -> consumers still to run
-    values: dict[tuple[int, str], object] = field(default_factory=dict)  # in-memory outputs
-    hashes: list[dict | None] = field(default_factory=list)  # per node: its outputs' content hashes
-    rerun_waiters: dict[int, list[int]] = field(default_factory=dict)
+    def __init__(self, remaining: list[int], refs: dict[tuple[int, str], int], hashes: list[dict | None]):
+        self.remaining = remaining  # per node: producers not finished yet
+        self.refs = refs  # (producer, output) -> consumers still to run
+        self.values: dict[tuple[int, str], object] = {}  # in-memory outputs
+        self.hashes = hashes  # per node: its outputs' content hashes
+        self.rerun_waiters: dict[int, list[int]] = {}
 
 
 class Runner:
