@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,20 @@ __all__ = ["Cacher", "OutputTarget", "PickleCacher", "JsonCacher", "NumpyCacher"
            "LightningCheckpointCacher", "FileReferenceCacher", "Lazy", "LazyArtifact", "as_cacher"]
 
 
-@dataclass
 class OutputTarget:
-    """Where one output is being written while its stage finishes (handed to Cacher.prepare)."""
+    """Where one output is being written while its stage finishes (handed to Cacher.prepare). A
+    plain class, not a dataclass: defining one costs 2-3 M instructions at import, on every run."""
 
-    stage: str  # stage name, for messages
-    output: str  # artifact name, for messages
-    path: str  # a free path in the staging area for the cacher's file (or directory)
-    staging: Path  # the stage's staging root: paths under it are the stage's own files
-    record: Any = None  # the running Record (FileReferenceCacher tracks external files through it)
+    def __init__(self, stage: str, output: str, path: str, staging: Path, record: Any = None):
+        self.stage = stage  # stage name, for messages
+        self.output = output  # artifact name, for messages
+        self.path = path  # a free path in the staging area for the cacher's file (or directory)
+        self.staging = staging  # the stage's staging root: paths under it are the stage's own files
+        self.record = record  # the running Record (FileReferenceCacher tracks external files through it)
+
+    def __repr__(self) -> str:
+        return (f"OutputTarget(stage={self.stage!r}, output={self.output!r}, path={self.path!r}, "
+                f"staging={self.staging!r}, record={self.record!r})")
 
 
 class Cacher:

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .executors.launch import torchrun_env  # defined there: detecting the launch imports no DistInfo
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -26,19 +28,6 @@ class DistInfo:
     local_rank: int
     device: Any  # torch.device this rank should use
     backend: str
-
-
-def torchrun_env(env=os.environ) -> tuple[int, int] | None:
-    """(rank, world size) when this process was started by torchrun (or a launcher exporting the
-    same variables), else None."""
-    if "RANK" not in env or "WORLD_SIZE" not in env:
-        return None
-    if "TORCHELASTIC_RUN_ID" not in env and ("LOCAL_RANK" not in env or "MASTER_ADDR" not in env):
-        return None
-    try:
-        return int(env["RANK"]), int(env["WORLD_SIZE"])
-    except ValueError:
-        return None
 
 
 def init_process_group(backend: str | None = None, **kwargs) -> DistInfo:

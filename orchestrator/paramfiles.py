@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,19 @@ _SCALARS = (str, int, float, bool, type(None))
 _TYPO_EDITS = {"sweep": 2, "extends": 2, "name": 1}
 
 
-@dataclass
+# _Unexpanded, _File and _At are plain classes, not dataclasses: defining a dataclass costs 2-3 M
+# instructions at import (its methods are generated and compiled), and every run loads parameters.
+
+
 class _Unexpanded:
     """A parameter set before sweep expansion: overrides apply here, so set names stay stable."""
 
-    name: str
-    values: dict
-    source: str
-    sweep: dict
-    sweep_source: str = ""
-    orch: dict = field(default_factory=dict)  # the `orch:` section
+    __slots__ = ("name", "values", "source", "sweep", "sweep_source", "orch")
+
+    def __init__(self, name: str, values: dict, source: str, sweep: dict, sweep_source: str = "",
+                 orch: dict | None = None):
+        self.name, self.values, self.source, self.sweep, self.sweep_source = name, values, source, sweep, sweep_source
+        self.orch = {} if orch is None else orch  # the `orch:` section
 
 
 def _yaml_loader():
@@ -120,25 +122,27 @@ def _check_key(key, source, parent: str, addressable: bool) -> None:
 # ------------------------------------------------------------------------------- YAML files
 
 
-@dataclass(frozen=True)
 class _File:
     """A YAML parameter file being loaded: where errors point."""
 
-    path: Path
-    source: str
-    bases: tuple[str, ...] = ()  # the files it extends, as written
-    base_values: dict | None = None  # theirs, merged
+    __slots__ = ("path", "source", "bases", "base_values")
+
+    def __init__(self, path: Path, source: str, bases: tuple[str, ...] = (), base_values: dict | None = None):
+        self.path, self.source = path, source
+        self.bases = bases  # the files it extends, as written
+        self.base_values = base_values  # theirs, merged
 
     def at(self, keys: tuple) -> _At:
         return _At(self, keys)
 
 
-@dataclass(frozen=True)
 class _At:
     """"file:line" of a key (raw YAML keys from the top), found only when an error is formatted."""
 
-    file: _File
-    keys: tuple
+    __slots__ = ("file", "keys")
+
+    def __init__(self, file: _File, keys: tuple):
+        self.file, self.keys = file, keys
 
     def __str__(self) -> str:
         return f"{self.file.source}{_line_of(self.file.path, self.keys)}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, overload
@@ -80,6 +79,8 @@ class Record:
                     f"record.get_path/get_dir is only available while a stage runs, not in run() "
                     f"(parameter set {self.name!r})"
                 )
+            import tempfile
+
             self._staging = Path(tempfile.mkdtemp(prefix="orch-record-"))
         return self._staging
 
@@ -103,6 +104,8 @@ class Record:
         if self._checkpoints is None:
             if self._graph is not None:
                 raise PlanningError(f"record.checkpoint_dir is only available while a stage runs (parameter set {self.name!r})")
+            import tempfile
+
             self._checkpoints = Path(tempfile.mkdtemp(prefix="orch-checkpoints-"))
         if not name or os.path.isabs(name) or ".." in Path(name).parts:
             raise PlanningError(f"checkpoint_dir takes a relative name, got {name!r}")

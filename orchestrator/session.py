@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -22,29 +21,38 @@ if TYPE_CHECKING:
     from .store import DiskStore
 
 
-@dataclass
+# RunOptions, RunResult and Planned are plain classes, not dataclasses: defining a dataclass costs
+# 2-3 M instructions (its methods are generated and compiled at import), on every run.
+
+
 class RunOptions:
-    experiment: Path
-    params: list[str] = field(default_factory=list)
-    overrides: list[str] = field(default_factory=list)
-    cache: Path | None = None
-    overwrite: bool = False
-    overwrite_stages: list[str] = field(default_factory=list)
-    dry: bool = False
-    parallel: int = 1
-    argv: list[str] = field(default_factory=list)
-    slurm: dict | None = None  # --executor slurm: its --slurm-* options ({} for none); None: local
+    """What a run was asked for (the `orch run` options)."""
+
+    def __init__(self, experiment: Path, params: list[str] | None = None, overrides: list[str] | None = None,
+                 cache: Path | None = None, overwrite: bool = False, overwrite_stages: list[str] | None = None,
+                 dry: bool = False, parallel: int = 1, argv: list[str] | None = None, slurm: dict | None = None):
+        self.experiment = experiment
+        self.params = [] if params is None else params
+        self.overrides = [] if overrides is None else overrides
+        self.cache = cache
+        self.overwrite = overwrite
+        self.overwrite_stages = [] if overwrite_stages is None else overwrite_stages
+        self.dry = dry
+        self.parallel = parallel
+        self.argv = [] if argv is None else argv
+        self.slurm = slurm  # --executor slurm: its --slurm-* options ({} for none); None: local
 
 
-@dataclass
 class RunResult:
-    run_id: str | None  # None for a dry run (nothing is recorded)
-    outcomes: list  # core.runner.NodeOutcome, in node order
-    decisions: list  # core.plan.Decision, in node order
-    graph: Graph
-    seconds: float
-    cache: Path
-    detached: list[str] | None = None  # --detach: the jobs left running (executors.base.Detached)
+    def __init__(self, run_id: str | None, outcomes: list, decisions: list, graph: Graph, seconds: float, cache: Path,
+                 detached: list[str] | None = None):
+        self.run_id = run_id  # None for a dry run (nothing is recorded)
+        self.outcomes = outcomes  # core.runner.NodeOutcome, in node order
+        self.decisions = decisions  # core.plan.Decision, in node order
+        self.graph = graph
+        self.seconds = seconds
+        self.cache = cache
+        self.detached = detached  # --detach: the jobs left running (executors.base.Detached)
 
     @property
     def failed(self) -> list:
@@ -134,15 +142,12 @@ def plan_context(root: Path, store, project_root: Path, graph: Graph, overwrite:
                        forced=forced_nodes(graph, overwrite_stages))
 
 
-@dataclass
 class Planned:
     """An experiment loaded and planned: what a run, a dry run and `orch accept` start from."""
 
-    param_sets: list[ParamSet]
-    graph: Graph
-    store: DiskStore
-    ctx: PlanContext
-    decisions: list[Decision]
+    def __init__(self, param_sets: list[ParamSet], graph: Graph, store: DiskStore, ctx: PlanContext,
+                 decisions: list[Decision]):
+        self.param_sets, self.graph, self.store, self.ctx, self.decisions = param_sets, graph, store, ctx, decisions
 
 
 def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
@@ -266,12 +271,12 @@ def _run_read_only(graph: Graph, ctx, decisions, executor, on_done: Callable, ro
 
 def _leave_report(manifest) -> None:
     """runs/<id>/report.html next to the manifest; if it cannot be written the run still stands (warning)."""
-    import logging
-
     from .errors import ReportError
     from .runs.report import write_report
 
     try:
         write_report(manifest.data, manifest.dir / "report.html")
     except ReportError as e:
+        import logging
+
         logging.getLogger(__name__).warning("%s", e)

@@ -8,24 +8,52 @@ from __future__ import annotations
 
 import inspect
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from .cachers import Cacher, Lazy, as_cacher
 from .errors import PlanningError, StageDefinitionError
 
+# InputSpec and OutputSpec are written out rather than dataclasses: defining a frozen dataclass costs
+# ~3.5 M instructions at import (its methods are generated and compiled), on every run.
 
-@dataclass(frozen=True, slots=True)
+
 class InputSpec:
-    name: str
-    lazy: bool
+    """A declared input (immutable, compared and hashed by its fields)."""
+
+    __slots__ = ("name", "lazy")
+
+    def __init__(self, name: str, lazy: bool):
+        self.name, self.lazy = name, lazy
+
+    def __eq__(self, other):
+        return (self.name, self.lazy) == (other.name, other.lazy) if other.__class__ is InputSpec else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.lazy))
+
+    def __repr__(self) -> str:
+        return f"InputSpec(name={self.name!r}, lazy={self.lazy!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class OutputSpec:
-    name: str
-    lazy: bool
-    cacher: Cacher | None
+    """A declared output (immutable, compared and hashed by its fields)."""
+
+    __slots__ = ("name", "lazy", "cacher")
+
+    def __init__(self, name: str, lazy: bool, cacher: Cacher | None):
+        self.name, self.lazy, self.cacher = name, lazy, cacher
+
+    def _fields(self) -> tuple:
+        return (self.name, self.lazy, self.cacher)
+
+    def __eq__(self, other):
+        return self._fields() == other._fields() if other.__class__ is OutputSpec else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"OutputSpec(name={self.name!r}, lazy={self.lazy!r}, cacher={self.cacher!r})"
 
 
 class Stage:

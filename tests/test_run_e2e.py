@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from conftest import pipeline
 
@@ -335,3 +338,55 @@ def test_a_truncated_entry_and_a_damaged_head_are_misses_not_crashes(project):
     # the damaged head explains nothing; the run before names the entry, which is unreadable now
     assert "its cache entry is gone or unreadable" in second.stdout
     assert "Traceback" not in second.stderr
+
+
+#: What a fully cached `orch run` (one parameter set, no metrics, no images, in this process) does not
+#: import: each is imported where what needs it runs (a node that runs, a staging directory, a pickle,
+#: a warning, a comparison of sets, a chart, an image, another executor). Import costs, in instructions
+#: (a bare interpreter's start-up is ~89 M): logging 19 M, secrets 18 M, tempfile 11 M (+ shutil, random,
+#: lzma, bz2), html 8 M, pickle 7 M; each dataclass defined ~2-3.5 M.
+NOT_IMPORTED_WHEN_CACHED = (
+    "tempfile", "shutil", "pickle", "logging", "secrets", "random", "html", "csv", "base64", "textwrap",
+    "traceback", "difflib", "subprocess", "lzma", "bz2",
+    "orchestrator.executors.task", "orchestrator.executors.worker", "orchestrator.executors.pool",
+    "orchestrator.executors.mpi", "orchestrator.executors.torchrun", "orchestrator.executors.slurm",
+    "orchestrator.executors.external", "orchestrator.core.lockscope", "orchestrator.runs.compare",
+    "orchestrator.runs.curves", "orchestrator.runs.images", "orchestrator.runs.paramsets",
+    "orchestrator.store.memory", "orchestrator.distributed", "orchestrator.artifacts.canonical",
+    "yaml", "torch", "numpy", "rich", "graphviz", "submitit", "lightning", "mpi4py",
+)
+
+
+def test_a_cached_run_imports_only_what_it_uses(project):
+    project.write("stages/chain.py", """
+        from orchestrator import stage, PickleCacher
+
+        @stage(outputs=["a"], cachers=[PickleCacher])
+        def first(record):
+            return record.params.seed
+
+        @stage(inputs=["a"], outputs=["b"], cachers=[PickleCacher])
+        def second(record, a):
+            return a + 1
+    """)
+    project.write("experiment.py", """
+        from stages.chain import first, second
+
+        def run(record):
+            second(first(record))
+    """)
+    project.write("params/p.yaml", "seed: 1\n")
+    # long options: for a short one (-p) click itself imports difflib (to suggest a long option)
+    run = ("run", "experiment.py", "--params", "params/p.yaml", "--quiet")
+    project.orch(*run)
+    project.orch(*run)  # the first run made the cache directory after reading its parameters (yamlcache)
+    probe = ("import json, runpy, sys\nsys.argv = ['orch', *sys.argv[1:]]\ncode = 0\n"
+             "try:\n    runpy.run_module('orchestrator.cli', run_name='__main__')\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             f"print(json.dumps([m for m in {NOT_IMPORTED_WHEN_CACHED!r} if m in sys.modules]), file=sys.stderr)\n"
+             "sys.exit(code)\n")
+    for _ in range(2):  # the run that writes the entry index, then one served from it
+        p = subprocess.run([sys.executable, "-c", probe, *run], cwd=project.root, capture_output=True, text=True,
+                           env={**os.environ, "ORCH_COUNTS": str(project.counts_file)})
+        assert p.returncode == 0 and "2 cached" in p.stdout, p.stdout + p.stderr
+        assert json.loads(p.stderr.strip().splitlines()[-1]) == []

@@ -17,6 +17,8 @@ import pickle
 from typing import Any
 
 _CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
+#: What pickle raises for a value it cannot serialize (one place: workers, in-memory hashes).
+PICKLING_ERRORS = (pickle.PicklingError, TypeError, AttributeError, RecursionError)
 
 
 class _SortedSet(set):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import textwrap
 
 from ..params import is_ignored, resolve, traced_value
 from .keys import lock_scope_name, read_value_hash  # the very hash an entry's trace records for a read
@@ -66,6 +65,8 @@ def visible_reads(fn, function_node=None, memo: dict | None = None) -> tuple[str
 def _analyze(fn, function_node=None) -> tuple[str, ...] | None:
     func = function_node(fn) if function_node is not None else None
     if func is None:
+        import textwrap
+
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
         func = tree.body[0] if tree.body else None
     if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..executors.task import InputValue, Task, TaskResult
 from ..store import Entry, Read, StoredOutput
 from .graph import Graph, Node
-from .lockscope import lock_scope
 from .plan import ABSENT, Decision, PlanContext, decide, lookup
 from .status import Status
 
@@ -28,28 +25,31 @@ CACHED, RUN, PENDING, RAN, FAILED, SKIPPED, DAMAGED = (Status.CACHED, Status.RUN
 
 if TYPE_CHECKING:
     from ..executors.base import Executor
+    from ..executors.task import Task, TaskResult
 
 
-@dataclass
 class NodeOutcome:
-    """What became of one node in this run (or, for a dry run, what would)."""
+    """What became of one node in this run (or, for a dry run, what would). A plain class, not a
+    dataclass: defining one costs 2-3 M instructions at import, on every run."""
 
-    node: Node
-    status: Status = PENDING
-    key: str | None = None
-    reason: str = ""
-    duration: float = 0.0
-    entry: Entry | None = None  # the entry used (cached) or written (ran)
-    outputs: dict[str, StoredOutput] = field(default_factory=dict)  # stored outputs, entry or not
-    reads: dict[str, Read] = field(default_factory=dict)
-    files: dict[str, str] = field(default_factory=dict)
-    error: str = ""
-    error_type: str = ""
-    traceback: str = ""
-    skipped_because: str = ""
-    log_path: str | None = None  # a failure written to the node's log (the console points to it)
-    metrics: dict[str, dict] | None = None  # its metrics summary (orchestrator.metrics), this run's or the entry's
-    series: str | None = None  # the metrics stream it was summarized from (a JSONL file), if any
+    def __init__(self, node: Node, status: Status = PENDING, key: str | None = None, reason: str = "",
+                 entry: Entry | None = None):
+        self.node = node
+        self.status = status
+        self.key = key
+        self.reason = reason
+        self.duration = 0.0
+        self.entry = entry  # the entry used (cached) or written (ran)
+        self.outputs: dict[str, StoredOutput] = {}  # stored outputs, entry or not
+        self.reads: dict[str, Read] = {}
+        self.files: dict[str, str] = {}
+        self.error = ""
+        self.error_type = ""
+        self.traceback = ""
+        self.skipped_because = ""
+        self.log_path: str | None = None  # a failure written to the node's log (the console points to it)
+        self.metrics: dict[str, dict] | None = None  # its metrics summary (orchestrator.metrics), this run's or the entry's
+        self.series: str | None = None  # the metrics stream it was summarized from (a JSONL file), if any
 
     def take(self, entry: Entry | None, outputs: dict[str, StoredOutput], reads: dict[str, Read]) -> None:
         self.entry, self.outputs, self.reads = entry, outputs, reads
@@ -58,13 +58,13 @@ class NodeOutcome:
             self.metrics = entry.metrics
 
 
-@dataclass
 class _State:
-    remaining: list[int]  # per node: producers not finished yet
-    refs: dict[tuple[int, str], int]  # (producer, output) -> consumers still to run
-    values: dict[tuple[int, str], object] = field(default_factory=dict)  # in-memory outputs
-    hashes: list[dict | None] = field(default_factory=list)  # per node: its outputs' content hashes
-    rerun_waiters: dict[int, list[int]] = field(default_factory=dict)
+    def __init__(self, remaining: list[int], refs: dict[tuple[int, str], int], hashes: list[dict | None]):
+        self.remaining = remaining  # per node: producers not finished yet
+        self.refs = refs  # (producer, output) -> consumers still to run
+        self.values: dict[tuple[int, str], object] = {}  # in-memory outputs
+        self.hashes = hashes  # per node: its outputs' content hashes
+        self.rerun_waiters: dict[int, list[int]] = {}
 
 
 class Runner:
@@ -157,6 +157,8 @@ class Runner:
         self._submit(node, d)
 
     def _task(self, node: Node, d: Decision) -> Task:
+        from ..executors.task import InputValue, Task  # a fully cached run builds no task
+
         st = self._st
         inputs = []
         absent = self._absent.get(node.id, {})
@@ -203,6 +205,8 @@ class Runner:
         return f"{d}/logs/{name}.log", f"{d}/metrics/{name}.jsonl"
 
     def _scope(self, node: Node, d: Decision) -> str:
+        from .lockscope import lock_scope  # only for a node that runs
+
         params, ignore = self.graph.params_of(node), node.stage.ignore
         return lock_scope(node.stage, params, d.key,
                           lambda path: self.ctx.read_hash(node.set_name, params, path, ignore),

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .base import Executor, InProcessExecutor
-from .launch import Launch
-from .worker import WorkerConfig
+from .launch import Launch, WorkerConfig
 
 __all__ = ["Executor", "InProcessExecutor", "Launch", "WorkerConfig", "open_executor", "serve"]
 

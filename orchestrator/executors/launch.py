@@ -7,7 +7,6 @@ initializes MPI) is imported only when an MPI launcher started the process.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 # World size as exported by Open MPI, MPICH / Intel MPI (hydra, PMI-1) and MVAPICH2.
@@ -16,17 +15,31 @@ _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 _MPI_HINT_VARS = ("PMIX_RANK", "PMI_RANK", "PMI_FD", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_RANK")
 
 
-@dataclass
 class Launch:
-    kind: str = "local"  # "local" | "mpi" | "torchrun"
-    rank: int = 0
-    size: int = 1
-    comm: Any = None  # MPI.COMM_WORLD under MPI
+    """(Launch and WorkerConfig are plain classes, not dataclasses: defining a dataclass costs 2-3 M
+    instructions at import, on every run.)"""
+
+    def __init__(self, kind: str = "local", rank: int = 0, size: int = 1, comm: Any = None):
+        self.kind = kind  # "local" | "mpi" | "torchrun"
+        self.rank = rank
+        self.size = size
+        self.comm = comm  # MPI.COMM_WORLD under MPI
 
     @property
     def leader(self) -> bool:
         """Rank 0 (or a plain run): plans, schedules, writes the manifest, prints."""
         return self.rank == 0
+
+
+class WorkerConfig:
+    """What a worker process needs before its first task (here, not in worker.py: a run in this
+    process names it but needs none of the worker side). Pickled to MPI ranks and Slurm jobs."""
+
+    __slots__ = ("store_root", "experiment")
+
+    def __init__(self, store_root: str, experiment: str):
+        self.store_root = store_root
+        self.experiment = experiment  # path of the experiment file
 
 
 def mpi_size_from_env(env=os.environ) -> int | None:
@@ -39,11 +52,22 @@ def mpi_size_from_env(env=os.environ) -> int | None:
     return 0 if any(var in env for var in _MPI_HINT_VARS) else None
 
 
+def torchrun_env(env=os.environ) -> tuple[int, int] | None:
+    """(rank, world size) when this process was started by torchrun (or a launcher exporting the
+    same variables), else None."""
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+    if "TORCHELASTIC_RUN_ID" not in env and ("LOCAL_RANK" not in env or "MASTER_ADDR" not in env):
+        return None
+    try:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    except ValueError:
+        return None
+
+
 def detect_launch(env=os.environ) -> Launch:
     """torchrun wins over MPI: when both sets of variables are present, torchrun started this
     process (from inside an MPI job) and its ranks are the ones that must cooperate."""
-    from ..distributed import torchrun_env
-
     tr = torchrun_env(env)
     if tr is not None:
         rank, size = tr

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +26,6 @@ from ..params import MISSING, resolve
 from ..record import Record, current_record
 from ..store import Entry, KeyComponents, Read, Store, StoredOutput
 from ..store.failures import is_write_failure, write_error
-
-#: What pickle raises for a value it cannot serialize (one place: workers, in-memory hashes).
-PICKLING_ERRORS = (pickle.PicklingError, TypeError, AttributeError, RecursionError)
 
 
 @dataclass(slots=True)
@@ -401,7 +397,7 @@ def _memory_hash(value: Any) -> str | None:
 
     try:
         return "mem:" + hash_bytes(canonical.dumps(value, protocol=5))
-    except PICKLING_ERRORS:
+    except canonical.PICKLING_ERRORS:
         return None
 
 

@@ -13,12 +13,13 @@ import pickle
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifacts.canonical import PICKLING_ERRORS
 from ..core.status import Status
 from ..store import Store
-from .task import PICKLING_ERRORS, Task, TaskResult, execute, import_stage
+from .launch import WorkerConfig
+from .task import Task, TaskResult, execute, import_stage
 
 
 class Backoff:
@@ -34,14 +35,6 @@ class Backoff:
     def sleep(self) -> None:
         time.sleep(self.delay)
         self.delay = min(self.most, self.delay * self.factor)
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """What a worker process needs before its first task."""
-
-    store_root: str
-    experiment: str  # path of the experiment file
 
 
 class _Worker:

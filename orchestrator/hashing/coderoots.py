@@ -13,7 +13,6 @@ virtual environments (they change only with an install, which is not a code edit
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import os
@@ -128,6 +127,8 @@ def _tool_orch(path: Path) -> tuple[list[str], list[str]]:
         raise ProjectConfigError(f"{path}: [tool.orch] must be a table")
     for key in section:
         if key not in TOOL_KEYS:
+            import difflib
+
             close = difflib.get_close_matches(key, TOOL_KEYS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ProjectConfigError(f"{path}: unknown key {key!r} in [tool.orch]; {hint}known keys: {', '.join(TOOL_KEYS)}")

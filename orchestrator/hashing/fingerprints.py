@@ -12,7 +12,6 @@ import ast
 import copy
 import hashlib
 import importlib.util
-import logging
 import os
 import sys
 import time
@@ -21,12 +20,12 @@ import weakref
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-from ..fsutil import load_cache_file, save_cache_file
+from ..fsutil import LazyLogger, load_cache_file, save_cache_file
 from .coderoots import CodeRoots
 from .statcache import is_racy
 from .values import VALUE_PREFIX, encode, hash_value
 
-log = logging.getLogger(__name__)
+log = LazyLogger(__name__)
 
 #: Module-level data larger than this (encoded) is keyed by its source only, never by value.
 MAX_CONST_BYTES = 64 * 1024

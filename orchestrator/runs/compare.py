@@ -13,7 +13,6 @@ A metric logged by one stage is named as logged (`loss`); a name several stages 
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import io
 import json
@@ -257,6 +256,8 @@ def render(c: Comparison, fmt: str) -> str:
         return json.dumps(c.to_json(), indent=1, allow_nan=True) + "\n"
     if fmt == "csv":
         header, body = _cells(c, ("", ""))
+        import csv
+
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from html import escape
 from math import isfinite
 from operator import itemgetter
+
+from .drawing import escape
 
 MAX_POINTS = 500  # per line, after downsampling
 MARKERS = 40  # lines of at most this many points get a dot (with a tooltip) per point

@@ -20,8 +20,6 @@ from __future__ import annotations
 import heapq
 import json
 from collections import Counter
-from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 
 from ..core.graph import AGGREGATE_SET
@@ -53,28 +51,34 @@ FIT_SCALE = 0.5  # in the report a picture shrinks to the page's width down to t
 _ONE_COMPUTATION = (Status.RAN, Status.CACHED)  # a run's rows of these show the trace
 
 
-@dataclass(slots=True)
+def escape(s: str) -> str:
+    """html.escape(s): the same replacements in the same order, without importing html (which
+    builds its entity table and compiles a regular expression: ~8 M instructions, every run)."""
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;").replace("'", "&#x27;")
+
+
+# Box and Picture are plain classes, not dataclasses: defining a dataclass costs 2-3 M instructions
+# (its methods are generated and compiled at import), and every run writes a report.
+
+
 class Box:
-    title: str
-    subtitle: str
-    status: str
-    tooltip: str
-    counts: dict[str, int] = field(default_factory=dict)  # stage boxes: nodes by status
-    layer: int = 0
-    x: float = 0.0
-    y: float = 0.0
-    w: float = 0.0
+    __slots__ = ("title", "subtitle", "status", "tooltip", "counts", "layer", "x", "y", "w")
+
+    def __init__(self, title: str, subtitle: str, status: str, tooltip: str, counts: dict[str, int] | None = None):
+        self.title, self.subtitle, self.status, self.tooltip = title, subtitle, status, tooltip
+        self.counts = {} if counts is None else counts  # stage boxes: nodes by status
+        self.layer = 0
+        self.x = self.y = self.w = 0.0
 
 
-@dataclass
 class Picture:
-    boxes: list[Box]
-    edges: list[tuple[int, int, str]]  # (from box, to box, artifact names)
-    stages: bool  # one box per stage
-    nodes: int  # how many nodes the boxes stand for
-    routes: dict[int, list[tuple[float, float, float]]] = field(default_factory=dict)  # edge -> waypoints (x0, x1, y)
-    width: float = 0.0
-    height: float = 0.0
+    def __init__(self, boxes: list[Box], edges: list[tuple[int, int, str]], stages: bool, nodes: int):
+        self.boxes = boxes
+        self.edges = edges  # (from box, to box, artifact names)
+        self.stages = stages  # one box per stage
+        self.nodes = nodes  # how many nodes the boxes stand for
+        self.routes: dict[int, list[tuple[float, float, float]]] = {}  # edge -> waypoints (x0, x1, y)
+        self.width = self.height = 0.0
 
 
 def build(nodes: list[dict], stages: bool | None = None) -> Picture:

@@ -12,7 +12,6 @@ MAX_ENTRIES entries.
 
 from __future__ import annotations
 
-import base64
 import os
 from dataclasses import dataclass
 
@@ -123,6 +122,8 @@ def _embed(path: str) -> tuple[str, str]:
         return "", f"cannot be read: {e.strerror or e}"
     if not _looks_like(ext, data):
         return "", f"not a {ext[1:].upper()} image"
+    import base64
+
     return f"data:{MIME[ext]};base64,{base64.b64encode(data).decode('ascii')}", ""
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import secrets
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,8 +33,8 @@ ALIVE = "alive.lock"
 
 def new_run_id() -> str:
     """Sortable by start time to the millisecond (runs list newest first), unique by a random tail."""
-    now = datetime.now()
-    return now.strftime("%Y%m%d-%H%M%S") + f".{now.microsecond // 1000:03d}-" + secrets.token_hex(2)
+    now = datetime.now()  # the random tail: os.urandom(n).hex() is secrets.token_hex(n), without importing secrets
+    return now.strftime("%Y%m%d-%H%M%S") + f".{now.microsecond // 1000:03d}-" + os.urandom(2).hex()
 
 
 class ManifestWriter:
@@ -296,7 +295,7 @@ def _now() -> str:
 
 def _point_latest(runs_dir: Path, run_id: str) -> None:
     """`runs/latest` is a symlink swapped atomically (a plain file naming the run where links fail)."""
-    tmp = runs_dir / f".latest.{os.getpid()}.{secrets.token_hex(3)}"
+    tmp = runs_dir / f".latest.{os.getpid()}.{os.urandom(3).hex()}"
     try:
         os.symlink(run_id, tmp)
     except OSError:

@@ -16,14 +16,17 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime
-from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
 from ..params import split_set_key
-from . import curves, drawing
-from .paramsets import short_names
+from . import drawing
+from .drawing import escape
+
+if TYPE_CHECKING:
+    from . import curves
 
 ROWS_PER_STATUS = 200  # node-table rows per status, over the whole report
 TRACEBACKS = 30  # failures shown with their traceback; the others by their error line
@@ -163,6 +166,11 @@ def _failures(nodes: list[dict], sets: dict) -> str:
 def _compare(m: dict) -> str:
     """`orch compare` of this run: a row per parameter set, the parameters that differ, the final
     metrics (the best of each marked) and the compute time; nothing for one set without metrics."""
+    from .manifest import set_names
+
+    if (not any(isinstance(n, dict) and n.get("metrics") for n in m.get("nodes") or [])
+            and sum(name != AGGREGATE_SET for name in set_names(m)) < 2):
+        return ""  # what the comparison below gives (< 2 rows, no metric), without importing runs.compare
     from .compare import build_comparison, format_value
 
     c = build_comparison([m])
@@ -239,6 +247,9 @@ def _metrics(nodes: list[dict], sets: dict) -> str:
                 counts[name] = counts.get(name, 0) + 1
     if not by_stage:
         return ""
+    from . import curves  # only for a run whose stages logged metrics
+    from .paramsets import short_names
+
     charts = [(stage, name) for stage, counts in metrics_of.items() for name in counts]
     shown = charts[:MAX_CHARTS]
     picked = {stage: _pick(members, next(iter(metrics_of[stage]))) for stage, members in by_stage.items()
@@ -281,6 +292,8 @@ def _metrics(nodes: list[dict], sets: dict) -> str:
 
 
 def _line(n: dict, metric: str, streams: _Streams, names: dict[str, str], slots: dict | None) -> curves.Line | None:
+    from . import curves
+
     prepared = streams.points(n, metric)
     if prepared is None:
         return None
@@ -292,6 +305,8 @@ def _line(n: dict, metric: str, streams: _Streams, names: dict[str, str], slots:
 
 def _node_charts(nodes: list[dict], streams: _Streams, names: dict[str, str], every: bool) -> str:
     """Charts of single nodes (every metric it logged), closed until opened, MAX_NODE_CHARTS in all."""
+    from . import curves
+
     body, charts, left_out = [], 0, 0
     for n in nodes:
         logged = streams.logged(n)
@@ -360,6 +375,8 @@ class _Streams:
         """curves.prepare of one metric of a node's stream (None if the stream or the metric is absent)."""
         key = (n["series"], metric)
         if key not in self.prepared:
+            from . import curves
+
             points = (self.read(n) or {}).get(metric)
             self.prepared[key] = curves.prepare(points) if points else None
         return self.prepared[key]
@@ -389,7 +406,10 @@ class _Streams:
 
 def _images(nodes: list[dict], sets: dict) -> str:
     """The images stages stored (plots, predictions), grouped by stage and file, embedded."""
+    if not any(n.get("output_paths") for n in nodes):
+        return ""  # what collect finds then (no image, no problem), without importing runs.images
     from . import images
+    from .paramsets import short_names
 
     found = images.collect(nodes)
     if not found.images and not found.problems:

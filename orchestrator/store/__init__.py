@@ -12,7 +12,15 @@ from .disk import DiskStore
 from .entries import CodeManifest, Entry, EntryError, Head, KeyComponents, ObjectInfo, Read, StoredOutput
 from .location import cache_dir
 from .locks import NodeLock
-from .memory import MemoryStore
 
 __all__ = ["CodeManifest", "Store", "DiskStore", "MemoryStore", "NodeLock", "Entry", "EntryError", "Head", "KeyComponents",
            "ObjectInfo", "Read", "StoredOutput", "cache_dir"]
+
+
+def __getattr__(name: str):
+    """MemoryStore (tests, in-memory runs) is imported when first asked for: `orch run` never uses it."""
+    if name == "MemoryStore":
+        from .memory import MemoryStore
+
+        return MemoryStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

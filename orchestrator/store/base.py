@@ -13,20 +13,20 @@ from __future__ import annotations
 import abc
 import itertools
 import json
-import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .. import hashing
 from ..errors import DamagedObjectError
+from ..fsutil import LazyLogger
 from .entries import CodeManifest, Entry, EntryError, Head, ObjectInfo, check_name
 from .locks import NodeLock
 
 if TYPE_CHECKING:
     from ..hashing import StatCache
 
-log = logging.getLogger("orchestrator.store")
+log = LazyLogger("orchestrator.store")
 _STAGING_COUNTER = itertools.count()
 
 #: Object path -> stat signature when its content last matched its hash. One per process, shared

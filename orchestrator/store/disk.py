@@ -5,12 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import re
-import shutil
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +15,7 @@ from typing import Iterator
 from .. import hashing
 from ..errors import StoreError
 from ..fsutil import (
+    LazyLogger,
     atomic_write_bytes,
     load_cache_file,
     make_dirs,
@@ -34,7 +32,7 @@ from .entries import FORMAT, CodeManifest, Entry, EntryError, Head, ObjectInfo, 
 from .failures import is_write_failure, write_error
 from .locks import FileNodeLock, NodeLock, check_flock
 
-log = logging.getLogger("orchestrator.store")
+log = LazyLogger("orchestrator.store")
 #: How many code fingerprints' manifests the cache keeps (the newest; each a few KB at most).
 CODE_MANIFESTS_KEPT = 5000
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")  # what check_name accepts
@@ -178,6 +176,8 @@ class DiskStore(Store):
             except OSError as e:
                 if e.errno != errno.EXDEV:
                     raise
+        import shutil
+
         staging = str(self.new_staging_dir("ingest-"))
         try:
             copy = os.path.join(staging, "object")
@@ -470,6 +470,8 @@ class DiskStore(Store):
         return self._stat_cache
 
     def new_staging_dir(self, prefix: str = "") -> Path:
+        import tempfile  # with shutil and random: ~11 M instructions that a cached run does not need
+
         return Path(self._in_dir(self._tmp, tempfile.mkdtemp, "", prefix, self._tmp))
 
     def prune_locks(self, before: float) -> int:

@@ -25,14 +25,14 @@ what that file says is checked as always, and a miss still lists the directory.
 
 from __future__ import annotations
 
-import logging
 import marshal
 import os
 import zlib
 
+from ..fsutil import LazyLogger
 from .entries import Entry, KeyComponents, ObjectInfo, Read, StoredOutput
 
-log = logging.getLogger("orchestrator.store")
+log = LazyLogger("orchestrator.store")
 MAGIC = b"orch-entry-index 2\n"  # then the payload's crc32 (4 bytes, big-endian), then the payload
 #: how much older than the planning's start (filesystem clock) an entry file must be to be indexed
 #: (the environment may only change it for tests: tests/test_fuzz.py sets 0 to index every entry)
