@@ -9,7 +9,6 @@ make it a hit).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PlanningError
@@ -27,36 +26,44 @@ CACHED, RUN, PENDING, RAN, FAILED, SKIPPED, DAMAGED = (Status.CACHED, Status.RUN
                                                       Status.FAILED, Status.SKIPPED, Status.DAMAGED)
 
 
-@dataclass(slots=True)
 class Decision:
-    state: Status  # CACHED, RUN or PENDING
-    reason: str  # why it must run ("" for a hit)
-    key: str | None = None
-    entry: Entry | None = None  # the hit
-    components: KeyComponents | None = None
+    """What planning (or the run loop, re-deciding) says of one node. A plain class, not a dataclass:
+    this module is imported by every run, and a dataclass is generated and compiled at import."""
+
+    __slots__ = ("state", "reason", "key", "entry", "components")
+
+    def __init__(self, state: Status, reason: str, key: str | None = None, entry: Entry | None = None,
+                 components: KeyComponents | None = None):
+        self.state = state  # CACHED, RUN or PENDING
+        self.reason = reason  # why it must run ("" for a hit)
+        self.key = key
+        self.entry = entry  # the hit
+        self.components = components
+
+    def __repr__(self) -> str:
+        return f"Decision({self.state!r}, {self.reason!r}, key={self.key!r})"
 
 
-@dataclass
 class PlanContext:
     """Everything planning needs besides the graph; memoizes hashes shared by many nodes."""
 
-    store: Store
-    fingerprinter: Fingerprinter
-    project_root: Path
-    overwrite: bool = False
-    forced: set[int] = field(default_factory=set)
-    _fingerprints: dict[str, str] = field(default_factory=dict)
-    _code_items: dict[str, dict] = field(default_factory=dict)
-    _previous_rows: dict | None = None
-    _declarations: dict[str, str] = field(default_factory=dict)
-    _read_hashes: dict[tuple[str, str, tuple], str] = field(default_factory=dict)
-    _file_hashes: dict[str, str | None] = field(default_factory=dict)
-    #: (parameter set, read paths, file names, ignored) -> the trace id those reads give now
-    predicted: dict[tuple, str | None] = field(default_factory=dict)
-    #: stage id -> {read signature: (parameter paths, file names)} seen in its entries
-    signatures: dict[str, dict[str, tuple]] = field(default_factory=dict)
-    #: code object -> the parameter paths its function visibly reads (core.lockscope)
-    visible_reads: dict = field(default_factory=dict)
+    def __init__(self, store: Store, fingerprinter: Fingerprinter, project_root: Path, overwrite: bool = False,
+                 forced: set[int] | None = None):
+        self.store, self.fingerprinter, self.project_root = store, fingerprinter, project_root
+        self.overwrite = overwrite
+        self.forced: set[int] = forced if forced is not None else set()
+        self._fingerprints: dict[str, str] = {}
+        self._code_items: dict[str, dict] = {}
+        self._previous_rows: dict | None = None
+        self._declarations: dict[str, str] = {}
+        self._read_hashes: dict[tuple[str, str, tuple], str] = {}
+        self._file_hashes: dict[str, str | None] = {}
+        #: (parameter set, read paths, file names, ignored) -> the trace id those reads give now
+        self.predicted: dict[tuple, str | None] = {}
+        #: stage id -> {read signature: (parameter paths, file names)} seen in its entries
+        self.signatures: dict[str, dict[str, tuple]] = {}
+        #: code object -> the parameter paths its function visibly reads (core.lockscope)
+        self.visible_reads: dict = {}
 
     def code_items(self, node: Node) -> dict[str, list[str]]:
         """What the stage's fingerprint is made of (Fingerprinter.code_items), once per stage."""
