@@ -25,6 +25,8 @@ from .status import Status
 CACHED, RUN, PENDING, RAN, FAILED, SKIPPED, DAMAGED = (Status.CACHED, Status.RUN, Status.PENDING, Status.RAN,
                                                       Status.FAILED, Status.SKIPPED, Status.DAMAGED)
 
+_NONE_ABSENT: dict[int, str] = {}  # read only: a node none of whose producers is lost
+
 if TYPE_CHECKING:
     from ..executors.base import Executor
 
@@ -62,7 +64,8 @@ class _State:
     remaining: list[int]  # per node: producers not finished yet
     refs: dict[tuple[int, str], int]  # (producer, output) -> consumers still to run
     values: dict[tuple[int, str], object] = field(default_factory=dict)  # in-memory outputs
-    hashes: list[dict | None] = field(default_factory=list)  # per node: its outputs' content hashes
+    # per node: its outputs' content hashes; a cached node's Entry until a consumer asks (_output_hashes)
+    hashes: list[dict | Entry | None] = field(default_factory=list)
     rerun_waiters: dict[int, list[int]] = field(default_factory=dict)
 
 
@@ -93,11 +96,15 @@ class Runner:
     def run_all(self) -> list[NodeOutcome]:
         """Run every node to an outcome; returns them in node order."""
         nodes = self.graph.nodes
-        st = _State(remaining=[len({e.producer for e in n.inputs}) for n in nodes], refs={},
-                    hashes=[None] * len(nodes))
+        remaining: list[int] = []
+        refs: dict[tuple[int, str], int] = {}
         for n in nodes:
-            for e in n.inputs:
-                st.refs[(e.producer, e.output)] = st.refs.get((e.producer, e.output), 0) + 1
+            inputs = n.inputs
+            remaining.append(len({e.producer for e in inputs}) if len(inputs) > 1 else len(inputs))
+            for e in inputs:
+                k = (e.producer, e.output)
+                refs[k] = refs.get(k, 0) + 1
+        st = _State(remaining=remaining, refs=refs, hashes=[None] * len(nodes))
         self._st = st
         ready = deque(n.id for n in nodes if st.remaining[n.id] == 0)
         while ready or self._in_flight:
@@ -118,11 +125,11 @@ class Runner:
     # -- dispatch ------------------------------------------------------------------------------
     def _dispatch(self, node: Node, ready: deque) -> None:
         """Resolve a ready node: a hit finishes at once; otherwise submit it."""
-        st = self._st
         d = self.decisions[node.id]
-        absent = self._absent.get(node.id, {})
+        absent = self._absent.get(node.id, _NONE_ABSENT) if self._absent else _NONE_ABSENT
         if d.state != CACHED:  # an in-memory input nobody hashed has no entry in its producer's hashes
-            hashes = [ABSENT if e.producer in absent else st.hashes[e.producer].get(e.output) for e in node.inputs]
+            hashes = [ABSENT if e.producer in absent else self._output_hashes(e.producer).get(e.output)
+                      for e in node.inputs]
             d = decide(node, self.graph, hashes, self.ctx)
             if absent and d.state != CACHED:
                 sets = sorted({e.set_name for e in node.inputs if e.producer in absent})
@@ -146,13 +153,21 @@ class Runner:
         out = self.outcomes[node.id]
         out.key, out.reason = d.key, d.reason
         if d.state == CACHED:
+            entry = d.entry
             out.status, out.duration = CACHED, 0.0
-            out.take(d.entry, d.entry.outputs, d.entry.reads)
-            if d.entry.series is not None:
-                out.series = str(self.ctx.store.object_path(d.entry.series, verify=False))
-            self._finish(node, d.entry.output_hashes(), ready)
+            out.take(entry, entry.outputs, entry.reads)
+            if entry.series is not None:
+                out.series = str(self.ctx.store.object_path(entry.series, verify=False))
+            self._finish(node, entry, ready)  # its hashes: made if a consumer that is not a hit asks
             return
         self._submit(node, d)
+
+    def _output_hashes(self, node_id: int) -> dict:
+        """A finished node's outputs' content hashes (of its entry, for a hit: made on first use)."""
+        hashes = self._st.hashes[node_id]
+        if isinstance(hashes, Entry):
+            hashes = self._st.hashes[node_id] = hashes.output_hashes()
+        return hashes
 
     def _task(self, node: Node, d: Decision) -> Task:
         st = self._st
@@ -243,27 +258,31 @@ class Runner:
         hashes = dict(r.hashes) if r.hashes else {name: o.object.hash for name, o in r.outputs.items()}
         self._finish(node, hashes, ready)
 
-    def _finish(self, node: Node, hashes: dict, ready: deque) -> None:
+    def _finish(self, node: Node, hashes: dict | Entry, ready: deque) -> None:
         st = self._st
         st.hashes[node.id] = hashes
         self.on_done(self.outcomes[node.id])
-        self._release_inputs(node)
-        waiters = st.rerun_waiters.pop(node.id, None)
-        if waiters is not None:  # a re-run after damage: only the consumers that asked wait on it
-            ready.extend(waiters)
-            return
-        for c in dict.fromkeys(node.consumers):
-            st.remaining[c] -= 1
-            if st.remaining[c] == 0 and self.outcomes[c].status == PENDING:
+        if node.inputs:
+            self._release_inputs(node)
+        if st.rerun_waiters:
+            waiters = st.rerun_waiters.pop(node.id, None)
+            if waiters is not None:  # a re-run after damage: only the consumers that asked wait on it
+                ready.extend(waiters)
+                return
+        consumers = node.consumers
+        remaining, outcomes = st.remaining, self.outcomes
+        for c in dict.fromkeys(consumers) if len(consumers) > 1 else consumers:
+            remaining[c] -= 1
+            if remaining[c] == 0 and outcomes[c].status == PENDING:
                 ready.append(c)
 
     def _release_inputs(self, node: Node) -> None:
-        st = self._st
+        refs, values = self._st.refs, self._st.values
         for e in node.inputs:
             k = (e.producer, e.output)
-            st.refs[k] -= 1
-            if st.refs[k] <= 0:
-                st.values.pop(k, None)
+            left = refs[k] = refs[k] - 1
+            if left <= 0 and values:
+                values.pop(k, None)
 
     def _skip_downstream(self, failed: Node, ready: deque) -> None:
         """Skip what needs `failed`'s outputs and has not started. A node already in flight (its
