@@ -187,7 +187,7 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     from .core.plan import record_code_manifests
     from .core.runner import NodeOutcome, Runner
     from .executors.base import Detached
-    from .runs.manifest import ManifestWriter, node_row
+    from .runs.manifest import ManifestWriter, node_rows
     from .runs.progress import watch_run
 
     t0 = time.perf_counter()
@@ -213,21 +213,20 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     except Detached as d:  # --detach: the jobs run on; `orch status` follows them, `orch run` again re-attaches
         result = RunResult(manifest.run_id, runner.outcomes, decisions, graph, time.perf_counter() - t0, root,
                            detached=d.job_ids)
-        manifest.finish(RUN_DETACHED, [node_row(o, store) for o in runner.outcomes], result.counts())
+        manifest.finish(RUN_DETACHED, node_rows(runner.outcomes, store), result.counts())
         return result
     except KeyboardInterrupt:  # Ctrl-C: what finished is stored; say so in the run's manifest
-        manifest.finish(RUN_INTERRUPTED, [node_row(o, store) for o in runner.outcomes], {})
+        manifest.finish(RUN_INTERRUPTED, node_rows(runner.outcomes, store), {})
         _leave_report(manifest)
         raise
     except BaseException:  # orch itself failed mid-run: the record says the run failed, not "running"
-        manifest.finish(RUN_FAILED, [node_row(o, store) for o in runner.outcomes], {})
+        manifest.finish(RUN_FAILED, node_rows(runner.outcomes, store), {})
         raise
     finally:
         watch.close()
     result = RunResult(manifest.run_id, outcomes, decisions, graph, time.perf_counter() - t0, root)
     with gcpolicy.paused():  # the rows and the report: orch's own bookkeeping (gcpolicy)
-        manifest.finish(RUN_FAILED if result.failed else RUN_OK, [node_row(o, store) for o in outcomes],
-                        result.counts())
+        manifest.finish(RUN_FAILED if result.failed else RUN_OK, node_rows(outcomes, store), result.counts())
         _leave_report(manifest)
     return result
 
