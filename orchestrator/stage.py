@@ -72,8 +72,9 @@ class Stage:
         return decl + (("partial",) if self.partial else ())  # (unchanged for every other declaration)
 
     def __call__(self, record_or_records):
-        from .record import Record
-
+        Record = _Record or _record_class()
+        if type(record_or_records) is Record and self.kind == "stage":  # the common case, in one test
+            return record_or_records._graph_of(self).add_stage(self, record_or_records)
         if self.kind == "aggregate":
             records = list(record_or_records) if not isinstance(record_or_records, Record) else [record_or_records]
             if not records or not all(isinstance(r, Record) for r in records):
@@ -88,6 +89,17 @@ class Stage:
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.id}>"
+
+
+_Record = None  # record.Record, imported by the first call of a stage (`orch --help` does not import it)
+
+
+def _record_class():
+    global _Record
+    from .record import Record
+
+    _Record = Record
+    return Record
 
 
 def stage(
