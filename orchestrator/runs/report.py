@@ -127,7 +127,15 @@ def _dag(nodes: list[dict]) -> str:
 
 
 def _failures(nodes: list[dict], sets: dict) -> str:
-    failed = [n for n in nodes if n.get("status") == Status.FAILED]
+    failed, skipped = [], {}  # skipped: the failure named -> how many nodes it skipped
+    failed_status, skipped_status = str(Status.FAILED), str(Status.SKIPPED)
+    for n in nodes:
+        status = n.get("status")
+        if status == failed_status:
+            failed.append(n)
+        elif status == skipped_status:
+            cause = n.get("skipped_because") or "?"
+            skipped[cause] = skipped.get(cause, 0) + 1
     if not failed:
         return ""
     out = [f'<section id="failures"><h2>Failures <span class="count">{len(failed)}</span></h2>']
@@ -147,11 +155,6 @@ def _failures(nodes: list[dict], sets: dict) -> str:
         more = len(failed) - TRACEBACKS - ROWS_PER_STATUS
         out.append(f"<p>Further failures (tracebacks in the manifest and the run's logs):</p><ul>{rest}</ul>"
                    + (f'<p class="note">… and {more:,} more.</p>' if more > 0 else ""))
-    skipped: dict[str, int] = {}
-    for n in nodes:
-        if n.get("status") == Status.SKIPPED:
-            cause = n.get("skipped_because") or "?"
-            skipped[cause] = skipped.get(cause, 0) + 1
     if skipped:
         items = "".join(f"<li>{count} skipped because {escape(cause)} failed</li>"
                         for cause, count in list(skipped.items())[:ROWS_PER_STATUS])
@@ -230,7 +233,7 @@ def _metrics(nodes: list[dict], sets: dict) -> str:
     by_stage: dict[str, list[dict]] = {}  # stage id -> its nodes that logged, in manifest order
     metrics_of: dict[str, dict[str, int]] = {}  # stage id -> metric -> how many of its nodes logged it
     for n in nodes:
-        logged = streams.logged(n)
+        logged = streams.logged(n) if isinstance(n.get("series"), str) else None  # (logged's own first test)
         if logged:
             stage = n.get("stage_id") or n["stage"]
             by_stage.setdefault(stage, []).append(n)
@@ -434,13 +437,17 @@ def _images(nodes: list[dict], sets: dict) -> str:
 def _stages(nodes: list[dict]) -> str:
     rows: dict[str, list] = {}  # stage id -> [name, counts, total s, max s]
     for n in nodes:
-        row = rows.get(n.get("stage_id") or n["stage"])
+        stage = n.get("stage_id") or n["stage"]
+        row = rows.get(stage)
         if row is None:
-            row = rows[n.get("stage_id") or n["stage"]] = [n["stage"], {}, 0.0, 0.0]
-        status, secs = n.get("status", ""), n.get("duration_s") or 0.0
-        row[1][status] = row[1].get(status, 0) + 1
-        row[2] += secs
-        row[3] = max(row[3], secs)
+            row = rows[stage] = [n["stage"], {}, 0.0, 0.0]
+        status, secs = n.get("status", ""), n.get("duration_s")
+        counts = row[1]
+        counts[status] = counts.get(status, 0) + 1
+        if secs:
+            row[2] += secs
+            if secs > row[3]:
+                row[3] = secs
     out = ['<section id="stages"><h2>Stages</h2><table><thead><tr><th>stage</th><th class=num>nodes</th><th>status</th>'
            '<th class=num>total time</th><th class=num>slowest</th></tr></thead><tbody>']
     for stage_id, (name, counts, total, slowest) in list(rows.items())[:MAX_STAGES]:
@@ -454,17 +461,27 @@ def _stages(nodes: list[dict]) -> str:
 
 
 def _node_tables(nodes: list[dict], sets: dict) -> str:
-    by_set: dict[str, list[dict]] = {}
+    by_set: dict[str, tuple[list[dict], dict[str, int]]] = {}  # set -> (its nodes, their counts by status)
     for n in nodes:
-        by_set.setdefault(n["param_set"], []).append(n)
+        group = by_set.get(n["param_set"])
+        if group is None:
+            group = by_set[n["param_set"]] = ([], {})
+        group[0].append(n)
+        status = n.get("status", "")
+        group[1][status] = group[1].get(status, 0) + 1
     shown: dict[str, int] = {}
     hidden: dict[str, int] = {}
     out = ['<section id="nodes"><h2>Nodes by parameter set</h2>']
     body = []
-    for set_name, members in by_set.items():
-        counts = _count(members)
+    for set_name, (members, counts) in by_set.items():
         rows = []
-        for n in members:
+        if all(shown.get(status, 0) >= ROWS_PER_STATUS for status in counts):  # none of them is listed
+            for status, count in counts.items():
+                hidden[status] = hidden.get(status, 0) + count
+            members_left = ()
+        else:
+            members_left = members
+        for n in members_left:
             status = n.get("status", "")
             if shown.get(status, 0) >= ROWS_PER_STATUS:
                 hidden[status] = hidden.get(status, 0) + 1
