@@ -48,12 +48,14 @@ class RunResult:
 
     @property
     def failed(self) -> list:
-        return [o for o in self.outcomes if o.status == Status.FAILED]
+        failed = Status.FAILED  # (an enum member looked up once, not per node)
+        return [o for o in self.outcomes if o.status == failed]
 
     def counts(self) -> dict[str, int]:
         c: dict[str, int] = {}
         for o in self.outcomes:
-            c[o.status] = c.get(o.status, 0) + 1  # Status is a str: JSON and f-strings show "ran"
+            status = o.status
+            c[status] = c.get(status, 0) + 1  # Status is a str: JSON and f-strings show "ran"
         return c
 
 

@@ -44,7 +44,8 @@ class Stage:
         self.id = f"{fn.__module__}:{fn.__qualname__}"
         where = f"@{kind} {fn.__qualname__} ({_source_file(fn)})"
         self.inputs = _input_specs(inputs, where)
-        self.outputs = _output_specs(outputs, cachers, where)
+        self.outputs = _output_specs(outputs, cachers, where)  # (a tuple of frozen specs: `cached` once)
+        self._cached = bool(self.outputs) and all(o.cacher is not None for o in self.outputs)
         self.version = version
         self.ignore = tuple(_str_list(ignore, "ignore", where))
         self.distributed = bool(distributed)
@@ -60,7 +61,7 @@ class Stage:
     @property
     def cached(self) -> bool:
         """True when every output has a cacher (otherwise the stage always runs)."""
-        return bool(self.outputs) and all(o.cacher is not None for o in self.outputs)
+        return self._cached
 
     def declaration(self) -> tuple:
         """The part of the declaration that changes what a node computes or stores (hashed into the key)."""

@@ -9,6 +9,7 @@ else still runs. The executor is injected: the loop never knows where a node run
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,8 +289,16 @@ class Runner:
         """Skip what needs `failed`'s outputs and has not started. A node already in flight (its
         inputs were intact) finishes with its own outcome, and shields what depends only on it. A
         partial aggregate goes on without the sets whose inputs are lost (unless that is all of them)."""
+        nodes = self.graph.nodes
         blocked = {failed.id}
-        for node in self.graph.nodes[failed.id + 1:]:  # topological order: consumers come later
+        # the consumers of blocked nodes, in node order (a topological order: a node's producers are
+        # settled before it is looked at), rather than every later node: a run with many failures
+        # costs what they block, not failures x nodes
+        candidates = list(dict.fromkeys(failed.consumers))
+        heapq.heapify(candidates)
+        queued = set(candidates)
+        while candidates:
+            node = nodes[heapq.heappop(candidates)]
             if not any(e.producer in blocked for e in node.inputs):
                 continue
             out = self.outcomes[node.id]
@@ -300,9 +309,13 @@ class Runner:
                 out.status, out.skipped_because = SKIPPED, failed.label
                 self.on_done(out)
                 self._release_inputs(node)
-                blocked.add(node.id)
-            elif out.status == SKIPPED:
-                blocked.add(node.id)
+            elif out.status != SKIPPED:
+                continue
+            blocked.add(node.id)
+            for c in node.consumers:
+                if c not in queued:
+                    queued.add(c)
+                    heapq.heappush(candidates, c)
 
     def _go_on_without(self, node: Node, blocked: set[int], failed: Node, ready: deque) -> bool:
         """Count the lost producers of a partial aggregate as done; False when it has nothing left."""
