@@ -6,7 +6,8 @@ point to: the metrics streams (`series`) drawn as curves (runs/curves.py) and th
 (`output_paths`, runs/images.py). Everything in it that came from the user (stage, set and metric
 names, reasons, parameter values, tracebacks) is HTML-escaped. It must stay cheap on 10,000-node runs:
 the picture turns into one box per stage, the node table shows the first ROWS_PER_STATUS nodes of
-each status (the manifest keeps them all), metrics get one chart per stage and metric with at most
+each status (the manifest keeps them all; above COMPACT_NODES nodes, none of the cached ones, which the
+stage table counts by stage), metrics get one chart per stage and metric with at most
 MAX_LINES parameter sets in it, at most MAX_NODE_CHARTS charts of single nodes, and the streams and
 images read are bounded in number and bytes. A file that cannot be read is named in the report.
 """
@@ -26,6 +27,7 @@ from . import curves, drawing
 from .paramsets import short_names
 
 ROWS_PER_STATUS = 200  # node-table rows per status, over the whole report
+COMPACT_NODES = 1_000  # above this many nodes the node table lists no cached node (the stage table counts them)
 TRACEBACKS = 30  # failures shown with their traceback; the others by their error line
 MAX_STAGES = 500  # rows of the per-stage table
 MAX_SETS = 300  # rows of the parameter-set table
@@ -469,7 +471,9 @@ def _node_tables(nodes: list[dict], sets: dict) -> str:
         group[0].append(n)
         status = n.get("status", "")
         group[1][status] = group[1].get(status, 0) + 1
-    shown: dict[str, int] = {}
+    cached = str(Status.CACHED)
+    compact = len(nodes) > COMPACT_NODES  # a big sweep: its cached rows say nothing the stage table does not
+    shown: dict[str, int] = {cached: ROWS_PER_STATUS} if compact else {}  # rows listed per status
     hidden: dict[str, int] = {}
     out = ['<section id="nodes"><h2>Nodes by parameter set</h2>']
     body = []
@@ -499,6 +503,11 @@ def _node_tables(nodes: list[dict], sets: dict) -> str:
         if left_out:
             body.append(f'<p class="note">{left_out} of these nodes are not listed (see the note above).</p>')
         body.append("</details>")
+    folded = hidden.pop(cached, 0) if compact else 0
+    if folded:
+        out.append(f'<p class="note">A run of more than {COMPACT_NODES:,} nodes lists no cached node here: its '
+                   f'{folded:,} cached nodes are counted by stage in the <a href="#stages">stage table</a>. '
+                   f"The manifest has every node.</p>")
     if hidden:
         what = ", ".join(f"{count:,} {status}" for status, count in hidden.items())
         out.append(f'<p class="note">Listing the first {ROWS_PER_STATUS} nodes of each status; not listed: {escape(what)}. '
