@@ -366,14 +366,14 @@ def graph(experiment, params, overrides, fmt, output, stages, cache):
     pending; -o/-f write a picture instead (plans only: nothing runs)."""
     from . import session
     from .core.status import Status
-    from .runs.manifest import node_row
+    from .runs.manifest import node_rows
 
     if output == "-" and fmt == "png":
         raise click.UsageError("-o - writes text; give --format png a file name")
     opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
                               cache=cache, dry=True)
     result = session.run_experiment(opts)
-    rows = [node_row(o) for o in result.outcomes]
+    rows = node_rows(result.outcomes)
     if output is None and fmt is None:
         from .runs.tree import render as render_text
 

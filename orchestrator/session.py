@@ -56,12 +56,14 @@ class RunResult:
 
     @property
     def failed(self) -> list:
-        return [o for o in self.outcomes if o.status == Status.FAILED]
+        failed = Status.FAILED  # (an enum member looked up once, not per node)
+        return [o for o in self.outcomes if o.status == failed]
 
     def counts(self) -> dict[str, int]:
         c: dict[str, int] = {}
         for o in self.outcomes:
-            c[o.status] = c.get(o.status, 0) + 1  # Status is a str: JSON and f-strings show "ran"
+            status = o.status
+            c[status] = c.get(status, 0) + 1  # Status is a str: JSON and f-strings show "ran"
         return c
 
 
@@ -219,28 +221,27 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
 def _run_recorded(runner, watch, manifest, decisions, graph: Graph, store, root: Path, t0: float) -> RunResult:
     """Run the loop and record it in its manifest and report, however it ends."""
     from .executors.base import Detached
-    from .runs.manifest import node_row
+    from .runs.manifest import node_rows
 
     try:
         outcomes = runner.run_all()
     except Detached as d:  # --detach: the jobs run on; `orch status` follows them, `orch run` again re-attaches
         result = RunResult(manifest.run_id, runner.outcomes, decisions, graph, time.perf_counter() - t0, root,
                            detached=d.job_ids)
-        manifest.finish(RUN_DETACHED, [node_row(o, store) for o in runner.outcomes], result.counts())
+        manifest.finish(RUN_DETACHED, node_rows(runner.outcomes, store), result.counts())
         return result
     except KeyboardInterrupt:  # Ctrl-C: what finished is stored; say so in the run's manifest
-        manifest.finish(RUN_INTERRUPTED, [node_row(o, store) for o in runner.outcomes], {})
+        manifest.finish(RUN_INTERRUPTED, node_rows(runner.outcomes, store), {})
         _leave_report(manifest)
         raise
     except BaseException:  # orch itself failed mid-run: the record says the run failed, not "running"
-        manifest.finish(RUN_FAILED, [node_row(o, store) for o in runner.outcomes], {})
+        manifest.finish(RUN_FAILED, node_rows(runner.outcomes, store), {})
         raise
     finally:
         watch.close()
     result = RunResult(manifest.run_id, outcomes, decisions, graph, time.perf_counter() - t0, root)
     with gcpolicy.paused():  # the rows and the report: orch's own bookkeeping (gcpolicy)
-        manifest.finish(RUN_FAILED if result.failed else RUN_OK, [node_row(o, store) for o in outcomes],
-                        result.counts())
+        manifest.finish(RUN_FAILED if result.failed else RUN_OK, node_rows(outcomes, store), result.counts())
         _leave_report(manifest)
     return result
 

@@ -72,7 +72,8 @@ class Stage:
         self.id = f"{fn.__module__}:{fn.__qualname__}"
         where = f"@{kind} {fn.__qualname__} ({_source_file(fn)})"
         self.inputs = _input_specs(inputs, where)
-        self.outputs = _output_specs(outputs, cachers, where)
+        self.outputs = _output_specs(outputs, cachers, where)  # (a tuple of frozen specs: `cached` once)
+        self._cached = bool(self.outputs) and all(o.cacher is not None for o in self.outputs)
         self.version = version
         self.ignore = tuple(_str_list(ignore, "ignore", where))
         self.distributed = bool(distributed)
@@ -88,7 +89,7 @@ class Stage:
     @property
     def cached(self) -> bool:
         """True when every output has a cacher (otherwise the stage always runs)."""
-        return bool(self.outputs) and all(o.cacher is not None for o in self.outputs)
+        return self._cached
 
     def declaration(self) -> tuple:
         """The part of the declaration that changes what a node computes or stores (hashed into the key)."""
@@ -100,8 +101,9 @@ class Stage:
         return decl + (("partial",) if self.partial else ())  # (unchanged for every other declaration)
 
     def __call__(self, record_or_records):
-        from .record import Record
-
+        Record = _Record or _record_class()
+        if type(record_or_records) is Record and self.kind == "stage":  # the common case, in one test
+            return record_or_records._graph_of(self).add_stage(self, record_or_records)
         if self.kind == "aggregate":
             records = list(record_or_records) if not isinstance(record_or_records, Record) else [record_or_records]
             if not records or not all(isinstance(r, Record) for r in records):
@@ -116,6 +118,17 @@ class Stage:
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.id}>"
+
+
+_Record = None  # record.Record, imported by the first call of a stage (`orch --help` does not import it)
+
+
+def _record_class():
+    global _Record
+    from .record import Record
+
+    _Record = Record
+    return Record
 
 
 def stage(

@@ -20,7 +20,7 @@ import pytest
 from conftest import pipeline
 
 from orchestrator.runs import drawing
-from orchestrator.runs.report import ROWS_PER_STATUS, render, write_report
+from orchestrator.runs.report import COMPACT_NODES, ROWS_PER_STATUS, render, write_report
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
@@ -347,6 +347,35 @@ def test_big_runs_draw_one_box_per_stage(tmp_path):
     assert "101 stages, 2,001 nodes" in page.text and "KeyError: 'x'" in page.text
     assert page.tags["tr"] < 3 * ROWS_PER_STATUS + 200  # the node table is capped...
     assert "not listed" in page.text  # ...and says so
+
+
+def test_a_big_sweep_lists_what_ran_and_counts_what_was_cached_by_stage():
+    """Above COMPACT_NODES nodes the node table lists no cached node (the stage table counts them by
+    stage, the manifest keeps them); what ran, failed or was skipped is still listed; a smaller run
+    lists its cached nodes as before."""
+
+    def table_rows(page: str) -> list[str]:
+        section = page[page.index('<section id="nodes">'):]
+        return [r[:r.index("</tr>")] for r in section[:section.index("</section>")].split("<tr>")[1:]
+                if "<th>" not in r]
+
+    big = chain_manifest(sets=12, stages=100, statuses=("cached",) * 9 + ("ran",))  # 1,201 nodes
+    assert len(big["nodes"]) > COMPACT_NODES
+    html = render(big)
+    Page(html)
+    rows = table_rows(html)
+    assert rows and not any("st-cached" in r for r in rows)  # no cached node listed...
+    ran = sum(n["status"] == "ran" for n in big["nodes"])
+    assert sum("st-ran" in r for r in rows) == ran == 120 and any("st-failed" in r for r in rows)  # every one
+    cached = sum(n["status"] == "cached" for n in big["nodes"])
+    assert f"its {cached:,} cached nodes are counted by stage in the" in html  # ...said once, with the count
+    assert '<td title="stages.chain:s0">s0</td><td class=num>12</td>' in html  # the stage table counts them
+    assert "Listing the first" not in html and "90 of these nodes are not listed" in html  # per set: its cached
+
+    small = chain_manifest(sets=9, stages=100, statuses=("cached",) * 9 + ("ran",))  # 901 nodes
+    assert len(small["nodes"]) <= COMPACT_NODES
+    rows = table_rows(render(small))
+    assert sum("st-cached" in r for r in rows) == ROWS_PER_STATUS
 
 
 def test_stage_cycles_and_repeated_stages_still_draw():

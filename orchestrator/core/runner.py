@@ -9,6 +9,7 @@ else still runs. The executor is injected: the loop never knows where a node run
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections import deque
 from pathlib import Path
@@ -22,6 +23,8 @@ from .status import Status
 # Hot loops compare states per node: plain module constants (enum member lookup costs ~0.2 µs each).
 CACHED, RUN, PENDING, RAN, FAILED, SKIPPED, DAMAGED = (Status.CACHED, Status.RUN, Status.PENDING, Status.RAN,
                                                       Status.FAILED, Status.SKIPPED, Status.DAMAGED)
+
+_NONE_ABSENT: dict[int, str] = {}  # read only: a node none of whose producers is lost
 
 if TYPE_CHECKING:
     from ..executors.base import Executor
@@ -59,11 +62,12 @@ class NodeOutcome:
 
 
 class _State:
-    def __init__(self, remaining: list[int], refs: dict[tuple[int, str], int], hashes: list[dict | None]):
+    def __init__(self, remaining: list[int], refs: dict[tuple[int, str], int], hashes: list):
         self.remaining = remaining  # per node: producers not finished yet
         self.refs = refs  # (producer, output) -> consumers still to run
         self.values: dict[tuple[int, str], object] = {}  # in-memory outputs
-        self.hashes = hashes  # per node: its outputs' content hashes
+        # per node: its outputs' content hashes; a cached node's Entry until a consumer asks (_output_hashes)
+        self.hashes: list[dict | Entry | None] = hashes
         self.rerun_waiters: dict[int, list[int]] = {}
 
 
@@ -95,11 +99,15 @@ class Runner:
     def run_all(self) -> list[NodeOutcome]:
         """Run every node to an outcome; returns them in node order."""
         nodes = self.graph.nodes
-        st = _State(remaining=[len({e.producer for e in n.inputs}) for n in nodes], refs={},
-                    hashes=[None] * len(nodes))
+        remaining: list[int] = []
+        refs: dict[tuple[int, str], int] = {}
         for n in nodes:
-            for e in n.inputs:
-                st.refs[(e.producer, e.output)] = st.refs.get((e.producer, e.output), 0) + 1
+            inputs = n.inputs
+            remaining.append(len({e.producer for e in inputs}) if len(inputs) > 1 else len(inputs))
+            for e in inputs:
+                k = (e.producer, e.output)
+                refs[k] = refs.get(k, 0) + 1
+        st = _State(remaining=remaining, refs=refs, hashes=[None] * len(nodes))
         self._st = st
         ready = deque(n.id for n in nodes if st.remaining[n.id] == 0)
         while ready or self._in_flight:
@@ -120,11 +128,11 @@ class Runner:
     # -- dispatch ------------------------------------------------------------------------------
     def _dispatch(self, node: Node, ready: deque) -> None:
         """Resolve a ready node: a hit finishes at once; otherwise submit it."""
-        st = self._st
         d = self.decisions[node.id]
-        absent = self._absent.get(node.id, {})
+        absent = self._absent.get(node.id, _NONE_ABSENT) if self._absent else _NONE_ABSENT
         if d.state != CACHED:  # an in-memory input nobody hashed has no entry in its producer's hashes
-            hashes = [ABSENT if e.producer in absent else st.hashes[e.producer].get(e.output) for e in node.inputs]
+            hashes = [ABSENT if e.producer in absent else self._output_hashes(e.producer).get(e.output)
+                      for e in node.inputs]
             d = decide(node, self.graph, hashes, self.ctx)
             if absent and d.state != CACHED:
                 sets = sorted({e.set_name for e in node.inputs if e.producer in absent})
@@ -148,13 +156,21 @@ class Runner:
         out = self.outcomes[node.id]
         out.key, out.reason = d.key, d.reason
         if d.state == CACHED:
+            entry = d.entry
             out.status, out.duration = CACHED, 0.0
-            out.take(d.entry, d.entry.outputs, d.entry.reads)
-            if d.entry.series is not None:
-                out.series = str(self.ctx.store.object_path(d.entry.series, verify=False))
-            self._finish(node, d.entry.output_hashes(), ready)
+            out.take(entry, entry.outputs, entry.reads)
+            if entry.series is not None:
+                out.series = str(self.ctx.store.object_path(entry.series, verify=False))
+            self._finish(node, entry, ready)  # its hashes: made if a consumer that is not a hit asks
             return
         self._submit(node, d)
+
+    def _output_hashes(self, node_id: int) -> dict:
+        """A finished node's outputs' content hashes (of its entry, for a hit: made on first use)."""
+        hashes = self._st.hashes[node_id]
+        if isinstance(hashes, Entry):
+            hashes = self._st.hashes[node_id] = hashes.output_hashes()
+        return hashes
 
     def _task(self, node: Node, d: Decision) -> Task:
         from ..executors.task import InputValue, Task  # a fully cached run builds no task
@@ -250,34 +266,46 @@ class Runner:
         hashes = dict(r.hashes) if r.hashes else {name: o.object.hash for name, o in r.outputs.items()}
         self._finish(node, hashes, ready)
 
-    def _finish(self, node: Node, hashes: dict, ready: deque) -> None:
+    def _finish(self, node: Node, hashes: dict | Entry, ready: deque) -> None:
         st = self._st
         st.hashes[node.id] = hashes
         self.on_done(self.outcomes[node.id])
-        self._release_inputs(node)
-        waiters = st.rerun_waiters.pop(node.id, None)
-        if waiters is not None:  # a re-run after damage: only the consumers that asked wait on it
-            ready.extend(waiters)
-            return
-        for c in dict.fromkeys(node.consumers):
-            st.remaining[c] -= 1
-            if st.remaining[c] == 0 and self.outcomes[c].status == PENDING:
+        if node.inputs:
+            self._release_inputs(node)
+        if st.rerun_waiters:
+            waiters = st.rerun_waiters.pop(node.id, None)
+            if waiters is not None:  # a re-run after damage: only the consumers that asked wait on it
+                ready.extend(waiters)
+                return
+        consumers = node.consumers
+        remaining, outcomes = st.remaining, self.outcomes
+        for c in dict.fromkeys(consumers) if len(consumers) > 1 else consumers:
+            remaining[c] -= 1
+            if remaining[c] == 0 and outcomes[c].status == PENDING:
                 ready.append(c)
 
     def _release_inputs(self, node: Node) -> None:
-        st = self._st
+        refs, values = self._st.refs, self._st.values
         for e in node.inputs:
             k = (e.producer, e.output)
-            st.refs[k] -= 1
-            if st.refs[k] <= 0:
-                st.values.pop(k, None)
+            left = refs[k] = refs[k] - 1
+            if left <= 0 and values:
+                values.pop(k, None)
 
     def _skip_downstream(self, failed: Node, ready: deque) -> None:
         """Skip what needs `failed`'s outputs and has not started. A node already in flight (its
         inputs were intact) finishes with its own outcome, and shields what depends only on it. A
         partial aggregate goes on without the sets whose inputs are lost (unless that is all of them)."""
+        nodes = self.graph.nodes
         blocked = {failed.id}
-        for node in self.graph.nodes[failed.id + 1:]:  # topological order: consumers come later
+        # the consumers of blocked nodes, in node order (a topological order: a node's producers are
+        # settled before it is looked at), rather than every later node: a run with many failures
+        # costs what they block, not failures x nodes
+        candidates = list(dict.fromkeys(failed.consumers))
+        heapq.heapify(candidates)
+        queued = set(candidates)
+        while candidates:
+            node = nodes[heapq.heappop(candidates)]
             if not any(e.producer in blocked for e in node.inputs):
                 continue
             out = self.outcomes[node.id]
@@ -288,9 +316,13 @@ class Runner:
                 out.status, out.skipped_because = SKIPPED, failed.label
                 self.on_done(out)
                 self._release_inputs(node)
-                blocked.add(node.id)
-            elif out.status == SKIPPED:
-                blocked.add(node.id)
+            elif out.status != SKIPPED:
+                continue
+            blocked.add(node.id)
+            for c in node.consumers:
+                if c not in queued:
+                    queued.add(c)
+                    heapq.heappush(candidates, c)
 
     def _go_on_without(self, node: Node, blocked: set[int], failed: Node, ready: deque) -> bool:
         """Count the lost producers of a partial aggregate as done; False when it has nothing left."""

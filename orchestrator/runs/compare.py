@@ -103,8 +103,10 @@ def _set_nodes(manifest: dict) -> dict[str, list[dict]]:
     """The manifest's node rows by parameter set, in the run's set order (aggregates span sets: no row)."""
     by_set: dict[str, list[dict]] = {name: [] for name in set_names(manifest) if name != AGGREGATE_SET}
     for n in manifest.get("nodes", []):
-        if isinstance(n, dict) and n.get("param_set") in by_set:
-            by_set[n["param_set"]].append(n)
+        if isinstance(n, dict):
+            members = by_set.get(n.get("param_set"))
+            if members is not None:
+                members.append(n)
     return by_set
 
 
@@ -115,8 +117,10 @@ def _metric_naming(collected: list[dict[str, list[dict]]], param_names: set[str]
     for by_set in collected:
         for nodes in by_set.values():
             for n in nodes:
-                for name in n.get("metrics") or {}:
-                    stages_of.setdefault(name, set()).add(n["stage"])
+                metrics = n.get("metrics")
+                if metrics:
+                    for name in metrics:
+                        stages_of.setdefault(name, set()).add(n["stage"])
     return {(stage, name): (name if len(stages) == 1 and name not in param_names else f"{stage}.{name}")
             for name, stages in stages_of.items() for stage in stages}
 
@@ -124,7 +128,10 @@ def _metric_naming(collected: list[dict[str, list[dict]]], param_names: set[str]
 def _final_metrics(nodes: list[dict], naming: dict[tuple[str, str], str]) -> dict[str, float]:
     found = {}
     for n in nodes:
-        for name, summary in (n.get("metrics") or {}).items():
+        metrics = n.get("metrics")
+        if not metrics:
+            continue
+        for name, summary in metrics.items():
             if isinstance(summary, dict) and isinstance(summary.get("last"), (int, float)):
                 found[naming[(n["stage"], name)]] = summary["last"]
     return found
@@ -133,9 +140,11 @@ def _final_metrics(nodes: list[dict], naming: dict[tuple[str, str], str]) -> dic
 def _duration(nodes: list[dict]) -> float:
     """Compute time of the set: what its nodes took in this run, or when they ran (cached ones)."""
     total = 0.0
+    cached = str(Status.CACHED)
     for n in nodes:
-        took = n.get("computed_s") if n.get("status") == Status.CACHED else n.get("duration_s")
-        total += took if isinstance(took, (int, float)) else 0.0
+        took = n.get("computed_s") if n.get("status") == cached else n.get("duration_s")
+        if took and isinstance(took, (int, float)):
+            total += took
     return round(total, 6)
 
 

@@ -208,16 +208,20 @@ def _stage_picture(nodes: list[dict]) -> Picture:
     names: list[str] = []
     counts: list[dict[str, int]] = []
     sets: list[set] = []
+    index: dict[int, int] = {}  # node id -> its stage's box
     for n in nodes:
-        i = slot.get(n.get("stage_id") or n["stage"])
+        stage = n.get("stage_id") or n["stage"]
+        i = slot.get(stage)
         if i is None:
-            i = slot[n.get("stage_id") or n["stage"]] = len(names)
+            i = slot[stage] = len(names)
             names.append(n["stage"])
             counts.append({})
             sets.append(set())
         status = n.get("status", "")
-        counts[i][status] = counts[i].get(status, 0) + 1
+        c = counts[i]
+        c[status] = c.get(status, 0) + 1
         sets[i].add(n["param_set"])
+        index[n["id"]] = i
     shared = Counter(names)
     boxes = []
     for key, name, c, in_sets in zip(slot, names, counts, sets):
@@ -226,7 +230,6 @@ def _stage_picture(nodes: list[dict]) -> Picture:
         title = key if shared[name] > 1 else name  # two stages of one name: tell them apart by module
         sets_text = f"{len(in_sets)} parameter set" + ("s" if len(in_sets) != 1 else "")
         boxes.append(Box(title, summary, status, f"{key}\n{sets_text}: {summary}", counts=c))
-    index = {n["id"]: slot[n.get("stage_id") or n["stage"]] for n in nodes}
     return Picture(boxes, _edges(nodes, index), True, len(nodes))
 
 
@@ -235,13 +238,18 @@ def _edges(nodes: list[dict], box_of: dict) -> list[tuple[int, int, str]]:
     artifacts that flow along them."""
     labels: dict[tuple[int, int], list[str]] = {}
     for n in nodes:
+        inputs = n.get("inputs")
+        if not inputs:
+            continue
         dst = box_of[n["id"]]
-        for edge in n.get("inputs", ()):
+        for edge in inputs:
             src = box_of.get(edge[1])
             if src is None:
                 continue
-            names = labels.setdefault((src, dst), [])
-            if edge[2] not in names:
+            names = labels.get((src, dst))
+            if names is None:
+                labels[(src, dst)] = [edge[2]]
+            elif edge[2] not in names:
                 names.append(edge[2])
     return [(s, d, ", ".join(names)) for (s, d), names in labels.items()]
 

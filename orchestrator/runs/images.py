@@ -59,7 +59,10 @@ def collect(nodes: list[dict]) -> Found:
     outputs: set[str] = set()  # stored outputs looked at (a shared computation's, once)
     more = unsearched = 0
     for n in nodes:
-        for output, path in (n.get("output_paths") or {}).items():
+        paths = n.get("output_paths")
+        if not paths:
+            continue
+        for output, path in paths.items():
             if not isinstance(path, str) or path in outputs:
                 continue
             outputs.add(path)

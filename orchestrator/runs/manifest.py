@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import time
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from typing import Iterator
 
 from ..core.status import RUN_DIED, RUN_RUNNING, Status
 from ..errors import RunNotFoundError
-from ..fsutil import atomic_write_json, read_json_object
+from ..fsutil import atomic_write_bytes, atomic_write_json, read_json_object
 from ..store.failures import is_write_failure, write_error
 
 MANIFEST = "manifest.json"
@@ -69,7 +70,10 @@ class ManifestWriter:
                          duration_s=round(time.perf_counter() - self._t0, 4))
         try:
             with self._writing("recording the end of run"):
-                atomic_write_json(self.dir / MANIFEST, self.data)
+                # the rows are plain data made here (no cycles): the encoder skips its per-container
+                # check, ~20% of encoding the 4.5 MB of a 10,000-node manifest
+                data = json.dumps(self.data, separators=(",", ":"), check_circular=False).encode("utf-8")
+                atomic_write_bytes(self.dir / MANIFEST, data)
         finally:
             fd, self._alive = self._alive, None
             if fd is not None:
@@ -135,44 +139,59 @@ IMAGE_EXTS = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
 def node_row(outcome, store=None) -> dict:
     """A node's row in the manifest, from its core.runner.NodeOutcome; with the store, the paths
     of its stored images and directories (for the report)."""
-    node = outcome.node
-    row = {
-        "id": node.id,
-        "stage": node.stage.name,
-        "stage_id": node.stage.id,
-        "param_set": node.set_name,
-        "status": outcome.status,  # a str: JSON writes "ran"
-        "key": outcome.key,
-        "reason": outcome.reason,
-        "duration_s": round(outcome.duration, 6),
-        "inputs": [[e.input, e.producer, e.output] + ([e.set_name] if e.set_name else []) for e in node.inputs],
-        "outputs": {name: out.object.hash for name, out in outcome.outputs.items()},
-        "reads": {path: r.shown for path, r in outcome.reads.items()},
-        "files": dict(outcome.files),
-    }
-    if outcome.status == Status.FAILED:
-        row["error"] = f"{outcome.error_type}: {outcome.error}"
-        row["traceback"] = outcome.traceback
-        if outcome.log_path:
-            row["log"] = outcome.log_path
-    if outcome.skipped_because:
-        row["skipped_because"] = outcome.skipped_because
-    if outcome.entry is not None:
-        row["trace"] = outcome.entry.trace_id  # with the key: this node's computation (core.explain)
-    if outcome.metrics:
-        row["metrics"] = outcome.metrics
-    if outcome.series:
-        row["series"] = outcome.series
-    if store is not None:
-        paths = {name: str(store.object_path(out.object, verify=False)) for name, out in outcome.outputs.items()
-                 if out.object.kind == "dir" or out.object.ext.lower() in IMAGE_EXTS}
-        if paths:
-            row["output_paths"] = paths
-    if outcome.entry is not None and outcome.status == Status.CACHED:
-        row["computed_s"] = outcome.entry.duration_s  # what it cost when it ran (compare's durations)
-    if outcome.entry is not None and outcome.entry.accepted:
-        row["accepted"] = dict(outcome.entry.accepted)
-    return row
+    return node_rows([outcome], store)[0]
+
+
+def node_rows(outcomes, store=None) -> list[dict]:
+    """`node_row` of every outcome, in order. One pass with what a row needs looked up once: a
+    10,000-node run builds all its rows in this loop."""
+    object_path = store.object_path if store is not None else None
+    cached, failed = Status.CACHED, Status.FAILED
+    rows = []
+    append = rows.append
+    for o in outcomes:
+        node, status, entry, outputs, reads = o.node, o.status, o.entry, o.outputs, o.reads
+        stage, duration = node.stage, o.duration
+        row = {
+            "id": node.id,
+            "stage": stage.name,
+            "stage_id": stage.id,
+            "param_set": node.set_name,
+            "status": status,  # a str: JSON writes "ran"
+            "key": o.key,
+            "reason": o.reason,
+            "duration_s": round(duration, 6) if duration else duration,
+            "inputs": [[e.input, e.producer, e.output, e.set_name] if e.set_name else [e.input, e.producer, e.output]
+                       for e in node.inputs],
+            "outputs": {name: out.object.hash for name, out in outputs.items()} if outputs else {},
+            "reads": {path: r.shown for path, r in reads.items()} if reads else {},
+            "files": dict(o.files),
+        }
+        if status == failed:
+            row["error"] = f"{o.error_type}: {o.error}"
+            row["traceback"] = o.traceback
+            if o.log_path:
+                row["log"] = o.log_path
+        if o.skipped_because:
+            row["skipped_because"] = o.skipped_because
+        if entry is not None:
+            row["trace"] = entry.trace_id  # with the key: this node's computation (core.explain)
+        if o.metrics:
+            row["metrics"] = o.metrics
+        if o.series:
+            row["series"] = o.series
+        if object_path is not None and outputs:
+            paths = {name: str(object_path(out.object, verify=False)) for name, out in outputs.items()
+                     if out.object.kind == "dir" or out.object.ext.lower() in IMAGE_EXTS}
+            if paths:
+                row["output_paths"] = paths
+        if entry is not None:
+            if status == cached:
+                row["computed_s"] = entry.duration_s  # what it cost when it ran (compare's durations)
+            if entry.accepted:
+                row["accepted"] = dict(entry.accepted)
+        append(row)
+    return rows
 
 
 # -- reading runs back --------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ point to: the metrics streams (`series`) drawn as curves (runs/curves.py) and th
 (`output_paths`, runs/images.py). Everything in it that came from the user (stage, set and metric
 names, reasons, parameter values, tracebacks) is HTML-escaped. It must stay cheap on 10,000-node runs:
 the picture turns into one box per stage, the node table shows the first ROWS_PER_STATUS nodes of
-each status (the manifest keeps them all), metrics get one chart per stage and metric with at most
+each status (the manifest keeps them all; above COMPACT_NODES nodes, none of the cached ones, which the
+stage table counts by stage), metrics get one chart per stage and metric with at most
 MAX_LINES parameter sets in it, at most MAX_NODE_CHARTS charts of single nodes, and the streams and
 images read are bounded in number and bytes. A file that cannot be read is named in the report.
 """
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from . import curves
 
 ROWS_PER_STATUS = 200  # node-table rows per status, over the whole report
+COMPACT_NODES = 1_000  # above this many nodes the node table lists no cached node (the stage table counts them)
 TRACEBACKS = 30  # failures shown with their traceback; the others by their error line
 MAX_STAGES = 500  # rows of the per-stage table
 MAX_SETS = 300  # rows of the parameter-set table
@@ -130,7 +132,15 @@ def _dag(nodes: list[dict]) -> str:
 
 
 def _failures(nodes: list[dict], sets: dict) -> str:
-    failed = [n for n in nodes if n.get("status") == Status.FAILED]
+    failed, skipped = [], {}  # skipped: the failure named -> how many nodes it skipped
+    failed_status, skipped_status = str(Status.FAILED), str(Status.SKIPPED)
+    for n in nodes:
+        status = n.get("status")
+        if status == failed_status:
+            failed.append(n)
+        elif status == skipped_status:
+            cause = n.get("skipped_because") or "?"
+            skipped[cause] = skipped.get(cause, 0) + 1
     if not failed:
         return ""
     out = [f'<section id="failures"><h2>Failures <span class="count">{len(failed)}</span></h2>']
@@ -150,11 +160,6 @@ def _failures(nodes: list[dict], sets: dict) -> str:
         more = len(failed) - TRACEBACKS - ROWS_PER_STATUS
         out.append(f"<p>Further failures (tracebacks in the manifest and the run's logs):</p><ul>{rest}</ul>"
                    + (f'<p class="note">… and {more:,} more.</p>' if more > 0 else ""))
-    skipped: dict[str, int] = {}
-    for n in nodes:
-        if n.get("status") == Status.SKIPPED:
-            cause = n.get("skipped_because") or "?"
-            skipped[cause] = skipped.get(cause, 0) + 1
     if skipped:
         items = "".join(f"<li>{count} skipped because {escape(cause)} failed</li>"
                         for cause, count in list(skipped.items())[:ROWS_PER_STATUS])
@@ -238,7 +243,7 @@ def _metrics(nodes: list[dict], sets: dict) -> str:
     by_stage: dict[str, list[dict]] = {}  # stage id -> its nodes that logged, in manifest order
     metrics_of: dict[str, dict[str, int]] = {}  # stage id -> metric -> how many of its nodes logged it
     for n in nodes:
-        logged = streams.logged(n)
+        logged = streams.logged(n) if isinstance(n.get("series"), str) else None  # (logged's own first test)
         if logged:
             stage = n.get("stage_id") or n["stage"]
             by_stage.setdefault(stage, []).append(n)
@@ -454,13 +459,17 @@ def _images(nodes: list[dict], sets: dict) -> str:
 def _stages(nodes: list[dict]) -> str:
     rows: dict[str, list] = {}  # stage id -> [name, counts, total s, max s]
     for n in nodes:
-        row = rows.get(n.get("stage_id") or n["stage"])
+        stage = n.get("stage_id") or n["stage"]
+        row = rows.get(stage)
         if row is None:
-            row = rows[n.get("stage_id") or n["stage"]] = [n["stage"], {}, 0.0, 0.0]
-        status, secs = n.get("status", ""), n.get("duration_s") or 0.0
-        row[1][status] = row[1].get(status, 0) + 1
-        row[2] += secs
-        row[3] = max(row[3], secs)
+            row = rows[stage] = [n["stage"], {}, 0.0, 0.0]
+        status, secs = n.get("status", ""), n.get("duration_s")
+        counts = row[1]
+        counts[status] = counts.get(status, 0) + 1
+        if secs:
+            row[2] += secs
+            if secs > row[3]:
+                row[3] = secs
     out = ['<section id="stages"><h2>Stages</h2><table><thead><tr><th>stage</th><th class=num>nodes</th><th>status</th>'
            '<th class=num>total time</th><th class=num>slowest</th></tr></thead><tbody>']
     for stage_id, (name, counts, total, slowest) in list(rows.items())[:MAX_STAGES]:
@@ -474,17 +483,29 @@ def _stages(nodes: list[dict]) -> str:
 
 
 def _node_tables(nodes: list[dict], sets: dict) -> str:
-    by_set: dict[str, list[dict]] = {}
+    by_set: dict[str, tuple[list[dict], dict[str, int]]] = {}  # set -> (its nodes, their counts by status)
     for n in nodes:
-        by_set.setdefault(n["param_set"], []).append(n)
-    shown: dict[str, int] = {}
+        group = by_set.get(n["param_set"])
+        if group is None:
+            group = by_set[n["param_set"]] = ([], {})
+        group[0].append(n)
+        status = n.get("status", "")
+        group[1][status] = group[1].get(status, 0) + 1
+    cached = str(Status.CACHED)
+    compact = len(nodes) > COMPACT_NODES  # a big sweep: its cached rows say nothing the stage table does not
+    shown: dict[str, int] = {cached: ROWS_PER_STATUS} if compact else {}  # rows listed per status
     hidden: dict[str, int] = {}
     out = ['<section id="nodes"><h2>Nodes by parameter set</h2>']
     body = []
-    for set_name, members in by_set.items():
-        counts = _count(members)
+    for set_name, (members, counts) in by_set.items():
         rows = []
-        for n in members:
+        if all(shown.get(status, 0) >= ROWS_PER_STATUS for status in counts):  # none of them is listed
+            for status, count in counts.items():
+                hidden[status] = hidden.get(status, 0) + count
+            members_left = ()
+        else:
+            members_left = members
+        for n in members_left:
             status = n.get("status", "")
             if shown.get(status, 0) >= ROWS_PER_STATUS:
                 hidden[status] = hidden.get(status, 0) + 1
@@ -502,6 +523,11 @@ def _node_tables(nodes: list[dict], sets: dict) -> str:
         if left_out:
             body.append(f'<p class="note">{left_out} of these nodes are not listed (see the note above).</p>')
         body.append("</details>")
+    folded = hidden.pop(cached, 0) if compact else 0
+    if folded:
+        out.append(f'<p class="note">A run of more than {COMPACT_NODES:,} nodes lists no cached node here: its '
+                   f'{folded:,} cached nodes are counted by stage in the <a href="#stages">stage table</a>. '
+                   f"The manifest has every node.</p>")
     if hidden:
         what = ", ".join(f"{count:,} {status}" for status, count in hidden.items())
         out.append(f'<p class="note">Listing the first {ROWS_PER_STATUS} nodes of each status; not listed: {escape(what)}. '
