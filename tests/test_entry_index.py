@@ -241,6 +241,10 @@ def test_a_settled_cached_run_lists_no_entry_directory(project, monkeypatch):
     monkeypatch.setattr(entryindex, "RACY_S", 0.0)
     monkeypatch.chdir(project.root)
     monkeypatch.syspath_prepend(str(project.root))
+    import sys
+
+    for name in [m for m in sys.modules if m == "stages" or m.startswith("stages.")]:
+        monkeypatch.delitem(sys.modules, name)  # another test's (or the repository's own) stages package
     listed = []
     real = os.listdir
     monkeypatch.setattr(os, "listdir", lambda d=".": listed.append(str(d)) or real(d))
