@@ -228,7 +228,7 @@ def test_malformed_hints_are_dropped_and_the_records_kept(cache, monkeypatch):
     assert opened == []  # the records still serve
 
 
-def test_a_settled_cached_run_lists_no_entry_directory(project, monkeypatch):
+def test_a_settled_cached_run_lists_no_entry_directory(project, monkeypatch, request):
     """With the hints, the first node of each stage stats its predicted entry instead of listing its
     key's directory; an edit that misses still lists it (and re-runs what it changes)."""
     from orchestrator.session import RunOptions, plan_experiment
@@ -241,10 +241,7 @@ def test_a_settled_cached_run_lists_no_entry_directory(project, monkeypatch):
     monkeypatch.setattr(entryindex, "RACY_S", 0.0)
     monkeypatch.chdir(project.root)
     monkeypatch.syspath_prepend(str(project.root))
-    import sys
-
-    for name in [m for m in sys.modules if m == "stages" or m.startswith("stages.")]:
-        monkeypatch.delitem(sys.modules, name)  # another test's (or the repository's own) stages package
+    isolate_stages_package(request)
     listed = []
     real = os.listdir
     monkeypatch.setattr(os, "listdir", lambda d=".": listed.append(str(d)) or real(d))
@@ -257,3 +254,24 @@ def test_a_settled_cached_run_lists_no_entry_directory(project, monkeypatch):
                               experiment, project.root / ".orch")
     assert [str(d.state) for d in planned.decisions].count("run") == 2  # make_data, in each set
     assert [d for d in listed if "/entries/" in d]  # the miss looked at every entry of the key
+
+
+def isolate_stages_package(request) -> None:
+    """The test project's `stages` package imported in this process, then gone again: neither the
+    repository's own `stages` (the bundled example, which other tests import) nor another test's
+    may stand in for it, and it must not stand in for theirs afterwards."""
+    import sys
+
+    def ours(name: str) -> bool:
+        return name == "stages" or name.startswith("stages.")
+
+    saved = {m: mod for m, mod in sys.modules.items() if ours(m)}
+    for m in saved:
+        del sys.modules[m]
+
+    def restore() -> None:
+        for m in [m for m in sys.modules if ours(m)]:
+            del sys.modules[m]
+        sys.modules.update(saved)
+
+    request.addfinalizer(restore)
