@@ -146,8 +146,10 @@ class DiskStore(Store):
         as it takes: ingest's lstat is the one stat of `src` (a regular file: no link to follow, no
         tree to walk), and the hash's own fstat after reading tells whether it changed meanwhile
         (the rename keeps size, mtime and inode, so the object needs no stat after it). None: take
-        the general path (a rename across filesystems)."""
+        the general path (a rename across filesystems, or a file that changed while it was hashed)."""
         digest, sig = hashing.hash_file_signed(src, before.st_size)
+        if sig != (before.st_size, before.st_mtime_ns, before.st_ino):
+            return None  # still being written: the digest may not be of `before.st_size` bytes
         info = ObjectInfo(digest, before.st_size, "file", ext)
         target = self._object_file(info)
         st = _lstat_or_none(target)
@@ -163,8 +165,7 @@ class DiskStore(Store):
             if e.errno != errno.EXDEV:
                 raise
             return None  # on another filesystem (e.g. /tmp): _move_in copies it next to the objects
-        if sig == (before.st_size, before.st_mtime_ns, before.st_ino):
-            self._verified[target] = sig  # hashed just now and unchanged since: no re-hash on load
+        self._verified[target] = sig  # hashed just now and unchanged since: no re-hash on load
         return info
 
     def _move_in(self, src: str, target: str, kind: str) -> bool:
