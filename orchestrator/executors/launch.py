@@ -41,6 +41,15 @@ class WorkerConfig:
         self.store_root = store_root
         self.experiment = experiment  # path of the experiment file
 
+    def __reduce__(self):
+        return WorkerConfig, (self.store_root, self.experiment)
+
+    def __setstate__(self, state) -> None:
+        """A pickle of the dataclass this class was (its __dict__ as state), e.g. a Slurm job queued
+        before orch was updated, still loads."""
+        for name, value in (state[1] if isinstance(state, tuple) else state).items():
+            setattr(self, name, value)
+
 
 def mpi_size_from_env(env=os.environ) -> int | None:
     """The MPI world size the launcher exported; 0 when an MPI launcher started us without
