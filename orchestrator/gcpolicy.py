@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Iterator
+
+#: Whether the innermost run of this context owns a freeze it will undo (settle() adds only to such a freeze).
+_OWNS_FREEZE: ContextVar[bool] = ContextVar("orch_gc_owns_freeze", default=False)
 
 
 @contextmanager
 def paused() -> Iterator[None]:
     """No cyclic collection inside (the collector's state is restored on exit)."""
     was_enabled = gc.isenabled()
-    gc.disable()
     try:
+        gc.disable()
         yield
     finally:
         if was_enabled:
@@ -36,16 +40,22 @@ def frozen() -> Iterator[None]:
     experiments (a notebook, a test suite) still collects their cycles later. Does nothing when
     something else froze objects before (gc.unfreeze cannot tell whose they are)."""
     if gc.get_freeze_count():
-        yield
+        token = _OWNS_FREEZE.set(False)
+        try:
+            yield
+        finally:
+            _OWNS_FREEZE.reset(token)
         return
-    gc.freeze()
+    token = _OWNS_FREEZE.set(True)
     try:
+        gc.freeze()
         yield
     finally:
+        _OWNS_FREEZE.reset(token)
         gc.unfreeze()
 
 
 def settle() -> None:
-    """Inside frozen(): add everything alive now (the run's graph and plan) to the frozen set."""
-    if gc.get_freeze_count():
+    """Inside frozen() that froze: add everything alive now (the run's graph and plan) to the frozen set."""
+    if _OWNS_FREEZE.get():
         gc.freeze()
