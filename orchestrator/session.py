@@ -154,7 +154,7 @@ class Planned:
 
 def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
     from .core.experiment import build_graph, load_experiment
-    from .core.plan import plan
+    from .core.plan import plan, signature_hints
     from .resources import check_stage_names
     from .store import DiskStore
 
@@ -169,8 +169,7 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
         ctx.signatures.update(store.planning_hints())
         decisions = plan(graph, ctx)
         ctx.fingerprinter.save()
-        stage_ids = {n.stage.id for n in graph.nodes}
-        store.save_entry_index({s: sigs for s, sigs in ctx.signatures.items() if s in stage_ids})
+        store.save_entry_index(signature_hints(graph, ctx))
         gcpolicy.settle()  # before the collector is back: it would traverse all of this at once
     return Planned(param_sets, graph, store, ctx, decisions)
 

@@ -4,6 +4,7 @@ must all be noticed (the entry is read from its file, or is absent)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -246,10 +247,17 @@ def test_a_settled_cached_run_lists_no_entry_directory(project, monkeypatch, req
     real = os.listdir
     monkeypatch.setattr(os, "listdir", lambda d=".": listed.append(str(d)) or real(d))
     experiment = (project.root / "experiment.py").resolve()
+    index_name = hashlib.sha256(str(experiment).encode()).hexdigest()[:32]
+    store = planning(project.root / ".orch", index_name)
+    hints = store.planning_hints()
+    assert set(hints) == {"stages.data:make_data", "stages.data:train", "stages.data:evaluate"}
+    stale = {stage: {**sigs, "0" * 16: (("gone.param",), ())} for stage, sigs in hints.items()}
+    store.save_entry_index(stale)  # signatures of entries deleted since: tried, never found
     opts = RunOptions(experiment, params=["params/sweep.yaml"])
     planned = plan_experiment(opts, experiment, project.root / ".orch")
     assert {d.state for d in planned.decisions} == {"cached"}
     assert [d for d in listed if "/entries/" in d] == []
+    assert planning(project.root / ".orch", index_name).planning_hints() == hints  # the stale ones dropped
     planned = plan_experiment(RunOptions(experiment, params=["params/sweep.yaml"], overrides=["data.n=11"]),
                               experiment, project.root / ".orch")
     assert [str(d.state) for d in planned.decisions].count("run") == 2  # make_data, in each set

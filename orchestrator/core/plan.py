@@ -60,8 +60,11 @@ class PlanContext:
         self._file_hashes: dict[str, str | None] = {}
         #: (parameter set, read paths, file names, ignored) -> the trace id those reads give now
         self.predicted: dict[tuple, str | None] = {}
-        #: stage id -> {read signature: (parameter paths, file names)} seen in its entries
+        #: stage id -> {read signature: (parameter paths, file names)} seen in its entries (or, as
+        #: hints, by an earlier planning: store.entryindex)
         self.signatures: dict[str, dict[str, tuple]] = {}
+        #: stage id -> the signatures of entries this planning found (a hit, or listed under a key)
+        self.signatures_seen: dict[str, set[str]] = {}
         #: code object -> the parameter paths its function visibly reads (core.lockscope)
         self.visible_reads: dict = {}
 
@@ -141,13 +144,16 @@ def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> Entry | None
     current parameter and file values and open that one entry. Slow path (first sight of a stage, or
     a miss): read all entries of the key, learning their signatures for the nodes that follow."""
     known = ctx.signatures.setdefault(node.stage.id, {})
-    for reads, files in known.values():
+    seen = ctx.signatures_seen.setdefault(node.stage.id, set())
+    for sig, (reads, files) in known.items():
         tid = _predicted_trace_id(node, params, reads, files, ctx)
         entry = ctx.store.get_entry(key, tid, label=node.label) if tid is not None else None
         if entry is not None and not ctx.store.missing_outputs(entry):
+            seen.add(sig)
             return entry
     for entry in ctx.store.get_entries(key, label=node.label):
         sig = keys.signature_of(entry.trace_id)
+        seen.add(sig)
         if sig not in known:
             known[sig] = (tuple(entry.reads), tuple(entry.files))
         if ctx.check_trace(entry, node, params) is None and not ctx.store.missing_outputs(entry):
@@ -210,6 +216,20 @@ def decide(node: Node, graph: Graph, input_hashes: list[str | None], ctx: PlanCo
     if entry is not None:
         return Decision(CACHED, acceptance_note(entry), key, entry, comp)
     return Decision(RUN, why_miss(node, comp, key, params, ctx), key, None, comp)
+
+
+def signature_hints(graph: Graph, ctx: PlanContext) -> dict[str, dict[str, tuple]]:
+    """What the next planning should try first, per stage of this graph: the signatures of entries
+    this planning found; for a stage none of whose nodes was looked up (all pending), the hints it
+    started with. Signatures of entries gone since (gc, verify) are dropped, so hints do not only grow."""
+    hints = {}
+    for stage_id in {n.stage.id for n in graph.nodes}:
+        sigs = ctx.signatures.get(stage_id)
+        if not sigs:
+            continue
+        seen = ctx.signatures_seen.get(stage_id)
+        hints[stage_id] = sigs if seen is None else {s: v for s, v in sigs.items() if s in seen}
+    return hints
 
 
 def forced_nodes(graph: Graph, stage_names: list[str]) -> set[int]:
