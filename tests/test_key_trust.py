@@ -513,3 +513,47 @@ def test_orch_accept_refuses_when_more_than_the_code_changed(project):
     assert project.counts() == {"train": 1, "evaluate": 1}  # nothing was accepted: it ran
     nothing = project.orch("accept", "experiment.py", "evaluate", "-p", "params/p.yaml", check=False)
     assert nothing.returncode == 0 and "already cached" in nothing.stdout
+
+
+def test_a_tracked_file_rewritten_by_an_upstream_stage_during_the_run_is_hashed_again(project):
+    """Planning hashes a tracked file once (for `side`, cached); `write` then rewrites it while the
+    run goes on and returns the same value (early cutoff). `use`, re-decided after `write`, must see
+    the file's new content, not the hash planning took: a hit there would serve the old content."""
+    project.write("stages/side.py", '''
+        from pathlib import Path
+
+        from orchestrator import JsonCacher, stage
+        from stages.counting import count
+
+        @stage(outputs=["done"], cachers=[JsonCacher])
+        def write(record):
+            count("write")
+            Path("shared.txt").write_text(record.params.content)
+            return 1
+
+        @stage(inputs=["done"], outputs=["seen"], cachers=[JsonCacher])
+        def use(record, done):
+            count("use")
+            return Path(record.track("shared.txt")).read_text()
+
+        @stage(outputs=["seen"], cachers=[JsonCacher])
+        def side(record):
+            count("side")
+            return Path(record.track("shared.txt")).read_text()
+    ''')
+    project.write("experiment.py", '''
+        from stages.side import side, use, write
+
+        def run(record):
+            side(record)
+            use(write(record))
+    ''')
+    project.write("shared.txt", "X")
+    project.write("params/p.yaml", "content: X\n")
+    project.orch("run", "experiment.py", "-p", "params/p.yaml")
+    assert project.counts() == {"write": 1, "use": 1, "side": 1}
+    project.reset_counts()
+    project.orch("run", "experiment.py", "-p", "params/p.yaml", "-S", "content=Y")
+    assert project.counts()["write"] == 1 and project.counts()["use"] == 1
+    rows = {r["stage"]: r for r in project.manifest()["nodes"]}
+    assert rows["use"]["status"] == "ran"

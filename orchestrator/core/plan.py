@@ -103,6 +103,13 @@ class PlanContext:
                 stat_cache.save()  # a no-op unless this file was hashed just now
         return self._file_hashes[name]
 
+    def forget_file_hashes(self) -> None:
+        """After a stage body ran: it may have written a tracked file, so the nodes decided from now
+        on hash them again (through the stat cache: an unchanged file is one stat), and the trace
+        ids predicted from the old hashes go with them."""
+        self._file_hashes.clear()
+        self.predicted.clear()
+
     def previous_rows(self) -> dict[tuple[str, str], dict]:
         """(stage id, parameter set) -> its row in the most recent of the last few runs that had it
         (core.explain: the previous computation of a node that has no head of its own)."""

@@ -237,6 +237,8 @@ class Runner:
             ready.extend(self._parked.pop(scope, ()))
         if r.status == RAN and r.entry is not None:
             self._ran.setdefault(r.entry.key, set()).add(r.entry.trace_id)
+        if r.status in (RAN, FAILED):  # a stage body ran: a tracked file it wrote must be hashed again
+            self.ctx.forget_file_hashes()
         out.duration = r.duration
         stream = self._node_files(node)[1]
         if stream is not None and r.status in (RAN, FAILED) and os.path.isfile(stream):
