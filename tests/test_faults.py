@@ -174,17 +174,22 @@ def test_kill_while_another_process_waits_on_the_node_lock(project):
     assert counts["final"] == 1 and counts["s3"] == 1
 
 
+def _assert_interrupted_after_s0(project) -> None:
+    """The manifest of a run stopped while s1 ran: interrupted, s0 ran, nothing after it claims to be done."""
+    m = project.manifest()
+    assert m["status"] == "interrupted"
+    statuses = {n["stage"]: n["status"] for n in m["nodes"]}
+    assert statuses.pop("s0") == "ran"
+    assert not set(statuses.values()) & {"ran", "cached"}, statuses
+
+
 def test_ctrl_c_keeps_finished_work_and_records_the_interruption(project):
     args = _project(project, mb=1)
     proc = _start(project, args, hold="s1")
     _wait_for_count(project, "s1-start")  # s0 is done and s1 is running (held there)
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=30) == 130
-    m = project.manifest()
-    assert m["status"] == "interrupted"
-    statuses = {n["stage"]: n["status"] for n in m["nodes"]}
-    assert statuses.pop("s0") == "ran"
-    assert not set(statuses.values()) & {"ran", "cached"}, statuses  # nothing after s0 claims to be done
+    _assert_interrupted_after_s0(project)
     project.reset_counts()
     project.orch(*args)
     assert "s0" not in project.counts() and project.counts()["final"] == 1
@@ -200,11 +205,7 @@ def test_sigterm_ends_the_run_like_ctrl_c(project, parallel):
     _wait_for_count(project, "s1-start")
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
-    m = project.manifest()
-    assert m["status"] == "interrupted"
-    statuses = {n["stage"]: n["status"] for n in m["nodes"]}
-    assert statuses.pop("s0") == "ran"
-    assert not set(statuses.values()) & {"ran", "cached"}, statuses
+    _assert_interrupted_after_s0(project)
     assert "s1" not in project.counts()
     project.reset_counts()
     project.orch(*args)

@@ -43,14 +43,18 @@ def _cluster_problem() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _slurm_cluster():
-    problem = _cluster_problem()
+def require_cluster(problem: str | None, what: str) -> None:
+    """Fail (ORCH_REQUIRE_SLURM=1, as in CI) or skip when the test cluster has `problem`."""
     if problem is None:
         return
     if os.environ.get("ORCH_REQUIRE_SLURM") == "1":
         pytest.fail(f"ORCH_REQUIRE_SLURM=1 but {problem}; .ci/run starts it with {START} (as root)", pytrace=False)
-    pytest.skip(f"{problem}: start a single-node test cluster with `sudo {START}`")
+    pytest.skip(f"{problem}: start {what} with `sudo {START}`")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _slurm_cluster():
+    require_cluster(_cluster_problem(), "a single-node test cluster")
 
 
 @pytest.fixture(autouse=True)

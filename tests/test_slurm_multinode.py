@@ -8,11 +8,10 @@ them as two nodes (SLURMD_NODENAME, SLURM_NODEID), they share this machine's cor
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
-from test_slurm import START, _cluster_problem, _ended, _submitted
+from test_slurm import _cluster_problem, _ended, _submitted, require_cluster
 
 MULTI = ("orchn1", "orchn2")
 
@@ -31,12 +30,7 @@ def _multi_problem() -> str | None:
 
 @pytest.fixture(autouse=True, scope="module")
 def _slurm_cluster():
-    problem = _multi_problem()
-    if problem is None:
-        return
-    if os.environ.get("ORCH_REQUIRE_SLURM") == "1":
-        pytest.fail(f"ORCH_REQUIRE_SLURM=1 but {problem}; .ci/run starts it with {START} (as root)", pytrace=False)
-    pytest.skip(f"{problem}: start the test cluster with `sudo {START}`")
+    require_cluster(_multi_problem(), "the test cluster")
 
 
 DIST = '''
