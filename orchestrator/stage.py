@@ -6,7 +6,6 @@ A Stage records metadata only. Calling it inside `run(record)` adds a node to th
 
 from __future__ import annotations
 
-import inspect
 import re
 from typing import Any, Callable, Sequence
 
@@ -246,22 +245,63 @@ def _output_specs(outputs, cachers, where) -> tuple[OutputSpec, ...]:
 
 def _check_signature(fn, inputs, where) -> None:
     """Inputs are passed by keyword, so the function's parameters must be named after them."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
+    params = _parameters(fn)
+    if params is None:
         return
-    params = list(sig.parameters.values())
-    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+    if not params or params[0][1] not in (_POSITIONAL_ONLY, _POSITIONAL_OR_KEYWORD):
         raise StageDefinitionError(f"{where}: the function's first parameter must be the record")
-    rest = {p.name for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    has_var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
+    by_keyword = (_POSITIONAL_OR_KEYWORD, _KEYWORD_ONLY)
+    rest = {name for name, kind, _ in params[1:] if kind in by_keyword}
+    has_var_kw = any(kind == _VAR_KEYWORD for _, kind, _ in params)
     missing = [i.name for i in inputs if i.name not in rest and not has_var_kw]
-    required = {p.name for p in params[1:] if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    required = {name for name, kind, default in params[1:] if not default and kind in by_keyword}
     extra = sorted(required - {i.name for i in inputs})
     if missing or extra:
         declared = [i.name for i in inputs]
         raise StageDefinitionError(
             f"{where}: declares inputs {declared} but the function takes "
-            f"({', '.join(p.name for p in params)}); name its parameters after the inputs, as in "
+            f"({', '.join(name for name, _, _ in params)}); name its parameters after the inputs, as in "
             f"def {fn.__name__}(record, {', '.join(declared)})"
         )
+
+
+#: Parameter kinds, as inspect.Parameter numbers them (inspect is imported only for unusual callables).
+_POSITIONAL_ONLY, _POSITIONAL_OR_KEYWORD, _VAR_POSITIONAL, _KEYWORD_ONLY, _VAR_KEYWORD = range(5)
+_CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
+
+
+def _parameters(fn) -> list[tuple[str, int, bool]] | None:
+    """(name, kind, has a default) of each parameter, as inspect.signature(fn) gives them; None where
+    it cannot tell. A plain function is read from its code object (inspect.signature costs ~1/4 of a
+    stage declaration, and importing inspect more than 200 of them); anything else (a wrapper with
+    __wrapped__ or __signature__, a partial, a callable object, a builtin) asks inspect."""
+    code = getattr(fn, "__code__", None)
+    if (type(fn) is not _FunctionType or code is None or "__wrapped__" in fn.__dict__
+            or "__signature__" in fn.__dict__):
+        return _inspected_parameters(fn)
+    names = code.co_varnames
+    positional, posonly, kwonly = code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount
+    defaults = len(fn.__defaults__ or ())
+    kwdefaults = fn.__kwdefaults__ or {}
+    params = [(names[i], _POSITIONAL_ONLY if i < posonly else _POSITIONAL_OR_KEYWORD, i >= positional - defaults)
+              for i in range(positional)]
+    at = positional
+    if code.co_flags & _CO_VARARGS:
+        params.append((names[positional + kwonly], _VAR_POSITIONAL, False))
+    params += [(names[i], _KEYWORD_ONLY, names[i] in kwdefaults) for i in range(at, at + kwonly)]
+    if code.co_flags & _CO_VARKEYWORDS:
+        params.append((names[positional + kwonly + bool(code.co_flags & _CO_VARARGS)], _VAR_KEYWORD, False))
+    return params
+
+
+def _inspected_parameters(fn) -> list[tuple[str, int, bool]] | None:
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    return [(p.name, int(p.kind), p.default is not p.empty) for p in sig.parameters.values()]
+
+
+_FunctionType = type(_source_file)

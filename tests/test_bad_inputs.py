@@ -108,6 +108,21 @@ CASES: dict[str, Case] = {
         def run(record):
             train(record)
     ''')}),
+    "stage parameters not named after its inputs": Case(BASE, ("bad", "declares inputs ['a']", "(record, b)"),
+                                                        _stage_file('''
+        @stage(outputs=["a"], cachers=[PickleCacher])
+        def make(record):
+            return 1
+
+        @stage(inputs=["a"], outputs=["x"], cachers=[PickleCacher])
+        def bad(record, b):
+            return b
+    ''')),
+    "stage without a record parameter": Case(BASE, ("bad", "first parameter must be the record"), _stage_file('''
+        @stage(outputs=["x"], cachers=[PickleCacher])
+        def bad(*, record):
+            return 1
+    ''')),
     "stage consumes its own output": Case(BASE, ("bad", "'x'"), _stage_file('''
         @stage(inputs=["x"], outputs=["x"], cachers=[PickleCacher])
         def bad(record, x):

@@ -112,3 +112,43 @@ def test_a_read_of_an_absent_parameter_misses_once_it_is_added():
     entry = _entry({"extra": MISSING}, {})
     assert _check(entry, {}, {}) is None
     assert _check(entry, {"extra": 0}, {}) == "parameter extra changed: <missing> -> 0"
+
+
+def test_stage_parameters_read_from_the_code_object_are_what_inspect_says():
+    """stage._parameters reads a plain function's parameters from its code object (inspect costs a
+    quarter of a declaration); for every shape of signature it must say what inspect.signature says."""
+    import functools
+    import inspect
+
+    from orchestrator.stage import _parameters
+
+    def a(record): ...
+    def b(record, x, y=1): ...
+    def c(record, /, x, *, y, z=2): ...
+    def d(record, *args, k, **kw): ...
+    def e(record, x=1, *rest): ...
+    def f(*args): ...
+    def g(**kw): ...
+    def h(): ...
+    def i(r, /, p, q=3, *a, k1, k2=4, **kw): ...
+    def j(r, a, b, /, c, d=1, *, e=2, f): ...
+    lam = lambda record, x: x  # noqa: E731
+
+    @functools.wraps(b)
+    def wrapped(*args, **kwargs): ...
+
+    class Callable:
+        def __call__(self, record, x): ...
+
+    def sig_set(record, **kw): ...
+    sig_set.__signature__ = inspect.signature(b)
+
+    cases = [a, b, c, d, e, f, g, h, i, j, lam, wrapped, Callable(), functools.partial(b, 1), sig_set, len]
+    for fn in cases:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            assert _parameters(fn) is None, fn
+            continue
+        expected = [(p.name, int(p.kind), p.default is not p.empty) for p in sig.parameters.values()]
+        assert _parameters(fn) == expected, fn
