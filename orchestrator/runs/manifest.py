@@ -160,7 +160,7 @@ def node_rows(outcomes, store=None) -> list[dict]:
             "status": status,  # a str: JSON writes "ran"
             "key": o.key,
             "reason": o.reason,
-            "duration_s": round(duration, 6) if duration else duration,
+            "duration_s": round(duration, 6) if duration else 0,  # an int: JSON writes floats slowly
             "inputs": [[e.input, e.producer, e.output, e.set_name] if e.set_name else [e.input, e.producer, e.output]
                        for e in node.inputs],
             "outputs": {name: out.object.hash for name, out in outputs.items()} if outputs else {},
