@@ -34,11 +34,12 @@ def test_node_key_builds_the_bytes_of_the_generic_encoding():
     rng = random.Random(7)
     names = ["data", "x@a", "é", "\udcff", "", "a" * 300, "model@p[lr=0.1]", "日本"]
     for _ in range(300):
-        inputs = {rng.choice(names) + str(rng.randrange(3)): "%064x" % rng.getrandbits(256)
+        digests = ["%064x" % rng.getrandbits(256), "abc", "é" * 64, "0" * 63, "日" * 21]
+        inputs = {rng.choice(names) + str(rng.randrange(3)): rng.choice(digests[:1] * 4 + digests)
                   for _ in range(rng.randrange(5))}
-        c = KeyComponents(rng.choice(["m:s", "m:agg"]), rng.choice([None, 1, "v2"]), "%064x" % rng.getrandbits(256),
+        c = KeyComponents(rng.choice(["m:s", "m:agg"]), rng.choice([None, 1, True, 1.0, "v2"]), "%064x" % rng.getrandbits(256),
                           "d" * 64, inputs, rng.choice([None, (), ("a", "b")]))
-        generic = hash_value((keys.KEY_VERSION, keys._static_hash(c.stage, c.version, c.code, c.decl, c.sets),
+        generic = hash_value((keys.KEY_VERSION, keys._static_hash.__wrapped__(c.stage, c.version, c.code, c.decl, c.sets),
                               sorted(c.inputs.items())))
         assert keys.node_key(c) == generic
 
@@ -152,3 +153,17 @@ def test_stage_parameters_read_from_the_code_object_are_what_inspect_says():
             continue
         expected = [(p.name, int(p.kind), p.default is not p.empty) for p in sig.parameters.values()]
         assert _parameters(fn) == expected, fn
+
+
+def test_versions_equal_in_python_but_not_in_hashing_give_different_keys():
+    """1 == True == 1.0, but hash_value tells them apart: the per-stage memo must too (typed)."""
+    from orchestrator.hashing import hash_value
+
+    found = set()
+    for version in (1, True, 1.0, 1, True):
+        c = KeyComponents("m:typed", version, "c" * 64, "d" * 64, {"data": "e" * 64})
+        generic = hash_value((keys.KEY_VERSION, keys._static_hash.__wrapped__(c.stage, c.version, c.code, c.decl, c.sets),
+                              sorted(c.inputs.items())))
+        assert keys.node_key(c) == generic, version
+        found.add(generic)
+    assert len(found) == 3

@@ -45,14 +45,17 @@ def node_key(c: KeyComponents) -> str:
     for the usual all-str inputs (every cached node's key is derived on the planning path)."""
     head = _static_head(c.stage, c.version, c.code, c.decl, c.sets)
     pairs = []
-    for name, digest in sorted(c.inputs.items()):
+    for name, digest in sorted(c.inputs.items()) if len(c.inputs) > 1 else c.inputs.items():
         if type(name) is not str or type(digest) is not str:
             return hash_value((KEY_VERSION, _static_hash(c.stage, c.version, c.code, c.decl, c.sets),
                                sorted(c.inputs.items())))
-        n = name.encode("utf-8", "surrogatepass")
-        d = digest.encode("utf-8", "surrogatepass")
-        pair = _FRAME(b"s", len(n)) + n + _FRAME(b"s", len(d)) + d
-        pairs.append(_FRAME(b"t", len(pair)) + pair)
+        if len(digest) == 64 and digest.isascii():  # a content hash: its frame is known
+            pairs.append(_name_frame(name) + digest.encode())
+        else:
+            n = name.encode("utf-8", "surrogatepass")
+            d = digest.encode("utf-8", "surrogatepass")
+            pair = _FRAME(b"s", len(n)) + n + _FRAME(b"s", len(d)) + d
+            pairs.append(_FRAME(b"t", len(pair)) + pair)
     listed = b"".join(pairs)
     body = head + _FRAME(b"l", len(listed)) + listed
     return hashlib.sha256(_KEY_PREFIX + _FRAME(b"t", len(body)) + body).hexdigest()
@@ -65,12 +68,21 @@ _KEY_PREFIX = VALUE_PREFIX
 
 
 @functools.lru_cache(maxsize=4096)
+def _name_frame(name: str) -> bytes:
+    """The encoded (name, <64 ASCII chars>) pair up to the digest's own bytes: input names repeat
+    across the nodes of a sweep, so this is built once per name."""
+    n = name.encode("utf-8", "surrogatepass")
+    pair_len = len(_FRAME(b"s", len(n))) * 2 + len(n) + 64
+    return _FRAME(b"t", pair_len) + _FRAME(b"s", len(n)) + n + _FRAME(b"s", 64)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)  # typed: a version 1 and a version True hash differently
 def _static_head(stage: str, version, code: str, decl: str, sets: tuple | None) -> bytes:
     """The encoded start of a node key's tuple: KEY_VERSION and the static hash, once per stage."""
     return encode(KEY_VERSION) + encode(_static_hash(stage, version, code, decl, sets))
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096, typed=True)
 def _static_hash(stage: str, version, code: str, decl: str, sets: tuple | None) -> str:
     """What every node of a stage shares (all its parameter sets): hashed once per stage."""
     static = [("code", code), ("decl", decl), ("stage", stage), ("version", version)]
