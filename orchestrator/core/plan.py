@@ -134,13 +134,20 @@ ABSENT = object()
 def key_components(node: Node, graph: Graph, input_hashes: list, ctx: PlanContext) -> KeyComponents | None:
     """The parts of a node's key, kept in its entry so that a later miss can say which part changed.
     None when an input has no content hash (an in-memory value that cannot be pickled)."""
-    if any(h is None for h in input_hashes):
+    if None in input_hashes:
         return None
     stage = node.stage
-    inputs = {(f"{e.input}@{e.set_name}" if e.set_name is not None else e.input): h
-              for e, h in zip(node.inputs, input_hashes) if h is not ABSENT}
+    if len(input_hashes) == 1 and input_hashes[0] is not ABSENT:  # a chain's node: one input
+        e = node.inputs[0]
+        inputs = {f"{e.input}@{e.set_name}" if e.set_name is not None else e.input: input_hashes[0]}
+    else:
+        inputs = {(f"{e.input}@{e.set_name}" if e.set_name is not None else e.input): h
+                  for e, h in zip(node.inputs, input_hashes) if h is not ABSENT}
     sets = tuple(sorted(graph.param_sets)) if stage.kind == "aggregate" else None  # what it read of them: its trace
-    return KeyComponents(stage.id, stage.version, ctx.fingerprint(node), ctx.declaration_hash(node), inputs, sets)
+    stage_id = stage.id
+    fp = ctx._fingerprints.get(stage_id) or ctx.fingerprint(node)
+    decl = ctx._declarations.get(stage_id) or ctx.declaration_hash(node)
+    return KeyComponents(stage_id, stage.version, fp, decl, inputs, sets)
 
 
 def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> Entry | None:
@@ -150,12 +157,18 @@ def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> Entry | None
     Fast path: for each read signature this stage is known to have, predict the trace id from the
     current parameter and file values and open that one entry. Slow path (first sight of a stage, or
     a miss): read all entries of the key, learning their signatures for the nodes that follow."""
-    known = ctx.signatures.setdefault(node.stage.id, {})
-    seen = ctx.signatures_seen.setdefault(node.stage.id, set())
+    stage_id = node.stage.id
+    known = ctx.signatures.get(stage_id)
+    if known is None:
+        known = ctx.signatures[stage_id] = {}
+    seen = ctx.signatures_seen.get(stage_id)
+    if seen is None:
+        seen = ctx.signatures_seen[stage_id] = set()
+    store = ctx.store
     for sig, (reads, files) in known.items():
         tid = _predicted_trace_id(node, params, reads, files, ctx)
-        entry = ctx.store.get_entry(key, tid, label=node.label) if tid is not None else None
-        if entry is not None and not ctx.store.missing_outputs(entry):
+        entry = store.get_entry(key, tid, label=node.label) if tid is not None else None
+        if entry is not None and not store.missing_outputs(entry):
             seen.add(sig)
             return entry
     for entry in ctx.store.get_entries(key, label=node.label):
@@ -221,7 +234,7 @@ def decide(node: Node, graph: Graph, input_hashes: list[str | None], ctx: PlanCo
     params = graph.params_of(node)
     entry = lookup(node, key, params, ctx)
     if entry is not None:
-        return Decision(CACHED, acceptance_note(entry), key, entry, comp)
+        return Decision(CACHED, acceptance_note(entry) if entry.accepted else "", key, entry, comp)
     return Decision(RUN, why_miss(node, comp, key, params, ctx), key, None, comp)
 
 
@@ -264,7 +277,7 @@ def plan(graph: Graph, ctx: PlanContext) -> list[Decision]:
     known: list[dict[str, str] | None] = []  # output content hashes of cached nodes
     for node in graph.nodes:
         upstream = [known[e.producer] for e in node.inputs]
-        if any(u is None for u in upstream):
+        if None in upstream:
             waiting = sorted({graph.nodes[e.producer].stage.name for e, u in zip(node.inputs, upstream) if u is None})
             d = Decision(PENDING, f"waits on {', '.join(waiting)}")
             if ctx.overwrite or node.id in ctx.forced:
@@ -275,5 +288,5 @@ def plan(graph: Graph, ctx: PlanContext) -> list[Decision]:
             hashes = [u[e.output] for e, u in zip(node.inputs, upstream)]
             d = decide(node, graph, hashes, ctx)
         decisions.append(d)
-        known.append(d.entry.output_hashes() if d.state == CACHED else None)
+        known.append({n: o.object.hash for n, o in d.entry.outputs.items()} if d.state == CACHED else None)
     return decisions
