@@ -187,3 +187,32 @@ def test_damaged_input_whose_producer_cannot_be_recomputed_fails_clearly(tmp_pat
     by = {o.node.stage.name: o for o in outcomes}
     assert by["clean"].status == "cached"
     assert by["total"].status == "failed" and "cannot be recomputed in this run" in by["total"].error
+
+
+def test_planning_checks_an_object_many_entries_share_once_and_a_missing_one_every_time(store, monkeypatch):
+    """Within one planning, an object found present is not looked at again (the sets of a sweep
+    often share one); a missing one is looked for by every entry that needs it, and after the
+    planning nothing is remembered (a stage body may damage an object)."""
+    sets = {f"s{i}": {"n": 3, "k": i} for i in range(4)}  # `make` computes the same list in every set
+    g = _graph(sets, _pipeline)
+    _run(store, g)
+    checked: list[list[str]] = []
+    real = type(store).missing_outputs
+
+    def counting(self, entry):
+        checked.append([o.object.hash for o in entry.outputs.values()])
+        return real(self, entry)
+
+    monkeypatch.setattr(type(store), "missing_outputs", counting)
+    ctx = _ctx(store, g)
+    assert all(d.state == CACHED for d in plan(g, ctx))
+    made = [c for c in checked if c == checked[0]]
+    assert len(made) == 1 and len(checked) == len({h for c in checked for h in c})  # each object once
+    assert ctx.present_objects is None
+
+    data = next(d.entry for d in plan(g, _ctx(store, g)) if d.entry.stage.endswith(":make"))
+    store.delete_object(data.outputs["data"].object)
+    checked.clear()
+    decisions = plan(g, _ctx(store, g))
+    assert [d.state for n, d in zip(g.nodes, decisions) if n.stage.name == "make"] == [RUN] * 4
+    assert sum(c == [data.outputs["data"].object.hash] for c in checked) >= 4

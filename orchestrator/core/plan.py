@@ -67,6 +67,9 @@ class PlanContext:
         self.signatures_seen: dict[str, set[str]] = {}
         #: code object -> the parameter paths its function visibly reads (core.lockscope)
         self.visible_reads: dict = {}
+        #: while plan() runs: the objects found present (one lstat each, though many entries of a
+        #: sweep share an object); None outside it, when a stage body may have damaged one since
+        self.present_objects: set | None = None
 
     def code_items(self, node: Node) -> dict[str, list[str]]:
         """What the stage's fingerprint is made of (Fingerprinter.code_items), once per stage."""
@@ -168,7 +171,7 @@ def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> Entry | None
     for sig, (reads, files) in known.items():
         tid = _predicted_trace_id(node, params, reads, files, ctx)
         entry = store.get_entry(key, tid, label=node.label) if tid is not None else None
-        if entry is not None and not store.missing_outputs(entry):
+        if entry is not None and _outputs_present(entry, ctx):
             seen.add(sig)
             return entry
     for entry in ctx.store.get_entries(key, label=node.label):
@@ -176,9 +179,24 @@ def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> Entry | None
         seen.add(sig)
         if sig not in known:
             known[sig] = (tuple(entry.reads), tuple(entry.files))
-        if ctx.check_trace(entry, node, params) is None and not ctx.store.missing_outputs(entry):
+        if ctx.check_trace(entry, node, params) is None and _outputs_present(entry, ctx):
             return entry
     return None
+
+
+def _outputs_present(entry: Entry, ctx: PlanContext) -> bool:
+    """Every object of `entry` passes the store's cheap check; during plan(), an object already
+    found present by this planning is not looked at again."""
+    present = ctx.present_objects
+    if present is None:
+        return not ctx.store.missing_outputs(entry)
+    objects = [out.object for out in entry.outputs.values()]
+    if all(o in present for o in objects):
+        return True
+    if ctx.store.missing_outputs(entry):
+        return False
+    present.update(objects)
+    return True
 
 
 def _predicted_trace_id(node: Node, params: dict, reads: tuple, files: tuple, ctx: PlanContext) -> str | None:
@@ -273,6 +291,14 @@ def plan(graph: Graph, ctx: PlanContext) -> list[Decision]:
     be attributed to the nodes that run later."""
     for node in graph.nodes:
         ctx.fingerprint(node)
+    ctx.present_objects = set()
+    try:
+        return _plan(graph, ctx)
+    finally:
+        ctx.present_objects = None
+
+
+def _plan(graph: Graph, ctx: PlanContext) -> list[Decision]:
     decisions: list[Decision] = []
     known: list[dict[str, str] | None] = []  # output content hashes of cached nodes
     for node in graph.nodes:
