@@ -9,8 +9,15 @@ import sys
 
 
 def main():
-    stored = _stored(sys.argv[1:])
+    argv = sys.argv[1:]
+    stored = _stored(argv)
     if stored is None:
+        if "run" in argv[:2] and _as_orch():
+            from . import fastrun
+
+            parsed = fastrun.parse(argv)
+            if parsed is not None:
+                return fastrun.invoke(*parsed)
         from .cli import main as cli
 
         return cli()
@@ -27,13 +34,18 @@ def _stored(argv: list):
     from .helptext import COLUMNS, TEXTS
 
     found = TEXTS.get(tuple(argv))
-    if found is None or os.path.basename(sys.argv[0]) != "orch" or _columns() < COLUMNS:
-        return None
-    if "_ORCH_COMPLETE" in os.environ:  # click's shell completion asks with these same command lines
-        return None
-    if getattr(sys.modules.get("__main__"), "__package__", None):  # `python -m`: click names the program otherwise
+    if found is None or not _as_orch() or _columns() < COLUMNS:
         return None
     return found
+
+
+def _as_orch() -> bool:
+    """Whether click would name the program `orch` and not complete the command line."""
+    if os.path.basename(sys.argv[0]) != "orch":
+        return False
+    if "_ORCH_COMPLETE" in os.environ:  # click's shell completion asks with these same command lines
+        return False
+    return not getattr(sys.modules.get("__main__"), "__package__", None)  # `python -m`: click names it otherwise
 
 
 def _columns() -> int:
