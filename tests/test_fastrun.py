@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import click
 import pytest
+from conftest import wait_for
 
 from orchestrator import cli, fastrun, runcommand
 from orchestrator.runcommand import FIELDS
@@ -154,6 +156,18 @@ def test_cli_run_command_takes_exactly_runargs_fields():
     assert tuple(p.name for p in cli.run_command.params if p.expose_value) == FIELDS
 
 
+def test_fastrun_knows_every_option_of_run_command_and_the_generator_tries_each():
+    """A new or changed `orch run` option must reach fastrun (and these tests), not only click."""
+    options = [p for p in cli.run_command.params if isinstance(p, click.Option)]
+    flags = {o: p.name for p in options if p.is_flag for o in p.opts + p.secondary_opts}
+    valued = {o: p.name for p in options if not p.is_flag for o in p.opts}
+    assert flags == {o: f for o, (f, _) in fastrun._FLAGS.items()}
+    assert valued == fastrun._VALUES
+    assert {p.name for p in options if p.multiple} == set(fastrun._MULTIPLE)
+    assert set(FLAGS) == set(flags) and set(OPTIONS) == set(valued.values())
+    assert {o for pair in OPTIONS.values() for o in pair if o} == set(valued)
+
+
 USUAL = [  # command lines users type: all handled without click
     ["run", "exp.py"], ["run", "exp.py", "-p", "params.yaml", "-q"], ["run", "-pparams.yaml", "exp.py"],
     ["run", "exp.py", "--params=params.yaml", "--set", "a=1", "-S", "b=2"], ["--debug", "run", "exp.py"],
@@ -239,7 +253,10 @@ PROJECT = {
                  "@stage(outputs=['a'], cachers=[PickleCacher])\ndef make(record):\n    return record.params.seed\n\n"
                  "@stage(inputs=['a'], outputs=['b'], cachers=[PickleCacher])\ndef use(record, a):\n    return a + 1\n\n"
                  "@stage(inputs=['a'], outputs=['c'], cachers=[PickleCacher])\ndef fail(record, a):\n"
-                 "    raise ValueError(f'no good: {a}')\n",
+                 "    raise ValueError(f'no good: {a}')\n\n"
+                 "@stage(outputs=['h'], cachers=[PickleCacher])\ndef hold(record):\n    import os, time\n"
+                 "    open(os.environ['HOLD_MARK'], 'w').close()\n    time.sleep(120)\n",
+    "holding.py": "from stages import hold\n\ndef run(record):\n    hold(record)\n",
     "params/p.yaml": "seed: 1\n",
     "params/sweep.yaml": "seed: 1\nsweep:\n  seed: [1, 2]\n",
     "params/bad.yaml": "seed: [1\n",
@@ -290,8 +307,7 @@ SEQUENCE = [
 
 def test_a_fast_path_run_prints_and_exits_as_a_click_path_run(scripts, tmp_path):
     roots = {name: _project(tmp_path / name) for name in scripts}
-    env = {k: v for k, v in os.environ.items() if k not in ("ORCH_CACHE", "COLUMNS")}
-    env["PYTHONPATH"] = str(REPO)
+    env = _env()
     for argv, traceback in SEQUENCE:
         seen = {}
         for name, script in scripts.items():
@@ -312,11 +328,47 @@ def test_the_fast_path_is_what_runs_and_click_is_not_imported(tmp_path):
     probe.write_text("import sys\nfrom orchestrator.launcher import main\ncode = main()\n"
                      "print(sorted(m for m in sys.modules if m.startswith(('click', 'orchestrator.cli'))), "
                      "file=sys.stderr)\nsys.exit(code)\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("ORCH_CACHE", None)
+    env = _env()
     for argv in (["run", "failing.py", "-p", "params/p.yaml"], ["run", "experiment.py", "-p", "params/p.yaml"]):
         p = subprocess.run([sys.executable, str(probe), *argv], cwd=root, capture_output=True, text=True, env=env)
         assert p.stderr.strip().splitlines()[-1] == "[]", p.stderr
     p = subprocess.run([sys.executable, str(probe), "run", "experiment.py", "-j", "x"], cwd=root, capture_output=True,
                        text=True, env=env)
     assert p.returncode == 2 and "Invalid value for '--parallel'" in p.stderr
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("ORCH_CACHE", "COLUMNS")}
+    return {**env, "PYTHONPATH": str(REPO), **extra}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_fast_path_run_ends_as_a_click_path_run(scripts, tmp_path, sig):
+    seen = {}
+    for name, script in scripts.items():
+        root = _project(tmp_path / name)
+        mark = root / "holding"
+        proc = subprocess.Popen([sys.executable, str(script), "run", "holding.py", "-p", "params/p.yaml"], cwd=root,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_env(HOLD_MARK=str(mark)))
+        wait_for(mark.exists, "the held stage to start")
+        os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+        seen[name] = (_normalized(out, root), _normalized(err, root), proc.returncode)
+    assert seen["fast"] == seen["click"]
+    assert seen["fast"][2] == 128 + sig
+
+
+def test_a_closed_pipe_ends_a_fast_path_run_as_a_click_path_run(scripts, tmp_path):
+    seen = {}
+    for name, script in scripts.items():
+        root = _project(tmp_path / name)
+        read, write = os.pipe()
+        os.close(read)  # whatever the run prints meets a closed pipe
+        try:
+            p = subprocess.run([sys.executable, str(script), "run", "experiment.py", "-p", "params/sweep.yaml"],
+                               cwd=root, stdout=write, stderr=subprocess.PIPE, text=True, env=_env())
+        finally:
+            os.close(write)
+        seen[name] = (_normalized(p.stderr, root), p.returncode)
+    assert seen["fast"] == seen["click"] == ("", 1)
