@@ -7,7 +7,7 @@ round), which cancels most of the load that comes and goes on a shared machine.
 
 Workloads: "python-pass" (`python -c pass`), "orch-help" (the `orch` console script of each
 checkout's pyproject.toml, `--help`), and fully cached runs of chain/sweep projects (`orch run`
-through that same console script, as users run it); a cached
+through that same console script, as users run it; "run1-cached": one stage, `orch run`'s start-up); a cached
 workload is prepared by a first run and, 2.5 s later, a cached run (what a user re-running an
 experiment has: the entry index and the parsed parameters of store.entryindex and yamlcache).
 """
@@ -29,8 +29,8 @@ from instructions import SETTLE_S, console_script  # noqa: E402
 
 RUN = ["run", "experiment.py", "-p", "params/p.yaml", "-q"]
 #: name -> (stages, sets)
-WORKLOADS = {"python-pass": (0, 0), "orch-help": (0, 0), "chain200-cached": (200, 1), "1k-cached": (100, 10),
-             "10k-cached": (100, 100)}
+WORKLOADS = {"python-pass": (0, 0), "orch-help": (0, 0), "run1-cached": (1, 1), "chain200-cached": (200, 1),
+             "1k-cached": (100, 10), "10k-cached": (100, 100)}
 
 
 def prepare(code: Path, name: str, root: Path) -> list[str]:

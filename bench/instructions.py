@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: store.entryindex.RACY_S (2 s) at the start of a planning are not indexed
 SETTLE_S = 2.5
 RUN = ["run", "experiment.py", "-p", "params/p.yaml", "-q"]
-#: name -> (stages, sets, cached?, argv); "-cached": a run that finds everything cached, after one
+#: name -> (stages, sets, cached?, argv); "run1-cached": `orch run`'s start-up (one stage, cached);
+#: "-cached": a run that finds everything cached, after one
 #: that did (2.5 s after the first run: the entry index holds it), "-cached-once": the first run
 #: after the first run (reads every entry file, writes the index); "orch-help" and the runs use the `orch` console
 #: script (the target pyproject.toml names, in a wrapper as pip writes it), "help" is click's own
@@ -36,6 +37,7 @@ WORKLOADS = {
     "python-pass": (0, 0, False, []),
     "orch-help": (0, 0, False, ["--help"]),
     "help": (0, 0, False, ["--help"]),
+    "run1-cached": (1, 1, True, RUN),
     "chain200-cached": (200, 1, True, RUN),
     "chain200-cached-once": (200, 1, True, RUN),
     "chain200-first": (200, 1, False, RUN),
