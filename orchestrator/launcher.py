@@ -10,14 +10,14 @@ import sys
 
 def main():
     argv = sys.argv[1:]
+    if "run" in argv[:2] and "--help" not in argv and _as_orch():  # (helptext holds `orch run --help`)
+        from . import fastrun
+
+        parsed = fastrun.parse(argv)
+        if parsed is not None:
+            return fastrun.invoke(*parsed)
     stored = _stored(argv)
     if stored is None:
-        if "run" in argv[:2] and _as_orch():
-            from . import fastrun
-
-            parsed = fastrun.parse(argv)
-            if parsed is not None:
-                return fastrun.invoke(*parsed)
         from .cli import main as cli
 
         return cli()

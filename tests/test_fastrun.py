@@ -196,6 +196,13 @@ def test_unusual_command_lines_go_to_click(files, argv):
     assert fastrun.parse(argv) is None
 
 
+def test_help_and_version_command_lines_are_not_runs():
+    """The launcher asks fastrun before the stored help text: fastrun must decline all of those."""
+    from orchestrator import helptext
+
+    assert [argv for argv in helptext.TEXTS if fastrun.parse(list(argv)) is not None] == []
+
+
 def test_the_error_paths_click_uses_exist():
     """fastrun.invoke imports these on the rare paths (Ctrl-C twice, EOF, a closed pipe)."""
     from click.core import _echo_aborted
