@@ -6,7 +6,8 @@ round), which cancels most of the load that comes and goes on a shared machine.
     python bench/ab.py --code A_DIR --code B_DIR [--reps N] [--only NAME ...]
 
 Workloads: "python-pass" (`python -c pass`), "orch-help" (the `orch` console script of each
-checkout's pyproject.toml, `--help`), and fully cached runs of chain/sweep projects; a cached
+checkout's pyproject.toml, `--help`), and fully cached runs of chain/sweep projects (`orch run`
+through that same console script, as users run it; "run1-cached": one stage, `orch run`'s start-up); a cached
 workload is prepared by a first run and, 2.5 s later, a cached run (what a user re-running an
 experiment has: the entry index and the parsed parameters of store.entryindex and yamlcache).
 """
@@ -28,8 +29,8 @@ from instructions import SETTLE_S, console_script  # noqa: E402
 
 RUN = ["run", "experiment.py", "-p", "params/p.yaml", "-q"]
 #: name -> (stages, sets)
-WORKLOADS = {"python-pass": (0, 0), "orch-help": (0, 0), "chain200-cached": (200, 1), "1k-cached": (100, 10),
-             "10k-cached": (100, 100)}
+WORKLOADS = {"python-pass": (0, 0), "orch-help": (0, 0), "run1-cached": (1, 1), "chain200-cached": (200, 1),
+             "1k-cached": (100, 10), "10k-cached": (100, 100)}
 
 
 def prepare(code: Path, name: str, root: Path) -> list[str]:
@@ -37,10 +38,11 @@ def prepare(code: Path, name: str, root: Path) -> list[str]:
     root.mkdir(parents=True)
     if name == "python-pass":
         return [sys.executable, "-c", "pass"]
+    bin_dir = root.with_name(root.name + "-bin")  # the `orch` console script, outside the project
     if name == "orch-help":
-        return [sys.executable, str(console_script(code, root)), "--help"]
+        return [sys.executable, str(console_script(code, bin_dir)), "--help"]
     write_chain_project(root, stages, sets=sets)
-    cmd = [sys.executable, "-m", "orchestrator.cli", *RUN]
+    cmd = [sys.executable, str(console_script(code, bin_dir)), *RUN]
     env = bench_env() | {"PYTHONPATH": str(code)}
     subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
     time.sleep(SETTLE_S)

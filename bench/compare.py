@@ -70,7 +70,8 @@ LABELS = {
 
 def write_orch(root: Path, sets: int, stages: int) -> tuple[list[str], str]:
     write_chain_project(root, stages, sets=sets)
-    return [ORCH_PYTHON[0], "-m", "orchestrator.cli", "run", "experiment.py", "-p", "params/p.yaml", "-q"], ".orch"
+    script = console_script(ORCH_CODE[0], root.with_name(root.name + "-bin"))  # the `orch` command users run
+    return [ORCH_PYTHON[0], str(script), "run", "experiment.py", "-p", "params/p.yaml", "-q"], ".orch"
 
 
 def write_joblib(root: Path, sets: int, stages: int) -> tuple[list[str], str]:

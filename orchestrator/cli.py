@@ -79,20 +79,6 @@ def slurm_options(f):
     return f
 
 
-def _slurm_settings(executor: str, parallel: int, partition, account, time_limit, detach: bool,
-                    quiet: bool = False) -> dict | None:
-    """The run's Slurm overrides, or None for a local run (where --slurm-* options are a mistake)."""
-    given = {"partition": partition, "account": account, "time": time_limit}
-    if executor != "slurm":
-        named = [f"--slurm-{k}" for k, v in given.items() if v is not None] + (["--detach"] if detach else [])
-        if named:
-            raise OrchError(f"{', '.join(named)} only apply with --executor slurm")
-        return None
-    if parallel > 1:
-        raise OrchError("--parallel is for local runs; with --executor slurm every node is its own job")
-    return {**{k: v for k, v in given.items() if v is not None}, "detach": detach, "quiet": quiet}
-
-
 @main.command("run")
 @click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--params", "-p", "params", multiple=True, type=click.Path(dir_okay=False),
@@ -118,43 +104,15 @@ def _slurm_settings(executor: str, parallel: int, partition, account, time_limit
 def run_command(ctx, experiment, params, overrides, cache, overwrite, overwrite_stages, dry, quiet, progress,
                 parallel, executor, slurm_partition, slurm_account, slurm_time, detach):
     """Run EXPERIMENT (an experiment.py) for every parameter set, from the cache where possible."""
-    from . import session
-    from .executors.launch import detect_launch
-    from .interrupts import terminate_as_interrupt
-    from .runs.console import Console
-    from .runs.progress import progress_options
+    from .runcommand import RunArgs, run
 
-    slurm = _slurm_settings(executor, parallel, slurm_partition, slurm_account, slurm_time, detach, quiet)
-    opts = session.RunOptions(experiment=experiment, params=list(params), overrides=list(overrides),
-                              cache=cache, overwrite=overwrite, overwrite_stages=list(overwrite_stages),
-                              dry=dry, parallel=parallel, argv=sys.argv[1:], slurm=slurm)
-    launch = detect_launch()
-    if slurm is not None and launch.kind != "local":
-        raise OrchError(f"--executor slurm submits jobs from a login node; it cannot run under {launch.kind}")
-    if not launch.leader:  # an MPI or torchrun rank other than 0: it prints nothing of the run
-        ctx.exit(session.serve_rank(opts, launch))
-    if launch.kind != "local":
-        if hasattr(sys.stdout, "reconfigure"):  # progress shows live; nothing is lost if MPI aborts
-            sys.stdout.reconfigure(line_buffering=True)
-        if parallel > 1:
-            how = ("ranks 1..n-1 run the nodes" if launch.kind == "mpi"
-                   else "rank 0 runs the nodes, distributed stages run on every rank")
-            click.echo(f"note: --parallel is ignored under {launch.kind}: {how}", err=True)
-    console = Console(debug=ctx.obj["debug"], quiet=quiet)
-    shown = progress_options(progress, quiet)
-    terminate_as_interrupt()
-    result = session.run_experiment(opts, on_done=console.node_done, launch=launch, progress=shown)
-    if dry:
-        console.dry_plan(result)
-        return
-    if result.detached is not None:
-        click.echo(f"detached: run {result.run_id}, {len(result.detached)} Slurm job(s) in flight "
-                   f"({' '.join(result.detached)}); `orch status {result.run_id}` follows them; `orch run` again "
-                   f"with the same arguments re-attaches and submits what they unblock")
-        ctx.exit(1 if result.failed else 0)
-    console.summary(result)
-    if result.failed:
-        ctx.exit(1)
+    args = RunArgs(experiment=experiment, params=params, overrides=overrides, cache=cache, overwrite=overwrite,
+                   overwrite_stages=overwrite_stages, dry=dry, quiet=quiet, progress=progress, parallel=parallel,
+                   executor=executor, slurm_partition=slurm_partition, slurm_account=slurm_account,
+                   slurm_time=slurm_time, detach=detach)
+    code = run(args, ctx.obj["debug"])
+    if code:
+        ctx.exit(code)
 
 
 @main.command()

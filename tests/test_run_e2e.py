@@ -390,3 +390,14 @@ def test_a_cached_run_imports_only_what_it_uses(project):
                            env={**os.environ, "ORCH_COUNTS": str(project.counts_file)})
         assert p.returncode == 0 and "2 cached" in p.stdout, p.stdout + p.stderr
         assert json.loads(p.stderr.strip().splitlines()[-1]) == []
+    # the `orch` console script (orchestrator.launcher) parses `orch run` itself: neither click nor the
+    # CLI module, with short options too
+    unwanted = (*NOT_IMPORTED_WHEN_CACHED, "click", "orchestrator.cli", "gettext")
+    launcher = ("import json, sys\nsys.argv[0] = 'orch'\nfrom orchestrator.launcher import main\ncode = main()\n"
+                f"print(json.dumps([m for m in {unwanted!r} if m in sys.modules]), file=sys.stderr)\n"
+                "sys.exit(code)\n")
+    for argv in (run, ("run", "experiment.py", "-p", "params/p.yaml", "-q")):
+        p = subprocess.run([sys.executable, "-c", launcher, *argv], cwd=project.root, capture_output=True, text=True,
+                           env={**os.environ, "ORCH_COUNTS": str(project.counts_file)})
+        assert p.returncode == 0 and "2 cached" in p.stdout, p.stdout + p.stderr
+        assert json.loads(p.stderr.strip().splitlines()[-1]) == []

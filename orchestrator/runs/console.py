@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 
-import click
-
 from ..core.status import Status
+from ..echo import echo
 
 
 class Console:
@@ -20,7 +19,7 @@ class Console:
 
     def node_done(self, o) -> None:
         if o.status == Status.FAILED:
-            click.echo(self._failure(o), err=True)
+            echo(self._failure(o), err=True)
             return
         if self.quiet:
             return
@@ -31,29 +30,29 @@ class Console:
             line += f"  (upstream {o.skipped_because} failed)"
         elif o.status == Status.CACHED and o.reason:
             line += f"  ({o.reason})"
-        click.echo(line)
+        echo(line)
 
     def dry_plan(self, result) -> None:
         by_set: dict[str, list] = {}
         for o in result.outcomes:
             by_set.setdefault(o.node.set_name, []).append(o)
         for set_name, outs in by_set.items():
-            click.echo(f"[{set_name}]")
+            echo(f"[{set_name}]")
             for o in outs:
                 reason = f"  ({o.reason})" if o.reason else ""
-                click.echo(f"  {o.status:<8}{o.node.stage.name}{reason}")
+                echo(f"  {o.status:<8}{o.node.stage.name}{reason}")
         c = result.counts()
-        click.echo(f"dry run: {c.get('run', 0)} to run, {c.get('pending', 0)} pending on upstream, "
+        echo(f"dry run: {c.get('run', 0)} to run, {c.get('pending', 0)} pending on upstream, "
                    f"{c.get(Status.CACHED, 0)} cached")
 
     def summary(self, result) -> None:
         c = result.counts()
         parts = [f"{c.get(k, 0)} {k}" for k in (Status.RAN, Status.CACHED, Status.FAILED, Status.SKIPPED) if c.get(k)]
-        click.echo(f"{len(result.outcomes)} nodes: {', '.join(parts) or 'nothing to do'} "
+        echo(f"{len(result.outcomes)} nodes: {', '.join(parts) or 'nothing to do'} "
                    f"in {result.seconds:.2f}s; " + (f"run {result.run_id}" if result.run_id else "not recorded"))
         log_dirs, tracebacks = [], False
         for o in result.failed:
-            click.echo(f"failed: {o.node.stage.name} [{o.node.set_name}]: {o.error_type}: {_first_line(o.error)}",
+            echo(f"failed: {o.node.stage.name} [{o.node.set_name}]: {o.error_type}: {_first_line(o.error)}",
                        err=True)
             tb, log = o.traceback or "", o.log_path
             tracebacks = tracebacks or bool(tb.strip())
@@ -61,10 +60,10 @@ class Console:
                 log_dirs.append(os.path.dirname(log))
         if log_dirs:
             where = ", ".join(d + os.sep for d in log_dirs)
-            click.echo(f"logs: {where}" if self.debug else f"tracebacks in the logs: {where} (--debug prints them)",
+            echo(f"logs: {where}" if self.debug else f"tracebacks in the logs: {where} (--debug prints them)",
                        err=True)
         elif tracebacks and not self.debug:
-            click.echo("(--debug prints the tracebacks)", err=True)
+            echo("(--debug prints the tracebacks)", err=True)
 
     def _failure(self, o) -> str:
         """A failed node, said once: the first line of its error, the rest of the message (an external
@@ -91,21 +90,21 @@ def _first_line(text: str) -> str:
 
 def print_why(rows: list[dict], what: str) -> None:
     if not rows:
-        click.echo(f"{what}: everything comes from the cache")
+        echo(f"{what}: everything comes from the cache")
         return
     width = max(len(f"{r['stage']} [{r['param_set']}]") for r in rows)
     for r in rows:
-        click.echo(f"{r['status']:<8}{(r['stage'] + ' [' + r['param_set'] + ']'):<{width}}  {r['reason']}")
+        echo(f"{r['status']:<8}{(r['stage'] + ' [' + r['param_set'] + ']'):<{width}}  {r['reason']}")
     fresh = sum(r["status"] != Status.CACHED for r in rows)
     accepted = len(rows) - fresh
-    click.echo(f"{what}: {fresh} not from the cache" + (f", {accepted} cached after an accepted code change"
+    echo(f"{what}: {fresh} not from the cache" + (f", {accepted} cached after an accepted code change"
                                                          if accepted else ""))
 
 
 def print_runs(rows: list[dict]) -> None:
     """One line per run, newest first, in aligned columns: id, status, time, sets, node counts, command."""
     if not rows:
-        click.echo("no runs yet")
+        echo("no runs yet")
         return
     lines = []
     for r in rows:
@@ -117,7 +116,7 @@ def print_runs(rows: list[dict]) -> None:
     w = [max(len(line[i]) for line in lines) for i in range(6)]
     for line in lines:
         run_id, status, duration, n, sets, counts, command = line
-        click.echo(f"{run_id:<{w[0]}}  {status:<{w[1]}}  {duration:>{w[2]}}  {n:>{w[3]}} {sets:<{w[4]}}  "
+        echo(f"{run_id:<{w[0]}}  {status:<{w[1]}}  {duration:>{w[2]}}  {n:>{w[3]}} {sets:<{w[4]}}  "
                    f"{counts:<{w[5]}}  {command}")
 
 
@@ -159,15 +158,15 @@ def _short_path(arg: str) -> str:
 
 
 def print_run(m: dict) -> None:
-    click.echo(f"run {m['run_id']}  {m.get('status')}  started {m.get('started')}  finished {m.get('finished')}")
-    click.echo(f"experiment {m.get('experiment')}  argv: {' '.join(m.get('argv', []))}")
+    echo(f"run {m['run_id']}  {m.get('status')}  started {m.get('started')}  finished {m.get('finished')}")
+    echo(f"experiment {m.get('experiment')}  argv: {' '.join(m.get('argv', []))}")
     for n in m.get("nodes", []):
         outs = ", ".join(f"{k}={v[:10]}" for k, v in n.get("outputs", {}).items())
-        click.echo(f"  {n['status']:<8}{n['stage']} [{n['param_set']}] {n.get('duration_s', 0):.2f}s  {outs}"
+        echo(f"  {n['status']:<8}{n['stage']} [{n['param_set']}] {n.get('duration_s', 0):.2f}s  {outs}"
                    + (f"  ({n['reason']})" if n.get("reason") and n["status"] != Status.CACHED else ""))
 
 
 def print_cache_stats(root, s) -> None:
-    click.echo(f"{root}: {s.nodes} nodes, {s.entries} entries, {s.objects} objects, {s.bytes / 1e6:.1f} MB")
+    echo(f"{root}: {s.nodes} nodes, {s.entries} entries, {s.objects} objects, {s.bytes / 1e6:.1f} MB")
     for stage, (entries, size) in sorted(s.by_stage.items(), key=lambda kv: -kv[1][1]):
-        click.echo(f"  {stage:<40} {entries:>6} entries {size / 1e6:>10.1f} MB")
+        echo(f"  {stage:<40} {entries:>6} entries {size / 1e6:>10.1f} MB")
