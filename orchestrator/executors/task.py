@@ -319,27 +319,31 @@ def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store,
     """Two phases, so that a bad output leaves nothing in the store: every cacher first prepares its
     file or directory next to the staging area (a failure names the stage and artifact and removes
     what was prepared), then all are ingested."""
-    prepared: list = []
+    prepared: list = []  # (spec, path or bytes (cachers.Cacher.prepare_in_memory), ext, metadata)
     try:
         _prepare_outputs(stage, values, staging, record, prepared, label or stage.name)
     except BaseException:
-        for _, path, _, _ in prepared:
-            if path.startswith(f"{staging}.out."):
-                rmtree_force(path, missing_ok=True)
+        _remove_prepared(prepared, staging)
         raise
     saved = {}
     for i, (spec, path, ext, metadata) in enumerate(prepared):
         try:
-            info = store.ingest(Path(path), ext)
+            info = store.ingest_bytes(path, ext) if type(path) is bytes else store.ingest(Path(path), ext)
         except OSError as e:  # ingest stages and renames: nothing partial is left in objects/
-            for _, rest, _, _ in prepared[i:]:
-                if rest.startswith(f"{staging}.out."):
-                    rmtree_force(rest, missing_ok=True)
+            _remove_prepared(prepared[i:], staging)
             if not is_write_failure(e):
                 raise
-            raise write_error(e, f"stage {label or stage.name}: output {spec.name!r}", _root(store), path) from e
+            raise write_error(e, f"stage {label or stage.name}: output {spec.name!r}", _root(store),
+                              path if type(path) is str else None) from e
         saved[spec.name] = StoredOutput(info, spec.cacher.identity(), metadata)
     return saved
+
+
+def _remove_prepared(prepared: list, staging: Path) -> None:
+    """Remove the staging files of outputs not stored (a stage's own files are left alone)."""
+    for _, path, _, _ in prepared:
+        if type(path) is str and path.startswith(f"{staging}.out."):
+            rmtree_force(path, missing_ok=True)
 
 
 def _root(store: Store) -> str:
@@ -356,8 +360,9 @@ def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepa
         out_path = f"{staging}.out.{_safe_name(spec.name)}{spec.cacher.extension}"
         target = OutputTarget(stage.name, spec.name, out_path, staging, record)
         try:
-            path, ext, metadata = spec.cacher.prepare(values[spec.name], target)
-            json.dumps(metadata, allow_nan=True)
+            path, ext, metadata = spec.cacher.prepare_in_memory(values[spec.name], target)
+            if metadata is not None:
+                json.dumps(metadata, allow_nan=True)
         except OrchError:
             rmtree_force(out_path, missing_ok=True)
             raise
@@ -370,6 +375,9 @@ def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepa
         except Exception as e:
             rmtree_force(out_path, missing_ok=True)
             raise _unsavable(stage, spec, values, e) from e
+        if type(path) is bytes:  # no file: nothing to collide with
+            prepared.append((spec, path, ext, metadata))
+            continue
         if path != out_path and not resolved:  # a file of the stage's own (FileReferenceCacher): compare real paths
             resolved = True
             used = {os.path.realpath(p): name for p, name in used.items()}

@@ -11,7 +11,6 @@ two processes that need the same node compute it once.
 from __future__ import annotations
 
 import abc
-import itertools
 import json
 import os
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from .. import hashing
 from ..errors import DamagedObjectError
-from ..fsutil import LazyLogger
+from ..fsutil import LazyLogger, unique_suffix
 from .entries import CodeManifest, Entry, EntryError, Head, ObjectInfo, check_name
 from .locks import NodeLock
 
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
     from ..hashing import StatCache
 
 log = LazyLogger("orchestrator.store")
-_STAGING_COUNTER = itertools.count()
 
 #: Object path -> stat signature when its content last matched its hash. One per process, shared
 #: by every store instance on purpose: `orchestrator.load` opens a store per call, and a notebook
@@ -49,6 +47,14 @@ class Store(abc.ABC):
     def ingest(self, path: Path, ext: str = "") -> ObjectInfo:
         """Move the file or directory at `path` into the store under its content hash (`path` is
         consumed); an object already stored is kept and the new copy discarded. Read-only once in."""
+
+    def ingest_bytes(self, data: bytes, ext: str = "") -> ObjectInfo:
+        """ingest of a file holding `data`: the same object (hash, size, name, permissions) without
+        the file (a cacher that made the bytes in memory, cachers.Cacher.prepare_in_memory)."""
+        path = f"{self.new_staging_path('bytes')}{ext}"
+        with open(path, "xb") as f:
+            f.write(data)
+        return self.ingest(Path(path), ext)
 
     @abc.abstractmethod
     def has_object(self, info: ObjectInfo) -> bool:
@@ -130,7 +136,7 @@ class Store(abc.ABC):
     def new_staging_path(self, prefix: str = "") -> Path:
         """A fresh, unique path in the staging area on the objects' filesystem, *not created*: a
         stage that never asks for a staging directory costs no mkdir/rmdir (slow on some disks)."""
-        return Path(f"{self._tmp_root()}/{prefix}-{os.getpid()}-{next(_STAGING_COUNTER)}-{os.urandom(4).hex()}")
+        return Path(f"{self._tmp_root()}/{prefix}-{unique_suffix()}")
 
     @abc.abstractmethod
     def new_staging_dir(self, prefix: str = "") -> Path:

@@ -25,6 +25,7 @@ from ..fsutil import (
     rmtree_force,
     save_cache_file,
     temp_name,
+    unique_suffix,
 )
 from . import sharing
 from .base import Store
@@ -37,6 +38,7 @@ log = LazyLogger("orchestrator.store")
 CODE_MANIFESTS_KEPT = 5000
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")  # what check_name accepts
 _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _READ_SIZE = 1 << 16
 #: A damaged directory object another user owns, set aside inside its shard (see _quarantine).
 DAMAGED_PREFIX = ".damaged-"
@@ -166,6 +168,36 @@ class DiskStore(Store):
                 raise
             return None  # on another filesystem (e.g. /tmp): _move_in copies it next to the objects
         self._verified[target] = sig  # hashed just now and unchanged since: no re-hash on load
+        return info
+
+    def ingest_bytes(self, data: bytes, ext: str = "") -> ObjectInfo:
+        """The bytes hashed in memory; an intact object already stored costs one lstat, a new one
+        is written under a temp name in tmp/ and renamed into place, 0o444 as ingest makes it."""
+        info = ObjectInfo(hashing.hash_bytes(data), len(data), "file", ext)
+        target = self._object_file(info)
+        st = _lstat_or_none(target)
+        if st is not None:
+            if _looks_intact(st, info):
+                return info
+            self._quarantine(info, target)  # wrong size or kind: a damaged copy must not block a good one
+        tmp = f"{self._tmp}/.object.{unique_suffix()}.tmp"
+        fd = self._in_dir(self._tmp, os.open, tmp, _O_CREATE, 0o444)  # the open grants write, not the mode
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                st = os.fstat(fd)
+                if stat.S_IMODE(st.st_mode) != 0o444:  # the umask took bits from 0o444
+                    os.fchmod(fd, 0o444)
+            finally:
+                os.close(fd)
+            self._in_dir(os.path.dirname(target), os.replace, tmp, target)  # a concurrent identical copy is replaced
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._verified[target] = (st.st_size, st.st_mtime_ns, st.st_ino)  # written and hashed just now
         return info
 
     def _move_in(self, src: str, target: str, kind: str) -> bool:
