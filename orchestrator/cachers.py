@@ -36,12 +36,19 @@ class OutputTarget:
     """Where one output is being written while its stage finishes (handed to Cacher.prepare). A
     plain class, not a dataclass: defining one costs 2-3 M instructions at import, on every run."""
 
-    def __init__(self, stage: str, output: str, path: str, staging: Path, record: Any = None):
+    def __init__(self, stage: str, output: str, path: str, staging: Path | str, record: Any = None):
         self.stage = stage  # stage name, for messages
         self.output = output  # artifact name, for messages
         self.path = path  # a free path in the staging area for the cacher's file (or directory)
-        self.staging = staging  # the stage's staging root: paths under it are the stage's own files
+        self._staging = staging
         self.record = record  # the running Record (FileReferenceCacher tracks external files through it)
+
+    @property
+    def staging(self) -> Path:
+        """The stage's staging root: paths under it are the stage's own files (a Path made on first use)."""
+        if type(self._staging) is not Path:
+            self._staging = Path(self._staging)
+        return self._staging
 
     def __repr__(self) -> str:
         return (f"OutputTarget(stage={self.stage!r}, output={self.output!r}, path={self.path!r}, "

@@ -450,3 +450,43 @@ def test_pickle_cacher_holds_only_small_pickles_in_memory(tmp_path):
             return "elsewhere", ".pkl", {"mine": True}
 
     assert Prepared().prepare_in_memory([1], target("own")) == ("elsewhere", ".pkl", {"mine": True})
+
+
+def test_staging_a_stage_used_is_removed_whatever_its_cachers(project):
+    """A stage whose outputs go to the store from memory never has its staging directory probed
+    unless it asked for one; when it did (record.get_path/get_dir), the directory is removed after
+    success and after failure alike."""
+    project.write("stages/scratch.py", '''
+        from orchestrator import stage, PickleCacher, JsonCacher
+
+        @stage(outputs=["n"], cachers=[PickleCacher])
+        def scratch(record):
+            with open(record.get_path("notes/a.txt"), "w") as f:
+                f.write("scratch")
+            return 1
+
+        @stage(outputs=["j"], cachers=[JsonCacher])
+        def scratch_dir(record):
+            record.get_dir("d")
+            return {"ok": 1}
+
+        @stage(outputs=["f"], cachers=[PickleCacher])
+        def fails(record):
+            record.get_path("x.txt")
+            raise RuntimeError("boom")
+
+        @stage(outputs=["m"], cachers=[PickleCacher])
+        def plain(record):
+            return 2
+    ''')
+    project.write("experiment.py", '''
+        from stages.scratch import scratch, scratch_dir, fails, plain
+
+        def run(record):
+            scratch(record); scratch_dir(record); fails(record); plain(record)
+    ''')
+    proc = project.orch(*RUN, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert {s: st for (s, _), st in project.statuses().items()} == {
+        "scratch": "ran", "scratch_dir": "ran", "fails": "failed", "plain": "ran"}
+    assert list((project.root / ".orch" / "tmp").iterdir()) == []

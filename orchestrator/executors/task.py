@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cachers import Cacher, LazyArtifact, OutputTarget
+from ..cachers import Cacher, JsonCacher, LazyArtifact, OutputTarget, PickleCacher
 from ..core import keys
 from ..core.status import Status
 from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
@@ -26,6 +26,8 @@ from ..params import MISSING, resolve
 from ..record import Record, current_record
 from ..store import Entry, KeyComponents, Read, Store, StoredOutput
 from ..store.failures import is_write_failure, write_error
+
+_BYTES_CACHERS = (PickleCacher, JsonCacher)  # exactly these: a subclass may write elsewhere
 
 
 @dataclass(slots=True)
@@ -90,6 +92,8 @@ class TaskResult:
     damaged_producer: int | None = None
     log_path: str | None = None  # a failure: the node's log, which holds its traceback
     metrics: dict[str, dict] | None = None  # what it logged and its JSON outputs' numbers (summarized)
+    # Whether the node's metrics stream was there when the task read it after the stage (None: not read)
+    stream: bool | None = None
 
 
 def import_stage(ref: tuple[str, str]):
@@ -147,7 +151,8 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
 
 
 def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
-    staging = store.new_staging_path(prefix=stage.name)  # created only if the stage asks for it
+    staging = store._staging_name(prefix=stage.name)  # created only if the stage asks for it
+    record = None
     try:
         try:
             kwargs = _load_inputs(task, store)
@@ -155,7 +160,7 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
             return TaskResult(task.node_id, Status.DAMAGED, error=str(e.error), damaged_producer=e.producer)
         except ArtifactLoadError as e:
             return _failure(task, e, 0.0)
-        checkpoints = store.checkpoint_dir(keys.checkpoint_dir_name(task.key, task.stage_ref, task.set_name, task.params))
+        checkpoints = store._checkpoint_name(keys.checkpoint_dir_name(task.key, task.stage_ref, task.set_name, task.params))
         record = Record(task.params, task.set_name, staging_dir=staging, project_root=task.project_root,
                         ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path,
                         checkpoint_root=checkpoints, code_roots=task.code_roots, failed_sets=task.failed_sets,
@@ -188,7 +193,7 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
         if record.stat_cache is not None:
             record.stat_cache.save()
         res = TaskResult(task.node_id, Status.RAN, outputs=outputs, reads=_reads(record), duration=fn_time)
-        res.metrics = _metrics(stage, values, record)
+        res.metrics, res.stream = _metrics(stage, values, record)
         if task.hash_memory_outputs:
             res.hashes = {o.name: _memory_hash(values[o.name]) for o in stage.outputs if o.cacher is None}
         res.hashes.update({name: out.object.hash for name, out in outputs.items()})
@@ -211,7 +216,14 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
         rmtree_force(checkpoints, missing_ok=True)  # the outputs are stored: its checkpoints are done with
         return res
     finally:
-        rmtree_force(staging, missing_ok=True)
+        if record is not None and (record.staging_used or not _in_memory_cachers(stage)):
+            rmtree_force(staging, missing_ok=True)
+
+
+def _in_memory_cachers(stage) -> bool:
+    """Whether every output's cacher is a built-in one that never touches the staging directory
+    (its bytes, or a file beside it): with a Record that never gave it out, nothing made it."""
+    return all(spec.cacher is None or type(spec.cacher) in _BYTES_CACHERS for spec in stage.outputs)
 
 
 def _fresh_stream(task: Task) -> str | None:
@@ -227,9 +239,10 @@ def _fresh_stream(task: Task) -> str | None:
     return task.metrics_path
 
 
-def _metrics(stage, values: dict[str, Any], record: Record) -> dict[str, dict] | None:
+def _metrics(stage, values: dict[str, Any], record: Record) -> tuple[dict[str, dict] | None, bool | None]:
     """The node's metrics summary: the numbers of its JSON outputs, then what it logged (a logged
-    series wins over an output number of the same name)."""
+    series wins over an output number of the same name); and whether its stream file exists (None:
+    unknown, it could not be read)."""
     from .. import metrics
     from ..cachers import JsonCacher
 
@@ -238,15 +251,22 @@ def _metrics(stage, values: dict[str, Any], record: Record) -> dict[str, dict] |
         if isinstance(spec.cacher, JsonCacher):
             for name, value in metrics.final_metrics(values.get(spec.name)).items():
                 summary[name] = metrics.summary_of_value(value)
+    stream = None
     if record.metrics_path is not None:
-        series = metrics.read_series(record.metrics_path)
+        try:
+            data = metrics.read_stream(record.metrics_path)
+        except OSError:
+            data = None  # unreadable: no series, as metrics.read_series says
+        else:
+            stream = data is not None
+        series = metrics.read_lines(data.splitlines()) if data else {}
     else:
         series = metrics.read_lines(json.dumps(line).encode() for line in record.logged)
     summary.update(metrics.summarize(series))
-    return summary or None
+    return summary or None, stream
 
 
-def _store_series(record: Record, staging: Path, store: Store):
+def _store_series(record: Record, staging: str, store: Store):
     """The stream stored as an object (a copy: the run directory keeps its own for the report)."""
     import shutil
 
@@ -314,7 +334,7 @@ def _split_outputs(stage, result) -> dict[str, Any]:
     return {o.name: v for o, v in zip(stage.outputs, result)}
 
 
-def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store,
+def _save_outputs(stage, values: dict[str, Any], staging: str, store: Store,
                   record: Record | None = None, label: str = "") -> dict[str, StoredOutput]:
     """Two phases, so that a bad output leaves nothing in the store: every cacher first prepares its
     file or directory next to the staging area (a failure names the stage and artifact and removes
@@ -339,7 +359,7 @@ def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store,
     return saved
 
 
-def _remove_prepared(prepared: list, staging: Path) -> None:
+def _remove_prepared(prepared: list, staging: str) -> None:
     """Remove the staging files of outputs not stored (a stage's own files are left alone)."""
     for _, path, _, _ in prepared:
         if type(path) is str and path.startswith(f"{staging}.out."):
@@ -351,7 +371,7 @@ def _root(store: Store) -> str:
     return str(getattr(store, "root", "the cache"))
 
 
-def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepared: list, label: str) -> None:
+def _prepare_outputs(stage, values: dict[str, Any], staging: str, record, prepared: list, label: str) -> None:
     used: dict[str, str] = {}  # path -> output name: two outputs must not be one file
     resolved = False  # every path so far is a cacher's own fresh staging path (out_path): no realpath needed
     for spec in stage.outputs:

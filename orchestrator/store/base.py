@@ -136,7 +136,11 @@ class Store(abc.ABC):
     def new_staging_path(self, prefix: str = "") -> Path:
         """A fresh, unique path in the staging area on the objects' filesystem, *not created*: a
         stage that never asks for a staging directory costs no mkdir/rmdir (slow on some disks)."""
-        return Path(f"{self._tmp_root()}/{prefix}-{unique_suffix()}")
+        return Path(self._staging_name(prefix))
+
+    def _staging_name(self, prefix: str = "") -> str:
+        """new_staging_path as a string (a node that runs makes one: no Path object needed)."""
+        return f"{self._tmp_root()}/{prefix}-{unique_suffix()}"
 
     @abc.abstractmethod
     def new_staging_dir(self, prefix: str = "") -> Path:
@@ -146,8 +150,12 @@ class Store(abc.ABC):
         """A node's checkpoint directory (record.checkpoint_dir; not created): unlike staging, it
         survives a failed or killed run so a long stage can resume; removed once the node succeeded.
         On disk under scratch/ (the name orch 0.1.0 gave it, kept so no checkpoint is lost)."""
+        return Path(self._checkpoint_name(name))
+
+    def _checkpoint_name(self, name: str) -> str:
+        """checkpoint_dir as a string."""
         parent = os.path.dirname(self._tmp_root())  # an absolute, normalized directory: joined by hand
-        return Path(f"{parent}/scratch/{check_name('checkpoint directory name', name)}")
+        return f"{parent}/scratch/{check_name('checkpoint directory name', name)}"
 
     def check_locking(self) -> None:
         """Raise LockingUnsupportedError when node locks cannot work here (DiskStore: no flock)."""
