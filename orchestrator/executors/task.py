@@ -22,7 +22,7 @@ from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutp
 from ..fsutil import rmtree_force
 from ..hashing import hash_bytes, hash_value
 from ..hashing.coderoots import CodeRoots
-from ..params import MISSING, resolve
+from ..params import MISSING, is_ignored, resolve
 from ..record import Record, current_record
 from ..store import Entry, KeyComponents, Read, Store, StoredOutput
 from ..store.failures import is_write_failure, write_error
@@ -129,11 +129,24 @@ def execute(task: Task, store: Store, stage=None, gate=None) -> TaskResult:
             lock.release()
 
 
+#: Read signature -> the (parameter paths, file names) it is the hash of (keys.trace_signature), as
+#: learned from entries the re-check read: a pure function, so never stale.
+SIGNATURES: dict[str, tuple[tuple, tuple]] = {}
+_SIGNATURES_KEPT = 10_000
+
+
 def _recheck(task: Task, store: Store, stage) -> Entry | None:
-    """Inside the lock: did another process store this node while we waited?"""
+    """Inside the lock: did another process store this node while we waited?
+
+    An entry is named by its trace id, "<signature>-<hash of the values read>": once a signature's
+    reads are known, the name of an entry that holds now is known too, and an entry of that
+    signature with another name recorded some other value, so it cannot hold and is not read (a
+    sweep point's re-check would otherwise read every other point's entry). Entries with an ignored
+    read are always read: check_trace skips such reads, their names do not."""
     from ..core.traced import current_hash
 
     stat_cache = store.stat_cache()
+    ignore = stage.ignore
 
     def file_hash(name: str) -> str | None:  # only for an entry that tracked files
         return current_hash(name, Path(task.project_root), stat_cache)
@@ -141,13 +154,47 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
     def read_hash(path: str) -> str:
         from ..params import traced_value
 
-        return keys.read_value_hash(traced_value(task.params, path, stage.ignore))
+        return keys.read_value_hash(traced_value(task.params, path, ignore))
 
-    for entry in store.get_entries(task.key, label=task.label):
-        if (keys.check_trace(entry, stage.ignore, read_hash, lambda p: resolve(task.params, p), file_hash) is None
+    holding: dict[str, str | None] = {}  # signature -> the trace id an entry of it that holds has
+    entries = []
+    for tid in store.trace_ids(task.key):
+        sig = keys.signature_of(tid)
+        known = SIGNATURES.get(sig)
+        if known is not None:
+            if sig not in holding:
+                holding[sig] = _trace_id_now(known, ignore, read_hash, file_hash)
+            if holding[sig] is not None and holding[sig] != tid:
+                continue
+        entry = store.get_entry(task.key, tid, label=task.label)
+        if entry is None:
+            continue
+        if known is None and len(SIGNATURES) < _SIGNATURES_KEPT:
+            reads, files = tuple(entry.reads), tuple(entry.files)
+            if keys.trace_signature(reads, files) == sig:  # a name that does not match its content teaches nothing
+                SIGNATURES[sig] = (reads, files)
+        entries.append(entry)
+    entries.sort(key=lambda e: e.created, reverse=True)
+    for entry in entries:
+        if (keys.check_trace(entry, ignore, read_hash, lambda p: resolve(task.params, p), file_hash) is None
                 and not store.missing_outputs(entry)):
             return entry
     return None
+
+
+def _trace_id_now(known: tuple[tuple, tuple], ignore: tuple, read_hash, file_hash) -> str | None:
+    """The trace id of an entry of this signature that holds now; None when that cannot be said
+    (an ignored read, a tracked file gone): every entry of the signature is then read and checked."""
+    reads, files = known
+    if ignore and any(is_ignored(p, ignore) for p in reads):
+        return None
+    file_hashes = {}
+    for name in files:
+        h = file_hash(name)
+        if h is None:
+            return None
+        file_hashes[name] = h
+    return keys.trace_id({p: read_hash(p) for p in reads}, file_hashes)
 
 
 def _compute(task: Task, store: Store, stage, gate) -> TaskResult:

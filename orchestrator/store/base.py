@@ -89,6 +89,10 @@ class Store(abc.ABC):
         """Every valid entry under a node key, newest first; malformed ones are skipped with one
         warning each (a damaged entry is a cache miss, never an exception)."""
 
+    def trace_ids(self, key: str) -> list[str]:
+        """The trace ids of the entries stored under `key`, in no order: their names, nothing read."""
+        return [entry.trace_id for entry in self.get_entries(key)]
+
     @abc.abstractmethod
     def put_entry(self, entry: Entry) -> None:
         """Store `entry` under (entry.key, entry.trace_id) atomically; the same pair overwrites."""

@@ -369,6 +369,15 @@ class DiskStore(Store):
         entries.sort(key=lambda e: e.created, reverse=True)
         return entries
 
+    def trace_ids(self, key: str) -> list[str]:
+        try:
+            names = os.listdir(self._entry_dir(key))
+        except FileNotFoundError:
+            self._dirless_key = key
+            return []
+        return [name[:-5] for name in names  # ".x.tmp": writes in progress; a name no entry can have: skipped
+                if name.endswith(".json") and not name.startswith(".") and _NAME_RE.match(name)]
+
     def put_entry(self, entry: Entry) -> None:
         data = json.dumps(entry.to_json(), separators=(",", ":")).encode()  # before any file exists
         path = self._entry_file(entry.key, entry.trace_id)
