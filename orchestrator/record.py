@@ -12,7 +12,7 @@ import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Callable, overload
 
 from .errors import PlanningError
 from .params import TrackedParams, set_key
@@ -37,7 +37,7 @@ class Record:
         ignore=(),
         param_sets: dict | None = None,
         log_path: str | os.PathLike | None = None,
-        checkpoint_root: str | os.PathLike | None = None,
+        checkpoint_root: str | os.PathLike | Callable[[], str] | None = None,
         code_roots=None,
         failed_sets: dict[str, str] | None = None,
         metrics_path: str | os.PathLike | None = None,
@@ -116,8 +116,9 @@ class Record:
             import tempfile
 
             self._checkpoints = Path(tempfile.mkdtemp(prefix="orch-checkpoints-"))
-        elif type(self._checkpoints) is not Path:
-            self._checkpoints = Path(self._checkpoints)
+        elif type(self._checkpoints) is not Path:  # a path, or what gives it (its name is a hash: made on use)
+            root = self._checkpoints
+            self._checkpoints = Path(root() if callable(root) else root)
         if not name or os.path.isabs(name) or ".." in Path(name).parts:
             raise PlanningError(f"checkpoint_dir takes a relative name, got {name!r}")
         path = self._checkpoints / name

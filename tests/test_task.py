@@ -497,3 +497,32 @@ def test_recheck_reads_every_entry_whose_signature_has_an_ignored_read(store, tm
     theirs = foreign_entry(store, make_task(chatty, {"n": 3}), ["theirs"], reads(3, True), tmp_path)
     r = execute(make_task(chatty, {"n": 3, "verbose": False}), store, chatty)
     assert r.status == Status.CACHED and r.entry == theirs and CALLS == []
+
+
+ASKS_FOR_CHECKPOINTS = [True]
+
+
+@stage(outputs=["steps"], cachers=[PickleCacher])
+def sometimes_resumable(record):
+    if ASKS_FOR_CHECKPOINTS[0]:
+        (Path(record.checkpoint_dir()) / "step0").write_text("0")
+        raise RuntimeError("killed")
+    return 1
+
+
+def test_checkpoints_a_failed_attempt_left_are_removed_by_a_success_that_never_asked_for_them(store):
+    """The checkpoint directory's name is only derived when one may exist (the directory they all
+    live in does): a leftover is removed whether or not the successful attempt used it."""
+    from orchestrator.executors import task as task_module
+
+    task_module._SCRATCH_SEEN.clear()
+    task = make_task(sometimes_resumable, {"n": 1})
+    assert execute(task, store, sometimes_resumable).status == Status.FAILED
+    scratch = Path(store._checkpoint_root())
+    assert [p.name for p in scratch.iterdir()] != []
+    ASKS_FOR_CHECKPOINTS[0] = False
+    try:
+        assert execute(make_task(sometimes_resumable, {"n": 1}), store, sometimes_resumable).status == Status.RAN
+    finally:
+        ASKS_FOR_CHECKPOINTS[0] = True
+    assert list(scratch.iterdir()) == []

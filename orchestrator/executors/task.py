@@ -207,7 +207,9 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
             return TaskResult(task.node_id, Status.DAMAGED, error=str(e.error), damaged_producer=e.producer)
         except ArtifactLoadError as e:
             return _failure(task, e, 0.0)
-        checkpoints = store._checkpoint_name(keys.checkpoint_dir_name(task.key, task.stage_ref, task.set_name, task.params))
+        def checkpoints() -> str:  # a hash of every parameter: made only when asked for or when one may exist
+            return store._checkpoint_name(keys.checkpoint_dir_name(task.key, task.stage_ref, task.set_name, task.params))
+
         record = Record(task.params, task.set_name, staging_dir=staging, project_root=task.project_root,
                         ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path,
                         checkpoint_root=checkpoints, code_roots=task.code_roots, failed_sets=task.failed_sets,
@@ -260,11 +262,27 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
                 if not is_write_failure(e):
                     raise
                 return _failure(task, write_error(e, what, _root(store)), fn_time)
-        rmtree_force(checkpoints, missing_ok=True)  # the outputs are stored: its checkpoints are done with
+        if _may_have_checkpoints(store):  # the outputs are stored: its checkpoints are done with
+            rmtree_force(checkpoints(), missing_ok=True)
         return res
     finally:
         if record is not None and (record.staging_used or not _in_memory_cachers(stage)):
             rmtree_force(staging, missing_ok=True)
+
+
+_SCRATCH_SEEN: set[str] = set()  # checkpoint roots seen to exist: from then on, look for the node's directly
+
+
+def _may_have_checkpoints(store: Store) -> bool:
+    """Whether the checkpoint directory of the node being run may exist: not while the directory
+    all of them live in does not (a node's checkpoint directory is made only under its lock, held now)."""
+    root = store._checkpoint_root()
+    if root in _SCRATCH_SEEN:
+        return True
+    if os.path.lexists(root):
+        _SCRATCH_SEEN.add(root)
+        return True
+    return False
 
 
 def _in_memory_cachers(stage) -> bool:

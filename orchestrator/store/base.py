@@ -158,8 +158,11 @@ class Store(abc.ABC):
 
     def _checkpoint_name(self, name: str) -> str:
         """checkpoint_dir as a string."""
-        parent = os.path.dirname(self._tmp_root())  # an absolute, normalized directory: joined by hand
-        return f"{parent}/scratch/{check_name('checkpoint directory name', name)}"
+        return f"{self._checkpoint_root()}/{check_name('checkpoint directory name', name)}"
+
+    def _checkpoint_root(self) -> str:
+        """The directory every checkpoint directory is in (not created)."""
+        return f"{os.path.dirname(self._tmp_root())}/scratch"  # an absolute, normalized directory: joined by hand
 
     def check_locking(self) -> None:
         """Raise LockingUnsupportedError when node locks cannot work here (DiskStore: no flock)."""

@@ -45,6 +45,8 @@ DAMAGED_PREFIX = ".damaged-"
 #: What link(2) fails with where hard links are not supported (or the entry was removed meanwhile).
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK,
                             errno.ENOENT})
+#: json.dumps(obj, separators=(",", ":")) without making an encoder per call (one per written entry)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 _OBJECT_NAME_RE = re.compile(r"([0-9a-f]{62})((?:\.[A-Za-z0-9_-]+)*)\Z")  # a name inside objects/ab/
 
 
@@ -379,7 +381,7 @@ class DiskStore(Store):
                 if name.endswith(".json") and not name.startswith(".") and _NAME_RE.match(name)]
 
     def put_entry(self, entry: Entry) -> None:
-        data = json.dumps(entry.to_json(), separators=(",", ":")).encode()  # before any file exists
+        data = _COMPACT.encode(entry.to_json()).encode()  # before any file exists
         path = self._entry_file(entry.key, entry.trace_id)
         if entry.key == self._dirless_key:  # seen missing just now: make it rather than fail an open first
             self._dirless_key = None
@@ -406,18 +408,33 @@ class DiskStore(Store):
         return None if data is None else self._parse_head(data, path, label)
 
     def put_head(self, name: str, head: Head) -> None:
-        atomic_write_bytes(self._head_file(name), json.dumps(head.to_json(), separators=(",", ":")).encode())
+        atomic_write_bytes(self._head_file(name), _COMPACT.encode(head.to_json()).encode())
 
     def put_entry_and_head(self, entry: Entry, head_name: str) -> None:
         """The head is a hard link to the entry file just written: an entry is a valid head record
         (Head.from_json reads its format, key, created, components and trace_id, all equal to the
-        head's, and nothing else), so the head costs a link and a rename instead of a new file (an
-        inode: the slowest part of creating a record). Both names are only ever replaced by rename,
-        never written in place, so the shared inode never changes. Where hard links are refused
+        head's, and nothing else), so the head costs a link (and a rename when it replaces another)
+        instead of a new file (an inode: the slowest part of creating a record). Both names are only
+        ever created by link or replaced by rename, never written in place, so the shared inode never
+        changes. Where hard links are refused
         (some network and FUSE filesystems) the head is written as before."""
         self.put_entry(entry)
         head = Head(entry.key, entry.created, entry.components, entry.trace_id)
         source, path = self._entry_file(entry.key, entry.trace_id), self._head_file(head_name)
+        try:  # no head yet (a new parameter set, a first run): linked straight into place
+            try:
+                os.link(source, path)
+            except FileNotFoundError:  # refs/ab/ not made yet (or removed): make it, once more
+                make_dirs(os.path.dirname(path))
+                os.link(source, path)
+            return
+        except FileExistsError:
+            pass  # replaced through a temp name, below
+        except OSError as e:  # ENOENT: the entry removed meanwhile (gc): write the head
+            if e.errno not in _NO_HARD_LINKS:
+                raise
+            self.put_head(head_name, head)
+            return
         tmp = temp_name(path)
         try:
             try:
