@@ -207,6 +207,7 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
             return TaskResult(task.node_id, Status.DAMAGED, error=str(e.error), damaged_producer=e.producer)
         except ArtifactLoadError as e:
             return _failure(task, e, 0.0)
+
         def checkpoints() -> str:  # a hash of every parameter: made only when asked for or when one may exist
             return store._checkpoint_name(keys.checkpoint_dir_name(task.key, task.stage_ref, task.set_name, task.params))
 
