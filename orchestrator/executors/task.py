@@ -184,7 +184,8 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
 
 def _trace_id_now(known: tuple[tuple, tuple], ignore: tuple, read_hash, file_hash) -> str | None:
     """The trace id of an entry of this signature that holds now; None when that cannot be said
-    (an ignored read, a tracked file gone): every entry of the signature is then read and checked."""
+    (an ignored read, a tracked file gone, a value with no hash): every entry of the signature is
+    then read and checked."""
     reads, files = known
     if ignore and any(is_ignored(p, ignore) for p in reads):
         return None
@@ -194,7 +195,10 @@ def _trace_id_now(known: tuple[tuple, tuple], ignore: tuple, read_hash, file_has
         if h is None:
             return None
         file_hashes[name] = h
-    return keys.trace_id({p: read_hash(p) for p in reads}, file_hashes)
+    try:
+        return keys.trace_id({p: read_hash(p) for p in reads}, file_hashes)
+    except TypeError:  # a value that cannot be hashed now: check_trace says what it says of each entry
+        return None
 
 
 def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
