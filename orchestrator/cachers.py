@@ -36,12 +36,19 @@ class OutputTarget:
     """Where one output is being written while its stage finishes (handed to Cacher.prepare). A
     plain class, not a dataclass: defining one costs 2-3 M instructions at import, on every run."""
 
-    def __init__(self, stage: str, output: str, path: str, staging: Path, record: Any = None):
+    def __init__(self, stage: str, output: str, path: str, staging: Path | str, record: Any = None):
         self.stage = stage  # stage name, for messages
         self.output = output  # artifact name, for messages
         self.path = path  # a free path in the staging area for the cacher's file (or directory)
-        self.staging = staging  # the stage's staging root: paths under it are the stage's own files
+        self._staging = staging
         self.record = record  # the running Record (FileReferenceCacher tracks external files through it)
+
+    @property
+    def staging(self) -> Path:
+        """The stage's staging root: paths under it are the stage's own files (a Path made on first use)."""
+        if type(self._staging) is not Path:
+            self._staging = Path(self._staging)
+        return self._staging
 
     def __repr__(self) -> str:
         return (f"OutputTarget(stage={self.stage!r}, output={self.output!r}, path={self.path!r}, "
@@ -81,6 +88,12 @@ class Cacher:
             raise StageOutputError(f"stage {out.stage}: {self!r}.save() wrote nothing for output {out.output!r}")
         return out.path, self.extension, metadata
 
+    def prepare_in_memory(self, value: Any, out: OutputTarget) -> tuple[str | bytes, str, dict | None]:
+        """prepare(), except that a cacher which makes a small object's bytes in memory may return
+        those bytes instead of a path: the store hashes them and writes the object directly, with no
+        staging file to write, stat, read back and remove. The bytes must be what save() writes."""
+        return self.prepare(value, out)
+
     def exported_paths(self, path: str, metadata: dict | None) -> list[str]:
         """The files `orch get` copies out for a stored object (normally the object itself)."""
         return [path]
@@ -111,6 +124,15 @@ class PickleCacher(Cacher):
             canonical.dump(obj, f, protocol=self.protocol)
         return None
 
+    def prepare_in_memory(self, value, out):
+        if type(self).save is not PickleCacher.save or type(self).prepare is not Cacher.prepare:
+            return self.prepare(value, out)  # a subclass that writes its own file
+        from .artifacts import canonical
+
+        with _SmallOrFile(out.path) as f:
+            canonical.dump(value, f, protocol=self.protocol)
+        return f.result(), self.extension, None
+
     def load(self, path, metadata=None):
         import pickle
 
@@ -133,10 +155,50 @@ class JsonCacher(Cacher):
             json.dump(obj, f, indent=self.indent, allow_nan=True)
         return None
 
+    def prepare_in_memory(self, value, out):
+        if type(self).save is not JsonCacher.save or type(self).prepare is not Cacher.prepare:
+            return self.prepare(value, out)  # a subclass that writes its own file
+        # save()'s text file holds the same bytes: ASCII (ensure_ascii), no newline translation on POSIX
+        return json.dumps(value, indent=self.indent, allow_nan=True).encode("utf-8"), self.extension, None
+
     def load(self, path, metadata=None):
 
         with open(path, encoding="utf-8") as f:
             return json.load(f)
+
+
+class _SmallOrFile:
+    """A binary file-like object that keeps what is written in memory up to IN_MEMORY_MAX bytes,
+    then moves it to a file at `path` and writes on there: a small pickle needs no file, a large
+    one is never held in memory whole. `result()`: the bytes, or `path` once it spilled."""
+
+    IN_MEMORY_MAX = 4 << 20
+
+    def __init__(self, path: str):
+        self.path = path
+        self._buf: bytearray | None = bytearray()
+        self._file = None
+
+    def write(self, data) -> int:
+        n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+        if self._file is None:
+            if len(self._buf) + n <= self.IN_MEMORY_MAX:
+                self._buf += data
+                return n
+            self._file = open(self.path, "wb")
+            self._file.write(self._buf)
+            self._buf = None
+        return self._file.write(data)
+
+    def result(self) -> str | bytes:
+        return self.path if self._buf is None else bytes(self._buf)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class NumpyCacher(Cacher):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import itertools
 import json
 import os
 import stat
@@ -35,11 +36,26 @@ class LazyLogger:
 log = LazyLogger(__name__)
 
 
+_unique: list = []  # [pid.random prefix, counter] of this process, made on first use, reset in a forked child
+
+
+def unique_suffix() -> str:
+    """`{pid}.{random}{n}`: unique across processes and hosts on a shared filesystem (a random
+    prefix per process, then a counter), at no syscall per name (getpid and getrandom were two)."""
+    if not _unique:
+        _unique.extend((f"{os.getpid()}.{os.urandom(6).hex()}", itertools.count()))
+    return f"{_unique[0]}{next(_unique[1]):x}"
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_unique.clear)
+
+
 def temp_name(path: str) -> str:
     """`.{name}.{pid}.{random}.tmp` next to `path`: unique across processes and hosts on a shared
     filesystem, and hidden so that directory listings of entries skip it."""
     directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    return os.path.join(directory, f".{name}.{unique_suffix()}.tmp")
 
 
 def make_dirs(d: str) -> None:

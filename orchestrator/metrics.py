@@ -97,11 +97,25 @@ def read_series(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
     """Every metric of a stream as [(step, value), ...] in logged order. A line that is not a
     stream line (a truncated last line of a killed run, garbage) is skipped, never fatal."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_stream(path)
     except OSError:
         return {}
-    return read_lines(data.splitlines())
+    return read_lines(data.splitlines()) if data is not None else {}
+
+
+def read_stream(path: str | os.PathLike) -> bytes | None:
+    """A stream's bytes, None when there is no stream (os.open: no file object's extra syscalls)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def read_lines(lines) -> dict[str, list[tuple[int, float]]]:

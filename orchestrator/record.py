@@ -12,7 +12,7 @@ import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Callable, overload
 
 from .errors import PlanningError
 from .params import TrackedParams, set_key
@@ -37,7 +37,7 @@ class Record:
         ignore=(),
         param_sets: dict | None = None,
         log_path: str | os.PathLike | None = None,
-        checkpoint_root: str | os.PathLike | None = None,
+        checkpoint_root: str | os.PathLike | Callable[[], str] | None = None,
         code_roots=None,
         failed_sets: dict[str, str] | None = None,
         metrics_path: str | os.PathLike | None = None,
@@ -55,9 +55,12 @@ class Record:
         #: the lines, as dicts, in `logged`.
         self.metrics_path = os.fspath(metrics_path) if metrics_path else None
         self.logged: list[dict] = []
-        self._staging = Path(staging_dir) if staging_dir else None
-        self._checkpoints = Path(checkpoint_root) if checkpoint_root else None
-        self._project_root = Path(project_root) if project_root else None
+        # Paths are made on first use: most stages never ask for them, and every node runs this
+        self._staging: Path | str | None = staging_dir or None
+        self._checkpoints: Path | str | None = checkpoint_root or None
+        self._root: Path | str | None = project_root or None
+        #: Whether the stage was given its staging directory (before that, nothing can be in it).
+        self.staging_used = False
         self.code_roots = code_roots  # hashing.coderoots.CodeRoots while a stage runs under orch
         #: A partial aggregate: {parameter set: why it is missing} for the sets whose inputs failed
         #: or were skipped (their values are absent from the inputs). Empty otherwise.
@@ -69,7 +72,10 @@ class Record:
     @property
     def project_root(self) -> Path | None:
         """The experiment's directory (relative paths in track() and run_external() start there)."""
-        return self._project_root
+        root = self._root
+        if root is not None and type(root) is not Path:
+            root = self._root = Path(root)
+        return root
 
     @property
     def staging_dir(self) -> Path:
@@ -82,6 +88,9 @@ class Record:
             import tempfile
 
             self._staging = Path(tempfile.mkdtemp(prefix="orch-record-"))
+        elif type(self._staging) is not Path:
+            self._staging = Path(self._staging)
+        self.staging_used = True
         return self._staging
 
     def get_path(self, name: str) -> str:
@@ -107,6 +116,9 @@ class Record:
             import tempfile
 
             self._checkpoints = Path(tempfile.mkdtemp(prefix="orch-checkpoints-"))
+        elif type(self._checkpoints) is not Path:  # a path, or what gives it (its name is a hash: made on use)
+            root = self._checkpoints
+            self._checkpoints = Path(root() if callable(root) else root)
         if not name or os.path.isabs(name) or ".." in Path(name).parts:
             raise PlanningError(f"checkpoint_dir takes a relative name, got {name!r}")
         path = self._checkpoints / name
@@ -167,8 +179,8 @@ class Record:
     def _tracked_path(self, path: str | os.PathLike[str]) -> Path:
         """The absolute path track() hashes: a relative one starts at the experiment's directory."""
         p = Path(path)
-        if not p.is_absolute() and self._project_root is not None:
-            p = self._project_root / p
+        if not p.is_absolute() and self.project_root is not None:
+            p = self.project_root / p
         return p.absolute()
 
     def trace_artifact(self, traced_name: str, digest: str) -> None:
@@ -179,9 +191,9 @@ class Record:
     def _trace_name(self, p: Path) -> str:
         """Files inside the project are named relative to it, so a shared cache works across checkouts."""
         p = p.resolve()
-        if self._project_root is not None:
+        if self.project_root is not None:
             try:
-                return p.relative_to(self._project_root.resolve()).as_posix()
+                return p.relative_to(self.project_root.resolve()).as_posix()
             except ValueError:
                 pass
         return str(p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -342,3 +343,147 @@ def test_numpy_cacher_mmap(tmp_path):
     with pytest.raises(TypeError, match="allow_pickle"):
         c.save(np.array([object()]), str(tmp_path / "o.npy"))
     assert NumpyCacher(allow_pickle=True).config() == {"allow_pickle": True}
+
+
+BYTES_VALUES = '''
+import math
+
+def values():
+    """name -> the value a stage returns; the test saves the same values through save()."""
+    return {
+        "small": [1, 2.5, "é", None],
+        "tagged": {"words": {"pear", "apple", "fig"}, "t": (1, frozenset({3, 1}))},
+        "big": list(range(1_000_000)),  # a pickle over 4 MiB: written to its file as it grows
+        "metrics": {"acc": 0.5, "nan": math.nan, "name": "naïve ☃", "nested": [{"k": 1}]},
+    }
+'''
+
+
+def test_built_in_cachers_store_from_memory_exactly_what_save_writes(project, tmp_path):
+    """PickleCacher and JsonCacher give their bytes to the store without a staging file: every
+    object is the one save() would have written (same bytes, digest, name, mode); a subclass that
+    overrides save() keeps its own file."""
+    project.write("stages/values.py", BYTES_VALUES)
+    project.write("stages/bytes.py", '''
+        from orchestrator import stage, PickleCacher, JsonCacher
+        from stages.values import values
+
+        class Tagged(PickleCacher):
+            def save(self, obj, path):
+                with open(path, "wb") as f:
+                    f.write(b"tagged:" + repr(obj).encode())
+
+        @stage(outputs=["small", "tagged", "big"], cachers=[PickleCacher, PickleCacher(protocol=4), PickleCacher])
+        def pickles(record):
+            v = values()
+            return v["small"], v["tagged"], v["big"]
+
+        @stage(outputs=["metrics", "compact"], cachers=[JsonCacher, JsonCacher(indent=None)])
+        def jsons(record):
+            return values()["metrics"], values()["small"]
+
+        @stage(outputs=["own"], cachers=[Tagged])
+        def own(record):
+            return values()["small"]
+    ''')
+    project.write("experiment.py", '''
+        from stages.bytes import pickles, jsons, own
+
+        def run(record):
+            pickles(record); jsons(record); own(record)
+    ''')
+    project.orch(*RUN)
+    from orchestrator.cachers import JsonCacher, PickleCacher
+
+    class Tagged(PickleCacher):  # the project's, for what it writes (its identity is not compared)
+        def save(self, obj, path):
+            with open(path, "wb") as f:
+                f.write(b"tagged:" + repr(obj).encode())
+
+    namespace: dict = {}
+    exec(BYTES_VALUES, namespace)  # the values the stages returned, made the same way here
+    v = namespace["values"]()
+    expected = {"small": (PickleCacher(), v["small"]), "tagged": (PickleCacher(protocol=4), v["tagged"]),
+                "big": (PickleCacher(), v["big"]), "metrics": (JsonCacher(), v["metrics"]),
+                "compact": (JsonCacher(indent=None), v["small"]), "own": (Tagged(), v["small"])}
+    stored = {}
+    for path in (project.root / ".orch" / "entries").rglob("*.json"):
+        for name, out in json.loads(path.read_text())["outputs"].items():
+            stored[name] = out["object"]
+    assert set(stored) == set(expected)
+    for name, (cacher, value) in expected.items():
+        saved = tmp_path / f"{name}{cacher.extension}"
+        cacher.save(value, str(saved))
+        data = saved.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        obj = project.root / ".orch" / "objects" / digest[:2] / f"{digest[2:]}{cacher.extension}"
+        assert stored[name] == {"hash": digest, "size": len(data), "kind": "file", "ext": cacher.extension}, name
+        assert obj.read_bytes() == data, name
+        assert stat.S_IMODE(obj.stat().st_mode) == 0o444, name
+    assert stored["own"]["size"] == len(b"tagged:" + repr(v["small"]).encode())
+    assert list((project.root / ".orch" / "tmp").iterdir()) == []
+
+
+def test_pickle_cacher_holds_only_small_pickles_in_memory(tmp_path):
+    """A pickle over IN_MEMORY_MAX goes to its staging file as it grows (never whole in memory twice);
+    a subclass with its own prepare() is called as before."""
+    import pickle
+
+    from orchestrator.cachers import OutputTarget, PickleCacher
+
+    def target(name):
+        return OutputTarget("s", name, str(tmp_path / f"{name}.pkl"), tmp_path / "staging")
+
+    data, ext, meta = PickleCacher().prepare_in_memory([1, 2], target("small"))
+    assert (data, ext, meta) == (pickle.dumps([1, 2], protocol=5), ".pkl", None)
+    assert not (tmp_path / "small.pkl").exists()
+    big = list(range(1_000_000))
+    path, _, _ = PickleCacher().prepare_in_memory(big, target("big"))
+    assert path == str(tmp_path / "big.pkl")
+    assert (tmp_path / "big.pkl").read_bytes() == pickle.dumps(big, protocol=5)
+
+    class Prepared(PickleCacher):
+        def prepare(self, value, out):
+            return "elsewhere", ".pkl", {"mine": True}
+
+    assert Prepared().prepare_in_memory([1], target("own")) == ("elsewhere", ".pkl", {"mine": True})
+
+
+def test_staging_a_stage_used_is_removed_whatever_its_cachers(project):
+    """A stage whose outputs go to the store from memory never has its staging directory probed
+    unless it asked for one; when it did (record.get_path/get_dir), the directory is removed after
+    success and after failure alike."""
+    project.write("stages/scratch.py", '''
+        from orchestrator import stage, PickleCacher, JsonCacher
+
+        @stage(outputs=["n"], cachers=[PickleCacher])
+        def scratch(record):
+            with open(record.get_path("notes/a.txt"), "w") as f:
+                f.write("scratch")
+            return 1
+
+        @stage(outputs=["j"], cachers=[JsonCacher])
+        def scratch_dir(record):
+            record.get_dir("d")
+            return {"ok": 1}
+
+        @stage(outputs=["f"], cachers=[PickleCacher])
+        def fails(record):
+            record.get_path("x.txt")
+            raise RuntimeError("boom")
+
+        @stage(outputs=["m"], cachers=[PickleCacher])
+        def plain(record):
+            return 2
+    ''')
+    project.write("experiment.py", '''
+        from stages.scratch import scratch, scratch_dir, fails, plain
+
+        def run(record):
+            scratch(record); scratch_dir(record); fails(record); plain(record)
+    ''')
+    proc = project.orch(*RUN, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert {s: st for (s, _), st in project.statuses().items()} == {
+        "scratch": "ran", "scratch_dir": "ran", "fails": "failed", "plain": "ran"}
+    assert list((project.root / ".orch" / "tmp").iterdir()) == []

@@ -784,3 +784,47 @@ def test_a_refused_write_names_the_record_the_cause_and_what_to_do(tmp_path, mon
     assert isinstance(err, CacheWriteError) and err.errno == errno.ENOSPC
     assert str(err).startswith(f"stage train[default]: its cache entry: cannot write {target}: no space left on device")
     assert "free space" in str(err) and "re-run continues" in str(err)
+
+
+# -- objects from bytes (cachers.Cacher.prepare_in_memory) -----------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+@pytest.mark.parametrize("data", [b"", b"\x80\x05K\x01.", os.urandom(70_000)], ids=["empty", "pickle", "70k"])
+def test_ingest_bytes_stores_the_object_ingest_of_the_file_would(tmp_path, data, umask):
+    """Same hash, size, kind, name, bytes and mode 0o444 whatever the umask, nothing left in tmp/."""
+    by_file, by_bytes = DiskStore(tmp_path / "a"), DiskStore(tmp_path / "b")
+    before = os.umask(umask)
+    try:
+        info = by_file.ingest(write(tmp_path / "stage" / "out.pkl", data), ".pkl")
+        got = by_bytes.ingest_bytes(data, ".pkl")
+    finally:
+        os.umask(before)
+    assert got == info == ObjectInfo(hashlib.sha256(data).hexdigest(), len(data), "file", ".pkl")
+    a, b = by_file.object_path(info), by_bytes.object_path(got)
+    assert a.relative_to(tmp_path / "a") == b.relative_to(tmp_path / "b")
+    assert b.read_bytes() == data
+    assert stat.S_IMODE(b.stat().st_mode) == stat.S_IMODE(a.stat().st_mode) == 0o444
+    assert [p.name for p in (tmp_path / "b").rglob("*") if p.is_file()] == [b.name]
+
+
+def test_ingest_bytes_of_stored_content_keeps_the_object_and_replaces_a_damaged_one(disk):
+    info = disk.ingest_bytes(b"hello", ".json")
+    path = disk.object_path(info)
+    inode = path.stat().st_ino
+    assert disk.ingest_bytes(b"hello", ".json") == info and path.stat().st_ino == inode  # stored once
+    path.chmod(0o644)
+    path.write_bytes(b"hell")  # truncated: the cheap check sees it
+    assert disk.ingest_bytes(b"hello", ".json") == info
+    assert path.read_bytes() == b"hello" and stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert len(list((disk.root / "quarantine").iterdir())) == 1
+    assert temp_files(disk.root) == []
+
+
+def test_ingest_bytes_in_memory_store(tmp_path):
+    from orchestrator.store import MemoryStore
+
+    store = MemoryStore()
+    info = store.ingest_bytes(b"abc", ".pkl")
+    assert info == ObjectInfo(hashlib.sha256(b"abc").hexdigest(), 3, "file", ".pkl")
+    assert store.object_path(info).read_bytes() == b"abc"

@@ -438,3 +438,91 @@ def test_in_memory_outputs_hashes_and_returned_values(store, hash_memory, return
 def test_in_memory_output_that_cannot_be_pickled_has_no_hash(store):
     r = execute(make_task(unhashable, {}, hash_memory_outputs=True), store, unhashable)
     assert r.status == Status.RAN and r.hashes == {"f": None} and callable(r.values["f"])
+
+
+# -- the re-check reads only entries that can hold ------------------------------------------------
+
+@stage(outputs=["data"], cachers=[PickleCacher], ignore=["verbose"])
+def chatty(record):
+    CALLS.append("chatty")
+    return [record.params.n]
+
+
+def _counting_reads(store: Store, monkeypatch) -> list[str]:
+    read: list[str] = []
+    real = store.get_entry
+
+    def get_entry(key, trace_id, **kw):
+        read.append(trace_id)
+        return real(key, trace_id, **kw)
+
+    monkeypatch.setattr(store, "get_entry", get_entry)
+    return read
+
+
+def test_recheck_reads_only_the_entries_of_a_known_signature_that_can_hold(store, tmp_path, monkeypatch):
+    """Sweep points share a key: once a signature's reads are known, the re-check opens only the one
+    entry of it whose name the current values give, and still finds it when another process stored it."""
+    from orchestrator.executors import task as task_module
+
+    task_module.SIGNATURES.clear()
+    task = make_task(produce, {"n": 3})
+    others = [foreign_entry(store, task, [n], reads_of_produce(n), tmp_path) for n in (4, 5)]
+    read = _counting_reads(store, monkeypatch)
+    r = execute(task, store, produce)  # learns the signature from the first entry it reads
+    assert r.status == Status.RAN and CALLS == ["produce"]
+    assert len(read) == 1 and read[0] in {e.trace_id for e in others}
+    read.clear()
+    CALLS.clear()
+    theirs = foreign_entry(store, make_task(produce, {"n": 6}), ["theirs"], reads_of_produce(6), tmp_path)
+    r = execute(make_task(produce, {"n": 6}), store, produce)
+    assert r.status == Status.CACHED and r.entry == theirs and CALLS == []
+    assert read == [theirs.trace_id]  # not the entries of n=3, 4, 5
+
+
+def test_recheck_reads_every_entry_whose_signature_has_an_ignored_read(store, tmp_path, monkeypatch):
+    """An entry that recorded a read its stage now ignores holds whatever that value is (check_trace
+    skips it), though its name says otherwise: it must still be found."""
+    from orchestrator.executors import task as task_module
+
+    task_module.SIGNATURES.clear()
+
+    def reads(n, verbose):
+        return {"n": Read(keys.read_value_hash(n), n), "verbose": Read(keys.read_value_hash(verbose), verbose)}
+
+    foreign_entry(store, make_task(chatty, {"n": 4}), [4], reads(4, True), tmp_path)
+    r = execute(make_task(chatty, {"n": 2, "verbose": False}), store, chatty)  # learns the signature
+    assert r.status == Status.RAN and CALLS == ["chatty"]
+    CALLS.clear()
+    theirs = foreign_entry(store, make_task(chatty, {"n": 3}), ["theirs"], reads(3, True), tmp_path)
+    r = execute(make_task(chatty, {"n": 3, "verbose": False}), store, chatty)
+    assert r.status == Status.CACHED and r.entry == theirs and CALLS == []
+
+
+ASKS_FOR_CHECKPOINTS = [True]
+
+
+@stage(outputs=["steps"], cachers=[PickleCacher])
+def sometimes_resumable(record):
+    if ASKS_FOR_CHECKPOINTS[0]:
+        (Path(record.checkpoint_dir()) / "step0").write_text("0")
+        raise RuntimeError("killed")
+    return 1
+
+
+def test_checkpoints_a_failed_attempt_left_are_removed_by_a_success_that_never_asked_for_them(store):
+    """The checkpoint directory's name is only derived when one may exist (the directory they all
+    live in does): a leftover is removed whether or not the successful attempt used it."""
+    from orchestrator.executors import task as task_module
+
+    task_module._SCRATCH_SEEN.clear()
+    task = make_task(sometimes_resumable, {"n": 1})
+    assert execute(task, store, sometimes_resumable).status == Status.FAILED
+    scratch = Path(store._checkpoint_root())
+    assert [p.name for p in scratch.iterdir()] != []
+    ASKS_FOR_CHECKPOINTS[0] = False
+    try:
+        assert execute(make_task(sometimes_resumable, {"n": 1}), store, sometimes_resumable).status == Status.RAN
+    finally:
+        ASKS_FOR_CHECKPOINTS[0] = True
+    assert list(scratch.iterdir()) == []

@@ -92,8 +92,10 @@ def _static_hash(stage: str, version, code: str, decl: str, sets: tuple | None) 
     return hash_value(static)
 
 
+@functools.lru_cache(maxsize=4096)
 def head_key(stage_id: str, set_name: str) -> str:
-    """Where the latest key of (stage, parameter set) is remembered, to explain a later miss."""
+    """Where the latest key of (stage, parameter set) is remembered, to explain a later miss.
+    Memoized: a node that runs asks twice (explaining its miss, then writing its head)."""
     return hash_value(("head", stage_id, set_name))
 
 

@@ -241,7 +241,8 @@ class Runner:
             self.ctx.forget_file_hashes()
         out.duration = r.duration
         stream = self._node_files(node)[1]
-        if stream is not None and r.status in (RAN, FAILED) and os.path.isfile(stream):
+        if (stream is not None and r.status in (RAN, FAILED)
+                and (r.stream if r.stream is not None else os.path.isfile(stream))):  # the task read it: no stat
             out.series = stream
         if r.status == DAMAGED:
             self._rerun_producer(node, r, ready)

@@ -15,17 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cachers import Cacher, LazyArtifact, OutputTarget
+from ..cachers import Cacher, JsonCacher, LazyArtifact, OutputTarget, PickleCacher
 from ..core import keys
 from ..core.status import Status
 from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
 from ..fsutil import rmtree_force
 from ..hashing import hash_bytes, hash_value
 from ..hashing.coderoots import CodeRoots
-from ..params import MISSING, resolve
+from ..params import MISSING, is_ignored, resolve
 from ..record import Record, current_record
 from ..store import Entry, KeyComponents, Read, Store, StoredOutput
 from ..store.failures import is_write_failure, write_error
+
+_BYTES_CACHERS = (PickleCacher, JsonCacher)  # exactly these: a subclass may write elsewhere
 
 
 @dataclass(slots=True)
@@ -90,6 +92,8 @@ class TaskResult:
     damaged_producer: int | None = None
     log_path: str | None = None  # a failure: the node's log, which holds its traceback
     metrics: dict[str, dict] | None = None  # what it logged and its JSON outputs' numbers (summarized)
+    # Whether the node's metrics stream was there when the task read it after the stage (None: not read)
+    stream: bool | None = None
 
 
 def import_stage(ref: tuple[str, str]):
@@ -125,11 +129,24 @@ def execute(task: Task, store: Store, stage=None, gate=None) -> TaskResult:
             lock.release()
 
 
+#: Read signature -> the (parameter paths, file names) it is the hash of (keys.trace_signature), as
+#: learned from entries the re-check read: a pure function, so never stale.
+SIGNATURES: dict[str, tuple[tuple, tuple]] = {}
+_SIGNATURES_KEPT = 10_000
+
+
 def _recheck(task: Task, store: Store, stage) -> Entry | None:
-    """Inside the lock: did another process store this node while we waited?"""
+    """Inside the lock: did another process store this node while we waited?
+
+    An entry is named by its trace id, "<signature>-<hash of the values read>": once a signature's
+    reads are known, the name of an entry that holds now is known too, and an entry of that
+    signature with another name recorded some other value, so it cannot hold and is not read (a
+    sweep point's re-check would otherwise read every other point's entry). Entries with an ignored
+    read are always read: check_trace skips such reads, their names do not."""
     from ..core.traced import current_hash
 
     stat_cache = store.stat_cache()
+    ignore = stage.ignore
 
     def file_hash(name: str) -> str | None:  # only for an entry that tracked files
         return current_hash(name, Path(task.project_root), stat_cache)
@@ -137,17 +154,56 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
     def read_hash(path: str) -> str:
         from ..params import traced_value
 
-        return keys.read_value_hash(traced_value(task.params, path, stage.ignore))
+        return keys.read_value_hash(traced_value(task.params, path, ignore))
 
-    for entry in store.get_entries(task.key, label=task.label):
-        if (keys.check_trace(entry, stage.ignore, read_hash, lambda p: resolve(task.params, p), file_hash) is None
+    holding: dict[str, str | None] = {}  # signature -> the trace id an entry of it that holds has
+    entries = []
+    for tid in store.trace_ids(task.key):
+        sig = keys.signature_of(tid)
+        known = SIGNATURES.get(sig)
+        if known is not None:
+            if sig not in holding:
+                holding[sig] = _trace_id_now(known, ignore, read_hash, file_hash)
+            if holding[sig] is not None and holding[sig] != tid:
+                continue
+        entry = store.get_entry(task.key, tid, label=task.label)
+        if entry is None:
+            continue
+        if known is None and len(SIGNATURES) < _SIGNATURES_KEPT:
+            reads, files = tuple(entry.reads), tuple(entry.files)
+            if keys.trace_signature(reads, files) == sig:  # a name that does not match its content teaches nothing
+                SIGNATURES[sig] = (reads, files)
+        entries.append(entry)
+    entries.sort(key=lambda e: e.created, reverse=True)
+    for entry in entries:
+        if (keys.check_trace(entry, ignore, read_hash, lambda p: resolve(task.params, p), file_hash) is None
                 and not store.missing_outputs(entry)):
             return entry
     return None
 
 
+def _trace_id_now(known: tuple[tuple, tuple], ignore: tuple, read_hash, file_hash) -> str | None:
+    """The trace id of an entry of this signature that holds now; None when that cannot be said
+    (an ignored read, a tracked file gone, a value with no hash): every entry of the signature is
+    then read and checked."""
+    reads, files = known
+    if ignore and any(is_ignored(p, ignore) for p in reads):
+        return None
+    file_hashes = {}
+    for name in files:
+        h = file_hash(name)
+        if h is None:
+            return None
+        file_hashes[name] = h
+    try:
+        return keys.trace_id({p: read_hash(p) for p in reads}, file_hashes)
+    except TypeError:  # a value that cannot be hashed now: check_trace says what it says of each entry
+        return None
+
+
 def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
-    staging = store.new_staging_path(prefix=stage.name)  # created only if the stage asks for it
+    staging = store._staging_name(prefix=stage.name)  # created only if the stage asks for it
+    record = None
     try:
         try:
             kwargs = _load_inputs(task, store)
@@ -155,7 +211,10 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
             return TaskResult(task.node_id, Status.DAMAGED, error=str(e.error), damaged_producer=e.producer)
         except ArtifactLoadError as e:
             return _failure(task, e, 0.0)
-        checkpoints = store.checkpoint_dir(keys.checkpoint_dir_name(task.key, task.stage_ref, task.set_name, task.params))
+
+        def checkpoints() -> str:  # a hash of every parameter: made only when asked for or when one may exist
+            return store._checkpoint_name(keys.checkpoint_dir_name(task.key, task.stage_ref, task.set_name, task.params))
+
         record = Record(task.params, task.set_name, staging_dir=staging, project_root=task.project_root,
                         ignore=stage.ignore, param_sets=task.param_sets, log_path=task.log_path,
                         checkpoint_root=checkpoints, code_roots=task.code_roots, failed_sets=task.failed_sets,
@@ -188,7 +247,7 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
         if record.stat_cache is not None:
             record.stat_cache.save()
         res = TaskResult(task.node_id, Status.RAN, outputs=outputs, reads=_reads(record), duration=fn_time)
-        res.metrics = _metrics(stage, values, record)
+        res.metrics, res.stream = _metrics(stage, values, record)
         if task.hash_memory_outputs:
             res.hashes = {o.name: _memory_hash(values[o.name]) for o in stage.outputs if o.cacher is None}
         res.hashes.update({name: out.object.hash for name, out in outputs.items()})
@@ -208,10 +267,33 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
                 if not is_write_failure(e):
                     raise
                 return _failure(task, write_error(e, what, _root(store)), fn_time)
-        rmtree_force(checkpoints, missing_ok=True)  # the outputs are stored: its checkpoints are done with
+        if _may_have_checkpoints(store):  # the outputs are stored: its checkpoints are done with
+            rmtree_force(checkpoints(), missing_ok=True)
         return res
     finally:
-        rmtree_force(staging, missing_ok=True)
+        if record is not None and (record.staging_used or not _in_memory_cachers(stage)):
+            rmtree_force(staging, missing_ok=True)
+
+
+_SCRATCH_SEEN: set[str] = set()  # checkpoint roots seen to exist: from then on, look for the node's directly
+
+
+def _may_have_checkpoints(store: Store) -> bool:
+    """Whether the checkpoint directory of the node being run may exist: not while the directory
+    all of them live in does not (a node's checkpoint directory is made only under its lock, held now)."""
+    root = store._checkpoint_root()
+    if root in _SCRATCH_SEEN:
+        return True
+    if os.path.lexists(root):
+        _SCRATCH_SEEN.add(root)
+        return True
+    return False
+
+
+def _in_memory_cachers(stage) -> bool:
+    """Whether every output's cacher is a built-in one that never touches the staging directory
+    (its bytes, or a file beside it): with a Record that never gave it out, nothing made it."""
+    return all(spec.cacher is None or type(spec.cacher) in _BYTES_CACHERS for spec in stage.outputs)
 
 
 def _fresh_stream(task: Task) -> str | None:
@@ -227,9 +309,10 @@ def _fresh_stream(task: Task) -> str | None:
     return task.metrics_path
 
 
-def _metrics(stage, values: dict[str, Any], record: Record) -> dict[str, dict] | None:
+def _metrics(stage, values: dict[str, Any], record: Record) -> tuple[dict[str, dict] | None, bool | None]:
     """The node's metrics summary: the numbers of its JSON outputs, then what it logged (a logged
-    series wins over an output number of the same name)."""
+    series wins over an output number of the same name); and whether its stream file exists (None:
+    unknown, it could not be read)."""
     from .. import metrics
     from ..cachers import JsonCacher
 
@@ -238,15 +321,22 @@ def _metrics(stage, values: dict[str, Any], record: Record) -> dict[str, dict] |
         if isinstance(spec.cacher, JsonCacher):
             for name, value in metrics.final_metrics(values.get(spec.name)).items():
                 summary[name] = metrics.summary_of_value(value)
+    stream = None
     if record.metrics_path is not None:
-        series = metrics.read_series(record.metrics_path)
+        try:
+            data = metrics.read_stream(record.metrics_path)
+        except OSError:
+            data = None  # unreadable: no series, as metrics.read_series says
+        else:
+            stream = data is not None
+        series = metrics.read_lines(data.splitlines()) if data else {}
     else:
         series = metrics.read_lines(json.dumps(line).encode() for line in record.logged)
     summary.update(metrics.summarize(series))
-    return summary or None
+    return summary or None, stream
 
 
-def _store_series(record: Record, staging: Path, store: Store):
+def _store_series(record: Record, staging: str, store: Store):
     """The stream stored as an object (a copy: the run directory keeps its own for the report)."""
     import shutil
 
@@ -314,32 +404,36 @@ def _split_outputs(stage, result) -> dict[str, Any]:
     return {o.name: v for o, v in zip(stage.outputs, result)}
 
 
-def _save_outputs(stage, values: dict[str, Any], staging: Path, store: Store,
+def _save_outputs(stage, values: dict[str, Any], staging: str, store: Store,
                   record: Record | None = None, label: str = "") -> dict[str, StoredOutput]:
     """Two phases, so that a bad output leaves nothing in the store: every cacher first prepares its
     file or directory next to the staging area (a failure names the stage and artifact and removes
     what was prepared), then all are ingested."""
-    prepared: list = []
+    prepared: list = []  # (spec, path or bytes (cachers.Cacher.prepare_in_memory), ext, metadata)
     try:
         _prepare_outputs(stage, values, staging, record, prepared, label or stage.name)
     except BaseException:
-        for _, path, _, _ in prepared:
-            if path.startswith(f"{staging}.out."):
-                rmtree_force(path, missing_ok=True)
+        _remove_prepared(prepared, staging)
         raise
     saved = {}
     for i, (spec, path, ext, metadata) in enumerate(prepared):
         try:
-            info = store.ingest(Path(path), ext)
+            info = store.ingest_bytes(path, ext) if type(path) is bytes else store.ingest(Path(path), ext)
         except OSError as e:  # ingest stages and renames: nothing partial is left in objects/
-            for _, rest, _, _ in prepared[i:]:
-                if rest.startswith(f"{staging}.out."):
-                    rmtree_force(rest, missing_ok=True)
+            _remove_prepared(prepared[i:], staging)
             if not is_write_failure(e):
                 raise
-            raise write_error(e, f"stage {label or stage.name}: output {spec.name!r}", _root(store), path) from e
+            raise write_error(e, f"stage {label or stage.name}: output {spec.name!r}", _root(store),
+                              path if type(path) is str else None) from e
         saved[spec.name] = StoredOutput(info, spec.cacher.identity(), metadata)
     return saved
+
+
+def _remove_prepared(prepared: list, staging: str) -> None:
+    """Remove the staging files of outputs not stored (a stage's own files are left alone)."""
+    for _, path, _, _ in prepared:
+        if type(path) is str and path.startswith(f"{staging}.out."):
+            rmtree_force(path, missing_ok=True)
 
 
 def _root(store: Store) -> str:
@@ -347,7 +441,7 @@ def _root(store: Store) -> str:
     return str(getattr(store, "root", "the cache"))
 
 
-def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepared: list, label: str) -> None:
+def _prepare_outputs(stage, values: dict[str, Any], staging: str, record, prepared: list, label: str) -> None:
     used: dict[str, str] = {}  # path -> output name: two outputs must not be one file
     resolved = False  # every path so far is a cacher's own fresh staging path (out_path): no realpath needed
     for spec in stage.outputs:
@@ -356,8 +450,9 @@ def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepa
         out_path = f"{staging}.out.{_safe_name(spec.name)}{spec.cacher.extension}"
         target = OutputTarget(stage.name, spec.name, out_path, staging, record)
         try:
-            path, ext, metadata = spec.cacher.prepare(values[spec.name], target)
-            json.dumps(metadata, allow_nan=True)
+            path, ext, metadata = spec.cacher.prepare_in_memory(values[spec.name], target)
+            if metadata is not None:
+                json.dumps(metadata, allow_nan=True)
         except OrchError:
             rmtree_force(out_path, missing_ok=True)
             raise
@@ -370,6 +465,9 @@ def _prepare_outputs(stage, values: dict[str, Any], staging: Path, record, prepa
         except Exception as e:
             rmtree_force(out_path, missing_ok=True)
             raise _unsavable(stage, spec, values, e) from e
+        if type(path) is bytes:  # no file: nothing to collide with
+            prepared.append((spec, path, ext, metadata))
+            continue
         if path != out_path and not resolved:  # a file of the stage's own (FileReferenceCacher): compare real paths
             resolved = True
             used = {os.path.realpath(p): name for p, name in used.items()}

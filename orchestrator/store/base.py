@@ -11,7 +11,6 @@ two processes that need the same node compute it once.
 from __future__ import annotations
 
 import abc
-import itertools
 import json
 import os
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from .. import hashing
 from ..errors import DamagedObjectError
-from ..fsutil import LazyLogger
+from ..fsutil import LazyLogger, unique_suffix
 from .entries import CodeManifest, Entry, EntryError, Head, ObjectInfo, check_name
 from .locks import NodeLock
 
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
     from ..hashing import StatCache
 
 log = LazyLogger("orchestrator.store")
-_STAGING_COUNTER = itertools.count()
 
 #: Object path -> stat signature when its content last matched its hash. One per process, shared
 #: by every store instance on purpose: `orchestrator.load` opens a store per call, and a notebook
@@ -49,6 +47,14 @@ class Store(abc.ABC):
     def ingest(self, path: Path, ext: str = "") -> ObjectInfo:
         """Move the file or directory at `path` into the store under its content hash (`path` is
         consumed); an object already stored is kept and the new copy discarded. Read-only once in."""
+
+    def ingest_bytes(self, data: bytes, ext: str = "") -> ObjectInfo:
+        """ingest of a file holding `data`: the same object (hash, size, name, permissions) without
+        the file (a cacher that made the bytes in memory, cachers.Cacher.prepare_in_memory)."""
+        path = f"{self.new_staging_path('bytes')}{ext}"
+        with open(path, "xb") as f:
+            f.write(data)
+        return self.ingest(Path(path), ext)
 
     @abc.abstractmethod
     def has_object(self, info: ObjectInfo) -> bool:
@@ -82,6 +88,10 @@ class Store(abc.ABC):
     def get_entries(self, key: str, *, label: str = "") -> list[Entry]:
         """Every valid entry under a node key, newest first; malformed ones are skipped with one
         warning each (a damaged entry is a cache miss, never an exception)."""
+
+    def trace_ids(self, key: str) -> list[str]:
+        """The trace ids of the entries stored under `key`, in no order: their names, nothing read."""
+        return [entry.trace_id for entry in self.get_entries(key)]
 
     @abc.abstractmethod
     def put_entry(self, entry: Entry) -> None:
@@ -130,7 +140,11 @@ class Store(abc.ABC):
     def new_staging_path(self, prefix: str = "") -> Path:
         """A fresh, unique path in the staging area on the objects' filesystem, *not created*: a
         stage that never asks for a staging directory costs no mkdir/rmdir (slow on some disks)."""
-        return Path(f"{self._tmp_root()}/{prefix}-{os.getpid()}-{next(_STAGING_COUNTER)}-{os.urandom(4).hex()}")
+        return Path(self._staging_name(prefix))
+
+    def _staging_name(self, prefix: str = "") -> str:
+        """new_staging_path as a string (a node that runs makes one: no Path object needed)."""
+        return f"{self._tmp_root()}/{prefix}-{unique_suffix()}"
 
     @abc.abstractmethod
     def new_staging_dir(self, prefix: str = "") -> Path:
@@ -140,8 +154,15 @@ class Store(abc.ABC):
         """A node's checkpoint directory (record.checkpoint_dir; not created): unlike staging, it
         survives a failed or killed run so a long stage can resume; removed once the node succeeded.
         On disk under scratch/ (the name orch 0.1.0 gave it, kept so no checkpoint is lost)."""
-        parent = os.path.dirname(self._tmp_root())  # an absolute, normalized directory: joined by hand
-        return Path(f"{parent}/scratch/{check_name('checkpoint directory name', name)}")
+        return Path(self._checkpoint_name(name))
+
+    def _checkpoint_name(self, name: str) -> str:
+        """checkpoint_dir as a string."""
+        return f"{self._checkpoint_root()}/{check_name('checkpoint directory name', name)}"
+
+    def _checkpoint_root(self) -> str:
+        """The directory every checkpoint directory is in (not created)."""
+        return f"{os.path.dirname(self._tmp_root())}/scratch"  # an absolute, normalized directory: joined by hand
 
     def check_locking(self) -> None:
         """Raise LockingUnsupportedError when node locks cannot work here (DiskStore: no flock)."""

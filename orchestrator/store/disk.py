@@ -25,6 +25,7 @@ from ..fsutil import (
     rmtree_force,
     save_cache_file,
     temp_name,
+    unique_suffix,
 )
 from . import sharing
 from .base import Store
@@ -37,12 +38,15 @@ log = LazyLogger("orchestrator.store")
 CODE_MANIFESTS_KEPT = 5000
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")  # what check_name accepts
 _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _READ_SIZE = 1 << 16
 #: A damaged directory object another user owns, set aside inside its shard (see _quarantine).
 DAMAGED_PREFIX = ".damaged-"
 #: What link(2) fails with where hard links are not supported (or the entry was removed meanwhile).
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK,
                             errno.ENOENT})
+#: json.dumps(obj, separators=(",", ":")) without making an encoder per call (one per written entry)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 _OBJECT_NAME_RE = re.compile(r"([0-9a-f]{62})((?:\.[A-Za-z0-9_-]+)*)\Z")  # a name inside objects/ab/
 
 
@@ -166,6 +170,36 @@ class DiskStore(Store):
                 raise
             return None  # on another filesystem (e.g. /tmp): _move_in copies it next to the objects
         self._verified[target] = sig  # hashed just now and unchanged since: no re-hash on load
+        return info
+
+    def ingest_bytes(self, data: bytes, ext: str = "") -> ObjectInfo:
+        """The bytes hashed in memory; an intact object already stored costs one lstat, a new one
+        is written under a temp name in tmp/ and renamed into place, 0o444 as ingest makes it."""
+        info = ObjectInfo(hashing.hash_bytes(data), len(data), "file", ext)
+        target = self._object_file(info)
+        st = _lstat_or_none(target)
+        if st is not None:
+            if _looks_intact(st, info):
+                return info
+            self._quarantine(info, target)  # wrong size or kind: a damaged copy must not block a good one
+        tmp = f"{self._tmp}/.object.{unique_suffix()}.tmp"
+        fd = self._in_dir(self._tmp, os.open, tmp, _O_CREATE, 0o444)  # the open grants write, not the mode
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                st = os.fstat(fd)
+                if stat.S_IMODE(st.st_mode) != 0o444:  # the umask took bits from 0o444
+                    os.fchmod(fd, 0o444)
+            finally:
+                os.close(fd)
+            self._in_dir(os.path.dirname(target), os.replace, tmp, target)  # a concurrent identical copy is replaced
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._verified[target] = (st.st_size, st.st_mtime_ns, st.st_ino)  # written and hashed just now
         return info
 
     def _move_in(self, src: str, target: str, kind: str) -> bool:
@@ -337,8 +371,17 @@ class DiskStore(Store):
         entries.sort(key=lambda e: e.created, reverse=True)
         return entries
 
+    def trace_ids(self, key: str) -> list[str]:
+        try:
+            names = os.listdir(self._entry_dir(key))
+        except FileNotFoundError:
+            self._dirless_key = key
+            return []
+        return [name[:-5] for name in names  # ".x.tmp": writes in progress; a name no entry can have: skipped
+                if name.endswith(".json") and not name.startswith(".") and _NAME_RE.match(name)]
+
     def put_entry(self, entry: Entry) -> None:
-        data = json.dumps(entry.to_json(), separators=(",", ":")).encode()  # before any file exists
+        data = _COMPACT.encode(entry.to_json()).encode()  # before any file exists
         path = self._entry_file(entry.key, entry.trace_id)
         if entry.key == self._dirless_key:  # seen missing just now: make it rather than fail an open first
             self._dirless_key = None
@@ -365,18 +408,33 @@ class DiskStore(Store):
         return None if data is None else self._parse_head(data, path, label)
 
     def put_head(self, name: str, head: Head) -> None:
-        atomic_write_bytes(self._head_file(name), json.dumps(head.to_json(), separators=(",", ":")).encode())
+        atomic_write_bytes(self._head_file(name), _COMPACT.encode(head.to_json()).encode())
 
     def put_entry_and_head(self, entry: Entry, head_name: str) -> None:
         """The head is a hard link to the entry file just written: an entry is a valid head record
         (Head.from_json reads its format, key, created, components and trace_id, all equal to the
-        head's, and nothing else), so the head costs a link and a rename instead of a new file (an
-        inode: the slowest part of creating a record). Both names are only ever replaced by rename,
-        never written in place, so the shared inode never changes. Where hard links are refused
+        head's, and nothing else), so the head costs a link (and a rename when it replaces another)
+        instead of a new file (an inode: the slowest part of creating a record). Both names are only
+        ever created by link or replaced by rename, never written in place, so the shared inode never
+        changes. Where hard links are refused
         (some network and FUSE filesystems) the head is written as before."""
         self.put_entry(entry)
         head = Head(entry.key, entry.created, entry.components, entry.trace_id)
         source, path = self._entry_file(entry.key, entry.trace_id), self._head_file(head_name)
+        try:  # no head yet (a new parameter set, a first run): linked straight into place
+            try:
+                os.link(source, path)
+            except FileNotFoundError:  # refs/ab/ not made yet (or removed): make it, once more
+                make_dirs(os.path.dirname(path))
+                os.link(source, path)
+            return
+        except FileExistsError:
+            pass  # replaced through a temp name, below
+        except OSError as e:  # ENOENT: the entry removed meanwhile (gc): write the head
+            if e.errno not in _NO_HARD_LINKS:
+                raise
+            self.put_head(head_name, head)
+            return
         tmp = temp_name(path)
         try:
             try:
