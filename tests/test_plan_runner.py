@@ -216,3 +216,83 @@ def test_planning_checks_an_object_many_entries_share_once_and_a_missing_one_eve
     decisions = plan(g, _ctx(store, g))
     assert [d.state for n, d in zip(g.nodes, decisions) if n.stage.name == "make"] == [RUN] * 4
     assert sum(c == [data.outputs["data"].object.hash] for c in checked) >= 4
+
+
+@stage(outputs=["data"], cachers=[PickleCacher])
+def seeded(record):
+    return [record.params.n]
+
+
+@stage(outputs=["data"], cachers=[PickleCacher], ignore=["verbose"])
+def quiet_seeded(record):
+    return [record.params.n]
+
+
+def _counting_entry_reads(store, monkeypatch) -> list[str]:
+    read: list[str] = []
+    real = type(store).get_entry
+
+    def get_entry(self, key, trace_id, **kw):
+        read.append(trace_id)
+        return real(self, key, trace_id, **kw)
+
+    monkeypatch.setattr(type(store), "get_entry", get_entry)
+    return read
+
+
+def test_sweep_points_sharing_a_key_read_only_the_entries_that_can_hold(store, monkeypatch):
+    """The points of a sweep over a parameter a root stage reads share its key. Once the stage's read
+    signature is known, a look-up opens only the entry whose name the current values give: a first
+    run of n points re-decides each point reading one name, not every point stored before it (n^2)."""
+    sets = {f"p{i}": {"n": i} for i in range(12)}
+    g = _graph(sets, seeded)
+    read = _counting_entry_reads(store, monkeypatch)
+    decisions, outcomes, _ = _run(store, g)
+    assert [o.status for o in outcomes] == [Status.RAN] * 12
+    assert len(read) <= 2 * len(sets), read  # was 0 + 1 + ... + 11 = 66 entry reads
+    read.clear()
+    decisions = plan(g, _ctx(store, g))  # and a cached planning still finds every point
+    assert [d.state for d in decisions] == [CACHED] * 12
+    assert [d.entry.param_set for d in decisions] == list(sets)
+
+
+def test_an_entry_whose_recorded_read_is_now_ignored_is_still_found(store, tmp_path):
+    """An entry that recorded a read its stage ignores now holds whatever that value is (check_trace
+    skips the read), though its name says otherwise: once its signature is known, it must still be
+    read, not skipped as "another value"."""
+    import pickle
+    import time
+
+    from orchestrator.core import keys
+    from orchestrator.store import Entry, Read, StoredOutput
+
+    g = _graph({"a": {"n": 1, "verbose": True}}, quiet_seeded)
+    ctx = _ctx(store, g)
+    [d] = plan(g, ctx)
+    assert d.state == RUN
+    reads = {"n": Read(keys.read_value_hash(1), 1), "verbose": Read(keys.read_value_hash(False), False)}
+    src = tmp_path / "old.pkl"
+    src.write_bytes(pickle.dumps([1], protocol=5))
+    old = Entry(key=d.key, trace_id=keys.trace_id({p: r.hash for p, r in reads.items()}, {}), stage=quiet_seeded.id,
+                param_set="a", created=time.time(), components=d.components, reads=reads, files={},
+                outputs={"data": StoredOutput(store.ingest(src, ".pkl"), quiet_seeded.outputs[0].cacher.identity(), None)})
+    store.put_entry(old)
+    for _ in range(2):  # the second planning knows the signature (n, verbose) from the first
+        ctx = _ctx(store, g)
+        ctx.signatures.update({quiet_seeded.id: {keys.signature_of(old.trace_id): (("n", "verbose"), ())}})
+        [d] = plan(g, ctx)
+        assert d.state == CACHED and d.entry.trace_id == old.trace_id
+
+
+def test_a_hint_whose_reads_do_not_make_its_signature_does_not_hide_an_entry(store):
+    """Planner hints come from the entry index: a hint mapping a signature to other reads (damage, a
+    bug) predicts a name no entry has; the entries of that signature must then be read, not skipped."""
+    g = _graph({"a": {"n": 1}}, seeded)
+    _run(store, g)
+    ctx = _ctx(store, g)
+    [d] = plan(g, ctx)
+    sig = d.entry.trace_id.split("-", 1)[0]
+    ctx = _ctx(store, g)
+    ctx.signatures.update({seeded.id: {sig: (("bogus",), ())}})
+    [again] = plan(g, ctx)
+    assert again.state == CACHED and again.entry.trace_id == d.entry.trace_id

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import PlanningError
 from ..hashing import Fingerprinter, hash_value
-from ..params import resolve, traced_value
+from ..params import is_ignored, resolve, traced_value
 from ..store import Entry, KeyComponents, Store
 from . import keys
 from .explain import RECENT_RUNS, acceptance_note, why_miss
@@ -70,6 +70,9 @@ class PlanContext:
         #: while plan() runs: the objects found present (one lstat each, though many entries of a
         #: sweep share an object); None outside it, when a stage body may have damaged one since
         self.present_objects: set | None = None
+        #: (read signature, the stage's ignored paths) -> whether entry names of it tell a hit from a
+        #: miss (_names_tell)
+        self.names_tell: dict[tuple, bool] = {}
 
     def code_items(self, node: Node) -> dict[str, list[str]]:
         """What the stage's fingerprint is made of (Fingerprinter.code_items), once per stage."""
@@ -168,20 +171,49 @@ def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> Entry | None
     if seen is None:
         seen = ctx.signatures_seen[stage_id] = set()
     store = ctx.store
+    tried = set()  # signatures whose only entry that could hold was just tried by name
     for sig, (reads, files) in known.items():
         tid = _predicted_trace_id(node, params, reads, files, ctx)
         entry = store.get_entry(key, tid, label=node.label) if tid is not None else None
         if entry is not None and _outputs_present(entry, ctx):
             seen.add(sig)
             return entry
-    for entry in ctx.store.get_entries(key, label=node.label):
-        sig = keys.signature_of(entry.trace_id)
+        if tid is not None and _names_tell(sig, reads, files, node.stage.ignore, ctx):
+            tried.add(sig)
+    entries = []
+    for tid in store.trace_ids(key):
+        sig = keys.signature_of(tid)
         seen.add(sig)
+        if sig in tried:  # another name of a tried signature: an entry that recorded other values
+            continue
+        entry = store.get_entry(key, tid, label=node.label)
+        if entry is not None:
+            entries.append(entry)
+    entries.sort(key=_created, reverse=True)  # newest first, as get_entries gives them
+    for entry in entries:
+        sig = keys.signature_of(entry.trace_id)
         if sig not in known:
             known[sig] = (tuple(entry.reads), tuple(entry.files))
         if ctx.check_trace(entry, node, params) is None and _outputs_present(entry, ctx):
             return entry
     return None
+
+
+def _created(entry: Entry) -> float:
+    return entry.created
+
+
+def _names_tell(sig: str, reads: tuple, files: tuple, ignore: tuple, ctx: PlanContext) -> bool:
+    """Whether an entry's name says if it holds, for entries of this signature: its name is
+    "<signature>-<hash of the values read>", so once the name of the one entry that would hold now is
+    known, every other name of the signature recorded some other value. Not when the signature's
+    reads were learned from an entry whose name does not match its content (a hint is only a hint),
+    nor when the stage ignores one of them (check_trace skips an ignored read; the name does not)."""
+    told = ctx.names_tell.get((sig, ignore))
+    if told is None:
+        told = ctx.names_tell[(sig, ignore)] = (keys.trace_signature(reads, files) == sig
+                                                and not (ignore and any(is_ignored(p, ignore) for p in reads)))
+    return told
 
 
 def _outputs_present(entry: Entry, ctx: PlanContext) -> bool:
