@@ -463,9 +463,6 @@ def _counting_reads(store: Store, monkeypatch) -> list[str]:
 def test_recheck_reads_only_the_entries_of_a_known_signature_that_can_hold(store, tmp_path, monkeypatch):
     """Sweep points share a key: once a signature's reads are known, the re-check opens only the one
     entry of it whose name the current values give, and still finds it when another process stored it."""
-    from orchestrator.executors import task as task_module
-
-    task_module.SIGNATURES.clear()
     task = make_task(produce, {"n": 3})
     others = [foreign_entry(store, task, [n], reads_of_produce(n), tmp_path) for n in (4, 5)]
     read = _counting_reads(store, monkeypatch)
@@ -483,9 +480,6 @@ def test_recheck_reads_only_the_entries_of_a_known_signature_that_can_hold(store
 def test_recheck_reads_every_entry_whose_signature_has_an_ignored_read(store, tmp_path, monkeypatch):
     """An entry that recorded a read its stage now ignores holds whatever that value is (check_trace
     skips it), though its name says otherwise: it must still be found."""
-    from orchestrator.executors import task as task_module
-
-    task_module.SIGNATURES.clear()
 
     def reads(n, verbose):
         return {"n": Read(keys.read_value_hash(n), n), "verbose": Read(keys.read_value_hash(verbose), verbose)}

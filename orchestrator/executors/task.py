@@ -129,9 +129,7 @@ def execute(task: Task, store: Store, stage=None, gate=None) -> TaskResult:
             lock.release()
 
 
-#: Read signature -> the (parameter paths, file names) it is the hash of (keys.trace_signature), as
-#: learned from entries the re-check read: a pure function, so never stale.
-SIGNATURES: dict[str, tuple[tuple, tuple]] = {}
+#: Read signatures the re-check remembers per store (Store.read_signatures), at most.
 _SIGNATURES_KEPT = 10_000
 
 
@@ -158,9 +156,10 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
 
     holding: dict[str, str | None] = {}  # signature -> the trace id an entry of it that holds has
     entries = []
+    signatures = store.read_signatures
     for tid in store.trace_ids(task.key):
         sig = keys.signature_of(tid)
-        known = SIGNATURES.get(sig)
+        known = signatures.get(sig)
         if known is not None:
             if sig not in holding:
                 holding[sig] = _trace_id_now(known, ignore, read_hash, file_hash)
@@ -169,10 +168,10 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
         entry = store.get_entry(task.key, tid, label=task.label)
         if entry is None:
             continue
-        if known is None and len(SIGNATURES) < _SIGNATURES_KEPT:
+        if known is None and len(signatures) < _SIGNATURES_KEPT:
             reads, files = tuple(entry.reads), tuple(entry.files)
             if keys.trace_signature(reads, files) == sig:  # a name that does not match its content teaches nothing
-                SIGNATURES[sig] = (reads, files)
+                signatures[sig] = (reads, files)
         entries.append(entry)
     entries.sort(key=lambda e: e.created, reverse=True)
     for entry in entries:

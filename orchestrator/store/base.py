@@ -41,6 +41,9 @@ class Store(abc.ABC):
     def __init__(self) -> None:
         self._verified = VERIFIED_OBJECTS  # re-hashed once per process, and again only if its file changes
         self._warned: set[str] = set()  # records already warned about: one warning each
+        #: read signature -> the (parameter paths, file names) it is the hash of (keys.trace_signature),
+        #: learned by the re-check under a node lock (executors.task): a pure function, never stale
+        self.read_signatures: dict[str, tuple[tuple, tuple]] = {}
 
     # -- objects ---------------------------------------------------------------------------------
     @abc.abstractmethod
