@@ -828,3 +828,24 @@ def test_ingest_bytes_in_memory_store(tmp_path):
     info = store.ingest_bytes(b"abc", ".pkl")
     assert info == ObjectInfo(hashlib.sha256(b"abc").hexdigest(), 3, "file", ".pkl")
     assert store.object_path(info).read_bytes() == b"abc"
+
+
+def test_a_full_disk_while_storing_bytes_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    """ingest_bytes writes with os.write, whose errors name no file: the error must say which one
+    (write_error's message), and no temp file is left in tmp/."""
+    import errno
+
+    from orchestrator.store import disk
+
+    store = DiskStore(tmp_path / "cache")
+    store.ingest_bytes(b"warm", ".pkl")  # tmp/ and a shard exist
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(disk.os, "write", full)
+    with pytest.raises(OSError) as info:
+        store.ingest_bytes(b"x" * 100, ".pkl")
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC and "/tmp/.object." in info.value.filename
+    assert [p.name for p in (tmp_path / "cache" / "tmp").iterdir() if p.name.startswith(".object.")] == []

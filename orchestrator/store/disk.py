@@ -183,15 +183,20 @@ class DiskStore(Store):
                 return info
             self._quarantine(info, target)  # wrong size or kind: a damaged copy must not block a good one
         tmp = f"{self._tmp}/.object.{unique_suffix()}.tmp"
-        fd = self._in_dir(self._tmp, os.open, tmp, _O_CREATE, 0o444)  # the open grants write, not the mode
+        # Created writable, made read-only before it is renamed into place: some network filesystems
+        # refuse writes into a file created read-only, even through the descriptor that created it.
+        fd = self._in_dir(self._tmp, os.open, tmp, _O_CREATE, 0o600)
         try:
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
+                os.fchmod(fd, 0o444)
                 st = os.fstat(fd)
-                if stat.S_IMODE(st.st_mode) != 0o444:  # the umask took bits from 0o444
-                    os.fchmod(fd, 0o444)
+            except OSError as e:  # os.write's errors name no file: say which (a full disk's message)
+                if e.filename is None:
+                    e.filename = tmp
+                raise
             finally:
                 os.close(fd)
             self._in_dir(os.path.dirname(target), os.replace, tmp, target)  # a concurrent identical copy is replaced
