@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
+from _thread import allocate_lock  # threading.Lock, without importing threading
 from typing import Callable
 
 from ..core.status import Status
@@ -134,7 +134,7 @@ class Watch:
         self.on_done, self.on_start = self._done, self._started
         self.nodes, self.cache_root, self.slots = nodes, cache_root, executor.capacity
         self._t0 = time.monotonic()
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._done_ids: set[int] = set()
         self._failed_ids: set[int] = set()
         self._pending: dict[str, int] | None = None  # per stage, made at the first start
