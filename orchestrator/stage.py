@@ -7,10 +7,13 @@ A Stage records metadata only. Calling it inside `run(record)` adds a node to th
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
 
 from .cachers import Cacher, Lazy, as_cacher
 from .errors import PlanningError, StageDefinitionError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Any, Callable, Sequence
 
 # InputSpec and OutputSpec are written out rather than dataclasses: defining a frozen dataclass costs
 # ~3.5 M instructions at import (its methods are generated and compiled), on every run.

@@ -16,15 +16,18 @@ import time
 import types
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from ..fsutil import LazyLogger, load_cache_file, save_cache_file
 from .coderoots import CodeRoots
 from .statcache import is_racy
 from .values import VALUE_PREFIX, encode, hash_value
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
     import ast
+    from typing import Any, NamedTuple, Sequence
+else:
+    from ..typeshim import NamedTuple
 
 log = LazyLogger(__name__)
 

@@ -19,12 +19,15 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator
 
 from ..core.status import RUN_DIED, RUN_RUNNING, Status
 from ..errors import RunNotFoundError
 from ..fsutil import atomic_write_bytes, atomic_write_json, read_json_object
 from ..store.failures import is_write_failure, write_error
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Iterator
 
 MANIFEST = "manifest.json"
 LATEST = "latest"

@@ -25,10 +25,13 @@ import os
 import sys
 import time
 from _thread import allocate_lock  # threading.Lock, without importing threading
-from typing import Callable
 
 from ..core.status import Status
 from ..errors import ProgressError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Callable
 
 AFTER_VAR, AFTER_DEFAULT = "ORCH_PROGRESS_AFTER", 5.0  # a node's "started" line comes this long after it started
 EVERY_VAR, EVERY_DEFAULT = "ORCH_PROGRESS_EVERY", 30.0  # seconds between two heartbeat lines

@@ -18,7 +18,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
@@ -26,6 +25,7 @@ from ..params import split_set_key
 from . import drawing
 from .drawing import escape
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
     from . import curves
 
