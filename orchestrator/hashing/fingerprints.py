@@ -14,7 +14,6 @@ import os
 import sys
 import time
 import types
-import weakref
 from pathlib import Path
 
 from ..fsutil import LazyLogger, load_cache_file, save_cache_file
@@ -25,6 +24,7 @@ from .values import VALUE_PREFIX, encode, hash_value
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
     import ast
+    import weakref
     from typing import Any, NamedTuple, Sequence
 else:
     from ..typeshim import NamedTuple
@@ -606,10 +606,16 @@ def _frozen(value) -> bool:
 #: after importing): an accumulator that stages fill while they run in this process (a notebook,
 #: repeated in-process runs) must not turn into a code change. A name bound to another object (a
 #: reloaded module, a rebinding) is hashed again; a new process sees new values anyway.
-_IMPORT_TIME_VALUES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: (Made by the first use: a project whose stages use no such value does not import weakref, 2.5 M instructions.)
+_IMPORT_TIME_VALUES: weakref.WeakKeyDictionary | None = None
 
 
 def _import_time_digest(module: types.ModuleType, name: str, value) -> str | None:
+    global _IMPORT_TIME_VALUES
+    if _IMPORT_TIME_VALUES is None:
+        import weakref
+
+        _IMPORT_TIME_VALUES = weakref.WeakKeyDictionary()
     seen = _IMPORT_TIME_VALUES.setdefault(module, {})
     known = seen.get(name)
     if known is None or known[0] is not value:
