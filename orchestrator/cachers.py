@@ -24,9 +24,12 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 from .errors import StageDefinitionError, StageOutputError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Cacher", "OutputTarget", "PickleCacher", "JsonCacher", "NumpyCacher", "CheckpointCacher",
            "LightningCheckpointCacher", "FileReferenceCacher", "Lazy", "LazyArtifact", "as_cacher"]

@@ -15,7 +15,10 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Iterator
 
 #: Whether the innermost run of this context owns a freeze it will undo (settle() adds only to such a freeze).
 _OWNS_FREEZE: ContextVar[bool] = ContextVar("orch_gc_owns_freeze", default=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import threading
+import sys
 
 #: Exit codes of a run stopped by SIGINT / SIGTERM (128 + signal number, what a shell shows).
 EXIT_SIGINT = 128 + signal.SIGINT
@@ -33,7 +33,10 @@ def terminate_as_interrupt() -> None:
     between fork() and its after-fork bookkeeping, so `Process.start(); p.terminate()` would lose it
     and leave the child running. SIGTERM is therefore blocked in the forking thread across fork(); the
     child restores the default action and then unblocks it, so a pending SIGTERM ends it."""
-    if threading.current_thread() is threading.main_thread():
+    # threading is not imported by a cached run (4 M instructions); not imported yet, the check could only
+    # pass (threading takes the thread that imports it for the main thread)
+    threading = sys.modules.get("threading")
+    if threading is None or threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, functools.partial(_raise_terminated, os.getpid()))
         os.register_at_fork(before=_block_sigterm, after_in_parent=_unblock_sigterm,
                             after_in_child=_default_sigterm)

@@ -18,10 +18,13 @@ import itertools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from .errors import ParamsError
 from .params import MISSING, ParamSet, _copy_plain, _join, is_ignored, resolve
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 RESERVED = ("name", "extends", "sweep")
 ORCH = "orch"  # settings of the run, not parameters (orchestrator.resources): never part of a key
@@ -169,8 +172,9 @@ def _line_of(path: Path, keys: Sequence) -> str:
     return line
 
 
-#: how a YAML text becomes a value: PyYAML's safe loader, or a yamlcache.ParsedYaml's load in front of it
-Parse = Callable[[str], Any]
+if TYPE_CHECKING:
+    #: how a YAML text becomes a value: PyYAML's safe loader, or a yamlcache.ParsedYaml's load in front of it
+    Parse = Callable[[str], Any]
 
 
 def _read_yaml(path: Path, source: str, parse: Parse, extended_by: str | None = None) -> dict:

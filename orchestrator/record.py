@@ -12,10 +12,15 @@ import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, overload
 
 from .errors import PlanningError
 from .params import TrackedParams, set_key
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Any, Callable, overload
+else:
+    from .typeshim import overload
 
 #: The Record of the stage running in this context (set by the task around the stage call), so
 #: helpers such as run_external can trace what the stage depends on without being handed it.

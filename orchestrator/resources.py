@@ -19,8 +19,9 @@ from .errors import ParamsError, StageDefinitionError
 KEYS = ("gpus", "cpus", "mem", "time", "partition", "account", "qos", "constraint", "nodes", "requeue")
 #: How many times a job warned of its end (time limit, preemption) is requeued before its node fails.
 DEFAULT_REQUEUE = 3
-_MEM = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
-_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+# patterns compiled by re on first use (re caches them): a cached run imports this module, uses neither
+_MEM = r"^\d+[KMGT]?$"
+_TIME = r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$"
 
 
 def time_minutes(value) -> int:
@@ -32,7 +33,7 @@ def time_minutes(value) -> int:
         if value < 1:
             raise ValueError(value)
         return value
-    m = _TIME.match(str(value).strip()) if isinstance(value, str) else None
+    m = re.match(_TIME, str(value).strip()) if isinstance(value, str) else None
     if m is None:
         raise ValueError(value)
     days, a, b, c = m.group(1), int(m.group(2)), m.group(3), m.group(4)
@@ -57,7 +58,7 @@ def _check_one(key: str, value) -> str | None:
             return f"an integer >= {low}"
     elif key == "mem":
         if isinstance(value, bool) or not (isinstance(value, int) and value > 0
-                                           or isinstance(value, str) and _MEM.match(value)):
+                                           or isinstance(value, str) and re.match(_MEM, value, re.IGNORECASE)):
             return "Slurm's memory format: MB as an integer, or a string such as '500M', '32G'"
     elif key == "time":
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 from . import gcpolicy
 from .core.graph import Graph
@@ -15,7 +14,10 @@ from .errors import ParamsError
 from .executors.launch import Launch
 from .params import ParamSet, load_params
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
+    from typing import Callable
+
     from .core.plan import Decision, PlanContext
     from .runs.progress import ProgressOptions
     from .store import DiskStore

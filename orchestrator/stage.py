@@ -7,10 +7,13 @@ A Stage records metadata only. Calling it inside `run(record)` adds a node to th
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
 
 from .cachers import Cacher, Lazy, as_cacher
 from .errors import PlanningError, StageDefinitionError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Any, Callable, Sequence
 
 # InputSpec and OutputSpec are written out rather than dataclasses: defining a frozen dataclass costs
 # ~3.5 M instructions at import (its methods are generated and compiled), on every run.
@@ -195,7 +198,7 @@ def _str_list(value, what, where) -> list:
 
 
 def _input_specs(inputs, where) -> tuple[InputSpec, ...]:
-    specs = []
+    specs, names = [], set()
     for item in _str_list(inputs, "inputs", where):
         lazy = isinstance(item, Lazy)
         name = item.name if lazy else item
@@ -203,8 +206,9 @@ def _input_specs(inputs, where) -> tuple[InputSpec, ...]:
             raise StageDefinitionError(
                 f"{where}: input {name!r} must be a Python identifier (it is passed as a keyword argument)"
             )
-        if any(s.name == name for s in specs):
+        if name in names:
             raise StageDefinitionError(f"{where}: input {name!r} is declared twice")
+        names.add(name)
         specs.append(InputSpec(name, lazy))
     return tuple(specs)
 
@@ -225,7 +229,7 @@ def _output_specs(outputs, cachers, where) -> tuple[OutputSpec, ...]:
             )
     else:
         cacher_list = [cachers] * len(names)
-    specs = []
+    specs, seen = [], set()
     for item, c in zip(names, cacher_list):
         lazy = isinstance(item, Lazy)
         name = item.name if lazy else item
@@ -234,8 +238,9 @@ def _output_specs(outputs, cachers, where) -> tuple[OutputSpec, ...]:
                 f"{where}: output name {name!r} must be letters, digits, '_', '.' or '-' (no '/', '..' or "
                 f"control characters: it names files of `orch get` and staging paths); a consumer takes it as "
                 f"an input only if it is a Python identifier, e.g. 'train_data'")
-        if any(s.name == name for s in specs):
+        if name in seen:
             raise StageDefinitionError(f"{where}: output {name!r} is declared twice")
+        seen.add(name)
         cacher = as_cacher(c, f"{where} output {name!r}")
         if lazy and cacher is None:
             raise StageDefinitionError(f"{where}: Lazy output {name!r} needs a cacher (it is dropped from memory once saved)")
@@ -245,6 +250,12 @@ def _output_specs(outputs, cachers, where) -> tuple[OutputSpec, ...]:
 
 def _check_signature(fn, inputs, where) -> None:
     """Inputs are passed by keyword, so the function's parameters must be named after them."""
+    code = getattr(fn, "__code__", None)
+    if (type(fn) is _FunctionType and code is not None and not fn.__defaults__ and code.co_argcount
+            and not (code.co_posonlyargcount or code.co_kwonlyargcount or code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS))
+            and "__wrapped__" not in fn.__dict__ and "__signature__" not in fn.__dict__
+            and set(code.co_varnames[1:code.co_argcount]) == {i.name for i in inputs}):
+        return  # the usual stage, `def f(record, a, b)` for inputs a and b: what the checks below accept
     params = _parameters(fn)
     if params is None:
         return

@@ -24,7 +24,6 @@ from orchestrator.hashing import (
     Fingerprinter,
     StatCache,
     encode,
-    fingerprints,
     hash_bytes,
     hash_dir,
     hash_file,
@@ -756,7 +755,7 @@ def test_200_stages_parse_each_file_once(proj, monkeypatch):
 def spy_on_parse(monkeypatch) -> list[str]:
     """Record the file names hashing parses (a pass-through: tracebacks use ast.parse too)."""
     parses, real_parse = [], ast.parse
-    monkeypatch.setattr(fingerprints.ast, "parse", lambda src, filename="<unknown>", *a, **k:
+    monkeypatch.setattr(ast, "parse", lambda src, filename="<unknown>", *a, **k:
                         parses.append(filename) or real_parse(src, filename, *a, **k))
     return parses
 

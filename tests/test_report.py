@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import pipeline
 
-from orchestrator.runs import drawing
+from orchestrator.runs import drawing, report
 from orchestrator.runs.report import COMPACT_NODES, ROWS_PER_STATUS, render, write_report
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -632,3 +633,26 @@ def test_the_reports_escape_is_html_escape_on_random_text():
     for _ in range(5000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
         assert escape(text) == html.escape(text), text
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe"])
+def test_times_are_shown_in_local_time_as_datetime_shows_them(monkeypatch, tz):
+    from datetime import datetime, timedelta, timezone
+
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        start = datetime(1971, 1, 1, tzinfo=timezone.utc)
+        stamps = [(start + timedelta(seconds=i * 7_654_321 + 0.123)).isoformat(timespec="milliseconds")
+                  for i in range(500)]  # the manifest's format: report._utc_seconds, without datetime
+        stamps += ["2024-02-29T12:00:00.000+00:00", "2023-02-29T12:00:00.000+00:00", "2023-12-31T23:59:60.000+00:00",
+                   "2026-12-02T03:18:50.419+01:00", "2026-12-02 03:18:50", "yesterday"]
+        for stamp in stamps:
+            try:
+                expected = datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+            except ValueError:
+                expected = stamp
+            assert report._when(stamp) == expected, stamp
+    finally:
+        monkeypatch.undo()
+        time.tzset()

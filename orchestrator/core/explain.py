@@ -10,13 +10,12 @@ sweep), its row in the latest recent run that had it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..params import is_ignored, resolve
 from ..store import Entry, KeyComponents
 from . import keys
 from .graph import Node
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
     from .plan import PlanContext
 

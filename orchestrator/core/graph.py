@@ -7,12 +7,16 @@ over the graph is a loop over a list (10,000-node DAGs never recurse).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from ..errors import PlanningError
 from ..params import ParamSet, set_key
 from ..record import Record
 from ..stage import Stage
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from ..typeshim import NamedTuple
 
 AGGREGATE_SET = "aggregate"
 

@@ -17,12 +17,15 @@ import functools
 import hashlib
 import json
 import struct
-from typing import Any, Callable, Iterable
 
 from ..hashing import hash_value
 from ..hashing.values import VALUE_PREFIX, encode
 from ..params import MISSING, is_ignored
 from ..store.entries import Entry, KeyComponents
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable
 
 #: Versions the node key derivation. Bumping it makes every existing entry a miss (never an error).
 KEY_VERSION = "orch-node-v1"

@@ -22,9 +22,12 @@ import importlib.util
 import marshal
 import os
 import sys
-from typing import Iterable
 
 from ..hashing.coderoots import CodeRoots
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Iterable
 
 _CHECKED_HASH = (0b11).to_bytes(4, "little")  # PEP 552 flags: hash-based, check_source
 _HEADER = 16

@@ -13,7 +13,6 @@ import heapq
 import os
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 from ..store import Entry, Read, StoredOutput
 from .graph import Graph, Node
@@ -26,7 +25,10 @@ CACHED, RUN, PENDING, RAN, FAILED, SKIPPED, DAMAGED = (Status.CACHED, Status.RUN
 
 _NONE_ABSENT: dict[int, str] = {}  # read only: a node none of whose producers is lost
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
+    from typing import Callable
+
     from ..executors.base import Executor
     from ..executors.task import Task, TaskResult
 

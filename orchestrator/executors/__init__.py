@@ -13,10 +13,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 from .base import Executor, InProcessExecutor
 from .launch import Launch, WorkerConfig
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Sequence
 
 __all__ = ["Executor", "InProcessExecutor", "Launch", "WorkerConfig", "open_executor", "serve"]
 

@@ -12,8 +12,8 @@ A new executor subclasses Executor and gets a branch in open_executor (see ARCHI
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
     from ..store import Store
     from .task import Task, TaskResult

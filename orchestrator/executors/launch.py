@@ -7,7 +7,10 @@ initializes MPI) is imported only when an MPI launcher started the process.
 from __future__ import annotations
 
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 # World size as exported by Open MPI, MPICH / Intel MPI (hydra, PMI-1) and MVAPICH2.
 _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")

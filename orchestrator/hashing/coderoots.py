@@ -18,9 +18,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 from ..errors import OrchError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from ..typeshim import NamedTuple
 
 #: The keys `[tool.orch]` accepts (anything else is a mistake, reported with a suggestion).
 TOOL_KEYS = ("code-roots", "exclude")

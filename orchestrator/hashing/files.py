@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat as stat_mod
-from typing import TYPE_CHECKING
 
 from .values import hash_value
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
     from .statcache import StatCache
 

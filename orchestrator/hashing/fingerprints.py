@@ -8,33 +8,43 @@ source file stamp in the cache directory, so a cached run parses no source.
 
 from __future__ import annotations
 
-import ast
-import copy
 import hashlib
 import importlib.util
 import os
 import sys
 import time
 import types
-import weakref
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
 
 from ..fsutil import LazyLogger, load_cache_file, save_cache_file
 from .coderoots import CodeRoots
 from .statcache import is_racy
 from .values import VALUE_PREFIX, encode, hash_value
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    import ast
+    import weakref
+    from typing import Any, NamedTuple, Sequence
+else:
+    from ..typeshim import NamedTuple
+
 log = LazyLogger(__name__)
 
 #: Module-level data larger than this (encoded) is keyed by its source only, never by value.
 MAX_CONST_BYTES = 64 * 1024
-_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
 _MISSING = object()
 _SOURCE, _SCOPES = "__source__", "__scopes__"  # extra keys of a parsed file's index
 # ast.dump differs between Python versions: the persisted per-definition cache is valid for one.
 _FP_CACHE_VERSION = f"fingerprint-v2-py{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+# ast (and copy) are imported where source is parsed or walked: a cached run does neither.
+def _defs() -> tuple:
+    import ast
+
+    return ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef
 
 
 class _Global(NamedTuple):
@@ -308,6 +318,8 @@ class Fingerprinter:
 
     def _parse(self, filename: str, stamp: list) -> tuple[dict, ast.Module] | None:
         """The tree with docstrings stripped and its (name, line) -> def index, once per stamp."""
+        import ast
+
         cached = self._trees.get(filename)
         if cached is not None and cached[0] == stamp:
             return cached[1], cached[2]
@@ -317,12 +329,12 @@ class Fingerprinter:
             tree = ast.parse(source, filename)
         except (OSError, SyntaxError, ValueError):
             return None
-        index, todo = {_SOURCE: source}, [tree]
+        index, todo, defs = {_SOURCE: source}, [tree], _defs()
         while todo:  # statements only: definitions never hide inside expressions
             node = todo.pop()
-            if isinstance(node, (*_DEFS, ast.Module)) and node.body and _is_docstring(node.body[0]):
+            if isinstance(node, (*defs, ast.Module)) and node.body and _is_docstring(node.body[0]):
                 node.body = node.body[1:] or [ast.Pass()]
-            if isinstance(node, _DEFS):
+            if isinstance(node, defs):
                 for line in (node.lineno, *(d.lineno for d in node.decorator_list)):
                     index[(node.name, line)] = node
             for field in _BODIES:
@@ -373,6 +385,8 @@ def _module_summary(module: str, filename: str):
 def _function_locator(code: types.CodeType):
     """co_firstlineno is the first decorator's line (or the def line): unique with the name."""
     def locate(index: dict, tree: ast.Module):
+        import ast
+
         node = index.get((code.co_name, code.co_firstlineno))
         return [node] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
     return locate
@@ -381,6 +395,8 @@ def _function_locator(code: types.CodeType):
 def _class_locator(cls: type):
     """Classes carry no line before Python 3.13: walk the qualname through def/class bodies."""
     def locate(index: dict, tree: ast.Module):
+        import ast
+
         nodes: list = [tree]
         for part in (p for p in cls.__qualname__.split(".") if p != "<locals>"):
             nodes = [d for d in _defs_in(nodes[-1].body) if d.name == part]
@@ -396,19 +412,24 @@ def _class_locator(cls: type):
 def _binding_locator(name: str):
     """The module-level statements (whole if/try blocks) that bind a global name."""
     def binds(node: ast.AST) -> bool:
+        import ast
+
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             return any((a.asname or a.name.split(".")[0]) == name for a in node.names)
         return isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id == name
 
     def locate(index: dict, tree: ast.Module):
-        return [s for s in tree.body if not isinstance(s, _DEFS) and any(map(binds, ast.walk(s)))] or None
+        import ast
+
+        return [s for s in tree.body if not isinstance(s, _defs()) and any(map(binds, ast.walk(s)))] or None
     return locate
 
 
 def _defs_in(body: list):
     """Definitions directly in a body, looking inside if/try/with/for/match but not nested defs."""
+    defs = _defs()
     for stmt in body:
-        if isinstance(stmt, _DEFS):
+        if isinstance(stmt, defs):
             yield stmt
         else:
             for field in _BODIES:
@@ -416,12 +437,16 @@ def _defs_in(body: list):
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
+    import ast
+
     value = stmt.value if isinstance(stmt, ast.Expr) else None
     return isinstance(value, ast.Constant) and isinstance(value.value, str)
 
 
 def _is_orch_decorator(expr: ast.expr) -> bool:
     """@stage / @x.stage / @stage(...) / aggregate: orch hashes the declaration separately."""
+    import ast
+
     if isinstance(expr, ast.Call):
         expr = expr.func
     name = expr.id if isinstance(expr, ast.Name) else expr.attr if isinstance(expr, ast.Attribute) else ""
@@ -430,9 +455,12 @@ def _is_orch_decorator(expr: ast.expr) -> bool:
 
 def _dump(nodes: list) -> str:
     """Fields only, no positions, so formatting never counts; orch's own decorators dropped."""
-    out = []
+    import ast
+    import copy
+
+    out, defs = [], _defs()
     for node in nodes:
-        if isinstance(node, _DEFS):
+        if isinstance(node, defs):
             node = copy.copy(node)  # shallow: only the top node's decorator list changes
             node.decorator_list = [d for d in node.decorator_list if not _is_orch_decorator(d)]
         out.append(ast.dump(node, annotate_fields=False, include_attributes=False))
@@ -442,7 +470,10 @@ def _dump(nodes: list) -> str:
 def _without_resources(node):
     """A definition without the `resources=` of its orch decorator: a name used there (a module-level
     GPU count) says where a stage runs, not what it computes, and is no dependency of its code."""
-    if not isinstance(node, _DEFS) or not any(isinstance(d, ast.Call) and _is_orch_decorator(d)
+    import ast
+    import copy
+
+    if not isinstance(node, _defs()) or not any(isinstance(d, ast.Call) and _is_orch_decorator(d)
                                               and any(k.arg == "resources" for k in d.keywords)
                                               for d in node.decorator_list):
         return node
@@ -463,9 +494,11 @@ def _reference_chains(nodes: list, scopes: dict | None = None) -> set[tuple[str,
     of that import ("import:a.b", ...), since they are not in the module's namespace; parameters and
     local variables are dropped (`scopes`, see _local_names): `def train(record, model)` next to a
     stage called `model` does not depend on it."""
-    chains, local_imports, locals_only = set(), {}, set()
+    import ast
+
+    chains, local_imports, locals_only, defs = set(), {}, set(), _defs()
     for node in map(_without_resources, nodes):
-        in_def = isinstance(node, _DEFS)
+        in_def = isinstance(node, defs)
         if in_def:
             locals_only |= _local_names(node, scopes)
         for sub in ast.walk(node):
@@ -494,6 +527,8 @@ def _local_names(node, scopes: dict | None) -> set[str]:
     """Names that are only ever local (parameters, assignments, imports) in the scopes of a function
     or class definition and the scopes nested in it, by symtable; names its decorators, defaults and
     annotations use are evaluated outside it and never count. Empty when the scopes are unknown."""
+    import ast
+
     table = scopes.get((node.name, node.lineno)) if scopes else None
     if table is None:
         return set()
@@ -571,10 +606,16 @@ def _frozen(value) -> bool:
 #: after importing): an accumulator that stages fill while they run in this process (a notebook,
 #: repeated in-process runs) must not turn into a code change. A name bound to another object (a
 #: reloaded module, a rebinding) is hashed again; a new process sees new values anyway.
-_IMPORT_TIME_VALUES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: (Made by the first use: a project whose stages use no such value does not import weakref, 2.5 M instructions.)
+_IMPORT_TIME_VALUES: weakref.WeakKeyDictionary | None = None
 
 
 def _import_time_digest(module: types.ModuleType, name: str, value) -> str | None:
+    global _IMPORT_TIME_VALUES
+    if _IMPORT_TIME_VALUES is None:
+        import weakref
+
+        _IMPORT_TIME_VALUES = weakref.WeakKeyDictionary()
     seen = _IMPORT_TIME_VALUES.setdefault(module, {})
     known = seen.get(name)
     if known is None or known[0] is not value:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Prefix of every value hash; bump it only together with a deliberate change of the encoding.
 VALUE_PREFIX = b"orch-value-v1\0"

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
-from typing import Callable
+from _thread import allocate_lock  # threading.Lock, without importing threading
 
 from ..core.status import Status
 from ..errors import ProgressError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Callable
 
 AFTER_VAR, AFTER_DEFAULT = "ORCH_PROGRESS_AFTER", 5.0  # a node's "started" line comes this long after it started
 EVERY_VAR, EVERY_DEFAULT = "ORCH_PROGRESS_EVERY", 30.0  # seconds between two heartbeat lines
@@ -134,7 +137,7 @@ class Watch:
         self.on_done, self.on_start = self._done, self._started
         self.nodes, self.cache_root, self.slots = nodes, cache_root, executor.capacity
         self._t0 = time.monotonic()
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._done_ids: set[int] = set()
         self._failed_ids: set[int] = set()
         self._pending: dict[str, int] | None = None  # per stage, made at the first start

@@ -14,7 +14,6 @@ import abc
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
 
 from .. import hashing
 from ..errors import DamagedObjectError
@@ -22,7 +21,10 @@ from ..fsutil import LazyLogger, unique_suffix
 from .entries import CodeManifest, Entry, EntryError, Head, ObjectInfo, check_name
 from .locks import NodeLock
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
+    from typing import Iterator
+
     from ..hashing import StatCache
 
 log = LazyLogger("orchestrator.store")

@@ -10,7 +10,6 @@ import re
 import stat
 import time
 from pathlib import Path
-from typing import Iterator
 
 from .. import hashing
 from ..errors import StoreError
@@ -32,6 +31,10 @@ from .base import Store
 from .entries import FORMAT, CodeManifest, Entry, EntryError, Head, ObjectInfo, check_name, check_object
 from .failures import is_write_failure, write_error
 from .locks import FileNodeLock, NodeLock, check_flock
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Iterator
 
 log = LazyLogger("orchestrator.store")
 #: How many code fingerprints' manifests the cache keeps (the newest; each a few KB at most).

@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, NamedTuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from ..typeshim import NamedTuple
 
 #: Written into every entry and head. Bump it when the layout changes incompatibly: entries of
 #: another format are misses (the nodes re-run), never errors.
