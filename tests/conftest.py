@@ -20,6 +20,16 @@ ORCH = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "orchestra
 T = TypeVar("T")
 
 
+def pytest_configure(config) -> None:
+    """A suite started in the background by a shell without job control inherits SIGINT ignored, and
+    so would every orch the tests start (an ignored signal stays ignored across exec): the Ctrl-C
+    tests would see no Ctrl-C. A handler set here is reset to the default in every child instead."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def wait_for(condition: Callable[[], T], state: str, timeout: float = 60.0,
              detail: Callable[[], object] | None = None) -> T:
     """Poll `condition` until it returns something truthy, and return that.
