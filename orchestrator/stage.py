@@ -250,10 +250,9 @@ def _output_specs(outputs, cachers, where) -> tuple[OutputSpec, ...]:
 
 def _check_signature(fn, inputs, where) -> None:
     """Inputs are passed by keyword, so the function's parameters must be named after them."""
-    code = getattr(fn, "__code__", None)
-    if (type(fn) is _FunctionType and code is not None and not fn.__defaults__ and code.co_argcount
+    code = _plain_code(fn)
+    if (code is not None and not fn.__defaults__ and code.co_argcount
             and not (code.co_posonlyargcount or code.co_kwonlyargcount or code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS))
-            and "__wrapped__" not in fn.__dict__ and "__signature__" not in fn.__dict__
             and set(code.co_varnames[1:code.co_argcount]) == {i.name for i in inputs}):
         return  # the usual stage, `def f(record, a, b)` for inputs a and b: what the checks below accept
     params = _parameters(fn)
@@ -286,9 +285,8 @@ def _parameters(fn) -> list[tuple[str, int, bool]] | None:
     it cannot tell. A plain function is read from its code object (inspect.signature costs ~1/4 of a
     stage declaration, and importing inspect more than 200 of them); anything else (a wrapper with
     __wrapped__ or __signature__, a partial, a callable object, a builtin) asks inspect."""
-    code = getattr(fn, "__code__", None)
-    if (type(fn) is not _FunctionType or code is None or "__wrapped__" in fn.__dict__
-            or "__signature__" in fn.__dict__):
+    code = _plain_code(fn)
+    if code is None:
         return _inspected_parameters(fn)
     names = code.co_varnames
     positional, posonly, kwonly = code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount
@@ -296,13 +294,21 @@ def _parameters(fn) -> list[tuple[str, int, bool]] | None:
     kwdefaults = fn.__kwdefaults__ or {}
     params = [(names[i], _POSITIONAL_ONLY if i < posonly else _POSITIONAL_OR_KEYWORD, i >= positional - defaults)
               for i in range(positional)]
-    at = positional
     if code.co_flags & _CO_VARARGS:
         params.append((names[positional + kwonly], _VAR_POSITIONAL, False))
-    params += [(names[i], _KEYWORD_ONLY, names[i] in kwdefaults) for i in range(at, at + kwonly)]
+    params += [(names[i], _KEYWORD_ONLY, names[i] in kwdefaults) for i in range(positional, positional + kwonly)]
     if code.co_flags & _CO_VARKEYWORDS:
         params.append((names[positional + kwonly + bool(code.co_flags & _CO_VARARGS)], _VAR_KEYWORD, False))
     return params
+
+
+def _plain_code(fn):
+    """The code object of a plain function whose signature is its code's (no __wrapped__ or
+    __signature__ for inspect to follow instead), else None."""
+    code = getattr(fn, "__code__", None)
+    if type(fn) is not _FunctionType or code is None or "__wrapped__" in fn.__dict__ or "__signature__" in fn.__dict__:
+        return None
+    return code
 
 
 def _inspected_parameters(fn) -> list[tuple[str, int, bool]] | None:
