@@ -507,9 +507,6 @@ def sometimes_resumable(record):
 def test_checkpoints_a_failed_attempt_left_are_removed_by_a_success_that_never_asked_for_them(store):
     """The checkpoint directory's name is only derived when one may exist (the directory they all
     live in does): a leftover is removed whether or not the successful attempt used it."""
-    from orchestrator.executors import task as task_module
-
-    task_module._SCRATCH_SEEN.clear()
     task = make_task(sometimes_resumable, {"n": 1})
     assert execute(task, store, sometimes_resumable).status == Status.FAILED
     scratch = Path(store._checkpoint_root())

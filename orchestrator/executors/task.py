@@ -274,19 +274,13 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
             rmtree_force(staging, missing_ok=True)
 
 
-_SCRATCH_SEEN: set[str] = set()  # checkpoint roots seen to exist: from then on, look for the node's directly
-
-
 def _may_have_checkpoints(store: Store) -> bool:
     """Whether the checkpoint directory of the node being run may exist: not while the directory
-    all of them live in does not (a node's checkpoint directory is made only under its lock, held now)."""
-    root = store._checkpoint_root()
-    if root in _SCRATCH_SEEN:
-        return True
-    if os.path.lexists(root):
-        _SCRATCH_SEEN.add(root)
-        return True
-    return False
+    all of them live in does not (a node's checkpoint directory is made only under its lock, held now).
+    Once seen to exist, the store remembers it (Store.checkpoints_seen) and the node's is looked for."""
+    if not store.checkpoints_seen:
+        store.checkpoints_seen = os.path.lexists(store._checkpoint_root())
+    return store.checkpoints_seen
 
 
 def _in_memory_cachers(stage) -> bool:

@@ -46,6 +46,8 @@ class Store(abc.ABC):
         #: read signature -> the (parameter paths, file names) it is the hash of (keys.trace_signature),
         #: learned by the re-check under a node lock (executors.task): a pure function, never stale
         self.read_signatures: dict[str, tuple[tuple, tuple]] = {}
+        #: the checkpoint directories' root was seen to exist (executors.task looks for a node's then)
+        self.checkpoints_seen = False
 
     # -- objects ---------------------------------------------------------------------------------
     @abc.abstractmethod
