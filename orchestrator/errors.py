@@ -125,7 +125,7 @@ class ReadOnlyCacheError(StoreError):
 
 
 class LockingUnsupportedError(StoreError):
-    """The cache's filesystem does not support flock(2), which node locks need."""
+    """The cache's filesystem supports no file locks (flock(2), fcntl(2)), which node locks need."""
 
 
 class DamagedObjectError(StoreError):

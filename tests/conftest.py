@@ -111,12 +111,18 @@ def wait_until(state, what, timeout=60):
 '''
 
 
-@pytest.fixture(params=["memory", "disk"])
+@pytest.fixture(params=["memory", "disk", "disk-flock"])
 def store(request, tmp_path):
-    """Each Store implementation in turn: the in-memory twin and a DiskStore in a temp directory."""
+    """Each Store implementation in turn: the in-memory twin and a DiskStore in a temp directory, with
+    node locks as bytes of one file (where the kernel has them, as here) and as flock files (where not)."""
     from orchestrator.store import DiskStore, MemoryStore
 
-    return MemoryStore() if request.param == "memory" else DiskStore(tmp_path / "cache")
+    if request.param == "memory":
+        return MemoryStore()
+    disk = DiskStore(tmp_path / "cache")
+    if request.param == "disk-flock":
+        disk._ranges = False  # what DiskStore decides on a kernel without open file description locks
+    return disk
 
 
 def flip_stored_byte(store, info) -> Path:

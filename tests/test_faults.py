@@ -92,18 +92,39 @@ def _wait_for_count(project, name: str) -> None:
     assert project.counts()[name] >= 1
 
 
-def _flock_waits(waiter: int, holder: int) -> bool:
-    """/proc/locks shows process `waiter` blocked in flock on a file that process `holder` holds."""
-    held, awaited = set(), set()
-    with open("/proc/locks") as f:
-        for line in f:
-            fields = line.split()
-            if fields[1] == "->":  # a blocked request: "N: -> FLOCK ADVISORY WRITE pid maj:min:inode ..."
-                if fields[2] == "FLOCK" and fields[5] == str(waiter):
-                    awaited.add(fields[6])
-            elif fields[1] == "FLOCK" and fields[4] == str(holder):
-                held.add(fields[5])
-    return bool(held & awaited)
+def _lock_waits(waiter: int, holder: int, cache) -> bool:
+    """Process `waiter` is blocked on a node lock (a byte of the cache's locks/nodes.lock) that process
+    `holder` holds. /proc/locks names no process for open file description locks ("-1"), so the
+    holder is found by the lock its lock file descriptor shows in /proc/<pid>/fdinfo, and the waiter
+    by having that file open while a request for the same byte waits."""
+    nodes = cache / "locks" / "nodes.lock"
+    try:
+        inode = f":{os.stat(nodes).st_ino}"
+    except FileNotFoundError:
+        return False
+
+    def fds_on_nodes(pid: int) -> list[str]:
+        fd_dir = f"/proc/{pid}/fd"
+        found = []
+        for fd in os.listdir(fd_dir):
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") == str(nodes):
+                    found.append(fd)
+            except FileNotFoundError:
+                continue
+        return found
+
+    held = set()
+    for fd in fds_on_nodes(holder):
+        try:
+            with open(f"/proc/{holder}/fdinfo/{fd}") as f:
+                held |= {tuple(line.split()[-2:]) for line in f if line.startswith("lock:") and "OFDLCK" in line}
+        except FileNotFoundError:
+            continue
+    with open("/proc/locks") as f:  # "N: -> OFDLCK ADVISORY WRITE -1 maj:min:inode start end"
+        awaited = {tuple(fields[-2:]) for fields in map(str.split, f)
+                   if fields[1] == "->" and fields[2] == "OFDLCK" and fields[6].endswith(inode)}
+    return bool(held & awaited) and bool(fds_on_nodes(waiter))
 
 
 def test_kill_between_stages_then_rerun_redoes_nothing_finished(project):
@@ -160,9 +181,10 @@ def test_kill_while_another_process_waits_on_the_node_lock(project):
     _wait_for_count(project, "s0-start")  # first computes s0, under s0's node lock
     second = _start(project, args)
     try:
-        wait_for(lambda: _flock_waits(second.pid, first.pid), "the second run to block on a lock the first holds",
+        cache = project.root / ".orch"
+        wait_for(lambda: _lock_waits(second.pid, first.pid, cache), "the second run to block on a lock the first holds",
                  detail=lambda: open("/proc/locks").read())
-        assert _flock_waits(second.pid, first.pid) and project.counts() == {"s0-start": 1}
+        assert _lock_waits(second.pid, first.pid, cache) and project.counts() == {"s0-start": 1}
         _kill(first)
         assert second.wait(timeout=60) == 0
     finally:

@@ -1,5 +1,5 @@
 """Faults of the cache's filesystem: full (a 2 MB tmpfs as the cache), read-only (a read-only bind
-mount: chmod does not stop root), and without flock. Each gives one clear message naming what could
+mount: chmod does not stop root), and without file locks. Each gives one clear message naming what could
 not be written and what to do, no traceback, loses nothing that finished, leaves no partial object,
 and the re-run after the fix recomputes only what is missing.
 
@@ -135,17 +135,27 @@ def test_a_read_only_cache_serves_cached_runs_and_refuses_to_compute(project, tm
         assert verify.returncode == 1 and "not writable" in verify.stderr and "Traceback" not in verify.stderr
 
 
-def test_a_filesystem_without_flock_is_one_clear_error_before_anything_runs(project):
-    """Simulated: the experiment makes flock(2) fail as it does on such a filesystem (ENOLCK)."""
+def test_a_filesystem_without_locks_is_one_clear_error_before_anything_runs(project):
+    """Simulated: the experiment makes flock(2) and fcntl(2)'s locks fail as they do on such a
+    filesystem (ENOLCK)."""
     args = half_writer_project(project, mb=1)
     project.write("experiment.py", '''
         import errno, fcntl
         from stages.half import big, size, small
 
+        _fcntl = fcntl.fcntl
+        _LOCKING = {fcntl.F_OFD_SETLK, fcntl.F_OFD_SETLKW, fcntl.F_OFD_GETLK, fcntl.F_SETLK, fcntl.F_SETLKW}
+
         def _no_flock(fd, operation):
             raise OSError(errno.ENOLCK, "No locks available")
 
+        def _no_locks(fd, cmd, arg=0):
+            if cmd in _LOCKING:
+                raise OSError(errno.ENOLCK, "No locks available")
+            return _fcntl(fd, cmd, arg)
+
         fcntl.flock = _no_flock
+        fcntl.fcntl = _no_locks
 
         def run(record):
             small(record)
@@ -154,7 +164,7 @@ def test_a_filesystem_without_flock_is_one_clear_error_before_anything_runs(proj
     for parallel in ([], ["-j", "2"]):
         out = project.orch(*args, *parallel, check=False)
         assert out.returncode == 1 and "Traceback" not in out.stderr
-        assert "does not support flock" in out.stderr and "--cache DIR / ORCH_CACHE" in out.stderr
+        assert "does not support file locks" in out.stderr and "--cache DIR / ORCH_CACHE" in out.stderr
         assert project.counts() == {}
         assert not (project.root / ".orch" / "runs").exists()  # refused before the run was recorded
 

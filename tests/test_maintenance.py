@@ -101,7 +101,12 @@ def test_verify_finds_damage_and_drops_its_entries(tmp_path):
 
 
 def test_gc_prunes_old_lock_files_of_computed_nodes_only(tmp_path):
+    """Lock files of their own nodes have where the kernel has no byte locks (and had before orch 0.2);
+    the one file whose bytes are node locks elsewhere is never pruned."""
+    nodes_file = tmp_path / "cache" / "locks" / "nodes.lock"
+    DiskStore(tmp_path / "cache").check_locking()
     store = DiskStore(tmp_path / "cache")
+    store._ranges = False
     done, pending, held = "ab" + "1" * 62, "ab" + "2" * 62, "ab" + "3" * 62
     info = _object(store, tmp_path, "a", b"x")
     store.put_entry(_entry(info, key=done))
@@ -113,12 +118,13 @@ def test_gc_prunes_old_lock_files_of_computed_nodes_only(tmp_path):
     holder = store.lock(held)
     holder.acquire()
     try:
-        files = {p.name.split(".")[0]: p for p in (tmp_path / "cache" / "locks").rglob("*.lock")}
+        files = {p.name.split(".")[0]: p for p in (tmp_path / "cache" / "locks").glob("*/*.lock")}
         past = time.time() - 3 * 86400
-        for p in files.values():
+        for p in (*files.values(), nodes_file):
             os.utime(p, (past, past))
         assert gc(store, grace_s=0).locks == 1
         assert not files[done].exists() and files[pending].exists() and files[held].exists()
+        assert nodes_file.exists()
     finally:
         holder.release()
     lock = store.lock(done)  # a pruned lock file is simply made again

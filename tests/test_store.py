@@ -3,6 +3,7 @@ for what only a filesystem has: permissions, corrupt files, other processes, ato
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from orchestrator.store import (
     Store,
     StoredOutput,
 )
+from orchestrator.store.locks import PROBE_OFFSET, node_offset
 
 KEY = "ab" + "c" * 62
 
@@ -413,17 +415,21 @@ def test_lock_timeout_and_release(store):
     second.release()
 
 
-def _hold_lock(root: str, key: str, held, release) -> None:
-    lock = DiskStore(Path(root)).lock(key)
-    with lock:
+def _hold_lock(root: str, key: str, ranges: bool, held, release) -> None:
+    store = DiskStore(Path(root))
+    store._ranges = None if ranges else False
+    with store.lock(key):
         held.set()
         release.wait(30)
 
 
-def test_lock_excludes_processes(disk):
+@pytest.mark.parametrize("ranges", [True, False], ids=["byte-of-nodes-file", "flock-file"])
+def test_lock_excludes_processes(disk, ranges):
+    if not ranges:
+        disk._ranges = False
     ctx = multiprocessing.get_context("spawn")
     held, release = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_hold_lock, args=(str(disk.root), KEY, held, release))
+    proc = ctx.Process(target=_hold_lock, args=(str(disk.root), KEY, ranges, held, release))
     proc.start()
     try:
         assert held.wait(30)
@@ -584,8 +590,47 @@ def test_disk_store_creates_nothing_until_written(tmp_path):
 def test_disk_layout(disk, tmp_path):
     info = disk.ingest(write(tmp_path / "f", b"x"), ".pkl")
     assert disk.object_path(info, verify=False) == disk.root / "objects" / info.hash[:2] / (info.hash[2:] + ".pkl")
-    disk.lock(KEY).acquire(timeout=0)
+    lock = disk.lock(KEY)
+    assert lock.acquire(timeout=0)
+    # a node lock is one byte of locks/nodes.lock (no file per node), held as an open file description lock
+    assert sorted(p.name for p in (disk.root / "locks").iterdir()) == ["nodes.lock"]
+    inode = os.stat(disk.root / "locks" / "nodes.lock").st_ino
+    offset = str(node_offset(KEY))
+    with open("/proc/locks") as f:  # "N: OFDLCK ADVISORY WRITE -1 maj:min:inode start end"
+        held = [fields[6:8] for fields in map(str.split, f) if fields[1] == "OFDLCK" and fields[5].endswith(f":{inode}")]
+    assert held == [[offset, offset]]
+    lock.release()
+    flock_store = DiskStore(disk.root)
+    flock_store._ranges = False  # a kernel without open file description locks: a flock file per node
+    flock_store.lock(KEY).acquire(timeout=0)
     assert (disk.root / "locks" / KEY[:2] / (KEY + ".lock")).exists()
+
+
+def test_a_kernel_without_byte_locks_gets_flock_files(disk, monkeypatch):
+    """Linux before 3.15 answers F_OFD_SETLK with EINVAL: every process there uses a flock file per node."""
+    import fcntl
+
+    real = fcntl.fcntl
+
+    def old_kernel(fd, cmd, arg=0):
+        if cmd in (fcntl.F_OFD_SETLK, fcntl.F_OFD_SETLKW, fcntl.F_OFD_GETLK):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(fcntl, "fcntl", old_kernel)
+    disk.check_locking()
+    lock = disk.lock(KEY)
+    assert lock.acquire(timeout=0)
+    assert (disk.root / "locks" / KEY[:2] / (KEY + ".lock")).exists()
+    lock.release()
+
+
+def test_lock_names_spread_over_bytes():
+    """A name's byte is a 62-bit hash of it: distinct for distinct names, the same in every process."""
+    names = [KEY, KEY + ".scope", "cd" + "0" * 62] + [f"{i:064x}" for i in range(1000)]
+    offsets = {node_offset(n) for n in names}
+    assert len(offsets) == len(names) and all(0 <= o < PROBE_OFFSET for o in offsets)
+    assert node_offset(KEY) == 0x1268F1FA05DA4B6C  # pinned: processes of two orch versions must agree
 
 
 def test_directories_removed_behind_our_back_are_remade(disk, tmp_path):

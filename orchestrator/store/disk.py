@@ -30,7 +30,7 @@ from . import sharing
 from .base import Store
 from .entries import FORMAT, CodeManifest, Entry, EntryError, Head, ObjectInfo, check_name, check_object
 from .failures import is_write_failure, write_error
-from .locks import FileNodeLock, NodeLock, check_flock
+from .locks import NODES, FileNodeLock, NodeLock, RangeNodeLock, check_flock, probe_ranges
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
@@ -55,7 +55,8 @@ _OBJECT_NAME_RE = re.compile(r"([0-9a-f]{62})((?:\.[A-Za-z0-9_-]+)*)\Z")  # a na
 
 class DiskStore(Store):
     """The store on a (possibly shared) filesystem. Layout under root:
-    objects/ab/<hash[2:]><ext>, entries/ab/<key>/<trace_id>.json, locks/ab/<key>.lock,
+    objects/ab/<hash[2:]><ext>, entries/ab/<key>/<trace_id>.json, locks/nodes.lock (node locks are
+    bytes of it; locks/ab/<name>.lock where the kernel cannot lock bytes, and from orch before 0.2),
     tmp/ (staging, same filesystem as objects), quarantine/ (damaged objects, for inspection)."""
 
     def __init__(self, root: Path | str, *, write: bool = True):
@@ -79,6 +80,8 @@ class DiskStore(Store):
         # The last key get_entries found no directory for: a node's re-check under its lock, just before
         # its put_entry, which then makes the directory first instead of failing to open a file in it.
         self._dirless_key: str | None = None
+        self._nodes_file: str | None = None  # locks/nodes.lock while node locks are bytes of it (see lock)
+        self._ranges: bool | None = None  # whether they are (decided at the first lock)
 
     def _ensure_dir(self, d: str) -> str:
         if d not in self._made:
@@ -517,15 +520,34 @@ class DiskStore(Store):
 
     # -- locks, staging ------------------------------------------------------------------------
     def lock(self, name: str) -> NodeLock:
+        """A byte of locks/nodes.lock (RangeNodeLock) where this host's kernel locks bytes, else a lock
+        file of the node's own (FileNodeLock). Every process of one host decides alike; hosts that
+        share a cache should run one kernel family (a macOS and a Linux process sharing one cache at
+        the same time would not exclude each other: each stores a correct entry, computed twice)."""
         check_name("lock name", name)
+        if self._ranges_here():
+            return RangeNodeLock(self._nodes_file, str(self.root), name)
         lock_dir = self._ensure_dir(os.path.join(self._locks, name[:2]))  # re-created by the lock if gone
-        return FileNodeLock(os.path.join(lock_dir, name + ".lock"))
+        return FileNodeLock(os.path.join(lock_dir, name + ".lock"), str(self.root))
+
+    def _ranges_here(self) -> bool:
+        if self._ranges is None:
+            path = os.path.join(self._ensure_dir(self._locks), NODES)
+            try:
+                self._ranges = probe_ranges(path)
+            except OSError as e:
+                if not is_write_failure(e):
+                    raise
+                raise write_error(e, "taking a lock in the cache", self.root, path) from e
+            self._nodes_file = path if self._ranges else None
+        return self._ranges
 
     def check_locking(self) -> None:
-        """One flock taken and dropped in the cache (locks.check_flock): a filesystem without flock
-        fails the run once, before anything runs, with what to do."""
+        """One lock taken and dropped in the cache (locks.probe_ranges, else check_flock): a filesystem
+        without locks fails the run once, before anything runs, with what to do."""
         try:
-            check_flock(self._ensure_dir(self._locks))
+            if not self._ranges_here():
+                check_flock(self._ensure_dir(self._locks))
         except OSError as e:
             if not is_write_failure(e):
                 raise
@@ -544,7 +566,8 @@ class DiskStore(Store):
     def prune_locks(self, before: float) -> int:
         """A lock file is unlinked only while we hold its flock, and only for a node that already has
         an entry (only --overwrite would compute it again): the worst a race can cost is that two
-        processes recompute that node at the same time, each storing a correct entry."""
+        processes recompute that node at the same time, each storing a correct entry. locks/nodes.lock
+        is never removed (a process holding a byte of it and one of a new file would not exclude)."""
         import fcntl
 
         removed = 0
