@@ -87,6 +87,26 @@ def test_a_trace_id_names_its_reads_then_their_values():
     assert keys.signature_of(a) == keys.trace_signature(["lr"], [])
 
 
+def test_the_name_of_the_entry_that_holds_now_is_known_only_when_names_tell():
+    """An entry holding now has exactly the name holding_trace_id gives; names_tell says when every
+    other name of the signature can be skipped unread (planner and re-check alike)."""
+    values = {"lr": 0.1, "opt": "adam"}
+    files = {"data.csv": "1" * 64}
+    stored = keys.trace_id({p: keys.read_value_hash(v) for p, v in values.items()}, files)
+    sig = keys.signature_of(stored)
+
+    def now(vals, fs):
+        return keys.holding_trace_id(("lr", "opt"), ("data.csv",), lambda p: keys.read_value_hash(vals[p]), fs.get)
+
+    assert now(values, files) == stored
+    assert now({**values, "lr": 0.2}, files) != stored and keys.signature_of(now({**values, "lr": 0.2}, files)) == sig
+    assert now(values, {}) is None  # a tracked file gone: cannot be said
+    assert now({**values, "lr": [object()]}, files) is None  # a value with no hash: cannot be said
+    assert keys.names_tell(sig, ("lr", "opt"), ("data.csv",), ())
+    assert not keys.names_tell(sig, ("lr",), ("data.csv",), ())  # reads learned from a misnamed entry
+    assert not keys.names_tell(sig, ("lr", "opt"), ("data.csv",), ("lr",))  # check_trace skips an ignored read
+
+
 def _entry(reads: dict, files: dict) -> Entry:
     return Entry(key="k" * 64, trace_id="t", stage="m:s", param_set="p", created=1.0, components=C1,
                  reads={p: Read(keys.read_value_hash(v), v) for p, v in reads.items()}, files=files, outputs={})

@@ -133,6 +133,32 @@ def signature_of(trace: str) -> str:
     return trace.split("-", 1)[0]
 
 
+def names_tell(sig: str, reads: tuple, files: tuple, ignore: tuple) -> bool:
+    """Whether entries of signature `sig` are told apart by name: an entry's name is "<signature>-<hash
+    of the values read>", so once the one name that would hold now is known (holding_trace_id), every
+    other name of the signature recorded some other value and need not be read. Not when `sig` is not
+    the signature of these reads and files (learned from an entry whose name does not match its
+    content: a hint is only a hint), nor when the stage ignores one of the reads (check_trace skips an
+    ignored read; the name does not)."""
+    return trace_signature(reads, files) == sig and not (ignore and any(is_ignored(p, ignore) for p in reads))
+
+
+def holding_trace_id(reads: Iterable[str], files: Iterable[str], read_hash: Callable[[str], str],
+                     file_hash: Callable[[str], str | None]) -> str | None:
+    """The name an entry that recorded these reads and files has if it holds now; None when that
+    cannot be said (a tracked file gone, a value with no hash): every entry is then read and checked."""
+    file_hashes = {}
+    for name in files:
+        h = file_hash(name)
+        if h is None:
+            return None
+        file_hashes[name] = h
+    try:
+        return trace_id({p: read_hash(p) for p in reads}, file_hashes)
+    except TypeError:  # a value that cannot be hashed now: check_trace says what it says of each entry
+        return None
+
+
 def lock_scope_name(key: str, read_hashes: list[tuple[str, str]]) -> str:
     """A lock name: the key plus the hashes of the parameter values the stage visibly reads (see
     core.lockscope for why)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import PlanningError
 from ..hashing import Fingerprinter, hash_value
-from ..params import is_ignored, resolve, traced_value
+from ..params import resolve, traced_value
 from ..store import Entry, KeyComponents, Store
 from . import keys
 from .explain import RECENT_RUNS, acceptance_note, why_miss
@@ -204,15 +204,10 @@ def _created(entry: Entry) -> float:
 
 
 def _names_tell(sig: str, reads: tuple, files: tuple, ignore: tuple, ctx: PlanContext) -> bool:
-    """Whether an entry's name says if it holds, for entries of this signature: its name is
-    "<signature>-<hash of the values read>", so once the name of the one entry that would hold now is
-    known, every other name of the signature recorded some other value. Not when the signature's
-    reads were learned from an entry whose name does not match its content (a hint is only a hint),
-    nor when the stage ignores one of them (check_trace skips an ignored read; the name does not)."""
+    """keys.names_tell, memoized for the planning."""
     told = ctx.names_tell.get((sig, ignore))
     if told is None:
-        told = ctx.names_tell[(sig, ignore)] = (keys.trace_signature(reads, files) == sig
-                                                and not (ignore and any(is_ignored(p, ignore) for p in reads)))
+        told = ctx.names_tell[(sig, ignore)] = keys.names_tell(sig, reads, files, ignore)
     return told
 
 
@@ -238,19 +233,10 @@ def _predicted_trace_id(node: Node, params: dict, reads: tuple, files: tuple, ct
     memo_key = (node.set_name, reads, files, ignore)
     tid = ctx.predicted.get(memo_key, False)
     if tid is False:
-        tid = ctx.predicted[memo_key] = _trace_id_now(node.set_name, params, reads, files, ignore, ctx)
+        set_name = node.set_name
+        tid = ctx.predicted[memo_key] = keys.holding_trace_id(
+            reads, files, lambda p: ctx.read_hash(set_name, params, p, ignore), ctx.file_hash)
     return tid
-
-
-def _trace_id_now(set_name: str, params: dict, reads: tuple, files: tuple, ignore: tuple, ctx: PlanContext) -> str | None:
-    read_hashes = {p: ctx.read_hash(set_name, params, p, ignore) for p in reads}
-    file_hashes = {}
-    for name in files:
-        h = ctx.file_hash(name)
-        if h is None:
-            return None
-        file_hashes[name] = h
-    return keys.trace_id(read_hashes, file_hashes)
 
 
 def record_code_manifests(graph: Graph, decisions: list[Decision], ctx: PlanContext) -> None:

@@ -22,7 +22,7 @@ from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutp
 from ..fsutil import rmtree_force
 from ..hashing import hash_bytes, hash_value
 from ..hashing.coderoots import CodeRoots
-from ..params import MISSING, is_ignored, resolve
+from ..params import MISSING, resolve
 from ..record import Record, current_record
 from ..store import Entry, KeyComponents, Read, Store, StoredOutput
 from ..store.failures import is_write_failure, write_error
@@ -162,7 +162,9 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
         known = signatures.get(sig)
         if known is not None:
             if sig not in holding:
-                holding[sig] = _trace_id_now(known, ignore, read_hash, file_hash)
+                reads, files = known
+                holding[sig] = (keys.holding_trace_id(reads, files, read_hash, file_hash)
+                                if keys.names_tell(sig, reads, files, ignore) else None)
             if holding[sig] is not None and holding[sig] != tid:
                 continue
         entry = store.get_entry(task.key, tid, label=task.label)
@@ -179,25 +181,6 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
                 and not store.missing_outputs(entry)):
             return entry
     return None
-
-
-def _trace_id_now(known: tuple[tuple, tuple], ignore: tuple, read_hash, file_hash) -> str | None:
-    """The trace id of an entry of this signature that holds now; None when that cannot be said
-    (an ignored read, a tracked file gone, a value with no hash): every entry of the signature is
-    then read and checked."""
-    reads, files = known
-    if ignore and any(is_ignored(p, ignore) for p in reads):
-        return None
-    file_hashes = {}
-    for name in files:
-        h = file_hash(name)
-        if h is None:
-            return None
-        file_hashes[name] = h
-    try:
-        return keys.trace_id({p: read_hash(p) for p in reads}, file_hashes)
-    except TypeError:  # a value that cannot be hashed now: check_trace says what it says of each entry
-        return None
 
 
 def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
