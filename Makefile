@@ -1,11 +1,12 @@
-# `make run` runs the bundled example, `make run-pinn` the PINN example; `make test` runs the whole test suite.
+# `make run` runs the bundled example, `make run-pinn` the PINN example; `make test` runs the whole test suite
+# (then its core suites under Python 3.10 and 3.13 where installed: `make test-pythons`).
 # Both create .venv and install everything on a fresh machine.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-pinn test bench install clean help-text
+.PHONY: run run-pinn test test-pythons bench install clean help-text
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +30,11 @@ run-pinn: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+	tests/other-pythons.sh
+
+# The core suites under Python 3.10 (requires-python's oldest) and the quick ones under 3.13, where installed.
+test-pythons:
+	tests/other-pythons.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
@@ -38,4 +44,4 @@ help-text: $(STAMP)
 	$(BIN)/python -m orchestrator.helprender
 
 clean:
-	rm -rf $(VENV) .orch
+	rm -rf $(VENV) .venv-3.* .orch

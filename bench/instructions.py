@@ -51,7 +51,10 @@ WORKLOADS = {
 def console_script(code: Path, where: Path) -> Path:
     """An `orch` script as pip writes it for the entry point in CODE's pyproject.toml (in WHERE, which
     becomes sys.path[0] as a venv's bin directory does: keep it out of a project)."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     module = tomllib.loads((code / "pyproject.toml").read_text())["project"]["scripts"]["orch"].split(":")[0]
     where.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ def user_traceback(exc: BaseException, header: bool = True) -> str:
             continue
         seen.add(id(t))
         t.stack = traceback.StackSummary.from_list([f for f in t.stack if not hidden(f.filename)])
-        todo += [t.__cause__, t.__context__, *(t.exceptions or ())]
+        todo += [t.__cause__, t.__context__, *(getattr(t, "exceptions", None) or ())]  # exception groups: 3.11+
     lines = list(te.format())
     if not header and lines and lines[0].startswith("Traceback"):
         lines = lines[1:]

@@ -45,7 +45,10 @@ def test_the_stored_text_is_what_click_renders_now():
 
 
 def test_the_console_script_is_the_launcher():
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["orch"] == "orchestrator.launcher:main"

@@ -119,7 +119,10 @@ def _nearest_pyproject(start: str, top: str) -> Path | None:
 def _tool_orch(path: Path) -> tuple[list[str], list[str]]:
     """(extra code roots, exclusions) from `[tool.orch]`, as real paths; relative ones start at
     the pyproject.toml's directory."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, installed as tomli (pyproject.toml)
+        import tomli as tomllib
 
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
