@@ -49,7 +49,7 @@ TEXTS = {(): ('',
                '  why      Why nodes run: with EXPERIMENT, what the next run would do and...\n',
                '',
                0),
- ('--version',): ('orch, version 0.1.0\n', '', 0),
+ ('--version',): ('orch, version 0.2.0\n', '', 0),
  ('accept', '--help'): ('Usage: orch accept [OPTIONS] EXPERIMENT STAGE\n'
                         '\n'
                         "  Declare that STAGE's current code gives the same results as the code its\n"

@@ -111,17 +111,19 @@ def wait_until(state, what, timeout=60):
 '''
 
 
-@pytest.fixture(params=["memory", "disk", "disk-flock"])
+@pytest.fixture(params=["memory", "disk", "disk-posix", "disk-flock"])
 def store(request, tmp_path):
     """Each Store implementation in turn: the in-memory twin and a DiskStore in a temp directory, with
-    node locks as bytes of one file (where the kernel has them, as here) and as flock files (where not)."""
+    each kind of node lock (store.bytelocks): bytes of one file as open file description locks (what
+    this kernel has) and as classic POSIX locks (macOS, Linux < 3.15), and flock files (a filesystem
+    with flock only)."""
     from orchestrator.store import DiskStore, MemoryStore
 
     if request.param == "memory":
         return MemoryStore()
     disk = DiskStore(tmp_path / "cache")
-    if request.param == "disk-flock":
-        disk._ranges = False  # what DiskStore decides on a kernel without open file description locks
+    if request.param != "disk":
+        disk._lock_kind = request.param.split("-")[1]  # what DiskStore.lock decides elsewhere
     return disk
 
 

@@ -96,7 +96,8 @@ def _lock_waits(waiter: int, holder: int, cache) -> bool:
     """Process `waiter` is blocked on a node lock (a byte of the cache's locks/nodes.lock) that process
     `holder` holds. /proc/locks names no process for open file description locks ("-1"), so the
     holder is found by the lock its lock file descriptor shows in /proc/<pid>/fdinfo, and the waiter
-    by having that file open while a request for the same byte waits."""
+    by a thread of it asleep in fcntl's lock wait with that file open, while a request for the same
+    byte waits."""
     nodes = cache / "locks" / "nodes.lock"
     try:
         inode = f":{os.stat(nodes).st_ino}"
@@ -124,7 +125,17 @@ def _lock_waits(waiter: int, holder: int, cache) -> bool:
     with open("/proc/locks") as f:  # "N: -> OFDLCK ADVISORY WRITE -1 maj:min:inode start end"
         awaited = {tuple(fields[-2:]) for fields in map(str.split, f)
                    if fields[1] == "->" and fields[2] == "OFDLCK" and fields[6].endswith(inode)}
-    return bool(held & awaited) and bool(fds_on_nodes(waiter))
+    def waits_in_fcntl(pid: int) -> bool:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                    if "setlk" in f.read():  # fcntl_setlk: asleep in F_OFD_SETLKW
+                        return True
+            except FileNotFoundError:
+                continue
+        return False
+
+    return bool(held & awaited) and bool(fds_on_nodes(waiter)) and waits_in_fcntl(waiter)
 
 
 def test_kill_between_stages_then_rerun_redoes_nothing_finished(project):

@@ -154,8 +154,12 @@ def test_a_filesystem_without_locks_is_one_clear_error_before_anything_runs(proj
                 raise OSError(errno.ENOLCK, "No locks available")
             return _fcntl(fd, cmd, arg)
 
+        def _no_lockf(*args):
+            raise OSError(errno.ENOLCK, "No locks available")
+
         fcntl.flock = _no_flock
         fcntl.fcntl = _no_locks
+        fcntl.lockf = _no_lockf
 
         def run(record):
             small(record)

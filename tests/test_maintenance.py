@@ -106,7 +106,7 @@ def test_gc_prunes_old_lock_files_of_computed_nodes_only(tmp_path):
     nodes_file = tmp_path / "cache" / "locks" / "nodes.lock"
     DiskStore(tmp_path / "cache").check_locking()
     store = DiskStore(tmp_path / "cache")
-    store._ranges = False
+    store._lock_kind = "flock"
     done, pending, held = "ab" + "1" * 62, "ab" + "2" * 62, "ab" + "3" * 62
     info = _object(store, tmp_path, "a", b"x")
     store.put_entry(_entry(info, key=done))

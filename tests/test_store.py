@@ -30,7 +30,7 @@ from orchestrator.store import (
     Store,
     StoredOutput,
 )
-from orchestrator.store.locks import PROBE_OFFSET, node_offset
+from orchestrator.store.bytelocks import PROBE_OFFSET, node_offset
 
 KEY = "ab" + "c" * 62
 
@@ -415,21 +415,25 @@ def test_lock_timeout_and_release(store):
     second.release()
 
 
-def _hold_lock(root: str, key: str, ranges: bool, held, release) -> None:
+def _hold_lock(root: str, key: str, kind: str, held, release) -> None:
     store = DiskStore(Path(root))
-    store._ranges = None if ranges else False
+    store._lock_kind = kind
     with store.lock(key):
         held.set()
         release.wait(30)
 
 
-@pytest.mark.parametrize("ranges", [True, False], ids=["byte-of-nodes-file", "flock-file"])
-def test_lock_excludes_processes(disk, ranges):
-    if not ranges:
-        disk._ranges = False
+#: (holder's kind, taker's kind): each kind against itself, and the two byte kinds against each other
+#: (processes of a new and an old kernel on one cache)
+KIND_PAIRS = [("ofd", "ofd"), ("posix", "posix"), ("flock", "flock"), ("ofd", "posix"), ("posix", "ofd")]
+
+
+@pytest.mark.parametrize("holder,taker", KIND_PAIRS, ids=[f"{a}-{b}" for a, b in KIND_PAIRS])
+def test_lock_excludes_processes(disk, holder, taker):
+    disk._lock_kind = taker
     ctx = multiprocessing.get_context("spawn")
     held, release = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_hold_lock, args=(str(disk.root), KEY, ranges, held, release))
+    proc = ctx.Process(target=_hold_lock, args=(str(disk.root), KEY, holder, held, release))
     proc.start()
     try:
         assert held.wait(30)
@@ -453,6 +457,38 @@ def test_lock_excludes_processes(disk, ranges):
         release.set()
         proc.join(30)
     assert proc.exitcode == 0
+
+
+def _child_lives(done) -> None:
+    done.wait(30)
+
+
+@pytest.mark.parametrize("kind", ["ofd", "posix", "flock"])
+def test_a_child_forked_under_a_lock_does_not_keep_it(disk, kind):
+    """A stage that forks (a multiprocessing pool it leaves running) while its node is locked: once the
+    node's lock is released, another process can take it though the child still lives."""
+    disk._lock_kind = kind
+    lock = disk.lock(KEY)
+    assert lock.acquire(timeout=1)
+    ctx = multiprocessing.get_context("fork")
+    done = ctx.Event()
+    child = ctx.Process(target=_child_lives, args=(done,))
+    child.start()
+    try:
+        lock.release()
+        spawn = multiprocessing.get_context("spawn")
+        held, release = spawn.Event(), spawn.Event()
+        other = spawn.Process(target=_hold_lock, args=(str(disk.root), KEY, kind, held, release))
+        other.start()
+        try:
+            assert held.wait(30), "the lock stayed held by the forked child"
+            assert child.is_alive()
+        finally:
+            release.set()
+            other.join(30)
+    finally:
+        done.set()
+        child.join(30)
 
 
 # -- staging --------------------------------------------------------------------------------------
@@ -594,30 +630,63 @@ def test_disk_layout(disk, tmp_path):
     assert lock.acquire(timeout=0)
     # a node lock is one byte of locks/nodes.lock (no file per node), held as an open file description lock
     assert sorted(p.name for p in (disk.root / "locks").iterdir()) == ["nodes.lock"]
-    inode = os.stat(disk.root / "locks" / "nodes.lock").st_ino
-    offset = str(node_offset(KEY))
-    with open("/proc/locks") as f:  # "N: OFDLCK ADVISORY WRITE -1 maj:min:inode start end"
-        held = [fields[6:8] for fields in map(str.split, f) if fields[1] == "OFDLCK" and fields[5].endswith(f":{inode}")]
-    assert held == [[offset, offset]]
+    assert _locked_bytes(disk.root) == [("OFDLCK", "-1", str(node_offset(KEY)))]
+    lock.release()
+    assert _locked_bytes(disk.root) == []
+    posix = DiskStore(disk.root)
+    posix._lock_kind = "posix"  # macOS, Linux < 3.15: the same byte, as a lock of this process
+    lock = posix.lock(KEY)
+    assert lock.acquire(timeout=0)
+    assert _locked_bytes(disk.root) == [("POSIX", str(os.getpid()), str(node_offset(KEY)))]
     lock.release()
     flock_store = DiskStore(disk.root)
-    flock_store._ranges = False  # a kernel without open file description locks: a flock file per node
+    flock_store._lock_kind = "flock"  # a filesystem with flock only: a flock file per node
     flock_store.lock(KEY).acquire(timeout=0)
     assert (disk.root / "locks" / KEY[:2] / (KEY + ".lock")).exists()
 
 
-def test_a_kernel_without_byte_locks_gets_flock_files(disk, monkeypatch):
-    """Linux before 3.15 answers F_OFD_SETLK with EINVAL: every process there uses a flock file per node."""
+def _locked_bytes(root: Path) -> list[tuple[str, str, str]]:
+    """(kind, pid, start) of the locks held on root/locks/nodes.lock, from /proc/locks
+    ("N: OFDLCK ADVISORY WRITE -1 maj:min:inode start end")."""
+    inode = os.stat(root / "locks" / "nodes.lock").st_ino
+    with open("/proc/locks") as f:
+        return [(fields[1], fields[4], fields[6]) for fields in map(str.split, f)
+                if fields[1] != "->" and fields[5].endswith(f":{inode}") and fields[6] == fields[7]]
+
+
+def _fcntl_failing(monkeypatch, errno_: int, commands: str) -> None:
+    """Make fcntl's lock commands fail with errno_: "ofd" (F_OFD_*) or "all" (lockf and F_OFD_* too)."""
     import fcntl
 
     real = fcntl.fcntl
 
-    def old_kernel(fd, cmd, arg=0):
+    def fails(fd, cmd, arg=0):
         if cmd in (fcntl.F_OFD_SETLK, fcntl.F_OFD_SETLKW, fcntl.F_OFD_GETLK):
-            raise OSError(errno.EINVAL, "Invalid argument")
+            raise OSError(errno_, os.strerror(errno_))
         return real(fd, cmd, arg)
 
-    monkeypatch.setattr(fcntl, "fcntl", old_kernel)
+    def lockf_fails(*args):
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(fcntl, "fcntl", fails)
+    if commands == "all":
+        monkeypatch.setattr(fcntl, "lockf", lockf_fails)
+
+
+def test_a_kernel_without_open_file_description_locks_takes_the_byte_as_a_posix_lock(disk, monkeypatch):
+    """Linux before 3.15 answers F_OFD_SETLK with EINVAL: the same byte as a classic POSIX lock."""
+    _fcntl_failing(monkeypatch, errno.EINVAL, "ofd")
+    disk.check_locking()
+    assert disk._lock_kind == "posix"
+    lock = disk.lock(KEY)
+    assert lock.acquire(timeout=0)
+    assert _locked_bytes(disk.root) == [("POSIX", str(os.getpid()), str(node_offset(KEY)))]
+    lock.release()
+
+
+def test_a_filesystem_with_flock_only_gets_flock_files(disk, monkeypatch):
+    """NFS mounted local_lock=flock without lockd: fcntl locks say ENOLCK, flock works."""
+    _fcntl_failing(monkeypatch, errno.ENOLCK, "all")
     disk.check_locking()
     lock = disk.lock(KEY)
     assert lock.acquire(timeout=0)

@@ -1,4 +1,4 @@
-"""DiskStore: the store on a (possibly shared) filesystem, with flock node locks."""
+"""DiskStore: the store on a (possibly shared) filesystem, with node locks the kernel keeps (store.bytelocks)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ from ..fsutil import (
 )
 from . import sharing
 from .base import Store
+from .bytelocks import NODES, PosixRangeNodeLock, RangeNodeLock, lock_kind
 from .entries import FORMAT, CodeManifest, Entry, EntryError, Head, ObjectInfo, check_name, check_object
 from .failures import is_write_failure, write_error
-from .locks import NODES, FileNodeLock, NodeLock, RangeNodeLock, check_flock, probe_ranges
+from .locks import FileNodeLock, NodeLock
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ _OBJECT_NAME_RE = re.compile(r"([0-9a-f]{62})((?:\.[A-Za-z0-9_-]+)*)\Z")  # a na
 class DiskStore(Store):
     """The store on a (possibly shared) filesystem. Layout under root:
     objects/ab/<hash[2:]><ext>, entries/ab/<key>/<trace_id>.json, locks/nodes.lock (node locks are
-    bytes of it; locks/ab/<name>.lock where the kernel cannot lock bytes, and from orch before 0.2),
+    bytes of it; locks/ab/<name>.lock on a filesystem with flock only, and from orch before 0.2),
     tmp/ (staging, same filesystem as objects), quarantine/ (damaged objects, for inspection)."""
 
     def __init__(self, root: Path | str, *, write: bool = True):
@@ -80,8 +81,8 @@ class DiskStore(Store):
         # The last key get_entries found no directory for: a node's re-check under its lock, just before
         # its put_entry, which then makes the directory first instead of failing to open a file in it.
         self._dirless_key: str | None = None
-        self._nodes_file: str | None = None  # locks/nodes.lock while node locks are bytes of it (see lock)
-        self._ranges: bool | None = None  # whether they are (decided at the first lock)
+        self._nodes_file = os.path.join(self._locks, NODES)  # node locks are bytes of it (store.bytelocks)
+        self._lock_kind: str | None = None  # how they are taken here (bytelocks.lock_kind; at the first lock)
 
     def _ensure_dir(self, d: str) -> str:
         if d not in self._made:
@@ -520,38 +521,31 @@ class DiskStore(Store):
 
     # -- locks, staging ------------------------------------------------------------------------
     def lock(self, name: str) -> NodeLock:
-        """A byte of locks/nodes.lock (RangeNodeLock) where this host's kernel locks bytes, else a lock
-        file of the node's own (FileNodeLock). Every process of one host decides alike; hosts that
-        share a cache should run one kernel family (a macOS and a Linux process sharing one cache at
-        the same time would not exclude each other: each stores a correct entry, computed twice)."""
+        """The byte of `name` in locks/nodes.lock (store.bytelocks), or, on a filesystem with flock but
+        no fcntl locks, a flock file of its own (locks.FileNodeLock)."""
         check_name("lock name", name)
-        if self._ranges_here():
+        kind = self._lock_kind or self._probe_locks()
+        if kind == "ofd":
             return RangeNodeLock(self._nodes_file, str(self.root), name)
+        if kind == "posix":
+            return PosixRangeNodeLock(self._nodes_file, str(self.root), name)
         lock_dir = self._ensure_dir(os.path.join(self._locks, name[:2]))  # re-created by the lock if gone
         return FileNodeLock(os.path.join(lock_dir, name + ".lock"), str(self.root))
 
-    def _ranges_here(self) -> bool:
-        if self._ranges is None:
-            path = os.path.join(self._ensure_dir(self._locks), NODES)
-            try:
-                self._ranges = probe_ranges(path)
-            except OSError as e:
-                if not is_write_failure(e):
-                    raise
-                raise write_error(e, "taking a lock in the cache", self.root, path) from e
-            self._nodes_file = path if self._ranges else None
-        return self._ranges
-
-    def check_locking(self) -> None:
-        """One lock taken and dropped in the cache (locks.probe_ranges, else check_flock): a filesystem
-        without locks fails the run once, before anything runs, with what to do."""
+    def _probe_locks(self) -> str:
         try:
-            if not self._ranges_here():
-                check_flock(self._ensure_dir(self._locks))
+            self._lock_kind = lock_kind(self._ensure_dir(self._locks), str(self.root))
         except OSError as e:
             if not is_write_failure(e):
                 raise
-            raise write_error(e, "taking a lock in the cache", self.root) from e
+            raise write_error(e, "taking a lock in the cache", self.root, self._nodes_file) from e
+        return self._lock_kind
+
+    def check_locking(self) -> None:
+        """One lock taken and dropped in the cache (bytelocks.lock_kind): a filesystem without locks
+        fails the run once, before anything runs, with what to do."""
+        if self._lock_kind is None:
+            self._probe_locks()
 
     def stat_cache(self) -> hashing.StatCache:
         if self._stat_cache is None:

@@ -1,10 +1,10 @@
 """Node locks: one computation runs once, whoever asks for it (threads, processes, hosts).
 
-A lock is named by a node's lock scope (core.lockscope). DiskStore locks one byte of one file per
-name (RangeNodeLock: an open file description lock), or, where the kernel has no such locks, flock(2)s
-a file per name (FileNodeLock); either way the kernel drops the lock when the holder dies, so a kill -9
-never leaves a stale lock. All processes on a cache must use the same kind: one host's kernel decides it
-for every process there (see DiskStore.lock).
+A lock is named by a node's lock scope (core.lockscope). DiskStore takes one byte of one file per name
+(store.bytelocks), or, on a filesystem that has flock but no fcntl locks, flocks a file per name
+(FileNodeLock). Whichever kind, the kernel drops the lock when its holder dies, so a kill -9 never leaves
+a stale lock; a thread lock of the process comes first (threads of one process do not always exclude
+each other in the kernel), and a child forked while a lock is held does not keep it.
 """
 
 from __future__ import annotations
@@ -53,33 +53,41 @@ class ThreadNodeLock(NodeLock):
         self._lock.release()
 
 
-class _ThreadLocks:
-    """One thread lock per lock file, for the whole process. flock excludes processes; threads of
-    one process need this too (on NFS, flock is emulated with per-process fcntl locks that do not
-    exclude threads), whichever store instance they go through: hence one registry per process."""
+class _Process:
+    """What node locks share within one process, whichever store instance they go through.
+
+    - A thread lock per lock name: threads of one process must exclude each other too, and the kernel
+      does not always do it (classic POSIX locks and NFS's emulated flock belong to the process).
+    - The locks held through descriptors of their own: a forked child gets copies of those descriptors,
+      and an open file description lock or flock lives while any copy is open, so a child that outlives
+      the node (a pool a stage leaves running) would keep the node locked; the child closes them."""
 
     def __init__(self) -> None:
         self._locks: dict[str, LockType] = {}
         self._guard = allocate_lock()
+        self.held: set[DescriptorLock] = set()
 
-    def get(self, path: str) -> LockType:
+    def thread_lock(self, name: str) -> LockType:
         with self._guard:
-            return self._locks.setdefault(path, allocate_lock())
+            return self._locks.setdefault(name, allocate_lock())
 
-    def reset(self) -> None:
-        """In a forked child: locks held by the parent's threads must not be inherited (they would
-        never be released there)."""
+    def after_fork_in_child(self) -> None:
+        """Locks held by the parent's threads are not the child's: fresh thread locks, and the
+        descriptors of held locks closed (the parent's own copies keep its locks)."""
         self._locks = {}
         self._guard = allocate_lock()
+        for lock in self.held:
+            lock.forget()
+        self.held = set()
 
 
-THREAD_LOCKS = _ThreadLocks()
+PROCESS = _Process()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=THREAD_LOCKS.reset)
+    os.register_at_fork(after_in_child=PROCESS.after_fork_in_child)
 
 
-#: What flock(2) fails with on a filesystem that does not support it (NFS without lockd, some
-#: FUSE and object-store mounts, Lustre without -o flock).
+#: What flock(2) and fcntl(2) fail with on a filesystem that does not support them (NFS without lockd,
+#: some FUSE and object-store mounts, Lustre without -o flock).
 UNSUPPORTED = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)
 
 
@@ -90,45 +98,46 @@ def unsupported(path: str, e: OSError) -> LockingUnsupportedError:
         "it with lock support (NFSv4, Lustre -o flock) or put the cache elsewhere (--cache DIR / ORCH_CACHE)")
 
 
-#: The file check_flock locks, at the top of the locks directory (node locks live in 2-letter shards).
-PROBE = "probe.lock"
-
-
-def check_flock(lock_dir: str) -> None:
-    """Take and drop a lock in `lock_dir` once: a filesystem without flock is one clear error
-    before anything runs, not a failure of every node. `lock_dir` must exist."""
-    import fcntl
-
-    fd = os.open(os.path.join(lock_dir, PROBE), os.O_RDWR | os.O_CREAT, 0o666)
+def open_lock_file(path: str, root: str) -> int:
+    """A lock file, created if missing, opened for writing (fcntl write locks need it)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    except BlockingIOError:
-        pass  # another run probes at this moment: flock works
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the locks directory was removed: make it again
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        if e.errno in UNSUPPORTED:
-            raise unsupported(lock_dir, e) from e
-        raise
-    finally:
-        os.close(fd)
+        from .failures import is_write_failure, write_error
+
+        if not is_write_failure(e):
+            raise
+        raise write_error(e, "opening a node lock", root, path) from e
 
 
-class _DescriptorLock(NodeLock):
-    """A kernel lock held through a descriptor of our own, opened per acquisition: the kernel drops it
-    when the descriptor closes, however the holder dies. A thread lock of the process comes first
-    (see _ThreadLocks)."""
+class DescriptorLock(NodeLock):
+    """A kernel lock taken through a descriptor, after the process's thread lock of its name.
+    By default the descriptor is opened per acquisition and closing it releases the lock (flock, open
+    file description locks); a subclass may take it elsewhere (_open) and let go otherwise (_drop)."""
 
     _POLL = 0.05  # seconds between tries when a timeout is given (a blocking wait sleeps in the kernel)
+    _OWN_DESCRIPTOR = True  # whether _open gives a descriptor of this acquisition's own (see _Process)
 
     def __init__(self, path: str, root: str, thread_key: str):
         self._path = path
         self._root = root  # the cache, named by a failure to open the lock file
-        self._thread_lock = THREAD_LOCKS.get(thread_key)
+        self._thread_lock = PROCESS.thread_lock(thread_key)
         self._fd: int | None = None
 
     @abc.abstractmethod
     def _take(self, fd: int, block: bool) -> bool:
-        """Lock through `fd`, waiting if `block`; False if someone else holds it (and not `block`)."""
+        """Lock through `fd`, waiting if `block`; False if someone else holds it (and not `block`), or
+        if the kernel refused a wait it took for a deadlock (then it is tried again)."""
+
+    def _open(self) -> int:
+        return open_lock_file(self._path, self._root)
+
+    def _drop(self, fd: int) -> None:
+        os.close(fd)  # closing the only descriptor releases the lock
 
     def acquire(self, timeout: float = -1) -> bool:
         deadline = time.monotonic() + timeout
@@ -140,36 +149,26 @@ class _DescriptorLock(NodeLock):
             self._thread_lock.release()
             raise
         try:
-            if not self._wait(fd, timeout, deadline):
-                os.close(fd)
-                self._thread_lock.release()
-                return False
+            got = self._wait(fd, timeout, deadline)
         except BaseException:
-            os.close(fd)
+            self._drop(fd)
             self._thread_lock.release()
             raise
+        if not got:
+            self._drop(fd)
+            self._thread_lock.release()
+            return False
         self._fd = fd
+        if self._OWN_DESCRIPTOR:
+            PROCESS.held.add(self)
         return True
-
-    def _open(self) -> int:
-        """The lock file, opened for writing (NFS emulates flock with fcntl locks, which need it)."""
-        try:
-            try:
-                return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
-            except FileNotFoundError:  # the locks directory was removed: make it again
-                os.makedirs(os.path.dirname(self._path), exist_ok=True)
-                return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as e:
-            from .failures import is_write_failure, write_error
-
-            if not is_write_failure(e):
-                raise
-            raise write_error(e, "opening a node lock", self._root, self._path) from e
 
     def _wait(self, fd: int, timeout: float, deadline: float) -> bool:
         try:
             if timeout < 0:
-                return self._take(fd, True)
+                while not self._take(fd, True):
+                    time.sleep(self._POLL)
+                return True
             while not self._take(fd, False):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -183,16 +182,27 @@ class _DescriptorLock(NodeLock):
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
+        PROCESS.held.discard(self)
         try:
             if fd is not None:
-                os.close(fd)  # closing the only descriptor releases the lock
+                self._drop(fd)
         finally:
             self._thread_lock.release()
 
+    def forget(self) -> None:
+        """In a forked child: close this process's copy of the descriptor; the lock stays the parent's."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:  # closed already by the child's own code: nothing of ours is left open
+                pass
 
-class FileNodeLock(_DescriptorLock):
+
+class FileNodeLock(DescriptorLock):
     """flock(2) on a lock file of the node's own (locks/ab/<name>.lock), as filelock's UnixFileLock
-    does: where open file description locks are missing (RangeNodeLock)."""
+    does: on a filesystem with flock but no fcntl locks (NFS mounted local_lock=flock), where such
+    locks exclude the processes of one host only."""
 
     def __init__(self, path: str, root: str):
         super().__init__(path, root, path)
@@ -207,84 +217,24 @@ class FileNodeLock(_DescriptorLock):
         return True
 
 
-# -- every node lock a byte of one file ---------------------------------------------------------------
-
-#: The one file whose bytes RangeNodeLocks lock, at the top of the locks directory.
-NODES = "nodes.lock"
-
-#: Node offsets are 62-bit hashes of lock names, below this one, which probe_ranges takes: an offset
-#: plus the length stays a valid (signed 64-bit) off_t.
-PROBE_OFFSET = 1 << 62
+#: The file check_flock locks, at the top of the locks directory (flock node locks live in 2-letter shards).
+PROBE = "probe.lock"
 
 
-def _flock_struct(kind: int, offset: int) -> bytes:
-    """struct flock for one byte at `offset` (l_type, l_whence=SEEK_SET, l_start, l_len, l_pid=0 as
-    open file description locks require; 64-bit Linux layout, padded to its 32 bytes)."""
-    import struct
-
-    return struct.pack("hhqqi4x", kind, 0, offset, 1, 0)
-
-
-def node_offset(name: str) -> int:
-    """The byte of the nodes file a lock name locks: two names share one with probability 2**-62
-    (they would then wait for each other, never run at once)."""
-    import hashlib
-
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 2
-
-
-def ranges_available() -> bool:
-    """Open file description locks exist here (Linux >= 3.15, Python >= 3.9, 64-bit)."""
-    import fcntl
-    import sys
-
-    return hasattr(fcntl, "F_OFD_SETLKW") and sys.maxsize > 2**32
-
-
-def probe_ranges(path: str) -> bool:
-    """Take and drop the probe byte of `path` once: whether this kernel has open file description
-    locks (an old one says EINVAL, and flock files are used instead). A filesystem that supports no
-    locks at all is one LockingUnsupportedError before anything runs, not a failure of every node."""
+def check_flock(lock_dir: str) -> None:
+    """Take and drop a flock in `lock_dir` once: a filesystem without it is one clear error before
+    anything runs, not a failure of every node. `lock_dir` must exist."""
     import fcntl
 
-    if not ranges_available():
-        return False
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(os.path.join(lock_dir, PROBE), os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(fcntl.F_WRLCK, PROBE_OFFSET))
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(fcntl.F_UNLCK, PROBE_OFFSET))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        pass  # another run probes at this moment: flock works
     except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            return True  # another run probes at this moment: locks work
-        if e.errno == errno.EINVAL:
-            return False
         if e.errno in UNSUPPORTED:
-            raise unsupported(os.path.dirname(path), e) from e
+            raise unsupported(lock_dir, e) from e
         raise
     finally:
         os.close(fd)
-    return True
-
-
-class RangeNodeLock(_DescriptorLock):
-    """A write lock on one byte of the cache's nodes file (locks/nodes.lock), named by the lock name:
-    an open file description lock (F_OFD_SETLKW), owned by the open file as flock's is, so it has
-    flock's semantics (per acquisition, exclusive between threads and processes, dropped when the
-    holder dies) and NFS, Lustre and GPFS serve it across hosts. A node then needs no lock file of its
-    own: creating one was ~20% of a 10,000-node first run."""
-
-    def __init__(self, path: str, root: str, name: str):
-        super().__init__(path, root, f"{path}#{name}")
-        self._offset = node_offset(name)
-
-    def _take(self, fd: int, block: bool) -> bool:
-        import fcntl
-
-        try:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if block else fcntl.F_OFD_SETLK,
-                        _flock_struct(fcntl.F_WRLCK, self._offset))
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                return False
-            raise
-        return True

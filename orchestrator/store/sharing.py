@@ -8,7 +8,7 @@ The policy, decided once per process when a writable DiskStore opens:
   made in has. Then orch gives the group what the umask gives the owner: it clears the group bits of
   this process's umask, so every directory orch makes is group-writable and -searchable, every record
   (entry, head, run manifest, log, cache file) group-readable and every lock file group-writable
-  (flock needs a descriptor the other user can open). The kernel makes new directories inherit the
+  (a write lock needs a descriptor the other user can open). The kernel makes new directories inherit the
   root's group and setgid bit. The bits for others still follow the user's umask.
 
 Either way stored objects are sealed read-only (0444 files, 0555 directories) and belong to whoever
