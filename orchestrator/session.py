@@ -214,8 +214,9 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     executor.run_dir = manifest.dir
     executor.start(store)
     watch = watch_run(progress, graph.nodes, root, executor, on_done)  # starts with the first node that runs
-    runner = Runner(graph, ctx, decisions, watch.executor, watch.on_done, manifest.dir, on_start=watch.on_start)
-    gcpolicy.settle()  # the runner's per-node state lives as long as the run too
+    with gcpolicy.paused():  # its per-node outcomes: tens of thousands of objects the collector would traverse
+        runner = Runner(graph, ctx, decisions, watch.executor, watch.on_done, manifest.dir, on_start=watch.on_start)
+        gcpolicy.settle()  # they live as long as the run too
     return _run_recorded(runner, watch, manifest, decisions, graph, store, root, t0)
 
 
@@ -244,6 +245,7 @@ def _run_recorded(runner, watch, manifest, decisions, graph: Graph, store, root:
     with gcpolicy.paused():  # the rows and the report: orch's own bookkeeping (gcpolicy)
         manifest.finish(RUN_FAILED if result.failed else RUN_OK, node_rows(outcomes, store), result.counts())
         _leave_report(manifest)
+        manifest.data = None  # its rows are freed now: the collector, back on, would traverse them all at once
     return result
 
 

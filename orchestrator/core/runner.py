@@ -35,7 +35,11 @@ if TYPE_CHECKING:
 
 class NodeOutcome:
     """What became of one node in this run (or, for a dry run, what would). A plain class, not a
-    dataclass: defining one costs 2-3 M instructions at import, on every run."""
+    dataclass: defining one costs 2-3 M instructions at import, on every run. Slots: a run makes one per
+    node, and an instance dict is one more object to make, fill and free for each."""
+
+    __slots__ = ("node", "status", "key", "reason", "duration", "entry", "outputs", "reads", "files", "error",
+                 "error_type", "traceback", "skipped_because", "log_path", "metrics", "series")
 
     def __init__(self, node: Node, status: Status = PENDING, key: str | None = None, reason: str = "",
                  entry: Entry | None = None):
@@ -58,9 +62,12 @@ class NodeOutcome:
 
     def take(self, entry: Entry | None, outputs: dict[str, StoredOutput], reads: dict[str, Read]) -> None:
         self.entry, self.outputs, self.reads = entry, outputs, reads
-        self.files = dict(entry.files) if entry is not None else {}
         if entry is not None:
+            files = entry.files
+            self.files = dict(files) if files else {}  # a copy (an empty one without calling dict)
             self.metrics = entry.metrics
+        else:
+            self.files = {}
 
 
 class _State:
@@ -113,7 +120,8 @@ class Runner:
         self._st = st
         ready = deque(n.id for n in nodes if st.remaining[n.id] == 0)
         while ready or self._in_flight:
-            while ready and len(self._in_flight) < self.executor.capacity:
+            capacity = self.executor.capacity  # once per round, not per node: a cached run is one round
+            while ready and len(self._in_flight) < capacity:
                 self._dispatch(nodes[ready.popleft()], ready)
             if self._in_flight:
                 for result in self.executor.wait():
@@ -131,15 +139,34 @@ class Runner:
     def _dispatch(self, node: Node, ready: deque) -> None:
         """Resolve a ready node: a hit finishes at once; otherwise submit it."""
         d = self.decisions[node.id]
+        if d.state != CACHED:
+            d = self._decide_again(node, d)
+            if d is None:  # parked behind the same computation, in flight
+                return
+        out = self.outcomes[node.id]
+        out.key, out.reason = d.key, d.reason
+        if d.state == CACHED:
+            entry = d.entry
+            out.status, out.duration = CACHED, 0.0
+            out.take(entry, entry.outputs, entry.reads)
+            if entry.series is not None:
+                out.series = str(self.ctx.store.object_path(entry.series, verify=False))
+            self._finish(node, entry, ready)  # its hashes: made if a consumer that is not a hit asks
+            return
+        self._submit(node, d)
+
+    def _decide_again(self, node: Node, d: Decision) -> Decision | None:
+        """The decision of a ready node that was not a hit when planned, with its inputs' content known
+        now (early cutoff); None when the same computation is in flight (the node is parked until it ends)."""
         absent = self._absent.get(node.id, _NONE_ABSENT) if self._absent else _NONE_ABSENT
-        if d.state != CACHED:  # an in-memory input nobody hashed has no entry in its producer's hashes
-            hashes = [ABSENT if e.producer in absent else self._output_hashes(e.producer).get(e.output)
-                      for e in node.inputs]
-            d = decide(node, self.graph, hashes, self.ctx)
-            if absent and d.state != CACHED:
-                sets = sorted({e.set_name for e in node.inputs if e.producer in absent})
-                d = Decision(d.state, f"{d.reason}; partial: without {', '.join(sets)}", d.key, d.entry, d.components)
-            self.decisions[node.id] = d
+        # an in-memory input nobody hashed has no entry in its producer's hashes
+        hashes = [ABSENT if e.producer in absent else self._output_hashes(e.producer).get(e.output)
+                  for e in node.inputs]
+        d = decide(node, self.graph, hashes, self.ctx)
+        if absent and d.state != CACHED:
+            sets = sorted({e.set_name for e in node.inputs if e.producer in absent})
+            d = Decision(d.state, f"{d.reason}; partial: without {', '.join(sets)}", d.key, d.entry, d.components)
+        self.decisions[node.id] = d
         if d.state != CACHED and node.stage.cached and d.key is not None:
             forced = self.ctx.overwrite or node.id in self.ctx.forced
             if forced and d.key in self._ran and node.id not in self._rerun_after_damage:
@@ -152,20 +179,10 @@ class Runner:
                 scope = self._scope(node, d)
                 if scope in self._parked:
                     self._parked[scope].append(node.id)
-                    return
+                    return None
                 self._parked[scope] = []
                 self._scope_of[node.id] = scope
-        out = self.outcomes[node.id]
-        out.key, out.reason = d.key, d.reason
-        if d.state == CACHED:
-            entry = d.entry
-            out.status, out.duration = CACHED, 0.0
-            out.take(entry, entry.outputs, entry.reads)
-            if entry.series is not None:
-                out.series = str(self.ctx.store.object_path(entry.series, verify=False))
-            self._finish(node, entry, ready)  # its hashes: made if a consumer that is not a hit asks
-            return
-        self._submit(node, d)
+        return d
 
     def _output_hashes(self, node_id: int) -> dict:
         """A finished node's outputs' content hashes (of its entry, for a hit: made on first use)."""
@@ -275,8 +292,14 @@ class Runner:
         st = self._st
         st.hashes[node.id] = hashes
         self.on_done(self.outcomes[node.id])
-        if node.inputs:
-            self._release_inputs(node)
+        inputs = node.inputs
+        if inputs:  # _release_inputs, inline: every node passes here
+            refs, values = st.refs, st.values
+            for e in inputs:
+                k = (e.producer, e.output)
+                left = refs[k] = refs[k] - 1
+                if left <= 0 and values:
+                    values.pop(k, None)
         if st.rerun_waiters:
             waiters = st.rerun_waiters.pop(node.id, None)
             if waiters is not None:  # a re-run after damage: only the consumers that asked wait on it

@@ -18,13 +18,15 @@ import io
 import json
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any
 
 from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
 from ..errors import OrchError
 from .manifest import set_names
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a report of several sets does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Metric names (their last dotted part, lower case) for which higher values are better; any other
 #: metric is a loss or an error and lower wins. `--higher NAME` adds to it for one comparison.
@@ -39,24 +41,50 @@ class CompareError(OrchError):
     """A comparison asked for something the runs do not have (a --sort column, a --metric pattern)."""
 
 
-@dataclass
-class Row:
-    run_id: str
-    param_set: str
-    params: dict[str, Any]  # dotted path -> value (every parameter of the set)
-    metrics: dict[str, float]  # column name -> final value
-    duration_s: float
-    status: str  # "ok", or the worst node state of the set (failed, skipped, running)
+# Row and Comparison are plain classes, not dataclasses: every run of several parameter sets writes a
+# report with a comparison, and importing dataclasses (with inspect, ast, dis, tokenize) and typing costs
+# ~25 M instructions there. They keep a dataclass's __init__, __eq__ and __repr__.
 
 
-@dataclass
-class Comparison:
-    runs: list[str]
-    params: list[str]  # the parameter columns
-    metrics: list[str]  # the metric columns
-    rows: list[Row]
-    higher: set[str] = field(default_factory=set)  # metric columns where higher is better
-    best: dict[str, int] = field(default_factory=dict)  # metric column -> index of the best row
+class _Record:
+    """__eq__ and __repr__ as @dataclass writes them, over the fields named in _FIELDS."""
+
+    _FIELDS: tuple[str, ...] = ()
+    __hash__ = None  # type: ignore[assignment]  # a dataclass with eq=True is unhashable
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return tuple(getattr(self, f) for f in self._FIELDS) == tuple(getattr(other, f) for f in self._FIELDS)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._FIELDS)})"
+
+
+class Row(_Record):
+    _FIELDS = ("run_id", "param_set", "params", "metrics", "duration_s", "status")
+
+    def __init__(self, run_id: str, param_set: str, params: dict[str, Any], metrics: dict[str, float],
+                 duration_s: float, status: str):
+        self.run_id = run_id
+        self.param_set = param_set
+        self.params = params  # dotted path -> value (every parameter of the set)
+        self.metrics = metrics  # column name -> final value
+        self.duration_s = duration_s
+        self.status = status  # "ok", or the worst node state of the set (failed, skipped, running)
+
+
+class Comparison(_Record):
+    _FIELDS = ("runs", "params", "metrics", "rows", "higher", "best")
+
+    def __init__(self, runs: list[str], params: list[str], metrics: list[str], rows: list[Row],
+                 higher: set[str] | None = None, best: dict[str, int] | None = None):
+        self.runs = runs
+        self.params = params  # the parameter columns
+        self.metrics = metrics  # the metric columns
+        self.rows = rows
+        self.higher = set() if higher is None else higher  # metric columns where higher is better
+        self.best = {} if best is None else best  # metric column -> index of the best row
 
     def to_json(self) -> dict:
         return {
