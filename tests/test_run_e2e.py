@@ -414,3 +414,48 @@ def test_a_cached_run_imports_only_what_it_uses(project):
                            env={**os.environ, "ORCH_COUNTS": str(project.counts_file)})
         assert p.returncode == 0 and "2 cached" in p.stdout, p.stdout + p.stderr
         assert json.loads(p.stderr.strip().splitlines()[-1]) == []
+
+
+#: What a cached run of several parameter sets does not import either: its report compares the sets
+#: (orchestrator.runs.compare), which once defined dataclasses (dataclasses, inspect, ast, dis,
+#: tokenize, typing: ~60 M instructions of a 1,000-node run).
+NOT_IMPORTED_BY_A_SWEEP = ("dataclasses", "inspect", "ast", "dis", "tokenize", "typing", "copy", "threading")
+
+
+def test_a_cached_sweep_imports_no_more_than_one_set(project):
+    project.write("stages/chain.py", """
+        from orchestrator import stage, PickleCacher
+
+        @stage(outputs=["a"], cachers=[PickleCacher])
+        def first(record):
+            return record.params.seed
+
+        @stage(inputs=["a"], outputs=["b"], cachers=[PickleCacher])
+        def second(record, a):
+            return a + 1
+    """)
+    project.write("experiment.py", """
+        from stages.chain import first, second
+
+        def run(record):
+            second(first(record))
+    """)
+    project.write("params/p.yaml", "seed: 1\nsweep:\n  seed: [1, 2, 3]\n")
+    for rel in ("stages/chain.py", "experiment.py"):  # out of the fingerprints' racy window (see above)
+        past = time.time_ns() - 1_000_000_000
+        os.utime(project.root / rel, ns=(past, past))
+    run = ("run", "experiment.py", "-p", "params/p.yaml", "-q")
+    project.orch(*run)
+    project.orch(*run)
+    unwanted = (*NOT_IMPORTED_WHEN_CACHED, *NOT_IMPORTED_BY_A_SWEEP)
+    unwanted = tuple(m for m in unwanted if m != "orchestrator.runs.compare")  # the comparison is the point
+    launcher = ("import json, sys\nsys.argv[0] = 'orch'\nfrom orchestrator.launcher import main\ncode = main()\n"
+                f"print(json.dumps([m for m in {unwanted!r} if m in sys.modules]), file=sys.stderr)\n"
+                "print(json.dumps('orchestrator.runs.compare' in sys.modules), file=sys.stderr)\n"
+                "sys.exit(code)\n")
+    for _ in range(2):  # the run that writes the entry index, then one served from it
+        p = subprocess.run([sys.executable, "-c", launcher, *run], cwd=project.root, capture_output=True, text=True,
+                           env={**os.environ, "ORCH_COUNTS": str(project.counts_file)})
+        assert p.returncode == 0 and "6 cached" in p.stdout, p.stdout + p.stderr
+        *_, imported, compared = p.stderr.strip().splitlines()
+        assert json.loads(imported) == [] and json.loads(compared) is True
