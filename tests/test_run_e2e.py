@@ -363,7 +363,9 @@ NOT_IMPORTED_WHEN_CACHED = (
 NOT_IMPORTED_WITHOUT_CLICK = ("ast", "copy", "threading", "datetime", "typing", "weakref")
 
 
-def test_a_cached_run_imports_only_what_it_uses(project):
+def _two_stage_chain(project, params: str) -> None:
+    """first -> second, with params/p.yaml; its code dated a second back: Project.write's future mtimes
+    would keep the code's fingerprints out of their cache (racy), and a cached run parses no source."""
     project.write("stages/chain.py", """
         from orchestrator import stage, PickleCacher
 
@@ -381,10 +383,14 @@ def test_a_cached_run_imports_only_what_it_uses(project):
         def run(record):
             second(first(record))
     """)
-    project.write("params/p.yaml", "seed: 1\n")
-    for rel in ("stages/chain.py", "experiment.py"):  # Project.write's future mtimes would keep the code's
-        past = time.time_ns() - 1_000_000_000  # fingerprints out of their cache (racy): a cached run parses
-        os.utime(project.root / rel, ns=(past, past))  # no source
+    project.write("params/p.yaml", params)
+    for rel in ("stages/chain.py", "experiment.py"):
+        past = time.time_ns() - 1_000_000_000
+        os.utime(project.root / rel, ns=(past, past))
+
+
+def test_a_cached_run_imports_only_what_it_uses(project):
+    _two_stage_chain(project, "seed: 1\n")
     # long options: for a short one (-p) click itself imports difflib (to suggest a long option)
     run = ("run", "experiment.py", "--params", "params/p.yaml", "--quiet")
     project.orch(*run)
@@ -423,27 +429,7 @@ NOT_IMPORTED_BY_A_SWEEP = ("dataclasses", "inspect", "ast", "dis", "tokenize", "
 
 
 def test_a_cached_sweep_imports_no_more_than_one_set(project):
-    project.write("stages/chain.py", """
-        from orchestrator import stage, PickleCacher
-
-        @stage(outputs=["a"], cachers=[PickleCacher])
-        def first(record):
-            return record.params.seed
-
-        @stage(inputs=["a"], outputs=["b"], cachers=[PickleCacher])
-        def second(record, a):
-            return a + 1
-    """)
-    project.write("experiment.py", """
-        from stages.chain import first, second
-
-        def run(record):
-            second(first(record))
-    """)
-    project.write("params/p.yaml", "seed: 1\nsweep:\n  seed: [1, 2, 3]\n")
-    for rel in ("stages/chain.py", "experiment.py"):  # out of the fingerprints' racy window (see above)
-        past = time.time_ns() - 1_000_000_000
-        os.utime(project.root / rel, ns=(past, past))
+    _two_stage_chain(project, "seed: 1\nsweep:\n  seed: [1, 2, 3]\n")
     run = ("run", "experiment.py", "-p", "params/p.yaml", "-q")
     project.orch(*run)
     project.orch(*run)

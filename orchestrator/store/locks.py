@@ -195,7 +195,7 @@ class DescriptorLock(NodeLock):
         if fd is not None:
             try:
                 os.close(fd)
-            except OSError:  # closed already by the child's own code: nothing of ours is left open
+            except OSError:  # right after fork it is open; nothing else of ours to undo
                 pass
 
 
