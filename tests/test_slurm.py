@@ -568,9 +568,11 @@ def test_without_accounting_a_job_that_left_the_queue_without_a_result_fails_its
 def test_a_torchrun_stage_runs_its_ranks_inside_the_job(project):
     """run_external under torchrun inside a job (on CPU here; with resources={"gpus": N} and nproc="gpu",
     torchrun takes the GPUs Slurm gave the job through CUDA_VISIBLE_DEVICES)."""
+    # torchrun runs its workers unbuffered (python -u), so print() is two writes (text, then newline) and
+    # two ranks printing at once can interleave on the shared stream; one write of a whole line cannot.
     project.write("external/ranks.py", '''
-        import os
-        print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} in job {os.environ['SLURM_JOB_ID']}")
+        import os, sys
+        sys.stdout.write(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} in job {os.environ['SLURM_JOB_ID']}\\n")
     ''')
     project.write("stages/dist.py", '''
         import os

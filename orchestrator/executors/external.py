@@ -116,7 +116,10 @@ def run_external(
     record: the stage's Record, to trace the script in; default the record of the running stage.
     max_restarts: torchrun's worker restarts on failure (the script resumes from its checkpoint).
     echo: print the command and stream the output to stdout (always written to the log); with
-        echo=False a failure's message carries the output's last lines instead.
+        echo=False a failure's message carries the output's last lines instead. The ranks of a torchrun
+        launch share this stream unbuffered (torchrun runs `python -u`), so a print() is two writes and
+        lines two ranks print at the same moment can interleave: print from rank 0, or write each
+        line with one sys.stdout.write call.
     """
     from ..record import current_record
 
