@@ -254,6 +254,10 @@ def test_child_environment_is_scrubbed_of_mpi_and_torchrun_identity(tmp_path, mo
                  echo=False)
     child = json.loads((tmp_path / "env.json").read_text())
     assert child["CUDA_VISIBLE_DEVICES"] == "0" and child["EXTRA"] == "5" and "MY_SETTING" not in child
+    # the live-output default is orch's, not the user's: env= removes it too (a script that buffers on purpose)
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    run_external([s, tmp_path / "env.json"], env={"PYTHONUNBUFFERED": None}, echo=False)
+    assert "PYTHONUNBUFFERED" not in json.loads((tmp_path / "env.json").read_text())
 
 
 def test_clean_env_is_pure():

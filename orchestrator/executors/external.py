@@ -108,7 +108,8 @@ def run_external(
         (srun starts torchrun on each, the rendezvous is on the first; executors.slurmlaunch), and
         nnodes=1 keeps it on this node.
     env: variables added to the child's environment (None removes one). The parent's MPI and torchrun
-        identity is never inherited; CUDA_VISIBLE_DEVICES is kept unless `env` sets it.
+        identity is never inherited; CUDA_VISIBLE_DEVICES is kept unless `env` sets it. PYTHONUNBUFFERED=1
+        is set for live output unless `env` names it.
     cwd: working directory of the child; default the experiment's directory while a stage runs (so
         relative paths mean the same wherever `orch` was started from), else the current one.
     log: append the output to this file; default the running node's log in the run directory.
@@ -147,7 +148,8 @@ def run_external(
             rdzv_id = rdzv_id or job_id
     full = srun + build_command(args, launcher=chosen, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
                                 rdzv_id=rdzv_id, max_restarts=max_restarts)
-    child_env.setdefault("PYTHONUNBUFFERED", "1")  # live output: Python block-buffers a pipe otherwise
+    if not env or "PYTHONUNBUFFERED" not in env:  # env={"PYTHONUNBUFFERED": None} turns it off
+        child_env.setdefault("PYTHONUNBUFFERED", "1")  # live output: Python block-buffers a pipe otherwise
     if chosen == "torchrun" and "OMP_NUM_THREADS" not in child_env:
         child_env["OMP_NUM_THREADS"] = str(_threads_per_proc(nproc))
     log_path = os.fspath(log) if log is not None else (getattr(record, "log_path", None) if record is not None else None)
