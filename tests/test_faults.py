@@ -129,7 +129,8 @@ def _lock_waits(waiter: int, holder: int, cache) -> bool:
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
                 with open(f"/proc/{pid}/task/{tid}/wchan") as f:
-                    if "setlk" in f.read():  # fcntl_setlk: asleep in F_OFD_SETLKW
+                    # fcntl_setlk (or do_lock_file_wait where the kernel does not inline it): in F_OFD_SETLKW
+                    if any(name in f.read() for name in ("setlk", "lock_file_wait")):
                         return True
             except FileNotFoundError:
                 continue

@@ -298,7 +298,7 @@ def test_ctrl_c_cancels_the_jobs_it_submitted(project):
     # `other` may still be queued too: every job in flight is cancelled, the held one among them
     assert re.search(rf"^cancelled \d Slurm job\(s\): (\S+ )*{held}( |$)", err, re.M), err
     assert _ended(held, 1)[0]["State"].startswith("CANCELLED")
-    assert time.monotonic() - started < 30  # KillWait=5: the job is gone well before its 300 s wait
+    assert time.monotonic() - started < 120  # KillWait=5: the job is gone well before its 300 s wait
     assert project.manifest()["status"] == "interrupted"
 
 
