@@ -292,14 +292,8 @@ class Runner:
         st = self._st
         st.hashes[node.id] = hashes
         self.on_done(self.outcomes[node.id])
-        inputs = node.inputs
-        if inputs:  # _release_inputs, inline: every node passes here
-            refs, values = st.refs, st.values
-            for e in inputs:
-                k = (e.producer, e.output)
-                left = refs[k] = refs[k] - 1
-                if left <= 0 and values:
-                    values.pop(k, None)
+        if node.inputs:
+            self._release_inputs(node)
         if st.rerun_waiters:
             waiters = st.rerun_waiters.pop(node.id, None)
             if waiters is not None:  # a re-run after damage: only the consumers that asked wait on it

@@ -359,7 +359,7 @@ def _heights(layers: list[list[int]], preds: list[list[int]], succs: list[list[i
             if len(row) == 1:  # alone in its layer: where its neighbours want it (the shift below is 0.0)
                 v = row[0]
                 if near[v]:
-                    y[v] = sum([y[j] for j in near[v]]) / len(near[v]) - 0.0
+                    y[v] = sum(y[j] for j in near[v]) / len(near[v])
                 continue
             want = [sum(y[j] for j in near[v]) / len(near[v]) if near[v] else y[v] for v in row]
             placed = want[:1]

@@ -155,12 +155,9 @@ def node_rows(outcomes, store=None) -> list[dict]:
     for o in outcomes:
         node, status, entry, outputs, reads, files = o.node, o.status, o.entry, o.outputs, o.reads, o.files
         stage, duration, inputs = node.stage, o.duration, node.inputs
-        if len(inputs) == 1:
-            e = inputs[0]
-            edges = [[e.input, e.producer, e.output, e.set_name] if e.set_name else [e.input, e.producer, e.output]]
-        else:
-            edges = [[e.input, e.producer, e.output, e.set_name] if e.set_name else [e.input, e.producer, e.output]
-                     for e in inputs]
+        edges = []
+        for e in inputs:
+            edges.append([e.input, e.producer, e.output, e.set_name] if e.set_name else [e.input, e.producer, e.output])
         hashes, paths = {}, None
         for name, out in outputs.items():
             obj = out.object
