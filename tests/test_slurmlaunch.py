@@ -61,12 +61,39 @@ def test_torchrun_in_a_two_node_job_runs_through_srun_on_every_node(fake_slurm):
     torchrun = argv[argv.index(PY):]
     endpoint = torchrun[torchrun.index("--rdzv_endpoint") + 1]
     host, port = endpoint.split(":")
-    assert host == "10.1.0.3" and port.isdigit()  # the first node, at its NodeAddr; a port free on it
+    assert host == "10.1.0.3"  # the first node, at its NodeAddr
+    # a port the job id picks (29500 + 4711 % 1000), below the kernel's ephemeral range, free on it
+    assert 30211 <= int(port) < 30500 and int(port) < _ephemeral_low()
     assert torchrun == [PY, "-m", "torch.distributed.run", "--nnodes", "2", "--rdzv_backend", "c10d",
                         "--rdzv_endpoint", endpoint, "--rdzv_id", "4711", "--nproc_per_node", "4",
                         str(fake_slurm / "train.py"), "--lr", "0.1"]
     assert res.command[0] == "srun"
     assert got["nodes_var"] is None  # what the job body launches does not own the allocation
+
+
+def _ephemeral_low() -> int:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        return int(f.read().split()[0])
+
+
+def test_the_rendezvous_port_skips_a_port_taken_on_the_first_node(fake_slurm):
+    import socket
+
+    from orchestrator.executors.slurmlaunch import free_port
+
+    first = free_port(711)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("", first))
+        taken.listen()
+        run_external([fake_slurm / "train.py"], nproc=1, cwd=fake_slurm, echo=False)
+        argv = _srun(fake_slurm)["argv"]
+    port = int(argv[argv.index("--rdzv_endpoint") + 1].split(":")[1])
+    assert port != first and 30211 <= port < 30500
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as last:
+        if free_port(999) == 30499:
+            last.bind(("", 30499))
+            last.listen()
+        assert 29500 <= free_port(999) < 30499  # wraps to the start of the span, never past its end
 
 
 def test_an_explicit_endpoint_and_nnodes_equal_to_the_allocation_are_kept(fake_slurm):

@@ -23,9 +23,12 @@ from typing import Mapping
 
 #: Set in the body of an orch Slurm job that has more than one node: the allocation's node count.
 NODES_VAR = "ORCH_SLURM_NODES"
-#: The rendezvous port when the body does not run on the first node (it always does, as the batch
-#: step's first step): this plus the job id modulo 1000.
+#: Rendezvous ports are BASE_PORT + (job id modulo PORT_SPAN) and up: torchrun's default 29500, and
+#: the whole span sits below Linux's default ephemeral range (32768-60999), so no outgoing connection
+#: on the node can take the port between orch choosing it and torchrun binding it (a port 0 probe
+#: would hand out an ephemeral one, which any connect may grab in that second).
 BASE_PORT = 29500
+PORT_SPAN = 1000
 
 
 @dataclass(frozen=True)
@@ -52,20 +55,26 @@ def srun_prefix(nnodes: int) -> list[str]:
 
 
 def rendezvous(alloc: Allocation) -> tuple[str, str]:
-    """(host:port, run id) of the c10d rendezvous: the first node's address, a port free there (this
-    process runs on that node) and the job id."""
+    """(host:port, run id) of the c10d rendezvous: the first node's address, a port there (free, when
+    this process runs on that node and can check) and the job id."""
     from .slurmctl import hostnames, node_address
 
     first = hostnames(alloc.nodelist)[0]
     host = node_address(first)
-    if os.environ.get("SLURMD_NODENAME", first) == first:
-        port = free_port()
-    else:
-        port = BASE_PORT + int(alloc.job_id) % 1000 if alloc.job_id.isdigit() else BASE_PORT
-    return f"{host}:{port}", alloc.job_id
+    start = int(alloc.job_id) % PORT_SPAN if alloc.job_id.isdigit() else 0
+    on_first = os.environ.get("SLURMD_NODENAME", first) == first
+    return f"{host}:{free_port(start) if on_first else BASE_PORT + start}", alloc.job_id
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def free_port(start: int) -> int:
+    """The first port from BASE_PORT + start (wrapping within the span) that binds here: one the job id
+    picks, so concurrent jobs on a node rarely probe the same one, and outside the ephemeral range."""
+    for offset in range(PORT_SPAN):
+        port = BASE_PORT + (start + offset) % PORT_SPAN
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        return port
+    return BASE_PORT + start  # all taken: torchrun then says so itself
