@@ -4,10 +4,11 @@ Planning a 10,000-node experiment builds a few hundred thousand long-lived objec
 decisions, the entries) and almost no cyclic garbage. With the default thresholds the collector
 still runs hundreds of times and traverses all of them at each full collection: measured, 32% of
 the CPU time of a fully cached 10k-node run. So orch pauses the collector in its own bookkeeping
-phases (loading the experiment and planning, writing the manifest and report) and, for the run loop,
-where stage bodies allocate whatever they like, keeps what planning built out of the collector's
-traversals (gc.freeze) until the run ends. Reference counting still frees everything as usual; only
-cycles created inside a paused phase wait for the next collection.
+phases (planning, writing the manifest and report); while the experiment's run() builds the graph
+(user code) it only collects less often; and for the run loop, where stage bodies allocate whatever
+they like, it keeps what planning built out of the collector's traversals (gc.freeze) until the run
+ends. Reference counting still frees everything as usual; only cycles created inside a paused phase
+wait for the next collection.
 """
 
 from __future__ import annotations
@@ -34,6 +35,26 @@ def paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+#: The youngest generation's threshold while the experiment's run() builds the graph. At CPython's
+#: default (700) building 100,000 nodes collects ~720 times and the full collections among them
+#: traverse the growing graph: 0.21 of 0.35 s, measured. At 10,000: 50 collections, 0.04 s; cyclic
+#: garbage the user's run() makes is still collected, at most a few MB later.
+RELAXED_GEN0 = 10_000
+
+
+@contextmanager
+def relaxed() -> Iterator[None]:
+    """The collector stays on, collecting the youngest generation less often (RELAXED_GEN0); the
+    thresholds are restored on exit. A threshold of 0 (automatic collection off) is left as it is."""
+    old = gc.get_threshold()
+    if old[0]:
+        gc.set_threshold(max(old[0], RELAXED_GEN0), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 @contextmanager

@@ -162,7 +162,8 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
 
     param_sets = load_param_sets(opts.params, opts.overrides, root)
     roots = project_code(experiment)
-    graph = build_graph(load_experiment(experiment), param_sets)  # user code: the collector stays on
+    with gcpolicy.relaxed():  # user code: the collector stays on, collecting less often
+        graph = build_graph(load_experiment(experiment), param_sets)
     check_stage_names(param_sets, {n.stage.name for n in graph.nodes})  # parameter files' orch.resources
     with gcpolicy.paused():  # planning builds the run's long-lived structures (gcpolicy)
         store = DiskStore(root, write=False)  # a read-only cache can still plan (and serve a cached run)

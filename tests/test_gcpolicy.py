@@ -57,6 +57,63 @@ def test_stage_bodies_run_with_the_collector_on(project):
     assert seen == [{"enabled": True, "collected": True}]
 
 
+# The experiment's run() making cyclic garbage while it builds the graph: the collector is on, only
+# relaxed (gcpolicy.relaxed), so it reclaims the cycle on its own within the loop's allocations.
+GRAPH_EXPERIMENT = '''
+import gc
+import json
+import weakref
+
+from stages.body import body
+
+
+class Cycle:
+    pass
+
+
+def run(record):
+    freed = []
+    c = Cycle()
+    c.self = c
+    weakref.finalize(c, freed.append, True)
+    del c
+    keep = []
+    for i in range(200_000):
+        keep.append([i])
+        if freed:
+            break
+    with open("graph-gc.json", "w") as f:
+        json.dump({"enabled": gc.isenabled(), "collected": bool(freed), "gen0": gc.get_threshold()[0]}, f)
+    body(record)
+'''
+
+
+def test_the_experiments_run_builds_the_graph_with_the_collector_relaxed_not_off(project):
+    project.write("stages/body.py", STAGES)
+    project.write("experiment.py", GRAPH_EXPERIMENT)
+    project.orch("run", "experiment.py")
+    seen = json.loads((project.root / "graph-gc.json").read_text())
+    assert seen == {"enabled": True, "collected": True, "gen0": gcpolicy.RELAXED_GEN0}
+
+
+def test_relaxed_restores_the_thresholds():
+    before = gc.get_threshold()
+    try:
+        with gcpolicy.relaxed():
+            assert gc.get_threshold() == (max(before[0], gcpolicy.RELAXED_GEN0), *before[1:])
+            raise KeyError("inside")
+    except KeyError:
+        pass
+    assert gc.get_threshold() == before
+    gc.set_threshold(0)  # automatic collection off: relaxed() does not turn it on
+    try:
+        with gcpolicy.relaxed():
+            assert gc.get_threshold()[0] == 0
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_paused_restores_the_collector_state():
     assert gc.isenabled()
     with gcpolicy.paused():
