@@ -87,29 +87,28 @@ def main() -> None:
                     help="cached workloads: both checkouts run on one project and cache (when both read the same "
                          "cache format), so no difference between two copies' places on disk shows as theirs")
     args = ap.parse_args()
-    a, b = (c.resolve() for c in args.code)
+    codes = [c.resolve() for c in args.code]  # (A, B), indexed 0 and 1: the same checkout twice is an A/A run
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or [w for w in WORKLOADS if not w.startswith("100k")]:  # 100k: asked for by name
             shared = args.shared and not name.endswith("-first")
-            projects = {a: Path(tmp) / f"{name}-0", b: Path(tmp) / (f"{name}-0" if shared else f"{name}-1")}
-            cmds = {a: prepare(a, name, projects[a]),
-                    b: prepare(b, name, projects[b], Path(tmp) / f"{name}-1-bin" if shared else None)}
-            results = {a: [], b: []}
+            projects = [Path(tmp) / f"{name}-0", Path(tmp) / (f"{name}-0" if shared else f"{name}-1")]
+            cmds = [prepare(codes[0], name, projects[0]),
+                    prepare(codes[1], name, projects[1], Path(tmp) / f"{name}-1-bin" if shared else None)]
+            results: list[list[tuple[float, float]]] = [[], []]
             trash = Path(tmp) / "trash"
             for r in range(args.reps):
-                for i, c in enumerate((a, b) if r % 2 == 0 else (b, a)):  # A B B A: no checkout is always second
-                    project = projects[c]
+                for i in (0, 1) if r % 2 == 0 else (1, 0):  # A B B A: no checkout is always second
+                    project = projects[i]
                     if name.endswith("-first") and (project / ".orch").exists():
                         trash.mkdir(exist_ok=True)
                         (project / ".orch").rename(trash / f"{project.name}-{r}")
-                    results[c].append(timed(cmds[c], c, project))
+                    results[i].append(timed(cmds[i], codes[i], project))
             shutil.rmtree(trash, ignore_errors=True)
-            med = {c: (statistics.median(w for w, _ in r), statistics.median(u for _, u in r)) for c, r in results.items()}
-            wall_ratio = statistics.median(rb[0] / ra[0] for ra, rb in zip(results[a], results[b]))
-            cpu_ratio = statistics.median(rb[1] / ra[1] for ra, rb in zip(results[a], results[b]))
-            print(f"{name:16s} A {med[a][0]:7.3f} s ({med[a][1]:.3f} s CPU)   B {med[b][0]:7.3f} s ({med[b][1]:.3f} s CPU)"
+            (wa, ca), (wb, cb) = ((statistics.median(w for w, _ in r), statistics.median(u for _, u in r)) for r in results)
+            wall_ratio = statistics.median(rb[0] / ra[0] for ra, rb in zip(*results))
+            cpu_ratio = statistics.median(rb[1] / ra[1] for ra, rb in zip(*results))
+            print(f"{name:16s} A {wa:7.3f} s ({ca:.3f} s CPU)   B {wb:7.3f} s ({cb:.3f} s CPU)"
                   f"   paired B/A: wall {wall_ratio:.3f}, CPU {cpu_ratio:.3f}", flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,8 @@ seconds; the anchors and the full sizes are for `python bench/compare.py`, not C
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -18,12 +20,14 @@ def test_compare_quick_runs(capsys):
     assert "| workload | orch |" in out and "chain20-cached" in out
 
 
-def test_ab_times_a_first_run_of_two_checkouts_in_alternation():
-    """bench/ab.py's first-run workload runs end to end (a smoke test; the timings are for people)."""
+@pytest.mark.parametrize("workload, extra", [("chain200-first", []), ("run1-cached", ["--shared"])])
+def test_ab_times_two_checkouts_in_alternation(workload, extra):
+    """bench/ab.py runs a first-run workload, and a cached one on one shared project, end to end, with
+    the same checkout as A and B (a smoke test; the timings are for people)."""
     import subprocess
 
     repo = BENCH.parent
     proc = subprocess.run([sys.executable, str(BENCH / "ab.py"), "--code", str(repo), "--code", str(repo),
-                           "--only", "chain200-first", "--reps", "2"], capture_output=True, text=True, timeout=300)
+                           "--only", workload, "--reps", "2", *extra], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("chain200-first") and "paired B/A" in proc.stdout
+    assert proc.stdout.startswith(workload) and "paired B/A" in proc.stdout
