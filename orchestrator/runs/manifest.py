@@ -126,10 +126,11 @@ def _settled(run_dir: Path, m: dict) -> dict:
     return {**m, "status": RUN_DIED}
 
 
-def in_progress(run_dir: Path) -> bool:
-    """The run's process still runs: its manifest says "running" and alive.lock is held. An unreadable
-    manifest counts as in progress (whoever asks is about to delete something the run may need)."""
-    m = read_json_object(Path(run_dir) / MANIFEST)
+def in_progress(run_dir: Path, manifest: dict | None = None) -> bool:
+    """The run's process still runs: its manifest (read here unless given) says "running" and
+    alive.lock is held. An unreadable manifest counts as in progress (whoever asks is about to delete
+    something the run may need)."""
+    m = manifest if manifest is not None else read_json_object(Path(run_dir) / MANIFEST)
     return m is None or _settled(Path(run_dir), m).get("status") == RUN_RUNNING
 
 
