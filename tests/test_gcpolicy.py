@@ -8,22 +8,17 @@ import json
 
 from orchestrator import gcpolicy
 
-# A stage body that makes cyclic garbage and reports whether the collector reclaimed it on its own
-# (no gc.collect()): a paused or frozen-out collector would leave the finalizer uncalled.
-STAGES = '''
-import gc
+# Cyclic garbage made, then allocations until the collector reclaims it on its own (no gc.collect()):
+# a paused or frozen-out collector would leave the finalizer uncalled.
+CYCLES = '''
 import weakref
-
-from orchestrator import stage
-from orchestrator.cachers import JsonCacher
 
 
 class Cycle:
     pass
 
 
-@stage(outputs=["seen"], cachers=[JsonCacher])
-def body(record):
+def collected_on_its_own():
     freed = []
     c = Cycle()
     c.self = c
@@ -34,7 +29,21 @@ def body(record):
         keep.append([i])
         if freed:
             break
-    return {"enabled": gc.isenabled(), "collected": bool(freed)}
+    return bool(freed)
+'''
+
+# A stage body that reports it.
+STAGES = '''
+import gc
+
+from orchestrator import stage
+from orchestrator.cachers import JsonCacher
+from stages.cycles import collected_on_its_own
+
+
+@stage(outputs=["seen"], cachers=[JsonCacher])
+def body(record):
+    return {"enabled": gc.isenabled(), "collected": collected_on_its_own()}
 '''
 
 EXPERIMENT = '''
@@ -46,9 +55,14 @@ def run(record):
 '''
 
 
-def test_stage_bodies_run_with_the_collector_on(project):
+def _write(project, experiment: str) -> None:
+    project.write("stages/cycles.py", CYCLES)
     project.write("stages/body.py", STAGES)
-    project.write("experiment.py", EXPERIMENT)
+    project.write("experiment.py", experiment)
+
+
+def test_stage_bodies_run_with_the_collector_on(project):
+    _write(project, EXPERIMENT)
     project.orch("run", "experiment.py")
     [row] = project.manifest()["nodes"]
     assert row["status"] == "ran"
@@ -62,35 +76,21 @@ def test_stage_bodies_run_with_the_collector_on(project):
 GRAPH_EXPERIMENT = '''
 import gc
 import json
-import weakref
 
 from stages.body import body
-
-
-class Cycle:
-    pass
+from stages.cycles import collected_on_its_own
 
 
 def run(record):
-    freed = []
-    c = Cycle()
-    c.self = c
-    weakref.finalize(c, freed.append, True)
-    del c
-    keep = []
-    for i in range(200_000):
-        keep.append([i])
-        if freed:
-            break
+    collected = collected_on_its_own()
     with open("graph-gc.json", "w") as f:
-        json.dump({"enabled": gc.isenabled(), "collected": bool(freed), "gen0": gc.get_threshold()[0]}, f)
+        json.dump({"enabled": gc.isenabled(), "collected": collected, "gen0": gc.get_threshold()[0]}, f)
     body(record)
 '''
 
 
 def test_the_experiments_run_builds_the_graph_with_the_collector_relaxed_not_off(project):
-    project.write("stages/body.py", STAGES)
-    project.write("experiment.py", GRAPH_EXPERIMENT)
+    _write(project, GRAPH_EXPERIMENT)
     project.orch("run", "experiment.py")
     seen = json.loads((project.root / "graph-gc.json").read_text())
     assert seen == {"enabled": True, "collected": True, "gen0": gcpolicy.RELAXED_GEN0}
