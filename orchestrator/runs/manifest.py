@@ -24,6 +24,7 @@ from ..core.status import RUN_DIED, RUN_RUNNING, Status
 from ..errors import RunNotFoundError
 from ..fsutil import atomic_write_bytes, atomic_write_json, read_json_object
 from ..store.failures import is_write_failure, write_error
+from .manifesthead import FORMAT, read_header
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class ManifestWriter:
         with self._writing("recording the start of run"):
             self.log_dir.mkdir(parents=True)
         self.data = {
+            "format": FORMAT,  # its rows ("nodes") come last: runs.manifesthead reads what precedes them
             "run_id": self.run_id,
             "experiment": experiment,
             "argv": argv or [],
@@ -68,8 +70,10 @@ class ManifestWriter:
             _point_latest(self.runs_dir, self.run_id)
 
     def finish(self, status: str, nodes: list[dict], summary: dict) -> None:
-        self.data.update(finished=_now(), status=status, nodes=nodes, summary=summary,
+        self.data.pop("nodes", None)
+        self.data.update(finished=_now(), status=status, summary=summary,
                          duration_s=round(time.perf_counter() - self._t0, 4))
+        self.data["nodes"] = nodes  # last (FORMAT)
         try:
             with self._writing("recording the end of run"):
                 # the rows are plain data made here (no cycles): the encoder skips its per-container
@@ -109,28 +113,36 @@ def _hold_alive(path: Path) -> int | None:
 def _settled(run_dir: Path, m: dict) -> dict:
     """`m`, with status "died" when it says "running" but its process is gone: its alive.lock can be
     locked. No lock file (a run from before alive.lock, an unreadable one): left as it says."""
-    import fcntl
-
-    if m.get("status") != RUN_RUNNING:
+    if m.get("status") != RUN_RUNNING or alive_lock_held(run_dir) is not False:
         return m
-    try:
-        fd = os.open(run_dir / ALIVE, os.O_RDONLY)
-    except OSError:
-        return m
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:  # held: the run is alive (or flock is unsupported: we cannot tell)
-        return m
-    finally:
-        os.close(fd)
     return {**m, "status": RUN_DIED}
 
 
+def alive_lock_held(run_dir: Path) -> bool | None:
+    """Whether the run's process holds its alive.lock; None when that cannot be told (no lock file,
+    an unreadable one, or a filesystem without flock)."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(run_dir) / ALIVE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # flock unsupported: we cannot tell
+        return None
+    finally:
+        os.close(fd)
+    return False
+
+
 def in_progress(run_dir: Path, manifest: dict | None = None) -> bool:
-    """The run's process still runs: its manifest (read here unless given) says "running" and
-    alive.lock is held. An unreadable manifest counts as in progress (whoever asks is about to delete
-    something the run may need)."""
-    m = manifest if manifest is not None else read_json_object(Path(run_dir) / MANIFEST)
+    """The run's process still runs: its manifest (its header, read here unless given) says "running"
+    and alive.lock is held. An unreadable manifest counts as in progress (whoever asks is about to
+    delete something the run may need)."""
+    m = manifest if manifest is not None else read_header(Path(run_dir) / MANIFEST)
     return m is None or _settled(Path(run_dir), m).get("status") == RUN_RUNNING
 
 
@@ -215,14 +227,14 @@ def resolve_run(cache_root: Path, run: str = "latest") -> Path:
     if run == LATEST and path.is_file() and not path.is_symlink():
         path = runs_dir / path.read_text().strip()
     if not (path / MANIFEST).is_file() and run != LATEST:
-        matches = [r for r in _run_ids(runs_dir) if r.startswith(run)]
+        matches = [r for r in run_ids(runs_dir) if r.startswith(run)]
         if len(matches) > 1:
             raise RunNotFoundError(f"run {run!r} is ambiguous in {runs_dir}: it begins {len(matches)} run ids: "
                                    f"{_recent(matches)}; give more of the id")
         if matches:
             path = runs_dir / matches[0]
     if not (path / MANIFEST).is_file():
-        known = _run_ids(runs_dir)
+        known = run_ids(runs_dir)
         raise RunNotFoundError(
             f"no run {run!r} in {runs_dir}" + (f"; runs: {_recent(known)}" if known else "; nothing has run yet")
         )
@@ -247,16 +259,22 @@ def read_manifest(cache_root: Path, run: str = "latest") -> dict:
 def manifests_newest_first(cache_root: Path) -> Iterator[tuple[str, dict]]:
     """(run id, manifest) of every run, newest first, read one at a time; unreadable ones are skipped."""
     runs_dir = Path(cache_root) / "runs"
-    for run_id in reversed(_run_ids(runs_dir)):
+    for run_id in reversed(run_ids(runs_dir)):
         m = read_json_object(runs_dir / run_id / MANIFEST)
         if m is not None:
             yield run_id, _settled(runs_dir / run_id, m)
 
 
 def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
-    """The newest runs first: id, start, status, duration, node counts and the command (argv)."""
+    """The newest runs first: id, start, status, duration, node counts and the command (argv), from
+    their manifests' headers (runs.manifesthead: the rows are not parsed)."""
     rows = []
-    for run_id, m in manifests_newest_first(cache_root):
+    runs_dir = Path(cache_root) / "runs"
+    for run_id in reversed(run_ids(runs_dir)):
+        m = read_header(runs_dir / run_id / MANIFEST)
+        if m is None:
+            continue
+        m = _settled(runs_dir / run_id, m)
         rows.append({
             "run_id": m.get("run_id", run_id),
             "started": m.get("started", ""),
@@ -312,11 +330,12 @@ def recent_node_rows(cache_root: Path, runs: int) -> dict[tuple[str, str], dict]
     return found
 
 
-def _run_ids(runs_dir: Path) -> list[str]:
-    """Run directories, oldest first (run ids sort by start time)."""
+def run_ids(runs_dir: Path) -> list[str]:
+    """Run directories, oldest first (run ids sort by start time); not hidden ones (a record that
+    `orch cache gc --keep-runs` is deleting)."""
     if not runs_dir.is_dir():
         return []
-    return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.is_symlink())
+    return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
 
 
 def _now() -> str:

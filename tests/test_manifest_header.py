@@ -1,0 +1,74 @@
+"""A run manifest's header read without its rows (runs.manifesthead): what `orch runs` lists and what
+`orch cache gc` asks, equal to the full manifest's, for old and new layouts and any chunking."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import pipeline
+
+from orchestrator.runs import manifesthead
+from orchestrator.runs.manifesthead import read_header
+
+
+def _run(project) -> dict:
+    pipeline(project)
+    project.orch("run", "experiment.py", "-p", "params/base.yaml")
+    return project.manifest()
+
+
+def test_a_new_manifest_puts_its_rows_last_and_its_header_is_all_the_rest(project):
+    m = _run(project)
+    assert list(m)[0] == "format" and list(m)[-1] == "nodes" and m["format"] == manifesthead.FORMAT
+    path = project.root / ".orch" / "runs" / "latest" / "manifest.json"
+    assert read_header(path) == {k: v for k, v in m.items() if k != "nodes"}
+
+
+def test_the_rows_of_a_new_manifest_are_not_parsed_to_list_it(project):
+    """Rows that are not JSON at all: `orch runs` still lists the run from its header, while `orch show`,
+    which needs the rows, says the manifest cannot be read."""
+    m = _run(project)
+    path = project.root / ".orch" / "runs" / m["run_id"] / "manifest.json"
+    text = path.read_text()
+    path.write_text(text[:text.index('"nodes":') + len('"nodes":')] + "[{not json at all")
+    listed = project.orch("runs").stdout
+    assert m["run_id"] in listed and "ok" in listed and "3 ran" in listed, listed
+    shown = project.orch("show", m["run_id"], check=False)
+    assert shown.returncode != 0 and "cannot be read" in shown.stderr and "Traceback" not in shown.stderr
+
+
+def test_an_older_manifest_whose_summary_follows_its_rows_is_read_whole(project):
+    m = _run(project)
+    path = project.root / ".orch" / "runs" / m["run_id"] / "manifest.json"
+    old = {k: v for k, v in m.items() if k not in ("format", "summary", "duration_s")}
+    old.update(summary=m["summary"], duration_s=m["duration_s"])  # orch 0.2's order: rows, then these
+    path.write_text(json.dumps(old))
+    assert read_header(path) == {k: v for k, v in old.items() if k != "nodes"}
+    listed = project.orch("runs").stdout
+    assert m["run_id"] in listed and "3 ran" in listed, listed
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_any_chunking_gives_the_same_header(tmp_path, monkeypatch, chunk):
+    """Fields cut anywhere by the chunks, numbers that go on in the next chunk, escapes, non-ASCII text
+    (as UTF-8, split between chunks), whitespace between tokens."""
+    header = {"format": 2, "run_id": "r1", "argv": ["-S", "name=é ü 😀", 'a "quote" \\ back'],
+              "duration_s": 12.345678, "summary": {"ran": 10, "cached": 2}, "status": "ok", "nested": [[1, [2.5e-3]], {}],
+              "flag": True, "none": None}
+    manifest = {**header, "nodes": [{"id": 0}]}
+    path = tmp_path / "manifest.json"
+    path.write_bytes(json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
+    monkeypatch.setattr(manifesthead, "CHUNK", chunk)
+    assert read_header(path) == header
+
+
+def test_a_damaged_or_missing_manifest_has_no_header(tmp_path):
+    path = tmp_path / "manifest.json"
+    assert read_header(path) is None
+    path.write_bytes(b'{"format": 2, "run_id": "r1", "status": ')
+    assert read_header(path) is None
+    path.write_bytes(b'{"format": 2, "run_id": \xff\xfe}')
+    assert read_header(path) is None
+    path.write_text('{"format": 2, "run_id": "r1"}')  # no rows at all: a header still
+    assert read_header(path) == {"format": 2, "run_id": "r1"}
