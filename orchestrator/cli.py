@@ -399,15 +399,17 @@ def cache_verify(ctx, cache):
 @click.option("--grace", default=3600.0, show_default=True, type=click.FloatRange(min=0),
               help="Keep unreferenced objects younger than this many seconds (a running orch may need them).")
 @click.option("--keep-runs", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Also delete the records of all runs but the newest N (manifest, report, logs; never one in "
-                   "progress or with Slurm jobs in flight). Default: keep every run record.")
+              help="Also delete the records of all runs but the newest N, everyone's in a shared cache "
+                   "(manifest, report, logs; never the latest, one in progress or with Slurm jobs in flight). "
+                   "Default: keep every run record.")
 @cache_option
 @debug_option
 def cache_gc(dry, grace, keep_runs, cache):
     """Delete objects no entry references, staging leftovers of killed runs (older than a day),
     checkpoint directories of failed stages untouched for a week, and what `--executor slurm` left:
     the job folders and code snapshots of runs no longer in flight. With --keep-runs N, also the
-    records of older runs than the newest N (history only: nothing re-runs for it)."""
+    records of older runs than the newest N: nothing re-runs for it, but `orch show/get/compare` and
+    `orchestrator.load` no longer find those runs."""
     from .runs.slurmgc import gc_slurm
     from .store.maintenance import gc
 
@@ -429,9 +431,10 @@ def cache_gc(dry, grace, keep_runs, cache):
         from .runs.retention import prune_runs
 
         runs = prune_runs(Path(store.root), keep_runs, dry=dry)
-        click.echo(f"{verb} {runs.runs} run record(s) older than the newest {keep_runs} ({runs.bytes / 1e6:.1f} MB)")
+        still = f" and {len(runs.kept)} older one(s) still needed" if runs.kept else ""
+        click.echo(f"{verb} {runs.runs} run record(s) ({runs.bytes / 1e6:.1f} MB); kept the newest {keep_runs}{still}")
         for kept in runs.kept:
-            click.echo(f"kept run {kept}", err=True)
+            click.echo(f"note: kept run {kept}", err=True)
         for problem in runs.failed:
             click.echo(f"warning: could not delete {problem}", err=True)
 

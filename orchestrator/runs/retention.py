@@ -10,12 +10,22 @@ option nothing here runs and every record stays.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.status import RUN_DETACHED
-from ..fsutil import read_json_object, rmtree_force
-from .manifest import LATEST, MANIFEST, in_progress
+from ..fsutil import rmtree_force
+from ..store.maintenance import newest_mtime
+from .manifest import LATEST, MANIFEST, alive_lock_held, in_progress, run_ids
+from .manifesthead import read_header
+from .slurmgc import inflight_records
+
+#: A run directory whose manifest cannot be read is kept this long (seconds since anything in it was
+#: written): at its very start a run may not have written it yet. Older, it is a crash's leftover.
+UNREADABLE_AGE_S = 86400.0
+#: Where a record goes first, so that a deletion stopped halfway leaves no half record behind as a run.
+DELETING = ".deleting-"
 
 
 @dataclass
@@ -27,64 +37,72 @@ class RunsGcReport:
 
 
 def prune_runs(cache_root: Path, keep: int, dry: bool = False) -> RunsGcReport:
-    """Delete the records of all runs but the newest `keep` (run ids sort by start time). A record
-    is kept, whatever its age, when:
+    """Delete the records of all runs but the newest `keep`, in the order `orch runs` lists them (by
+    run id, i.e. start time), and the remains of deletions stopped halfway. A record is kept, whatever
+    its age, when:
 
-    - the run is in progress: its manifest says running and its alive.lock is held;
-    - the run is detached (`--executor slurm --detach`) or its head died, and an in-flight Slurm
-      record still names it: `orch status` and the next `orch run` follow it there;
     - `runs/latest` names it;
-    - its manifest cannot be read: it may be one being written (kept, and said so).
+    - the run is in progress: its manifest says running and its alive.lock is held;
+    - its code snapshot (`runs/<id>/code/`) is still there: a queued Slurm job may import it.
+      runs.slurmgc deletes it once none can (run that first, as `orch cache gc` does);
+    - an in-flight Slurm record names the run (a job not collected yet: a detached run, one whose
+      head died);
+    - its manifest cannot be read and it was written to within a day or its alive.lock is held.
     """
     report = RunsGcReport()
     runs_dir = Path(cache_root) / "runs"
-    if not runs_dir.is_dir():
-        return report
-    run_ids = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.is_symlink())
-    in_flight = _named_by_slurm_records(Path(cache_root) / "slurm" / "inflight")
+    ids = run_ids(runs_dir)
+    in_flight = {str(r["run"]) for r in inflight_records(Path(cache_root) / "slurm" / "inflight") if r.get("run")}
     latest = _latest(runs_dir)
-    for run_id in run_ids[:max(0, len(run_ids) - keep)]:
+    now = time.time()
+    for run_id in ids[:max(0, len(ids) - keep)]:
         run_dir = runs_dir / run_id
-        why = _why_kept(run_dir, run_id, latest, in_flight)
+        why = _why_kept(run_dir, run_id, latest, in_flight, now)
         if why:
             report.kept.append(f"{run_id} ({why})")
             continue
         size = _size(run_dir)
-        if not dry:
-            try:
-                rmtree_force(run_dir, missing_ok=True)
-            except OSError as e:  # a teammate's run this user may not delete: the rest goes on
-                report.failed.append(f"{run_dir}: {e.strerror or e}")
-                continue
+        if not dry and not _delete(run_dir, runs_dir / f"{DELETING}{run_id}", report):
+            continue
         report.runs += 1
         report.bytes += size
+    if not dry:
+        for leftover in runs_dir.glob(f"{DELETING}*") if runs_dir.is_dir() else ():
+            _delete(leftover, leftover, report)
     return report
 
 
-def _why_kept(run_dir: Path, run_id: str, latest: str | None, in_flight: set[str]) -> str:
-    """Why this old record must stay ("" when it may go), one check per rule of prune_runs."""
+def _why_kept(run_dir: Path, run_id: str, latest: str | None, in_flight: set[str], now: float) -> str:
+    """Why this old record must stay ("" when it may go), one guard per rule of prune_runs."""
     if run_id == latest:
         return "runs/latest"
-    manifest = read_json_object(run_dir / MANIFEST)
+    manifest = read_header(run_dir / MANIFEST)
     if manifest is None:
-        return "its manifest cannot be read"
+        if alive_lock_held(run_dir):
+            return "its manifest cannot be read and its alive.lock is held"
+        if now - newest_mtime(run_dir) < UNREADABLE_AGE_S:
+            return "its manifest cannot be read; written to within a day"
+        return ""
     if in_progress(run_dir, manifest):
         return "in progress"
+    if (run_dir / "code").is_dir():
+        return "its Slurm jobs may still import its code snapshot"
     if run_id in in_flight:
-        return "Slurm jobs not collected yet" if manifest.get("status") != RUN_DETACHED else "detached, jobs in flight"
+        return "detached, Slurm jobs in flight" if manifest.get("status") == RUN_DETACHED else "Slurm jobs not collected yet"
     return ""
 
 
-def _named_by_slurm_records(directory: Path) -> set[str]:
-    """Runs the in-flight records of `--executor slurm` name (a job's record stays until it is collected)."""
-    if not directory.is_dir():
-        return set()
-    named = set()
-    for path in directory.glob("*.json"):
-        record = read_json_object(path)
-        if record and record.get("run"):
-            named.add(str(record["run"]))
-    return named
+def _delete(run_dir: Path, hidden: Path, report: RunsGcReport) -> bool:
+    """Rename the record out of the runs list, then delete it: stopped halfway, it is a hidden
+    leftover the next gc finishes, never a run with half its files."""
+    try:
+        if hidden != run_dir:
+            os.rename(run_dir, hidden)
+        rmtree_force(hidden, missing_ok=True)
+        return True
+    except OSError as e:  # a teammate's run this user may not delete: the rest goes on
+        report.failed.append(f"{run_dir}: {e.strerror or e}")
+        return False
 
 
 def _latest(runs_dir: Path) -> str | None:

@@ -46,7 +46,7 @@ def gc_slurm(cache_root: Path, dry: bool = False) -> SlurmGcReport:
     if not folders and not snapshots:
         return report
     keep_jobs, keep_runs = set(), set()
-    for record in _records(Path(cache_root) / "slurm" / "inflight"):
+    for record in inflight_records(Path(cache_root) / "slurm" / "inflight"):
         keep_jobs.add(str(record.get("job_id", "")))  # not collected yet: its folder holds the result
         if record.get("run"):
             keep_runs.add(str(record["run"]))
@@ -87,6 +87,8 @@ def _remove(path: Path, report: SlurmGcReport) -> bool:
         return False
 
 
-def _records(directory: Path) -> list[dict]:
+def inflight_records(directory: Path) -> list[dict]:
+    """The readable in-flight records of `--executor slurm` (executors.slurmrecords): one per job
+    submitted and not collected yet, naming its run."""
     return [r for r in (read_json_object(p) for p in directory.glob("*.json")) if r] if directory.is_dir() else []
 

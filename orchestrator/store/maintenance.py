@@ -116,7 +116,7 @@ def _remove_old(directory: Path, before: float, dry: bool, pattern: str = "*") -
         return 0
     for child in directory.glob(pattern):
         try:
-            old = _newest_mtime(child) < before
+            old = newest_mtime(child) < before
         except FileNotFoundError:
             continue
         if old:
@@ -126,7 +126,7 @@ def _remove_old(directory: Path, before: float, dry: bool, pattern: str = "*") -
     return removed
 
 
-def _newest_mtime(path: Path) -> float:
+def newest_mtime(path: Path) -> float:
     """A directory counts as recently used if anything inside it was written recently."""
     newest = path.lstat().st_mtime
     if path.is_dir() and not path.is_symlink():
