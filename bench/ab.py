@@ -110,5 +110,6 @@ def main() -> None:
             print(f"{name:16s} A {wa:7.3f} s ({ca:.3f} s CPU)   B {wb:7.3f} s ({cb:.3f} s CPU)"
                   f"   paired B/A: wall {wall_ratio:.3f}, CPU {cpu_ratio:.3f}", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -47,14 +47,16 @@ RELAXED_GEN0 = 10_000
 @contextmanager
 def relaxed() -> Iterator[None]:
     """The collector stays on, collecting the youngest generation less often (RELAXED_GEN0); the
-    thresholds are restored on exit. A threshold of 0 (automatic collection off) is left as it is."""
+    thresholds are restored on exit, unless the code inside set its own. A threshold of 0 (automatic
+    collection off) is left as it is."""
     old = gc.get_threshold()
-    if old[0]:
-        gc.set_threshold(max(old[0], RELAXED_GEN0), *old[1:])
+    ours = (max(old[0], RELAXED_GEN0), *old[1:]) if old[0] else old
+    gc.set_threshold(*ours)
     try:
         yield
     finally:
-        gc.set_threshold(*old)
+        if gc.get_threshold() == ours:  # not if the experiment set its own thresholds meanwhile
+            gc.set_threshold(*old)
 
 
 @contextmanager

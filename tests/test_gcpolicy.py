@@ -105,6 +105,12 @@ def test_relaxed_restores_the_thresholds():
     except KeyError:
         pass
     assert gc.get_threshold() == before
+    try:
+        with gcpolicy.relaxed():
+            gc.set_threshold(5000, 20, 20)  # the experiment's own choice stands
+        assert gc.get_threshold() == (5000, 20, 20)
+    finally:
+        gc.set_threshold(*before)
     gc.set_threshold(0)  # automatic collection off: relaxed() does not turn it on
     try:
         with gcpolicy.relaxed():

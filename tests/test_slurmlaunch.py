@@ -62,8 +62,8 @@ def test_torchrun_in_a_two_node_job_runs_through_srun_on_every_node(fake_slurm):
     endpoint = torchrun[torchrun.index("--rdzv_endpoint") + 1]
     host, port = endpoint.split(":")
     assert host == "10.1.0.3"  # the first node, at its NodeAddr
-    # a port the job id picks (29500 + 4711 % 1000), below the kernel's ephemeral range, free on it
-    assert 30211 <= int(port) < 30500 and int(port) < _ephemeral_low()
+    # a port the job id picks (29500 + 4711 % 1000) or the next free one, below Linux's default ephemeral range
+    assert 30211 <= int(port) < 30500
     assert torchrun == [PY, "-m", "torch.distributed.run", "--nnodes", "2", "--rdzv_backend", "c10d",
                         "--rdzv_endpoint", endpoint, "--rdzv_id", "4711", "--nproc_per_node", "4",
                         str(fake_slurm / "train.py"), "--lr", "0.1"]
@@ -71,12 +71,8 @@ def test_torchrun_in_a_two_node_job_runs_through_srun_on_every_node(fake_slurm):
     assert got["nodes_var"] is None  # what the job body launches does not own the allocation
 
 
-def _ephemeral_low() -> int:
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        return int(f.read().split()[0])
-
-
 def test_the_rendezvous_port_skips_a_port_taken_on_the_first_node(fake_slurm):
+    """A real listener on the port the job id picks: the next one goes to torchrun."""
     import socket
 
     from orchestrator.executors.slurmlaunch import free_port
@@ -89,11 +85,32 @@ def test_the_rendezvous_port_skips_a_port_taken_on_the_first_node(fake_slurm):
         argv = _srun(fake_slurm)["argv"]
     port = int(argv[argv.index("--rdzv_endpoint") + 1].split(":")[1])
     assert port != first and 30211 <= port < 30500
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as last:
-        if free_port(999) == 30499:
-            last.bind(("", 30499))
-            last.listen()
-        assert 29500 <= free_port(999) < 30499  # wraps to the start of the span, never past its end
+
+
+def test_free_port_probes_up_and_wraps_within_its_span(monkeypatch):
+    """Which ports bind is made up here (no real socket), so every case is exact."""
+    import socket
+
+    from orchestrator.executors import slurmlaunch
+
+    busy: set[int] = set()
+    tried: list[int] = []
+
+    def bind(sock, address):
+        tried.append(address[1])
+        if address[1] in busy:
+            raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(socket.socket, "bind", bind)
+    assert slurmlaunch.free_port(711) == 30211
+    busy.update({30211, 30212})
+    assert slurmlaunch.free_port(711) == 30213
+    busy.add(30499)
+    assert slurmlaunch.free_port(999) == 29500  # wraps to the start of the span, never past its end
+    busy.update(range(29500, 30500))
+    tried.clear()
+    assert slurmlaunch.free_port(42) == 29542  # all taken: the job's own port, torchrun then says so
+    assert sorted(tried) == list(range(29500, 30500))  # every port of the span was tried once
 
 
 def test_an_explicit_endpoint_and_nnodes_equal_to_the_allocation_are_kept(fake_slurm):
