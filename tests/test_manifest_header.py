@@ -49,6 +49,16 @@ def test_an_older_manifest_whose_summary_follows_its_rows_is_read_whole(project)
     assert m["run_id"] in listed and "3 ran" in listed, listed
 
 
+def test_an_older_manifest_gives_the_fields_before_its_rows_without_parsing_them_when_that_is_all_one_needs(tmp_path):
+    """`orch cache gc` asks only for "status", which precedes the rows in orch 0.2's layout too."""
+    path = tmp_path / "manifest.json"
+    path.write_text('{"run_id": "r1", "status": "detached", "param_sets": {"a": {}}, "nodes": [{not json, '
+                    '"summary": {"ran": 1}}')
+    assert read_header(path, wanted=("status",)) == {"run_id": "r1", "status": "detached", "param_sets": {"a": {}}}
+    assert read_header(path) is None  # the whole header (its summary follows the rows) cannot be had
+    assert read_header(path, wanted=("summary",)) is None
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
 def test_any_chunking_gives_the_same_header(tmp_path, monkeypatch, chunk):
     """Fields cut anywhere by the chunks, numbers that go on in the next chunk, escapes, non-ASCII text

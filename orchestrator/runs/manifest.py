@@ -142,7 +142,7 @@ def in_progress(run_dir: Path, manifest: dict | None = None) -> bool:
     """The run's process still runs: its manifest (its header, read here unless given) says "running"
     and alive.lock is held. An unreadable manifest counts as in progress (whoever asks is about to
     delete something the run may need)."""
-    m = manifest if manifest is not None else read_header(Path(run_dir) / MANIFEST)
+    m = manifest if manifest is not None else read_header(Path(run_dir) / MANIFEST, wanted=("status",))
     return m is None or _settled(Path(run_dir), m).get("status") == RUN_RUNNING
 
 

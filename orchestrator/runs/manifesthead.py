@@ -26,15 +26,17 @@ class _Short(Exception):
     """The text read so far ends inside the field being parsed."""
 
 
-def read_header(path) -> dict | None:
-    """The manifest at `path` without "nodes"; None if it cannot be read."""
+def read_header(path, wanted: tuple[str, ...] = ()) -> dict | None:
+    """The manifest at `path` without "nodes"; None if it cannot be read. With `wanted`, a caller that
+    needs only those fields (all of which precede the rows in every layout, such as "status") gets
+    them from an older manifest without its rows parsed too, and perhaps without the fields after them."""
     try:
         f = open(path, "rb")
     except OSError:
         return None
     with f:
         try:
-            head = _read_header(f)
+            head = _read_header(f, wanted)
         except (OSError, ValueError):  # damaged, not UTF-8: the whole read decides (and says None)
             head = None
     if head is not None:
@@ -45,8 +47,9 @@ def read_header(path) -> dict | None:
     return m
 
 
-def _read_header(f) -> dict | None:
-    """The fields before "nodes" of a format-2 manifest; None for any other layout."""
+def _read_header(f, wanted: tuple[str, ...]) -> dict | None:
+    """The fields before "nodes" of a format-2 manifest, or of any manifest that has all `wanted`
+    fields before its rows; None otherwise."""
     decode = codecs.getincrementaldecoder("utf-8")().decode
     text, eof = "", False
     fields: dict = {}
@@ -58,13 +61,13 @@ def _read_header(f) -> dict | None:
             while True:
                 start = _ws(text, pos)
                 if text[start] == "}":
-                    return fields if fields.get("format") == FORMAT else None
+                    return fields  # the whole manifest, which has no rows
                 key, end = _value(text, start)
-                if not fields and (key != "format"):
+                if not fields and key != "format" and not wanted:
                     return None  # an older manifest: its rows are not last
                 end = _after(text, _ws(text, end), ":")
                 if key == "nodes":
-                    return fields if fields.get("format") == FORMAT else None
+                    return fields if _complete(fields, wanted) else None
                 value, end = _value(text, _ws(text, end))
                 fields[key] = value
                 end = _ws(text, end)
@@ -80,6 +83,11 @@ def _read_header(f) -> dict | None:
             chunk = f.read(CHUNK)
             eof = not chunk
             text += decode(chunk, final=eof)
+
+
+def _complete(fields: dict, wanted: tuple[str, ...]) -> bool:
+    """What precedes the rows is all the caller needs: a format-2 header, or the `wanted` fields."""
+    return fields.get("format") == FORMAT or bool(wanted) and all(k in fields for k in wanted)
 
 
 def _ws(text: str, pos: int) -> int:

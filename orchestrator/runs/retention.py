@@ -76,7 +76,7 @@ def _why_kept(run_dir: Path, run_id: str, latest: str | None, in_flight: set[str
     """Why this old record must stay ("" when it may go), one guard per rule of prune_runs."""
     if run_id == latest:
         return "runs/latest"
-    manifest = read_header(run_dir / MANIFEST)
+    manifest = read_header(run_dir / MANIFEST, wanted=("status",))  # (fast for orch 0.2's layout too)
     if manifest is None:
         if alive_lock_held(run_dir):
             return "its manifest cannot be read and its alive.lock is held"
