@@ -82,3 +82,37 @@ def test_a_damaged_or_missing_manifest_has_no_header(tmp_path):
     assert read_header(path) is None
     path.write_text('{"format": 2, "run_id": "r1"}')  # no rows at all: a header still
     assert read_header(path) == {"format": 2, "run_id": "r1"}
+
+
+def _random_value(rng, depth: int = 0):
+    kind = rng.randrange(8 if depth < 3 else 5)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.randrange(-10**12, 10**12)
+    if kind == 2:
+        return rng.choice([rng.uniform(-1e6, 1e6), rng.random() * 1e-9, 0.0, -0.0, 1e300])
+    if kind in (3, 4):
+        return "".join(rng.choice('ab "\\/\n\t\u00e9\u4e2d\U0001f600{}[]:,') for _ in range(rng.randrange(12)))
+    if kind == 5:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {f"k{i}{_random_value(rng, 3) if rng.random() < 0.3 else ''}": _random_value(rng, depth + 1)
+            for i in range(rng.randrange(4))}
+
+
+def test_random_headers_in_any_layout_read_back_as_json_gives_them(tmp_path, monkeypatch):
+    """300 made-up headers (nested values, escapes, non-ASCII, every number kind), written compact or
+    indented, ASCII-escaped or UTF-8, read back in chunks of 1 to 50 bytes."""
+    import random
+
+    rng = random.Random(20261202)
+    path = tmp_path / "manifest.json"
+    for case in range(300):
+        header = {"format": manifesthead.FORMAT}
+        header.update({f"field{i}": _random_value(rng) for i in range(rng.randrange(6))})
+        manifest = {**header, "nodes": [_random_value(rng) for _ in range(3)]}
+        indent = rng.choice([None, 0, 2])
+        ascii_only = rng.random() < 0.5
+        path.write_bytes(json.dumps(manifest, indent=indent, ensure_ascii=ascii_only).encode("utf-8"))
+        monkeypatch.setattr(manifesthead, "CHUNK", rng.randrange(1, 51))
+        assert read_header(path) == header, (case, path.read_text())
