@@ -128,7 +128,7 @@ def read_json_object(path: str | os.PathLike) -> dict | None:
     (for records whose absence and damage mean the same: nothing usable there)."""
     try:
         data = read_json(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (RecursionError: damage nested beyond the parser's depth)
         return None
     return data if isinstance(data, dict) else None
 

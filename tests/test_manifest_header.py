@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -70,6 +71,7 @@ def test_any_chunking_gives_the_same_header(tmp_path, monkeypatch, chunk):
     path = tmp_path / "manifest.json"
     path.write_bytes(json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
     monkeypatch.setattr(manifesthead, "CHUNK", chunk)
+    monkeypatch.setattr(manifesthead, "read_json_object", _no_fallback)
     assert read_header(path) == header
 
 
@@ -82,6 +84,39 @@ def test_a_damaged_or_missing_manifest_has_no_header(tmp_path):
     assert read_header(path) is None
     path.write_text('{"format": 2, "run_id": "r1"}')  # no rows at all: a header still
     assert read_header(path) == {"format": 2, "run_id": "r1"}
+
+
+def _no_fallback(path):
+    raise AssertionError(f"read whole: {path}")
+
+
+class _Trickle(io.BytesIO):
+    """A file whose every read gives at most `step` bytes, as a slow pipe would."""
+
+    def __init__(self, data: bytes, step: int):
+        super().__init__(data)
+        self.step = step
+
+    def read(self, size: int = -1) -> bytes:
+        return super().read(self.step if size < 0 else min(size, self.step))
+
+
+@pytest.mark.parametrize("number", ["12.5", "1e+300", "-1.5E-7", "0.25", "-0", "123456789"])
+def test_a_number_cut_anywhere_by_a_read_is_read_again_whole(number):
+    """"12." or "1e+" at the end of what was read is a number cut short, not the number 12 or 1."""
+    data = ('{"format": 2, "duration_s": ' + number + ', "status": "ok", "nodes": []}').encode()
+    for step in range(1, len(data) + 1):
+        with _Trickle(data, step) as f:
+            assert manifesthead._read_header(f, ()) == {"format": 2, "duration_s": json.loads(number),
+                                                         "status": "ok"}, step
+
+
+def test_damage_the_incremental_reader_meets_is_a_missing_header_never_an_exception(tmp_path):
+    path = tmp_path / "manifest.json"
+    for text in ('{"format": 2, [1]: 0, "nodes": []}', '{[1]: 0, "status": "ok", "nodes": []}',
+                 '{"format": 2, "deep": ' + "[" * 100_000 + "]" * 100_000 + ', "nodes": []}'):
+        path.write_text(text)
+        assert read_header(path) is None and read_header(path, wanted=("status",)) is None
 
 
 def _random_value(rng, depth: int = 0):
@@ -102,7 +137,8 @@ def _random_value(rng, depth: int = 0):
 
 def test_random_headers_in_any_layout_read_back_as_json_gives_them(tmp_path, monkeypatch):
     """300 made-up headers (nested values, escapes, non-ASCII, every number kind), written compact or
-    indented, ASCII-escaped or UTF-8, read back in chunks of 1 to 50 bytes."""
+    indented, ASCII-escaped or UTF-8, read back by reads of 1 to 50 bytes each (never the whole-file
+    fallback)."""
     import random
 
     rng = random.Random(20261202)
@@ -114,5 +150,6 @@ def test_random_headers_in_any_layout_read_back_as_json_gives_them(tmp_path, mon
         indent = rng.choice([None, 0, 2])
         ascii_only = rng.random() < 0.5
         path.write_bytes(json.dumps(manifest, indent=indent, ensure_ascii=ascii_only).encode("utf-8"))
-        monkeypatch.setattr(manifesthead, "CHUNK", rng.randrange(1, 51))
-        assert read_header(path) == header, (case, path.read_text())
+        data = path.read_bytes()
+        with _Trickle(data, rng.randrange(1, 51)) as f:  # every read short: fields cut anywhere
+            assert manifesthead._read_header(f, ()) == header, (case, data)

@@ -116,3 +116,12 @@ def test_keep_runs_must_be_a_count(project):
     _four_runs(project)
     proc = project.orch("cache", "gc", "--keep-runs", "-1", check=False)
     assert proc.returncode == 2 and "--keep-runs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_latest_that_is_a_hand_made_absolute_link_still_protects_its_run(project):
+    runs = _four_runs(project)
+    latest = project.root / ".orch" / "runs" / "latest"
+    latest.unlink()
+    latest.symlink_to(project.root / ".orch" / "runs" / runs[1])
+    project.orch("cache", "gc", "--keep-runs", "0")
+    assert _runs(project) == [runs[1]]

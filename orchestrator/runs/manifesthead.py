@@ -4,7 +4,9 @@
 needs a node row, but a 100,000-node run's manifest is ~40 MB of them (~0.5 s to parse), so a list of
 such runs took 20 s. A manifest of format 2 puts "nodes" last, and its header is read field by field
 up to there, a chunk at a time. Anything else (an older manifest, whose "summary" follows its rows; a
-field this reader cannot finish) is read whole, as before.
+field this reader cannot finish) is read whole, as before. It reads what orch writes: it takes a few
+forms strict JSON refuses (a comma before the closing brace, bytes after it), and of a key repeated
+around the rows, the value before them.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def read_header(path, wanted: tuple[str, ...] = ()) -> dict | None:
     with f:
         try:
             head = _read_header(f, wanted)
-        except (OSError, ValueError):  # damaged, not UTF-8: the whole read decides (and says None)
+        except (OSError, ValueError, RecursionError):  # damaged, not UTF-8: the whole read decides (None)
             head = None
     if head is not None:
         return head
@@ -63,6 +65,8 @@ def _read_header(f, wanted: tuple[str, ...]) -> dict | None:
                 if text[start] == "}":
                     return fields  # the whole manifest, which has no rows
                 key, end = _value(text, start)
+                if type(key) is not str:
+                    raise ValueError(f"a key that is not a string at {start}")
                 if not fields and key != "format" and not wanted:
                     return None  # an older manifest: its rows are not last
                 end = _after(text, _ws(text, end), ":")
@@ -106,12 +110,12 @@ def _after(text: str, pos: int, char: str) -> int:
 
 
 def _value(text: str, pos: int) -> tuple[object, int]:
-    """One JSON value at `pos`, and where it ends; _Short if the text stops inside it (a number at
-    the very end may go on in the next chunk, so it counts as cut too)."""
+    """One JSON value at `pos`, and where it ends; _Short if the text may stop inside it: a number
+    at the very end, or one that "12." or "1e+" cut short (the decoder takes the "12" of them)."""
     try:
         value, end = _decode_value(text, pos)
     except json.JSONDecodeError:
         raise _Short from None
-    if end == len(text):
+    if end == len(text) or text[end] in ".eE+-" and type(value) in (int, float):
         raise _Short
     return value, end

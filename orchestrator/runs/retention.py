@@ -57,11 +57,17 @@ def prune_runs(cache_root: Path, keep: int, dry: bool = False) -> RunsGcReport:
     now = time.time()
     for run_id in ids[:max(0, len(ids) - keep)]:
         run_dir = runs_dir / run_id
-        why = _why_kept(run_dir, run_id, latest, in_flight, now)
+        try:
+            why = _why_kept(run_dir, run_id, latest, in_flight, now)
+        except FileNotFoundError:  # another gc took it meanwhile
+            continue
         if why:
             report.kept.append(f"{run_id} ({why})")
             continue
         size = _size(run_dir)
+        if run_id == _latest(runs_dir):  # a run that ended while gc went through the others
+            report.kept.append(f"{run_id} (runs/latest)")
+            continue
         if not dry and not _delete(run_dir, runs_dir / f"{DELETING}{run_id}", report):
             continue
         report.runs += 1
@@ -109,7 +115,7 @@ def _latest(runs_dir: Path) -> str | None:
     """The run id `runs/latest` names (a symlink, or a plain file where links fail)."""
     path = runs_dir / LATEST
     try:
-        return os.readlink(path)
+        return os.path.basename(os.path.normpath(os.readlink(path)))  # (a hand-made absolute link too)
     except OSError:
         pass
     try:
