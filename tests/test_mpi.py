@@ -8,6 +8,7 @@ asserts how long a launch took).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,10 +29,11 @@ _script = Path(sys.executable).with_name("orch")
 ORCH_SCRIPT = [str(_script)] if _script.exists() else [sys.executable, "-m", "orchestrator.cli"]
 
 
-def mpirun(project, n: int, *args: str, orch=ORCH_MPI, timeout: float = 90) -> subprocess.CompletedProcess:
+def mpirun(project, n: int, *args: str, orch=ORCH_MPI, timeout: float = 90,
+           launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "ORCH_COUNTS": str(project.counts_file), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("ORCH_CACHE", None)
-    return subprocess.run([MPIEXEC, "-n", str(n), *orch, *args], cwd=project.root, env=env,
+    return subprocess.run([MPIEXEC, *launcher, "-n", str(n), *orch, *args], cwd=project.root, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -73,7 +75,7 @@ def test_a_failing_stage_under_mpi_is_reported_with_its_rank_and_ends_the_job(pr
     assert sum(s == "ran" for (stage, _), s in statuses.items() if stage == "check") == 7
 
 
-def test_a_rank_that_dies_ends_the_job_instead_of_hanging(project):
+def crash_project(project) -> None:
     project.write("stages/crash.py", '''
         import os, time
         from orchestrator import stage, JsonCacher
@@ -94,6 +96,10 @@ def test_a_rank_that_dies_ends_the_job_instead_of_hanging(project):
             crash(record)
     ''')
     project.write("params/four.yaml", "i: 0\nsweep:\n  i: [1, 2, 3, 4]\n")
+
+
+def test_a_rank_that_dies_ends_the_job_instead_of_hanging(project):
+    crash_project(project)
     out = mpirun(project, 3, "run", "experiment.py", "-p", "params/four.yaml", timeout=60)  # no hang: ends
     assert out.returncode != 0
     assert project.counts().get("start2") == 1  # the job ended because the rank died in the stage
@@ -131,3 +137,15 @@ def test_rank_0_prints_heartbeats_with_the_metric_a_worker_rank_logs(project):
         run.kill()
     assert "\x1b" not in run.stdout + run.stderr
     assert run.stdout.count("2 nodes: 2 ran") == 1  # rank 0 alone prints
+
+
+def test_rank_0_ends_the_job_when_a_worker_of_its_host_dies_and_the_launcher_does_not(project):
+    """hydra told not to clean up after a dead rank (it was seen not to, now and then, by itself):
+    rank 0 notices the worker's pid is gone, names the rank and the node, and aborts the job."""
+    crash_project(project)
+    out = mpirun(project, 3, "run", "experiment.py", "-p", "params/four.yaml", timeout=60,
+                 launcher=("-disable-auto-cleanup",))
+    assert out.returncode != 0
+    assert project.counts().get("start2") == 1
+    assert re.search(r"orch: MPI rank [12] \(pid \d+ on .+\) died while running crash\[four\[i=2\]\]; aborting "
+                     r"the MPI job", out.stderr), out.stderr

@@ -8,12 +8,17 @@ oversubscribed node a spinning idle rank halves the speed of the ranks doing wor
 a non-blocking probe or Test() followed by a short, growing sleep.
 
 Failures: a stage that raises is a failed node like any other, reported by rank 0 with the rank and
-host. A rank that dies (crash, kill) makes the launcher end the whole job; an unexpected error in
-orch itself calls MPI Abort (the `python -m mpi4py` semantics), so the job never hangs.
+host. A rank that dies (crash, kill, `os._exit` in a stage) makes the launcher end the whole job,
+usually: MPICH's hydra was seen to reap such a rank and leave the others waiting, about one time in
+ten. So each worker tells rank 0 its pid (HELLO), and rank 0, while it waits, checks every second
+that the busy workers on its own host (same pid namespace) still exist, and aborts the job if one
+is gone; ranks on other hosts are the launcher's to watch. An unexpected error in orch itself calls
+MPI Abort (the `python -m mpi4py` semantics), so the job never hangs.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -23,7 +28,9 @@ from .base import Executor
 from .task import Task, TaskResult
 from .worker import Backoff, WorkerConfig, decode_result, encode_task, init_worker, run_encoded
 
-TAG_CONFIG, TAG_TASK, TAG_STOP, TAG_RESULT = 11, 12, 13, 14
+TAG_CONFIG, TAG_TASK, TAG_STOP, TAG_RESULT, TAG_HELLO = 11, 12, 13, 14, 15
+#: Seconds between rank 0's checks that its busy workers on this host are still alive.
+LIVENESS_S = 1.0
 
 
 def mpi_world():
@@ -58,6 +65,26 @@ def _wait_request(request, backoff: Backoff | None = None, timeout: float | None
     return True
 
 
+def _identity() -> tuple[str, int, int | None]:
+    """(host, pid, pid namespace): a pid means this process only to a process of the same host and
+    namespace (ranks in separate containers of one node are not)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = None
+    return socket.gethostname(), os.getpid(), namespace
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: it exists
+        return True
+    return True
+
+
 def where() -> str:
     from mpi4py import MPI
 
@@ -75,6 +102,11 @@ class MPIExecutor(Executor):
         self.size = comm.Get_size()
         self._idle = list(range(self.size - 1, 0, -1))  # pop() hands out rank 1 first
         self._busy: dict[int, int] = {}  # rank -> node id
+        self._labels: dict[int, str] = {}  # rank -> the label of the node it runs
+        self._here = _identity()[::2]  # (host, pid namespace): whose pids this process can check
+        self._pids: dict[int, int] = {}  # rank -> pid, of workers that said HELLO from here
+        self._unheard = set(range(1, self.size))  # workers whose HELLO has not been received
+        self._next_check = 0.0
         self._sends: list = []  # isend requests not known to be complete
         self._done: list[TaskResult] = []
         self._closed = False
@@ -92,6 +124,7 @@ class MPIExecutor(Executor):
             return
         rank = self._idle.pop()
         self._busy[rank] = task.node_id
+        self._labels[rank] = task.label
         self._sends.append(self.comm.isend((task.node_id, payload), dest=rank, tag=TAG_TASK))
 
     def wait(self) -> list[TaskResult]:
@@ -113,7 +146,30 @@ class MPIExecutor(Executor):
                 return results
             if not self._busy:
                 raise RuntimeError("MPIExecutor.wait() called with nothing submitted")
+            if time.monotonic() >= self._next_check:
+                self._check_alive()
             backoff.sleep()
+
+    def _check_alive(self) -> None:
+        """Abort the job if a busy worker of this host has died (see the module docstring)."""
+        self._next_check = time.monotonic() + LIVENESS_S
+        self._receive_hellos()
+        for rank in self._busy:
+            pid = self._pids.get(rank)
+            if pid is not None and not _alive(pid):
+                sys.stdout.flush()
+                print(f"orch: MPI rank {rank} (pid {pid} on {self._here[0]}) died while running "
+                      f"{self._labels.get(rank, '?')}; aborting the MPI job", file=sys.stderr, flush=True)
+                self.comm.Abort(1)
+
+    def _receive_hellos(self) -> None:
+        status = self._MPI.Status()
+        while (message := self.comm.improbe(source=self._MPI.ANY_SOURCE, tag=TAG_HELLO, status=status)) is not None:
+            host, pid, namespace = message.recv()
+            rank = status.Get_source()
+            self._unheard.discard(rank)
+            if (host, namespace) == self._here:
+                self._pids[rank] = pid
 
     def close(self, exit_code: int = 0) -> None:
         """Stop every worker with rank 0's exit code. If tasks are still running (rank 0 is leaving
@@ -131,6 +187,13 @@ class MPIExecutor(Executor):
         for request in self._sends + stops:
             _wait_request(request, timeout=30)
         self._sends = []
+        # every worker says HELLO once, after CONFIG and so before STOP: receive them all, so that no
+        # message is left unreceived when MPI finalizes (MPICH then kills the job)
+        deadline, backoff = time.monotonic() + 30, Backoff()
+        while self._unheard and time.monotonic() < deadline:
+            self._receive_hellos()
+            if self._unheard:
+                backoff.sleep()
 
 
 def worker_loop(comm) -> int:
@@ -153,6 +216,7 @@ def worker_loop(comm) -> int:
             return int(obj)
         if tag == TAG_CONFIG:
             init_worker(obj, where=here)
+            _wait_request(comm.isend(_identity(), dest=0, tag=TAG_HELLO))
         elif tag == TAG_TASK:
             node_id, payload = obj
             data = run_encoded(node_id, payload)
