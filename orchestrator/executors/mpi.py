@@ -101,8 +101,7 @@ class MPIExecutor(Executor):
         self.comm = comm
         self.size = comm.Get_size()
         self._idle = list(range(self.size - 1, 0, -1))  # pop() hands out rank 1 first
-        self._busy: dict[int, int] = {}  # rank -> node id
-        self._labels: dict[int, str] = {}  # rank -> the label of the node it runs
+        self._busy: dict[int, str] = {}  # rank -> the label of the node it runs
         self._here = _identity()[::2]  # (host, pid namespace): whose pids this process can check
         self._pids: dict[int, int] = {}  # rank -> pid, of workers that said HELLO from here
         self._unheard = set(range(1, self.size))  # workers whose HELLO has not been received
@@ -123,8 +122,7 @@ class MPIExecutor(Executor):
             self._done.append(payload)
             return
         rank = self._idle.pop()
-        self._busy[rank] = task.node_id
-        self._labels[rank] = task.label
+        self._busy[rank] = task.label
         self._sends.append(self.comm.isend((task.node_id, payload), dest=rank, tag=TAG_TASK))
 
     def wait(self) -> list[TaskResult]:
@@ -154,12 +152,12 @@ class MPIExecutor(Executor):
         """Abort the job if a busy worker of this host has died (see the module docstring)."""
         self._next_check = time.monotonic() + LIVENESS_S
         self._receive_hellos()
-        for rank in self._busy:
+        for rank, label in self._busy.items():
             pid = self._pids.get(rank)
             if pid is not None and not _alive(pid):
                 sys.stdout.flush()
                 print(f"orch: MPI rank {rank} (pid {pid} on {self._here[0]}) died while running "
-                      f"{self._labels.get(rank, '?')}; aborting the MPI job", file=sys.stderr, flush=True)
+                      f"{label}; aborting the MPI job", file=sys.stderr, flush=True)
                 self.comm.Abort(1)
 
     def _receive_hellos(self) -> None:

@@ -53,21 +53,17 @@ def prune_runs(cache_root: Path, keep: int, dry: bool = False) -> RunsGcReport:
     runs_dir = Path(cache_root) / "runs"
     ids = run_ids(runs_dir)
     in_flight = {str(r["run"]) for r in inflight_records(Path(cache_root) / "slurm" / "inflight") if r.get("run")}
-    latest = _latest(runs_dir)
     now = time.time()
     for run_id in ids[:max(0, len(ids) - keep)]:
         run_dir = runs_dir / run_id
-        try:
-            why = _why_kept(run_dir, run_id, latest, in_flight, now)
+        try:  # runs/latest read for each: a run may end (and take it) while gc goes through the others
+            why = _why_kept(run_dir, run_id, _latest(runs_dir), in_flight, now)
         except FileNotFoundError:  # another gc took it meanwhile
             continue
         if why:
             report.kept.append(f"{run_id} ({why})")
             continue
         size = _size(run_dir)
-        if run_id == _latest(runs_dir):  # a run that ended while gc went through the others
-            report.kept.append(f"{run_id} (runs/latest)")
-            continue
         if not dry and not _delete(run_dir, runs_dir / f"{DELETING}{run_id}", report):
             continue
         report.runs += 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..fsutil import read_json_object, rmtree_force
-from .manifest import in_progress
+from .manifest import in_progress, run_ids
 
 
 @dataclass
@@ -41,7 +41,7 @@ def gc_slurm(cache_root: Path, dry: bool = False) -> SlurmGcReport:
     jobs_dir = Path(cache_root) / "slurm" / "jobs"
     runs_dir = Path(cache_root) / "runs"
     folders = [d for d in jobs_dir.iterdir() if d.is_dir() and not d.is_symlink()] if jobs_dir.is_dir() else []
-    runs = [d for d in runs_dir.iterdir() if d.is_dir() and not d.is_symlink()] if runs_dir.is_dir() else []
+    runs = [runs_dir / run_id for run_id in run_ids(runs_dir)]
     snapshots = [d / "code" for d in runs if (d / "code").is_dir()]
     if not folders and not snapshots:
         return report
