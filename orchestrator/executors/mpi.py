@@ -10,7 +10,7 @@ a non-blocking probe or Test() followed by a short, growing sleep.
 Failures: a stage that raises is a failed node like any other, reported by rank 0 with the rank and
 host. A rank that dies (crash, kill, `os._exit` in a stage) makes the launcher end the whole job,
 usually: MPICH's hydra was seen to reap such a rank and leave the others waiting, about one time in
-ten. So each worker tells rank 0 its pid (HELLO), and rank 0, while it waits, checks every second
+ten. So each worker tells rank 0 its pid (HELLO, with its first task), and rank 0, while it waits, checks every second
 that the busy workers on its own host (same pid namespace) still exist, and aborts the job if one
 is gone; ranks on other hosts are the launcher's to watch. An unexpected error in orch itself calls
 MPI Abort (the `python -m mpi4py` semantics), so the job never hangs.
@@ -104,7 +104,8 @@ class MPIExecutor(Executor):
         self._busy: dict[int, str] = {}  # rank -> the label of the node it runs
         self._here = _identity()[::2]  # (host, pid namespace): whose pids this process can check
         self._pids: dict[int, int] = {}  # rank -> pid, of workers that said HELLO from here
-        self._unheard = set(range(1, self.size))  # workers whose HELLO has not been received
+        self._unheard: set[int] = set()  # workers given a task whose HELLO has not been received
+        self._heard: set[int] = set()
         self._next_check = 0.0
         self._sends: list = []  # isend requests not known to be complete
         self._done: list[TaskResult] = []
@@ -123,6 +124,8 @@ class MPIExecutor(Executor):
             return
         rank = self._idle.pop()
         self._busy[rank] = task.label
+        if rank not in self._heard:
+            self._unheard.add(rank)
         self._sends.append(self.comm.isend((task.node_id, payload), dest=rank, tag=TAG_TASK))
 
     def wait(self) -> list[TaskResult]:
@@ -166,6 +169,7 @@ class MPIExecutor(Executor):
             host, pid, namespace = message.recv()
             rank = status.Get_source()
             self._unheard.discard(rank)
+            self._heard.add(rank)
             if (host, namespace) == self._here:
                 self._pids[rank] = pid
 
@@ -185,8 +189,9 @@ class MPIExecutor(Executor):
         for request in self._sends + stops:
             _wait_request(request, timeout=30)
         self._sends = []
-        # every worker says HELLO once, after CONFIG and so before STOP: receive them all, so that no
-        # message is left unreceived when MPI finalizes (MPICH then kills the job)
+        # a worker says HELLO once, with its first task and so before that task's result: receive
+        # them all, so that no message is left unreceived when MPI finalizes (MPICH then kills the
+        # job); workers never given a task say nothing, so an early error does not wait for them
         deadline, backoff = time.monotonic() + 30, Backoff()
         while self._unheard and time.monotonic() < deadline:
             self._receive_hellos()
@@ -201,6 +206,7 @@ def worker_loop(comm) -> int:
     status = MPI.Status()
     backoff = Backoff()
     here = where()
+    said_hello = False
     while True:
         message = comm.improbe(source=0, tag=MPI.ANY_TAG, status=status)
         if message is None:
@@ -214,8 +220,10 @@ def worker_loop(comm) -> int:
             return int(obj)
         if tag == TAG_CONFIG:
             init_worker(obj, where=here)
-            _wait_request(comm.isend(_identity(), dest=0, tag=TAG_HELLO))
         elif tag == TAG_TASK:
+            if not said_hello:  # before the task runs: rank 0 can then tell if it dies running it
+                _wait_request(comm.isend(_identity(), dest=0, tag=TAG_HELLO))
+                said_hello = True
             node_id, payload = obj
             data = run_encoded(node_id, payload)
             _wait_request(comm.isend(data, dest=0, tag=TAG_RESULT))
