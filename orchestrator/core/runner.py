@@ -71,9 +71,12 @@ class NodeOutcome:
 
 
 class _State:
-    def __init__(self, remaining: list[int], refs: dict[tuple[int, str], int], hashes: list):
+    def __init__(self, remaining: list[int], hashes: list):
         self.remaining = remaining  # per node: producers not finished yet
-        self.refs = refs  # (producer, output) -> consumers still to run
+        # (producer, output) -> input edges of consumers still to run, counted when the producer
+        # keeps that output in memory (only then does anyone need the count): a run that keeps
+        # nothing in memory, as a cached one, counts nothing
+        self.refs: dict[tuple[int, str], int] = {}
         self.values: dict[tuple[int, str], object] = {}  # in-memory outputs
         # per node: its outputs' content hashes; a cached node's Entry until a consumer asks (_output_hashes)
         self.hashes: list[dict | Entry | None] = hashes
@@ -108,15 +111,8 @@ class Runner:
     def run_all(self) -> list[NodeOutcome]:
         """Run every node to an outcome; returns them in node order."""
         nodes = self.graph.nodes
-        remaining: list[int] = []
-        refs: dict[tuple[int, str], int] = {}
-        for n in nodes:
-            inputs = n.inputs
-            remaining.append(len({e.producer for e in inputs}) if len(inputs) > 1 else len(inputs))
-            for e in inputs:
-                k = (e.producer, e.output)
-                refs[k] = refs.get(k, 0) + 1
-        st = _State(remaining=remaining, refs=refs, hashes=[None] * len(nodes))
+        remaining = [len({e.producer for e in n.inputs}) if len(n.inputs) > 1 else len(n.inputs) for n in nodes]
+        st = _State(remaining=remaining, hashes=[None] * len(nodes))
         self._st = st
         ready = deque(n.id for n in nodes if st.remaining[n.id] == 0)
         while ready or self._in_flight:
@@ -283,8 +279,11 @@ class Runner:
             out.reason = "computed meanwhile by another process"
         st = self._st
         for spec in node.stage.outputs:
-            if not spec.lazy and st.refs.get((node.id, spec.name), 0) > 0 and spec.name in r.values:
-                st.values[(node.id, spec.name)] = r.values[spec.name]
+            if not spec.lazy and spec.name in r.values:
+                waiting = self._waiting_consumers(node, spec.name)
+                if waiting:
+                    st.refs[(node.id, spec.name)] = waiting
+                    st.values[(node.id, spec.name)] = r.values[spec.name]
         hashes = dict(r.hashes) if r.hashes else {name: o.object.hash for name, o in r.outputs.items()}
         self._finish(node, hashes, ready)
 
@@ -306,13 +305,28 @@ class Runner:
             if remaining[c] == 0 and outcomes[c].status == PENDING:
                 ready.append(c)
 
+    def _waiting_consumers(self, node: Node, output: str) -> int:
+        """How many input edges of consumers that have not finished read `output` of `node` (all of
+        its consumers, unless it is re-run after damage once some of them are done)."""
+        outcomes, nodes = self.outcomes, self.graph.nodes
+        return sum(1 for c in dict.fromkeys(node.consumers) if outcomes[c].status == PENDING
+                   for e in nodes[c].inputs if e.producer == node.id and e.output == output)
+
     def _release_inputs(self, node: Node) -> None:
-        refs, values = self._st.refs, self._st.values
+        """One consumer of each of its inputs is done: an in-memory value nobody else waits for is let go."""
+        refs = self._st.refs
+        if not refs:
+            return
         for e in node.inputs:
             k = (e.producer, e.output)
-            left = refs[k] = refs[k] - 1
-            if left <= 0 and values:
-                values.pop(k, None)
+            left = refs.get(k)
+            if left is None:
+                continue
+            if left <= 1:
+                del refs[k]
+                self._st.values.pop(k, None)
+            else:
+                refs[k] = left - 1
 
     def _skip_downstream(self, failed: Node, ready: deque) -> None:
         """Skip what needs `failed`'s outputs and has not started. A node already in flight (its
@@ -393,8 +407,10 @@ class Runner:
             return
         self._rerun_after_damage.add(p)
         producer = self.graph.nodes[p]
-        for e in producer.inputs:  # its inputs are needed again
-            st.refs[(e.producer, e.output)] = st.refs.get((e.producer, e.output), 0) + 1
+        for e in producer.inputs:  # an input it reads from memory is needed again
+            k = (e.producer, e.output)
+            if k in st.refs:
+                st.refs[k] += 1
         d = self.decisions[p]
         self.decisions[p] = Decision(RUN, f"stored output damaged: {r.error}", d.key, None, d.components)
         self.outcomes[p].reason = self.decisions[p].reason
