@@ -53,5 +53,39 @@ def bench_env() -> dict:
     return env
 
 
-def env_info() -> str:
-    return f"python {sys.version.split()[0]}, {os.cpu_count()} cores"
+def env_info(where: str | None = None) -> str:
+    """Python, cores, and the filesystem the benchmark's projects live on (tempfile's directory by
+    default): first runs depend on it (see filesystem())."""
+    import tempfile
+
+    return f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {filesystem(where or tempfile.gettempdir())}"
+
+
+def filesystem(path: str) -> str:
+    """The type of the filesystem holding `path`, and for ext4 whether it has a journal. ext4 without
+    one (common on VM images) will not reuse an inode for 60-360 s after it was freed, and scans the
+    inode table past every such inode for each file it creates: creating files right after deleting
+    many costs up to ~20x more there (BENCHMARKS.md, Round 10). A journaled ext4, XFS or tmpfs do not."""
+    best, fstype, device = "", "?", ""
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[:3] for line in f]
+    except OSError:
+        return "filesystem unknown"
+    real = os.path.realpath(path)
+    for dev, mnt, typ in mounts:
+        mnt = mnt.replace("\\040", " ")
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, fstype, device = mnt, typ, dev
+    if fstype != "ext4":
+        return f"{fstype} at {best}"
+    name = os.path.basename(os.path.realpath(device))
+    journaled = any(entry.startswith(name + "-") for entry in _listdir("/proc/fs/jbd2"))
+    return f"ext4 at {best}, " + ("journaled" if journaled else "NO journal")
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []

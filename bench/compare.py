@@ -10,7 +10,10 @@ a `seed` parameter; N sets x M stages means M-long chains for N seeds. For every
 
 - "cached": the workload was run before; time a run that finds everything cached;
 - "first (deleted)": the previous cache is deleted (rm -rf) just before the timed run, as a user
-  clearing a cache would: the kernel still pays for the deletion during the run;
+  clearing a cache would: the kernel still pays for the deletion during the run. On ext4 without a
+  journal (these VMs' root filesystem: the results' "env" says which filesystem) that cost is large
+  and depends on everything deleted in the last minutes (bench/bench_fs.py); TMPDIR=DIR runs the
+  workloads on another filesystem;
 - "first (moved)": the previous cache is renamed away instead (deleted after all repetitions).
 
 Results: medians of wall-clock and CPU (user+sys of the child) seconds, and the median of the paired
