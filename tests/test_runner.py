@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 from conftest import flip_stored_byte
 
-from orchestrator import PickleCacher, stage
+from orchestrator import PickleCacher, aggregate, stage
 from orchestrator.core import keys
 from orchestrator.core.graph import Graph
 from orchestrator.core.plan import PlanContext, forced_nodes, plan
@@ -122,8 +122,25 @@ def describe(record, meta):
     return f"{meta['n']}/{record.params.z}"
 
 
+@stage(inputs=["data", "report"], outputs=["both"], cachers=[PickleCacher])
+def combine(record, data, report):
+    CALLS.append(f"combine[{record.name}]")
+    return f"{record.params.get('tag', '')}{report}/{len(data)}"
+
+
+@aggregate(inputs=["raw"], outputs=["sizes"], cachers=[PickleCacher])
+def sizes(record, raw):
+    CALLS.append("sizes")
+    return {name: len(value) for name, value in raw.items()}
+
+
 def pipeline(record):
     report(total(make(record)))
+
+
+def pipeline_and_combine(record):
+    pipeline(record)
+    combine(record)  # reads make's "data" too: an edge around the pipeline
 
 
 def fan_out(record):
@@ -392,6 +409,59 @@ def test_in_memory_values_are_freed_after_their_last_consumer(store):
     assert run.runner._st.values == {}
     assert value_of(store, run.by["total[a]"], "total") == 60 and value_of(store, run.by["count[a]"], "count") == 4
     run.assert_reported_once()
+
+
+def test_an_aggregate_over_many_in_memory_inputs_counts_their_consumers_once(store):
+    """Each producer that keeps its output in memory counts the consumers still waiting for it; the
+    aggregate's input edges are tallied once, not once per producer (that was N x N edges)."""
+
+    class CountingEdges(list):
+        walks = 0
+
+        def __iter__(self):
+            CountingEdges.walks += 1
+            return super().__iter__()
+
+    n = 300
+    graph = Graph([ParamSet(f"s{i}", {"n": i % 7}, "<test>") for i in range(n)])
+    records = [graph.new_record(graph.param_sets[f"s{i}"]) for i in range(n)]
+    for r in records:
+        load_raw(r)  # no cacher: its output lives in memory only
+    sizes(records)
+    agg = graph.nodes[-1]
+    ctx = make_ctx(store, graph)
+    runner = Runner(graph, ctx, plan(graph, ctx), ex := ScriptedExecutor(capacity=4))
+    given: list[list[bool]] = []
+    ex.before = lambda task: given.append([iv.in_memory for iv in task.inputs]) if task.label == agg.label else None
+    ex.start(store)
+    agg.inputs = CountingEdges(agg.inputs)
+    outcomes = runner.run_all()
+    assert all(o.status == RAN for o in outcomes)
+    assert given == [[True] * n]  # every set's value handed over from memory
+    assert runner._st.values == {} and runner._st.refs == {}
+    assert CountingEdges.walks < 20  # a handful of walks, whatever n is (before: one per producer, 300)
+    assert value_of(store, outcomes[-1], "sizes") == {f"s{i}": i % 7 for i in range(n)}
+
+
+def test_a_value_recomputed_for_a_rerun_producer_is_kept_for_it_and_the_consumers_after_it(store):
+    """make's stored data and total's stored total are both damaged. report (new parameters) finds
+    total's damage; total, re-run, finds make's; make runs again and keeps data in memory, both for
+    total (re-running, so no longer pending) and for combine (pending); combine gets it from memory."""
+    first = Run(store, make_graph({"a": {"n": 3, "k": 2}}, pipeline_and_combine), ScriptedExecutor())
+    tamper(store, first.by["make[a]"].outputs["data"])
+    tamper(store, first.by["total[a]"].outputs["total"])
+    CALLS.clear()
+    ex = ScriptedExecutor(capacity=1)
+    handed: dict[str, dict[str, bool]] = {}
+    ex.before = lambda task: handed.__setitem__(task.label, {iv.name: iv.in_memory for iv in task.inputs})
+    run = Run(store, make_graph({"a": {"n": 3, "k": 2, "prefix": "T=", "tag": "#"}}, pipeline_and_combine), ex)
+    assert run.planned == {"make[a]": CACHED, "total[a]": CACHED, "report[a]": RUN, "combine[a]": PENDING}
+    assert ex.events == ["submit report[a]", "damaged report[a]", "submit total[a]", "damaged total[a]",
+                         "submit make[a]", "ran make[a]", "submit total[a]", "ran total[a]",
+                         "submit report[a]", "ran report[a]", "submit combine[a]", "ran combine[a]"]
+    assert handed["total[a]"] == {"data": True} and handed["combine[a]"] == {"data": True, "report": True}
+    assert run.runner._st.values == {} and run.runner._st.refs == {}
+    assert value_of(store, run.by["combine[a]"], "both") == "#T=6/3"
 
 
 def test_chain_of_stages_without_cachers_runs(store):

@@ -107,6 +107,7 @@ class Runner:
         self._parked: dict[str, list[int]] = {}
         self._scope_of: dict[int, str] = {}
         self._ran: dict[str, set[str]] = {}  # key -> trace ids stored by this run: --overwrite redoes each once
+        self._edge_counts: dict[int, dict[tuple[int, str], int]] = {}  # _edges_into, per consumer
 
     def run_all(self) -> list[NodeOutcome]:
         """Run every node to an outcome; returns them in node order."""
@@ -306,11 +307,22 @@ class Runner:
                 ready.append(c)
 
     def _waiting_consumers(self, node: Node, output: str) -> int:
-        """How many input edges of consumers that have not finished read `output` of `node` (all of
-        its consumers, unless it is re-run after damage once some of them are done)."""
-        outcomes, nodes = self.outcomes, self.graph.nodes
-        return sum(1 for c in dict.fromkeys(node.consumers) if outcomes[c].status == PENDING
-                   for e in nodes[c].inputs if e.producer == node.id and e.output == output)
+        """How many input edges read `output` of `node` from consumers that will still release their
+        inputs: those not finished, and those finished but re-run after damage (they release again)."""
+        outcomes, again, k = self.outcomes, self._st.rerun_waiters, (node.id, output)
+        return sum(self._edges_into(c).get(k, 0) for c in dict.fromkeys(node.consumers)
+                   if outcomes[c].status == PENDING or c in again)
+
+    def _edges_into(self, consumer: int) -> dict[tuple[int, str], int]:
+        """(producer, output) -> how many of the consumer's input edges read it; made once per
+        consumer, so that an aggregate over N producers costs N, not N per producer."""
+        counts = self._edge_counts.get(consumer)
+        if counts is None:
+            counts = self._edge_counts[consumer] = {}
+            for e in self.graph.nodes[consumer].inputs:
+                k = (e.producer, e.output)
+                counts[k] = counts.get(k, 0) + 1
+        return counts
 
     def _release_inputs(self, node: Node) -> None:
         """One consumer of each of its inputs is done: an in-memory value nobody else waits for is let go."""
