@@ -70,6 +70,11 @@ class NodeOutcome:
             self.files = {}
 
 
+#: a consumer with more input edges than this has them tallied once (Runner._edges_into) rather than
+#: scanned for each of its producers
+_FEW_INPUTS = 8
+
+
 class _State:
     def __init__(self, remaining: list[int], hashes: list):
         self.remaining = remaining  # per node: producers not finished yet
@@ -309,13 +314,23 @@ class Runner:
     def _waiting_consumers(self, node: Node, output: str) -> int:
         """How many input edges read `output` of `node` from consumers that will still release their
         inputs: those not finished, and those finished but re-run after damage (they release again)."""
-        outcomes, again, k = self.outcomes, self._st.rerun_waiters, (node.id, output)
-        return sum(self._edges_into(c).get(k, 0) for c in dict.fromkeys(node.consumers)
-                   if outcomes[c].status == PENDING or c in again)
+        outcomes, again, nodes, producer = self.outcomes, self._st.rerun_waiters, self.graph.nodes, node.id
+        consumers = node.consumers
+        waiting = 0
+        for c in dict.fromkeys(consumers) if len(consumers) > 1 else consumers:
+            if outcomes[c].status == PENDING or c in again:
+                inputs = nodes[c].inputs
+                if len(inputs) > _FEW_INPUTS:
+                    waiting += self._edges_into(c).get((producer, output), 0)
+                else:
+                    for e in inputs:
+                        if e.producer == producer and e.output == output:
+                            waiting += 1
+        return waiting
 
     def _edges_into(self, consumer: int) -> dict[tuple[int, str], int]:
         """(producer, output) -> how many of the consumer's input edges read it; made once per
-        consumer, so that an aggregate over N producers costs N, not N per producer."""
+        consumer with many inputs, so that an aggregate over N producers costs N, not N per producer."""
         counts = self._edge_counts.get(consumer)
         if counts is None:
             counts = self._edge_counts[consumer] = {}
