@@ -31,3 +31,26 @@ def test_ab_times_two_checkouts_in_alternation(workload, extra):
                            "--only", workload, "--reps", "2", *extra], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(workload) and "paired B/A" in proc.stdout
+
+
+def test_filesystem_names_the_mount_a_path_is_on_and_bench_fs_measures_it(tmp_path):
+    """bench/common.filesystem: the longest mount point above a path gives its type (benchmarks print
+    it: first runs depend on it); bench_fs.py's measurements run in a directory of that filesystem."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_fs
+        from common import filesystem
+    finally:
+        sys.path.remove(str(BENCH))
+    assert filesystem("/proc/self") == "proc at /proc"
+    mounts = {line.split()[1]: line.split()[2] for line in Path("/proc/mounts").read_text().splitlines()}
+    if mounts.get("/dev/shm") == "tmpfs":
+        assert filesystem("/dev/shm") == "tmpfs at /dev/shm"
+    here = filesystem(str(tmp_path))
+    assert here.split()[0] in set(mounts.values())
+    ops = bench_fs.per_op(str(tmp_path / "ops"), n=20)
+    assert set(ops) == {"mkdir (a key's directory)", "create + write + close", "rename into place",
+                        "link (a head)", "stat", "listdir of a missing directory"}
+    assert all(us > 0 for us in ops.values())
+    fresh, after = bench_fs.create_after_delete(str(tmp_path / "cad"), n=20)
+    assert fresh > 0 and after > 0 and not (tmp_path / "cad" / "a").exists()
