@@ -130,7 +130,7 @@ class PickleCacher(Cacher):
     def prepare_in_memory(self, value, out):
         if type(self).save is not PickleCacher.save or type(self).prepare is not Cacher.prepare:
             return self.prepare(value, out)  # a subclass that writes its own file
-        from .artifacts import canonical
+        import orchestrator.artifacts.canonical as canonical  # per node: absolute (see core.runner.Runner._task)
 
         with _SmallOrFile(out.path) as f:
             canonical.dump(value, f, protocol=self.protocol)

@@ -194,7 +194,9 @@ class Runner:
         return hashes
 
     def _task(self, node: Node, d: Decision) -> Task:
-        from ..executors.task import InputValue, Task  # a fully cached run builds no task
+        # a fully cached run builds no task; absolute, as every function-level import on a node's path:
+        # a relative one costs ~1 µs more per call (Python 3.11 resolves its package in Python)
+        from orchestrator.executors.task import InputValue, Task
 
         st = self._st
         inputs = []
@@ -242,7 +244,7 @@ class Runner:
         return f"{d}/logs/{name}.log", f"{d}/metrics/{name}.jsonl"
 
     def _scope(self, node: Node, d: Decision) -> str:
-        from .lockscope import lock_scope  # only for a node that runs
+        from orchestrator.core.lockscope import lock_scope  # only for a node that runs (absolute: see _task)
 
         params, ignore = self.graph.params_of(node), node.stage.ignore
         return lock_scope(node.stage, params, d.key,

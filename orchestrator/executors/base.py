@@ -73,7 +73,7 @@ class InProcessExecutor(Executor):
         self.store = store
 
     def submit(self, task: Task, stage) -> None:
-        from .task import execute  # executors.task: only once a node runs
+        from orchestrator.executors.task import execute  # only once a node runs (absolute: see Runner._task)
 
         self._done.append(execute(task, self.store, stage))
 

@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import metrics
 from ..cachers import Cacher, JsonCacher, LazyArtifact, OutputTarget, PickleCacher
 from ..core import keys
 from ..core.status import Status
+from ..core.traced import current_hash
 from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
 from ..fsutil import rmtree_force
 from ..hashing import hash_bytes, hash_value
 from ..hashing.coderoots import CodeRoots
-from ..params import MISSING, resolve
+from ..params import MISSING, resolve, traced_value
 from ..record import Record, current_record
 from ..store import Entry, KeyComponents, Read, Store, StoredOutput
 from ..store.failures import is_write_failure, write_error
@@ -141,8 +143,6 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
     signature with another name recorded some other value, so it cannot hold and is not read (a
     sweep point's re-check would otherwise read every other point's entry). Entries with an ignored
     read are always read: check_trace skips such reads, their names do not."""
-    from ..core.traced import current_hash
-
     stat_cache = store.stat_cache()
     ignore = stage.ignore
 
@@ -150,8 +150,6 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
         return current_hash(name, Path(task.project_root), stat_cache)
 
     def read_hash(path: str) -> str:
-        from ..params import traced_value
-
         return keys.read_value_hash(traced_value(task.params, path, ignore))
 
     holding: dict[str, str | None] = {}  # signature -> the trace id an entry of it that holds has
@@ -289,9 +287,6 @@ def _metrics(stage, values: dict[str, Any], record: Record) -> tuple[dict[str, d
     """The node's metrics summary: the numbers of its JSON outputs, then what it logged (a logged
     series wins over an output number of the same name); and whether its stream file exists (None:
     unknown, it could not be read)."""
-    from .. import metrics
-    from ..cachers import JsonCacher
-
     summary = {}
     for spec in stage.outputs:
         if isinstance(spec.cacher, JsonCacher):
