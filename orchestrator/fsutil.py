@@ -133,6 +133,23 @@ def read_json_object(path: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def json_exact(value: object, depth: int = 0) -> bool:
+    """Whether JSON gives `value` back as it is: dicts with str keys, lists, str, int, bool, None and
+    finite floats (not a tuple, a subclass, a set, bytes, NaN; nothing nested deeper than 100)."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return True
+    if t is float:
+        return value - value == 0.0  # inf - inf and nan - nan are nan
+    if depth > 100:
+        return False
+    if t is list:
+        return all(json_exact(v, depth + 1) for v in value)
+    if t is dict:
+        return all(type(k) is str and json_exact(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def load_cache_file(path: str | os.PathLike | None, version: object, field: str) -> dict:
     """data[field] of a versioned JSON cache file (fingerprints, stat cache). Missing, unreadable,
     corrupt or of another version means empty: losing a cache file only costs time."""

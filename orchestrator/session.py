@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .core.plan import Decision, PlanContext
     from .runs.progress import ProgressOptions
     from .store import DiskStore
+    from .yamlcache import ParsedYaml
 
 
 # RunOptions, RunResult and Planned are plain classes, not dataclasses: defining a dataclass costs
@@ -105,21 +106,14 @@ def serve_rank(opts: RunOptions, launch: Launch) -> int:
     return serve(launch, WorkerConfig(str(cache_dir(opts.cache, experiment.parent)), str(experiment)), opts.argv)
 
 
-def load_param_sets(paths: list[str], overrides: list[str], root: Path | None = None) -> list[ParamSet]:
-    """The parameter sets of a run; with the cache directory `root`, YAML texts parsed before come
-    from its yaml-cache.json (yamlcache: a cached run need not import PyYAML)."""
+def load_param_sets(paths: list[str], overrides: list[str], yaml_cache: ParsedYaml | None = None) -> list[ParamSet]:
+    """The parameter sets of a run; through `yaml_cache` (the cache directory's yaml-cache.json),
+    YAML texts parsed before are not parsed again (yamlcache: a cached run need not import PyYAML)."""
     if not paths:
         if overrides:
             raise ParamsError("--set needs a parameter file to override; pass --params FILE")
         return [ParamSet("default", {}, "<none>")]
-    if root is None:
-        return load_params(paths, overrides)
-    from .yamlcache import ParsedYaml
-
-    cache = ParsedYaml(root / "yaml-cache.json")
-    sets = load_params(paths, overrides, cache)
-    cache.save()
-    return sets
+    return load_params(paths, overrides, yaml_cache)
 
 
 def project_code(experiment: Path):
@@ -150,8 +144,9 @@ class Planned:
     """An experiment loaded and planned: what a run, a dry run and `orch accept` start from."""
 
     def __init__(self, param_sets: list[ParamSet], graph: Graph, store: DiskStore, ctx: PlanContext,
-                 decisions: list[Decision]):
+                 decisions: list[Decision], yaml_cache: ParsedYaml | None = None):
         self.param_sets, self.graph, self.store, self.ctx, self.decisions = param_sets, graph, store, ctx, decisions
+        self.yaml_cache = yaml_cache  # the parameter files' parsed texts (yamlcache)
 
 
 def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
@@ -159,8 +154,12 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
     from .core.plan import plan, signature_hints
     from .resources import check_stage_names
     from .store import DiskStore
+    from .yamlcache import ParsedYaml
 
-    param_sets = load_param_sets(opts.params, opts.overrides, root)
+    yaml_cache = ParsedYaml(root / "yaml-cache.json") if opts.params else None
+    param_sets = load_param_sets(opts.params, opts.overrides, yaml_cache)
+    if yaml_cache is not None:
+        yaml_cache.save()  # not before the cache directory exists: a first run saves it once it made it (_plan_and_run)
     roots = project_code(experiment)
     with gcpolicy.relaxed():  # user code: the collector stays on, collecting less often
         graph = build_graph(load_experiment(experiment), param_sets)
@@ -174,7 +173,7 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
         ctx.fingerprinter.save()
         store.save_entry_index(signature_hints(graph, ctx))
         gcpolicy.settle()  # before the collector is back: it would traverse all of this at once
-    return Planned(param_sets, graph, store, ctx, decisions)
+    return Planned(param_sets, graph, store, ctx, decisions, yaml_cache)
 
 
 def accept_code(opts: RunOptions, stage: str, param_set: str | None, dry: bool) -> list:
@@ -212,6 +211,8 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     store.check_locking()
     record_code_manifests(graph, decisions, ctx)
     manifest = ManifestWriter(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
+    if planned.yaml_cache is not None:
+        planned.yaml_cache.save()  # the cache directory exists now (a first run made it just above)
     executor.run_dir = manifest.dir
     executor.start(store)
     watch = watch_run(progress, graph.nodes, root, executor, on_done)  # starts with the first node that runs

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 
-from .fsutil import load_cache_file, save_cache_file
+from .fsutil import json_exact, load_cache_file, save_cache_file
 
 #: how many parsed texts the file keeps (the newest)
 KEPT = 256
-_PLAIN = (str, int, float, bool, type(None))
 
 
 class ParsedYaml:
@@ -38,7 +36,7 @@ class ParsedYaml:
             except ValueError:
                 pass
         value = parse(text)  # a YAMLError is the caller's
-        if self._version and _exact_in_json(value):
+        if self._version and json_exact(value):
             self._parsed.pop(digest, None)
             self._parsed[digest] = json.dumps(value, separators=(",", ":"))
             while len(self._parsed) > KEPT:
@@ -50,21 +48,6 @@ class ParsedYaml:
         if self._changed and self.path is not None and os.path.isdir(os.path.dirname(os.fspath(self.path))):
             save_cache_file(self.path, {"version": self._version, "parsed": self._parsed})
             self._changed = False
-
-
-def _exact_in_json(value, depth: int = 0) -> bool:
-    t = type(value)
-    if t is float:
-        return math.isfinite(value)
-    if t in _PLAIN:
-        return True
-    if depth > 100:
-        return False
-    if t is list:
-        return all(_exact_in_json(v, depth + 1) for v in value)
-    if t is dict:
-        return all(type(k) is str and _exact_in_json(v, depth + 1) for k, v in value.items())
-    return False
 
 
 def _yaml_stamp() -> str | None:

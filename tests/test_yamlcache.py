@@ -13,6 +13,7 @@ import yaml
 from conftest import pipeline
 
 from orchestrator import yamlcache
+from orchestrator.fsutil import json_exact
 from orchestrator.paramfiles import _parse_yaml
 
 TEXTS = [
@@ -39,7 +40,7 @@ def test_what_the_cache_gives_is_what_yaml_gives(tmp_path, text):
         if expected == expected:  # NaN aside
             assert value == expected and repr(value) == repr(expected)
     kept = json.loads(path.read_text())["parsed"] if path.exists() else {}
-    assert bool(kept) == yamlcache._exact_in_json(expected)
+    assert bool(kept) == json_exact(expected)
 
 
 def test_a_caller_changing_the_value_changes_nothing_stored(tmp_path):
@@ -73,8 +74,7 @@ def test_a_damaged_or_foreign_cache_file_is_ignored(tmp_path):
 def test_a_cached_run_does_not_import_yaml_and_an_edit_is_seen(project):
     pipeline(project)
     run = ("run", "experiment.py", "--params", "params/sweep.yaml")
-    project.orch(*run)
-    project.orch(*run)  # the first run made the cache directory after its parameters were read
+    project.orch(*run)  # it made the cache directory after reading its parameters, and saved them then
     assert (project.root / ".orch" / "yaml-cache.json").exists()
     probe = ("import sys, runpy\nsys.argv = ['orch', *sys.argv[1:]]\n"
              "try:\n    runpy.run_module('orchestrator.cli', run_name='__main__')\n"
