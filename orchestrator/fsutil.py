@@ -92,14 +92,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temp file and os.replace; on error the temp is removed."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> tuple[int, int]:
+    """Write `data` to `path` through a temp file and os.replace; on error the temp is removed.
+    Returns the written file's (st_dev, st_ino): whether `path` is still that file can be told later."""
     path = os.fspath(path)
     tmp = temp_name(path)
     fd = _open_exclusive(tmp)
     try:
         try:
             _write_all(fd, data)
+            st = os.fstat(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -109,6 +111,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if isinstance(e, OSError) and e.filename is None:
             e.filename = path  # a failed write() names no file: say which record it was
         raise
+    return st.st_dev, st.st_ino
 
 
 def atomic_write_json(path: str | os.PathLike, obj: object) -> None:

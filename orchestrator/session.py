@@ -233,13 +233,16 @@ def _run_recorded(runner, watch, manifest, decisions, graph: Graph, store, root:
         result = RunResult(manifest.run_id, runner.outcomes, decisions, graph, time.perf_counter() - t0, root,
                            detached=d.job_ids)
         manifest.finish(RUN_DETACHED, node_rows(runner.outcomes, store), result.counts())
+        _save_index(runner, store)
         return result
     except KeyboardInterrupt:  # Ctrl-C: what finished is stored; say so in the run's manifest
         manifest.finish(RUN_INTERRUPTED, node_rows(runner.outcomes, store), {})
         _leave_report(manifest)
+        _save_index(runner, store)
         raise
     except BaseException:  # orch itself failed mid-run: the record says the run failed, not "running"
         manifest.finish(RUN_FAILED, node_rows(runner.outcomes, store), {})
+        _save_index(runner, store)
         raise
     finally:
         watch.close()
@@ -248,7 +251,21 @@ def _run_recorded(runner, watch, manifest, decisions, graph: Graph, store, root:
         manifest.finish(RUN_FAILED if result.failed else RUN_OK, node_rows(outcomes, store), result.counts())
         _leave_report(manifest)
         manifest.data = None  # its rows are freed now: the collector, back on, would traverse them all at once
+        _save_index(runner, store)
     return result
+
+
+def _save_index(runner, store) -> None:
+    """The entries the run wrote, into the entry index (store.entryindex), after its manifest: the
+    index only saves time, so failing to write it is a warning, never the run's error (nor one that
+    hides the error the run is ending with)."""
+    try:
+        store.save_entry_index(runner.index_hints())
+    except Exception as e:  # (OSError is dealt with inside; this is MemoryError and the like)
+        import logging
+
+        logging.getLogger(__name__).warning("the entry index of %s was not saved: %s: %s", store.root,
+                                            type(e).__name__, e)
 
 
 def _run_read_only(graph: Graph, ctx, decisions, executor, on_done: Callable, root: Path, t0: float) -> RunResult:

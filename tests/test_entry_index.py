@@ -5,6 +5,7 @@ must all be noticed (the entry is read from its file, or is absent)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -199,6 +200,137 @@ def test_the_index_serves_cached_runs_and_an_edit_still_reruns(project):
     assert project.counts() == {}
 
 
+def test_a_written_record_is_the_entry_a_reader_would_parse_or_none(tmp_path):
+    """What put_entry_and_head returns for the entry index is the very entry that parsing its JSON
+    file back gives; an entry JSON would change (a tuple, an int where the reader makes a float, a
+    non-str key, a NaN) or that the reader refuses gets None (the next planning reads the file)."""
+    root = tmp_path / "cache"
+    store = DiskStore(root)
+    good = make_entry(KEYS[0], "s-t1", H[6], created=1796000000.123456, duration_s=0.25,
+                      metrics={"loss": {"last": 0.5, "n": 3, "min": None}}, accepted={"by": "me"})
+    record = store.put_entry_and_head(good, "h" * 64)
+    path = root / "entries" / KEYS[0][:2] / KEYS[0] / "s-t1.json"
+    st = os.stat(path)
+    assert record[0] == entryindex.signature(st)  # taken after the head's link
+    assert entryindex.unpack(record[1]) == Entry.from_json(json.loads(path.read_bytes())) == good
+    out = good.outputs["y"]
+    for bad in (good._replace(created=1796000000), good._replace(duration_s=float("nan")),
+                good._replace(outputs={"y": out._replace(metadata=(1, 2))}),
+                good._replace(outputs={"y": out._replace(cacher=(out.cacher[0], {"shape": (3, 4)}))}),
+                good._replace(outputs={"y": out._replace(object=out.object._replace(size=5.0))}),
+                good._replace(outputs={"y": out._replace(object=out.object._replace(size=True))}),
+                good._replace(series=ObjectInfo("not a hash", 1, "file", ".jsonl")),
+                good._replace(reads={"lr": Read(H[3], {1: "int key"})}),
+                good._replace(metrics={"loss": {"last": float("inf")}}),
+                good._replace(metrics={"loss": {"last": True}}), good._replace(metrics={"loss": {"last": "0.5"}}),
+                good._replace(components=good.components._replace(code=3)),
+                good._replace(components=good.components._replace(sets=["a"]))):
+        assert entryindex.written_record(bad, st) is None, bad
+
+
+def test_an_entry_replaced_by_another_writer_before_its_head_is_linked_gets_no_record(tmp_path, monkeypatch):
+    """Two writers of the same key and trace: the record must not pair this writer's entry with the
+    other writer's file (whose content the next planning would then be told it has)."""
+    root = tmp_path / "cache"
+    mine, theirs = make_entry(KEYS[0], "s-t1", H[6], created=1.25), make_entry(KEYS[0], "s-t1", H[7], created=1.75)
+    store = DiskStore(root)
+    real_link = DiskStore._link_head
+
+    def others_write_first(self, entry, head_name):
+        if entry is mine:
+            DiskStore(root).put_entry_and_head(theirs, "g" * 64)  # renamed over ours meanwhile
+        real_link(self, entry, head_name)
+
+    monkeypatch.setattr(DiskStore, "_link_head", others_write_first)
+    assert store.put_entry_and_head(mine, "h" * 64) is None
+    monkeypatch.undo()
+    assert DiskStore(root).put_entry_and_head(mine, "h" * 64) is not None  # alone: recorded
+
+
+def test_a_run_indexes_the_entries_it_wrote(project, monkeypatch, request):
+    """At its end a run puts the entries it wrote into the index, with their read signatures as
+    hints: the planning right after it (RACY_S not waited for) opens no entry file and lists no key
+    directory, and serves exactly the entries the files hold. Pool workers' entries too."""
+    from orchestrator.session import RunOptions, plan_experiment
+
+    pipeline(project)
+    run = ("run", "experiment.py", "--params", "params/sweep.yaml")
+    project.orch(*run, "-j", "2")
+    monkeypatch.setattr(entryindex, "RACY_S", 3600.0)  # nothing read now could be learned: only written records serve
+    monkeypatch.chdir(project.root)
+    monkeypatch.syspath_prepend(str(project.root))
+    isolate_stages_package(request)
+    opened, listed = [], []
+    real_read, real_listdir = DiskStore._read, os.listdir
+    monkeypatch.setattr(DiskStore, "_read", lambda self, path, *a, **k: opened.append(path) or real_read(self, path, *a, **k))
+    monkeypatch.setattr(os, "listdir", lambda d=".": listed.append(str(d)) or real_listdir(d))
+    experiment = (project.root / "experiment.py").resolve()
+    planned = plan_experiment(RunOptions(experiment, params=["params/sweep.yaml"]), experiment, project.root / ".orch")
+    assert {d.state for d in planned.decisions} == {"cached"} and len(planned.decisions) == 6
+    assert [p for p in opened if "/entries/" in p] == [] and [d for d in listed if "/entries/" in d] == []
+    for d in planned.decisions:
+        path = project.root / ".orch" / "entries" / d.key[:2] / d.key / f"{d.entry.trace_id}.json"
+        assert d.entry == Entry.from_json(json.loads(path.read_bytes()))
+
+
+def test_a_failed_run_indexes_what_it_wrote_and_an_overwrite_replaces_the_records(project, monkeypatch, request):
+    """A run that fails at one node still indexes the entries it wrote; a run with --overwrite
+    writes every entry anew (new files) and its records replace the old ones: the planning after
+    each serves exactly what the files hold, reading none of them."""
+    pipeline(project)
+    project.write("stages/data.py", (project.root / "stages" / "data.py").read_text().replace(
+        'count("evaluate")', 'count("evaluate")\n    assert model < 10, "too good"'))
+    run = ("run", "experiment.py", "--params", "params/sweep.yaml")
+    assert project.orch(*run, check=False).returncode != 0  # evaluate fails in the lr=0.2 set
+    monkeypatch.setattr(entryindex, "RACY_S", 3600.0)
+    monkeypatch.chdir(project.root)
+    monkeypatch.syspath_prepend(str(project.root))
+    isolate_stages_package(request)
+    opened = []
+    real_read = DiskStore._read
+    monkeypatch.setattr(DiskStore, "_read", lambda self, path, *a, **k: opened.append(path) or real_read(self, path, *a, **k))
+    experiment = (project.root / "experiment.py").resolve()
+
+    def plan() -> list:
+        from orchestrator.session import RunOptions, plan_experiment
+
+        opened.clear()
+        return plan_experiment(RunOptions(experiment, params=["params/sweep.yaml"]), experiment,
+                               project.root / ".orch").decisions
+
+    decisions = plan()
+    assert sorted(str(d.state) for d in decisions) == ["cached"] * 5 + ["run"]
+    assert [p for p in opened if "/entries/" in p and os.path.exists(p)] == []  # (the failed node's: a probe)
+    before = {d.key: d.entry for d in decisions if d.entry is not None}
+    project.write("stages/data.py", (project.root / "stages" / "data.py").read_text().replace(
+        '\n    assert model < 10, "too good"', ""))
+    project.orch(*run, "--overwrite")
+    decisions = plan()
+    assert {str(d.state) for d in decisions} == {"cached"} and [p for p in opened if "/entries/" in p] == []
+    for d in decisions:
+        path = project.root / ".orch" / "entries" / d.key[:2] / d.key / f"{d.entry.trace_id}.json"
+        assert d.entry == Entry.from_json(json.loads(path.read_bytes()))
+        if d.key in before:
+            assert d.entry.created > before[d.key].created  # the new computation, not the old record
+
+
+def test_an_entry_a_run_wrote_then_changed_in_place_is_read_again(project, monkeypatch):
+    pipeline(project)
+    project.orch("run", "experiment.py", "--params", "params/base.yaml")
+    [path] = [p for p in (project.root / ".orch" / "entries").rglob("*.json") if b'"stages.data:train"' in p.read_bytes()]
+    data, before = path.read_bytes(), os.stat(path)
+    old_hash = json.loads(data)["outputs"]["model"]["object"]["hash"]
+    while os.stat(path).st_ctime_ns == before.st_ctime_ns:  # a later tick of the filesystem's clock
+        time.sleep(0.01)
+        with open(path, "r+b") as f:  # same inode, same size, another output hash
+            f.write(data.replace(old_hash.encode(), H[5].encode()))
+    key = path.parent.name
+    store = planning(project.root / ".orch", hashlib.sha256(str((project.root / "experiment.py").resolve()).encode()).hexdigest()[:32])
+    opened = reads_of(store, monkeypatch)
+    assert store.get_entry(key, path.stem).outputs["model"].object.hash == H[5]
+    assert opened == [str(path)]
+
+
 def test_planning_hints_round_trip_with_the_index(cache):
     hints = {"m:s": {"sig1": (("lr", "model"), ("data/a.csv",))}, "m:t": {"sig2": ((), ())}}
     store = planning(cache)
@@ -271,8 +403,8 @@ def isolate_stages_package(request) -> None:
     may stand in for it, and it must not stand in for theirs afterwards."""
     import sys
 
-    def ours(name: str) -> bool:
-        return name == "stages" or name.startswith("stages.")
+    def ours(name: str) -> bool:  # (and its experiment module)
+        return name in ("stages", "experiment") or name.startswith("stages.")
 
     saved = {m: mod for m, mod in sys.modules.items() if ours(m)}
     for m in saved:

@@ -15,8 +15,9 @@ from collections import deque
 from pathlib import Path
 
 from ..store import Entry, Read, StoredOutput
+from . import keys
 from .graph import Graph, Node
-from .plan import ABSENT, Decision, PlanContext, decide, lookup
+from .plan import ABSENT, Decision, PlanContext, decide, lookup, signature_hints
 from .status import Status
 
 # Hot loops compare states per node: plain module constants (enum member lookup costs ~0.2 µs each).
@@ -113,6 +114,7 @@ class Runner:
         self._scope_of: dict[int, str] = {}
         self._ran: dict[str, set[str]] = {}  # key -> trace ids stored by this run: --overwrite redoes each once
         self._edge_counts: dict[int, dict[tuple[int, str], int]] = {}  # _edges_into, per consumer
+        self._written_signatures: dict[str, dict[str, tuple]] = {}  # stage id -> read signatures of entries written
 
     def run_all(self) -> list[NodeOutcome]:
         """Run every node to an outcome; returns them in node order."""
@@ -279,6 +281,8 @@ class Runner:
             return
         out.status = r.status
         out.take(r.entry, r.outputs, r.reads)
+        if r.index_record is not None and r.status == RAN and r.entry is not None:
+            self._learn_written(node, r.entry, r.index_record)
         if r.metrics is not None:
             out.metrics = r.metrics
         if r.status == CACHED and r.entry is not None and r.entry.series is not None:
@@ -294,6 +298,24 @@ class Runner:
                     st.values[(node.id, spec.name)] = r.values[spec.name]
         hashes = dict(r.hashes) if r.hashes else {name: o.object.hash for name, o in r.outputs.items()}
         self._finish(node, hashes, ready)
+
+    def _learn_written(self, node: Node, entry: Entry, record: tuple) -> None:
+        """An entry this run wrote goes into the planning's entry index, and its read signature into
+        the hints saved with it (index_hints): the next planning neither reads nor lists it."""
+        self.ctx.store.learn_written(entry, record)
+        sigs = self._written_signatures.get(node.stage.id)
+        if sigs is None:
+            sigs = self._written_signatures[node.stage.id] = {}
+        sigs[keys.signature_of(entry.trace_id)] = (tuple(entry.reads), tuple(entry.files))
+
+    def index_hints(self) -> dict[str, dict[str, tuple]]:
+        """The planner's hints to save with the entry index after the run (core.plan.signature_hints),
+        with the read signatures of the entries the run wrote. Kept apart during the run: a hint makes
+        the lookup of a node that is about to run first try a file that does not exist yet."""
+        hints = signature_hints(self.graph, self.ctx)
+        for stage_id, sigs in self._written_signatures.items():
+            hints[stage_id] = {**hints.get(stage_id, {}), **sigs}
+        return hints
 
     def _finish(self, node: Node, hashes: dict | Entry, ready: deque) -> None:
         st = self._st

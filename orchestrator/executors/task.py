@@ -96,6 +96,10 @@ class TaskResult:
     metrics: dict[str, dict] | None = None  # what it logged and its JSON outputs' numbers (summarized)
     # Whether the node's metrics stream was there when the task read it after the stage (None: not read)
     stream: bool | None = None
+    # The entry written, as the planning's entry index keeps it (Store.put_entry_and_head returns it). Made
+    # where it was written: a worker on another host (Slurm, MPI) may see another st_dev for the same
+    # shared file, and then its record is only ever a mismatch (the entry is read, as without it).
+    index_record: tuple | None = None
 
 
 def import_stage(ref: tuple[str, str]):
@@ -242,7 +246,8 @@ def _compute(task: Task, store: Store, stage, gate) -> TaskResult:
             try:
                 series = _store_series(record, staging, store) if res.metrics else None
                 what = f"stage {task.label}: its cache entry"
-                res.entry = _write_entry(task, store, record, res.reads, outputs, fn_time, res.metrics, series)
+                res.entry, res.index_record = _write_entry(task, store, record, res.reads, outputs, fn_time,
+                                                           res.metrics, series)
             except OSError as e:  # a full or read-only cache: this node fails, what finished stays stored
                 if not is_write_failure(e):
                     raise
@@ -486,15 +491,15 @@ def _shown(value: Any) -> Any:
 
 
 def _write_entry(task: Task, store: Store, record: Record, reads: dict[str, Read],
-                 outputs: dict[str, StoredOutput], fn_time: float, metrics=None, series=None) -> Entry:
+                 outputs: dict[str, StoredOutput], fn_time: float, metrics=None, series=None) -> tuple[Entry, tuple | None]:
+    """The node's entry, stored with its head, and its record for the entry index (Store.put_entry_and_head)."""
     entry = Entry(
         key=task.key, trace_id=keys.trace_id({p: r.hash for p, r in reads.items()}, record.files),
         stage=task.stage_ref[0] + ":" + task.stage_ref[1], param_set=task.set_name, created=time.time(),
         components=task.components, reads=reads, files=dict(record.files), outputs=outputs,
         duration_s=round(fn_time, 6), metrics=metrics, series=series,
     )
-    store.put_entry_and_head(entry, keys.head_key(entry.stage, task.set_name))
-    return entry
+    return entry, store.put_entry_and_head(entry, keys.head_key(entry.stage, task.set_name))
 
 
 def _failure(task: Task, exc: BaseException, duration: float) -> TaskResult:

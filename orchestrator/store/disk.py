@@ -26,7 +26,7 @@ from ..fsutil import (
     temp_name,
     unique_suffix,
 )
-from . import sharing
+from . import entryindex, sharing
 from .base import Store
 from .bytelocks import NODES, PosixRangeNodeLock, RangeNodeLock, lock_kind
 from .entries import FORMAT, CodeManifest, Entry, EntryError, Head, ObjectInfo, check_name, check_object
@@ -350,11 +350,9 @@ class DiskStore(Store):
 
     def use_entry_index(self, name: str) -> None:
         """Serve entries through the index `name` (store.entryindex: one per experiment) from now on."""
-        from .entryindex import EntryIndex
-
         check_name("entry index name", name)
-        self._index = EntryIndex(os.path.join(str(self.root), "index", name + ".idx"), self._entries,
-                                 writable=not self.read_only and os.path.isdir(self.root))
+        self._index = entryindex.EntryIndex(os.path.join(str(self.root), "index", name + ".idx"), self._entries,
+                                 writable=not self.read_only)
 
     def planning_hints(self) -> dict[str, dict[str, tuple]]:
         """The planner's hints kept in the entry index (store.entryindex), {} without one."""
@@ -366,6 +364,10 @@ class DiskStore(Store):
             if hints is not None:
                 self._index.keep_hints(hints)
             self._index.save()
+
+    def learn_written(self, entry: Entry, record: tuple) -> None:
+        if self._index is not None:
+            self._index.learn_written(f"{entry.key}/{entry.trace_id}", record)
 
     def get_entries(self, key: str, *, label: str = "") -> list[Entry]:
         d = self._entry_dir(key)
@@ -393,12 +395,16 @@ class DiskStore(Store):
                 if name.endswith(".json") and not name.startswith(".") and _NAME_RE.match(name)]
 
     def put_entry(self, entry: Entry) -> None:
+        self._put_entry(entry)
+
+    def _put_entry(self, entry: Entry) -> tuple[int, int]:
+        """put_entry; returns the written file's (st_dev, st_ino)."""
         data = _COMPACT.encode(entry.to_json()).encode()  # before any file exists
         path = self._entry_file(entry.key, entry.trace_id)
         if entry.key == self._dirless_key:  # seen missing just now: make it rather than fail an open first
             self._dirless_key = None
             make_dirs(os.path.dirname(path))  # made meanwhile by another process: EEXIST, fine
-        atomic_write_bytes(path, data)  # makes the dir if it is missing
+        return atomic_write_bytes(path, data)  # makes the dir if it is missing
 
     def delete_entry(self, key: str, trace_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -422,7 +428,20 @@ class DiskStore(Store):
     def put_head(self, name: str, head: Head) -> None:
         atomic_write_bytes(self._head_file(name), _COMPACT.encode(head.to_json()).encode())
 
-    def put_entry_and_head(self, entry: Entry, head_name: str) -> None:
+    def put_entry_and_head(self, entry: Entry, head_name: str) -> tuple | None:
+        """put_entry and the head (see _link_head); returns the entry's record for the entry index
+        (store.entryindex.written_record): the stat signature its file has now, after the head's
+        link (the last change this writer makes to it), taken only while the file at its path is
+        still the one written here (another writer of the same key and trace may have replaced it)."""
+        written = self._put_entry(entry)
+        self._link_head(entry, head_name)
+        try:
+            st = os.stat(self._entry_file(entry.key, entry.trace_id))
+        except OSError:
+            return None
+        return entryindex.written_record(entry, st) if (st.st_dev, st.st_ino) == written else None
+
+    def _link_head(self, entry: Entry, head_name: str) -> None:
         """The head is a hard link to the entry file just written: an entry is a valid head record
         (Head.from_json reads its format, key, created, components and trace_id, all equal to the
         head's, and nothing else), so the head costs a link (and a rename when it replaces another)
@@ -430,7 +449,6 @@ class DiskStore(Store):
         ever created by link or replaced by rename, never written in place, so the shared inode never
         changes. Where hard links are refused
         (some network and FUSE filesystems) the head is written as before."""
-        self.put_entry(entry)
         head = Head(entry.key, entry.created, entry.components, entry.trace_id)
         source, path = self._entry_file(entry.key, entry.trace_id), self._head_file(head_name)
         try:  # no head yet (a new parameter set, a first run): linked straight into place

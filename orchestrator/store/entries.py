@@ -226,7 +226,7 @@ def _fast_entry(d: dict) -> Entry:
     if accepted is not None and not (type(accepted) is dict and all(type(v) is str for v in accepted.values())):
         raise _NotFast
     metrics, series = d.get("metrics"), d.get("series")
-    if metrics is not None and not _metrics_ok(metrics):
+    if metrics is not None and not metrics_ok(metrics):
         raise _NotFast
     if series is not None:
         h, size, kind, ext = series["hash"], series["size"], series["kind"], series.get("ext", "")
@@ -238,7 +238,7 @@ def _fast_entry(d: dict) -> Entry:
                  metrics, series)
 
 
-def _metrics_ok(metrics: Any) -> bool:
+def metrics_ok(metrics: Any) -> bool:
     """{name: {field: number or null}}: a summary as orchestrator.metrics.summarize makes it."""
     return type(metrics) is dict and all(
         type(m) is dict and all(v is None or type(v) in _NUMBERS for v in m.values()) for m in metrics.values())
@@ -268,7 +268,7 @@ def _checked_entry(d: Any) -> Entry:
 
 
 def _metrics(value: Any) -> dict | None:
-    if value is not None and not _metrics_ok(value):
+    if value is not None and not metrics_ok(value):
         raise EntryError("metrics must map each metric name to {field: number or null}")
     return value
 
