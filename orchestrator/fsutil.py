@@ -92,9 +92,10 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> tuple[int, int]:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> os.stat_result:
     """Write `data` to `path` through a temp file and os.replace; on error the temp is removed.
-    Returns the written file's (st_dev, st_ino): whether `path` is still that file can be told later."""
+    Returns the written file's fstat: whether `path` is still that file can be told later (by its
+    device, inode, size and mtime, which neither the rename nor a hard link changes)."""
     path = os.fspath(path)
     tmp = temp_name(path)
     fd = _open_exclusive(tmp)
@@ -111,7 +112,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> tuple[int, int]:
         if isinstance(e, OSError) and e.filename is None:
             e.filename = path  # a failed write() names no file: say which record it was
         raise
-    return st.st_dev, st.st_ino
+    return st
 
 
 def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
@@ -137,10 +138,13 @@ def read_json_object(path: str | os.PathLike) -> dict | None:
 
 
 def json_exact(value: object, depth: int = 0) -> bool:
-    """Whether JSON gives `value` back as it is: dicts with str keys, lists, str, int, bool, None and
-    finite floats (not a tuple, a subclass, a set, bytes, NaN; nothing nested deeper than 100)."""
+    """Whether JSON gives `value` back as it is: dicts with str keys, lists, str (without surrogates),
+    int, bool, None and finite floats (not a tuple, a subclass, a set, bytes, NaN; nothing nested
+    deeper than 100)."""
     t = type(value)
-    if t is str or t is int or t is bool or value is None:
+    if t is str:
+        return value.isascii() or _no_surrogates(value)
+    if t is int or t is bool or value is None:
         return True
     if t is float:
         return value - value == 0.0  # inf - inf and nan - nan are nan
@@ -149,8 +153,18 @@ def json_exact(value: object, depth: int = 0) -> bool:
     if t is list:
         return all(json_exact(v, depth + 1) for v in value)
     if t is dict:
-        return all(type(k) is str and json_exact(v, depth + 1) for k, v in value.items())
+        return all(type(k) is str and json_exact(k) and json_exact(v, depth + 1) for k, v in value.items())
     return False
+
+
+def _no_surrogates(text: str) -> bool:
+    """JSON writes surrogates as \\u escapes and reads two adjacent ones back as one character
+    ("\\ud83d\\ude00" -> U+1F600): a str holding any is not given back as it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_cache_file(path: str | os.PathLike | None, version: object, field: str) -> dict:

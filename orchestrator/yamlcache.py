@@ -37,8 +37,12 @@ class ParsedYaml:
                 pass
         value = parse(text)  # a YAMLError is the caller's
         if self._version and json_exact(value):
+            try:
+                text = json.dumps(value, separators=(",", ":"))
+            except ValueError:  # an int past Python's digit limit for str (sys.set_int_max_str_digits)
+                return value
             self._parsed.pop(digest, None)
-            self._parsed[digest] = json.dumps(value, separators=(",", ":"))
+            self._parsed[digest] = text
             while len(self._parsed) > KEPT:
                 del self._parsed[next(iter(self._parsed))]
             self._changed = True

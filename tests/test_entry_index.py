@@ -228,6 +228,53 @@ def test_a_written_record_is_the_entry_a_reader_would_parse_or_none(tmp_path):
         assert entryindex.written_record(bad, st) is None, bad
 
 
+def test_a_written_record_never_differs_from_its_file_for_random_entries(tmp_path):
+    """written_record re-states what the reader accepts and JSON keeps; random entries, with values
+    of every kind a stage, a cacher or a parameter may hand over, hold it to that: whenever a record
+    is made, it unpacks to exactly the entry parsed back from its file, types included."""
+    import random
+
+    rng = random.Random(11)
+    plain = [0, 1, -7, 2**70, True, False, None, 0.5, 1.0, -0.0, "x", "é", "a/b c"]
+    odd = [float("nan"), float("inf"), "\udce9", "\ud83d\ude00", (1, 2), ("x",), {1: "int key"}, {None: 0},
+           [1, (2,)], {"k": {"\ud83d\ude00": 1}}]
+
+    def value(odd_one: bool, depth: int = 0):
+        r = rng.random()
+        if odd_one and r < 0.5:
+            return rng.choice(odd)
+        if depth > 2 or r < 0.6:
+            return rng.choice(plain)
+        if r < 0.8:
+            return [value(odd_one, depth + 1) for _ in range(rng.randrange(3))]
+        return {rng.choice(["k", "é", "n"]): value(odd_one, depth + 1) for _ in range(rng.randrange(3))}
+
+    def text(odd_one: bool):
+        return rng.choice(["\udce9", "\ud83d\ude00", "\ud83d"]) if odd_one and rng.random() < 0.7 else rng.choice(["a", "é"])
+
+    store, made = DiskStore(tmp_path / "cache"), 0
+    for i in range(400):
+        odd_field = rng.randrange(10)  # one field in about 1.7 gets an odd value, the others plain ones
+        o = [odd_field == f for f in range(10)]
+        e = make_entry(KEYS[i % 2], f"s-t{i}", H[6], created=2 if o[0] else 1796000000.25,
+                       duration_s=3 if o[1] else 0.25, param_set=text(o[2]), files={text(o[3]): H[5]},
+                       reads={text(o[4]): Read(H[3], value(o[5]))},
+                       metrics=rng.choice([None, {"m": {"last": value(o[6])}}, {"m": {"last": 0.5, "n": 2}}]),
+                       accepted=rng.choice([None, {"by": text(o[7])}]))
+        out = e.outputs["y"]
+        e = e._replace(outputs={"y": out._replace(cacher=(out.cacher[0], value(o[8])), metadata=value(o[9]))})
+        try:
+            record = store.put_entry_and_head(e, "h" * 64)
+        except (ValueError, TypeError):  # not writable as JSON at all (a key JSON refuses...)
+            continue
+        path = tmp_path / "cache" / "entries" / e.key[:2] / e.key / f"{e.trace_id}.json"
+        if record is not None:
+            made += 1
+            parsed = Entry.from_json(json.loads(path.read_bytes()))
+            assert repr(entryindex.unpack(record[1])) == repr(parsed)  # repr: 1 != 1.0, () != []
+    assert 40 < made < 360  # both kinds were drawn
+
+
 def test_an_entry_replaced_by_another_writer_before_its_head_is_linked_gets_no_record(tmp_path, monkeypatch):
     """Two writers of the same key and trace: the record must not pair this writer's entry with the
     other writer's file (whose content the next planning would then be told it has)."""

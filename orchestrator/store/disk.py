@@ -397,8 +397,8 @@ class DiskStore(Store):
     def put_entry(self, entry: Entry) -> None:
         self._put_entry(entry)
 
-    def _put_entry(self, entry: Entry) -> tuple[int, int]:
-        """put_entry; returns the written file's (st_dev, st_ino)."""
+    def _put_entry(self, entry: Entry) -> os.stat_result:
+        """put_entry; returns the written file's fstat (fsutil.atomic_write_bytes)."""
         data = _COMPACT.encode(entry.to_json()).encode()  # before any file exists
         path = self._entry_file(entry.key, entry.trace_id)
         if entry.key == self._dirless_key:  # seen missing just now: make it rather than fail an open first
@@ -432,14 +432,18 @@ class DiskStore(Store):
         """put_entry and the head (see _link_head); returns the entry's record for the entry index
         (store.entryindex.written_record): the stat signature its file has now, after the head's
         link (the last change this writer makes to it), taken only while the file at its path is
-        still the one written here (another writer of the same key and trace may have replaced it)."""
+        still the one written here (another writer of the same key and trace may have replaced it: its device, inode, size and
+        mtime are compared with the file written, which the rename and the link leave as they were)."""
         written = self._put_entry(entry)
         self._link_head(entry, head_name)
         try:
             st = os.stat(self._entry_file(entry.key, entry.trace_id))
         except OSError:
             return None
-        return entryindex.written_record(entry, st) if (st.st_dev, st.st_ino) == written else None
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (written.st_dev, written.st_ino, written.st_size,
+                                                                 written.st_mtime_ns):
+            return None
+        return entryindex.written_record(entry, st)
 
     def _link_head(self, entry: Entry, head_name: str) -> None:
         """The head is a hard link to the entry file just written: an entry is a valid head record

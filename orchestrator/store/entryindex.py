@@ -16,13 +16,13 @@ that reading the entry would have done with the same result, never decide a hit 
 An entry a run wrote is recorded too, without waiting RACY_S (written_record, made by its writer:
 DiskStore.put_entry_and_head): its content is what the writer packed, and the stat signature was
 taken after the writer's last change to the file (the head's hard link), only while the file at
-its path was still the inode the writer made (another writer of the same key and trace may have
-replaced it). What the racy rule would add for such a record is protection against a change within
-the same timestamp tick as that stat that keeps the size and inode: an in-place edit, which no orch
-process makes (entries are only ever replaced by rename), or the file deleted and another of the
-same key, trace and size created with a reused inode number, all within that tick (up to a second
-on filesystems with coarse timestamps). Either way the index would serve the computation orch
-wrote, of the same key and trace. So the run after a sweep reads no entry file either (before, it
+its path was still the one the writer made (same device, inode, size and mtime: another writer of
+the same key and trace may have replaced it). What the racy rule would add for such a record is
+protection against a change within the same timestamp tick as that stat that keeps the size and
+inode: an in-place edit, which no orch process makes (entries are only ever replaced by rename), or
+the file replaced twice by other writers of the same key and trace, the second reusing its inode
+number with the same size, within that tick (up to a second on filesystems with coarse
+timestamps). Either way the index would serve a computation orch wrote, of the same key and trace. So the run after a sweep reads no entry file either (before, it
 parsed every entry: 1k nodes, +45% instructions). The run saves the index at its end.
 
 One index per experiment file (`<cache>/index/<sha256 of its path>.idx`), written by rename after
@@ -75,22 +75,22 @@ def written_record(entry: Entry, st: os.stat_result) -> tuple | None:
     where the reader makes a float, or a field the reader would refuse (entries.Entry.from_json).
     (Loops, not generator expressions: every node that runs comes through here.)"""
     c = entry.components
-    if not (type(entry.key) is str and type(entry.trace_id) is str and type(entry.stage) is str
-            and type(entry.param_set) is str and type(entry.created) is float and type(entry.duration_s) is float
+    if not (type(entry.key) is str and type(entry.trace_id) is str and _str(entry.stage)
+            and _str(entry.param_set) and type(entry.created) is float and type(entry.duration_s) is float
             and json_exact(entry.created) and json_exact(entry.duration_s)
             and (entry.metrics is None or (metrics_ok(entry.metrics) and json_exact(entry.metrics)))
             and (entry.series is None or _object_ok(entry.series))
             and (entry.accepted is None or _strs(entry.accepted)) and _strs(entry.files)
-            and type(c) is KeyComponents and type(c.stage) is str and type(c.code) is str and type(c.decl) is str
-            and _strs(c.inputs) and (c.version is None or type(c.version) is str or type(c.version) is int)
-            and (c.sets is None or (type(c.sets) is tuple and all(type(s) is str for s in c.sets)))):
+            and type(c) is KeyComponents and _str(c.stage) and _str(c.code) and _str(c.decl)
+            and _strs(c.inputs) and (c.version is None or _str(c.version) or type(c.version) is int)
+            and (c.sets is None or (type(c.sets) is tuple and all(_str(s) for s in c.sets)))):
         return None
     for path, r in entry.reads.items():
-        if type(path) is not str or type(r) is not Read or type(r.hash) is not str or not json_exact(r.shown):
+        if not _str(path) or type(r) is not Read or type(r.hash) is not str or not json_exact(r.shown):
             return None
     for name, o in entry.outputs.items():
-        if (type(name) is not str or type(o) is not StoredOutput or not _object_ok(o.object)
-                or type(o.cacher) is not tuple or len(o.cacher) != 2 or type(o.cacher[0]) is not str
+        if (not _str(name) or type(o) is not StoredOutput or not _object_ok(o.object)
+                or type(o.cacher) is not tuple or len(o.cacher) != 2 or not _str(o.cacher[0])
                 or not json_exact(o.cacher[1]) or not json_exact(o.metadata)):
             return None
     try:
@@ -110,12 +110,17 @@ def _object_ok(info: object) -> bool:
     return True
 
 
+def _str(s: object) -> bool:
+    """A str that JSON gives back as it is (fsutil.json_exact: no surrogates)."""
+    return type(s) is str and (s.isascii() or json_exact(s))
+
+
 def _strs(d: dict) -> bool:
-    """A dict of str to str."""
+    """A dict of such str to such str."""
     if type(d) is not dict:
         return False
     for k, v in d.items():
-        if type(k) is not str or type(v) is not str:
+        if not _str(k) or not _str(v):
             return False
     return True
 
