@@ -260,6 +260,7 @@ def _save_index(runner, store) -> None:
     index only saves time, so failing to write it is a warning, never the run's error (nor one that
     hides the error the run is ending with)."""
     try:
+        runner.learn_written()
         store.save_entry_index(runner.index_hints())
     except Exception as e:  # (OSError is dealt with inside; this is MemoryError and the like)
         import logging

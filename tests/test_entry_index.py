@@ -208,10 +208,10 @@ def test_a_written_record_is_the_entry_a_reader_would_parse_or_none(tmp_path):
     store = DiskStore(root)
     good = make_entry(KEYS[0], "s-t1", H[6], created=1796000000.123456, duration_s=0.25,
                       metrics={"loss": {"last": 0.5, "n": 3, "min": None}}, accepted={"by": "me"})
-    record = store.put_entry_and_head(good, "h" * 64)
+    sig = store.put_entry_and_head(good, "h" * 64)
     path = root / "entries" / KEYS[0][:2] / KEYS[0] / "s-t1.json"
-    st = os.stat(path)
-    assert record[0] == entryindex.signature(st)  # taken after the head's link
+    assert sig == entryindex.signature(os.stat(path))  # taken after the head's link
+    record = entryindex.written_record(good, sig)
     assert entryindex.unpack(record[1]) == Entry.from_json(json.loads(path.read_bytes())) == good
     out = good.outputs["y"]
     for bad in (good._replace(created=1796000000), good._replace(duration_s=float("nan")),
@@ -225,7 +225,7 @@ def test_a_written_record_is_the_entry_a_reader_would_parse_or_none(tmp_path):
                 good._replace(metrics={"loss": {"last": True}}), good._replace(metrics={"loss": {"last": "0.5"}}),
                 good._replace(components=good.components._replace(code=3)),
                 good._replace(components=good.components._replace(sets=["a"]))):
-        assert entryindex.written_record(bad, st) is None, bad
+        assert entryindex.written_record(bad, sig) is None, bad
 
 
 def test_a_written_record_never_differs_from_its_file_for_random_entries(tmp_path):
@@ -264,9 +264,10 @@ def test_a_written_record_never_differs_from_its_file_for_random_entries(tmp_pat
         out = e.outputs["y"]
         e = e._replace(outputs={"y": out._replace(cacher=(out.cacher[0], value(o[8])), metadata=value(o[9]))})
         try:
-            record = store.put_entry_and_head(e, "h" * 64)
+            sig = store.put_entry_and_head(e, "h" * 64)
         except (ValueError, TypeError):  # not writable as JSON at all (a key JSON refuses...)
             continue
+        record = entryindex.written_record(e, sig)
         path = tmp_path / "cache" / "entries" / e.key[:2] / e.key / f"{e.trace_id}.json"
         if record is not None:
             made += 1

@@ -40,7 +40,7 @@ class NodeOutcome:
     node, and an instance dict is one more object to make, fill and free for each."""
 
     __slots__ = ("node", "status", "key", "reason", "duration", "entry", "outputs", "reads", "files", "error",
-                 "error_type", "traceback", "skipped_because", "log_path", "metrics", "series")
+                 "error_type", "traceback", "skipped_because", "log_path", "metrics", "series", "index_sig")
 
     def __init__(self, node: Node, status: Status = PENDING, key: str | None = None, reason: str = "",
                  entry: Entry | None = None):
@@ -60,6 +60,7 @@ class NodeOutcome:
         self.log_path: str | None = None  # a failure written to the node's log (the console points to it)
         self.metrics: dict[str, dict] | None = None  # its metrics summary (orchestrator.metrics), this run's or the entry's
         self.series: str | None = None  # the metrics stream it was summarized from (a JSONL file), if any
+        self.index_sig: tuple | None = None  # the stat signature of the entry it wrote, for the entry index
 
     def take(self, entry: Entry | None, outputs: dict[str, StoredOutput], reads: dict[str, Read]) -> None:
         self.entry, self.outputs, self.reads = entry, outputs, reads
@@ -114,7 +115,6 @@ class Runner:
         self._scope_of: dict[int, str] = {}
         self._ran: dict[str, set[str]] = {}  # key -> trace ids stored by this run: --overwrite redoes each once
         self._edge_counts: dict[int, dict[tuple[int, str], int]] = {}  # _edges_into, per consumer
-        self._written_signatures: dict[str, dict[str, tuple]] = {}  # stage id -> read signatures of entries written
 
     def run_all(self) -> list[NodeOutcome]:
         """Run every node to an outcome; returns them in node order."""
@@ -281,8 +281,8 @@ class Runner:
             return
         out.status = r.status
         out.take(r.entry, r.outputs, r.reads)
-        if r.index_record is not None and r.status == RAN and r.entry is not None:
-            self._learn_written(node, r.entry, r.index_record)
+        if r.status == RAN and r.entry is not None:
+            out.index_sig = r.index_record
         if r.metrics is not None:
             out.metrics = r.metrics
         if r.status == CACHED and r.entry is not None and r.entry.series is not None:
@@ -299,21 +299,29 @@ class Runner:
         hashes = dict(r.hashes) if r.hashes else {name: o.object.hash for name, o in r.outputs.items()}
         self._finish(node, hashes, ready)
 
-    def _learn_written(self, node: Node, entry: Entry, record: tuple) -> None:
-        """An entry this run wrote goes into the planning's entry index, and its read signature into
-        the hints saved with it (index_hints): the next planning neither reads nor lists it."""
-        self.ctx.store.learn_written(entry, record)
-        sigs = self._written_signatures.get(node.stage.id)
-        if sigs is None:
-            sigs = self._written_signatures[node.stage.id] = {}
-        sigs[keys.signature_of(entry.trace_id)] = (tuple(entry.reads), tuple(entry.files))
+    def learn_written(self) -> None:
+        """Hand the entries this run wrote to the planning's entry index (Store.learn_written), so the
+        next planning neither reads nor lists them; once, at the end of the run: nothing per node
+        but the signature each keeps (NodeOutcome.index_sig), no objects for the collector to walk."""
+        learn = self.ctx.store.learn_written
+        for out in self.outcomes:
+            if out.index_sig is not None:
+                learn(out.entry, out.index_sig)
 
     def index_hints(self) -> dict[str, dict[str, tuple]]:
         """The planner's hints to save with the entry index after the run (core.plan.signature_hints),
         with the read signatures of the entries the run wrote. Kept apart during the run: a hint makes
         the lookup of a node that is about to run first try a file that does not exist yet."""
         hints = signature_hints(self.graph, self.ctx)
-        for stage_id, sigs in self._written_signatures.items():
+        written: dict[str, dict[str, tuple]] = {}
+        for out in self.outcomes:
+            if out.index_sig is not None:
+                entry = out.entry
+                sigs = written.get(out.node.stage.id)
+                if sigs is None:
+                    sigs = written[out.node.stage.id] = {}
+                sigs[keys.signature_of(entry.trace_id)] = (tuple(entry.reads), tuple(entry.files))
+        for stage_id, sigs in written.items():
             hints[stage_id] = {**hints.get(stage_id, {}), **sigs}
         return hints
 

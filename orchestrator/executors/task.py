@@ -96,9 +96,9 @@ class TaskResult:
     metrics: dict[str, dict] | None = None  # what it logged and its JSON outputs' numbers (summarized)
     # Whether the node's metrics stream was there when the task read it after the stage (None: not read)
     stream: bool | None = None
-    # The entry written, as the planning's entry index keeps it (Store.put_entry_and_head returns it). Made
-    # where it was written: a worker on another host (Slurm, MPI) may see another st_dev for the same
-    # shared file, and then its record is only ever a mismatch (the entry is read, as without it).
+    # What the planning's entry index needs to keep the entry written (Store.put_entry_and_head returns it:
+    # its file's stat signature). Made where it was written: a worker on another host (Slurm, MPI) may see
+    # another st_dev for the same shared file, and then it never matches (the entry is read, as without it).
     index_record: tuple | None = None
 
 
@@ -492,7 +492,7 @@ def _shown(value: Any) -> Any:
 
 def _write_entry(task: Task, store: Store, record: Record, reads: dict[str, Read],
                  outputs: dict[str, StoredOutput], fn_time: float, metrics=None, series=None) -> tuple[Entry, tuple | None]:
-    """The node's entry, stored with its head, and its record for the entry index (Store.put_entry_and_head)."""
+    """The node's entry, stored with its head, and what the entry index needs of it (Store.put_entry_and_head)."""
     entry = Entry(
         key=task.key, trace_id=keys.trace_id({p: r.hash for p, r in reads.items()}, record.files),
         stage=task.stage_ref[0] + ":" + task.stage_ref[1], param_set=task.set_name, created=time.time(),

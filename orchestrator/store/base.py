@@ -122,16 +122,16 @@ class Store(abc.ABC):
 
     def put_entry_and_head(self, entry: Entry, head_name: str) -> tuple | None:
         """put_entry, then the head `head_name` (the last key of the entry's stage on its parameter
-        set) naming it: what a node that ran stores. Returns what an entry index may keep of the
-        entry, so that the next planning need not read it back (DiskStore: its record, see
-        store.entryindex.written_record), or None."""
+        set) naming it: what a node that ran stores. Returns what an entry index needs to keep the
+        entry, so that the next planning need not read it back (DiskStore: its file's stat
+        signature, see store.entryindex), or None."""
         self.put_entry(entry)
         self.put_head(head_name, Head(entry.key, entry.created, entry.components, entry.trace_id))
         return None
 
-    def learn_written(self, entry: Entry, record: tuple) -> None:
-        """Keep `record` (what put_entry_and_head returned for `entry`, maybe in another process: a
-        pool worker, an MPI rank) in the entry index this store plans with, if it has one."""
+    def learn_written(self, entry: Entry, sig: tuple) -> None:
+        """Keep `entry` in the entry index this store plans with, if it has one; `sig` is what
+        put_entry_and_head returned for it (maybe in another process: a pool worker, an MPI rank)."""
 
     @abc.abstractmethod
     def get_code_manifest(self, digest: str) -> CodeManifest | None:

@@ -365,9 +365,9 @@ class DiskStore(Store):
                 self._index.keep_hints(hints)
             self._index.save()
 
-    def learn_written(self, entry: Entry, record: tuple) -> None:
+    def learn_written(self, entry: Entry, sig: tuple) -> None:
         if self._index is not None:
-            self._index.learn_written(f"{entry.key}/{entry.trace_id}", record)
+            self._index.learn_written(f"{entry.key}/{entry.trace_id}", sig, entry)
 
     def get_entries(self, key: str, *, label: str = "") -> list[Entry]:
         d = self._entry_dir(key)
@@ -429,9 +429,9 @@ class DiskStore(Store):
         atomic_write_bytes(self._head_file(name), _COMPACT.encode(head.to_json()).encode())
 
     def put_entry_and_head(self, entry: Entry, head_name: str) -> tuple | None:
-        """put_entry and the head (see _link_head); returns the entry's record for the entry index
-        (store.entryindex.written_record): the stat signature its file has now, after the head's
-        link (the last change this writer makes to it), taken only while the file at its path is
+        """put_entry and the head (see _link_head); returns, for the entry index (store.entryindex),
+        the stat signature its file has now, after the head's link (the last change this writer
+        makes to it), taken only while the file at its path is
         still the one written here (another writer of the same key and trace may have replaced it: its device, inode, size and
         mtime are compared with the file written, which the rename and the link leave as they were)."""
         written = self._put_entry(entry)
@@ -440,10 +440,10 @@ class DiskStore(Store):
             st = os.stat(self._entry_file(entry.key, entry.trace_id))
         except OSError:
             return None
-        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (written.st_dev, written.st_ino, written.st_size,
-                                                                 written.st_mtime_ns):
+        if (st.st_ino != written.st_ino or st.st_dev != written.st_dev or st.st_size != written.st_size
+                or st.st_mtime_ns != written.st_mtime_ns):
             return None
-        return entryindex.written_record(entry, st)
+        return entryindex.signature(st)
 
     def _link_head(self, entry: Entry, head_name: str) -> None:
         """The head is a hard link to the entry file just written: an entry is a valid head record

@@ -13,8 +13,8 @@ the cache can write its pickles too), of another format or Python marshal
 version, or written for another cache directory is ignored as if absent: it can only save work
 that reading the entry would have done with the same result, never decide a hit on its own.
 
-An entry a run wrote is recorded too, without waiting RACY_S (written_record, made by its writer:
-DiskStore.put_entry_and_head): its content is what the writer packed, and the stat signature was
+An entry a run wrote is recorded too, without waiting RACY_S (learn_written, then written_record
+when the index is saved): its content is the Entry its writer wrote, and the stat signature was
 taken after the writer's last change to the file (the head's hard link), only while the file at
 its path was still the one the writer made (same device, inode, size and mtime: another writer of
 the same key and trace may have replaced it). What the racy rule would add for such a record is
@@ -68,8 +68,9 @@ def pack(e: Entry) -> bytes:
             e.duration_s, e.accepted, e.metrics, tuple(e.series) if e.series is not None else None))
 
 
-def written_record(entry: Entry, st: os.stat_result) -> tuple | None:
-    """(signature, pack(entry)) for an entry just written as JSON, whose file's stat is `st`; None
+def written_record(entry: Entry, sig: tuple) -> tuple | None:
+    """(sig, pack(entry)) for an entry written as JSON whose file had the stat signature `sig` once
+    its writer was done with it (DiskStore.put_entry_and_head); None
     when parsing that file back could give anything but `entry` itself: a value that JSON does not
     keep as it is (a tuple, a subclass, a key that is not a str, a float that is not finite), an int
     where the reader makes a float, or a field the reader would refuse (entries.Entry.from_json).
@@ -94,7 +95,7 @@ def written_record(entry: Entry, st: os.stat_result) -> tuple | None:
                 or not json_exact(o.cacher[1]) or not json_exact(o.metadata)):
             return None
     try:
-        return signature(st), pack(entry)
+        return sig, pack(entry)
     except ValueError:  # a value marshal cannot write
         return None
 
@@ -150,6 +151,7 @@ class EntryIndex:
         self._old, self._hints = _load(path, entries_dir)
         self._new_hints: dict | None = None  # hints to write, when they differ from the loaded ones
         self._used: dict[str, tuple] = {}  # records confirmed or learned by this planning
+        self._written: dict[str, tuple] = {}  # name -> (signature, Entry) of entries written since (learn_written)
         self._learned = 0
         # `writable`: the cache is not read-only for this user. Entries read are learned only once the
         # cache exists (the filesystem clock of RACY_S is a file made in it); entries written, always.
@@ -189,10 +191,12 @@ class EntryIndex:
                 return
             self._learned += 1
 
-    def learn_written(self, name: str, record: tuple) -> None:
-        """`record` (written_record) of the entry `name` ("<key>/<trace id>") this run wrote."""
+    def learn_written(self, name: str, sig: tuple, entry: Entry) -> None:
+        """`entry` ("<key>/<trace id>": `name`), which this run wrote and whose file had the stat
+        signature `sig` then; checked and packed when the index is saved (written_record), so that a
+        run holds no second copy of what it wrote until then."""
         if self._writable:
-            self._used[name] = record
+            self._written[name] = (sig, entry)
             self._learned += 1
 
     def hints(self) -> dict[str, dict[str, tuple]]:
@@ -209,6 +213,13 @@ class EntryIndex:
         if not self._writable or not (self._learned or self._new_hints is not None):
             return
         hints = self._new_hints if self._new_hints is not None else self._hints
+        for name, (sig, entry) in self._written.items():
+            record = written_record(entry, sig)
+            if record is not None:
+                self._used[name] = record
+            else:
+                self._used.pop(name, None)  # an older record of that name: not of this file
+        self._written = {}
         records = dict(self._used)
         unused = [(n, r) for n, r in self._old.items() if n not in records]
         if len(unused) <= KEEP_UNUSED * len(records):
