@@ -20,9 +20,9 @@ def test_compare_quick_runs(capsys):
     assert "| workload | orch |" in out and "chain20-cached" in out
 
 
-@pytest.mark.parametrize("workload, extra", [("chain200-first", []), ("run1-cached", ["--shared"])])
+@pytest.mark.parametrize("workload, extra", [("chain200-first", []), ("run1-cached", ["--shared"]), ("chain200-once", [])])
 def test_ab_times_two_checkouts_in_alternation(workload, extra):
-    """bench/ab.py runs a first-run workload, and a cached one on one shared project, end to end, with
+    """bench/ab.py runs a first-run workload, the run right after one, and a cached one on one shared project, end to end, with
     the same checkout as A and B (a smoke test; the timings are for people)."""
     import subprocess
 

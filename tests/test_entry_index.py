@@ -299,26 +299,13 @@ def test_a_run_indexes_the_entries_it_wrote(project, monkeypatch, request):
     """At its end a run puts the entries it wrote into the index, with their read signatures as
     hints: the planning right after it (RACY_S not waited for) opens no entry file and lists no key
     directory, and serves exactly the entries the files hold. Pool workers' entries too."""
-    from orchestrator.session import RunOptions, plan_experiment
-
     pipeline(project)
-    run = ("run", "experiment.py", "--params", "params/sweep.yaml")
-    project.orch(*run, "-j", "2")
-    monkeypatch.setattr(entryindex, "RACY_S", 3600.0)  # nothing read now could be learned: only written records serve
-    monkeypatch.chdir(project.root)
-    monkeypatch.syspath_prepend(str(project.root))
-    isolate_stages_package(request)
-    opened, listed = [], []
-    real_read, real_listdir = DiskStore._read, os.listdir
-    monkeypatch.setattr(DiskStore, "_read", lambda self, path, *a, **k: opened.append(path) or real_read(self, path, *a, **k))
-    monkeypatch.setattr(os, "listdir", lambda d=".": listed.append(str(d)) or real_listdir(d))
-    experiment = (project.root / "experiment.py").resolve()
-    planned = plan_experiment(RunOptions(experiment, params=["params/sweep.yaml"]), experiment, project.root / ".orch")
-    assert {d.state for d in planned.decisions} == {"cached"} and len(planned.decisions) == 6
-    assert [p for p in opened if "/entries/" in p] == [] and [d for d in listed if "/entries/" in d] == []
-    for d in planned.decisions:
-        path = project.root / ".orch" / "entries" / d.key[:2] / d.key / f"{d.entry.trace_id}.json"
-        assert d.entry == Entry.from_json(json.loads(path.read_bytes()))
+    project.orch("run", "experiment.py", "--params", "params/sweep.yaml", "-j", "2")
+    here = InProcess(project, monkeypatch, request, racy=3600.0)  # nothing read now is learned: only written records serve
+    decisions = here.plan().decisions
+    assert {d.state for d in decisions} == {"cached"} and len(decisions) == 6
+    assert here.entries_read() == [] and here.entry_dirs_listed() == []
+    assert all(d.entry == here.file_of(d) for d in decisions)
 
 
 def test_a_failed_run_indexes_what_it_wrote_and_an_overwrite_replaces_the_records(project, monkeypatch, request):
@@ -330,34 +317,18 @@ def test_a_failed_run_indexes_what_it_wrote_and_an_overwrite_replaces_the_record
         'count("evaluate")', 'count("evaluate")\n    assert model < 10, "too good"'))
     run = ("run", "experiment.py", "--params", "params/sweep.yaml")
     assert project.orch(*run, check=False).returncode != 0  # evaluate fails in the lr=0.2 set
-    monkeypatch.setattr(entryindex, "RACY_S", 3600.0)
-    monkeypatch.chdir(project.root)
-    monkeypatch.syspath_prepend(str(project.root))
-    isolate_stages_package(request)
-    opened = []
-    real_read = DiskStore._read
-    monkeypatch.setattr(DiskStore, "_read", lambda self, path, *a, **k: opened.append(path) or real_read(self, path, *a, **k))
-    experiment = (project.root / "experiment.py").resolve()
-
-    def plan() -> list:
-        from orchestrator.session import RunOptions, plan_experiment
-
-        opened.clear()
-        return plan_experiment(RunOptions(experiment, params=["params/sweep.yaml"]), experiment,
-                               project.root / ".orch").decisions
-
-    decisions = plan()
+    here = InProcess(project, monkeypatch, request, racy=3600.0)
+    decisions = here.plan().decisions
     assert sorted(str(d.state) for d in decisions) == ["cached"] * 5 + ["run"]
-    assert [p for p in opened if "/entries/" in p and os.path.exists(p)] == []  # (the failed node's: a probe)
+    assert here.entries_read() == []
     before = {d.key: d.entry for d in decisions if d.entry is not None}
     project.write("stages/data.py", (project.root / "stages" / "data.py").read_text().replace(
         '\n    assert model < 10, "too good"', ""))
     project.orch(*run, "--overwrite")
-    decisions = plan()
-    assert {str(d.state) for d in decisions} == {"cached"} and [p for p in opened if "/entries/" in p] == []
+    decisions = here.plan().decisions
+    assert {str(d.state) for d in decisions} == {"cached"} and here.entries_read() == []
     for d in decisions:
-        path = project.root / ".orch" / "entries" / d.key[:2] / d.key / f"{d.entry.trace_id}.json"
-        assert d.entry == Entry.from_json(json.loads(path.read_bytes()))
+        assert d.entry == here.file_of(d)
         if d.key in before:
             assert d.entry.created > before[d.key].created  # the new computation, not the old record
 
@@ -413,36 +384,61 @@ def test_malformed_hints_are_dropped_and_the_records_kept(cache, monkeypatch):
 def test_a_settled_cached_run_lists_no_entry_directory(project, monkeypatch, request):
     """With the hints, the first node of each stage stats its predicted entry instead of listing its
     key's directory; an edit that misses still lists it (and re-runs what it changes)."""
-    from orchestrator.session import RunOptions, plan_experiment
-
     pipeline(project)
     env = {"ORCH_INDEX_RACY_S": "0"}
     run = ("run", "experiment.py", "--params", "params/sweep.yaml")
     project.orch(*run, env=env)
     project.orch(*run, env=env)  # reads every entry, writes the index and the hints
-    monkeypatch.setattr(entryindex, "RACY_S", 0.0)
-    monkeypatch.chdir(project.root)
-    monkeypatch.syspath_prepend(str(project.root))
-    isolate_stages_package(request)
-    listed = []
-    real = os.listdir
-    monkeypatch.setattr(os, "listdir", lambda d=".": listed.append(str(d)) or real(d))
-    experiment = (project.root / "experiment.py").resolve()
-    index_name = hashlib.sha256(str(experiment).encode()).hexdigest()[:32]
+    here = InProcess(project, monkeypatch, request, racy=0.0)
+    index_name = hashlib.sha256(str(here.experiment).encode()).hexdigest()[:32]
     store = planning(project.root / ".orch", index_name)
     hints = store.planning_hints()
     assert set(hints) == {"stages.data:make_data", "stages.data:train", "stages.data:evaluate"}
     stale = {stage: {**sigs, "0" * 16: (("gone.param",), ())} for stage, sigs in hints.items()}
     store.save_entry_index(stale)  # signatures of entries deleted since: tried, never found
-    opts = RunOptions(experiment, params=["params/sweep.yaml"])
-    planned = plan_experiment(opts, experiment, project.root / ".orch")
-    assert {d.state for d in planned.decisions} == {"cached"}
-    assert [d for d in listed if "/entries/" in d] == []
+    assert {d.state for d in here.plan().decisions} == {"cached"}
+    assert here.entry_dirs_listed() == []
     assert planning(project.root / ".orch", index_name).planning_hints() == hints  # the stale ones dropped
-    planned = plan_experiment(RunOptions(experiment, params=["params/sweep.yaml"], overrides=["data.n=11"]),
-                              experiment, project.root / ".orch")
-    assert [str(d.state) for d in planned.decisions].count("run") == 2  # make_data, in each set
-    assert [d for d in listed if "/entries/" in d]  # the miss looked at every entry of the key
+    decisions = here.plan(overrides=("data.n=11",)).decisions
+    assert [str(d.state) for d in decisions].count("run") == 2  # make_data, in each set
+    assert here.entry_dirs_listed()  # the miss looked at every entry of the key
+
+
+class InProcess:
+    """Plannings of the test project in this process (its `stages` isolated: isolate_stages_package),
+    with RACY_S set to `racy`, counting the entry files read and the directories listed."""
+
+    def __init__(self, project, monkeypatch, request, racy: float):
+        monkeypatch.setattr(entryindex, "RACY_S", racy)
+        monkeypatch.chdir(project.root)
+        monkeypatch.syspath_prepend(str(project.root))
+        isolate_stages_package(request)
+        self.root, self.opened, self.listed = project.root, [], []
+        real_read, real_listdir = DiskStore._read, os.listdir
+        monkeypatch.setattr(DiskStore, "_read", lambda store, path, *a, **k: self.opened.append(path)
+                            or real_read(store, path, *a, **k))
+        monkeypatch.setattr(os, "listdir", lambda d=".": self.listed.append(str(d)) or real_listdir(d))
+        self.experiment = (project.root / "experiment.py").resolve()
+
+    def plan(self, params: str = "params/sweep.yaml", overrides: tuple = ()):
+        from orchestrator.session import RunOptions, plan_experiment
+
+        self.opened.clear()
+        self.listed.clear()
+        opts = RunOptions(self.experiment, params=[params], overrides=list(overrides))
+        return plan_experiment(opts, self.experiment, self.root / ".orch")
+
+    def entries_read(self) -> list[str]:
+        """Entry files opened that exist (a node that runs probes its predicted entry: not a read)."""
+        return [p for p in self.opened if "/entries/" in p and os.path.exists(p)]
+
+    def entry_dirs_listed(self) -> list[str]:
+        return [d for d in self.listed if "/entries/" in d]
+
+    def file_of(self, decision) -> Entry:
+        """What the file of a decision's entry holds, parsed."""
+        path = self.root / ".orch" / "entries" / decision.key[:2] / decision.key / f"{decision.entry.trace_id}.json"
+        return Entry.from_json(json.loads(path.read_bytes()))
 
 
 def isolate_stages_package(request) -> None:
