@@ -352,7 +352,7 @@ class DiskStore(Store):
         """Serve entries through the index `name` (store.entryindex: one per experiment) from now on."""
         check_name("entry index name", name)
         self._index = entryindex.EntryIndex(os.path.join(str(self.root), "index", name + ".idx"), self._entries,
-                                 writable=not self.read_only)
+                                            writable=not self.read_only)
 
     def planning_hints(self) -> dict[str, dict[str, tuple]]:
         """The planner's hints kept in the entry index (store.entryindex), {} without one."""
@@ -430,10 +430,10 @@ class DiskStore(Store):
 
     def put_entry_and_head(self, entry: Entry, head_name: str) -> tuple | None:
         """put_entry and the head (see _link_head); returns, for the entry index (store.entryindex),
-        the stat signature its file has now, after the head's link (the last change this writer
-        makes to it), taken only while the file at its path is
-        still the one written here (another writer of the same key and trace may have replaced it: its device, inode, size and
-        mtime are compared with the file written, which the rename and the link leave as they were)."""
+        the stat signature its file has now, after the head's link (the last change this writer makes
+        to it), only while the file at its path is still the one written here: another writer of the
+        same key and trace may have replaced it, so its device, inode, size and mtime are compared
+        with the file written (the rename and the link leave them as they were)."""
         written = self._put_entry(entry)
         self._link_head(entry, head_name)
         try:

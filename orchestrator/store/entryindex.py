@@ -22,8 +22,9 @@ protection against a change within the same timestamp tick as that stat that kee
 inode: an in-place edit, which no orch process makes (entries are only ever replaced by rename), or
 the file replaced twice by other writers of the same key and trace, the second reusing its inode
 number with the same size, within that tick (up to a second on filesystems with coarse
-timestamps). Either way the index would serve a computation orch wrote, of the same key and trace. So the run after a sweep reads no entry file either (before, it
-parsed every entry: 1k nodes, +45% instructions). The run saves the index at its end.
+timestamps). Either way the index would serve a computation orch wrote, of the same key and trace.
+So the run after a sweep reads no entry file either (before, it parsed every entry: 1k nodes, +45%
+instructions). The run saves the index at its end, after its manifest.
 
 One index per experiment file (`<cache>/index/<sha256 of its path>.idx`), written by rename after
 planning when it learned something; several writers lose at most speed, never correctness.
