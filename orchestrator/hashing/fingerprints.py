@@ -47,6 +47,10 @@ def _defs() -> tuple:
     return ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef
 
 
+class _Stale(Exception):
+    """A source file changed between its stamp and its parse: nothing is recorded under that stamp."""
+
+
 class _Global(NamedTuple):
     """A module-level name that is not a def, fingerprinted by the statements that bind it."""
 
@@ -73,7 +77,7 @@ class Fingerprinter:
         self._analysed: dict[int, tuple] = {}  # id(obj) -> (obj, items, refs)
         self._digests: dict[int, tuple] = {}  # id(obj) -> (obj, digest)
         self._globals: dict[tuple[str, str], _Global] = {}
-        self._edited: set[str] = set()
+        self._stamps: dict[str, list | None] = {}  # source file -> its stamp when first read (_stamp)
         self._closures: dict[int, set] = {}  # id(obj) -> the items of its fingerprint
         self._item_files: dict[str, str] = {}  # item name -> the file it is defined in
         self._static: dict[str, list] = {}  # module not loaded -> [(module, digest, file)] of its closure
@@ -268,15 +272,13 @@ class Fingerprinter:
         """The parsed definition of a plain function (docstrings stripped), from the per-file parse
         this instance keeps: other static analyses (lock scopes) need not re-read the source."""
         code = getattr(_unwrap_chain(fn)[-1], "__code__", None)
-        if code is None:
-            return None
+        stamp = code and self._stamp(code.co_filename)
+        if not stamp:
+            return None  # gone, or edited since import: the source is not the code that runs
         try:
-            st = os.stat(code.co_filename)
-        except OSError:
+            parsed = self._parse(code.co_filename, stamp)
+        except _Stale:
             return None
-        if st.st_ctime_ns > self._started_ns:
-            return None  # edited since import: the source is not the code that runs
-        parsed = self._parse(code.co_filename, [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
         nodes = parsed and _function_locator(code)(*parsed)
         return nodes[0] if nodes else None
 
@@ -285,26 +287,42 @@ class Fingerprinter:
     def _definition(self, filename: str, key: str, locate, summarize=None) -> list | None:
         """[digest, names] of one definition (or, with `summarize`, whatever it makes of the located
         nodes), cached per file stamp."""
-        try:
-            st = os.stat(filename)
-        except OSError:
+        stamp = self._stamp(filename)
+        if stamp is None:
             return None
-        if st.st_ctime_ns > self._started_ns:  # the source on disk may not be the imported code
-            if filename not in self._edited:
-                self._edited.add(filename)
-                log.warning("%s changed during this run: fingerprinting its code as imported", filename)
-            return None
-        # Inode and ctime too: a cached digest must never outlive an edit that restored the mtime.
-        files, stamp = self._load(), [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+        files = self._load()
         record = files.get(filename)
         if record is None or record["stamp"] != stamp:
             record = files[filename] = {"stamp": stamp, "defs": {}}
         if key not in record["defs"]:
-            nodes = (parsed := self._parse(filename, stamp)) and locate(*parsed)
+            try:
+                parsed = self._parse(filename, stamp)
+            except _Stale:
+                return None
+            nodes = parsed and locate(*parsed)
             summary = (summarize or _definition_summary)(nodes, parsed[0]) if nodes else None
             record["defs"][key] = summary
             self._dirty = True
         return record["defs"][key]
+
+    def _stamp(self, filename: str) -> list | None:
+        """[size, mtime, inode, ctime] of a source file, taken once per instance: every definition in
+        it is read against one stamp (a file of 200 stages is one stat, not 200). None if it cannot be
+        stat'ed or changed since the run imported it (inode and ctime too: a cached digest must never
+        outlive an edit that restored the mtime)."""
+        if filename in self._stamps:
+            return self._stamps[filename]
+        try:
+            st = os.stat(filename)
+        except OSError:
+            stamp = None
+        else:
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+            if st.st_ctime_ns > self._started_ns:  # the source on disk may not be the imported code
+                log.warning("%s changed during this run: fingerprinting its code as imported", filename)
+                stamp = None
+        self._stamps[filename] = stamp
+        return stamp
 
     def _load(self) -> dict[str, dict]:
         if self._files is None:
@@ -325,9 +343,15 @@ class Fingerprinter:
             return cached[1], cached[2]
         try:
             with open(filename, "rb") as f:
+                st = os.fstat(f.fileno())
                 source = f.read()
+        except OSError:
+            return None
+        if [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns] != stamp:
+            raise _Stale  # edited since it was stamped (the stamp is taken once per run: _stamp)
+        try:
             tree = ast.parse(source, filename)
-        except (OSError, SyntaxError, ValueError):
+        except (SyntaxError, ValueError):
             return None
         index, todo, defs = {_SOURCE: source}, [tree], _defs()
         while todo:  # statements only: definitions never hide inside expressions
