@@ -61,7 +61,17 @@ def _enc(v: Any, depth: int) -> bytes:
         if depth >= MAX_DEPTH:
             raise _Unencodable
         depth += 1
-        p = b"".join([_enc(x, depth) for x in v])
+        parts = []
+        for x in v:  # str items framed here: a call per item would double the cost of a tuple of names
+            if type(x) is str:
+                x = x.encode("utf-8", "surrogatepass")
+                parts.append(_HEAD(b"s", len(x)))
+                parts.append(x)
+            elif x is None:
+                parts.append(_NONE)
+            else:
+                parts.append(_enc(x, depth))
+        p = b"".join(parts)
         return _HEAD(b"t" if t is tuple else b"l", len(p)) + p
     if t is int:
         p = v.to_bytes((v.bit_length() + 8) // 8, "big", signed=True)
@@ -70,14 +80,21 @@ def _enc(v: Any, depth: int) -> bytes:
         if depth >= MAX_DEPTH:
             raise _Unencodable
         depth += 1
-        items = sorted([(_enc(k, depth), val) for k, val in v.items()], key=_first)
+        items = []
+        for k, val in v.items():  # str keys framed here, as str items of a tuple are
+            if type(k) is str:
+                k = k.encode("utf-8", "surrogatepass")
+                items.append((_HEAD(b"s", len(k)) + k, val))
+            else:
+                items.append((_enc(k, depth), val))
+        items.sort(key=_first)
         p = b"".join([ek + _enc(val, depth) for ek, val in items])
         return _HEAD(b"d", len(p)) + p
     if t is float:  # exact; every NaN is the same value for caching purposes
         p = b"nan" if v != v else v.hex().encode()
         return _HEAD(b"f", len(p)) + p
     if v is None:
-        return b"N" + _ZERO
+        return _NONE
     if t is bool:
         return b"b" + _ONE + (b"\x01" if v else b"\x00")
     return _enc_other(v, t, depth)
@@ -121,6 +138,7 @@ def _first(item: tuple) -> bytes:
 
 _ZERO = (0).to_bytes(8, "big")
 _ONE = (1).to_bytes(8, "big")
+_NONE = b"N" + _ZERO
 
 
 def _locate(v: Any, path: tuple) -> tuple[tuple, str] | None:
