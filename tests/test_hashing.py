@@ -195,6 +195,77 @@ def test_subclasses_of_supported_types_encode_as_their_base():
     assert encode(OrderedDict(b=1, a=2)) == encode({"a": 2, "b": 1})
 
 
+def _spec_encoding(v) -> bytes:
+    """The encoding as its docstring states it, one recursive rule per type and nothing inlined:
+    the reference the optimized encoder (str items and keys framed in place) must match byte for byte."""
+    import struct
+
+    def frame(tag: bytes, payload: bytes) -> bytes:
+        return tag + struct.pack(">Q", len(payload)) + payload
+
+    if v is None:
+        return frame(b"N", b"")
+    if isinstance(v, bool):
+        return frame(b"b", b"\x01" if v else b"\x00")
+    if isinstance(v, int):
+        return frame(b"i", int(v).to_bytes((v.bit_length() + 8) // 8, "big", signed=True))
+    if isinstance(v, float):
+        return frame(b"f", b"nan" if v != v else float(v).hex().encode())
+    if isinstance(v, str):
+        return frame(b"s", v.encode("utf-8", "surrogatepass"))
+    if isinstance(v, (bytes, bytearray)):
+        return frame(b"y", bytes(v))
+    if isinstance(v, (list, tuple)):
+        return frame(b"l" if isinstance(v, list) else b"t", b"".join(_spec_encoding(x) for x in v))
+    if isinstance(v, dict):
+        items = sorted((_spec_encoding(k), _spec_encoding(x)) for k, x in v.items())
+        return frame(b"d", b"".join(k + x for k, x in items))
+    return frame(b"e", b"".join(sorted(_spec_encoding(x) for x in v)))
+
+
+def _hashable(x) -> bool:
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True
+
+
+def test_encoding_matches_the_spec_on_random_nested_values():
+    import random
+    from collections import OrderedDict, namedtuple
+
+    Pair = namedtuple("Pair", "a b")
+
+    class Name(str):
+        pass
+
+    rng = random.Random(14)
+    scalars = [None, True, False, 0, -1, 2**70, 1.5, float("nan"), "", "a", "é\u00a0x", "\ud800", Name("n"),
+               b"\x00b", bytearray(b"z")]
+
+    def value(depth: int):
+        kind = rng.randrange(8 if depth < 4 else 1)
+        if kind == 0:
+            return rng.choice(scalars)
+        items = [value(depth + 1) for _ in range(rng.randrange(5))]
+        if kind in (1, 2):
+            return items if kind == 1 else tuple(items)
+        if kind == 3:
+            return Pair(rng.choice(scalars), items)
+        if kind in (4, 5):  # str keys (the inlined case), others mixed in
+            keys = [rng.choice(["k", "é", "\ud800", Name("k2"), 3, (1, "t"), None]) for _ in items]
+            d = dict(zip(keys, items))
+            return d if kind == 4 else OrderedDict(reversed(list(d.items())))
+        if kind == 6:
+            return frozenset(x for x in items if _hashable(x))
+        return [rng.choice(scalars) for _ in range(rng.randrange(6))]  # flat: str / None items in place
+
+    for _ in range(3000):
+        v = value(0)
+        assert encode(v) == _spec_encoding(v), repr(v)
+
+
 def test_unsupported_type_names_type_and_location():
     with pytest.raises(TypeError, match=r"type object at \['train'\]\['opt'\]"):
         hash_value({"train": {"opt": object()}})
@@ -811,6 +882,32 @@ def test_source_edited_during_the_run_fingerprints_the_imported_code(proj, caplo
         during = fp.fingerprint(mod.helper)
     assert "changed during this run" in caplog.text
     assert during != Fingerprinter(proj.root).fingerprint(proj.load("stages.util").helper)
+
+
+def test_file_stamped_once_per_run_and_an_edit_before_its_parse_is_not_recorded(proj, monkeypatch):
+    """A file is stat'ed once per Fingerprinter (a file of 200 stages is one stat). A definition the
+    persistent cache does not hold yet is parsed later; if the file changed since its stamp, the
+    new source's digest is neither used for the imported code nor recorded under the old stamp."""
+    monkeypatch.setattr(statcache, "RACY_NS", 0)
+    proj.write("stages/two.py", "def a(x):\n    return x + 1\n\n\ndef b(x):\n    return x + 2\n")
+    cache = proj.root / "fp.json"
+    first = Fingerprinter(proj.root, cache_path=cache)
+    first.fingerprint(proj.load("stages.two").a)
+    first.save()  # the cache holds two.py's stamp with `a` only
+    mod = proj.load("stages.two")
+    fp = Fingerprinter(proj.root, cache_path=cache)
+    two, stats, real_stat = str(proj.root / "stages" / "two.py"), [], os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: stats.append(str(p)) or real_stat(p, *a, **k))
+    fp.fingerprint(mod.a)  # stamps two.py; `a` comes from the cache, nothing is parsed
+    proj.edit("stages/two.py", "return x + 2", "return x + 3")  # same size, before `b` is parsed
+    during = fp.fingerprint(mod.b)
+    assert stats.count(two) == 1
+    monkeypatch.setattr(os, "stat", real_stat)
+    edited = Fingerprinter(proj.root).fingerprint(proj.load("stages.two").b)
+    assert during != edited  # the imported code (x + 2) is not keyed as the edited source (x + 3)
+    fp.save()
+    saved = json.loads(cache.read_text())["files"].get(two)
+    assert saved is None or not any(k.startswith("f:b:") for k in saved["defs"])
 
 
 def test_parameters_and_locals_are_not_references_to_module_names(proj):
