@@ -55,7 +55,7 @@ _ONE_COMPUTATION = (Status.RAN, Status.CACHED)  # a run's rows of these show the
 def escape(s: str) -> str:
     """html.escape(s): the same replacements in the same order, without importing html (which
     builds its entity table and compiles a regular expression: ~8 M instructions, every run)."""
-    if s.isalnum():  # most names: nothing to replace (isalnum is False for every escaped character)
+    if s.isalnum() or not ("&" in s or "<" in s or ">" in s or '"' in s or "'" in s):  # most text: nothing
         return s
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;").replace("'", "&#x27;")
 
@@ -226,12 +226,12 @@ def _stage_picture(nodes: list[dict]) -> Picture:
         c[status] = c.get(status, 0) + 1
         sets[i].add(n["param_set"])
         index[n["id"]] = i
-    shared = Counter(names)
+    shared = Counter(names) if len(set(names)) < len(names) else {}
     boxes = []
     for key, name, c, in_sets in zip(slot, names, counts, sets):
         status = next((st for st in STATUS_ORDER if c.get(st)), next(iter(c)))
         summary = ", ".join(f"{c[st]} {st}" for st in _ordered(c))
-        title = key if shared[name] > 1 else name  # two stages of one name: tell them apart by module
+        title = key if shared.get(name, 1) > 1 else name  # two stages of one name: tell them apart by module
         sets_text = f"{len(in_sets)} parameter set" + ("s" if len(in_sets) != 1 else "")
         boxes.append(Box(title, summary, status, f"{key}\n{sets_text}: {summary}", counts=c))
     return Picture(boxes, _edges(nodes, index), True, len(nodes))
@@ -259,6 +259,9 @@ def _edges(nodes: list[dict], box_of: dict) -> list[tuple[int, int, str]]:
 
 
 def _ordered(counts: dict[str, int]) -> list[str]:
+    if len(counts) == 1:  # most boxes and rows: one status (called for every stage box and table row)
+        (status,) = counts
+        return [status] if counts[status] or status not in COLOURS else []
     return [s for s in STATUS_ORDER if counts.get(s)] + sorted(s for s in counts if s not in COLOURS)
 
 
