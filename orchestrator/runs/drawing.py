@@ -275,9 +275,11 @@ def layout(pic: Picture, sweeps: int = 4) -> Picture:
     for _, s, d in forward:
         direct[d].append(s)
     layer = [0] * n
-    for i in range(n):
-        if direct[i]:
-            layer[i] = 1 + max(layer[p] for p in direct[i])
+    for i, into in enumerate(direct):
+        if len(into) == 1:  # a chain's box (no generator per box: every report draws up to 3,000)
+            layer[i] = 1 + layer[into[0]]
+        elif into:
+            layer[i] = 1 + max(layer[p] for p in into)
     preds: list[list[int]] = [[] for _ in range(n)]
     succs: list[list[int]] = [[] for _ in range(n)]
     hops: dict[int, list[int]] = {}
@@ -301,15 +303,18 @@ def layout(pic: Picture, sweeps: int = 4) -> Picture:
     box_h = _STAGE_BOX_H if pic.stages else _BOX_H
     size = [box_h] * n + [0] * (len(layer) - n)
     y = _heights(layers, preds, succs, size)
-    top = min((y[v] - size[v] / 2 for v in range(len(y))), default=0.0) - _MARGIN - _LEGEND_H
-    bottom = max((y[v] + size[v] / 2 for v in range(len(y))), default=0.0)
-    x, columns = float(_MARGIN), []
+    top = min([c - h / 2 for c, h in zip(y, size)], default=0.0) - _MARGIN - _LEGEND_H
+    bottom = max([c + h / 2 for c, h in zip(y, size)], default=0.0)
+    x, columns, boxes = float(_MARGIN), [], pic.boxes
     for row in layers:
-        width = max(_box_width(pic.boxes[v]) for v in row if v < n)
+        if len(row) == 1:  # (a layer holds at least one box: waypoints only fill the layers between boxes)
+            width = _box_width(boxes[row[0]])
+        else:
+            width = max(_box_width(boxes[v]) for v in row if v < n)
         columns.append((x, width))
         for v in row:
             if v < n:
-                box = pic.boxes[v]
+                box = boxes[v]
                 box.layer, box.x, box.y, box.w = layer[v], x, y[v] - box_h / 2 - top, width
         x += width + _GAP_X
     pic.routes = {e: [(columns[layer[v]][0], sum(columns[layer[v]]), y[v] - top) for v in vs] for e, vs in hops.items()}
@@ -361,8 +366,11 @@ def _heights(layers: list[list[int]], preds: list[list[int]], succs: list[list[i
         for row in (layers[1:] if down else layers[-2::-1]):
             if len(row) == 1:  # alone in its layer: where its neighbours want it (the shift below is 0.0)
                 v = row[0]
-                if near[v]:
-                    y[v] = sum(y[j] for j in near[v]) / len(near[v])
+                around = near[v]
+                if len(around) == 1:
+                    y[v] = 0.0 + y[around[0]]  # what sum() / 1 gives, -0.0 included
+                elif around:
+                    y[v] = sum(y[j] for j in around) / len(around)
                 continue
             want = [sum(y[j] for j in near[v]) / len(near[v]) if near[v] else y[v] for v in row]
             placed = want[:1]
