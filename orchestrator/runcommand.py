@@ -100,4 +100,11 @@ def run(args: RunArgs, debug: bool) -> int:
              f"with the same arguments re-attaches and submits what they unblock")
         return 1 if result.failed else 0
     console.summary(result)
-    return 1 if result.failed else 0
+    code = 1 if result.failed else 0
+    if launch.kind == "local":  # a fully cached run ends without the interpreter's teardown (exiting)
+        from .core.status import Status
+        from .exiting import end_now
+
+        cached = Status.CACHED
+        end_now(code, nothing_ran=all(o.status == cached for o in result.outcomes))
+    return code
