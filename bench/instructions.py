@@ -57,10 +57,10 @@ def console_script(code: Path, where: Path) -> Path:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
 
-    module = tomllib.loads((code / "pyproject.toml").read_text())["project"]["scripts"]["orch"].split(":")[0]
+    module, function = tomllib.loads((code / "pyproject.toml").read_text())["project"]["scripts"]["orch"].split(":")
     where.mkdir(parents=True, exist_ok=True)
     script = where / "orch"
-    script.write_text(f"import sys\nfrom {module} import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+    script.write_text(f"import sys\nfrom {module} import {function}\nif __name__ == '__main__':\n    sys.exit({function}())\n")
     return script
 
 

@@ -1,7 +1,7 @@
 """A fully cached `orch run` ends without the interpreter's teardown (orchestrator.exiting), and only
 then: a run that computed something, or one whose process still has exit work to do (atexit callbacks,
-a thread), exits normally. Observed through the real console script: an object the experiment keeps
-alive says when the teardown finalizes it."""
+a thread, an open file, a compiled library, a caller), exits normally. Observed through the real
+console script: an object the experiment keeps alive says when the teardown finalizes it."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import sys
 
 from conftest import ORCH, Project
 
-ORCH_PYTHON = sys.executable
-
 EXPERIMENT = '''
 import os
+import sys
 import atexit
 import threading
 import time
@@ -39,6 +38,18 @@ if os.environ.get("EXP_THREAD"):  # a non-daemon thread with work left once the 
         _write(2, b"thread ran\\n")
 
     threading.Thread(target=after_main).start()
+if os.environ.get("EXP_OPEN_FILE"):  # written at import, never closed: the teardown flushes it
+    LOG = open("import.log", "a")
+    LOG.write("imported\\n")
+if os.environ.get("EXP_EXTENSION"):  # a compiled module from outside Python's library
+    import _imp
+    import types
+
+    fake = types.ModuleType("fake_ext")
+    fake.__file__ = "/opt/lib/fake_ext" + _imp.extension_suffixes()[0]
+    sys.modules["fake_ext"] = fake
+if os.environ.get("EXP_PARTIAL_LINE"):  # stderr is line-buffered: this stays in its buffer
+    sys.stderr.write("partial line at import")
 
 
 @stage(outputs=["x"], cachers=[PickleCacher])
@@ -64,26 +75,36 @@ def _project(project: Project) -> Project:
     return project
 
 
-def test_a_fully_cached_run_skips_the_teardown_and_says_everything(project):
+def _env(p: Project, **extra: str) -> dict:
+    env = {**os.environ, "ORCH_COUNTS": str(p.counts_file), **extra}
+    env.pop("PYTHONUNBUFFERED", None)  # buffering as users have it
+    return env
+
+
+def test_a_fully_cached_run_skips_the_teardown_and_flushes_its_output(project):
     p = _project(project)
     first = p.orch("run", "experiment.py")
     assert "teardown ran" in first.stderr  # stages ran in this process: the normal exit
-    cached = p.orch("run", "experiment.py")
-    assert "2 cached" in cached.stdout and cached.returncode == 0
+    cached = subprocess.run([*ORCH, "run", "experiment.py"], cwd=p.root, capture_output=True, text=True,
+                            env=_env(p, EXP_PARTIAL_LINE="1"))
+    assert cached.returncode == 0 and "2 cached" in cached.stdout
     assert "teardown ran" not in cached.stderr
+    assert "partial line at import" in cached.stderr  # flushed before the exit
     assert p.counts() == {"make": 1, "use": 1}
-    piped = subprocess.run([*ORCH, "run", "experiment.py", "-q"], cwd=p.root, capture_output=True, text=True,
-                           env={**os.environ, "ORCH_COUNTS": str(p.counts_file)})
-    assert piped.returncode == 0 and piped.stdout.strip().startswith("2 nodes: 2 cached")  # flushed before the exit
 
 
 def test_exit_work_of_the_experiment_is_not_skipped(project):
     p = _project(project)
     p.orch("run", "experiment.py")
-    with_atexit = p.orch("run", "experiment.py", env={"EXP_ATEXIT": "1"})
-    assert "atexit ran" in with_atexit.stderr and "teardown ran" in with_atexit.stderr
-    with_thread = p.orch("run", "experiment.py", env={"EXP_THREAD": "1"})
-    assert "thread ran" in with_thread.stderr and "teardown ran" in with_thread.stderr
+    cases = {"EXP_ATEXIT": "atexit ran", "EXP_THREAD": "thread ran", "EXP_OPEN_FILE": None, "EXP_EXTENSION": None}
+    for variable, said in cases.items():
+        proc = subprocess.run([*ORCH, "run", "experiment.py"], cwd=p.root, capture_output=True, text=True,
+                              env=_env(p, **{variable: "1"}))
+        assert proc.returncode == 0 and "2 cached" in proc.stdout, proc.stderr
+        assert "teardown ran" in proc.stderr, variable
+        if said:
+            assert said in proc.stderr
+    assert (p.root / "import.log").read_text() == "imported\n"
 
 
 def test_a_run_that_computed_or_failed_exits_normally(project):
@@ -98,20 +119,32 @@ def test_a_run_that_computed_or_failed_exits_normally(project):
 
 
 def test_a_caller_of_orch_or_a_tracer_keeps_its_process(project, tmp_path):
-    """Code that calls orch's entry point goes on after it returns (a notebook, a test, a profiler
-    writing its results at exit): only the `orch` console script itself, untraced, ends early."""
+    """Code that calls orch's entry point goes on after it returns (a notebook, a test, runpy, a
+    profiler writing its results at exit): only the `orch` console script itself, started by the
+    interpreter and untraced, ends early."""
     p = _project(project)
     p.orch("run", "experiment.py")
-    driver = tmp_path / "driver.py"  # not the console script: it prints after orch returns
+    script = ORCH[-1] if ORCH[-1].endswith("orch") else None
+    driver = tmp_path / "driver.py"  # calls orch's main(), then goes on
     driver.write_text("import os, sys\nfrom orchestrator.launcher import main\n"
                       "sys.argv = [os.path.join(os.path.dirname(sys.executable), 'orch'), 'run', 'experiment.py']\n"
                       "code = main()\nprint('caller continues', code)\n")
     traced = tmp_path / "bin" / "orch"  # the console script, under a tracer (as coverage or a debugger)
     traced.parent.mkdir()
-    traced.write_text("import sys\nsys.settrace(lambda *a: None)\nfrom orchestrator.launcher import main\n"
-                      "if __name__ == '__main__':\n    sys.exit(main())\n")
-    env = {**os.environ, "ORCH_COUNTS": str(p.counts_file)}
-    for script, expected in ((driver, "caller continues 0"), (traced, "2 cached")):
-        proc = subprocess.run([ORCH_PYTHON, str(script), "run", "experiment.py"], cwd=p.root, capture_output=True, text=True, env=env)
-        assert proc.returncode == 0 and expected in proc.stdout, proc.stdout + proc.stderr
-        assert "teardown ran" in proc.stderr
+    traced.write_text("import sys\nsys.settrace(lambda *a: None)\nfrom orchestrator.launcher import console\n"
+                      "if __name__ == '__main__':\n    sys.exit(console())\n")
+    runs = [([sys.executable, str(driver)], "caller continues 0", {}),
+            ([sys.executable, str(traced), "run", "experiment.py"], "2 cached", {}),
+            ([*ORCH, "run", "experiment.py"], "2 cached", {"PYTHONINSPECT": "1"})]  # a prompt after the script
+    if script:  # the console script itself, but through runpy or kept interactive
+        runpy_driver = tmp_path / "runpy_driver.py"
+        runpy_driver.write_text(f"import runpy, sys\nsys.argv = [{script!r}, 'run', 'experiment.py']\n"
+                                f"try:\n    runpy.run_path({script!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+                                "print('caller continues')\n")
+        runs += [([sys.executable, str(runpy_driver)], "caller continues", {}),
+                 ([sys.executable, "-i", script, "run", "experiment.py"], "2 cached", {})]
+    for argv, expected, extra in runs:
+        proc = subprocess.run(argv, cwd=p.root, capture_output=True, text=True, env=_env(p, **extra),
+                              stdin=subprocess.DEVNULL)
+        assert expected in proc.stdout, (argv, proc.stdout, proc.stderr)  # (an interactive prompt's exit code is its own)
+        assert "teardown ran" in proc.stderr, argv

@@ -884,7 +884,7 @@ def test_source_edited_during_the_run_fingerprints_the_imported_code(proj, caplo
     assert during != Fingerprinter(proj.root).fingerprint(proj.load("stages.util").helper)
 
 
-def test_file_stamped_once_per_run_and_an_edit_before_its_parse_is_not_recorded(proj, monkeypatch):
+def test_file_stamped_once_per_run_and_an_edit_before_its_parse_is_not_recorded(proj, monkeypatch, caplog):
     """A file is stat'ed once per Fingerprinter (a file of 200 stages is one stat). A definition the
     persistent cache does not hold yet is parsed later; if the file changed since its stamp, the
     new source's digest is neither used for the imported code nor recorded under the old stamp."""
@@ -900,7 +900,9 @@ def test_file_stamped_once_per_run_and_an_edit_before_its_parse_is_not_recorded(
     monkeypatch.setattr(os, "stat", lambda p, *a, **k: stats.append(str(p)) or real_stat(p, *a, **k))
     fp.fingerprint(mod.a)  # stamps two.py; `a` comes from the cache, nothing is parsed
     proj.edit("stages/two.py", "return x + 2", "return x + 3")  # same size, before `b` is parsed
-    during = fp.fingerprint(mod.b)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.hashing"):
+        during = fp.fingerprint(mod.b)
+    assert "changed during this run" in caplog.text
     assert stats.count(two) == 1
     monkeypatch.setattr(os, "stat", real_stat)
     edited = Fingerprinter(proj.root).fingerprint(proj.load("stages.two").b)
@@ -908,6 +910,35 @@ def test_file_stamped_once_per_run_and_an_edit_before_its_parse_is_not_recorded(
     fp.save()
     saved = json.loads(cache.read_text())["files"].get(two)
     assert saved is None or not any(k.startswith("f:b:") for k in saved["defs"])
+
+
+def test_an_edit_right_after_the_parse_checked_its_file_is_not_in_the_digest(proj, monkeypatch):
+    """The parse checks the file's stamp after reading it: an in-place save landing between the check
+    and the read would otherwise give the new source's digest to the old, imported code."""
+    monkeypatch.setattr(statcache, "RACY_NS", 0)
+    proj.write("stages/two.py", "def a(x):\n    return x + 1\n\n\ndef b(x):\n    return x + 2\n")
+    cache = proj.root / "fp.json"
+    first = Fingerprinter(proj.root, cache_path=cache)
+    first.fingerprint(proj.load("stages.two").a)
+    first.save()
+    mod = proj.load("stages.two")
+    imported = Fingerprinter(proj.root).fingerprint(mod.b)  # parses the file as imported
+    fp = Fingerprinter(proj.root, cache_path=cache)
+    fp.fingerprint(mod.a)  # stamps two.py; `b` is parsed below
+    two, real_fstat = proj.root / "stages" / "two.py", os.fstat
+
+    def fstat_then_save(fd):
+        st = real_fstat(fd)
+        with open(two, "r+b") as f:  # an editor saving in place, same size
+            text = f.read()
+            f.seek(0)
+            f.write(text.replace(b"x + 2", b"x + 3"))
+        return st
+
+    monkeypatch.setattr(os, "fstat", fstat_then_save)
+    during = fp.fingerprint(mod.b)
+    monkeypatch.setattr(os, "fstat", real_fstat)
+    assert during == imported
 
 
 def test_parameters_and_locals_are_not_references_to_module_names(proj):

@@ -343,12 +343,14 @@ class Fingerprinter:
             return cached[1], cached[2]
         try:
             with open(filename, "rb") as f:
-                st = os.fstat(f.fileno())
                 source = f.read()
+                st = os.fstat(f.fileno())  # after the read: an edit landing during it shows too
         except OSError:
             return None
-        if [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns] != stamp:
-            raise _Stale  # edited since it was stamped (the stamp is taken once per run: _stamp)
+        if [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns] != stamp:  # edited since its stamp
+            self._stamps[filename] = None  # the file's other definitions: hashed as imported too
+            log.warning("%s changed during this run: fingerprinting its code as imported", filename)
+            raise _Stale
         try:
             tree = ast.parse(source, filename)
         except (SyntaxError, ValueError):
