@@ -123,14 +123,13 @@ def _path_ok(path: str, file_okay: bool = True, dir_okay: bool = True) -> bool:
     return os.access(path, os.R_OK)
 
 
-def invoke(debug: bool, args: RunArgs, exit_early: bool = False) -> int:
-    """The run, ended as click's Command.main (standalone) ends cli.Group.invoke of run_command.
-    `exit_early`: the console script's own call (launcher.console), which a fully cached run may end."""
+def invoke(debug: bool, args: RunArgs) -> int:
+    """The run, ended as click's Command.main (standalone) ends cli.Group.invoke of run_command."""
     from .runcommand import run
 
     try:
         try:
-            return run(args, debug, exit_early) or 0
+            return run(args, debug) or 0
         except OrchError as e:  # cli.Group.invoke
             if debug:
                 raise

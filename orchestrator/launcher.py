@@ -10,20 +10,14 @@ import os
 import sys
 
 
-def console():
-    """The console script's entry point (pyproject.toml): main(), except that a fully cached `orch run`
-    may end the process itself (orchestrator.exiting). Code that calls main() always gets it back."""
-    return main(exit_early=True)
-
-
-def main(exit_early: bool = False):
+def main():
     argv = sys.argv[1:]
     if "run" in argv[:2] and "--help" not in argv and _as_orch():  # (helptext holds `orch run --help`)
         from . import fastrun
 
         parsed = fastrun.parse(argv)
         if parsed is not None:
-            return fastrun.invoke(*parsed, exit_early=exit_early)
+            return fastrun.invoke(*parsed)
     stored = _stored(argv)
     if stored is None:
         from .cli import main as cli

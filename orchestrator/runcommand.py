@@ -60,10 +60,9 @@ def slurm_settings(executor: str, parallel: int, partition, account, time_limit,
     return {**{k: v for k, v in given.items() if v is not None}, "detach": detach, "quiet": quiet}
 
 
-def run(args: RunArgs, debug: bool, exit_early: bool = False) -> int:
+def run(args: RunArgs, debug: bool) -> int:
     """Run EXPERIMENT for every parameter set; the exit code (OrchError and KeyboardInterrupt propagate:
-    the caller reports them as click's Group.invoke does). `exit_early`: a fully cached run may end the
-    process here, without the interpreter's teardown (orchestrator.exiting; the console script only)."""
+    the caller reports them as click's Group.invoke does)."""
     from . import session
     from .executors.launch import detect_launch
     from .interrupts import terminate_as_interrupt
@@ -101,11 +100,4 @@ def run(args: RunArgs, debug: bool, exit_early: bool = False) -> int:
              f"with the same arguments re-attaches and submits what they unblock")
         return 1 if result.failed else 0
     console.summary(result)
-    code = 1 if result.failed else 0
-    if exit_early and launch.kind == "local":  # a fully cached run ends without the interpreter's teardown
-        from .core.status import Status
-        from .exiting import end_now
-
-        cached = Status.CACHED
-        end_now(code, nothing_ran=all(o.status == cached for o in result.outcomes), cache=str(result.cache))
-    return code
+    return 1 if result.failed else 0
