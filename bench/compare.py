@@ -258,6 +258,24 @@ def markdown(results: dict) -> str:
     return head + "\n" + "\n".join(rows)
 
 
+#: What a run of this script writes into its results file. Everything else there (the `runs` history
+#: of earlier rounds, other scripts' sections) is kept as it was: a run with --only used to replace
+#: the whole file, history included.
+OWN_KEYS = ("env", "reps", "big_reps", "tools", "load_average_at_start", "workloads", "help", "load_average_at_end")
+
+
+def kept_results(path: Path, merge: bool) -> dict:
+    """What of the results file at `path` a new run keeps: the sections it does not write, and with
+    `merge` also the workloads (and `help`) measured before. An unreadable file keeps nothing."""
+    try:
+        existing = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(existing, dict):
+        return {}
+    return {k: v for k, v in existing.items() if k not in OWN_KEYS or merge and k in ("workloads", "help")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="orch only, small sizes, no results file")
@@ -276,9 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.code:
         ORCH_CODE[0] = args.code.resolve()
     ensure_venvs([t for t in tools if t != "orch" or not args.quick])
-    previous = json.loads(args.json.read_text()) if args.merge and args.json.exists() else {}
+    previous = kept_results(args.json, args.merge)
     results = {"env": env_info(), "reps": reps, "big_reps": args.big_reps, "tools": tools,
-               "load_average_at_start": os.getloadavg(), "workloads": previous.get("workloads", {})}
+               "load_average_at_start": os.getloadavg(), "workloads": previous.get("workloads", {}),
+               **{k: v for k, v in previous.items() if k not in OWN_KEYS}}
     with tempfile.TemporaryDirectory(prefix="orch-compare-") as tmp:
         if not args.quick:
             results["help"] = python_pass(reps) if "help" not in previous else previous["help"]

@@ -1,6 +1,7 @@
 """bench/compare.py --quick: the side-by-side suite's orch half still runs (a smoke test of a few
 seconds; the anchors and the full sizes are for `python bench/compare.py`, not CI)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -54,3 +55,22 @@ def test_filesystem_names_the_mount_a_path_is_on_and_bench_fs_measures_it(tmp_pa
     assert all(us > 0 for us in ops.values())
     fresh, after = bench_fs.create_after_delete(str(tmp_path / "cad"), n=20)
     assert fresh > 0 and after > 0 and not (tmp_path / "cad" / "a").exists()
+
+
+def test_compare_keeps_the_history_of_its_results_file(tmp_path):
+    """A run of compare.py (say --only one workload) replaces what it measures, never the `runs`
+    history of earlier rounds or other scripts' sections; --merge keeps the earlier workloads too."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(BENCH))
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"env": "old", "workloads": {"10k-cached": {"orch": 1}}, "help": {"x": 1},
+                                "runs": {"round 11": {"a": 1}}, "growth": [1, 2]}))
+    assert compare.kept_results(path, merge=False) == {"runs": {"round 11": {"a": 1}}, "growth": [1, 2]}
+    assert compare.kept_results(path, merge=True) == {"workloads": {"10k-cached": {"orch": 1}}, "help": {"x": 1},
+                                                      "runs": {"round 11": {"a": 1}}, "growth": [1, 2]}
+    path.write_text("{not json")
+    assert compare.kept_results(path, merge=False) == {}
+    assert compare.kept_results(tmp_path / "missing.json", merge=True) == {}
