@@ -47,6 +47,12 @@ def _defs() -> tuple:
     return ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef
 
 
+def _stamp_of(st: os.stat_result) -> list:
+    """What a cached digest of a source file is valid for: size, mtime, and inode and ctime too (a
+    digest must never outlive an edit that restored the mtime)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
 class _Stale(Exception):
     """A source file changed between its stamp and its parse: nothing is recorded under that stamp."""
 
@@ -306,23 +312,27 @@ class Fingerprinter:
         return record["defs"][key]
 
     def _stamp(self, filename: str) -> list | None:
-        """[size, mtime, inode, ctime] of a source file, taken once per instance: every definition in
-        it is read against one stamp (a file of 200 stages is one stat, not 200). None if it cannot be
-        stat'ed or changed since the run imported it (inode and ctime too: a cached digest must never
-        outlive an edit that restored the mtime)."""
+        """The stamp (_stamp_of) of a source file, taken once per instance: every definition in it is
+        read against one stamp (a file of 200 stages is one stat, not 200). None if it cannot be
+        stat'ed or changed since the run imported it."""
         if filename in self._stamps:
             return self._stamps[filename]
         try:
             st = os.stat(filename)
         except OSError:
-            stamp = None
-        else:
-            stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-            if st.st_ctime_ns > self._started_ns:  # the source on disk may not be the imported code
-                log.warning("%s changed during this run: fingerprinting its code as imported", filename)
-                stamp = None
-        self._stamps[filename] = stamp
+            self._stamps[filename] = None
+            return None
+        if st.st_ctime_ns > self._started_ns:  # the source on disk may not be the imported code
+            self._edited(filename)
+            return None
+        stamp = self._stamps[filename] = _stamp_of(st)
         return stamp
+
+    def _edited(self, filename: str) -> None:
+        """`filename` changed since the run imported it: its definitions from now on are hashed as
+        imported (said once: the file's stamp is None from now on)."""
+        self._stamps[filename] = None
+        log.warning("%s changed during this run: fingerprinting its code as imported", filename)
 
     def _load(self) -> dict[str, dict]:
         if self._files is None:
@@ -347,9 +357,8 @@ class Fingerprinter:
                 st = os.fstat(f.fileno())  # after the read: an edit landing during it shows too
         except OSError:
             return None
-        if [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns] != stamp:  # edited since its stamp
-            self._stamps[filename] = None  # the file's other definitions: hashed as imported too
-            log.warning("%s changed during this run: fingerprinting its code as imported", filename)
+        if _stamp_of(st) != stamp:  # edited since its stamp
+            self._edited(filename)
             raise _Stale
         try:
             tree = ast.parse(source, filename)
