@@ -3,7 +3,6 @@ ARCHITECTURE.md follows one run through it."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from .core.graph import Graph
 from .core.status import RUN_DETACHED, RUN_FAILED, RUN_INTERRUPTED, RUN_OK, Status
 from .errors import ParamsError
 from .executors.launch import Launch
+from .hashing import sha
 from .params import ParamSet, load_params
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
@@ -166,7 +166,7 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
     check_stage_names(param_sets, {n.stage.name for n in graph.nodes})  # parameter files' orch.resources
     with gcpolicy.paused():  # planning builds the run's long-lived structures (gcpolicy)
         store = DiskStore(root, write=False)  # a read-only cache can still plan (and serve a cached run)
-        store.use_entry_index(hashlib.sha256(str(experiment).encode()).hexdigest()[:32])  # store.entryindex
+        store.use_entry_index(sha.new(str(experiment).encode()).hexdigest()[:32])  # store.entryindex
         ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
         ctx.signatures.update(store.planning_hints())
         decisions = plan(graph, ctx)

@@ -8,11 +8,11 @@ key) is parsed every time. Session opens it in the cache directory for the param
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 from .fsutil import json_exact, load_cache_file, save_cache_file
+from .hashing import sha
 
 #: how many parsed texts the file keeps (the newest)
 KEPT = 256
@@ -28,7 +28,7 @@ class ParsedYaml:
     def load(self, text: str, parse):
         """parse(text) (paramfiles._parse_yaml: PyYAML's safe loader), from the cache when this text
         was parsed before."""
-        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        digest = sha.new(text.encode("utf-8", "surrogatepass")).hexdigest()
         found = self._parsed.get(digest)
         if type(found) is str:  # kept as JSON text: every load gets its own objects to change
             try:
@@ -73,4 +73,4 @@ def _yaml_stamp() -> str | None:
                 parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
     except OSError:
         return None
-    return "1 " + hashlib.sha256(f"{directory}\n{chr(10).join(parts)}".encode()).hexdigest()
+    return "1 " + sha.new(f"{directory}\n{chr(10).join(parts)}".encode()).hexdigest()

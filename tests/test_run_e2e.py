@@ -349,6 +349,7 @@ def test_a_truncated_entry_and_a_damaged_head_are_misses_not_crashes(project):
 NOT_IMPORTED_WHEN_CACHED = (
     "tempfile", "shutil", "pickle", "logging", "secrets", "random", "html", "csv", "base64", "textwrap",
     "traceback", "difflib", "subprocess", "lzma", "bz2",
+    "hashlib", "signal",  # OpenSSL's libcrypto 11 M instructions (orchestrator.hashing.sha), signal's enums 3 M
     "orchestrator.executors.task", "orchestrator.executors.worker", "orchestrator.executors.pool",
     "orchestrator.executors.mpi", "orchestrator.executors.torchrun", "orchestrator.executors.slurm",
     "orchestrator.executors.external", "orchestrator.core.lockscope", "orchestrator.runs.compare",
@@ -420,6 +421,36 @@ def test_a_cached_run_imports_only_what_it_uses(project):
                            env={**os.environ, "ORCH_COUNTS": str(project.counts_file)})
         assert p.returncode == 0 and "2 cached" in p.stdout, p.stdout + p.stderr
         assert json.loads(p.stderr.strip().splitlines()[-1]) == []
+
+
+def test_keys_are_the_same_whichever_sha256_makes_them(project):
+    """A small planning hashes with CPython's own sha256, a large one with OpenSSL's (hashing.sha):
+    a cache written by one is found, node for node, by the other."""
+    _two_stage_chain(project, "seed: 1\n")
+    run = ("run", "experiment.py", "-p", "params/p.yaml", "-q")
+    # a planning of more than N nodes switches (N lowered to 0 here); a first run also switches when it
+    # hashes the files it stores
+    probe = ("import json, sys\nsys.argv[0] = 'orch'\nfrom orchestrator.hashing import sha\n"
+             "sha.OPENSSL_FROM_NODES = int(sys.argv.pop(1))\nfrom orchestrator.launcher import main\ncode = main()\n"
+             "print(json.dumps(['hashlib' in sys.modules, sha.new.__module__]), file=sys.stderr)\nsys.exit(code)\n")
+
+    def orch(threshold: int) -> tuple[str, list]:
+        p = subprocess.run([sys.executable, "-c", probe, str(threshold), *run], cwd=project.root, capture_output=True,
+                           text=True, env={**os.environ, "ORCH_COUNTS": str(project.counts_file)})
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout, json.loads(p.stderr.strip().splitlines()[-1])
+
+    out, used = orch(10**9)
+    assert "2 ran" in out and used == [True, "_hashlib"]  # the stored objects' contents were hashed
+    out, used = orch(10**9)
+    assert "2 cached" in out and used == [False, "_sha256"]
+    out, used = orch(0)
+    assert "2 cached" in out and used == [True, "_hashlib"]
+    project.write("params/p.yaml", "seed: 2\n")  # both miss alike, and each finds what the other stored
+    out, used = orch(0)
+    assert "2 ran" in out
+    out, used = orch(10**9)
+    assert "2 cached" in out and used == [False, "_sha256"]
 
 
 #: What a cached run of several parameter sets does not import either: its report compares the sets

@@ -14,11 +14,10 @@ parameter the stage never reads never re-runs it, and one it reads always does.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import struct
 
-from ..hashing import hash_value
+from ..hashing import hash_value, sha
 from ..hashing.values import VALUE_PREFIX, encode
 from ..params import MISSING, is_ignored
 from ..store.entries import Entry, KeyComponents
@@ -61,7 +60,7 @@ def node_key(c: KeyComponents) -> str:
             pairs.append(_FRAME(b"t", len(pair)) + pair)
     listed = b"".join(pairs)
     body = head + _FRAME(b"l", len(listed)) + listed
-    return hashlib.sha256(_KEY_PREFIX + _FRAME(b"t", len(body)) + body).hexdigest()
+    return sha.new(_KEY_PREFIX + _FRAME(b"t", len(body)) + body).hexdigest()
 
 
 #: Frames and prefix of hashing.values' encoding, for node_key's direct build of the same bytes

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import PlanningError
-from ..hashing import Fingerprinter, hash_value
+from ..hashing import Fingerprinter, hash_value, sha
 from ..params import resolve, traced_value
 from ..store import Entry, KeyComponents, Store
 from . import keys
@@ -315,6 +315,8 @@ def plan(graph: Graph, ctx: PlanContext) -> list[Decision]:
 
     Every stage is fingerprinted now, before anything runs: code edited during a long run must not
     be attributed to the nodes that run later."""
+    if len(graph.nodes) > sha.OPENSSL_FROM_NODES:
+        sha.use_openssl()  # many digests ahead: the faster sha256 pays for loading it (hashing.sha)
     for node in graph.nodes:
         ctx.fingerprint(node)
     ctx.present_objects = set()

@@ -3,10 +3,10 @@ unchanged file skip re-hashing (the stat cache, verified objects, referenced fil
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat as stat_mod
 
+from . import sha
 from .values import hash_value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
@@ -26,7 +26,7 @@ def hash_file(path, stat_cache: StatCache | None = None) -> str:
 def _sha256_of(path, size: int) -> str:
     """Streamed: large files through mmap in 16 MiB windows (no copy into Python buffers, ~10%
     faster), small ones through one reused buffer. Never the whole file in memory."""
-    h = hashlib.sha256()
+    h = sha.use_openssl()()
     with open(path, "rb", buffering=0) as f:
         if size >= _MMAP_MIN:
             import mmap
@@ -57,7 +57,7 @@ def hash_file_signed(path: str, size: int) -> tuple[str, tuple]:
         digest = _sha256_of(path, size)
         st = os.stat(path)
         return digest, (st.st_size, st.st_mtime_ns, st.st_ino)
-    h = hashlib.sha256()
+    h = sha.use_openssl()()
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         n = _CHUNK if size >= _CHUNK else size + 1  # one read, then EOF, for a small file

@@ -8,7 +8,6 @@ source file stamp in the cache directory, so a cached run parses no source.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import sys
@@ -17,6 +16,7 @@ import types
 from pathlib import Path
 
 from ..fsutil import LazyLogger, load_cache_file, save_cache_file
+from . import sha
 from .coderoots import CodeRoots
 from .statcache import is_racy
 from .values import VALUE_PREFIX, encode, hash_value
@@ -379,7 +379,7 @@ class Fingerprinter:
 
 
 def _definition_summary(nodes: list, index: dict) -> list:
-    return [hashlib.sha256(_dump(nodes).encode()).hexdigest(), sorted(_reference_chains(nodes, _scopes(index)))]
+    return [sha.new(_dump(nodes).encode()).hexdigest(), sorted(_reference_chains(nodes, _scopes(index)))]
 
 
 def _scopes(index: dict) -> dict | None:
@@ -413,7 +413,7 @@ def _module_summary(module: str, filename: str):
     def summarize(nodes: list, index: dict) -> list:
         from .modules import imported_modules
 
-        return [hashlib.sha256(_dump(nodes).encode()).hexdigest(), sorted(imported_modules(nodes[0], module, is_package))]
+        return [sha.new(_dump(nodes).encode()).hexdigest(), sorted(imported_modules(nodes[0], module, is_package))]
     return summarize
 
 
@@ -679,7 +679,7 @@ def _constant_digest(value) -> str | None:
         data = encode(value)
     except TypeError:
         return None
-    return hashlib.sha256(VALUE_PREFIX + data).hexdigest() if len(data) <= MAX_CONST_BYTES else None
+    return sha.new(VALUE_PREFIX + data).hexdigest() if len(data) <= MAX_CONST_BYTES else None
 
 
 def _code_struct(code: types.CodeType, fn=None) -> list:

@@ -7,8 +7,9 @@ invalidates every cache.
 
 from __future__ import annotations
 
-import hashlib
 import struct
+
+from . import sha
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
@@ -32,12 +33,13 @@ def encode(value: Any) -> bytes:
 
 def hash_value(value: Any) -> str:
     """sha256 of the versioned canonical encoding: the hash of every key, parameter and trace."""
-    return hashlib.sha256(VALUE_PREFIX + encode(value)).hexdigest()
+    return sha.new(VALUE_PREFIX + encode(value)).hexdigest()
 
 
 def hash_bytes(data: bytes) -> str:
-    """Plain sha256, so a stored object's hash equals `sha256sum` of its file."""
-    return hashlib.sha256(data).hexdigest()
+    """Plain sha256, so a stored object's hash equals `sha256sum` of its file (OpenSSL's: contents can
+    be large, hashing.sha)."""
+    return sha.use_openssl()(data).hexdigest()
 
 
 class _Unencodable(Exception):
