@@ -1011,3 +1011,29 @@ def test_module_data_is_keyed_by_value_as_imported(proj, monkeypatch):
     assert Fingerprinter(proj.root).fingerprint(mod.make) == before
     (proj.root / "stages/data.txt").write_text("cat dog bird\n")
     assert proj.fp("stages.a:make") != before  # a new import reads the new file: keyed by value
+
+
+def test_the_walker_gives_ast_walks_nodes_in_its_order_and_their_parents():
+    """hashing.astnodes.walk stands in for ast.walk where fingerprints and lock scopes walk source:
+    the same node objects in the same order (a fingerprint can depend on it: the last of two local
+    imports of one name wins), and each node's parent as ast.iter_child_nodes gives it."""
+    from orchestrator.hashing.astnodes import walk
+
+    import orchestrator
+
+    files = sorted(Path(orchestrator.__file__).parent.rglob("*.py")) + [Path(ast.__file__), Path(json.__file__)]
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        parents: dict = {}
+        nodes = walk(tree, parents)
+        expected = list(ast.walk(tree))
+        assert len(nodes) == len(expected) and all(a is b for a, b in zip(nodes, expected)), path
+        expected_parents = {}
+        for node in expected:
+            for child in ast.iter_child_nodes(node):
+                expected_parents[child] = node
+        assert parents == expected_parents, path
+    tree = ast.parse("def f(a, *, b=1):\n    import x.y as z\n    return z(lambda: a)")
+    tree.body[0].returns = None  # a field set to None, and one deleted: iter_fields skips it
+    del tree.body[0].type_comment
+    assert walk(tree) == list(ast.walk(tree))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import inspect
 
+from ..hashing.astnodes import walk
 from ..params import is_ignored, resolve, traced_value
 from .keys import lock_scope_name, read_value_hash  # the very hash an entry's trace records for a read
 
@@ -78,12 +79,7 @@ def _analyze(fn, function_node=None) -> tuple[str, ...] | None:
     parents: dict[ast.AST, ast.AST] = {}
     bound: dict[str, int] = {}  # how often each name is bound anywhere in the function
     names: set[ast.Name] = set()  # every name read
-    todo = [func]
-    while todo:  # one pass over the tree (ast.walk would list every node's children twice)
-        node = todo.pop()
-        for child in ast.iter_child_nodes(node):
-            parents[child] = node
-            todo.append(child)
+    for node in walk(func, parents):  # one pass over the tree
         if isinstance(node, ast.Name):
             if isinstance(node.ctx, ast.Load):
                 names.add(node)

@@ -531,12 +531,14 @@ def _reference_chains(nodes: list, scopes: dict | None = None) -> set[tuple[str,
     stage called `model` does not depend on it."""
     import ast
 
+    from .astnodes import walk
+
     chains, local_imports, locals_only, defs = set(), {}, set(), _defs()
     for node in map(_without_resources, nodes):
         in_def = isinstance(node, defs)
         if in_def:
             locals_only |= _local_names(node, scopes)
-        for sub in ast.walk(node):
+        for sub in walk(node):
             if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
                 chains.add((sub.id,))
             elif isinstance(sub, ast.Attribute):
@@ -564,6 +566,8 @@ def _local_names(node, scopes: dict | None) -> set[str]:
     annotations use are evaluated outside it and never count. Empty when the scopes are unknown."""
     import ast
 
+    from .astnodes import walk
+
     table = scopes.get((node.name, node.lineno)) if scopes else None
     if table is None:
         return set()
@@ -581,7 +585,7 @@ def _local_names(node, scopes: dict | None) -> set[str]:
         outside += [*node.args.defaults, *filter(None, node.args.kw_defaults), node.returns,
                     *(a.annotation for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs,
                                              node.args.vararg, node.args.kwarg) if a is not None)]
-    used_outside = {n.id for expr in outside if expr is not None for n in ast.walk(expr) if isinstance(n, ast.Name)}
+    used_outside = {n.id for expr in outside if expr is not None for n in walk(expr) if isinstance(n, ast.Name)}
     return local - glob - used_outside
 
 

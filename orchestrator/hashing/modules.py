@@ -10,6 +10,8 @@ import ast
 import importlib.util
 import sys
 
+from .astnodes import walk
+
 
 def find_module_files(name: str) -> list[tuple[str, str]] | None:
     """(module name, source file) of what importing module `name` executes (each package's
@@ -54,7 +56,7 @@ def imported_modules(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     `import a.b` gives a.b, `from a import b` gives a and a.b (b may be a submodule)."""
     package = module if is_package else module.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

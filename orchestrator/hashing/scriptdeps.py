@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from .astnodes import walk
 from .coderoots import CodeRoots
 
 
@@ -45,7 +46,7 @@ def _imports_of(path: Path, search: list[Path], root: Path) -> list[Path]:
     except (OSError, SyntaxError, ValueError):
         return []
     out: list[Path] = []
-    for node in ast.walk(tree):
+    for node in walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 out += _module_files(alias.name.split("."), search)
