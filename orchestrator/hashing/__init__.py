@@ -2,9 +2,10 @@
 except the caches that only save time), one module per kind of thing:
 
 - values: the canonical tagged encoding behind every key, parameter hash and trace;
+- sha: which sha256 makes the small digests (the same digests either way);
 - files: streamed content hashes of files and trees, stat signatures;
 - statcache: file hashes remembered by (size, mtime_ns, inode);
-- fingerprints: the code of a stage and of the project code it uses;
+- fingerprints: the code of a stage and of the project code it uses (astnodes: its tree walks);
 - scriptdeps: the project files an external script imports.
 
 Golden digests in tests/test_hashing.py pin every encoding: a change there invalidates caches.
