@@ -156,6 +156,44 @@ def test_golden_fingerprint(tmp_path, monkeypatch):
         sys.modules.pop("orch_golden_fp_mod", None)
 
 
+def _sha256_implementations() -> dict:
+    """hashing.sha's candidates: CPython's own sha256 module (whichever this Python has) and OpenSSL's."""
+    found = {"openssl": hashlib.sha256}
+    for module in ("_sha2", "_sha256"):
+        try:
+            found["builtin"] = importlib.import_module(module).sha256
+            break
+        except ImportError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("which", sorted(_sha256_implementations()))
+def test_golden_digests_hold_with_either_sha256(which, tmp_path, monkeypatch):
+    """A process makes its small digests with CPython's sha256 until it switches to OpenSSL's
+    (hashing.sha): every golden digest (values, keys' encoding, a code fingerprint with its per-file
+    summaries, made afresh) is the same under both, as are the bytes of a buffer of any kind."""
+    from orchestrator.hashing import sha
+
+    new = _sha256_implementations()[which]
+    monkeypatch.setattr(sha, "new", new)
+    for value, digest in GOLDEN_VALUES:
+        assert hash_value(value) == digest
+    assert hash_value(NESTED) == "deedd8282cecd8b8d9b119cd334a2a294be77417c6ada5a786600d46d01523fc"
+    expected = GOLDEN_FINGERPRINTS.get(sys.version_info[:2])
+    if expected is not None:
+        (tmp_path / "orch_golden_fp_mod.py").write_text(GOLDEN_MODULE)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.setattr(sys, "dont_write_bytecode", True)
+        try:
+            mod = importlib.import_module("orch_golden_fp_mod")
+            assert Fingerprinter(tmp_path).fingerprint(mod.main) == expected
+        finally:
+            sys.modules.pop("orch_golden_fp_mod", None)
+    for data in (b"", b"abc", bytes(range(256)) * 1000, bytearray(b"xyz"), memoryview(b"0123456789")[2:7]):
+        assert new(data).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
 # ------------------------------------------------------------------------------------ value encoding
 
 
@@ -1017,9 +1055,8 @@ def test_the_walker_gives_ast_walks_nodes_in_its_order_and_their_parents():
     """hashing.astnodes.walk stands in for ast.walk where fingerprints and lock scopes walk source:
     the same node objects in the same order (a fingerprint can depend on it: the last of two local
     imports of one name wins), and each node's parent as ast.iter_child_nodes gives it."""
-    from orchestrator.hashing.astnodes import walk
-
     import orchestrator
+    from orchestrator.hashing.astnodes import walk
 
     files = sorted(Path(orchestrator.__file__).parent.rglob("*.py")) + [Path(ast.__file__), Path(json.__file__)]
     for path in files:
