@@ -222,6 +222,16 @@ def run_workload(name: str, spec: tuple, tools: list[str], reps: int, tmp: Path)
     return out
 
 
+def revision(checkout: Path) -> str:
+    """The commit of the orch measured ("+changes" when its package differs from it), for the record."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--", "orchestrator") else "")
+
+
 def python_pass(reps: int) -> dict:
     """`orch --help` against `python -c pass`, paired (the start-up goal is a multiple of the latter)."""
     cwd = Path(tempfile.mkdtemp())
@@ -304,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, spec in workloads.items():
             print(f"== {name}", flush=True)
             n = reps if spec[0] * spec[1] <= 200 or args.quick else args.big_reps
-            results["workloads"][name] = run_workload(name, spec, tools, n, Path(tmp))
+            results["workloads"][name] = {**run_workload(name, spec, tools, n, Path(tmp)), "code": revision(ORCH_CODE[0])}
             if not args.quick:  # partial results survive an interrupted run
                 args.json.write_text(json.dumps(results, indent=1) + "\n")
     if not args.quick:

@@ -2,6 +2,7 @@
 seconds; the anchors and the full sizes are for `python bench/compare.py`, not CI)."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +20,8 @@ def test_compare_quick_runs(capsys):
     assert compare.main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert "| workload | orch |" in out and "chain20-cached" in out
+    assert compare.revision(BENCH.parent).split("+")[0] == subprocess.run(
+        ["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 @pytest.mark.parametrize("workload, extra", [("chain200-first", []), ("run1-cached", ["--shared"]), ("chain200-once", [])])
