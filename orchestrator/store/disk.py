@@ -72,6 +72,7 @@ class DiskStore(Store):
         r = str(self.root)
         self._objects, self._entries = os.path.join(r, "objects"), os.path.join(r, "entries")
         self._locks, self._tmp = os.path.join(r, "locks"), os.path.join(r, "tmp")
+        self._refs = os.path.join(r, "refs")
         self._quarantine_dir = os.path.join(r, "quarantine")
         self._made: set[str] = set()  # directories known to exist: no mkdir syscall per write
         self._stat_cache: hashing.StatCache | None = None
@@ -418,7 +419,7 @@ class DiskStore(Store):
 
     def _head_file(self, name: str) -> str:
         check_name("head name", name)
-        return os.path.join(str(self.root), "refs", name[:2], name + ".json")
+        return f"{self._refs}/{name[:2]}/{name}.json"
 
     def get_head(self, name: str, *, label: str = "") -> Head | None:
         path = self._head_file(name)
