@@ -2,12 +2,12 @@
 digests are sha256 either way; which implementation makes them is a question of speed only.
 
 Importing hashlib loads OpenSSL's libcrypto: 11.4 M instructions, about 3% of a fully cached run of
-200 stages. CPython's own (`_sha256`; `_sha2` from 3.12) imports for 0.4 M but is slower per digest
-(1.04 against 0.40 µs for 300 bytes, where OpenSSL uses the CPU's SHA extensions). So a process
-starts with the builtin one, and a planning of more than OPENSSL_FROM_NODES nodes (some 3-5 digests each) switches to
-OpenSSL's, which then pays for its import. So does hashing contents (a file, an object's bytes:
-hashing.files, values.hash_bytes), where OpenSSL is 4-5x faster; once it is loaded every digest
-might as well use it.
+200 stages. CPython's own sha256 (`_sha256`; `_sha2` from 3.12) imports for 0.4 M but is slower per
+digest (1.04 against 0.40 µs for 300 bytes, where OpenSSL uses the CPU's SHA extensions). So a
+process starts with the builtin one, and a planning of more than OPENSSL_FROM_NODES nodes (some 3-5
+digests each) switches to OpenSSL's, which then pays for its import. So does hashing contents (a
+file, an object's bytes: hashing.files, values.hash_bytes), where OpenSSL is 4-5x faster; once it
+is loaded every digest might as well use it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ try:
 except ImportError:
     try:
         from _sha256 import sha256 as new  # up to 3.11
-    except ImportError:  # a Python built without its own sha256 (some FIPS builds): hashlib has one
+    except ImportError:  # a Python configured without its builtin hashes: hashlib's (OpenSSL's)
         from hashlib import sha256 as new
 
 #: Nodes past which a planning switches to OpenSSL: its import (~2.3 ms) is won back after ~3,500
