@@ -142,18 +142,23 @@ GOLDEN_FINGERPRINTS = {
 }
 
 
-def test_golden_fingerprint(tmp_path, monkeypatch):
-    expected = GOLDEN_FINGERPRINTS.get(sys.version_info[:2])
-    if expected is None:
-        pytest.skip(f"no golden fingerprint pinned for Python {sys.version_info[:2]}")
+def _golden_module_fingerprint(tmp_path, monkeypatch) -> str:
+    """The fingerprint of GOLDEN_MODULE's main, made afresh (no cache: its source is parsed)."""
     (tmp_path / "orch_golden_fp_mod.py").write_text(GOLDEN_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
     try:
         mod = importlib.import_module("orch_golden_fp_mod")
-        assert Fingerprinter(tmp_path).fingerprint(mod.main) == expected
+        return Fingerprinter(tmp_path).fingerprint(mod.main)
     finally:
         sys.modules.pop("orch_golden_fp_mod", None)
+
+
+def test_golden_fingerprint(tmp_path, monkeypatch):
+    expected = GOLDEN_FINGERPRINTS.get(sys.version_info[:2])
+    if expected is None:
+        pytest.skip(f"no golden fingerprint pinned for Python {sys.version_info[:2]}")
+    assert _golden_module_fingerprint(tmp_path, monkeypatch) == expected
 
 
 def _sha256_implementations() -> dict:
@@ -182,14 +187,7 @@ def test_golden_digests_hold_with_either_sha256(which, tmp_path, monkeypatch):
     assert hash_value(NESTED) == "deedd8282cecd8b8d9b119cd334a2a294be77417c6ada5a786600d46d01523fc"
     expected = GOLDEN_FINGERPRINTS.get(sys.version_info[:2])
     if expected is not None:
-        (tmp_path / "orch_golden_fp_mod.py").write_text(GOLDEN_MODULE)
-        monkeypatch.syspath_prepend(str(tmp_path))
-        monkeypatch.setattr(sys, "dont_write_bytecode", True)
-        try:
-            mod = importlib.import_module("orch_golden_fp_mod")
-            assert Fingerprinter(tmp_path).fingerprint(mod.main) == expected
-        finally:
-            sys.modules.pop("orch_golden_fp_mod", None)
+        assert _golden_module_fingerprint(tmp_path, monkeypatch) == expected
     for data in (b"", b"abc", bytes(range(256)) * 1000, bytearray(b"xyz"), memoryview(b"0123456789")[2:7]):
         assert new(data).hexdigest() == hashlib.sha256(data).hexdigest()
 
