@@ -181,6 +181,7 @@ class _SmallOrFile:
         self.path = path
         self._buf: bytearray | None = bytearray()
         self._file = None
+        self._write_all = None  # fsutil.write_all, once spilled to the file
 
     def write(self, data) -> int:
         n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
@@ -188,10 +189,14 @@ class _SmallOrFile:
             if len(self._buf) + n <= self.IN_MEMORY_MAX:
                 self._buf += data
                 return n
-            self._file = open(self.path, "wb")
-            self._file.write(self._buf)
+            from .fsutil import write_all  # (fsutil.WRITE_SLICE: not one os.write per frame)
+
+            self._file = open(self.path, "wb", buffering=0)  # pickle hands over 64 KiB frames (or the whole pickle)
+            self._write_all = write_all
+            write_all(self._file.fileno(), self._buf)
             self._buf = None
-        return self._file.write(data)
+        self._write_all(self._file.fileno(), data)
+        return n
 
     def result(self) -> str | bytes:
         return self.path if self._buf is None else bytes(self._buf)

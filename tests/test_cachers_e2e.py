@@ -441,6 +441,9 @@ def test_pickle_cacher_holds_only_small_pickles_in_memory(tmp_path):
     path, _, _ = PickleCacher().prepare_in_memory(big, target("big"))
     assert path == str(tmp_path / "big.pkl")
     assert (tmp_path / "big.pkl").read_bytes() == pickle.dumps(big, protocol=5)
+    blob = os.urandom(5 << 20)  # one payload handed over whole, written in slices (fsutil.WRITE_SLICE)
+    path, _, _ = PickleCacher().prepare_in_memory(blob, target("blob"))
+    assert (tmp_path / "blob.pkl").read_bytes() == pickle.dumps(blob, protocol=5)
 
     class Prepared(PickleCacher):
         def prepare(self, value, out):

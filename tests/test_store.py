@@ -726,6 +726,31 @@ def test_atomic_writes(tmp_path):
     assert temp_files(tmp_path) == []
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray, "doubles"])
+def test_write_all_writes_every_byte_in_slices_through_short_writes(tmp_path, monkeypatch, kind):
+    """No os.write gets more than WRITE_SLICE bytes (one large write into a new file is slow on some
+    kernels and VMs, see fsutil.WRITE_SLICE), and a short write is continued where it stopped."""
+    import array
+
+    from orchestrator import fsutil
+
+    raw = os.urandom(3 * fsutil.WRITE_SLICE + 12_345)
+    data = memoryview(array.array("d", raw[: len(raw) // 8 * 8])) if kind == "doubles" else kind(raw)
+    expected = bytes(data)
+    sizes, real_write = [], os.write
+
+    def short_write(fd, view):
+        sizes.append(len(view))
+        return real_write(fd, view[: 1000] if len(sizes) % 3 == 0 else view)
+
+    monkeypatch.setattr(fsutil.os, "write", short_write)
+    atomic_write_bytes(tmp_path / "big.bin", data)
+    monkeypatch.undo()
+    assert (tmp_path / "big.bin").read_bytes() == expected
+    assert max(sizes) == fsutil.WRITE_SLICE and sum(sizes) > len(expected)  # sliced, and short writes resumed
+    assert temp_files(tmp_path) == []
+
+
 def test_atomic_write_failure_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_json(tmp_path / "bad.json", {"x": object()})
@@ -887,7 +912,7 @@ def test_a_refused_write_names_the_record_the_cause_and_what_to_do(tmp_path, mon
     def full(fd, data):  # a file on a full disk: created, but no byte fits
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fsutil, "_write_all", full)
+    monkeypatch.setattr(fsutil, "write_all", full)
     target = tmp_path / "entries" / "x.json"
     target.parent.mkdir()
     with pytest.raises(OSError) as info:
@@ -904,7 +929,8 @@ def test_a_refused_write_names_the_record_the_cause_and_what_to_do(tmp_path, mon
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
-@pytest.mark.parametrize("data", [b"", b"\x80\x05K\x01.", os.urandom(70_000)], ids=["empty", "pickle", "70k"])
+@pytest.mark.parametrize("data", [b"", b"\x80\x05K\x01.", os.urandom(70_000), os.urandom(300_001)],
+                         ids=["empty", "pickle", "70k", "300k"])
 def test_ingest_bytes_stores_the_object_ingest_of_the_file_would(tmp_path, data, umask):
     """Same hash, size, kind, name, bytes and mode 0o444 whatever the umask, nothing left in tmp/."""
     by_file, by_bytes = DiskStore(tmp_path / "a"), DiskStore(tmp_path / "b")

@@ -25,6 +25,7 @@ from ..fsutil import (
     save_cache_file,
     temp_name,
     unique_suffix,
+    write_all,
 )
 from . import entryindex, sharing
 from .base import Store
@@ -196,9 +197,7 @@ class DiskStore(Store):
         fd = self._in_dir(self._tmp, os.open, tmp, _O_CREATE, 0o600)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, data)
                 os.fchmod(fd, 0o444)
                 st = os.fstat(fd)
             except OSError as e:  # os.write's errors name no file: say which (a full disk's message)

@@ -42,7 +42,7 @@ import marshal
 import os
 import zlib
 
-from ..fsutil import LazyLogger, json_exact
+from ..fsutil import LazyLogger, json_exact, write_all
 from .entries import Entry, EntryError, KeyComponents, ObjectInfo, Read, StoredOutput, check_object, metrics_ok
 
 log = LazyLogger("orchestrator.store")
@@ -229,9 +229,9 @@ class EntryIndex:
         try:
             payload = marshal.dumps((self._entries_dir, records, hints))
             os.makedirs(os.path.dirname(self.path), exist_ok=True)  # a first run: the cache was made by it
-            with open(tmp, "xb") as f:  # two writes: no copy of the payload with its header in front
-                f.write(MAGIC + zlib.crc32(payload).to_bytes(4, "big"))
-                f.write(payload)
+            with open(tmp, "xb", buffering=0) as f:  # two writes: no copy of the payload with its header in front
+                write_all(f.fileno(), MAGIC + zlib.crc32(payload).to_bytes(4, "big"))
+                write_all(f.fileno(), payload)
             os.replace(tmp, self.path)
         except BaseException as e:  # (a second Ctrl-C while the index of an interrupted run is saved)
             try:
