@@ -85,21 +85,25 @@ def _open_exclusive(tmp: str) -> int:
         return os.open(tmp, flags, 0o666)
 
 
-#: Bytes per os.write. A single write of 128 KiB or more into a new file makes Linux (ext4 since
-#: 6.16, XFS) back it with large folios, and in a VM whose memory the host maps on first touch
-#: (Firecracker, as on the machines orch's CI runs on) those come from never-touched memory at a host
-#: fault per page: a run's 198 KB report took 1.3-2.3 ms in one write against 0.1 ms in these slices,
-#: 16 MiB 11-167 ms against 5 ms. On warm memory the slices cost ~50 us more per MiB.
-WRITE_SLICE = 64 << 10
+#: The size from which one os.write into a new file is slow on some machines. Linux (ext4 since 6.16,
+#: XFS) backs such a write with large folios; in a VM whose host maps guest memory on first touch
+#: (Firecracker, as on the machines orch is benchmarked on), folios from never-touched memory cost a
+#: host fault per page. There, with fresh memory, a run's 198 KB report took 1.25-1.5 ms in one write
+#: against 0.05-0.1 ms in slices, 16 MiB 104-127 ms against 5-8 ms (BENCHMARKS.md, Round 14); on
+#: memory used before, both are fast, and slices cost ~50 us more per MiB.
+LARGE_WRITE = 128 << 10
+WRITE_SLICE = LARGE_WRITE // 2
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """os.write until every byte is written, WRITE_SLICE at a time (a file object would add fstat,
-    ioctl and lseek calls)."""
+    """os.write until every byte is written (a file object would add fstat, ioctl and lseek calls),
+    never LARGE_WRITE bytes or more at once: WRITE_SLICE at a time, and what is left below
+    LARGE_WRITE in one call (a pickle frame just over a slice stays one write)."""
     view = memoryview(data).cast("B")
     size, done = len(view), 0
     while done < size:
-        done += os.write(fd, view[done:done + WRITE_SLICE])
+        left = size - done
+        done += os.write(fd, view[done:done + (left if left < LARGE_WRITE else WRITE_SLICE)])
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> os.stat_result:

@@ -728,8 +728,9 @@ def test_atomic_writes(tmp_path):
 
 @pytest.mark.parametrize("kind", [bytes, bytearray, "doubles"])
 def test_write_all_writes_every_byte_in_slices_through_short_writes(tmp_path, monkeypatch, kind):
-    """No os.write gets more than WRITE_SLICE bytes (one large write into a new file is slow on some
-    kernels and VMs, see fsutil.WRITE_SLICE), and a short write is continued where it stopped."""
+    """No os.write gets LARGE_WRITE bytes or more (one large write into a new file is slow on some
+    kernels and VMs, see fsutil.LARGE_WRITE), a short write is continued where it stopped, and a
+    rest below LARGE_WRITE is one write."""
     import array
 
     from orchestrator import fsutil
@@ -747,7 +748,14 @@ def test_write_all_writes_every_byte_in_slices_through_short_writes(tmp_path, mo
     atomic_write_bytes(tmp_path / "big.bin", data)
     monkeypatch.undo()
     assert (tmp_path / "big.bin").read_bytes() == expected
-    assert max(sizes) == fsutil.WRITE_SLICE and sum(sizes) > len(expected)  # sliced, and short writes resumed
+    assert max(sizes) < fsutil.LARGE_WRITE and sum(sizes) > len(expected)  # sliced, and short writes resumed
+    assert sizes.count(fsutil.WRITE_SLICE) >= 2 and sizes[-1] > fsutil.WRITE_SLICE  # the rest in one call
+
+    sizes.clear()
+    monkeypatch.setattr(fsutil.os, "write", short_write)
+    atomic_write_bytes(tmp_path / "frame.bin", raw[: fsutil.WRITE_SLICE + 50])  # e.g. a pickle frame
+    monkeypatch.undo()
+    assert sizes == [fsutil.WRITE_SLICE + 50]
     assert temp_files(tmp_path) == []
 
 
