@@ -229,8 +229,12 @@ def _stage_picture(nodes: list[dict]) -> Picture:
     shared = Counter(names) if len(set(names)) < len(names) else {}
     boxes = []
     for key, name, c, in_sets in zip(slot, names, counts, sets):
-        status = next((st for st in STATUS_ORDER if c.get(st)), next(iter(c)))
-        summary = ", ".join(f"{c[st]} {st}" for st in _ordered(c))
+        if len(c) == 1:  # one status (most boxes): what the lines below give, without their generators
+            ((status, count),) = c.items()
+            summary = f"{count} {status}"
+        else:
+            status = next((st for st in STATUS_ORDER if c.get(st)), next(iter(c)))
+            summary = ", ".join(f"{c[st]} {st}" for st in _ordered(c))
         title = key if shared.get(name, 1) > 1 else name  # two stages of one name: tell them apart by module
         sets_text = f"{len(in_sets)} parameter set" + ("s" if len(in_sets) != 1 else "")
         boxes.append(Box(title, summary, status, f"{key}\n{sets_text}: {summary}", counts=c))
@@ -410,14 +414,14 @@ def svg(pic: Picture, fit: bool = False) -> str:
     out.append('<rect width="100%" height="100%" fill="#ffffff"/>')  # dark-themed viewers of the .svg
     out.append(_legend(pic))
     out.append('<g fill="none" stroke="#8796a8" stroke-width="1.2" stroke-opacity="0.75" marker-end="url(#orch-arrow)">')
-    boxes = pic.boxes
+    boxes, routes = pic.boxes, pic.routes
     for e, (s, d, label) in enumerate(pic.edges):
         a, b = boxes[s], boxes[d]
         if s < d:  # curves between columns, straight through the columns it crosses
             x, y = a.x + a.w, a.y + box_h / 2
-            path = f"M{x:.1f},{y:.1f}"
-            for x0, x1, wy in pic.routes.get(e, ()):
-                path += _curve(x, y, x0, wy) + f"L{x1:.1f},{wy:.1f}"
+            path = "M%.1f,%.1f" % (x, y)  # (%-formatting: each float formatted ~30% faster than in an f-string)
+            for x0, x1, wy in routes.get(e, ()):
+                path += _curve(x, y, x0, wy) + "L%.1f,%.1f" % (x1, wy)
                 x, y = x1, wy
             path += _curve(x, y, b.x - 1, b.y + box_h / 2)
             extra = ""
@@ -440,30 +444,28 @@ def svg(pic: Picture, fit: bool = False) -> str:
 
 def _curve(x0: float, y0: float, x1: float, y1: float) -> str:
     dx = (x1 - x0) / 2
-    return f"C{x0 + dx:.1f},{y0:.1f} {x1 - dx:.1f},{y1:.1f} {x1:.1f},{y1:.1f}"
+    return "C%.1f,%.1f %.1f,%.1f %.1f,%.1f" % (x0 + dx, y0, x1 - dx, y1, x1, y1)
+
+
+_BOX = ('<g><title>%s</title><rect x="%.1f" y="%.1f" width="%.1f" height="%s" rx="6" fill="%s" stroke="%s" '
+        'stroke-width="1.4"%s/><text x="%.1f" y="%.1f" font-size="12" font-weight="600" fill="#1d2733">%s</text>'
+        '<text x="%.1f" y="%.1f" font-size="11" fill="#4a5666">%s</text>')
+_BAR = '<rect x="%.1f" y="%.1f" width="%.1f" height="4" fill="%s"/>'
 
 
 def _box(box: Box, h: int, bar: bool) -> str:
     fill, stroke = COLOURS.get(box.status, UNKNOWN)
     dash = ' stroke-dasharray="5 3"' if box.status in DASHED else ""
     x, y, w = box.x, box.y, box.w
-    parts = [
-        f'<g><title>{escape(box.tooltip)}</title>',
-        f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h}" rx="6" fill="{fill}" stroke="{stroke}" '
-        f'stroke-width="1.4"{dash}/>',
-        f'<text x="{x + 9:.1f}" y="{y + 16:.1f}" font-size="12" font-weight="600" fill="#1d2733">'
-        f'{escape(_clip(box.title, _MAX_TITLE))}</text>',
-        f'<text x="{x + 9:.1f}" y="{y + 30:.1f}" font-size="11" fill="#4a5666">{escape(_clip(box.subtitle, _MAX_SUB))}</text>',
-    ]
+    out = _BOX % (escape(box.tooltip), x, y, w, h, fill, stroke, dash, x + 9, y + 16,
+                  escape(_clip(box.title, _MAX_TITLE)), x + 9, y + 30, escape(_clip(box.subtitle, _MAX_SUB)))
     if bar and box.counts:  # a bar split by status: how the stage's nodes ended across parameter sets
         total, left, bar_w = sum(box.counts.values()), x + 9, w - 18
         for status in _ordered(box.counts):
             seg = bar_w * box.counts[status] / total
-            parts.append(f'<rect x="{left:.1f}" y="{y + h - 10:.1f}" width="{seg:.1f}" height="4" '
-                         f'fill="{COLOURS.get(status, UNKNOWN)[1]}"/>')
+            out += _BAR % (left, y + h - 10, seg, COLOURS.get(status, UNKNOWN)[1])
             left += seg
-    parts.append("</g>")
-    return "".join(parts)
+    return out + "</g>"
 
 
 def _legend(pic: Picture) -> str:

@@ -641,6 +641,9 @@ def _count(nodes: list[dict]) -> dict[str, int]:
 
 
 def _chips(counts: dict[str, int]) -> str:
+    if len(counts) == 1:  # one status (most rows): what the general case gives, without its generator
+        ((s, count),) = counts.items()
+        return f'<span class="chip st-{_cls(s)}">{count:,} {escape(s)}</span>' if count or s not in drawing.COLOURS else ""
     return " ".join(f'<span class="chip st-{_cls(s)}">{counts[s]:,} {escape(s)}</span>'
                     for s in drawing._ordered(counts))
 
