@@ -181,21 +181,19 @@ class _SmallOrFile:
         self.path = path
         self._buf: bytearray | None = bytearray()
         self._file = None
-        self._write_all = None  # fsutil.write_all, once spilled to the file
 
     def write(self, data) -> int:
         n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
-        if self._file is None:
-            if len(self._buf) + n <= self.IN_MEMORY_MAX:
-                self._buf += data
-                return n
-            from .fsutil import write_all  # (fsutil.WRITE_SLICE: not one os.write per frame)
+        if self._file is None and len(self._buf) + n <= self.IN_MEMORY_MAX:
+            self._buf += data
+            return n
+        from .fsutil import write_all  # in slices (fsutil.LARGE_WRITE); `import orchestrator` does not load fsutil
 
+        if self._file is None:
             self._file = open(self.path, "wb", buffering=0)  # pickle hands over 64 KiB frames (or the whole pickle)
-            self._write_all = write_all
             write_all(self._file.fileno(), self._buf)
             self._buf = None
-        self._write_all(self._file.fileno(), data)
+        write_all(self._file.fileno(), data)
         return n
 
     def result(self) -> str | bytes:
