@@ -14,7 +14,6 @@ The JSON layout is the one orch 0.1.0 wrote, plus a "format" field; entries with
 
 from __future__ import annotations
 
-import math
 import re
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
@@ -192,7 +191,7 @@ def _fast_entry(d: dict) -> Entry:
     duration, files, reads_in, outs_in, c = d.get("duration_s", 0.0), d["files"], d["reads"], d["outputs"], d["components"]
     if not (type(fmt) is int and fmt == FORMAT and type(key) is str and type(trace) is str and type(stage) is str
             and type(pset) is str and type(created) in _NUMBERS and type(duration) in _NUMBERS
-            and math.isfinite(created) and math.isfinite(duration) and type(files) is dict
+            and _finite(created) and _finite(duration) and type(files) is dict
             and type(reads_in) is dict and type(outs_in) is dict and type(c) is dict
             and _NAME_RE.match(key) and _NAME_RE.match(trace)):
         raise _NotFast
@@ -278,6 +277,17 @@ class _NotFast(Exception):
 
 
 _NUMBERS = (int, float)
+
+
+def _finite(x: int | float) -> bool:
+    """A number a float holds, not inf or NaN: math.isfinite, except that an int beyond a float's
+    range is False rather than an OverflowError (a hand-edited entry is a miss, not a crash). Without
+    math: a shared library many Python builds load from disk, at every start."""
+    try:
+        x = float(x)
+    except OverflowError:
+        return False
+    return x - x == 0.0
 _KINDS = ("file", "dir")
 
 
@@ -360,7 +370,7 @@ def _int(d: dict, name: str, where: str) -> int:
 
 def _number(d: dict, name: str, default: float | None = None) -> float:
     value = d.get(name, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not _finite(value):
         raise EntryError(f"{name} must be a number, got {value!r}" if name in d else f"{name} is missing")
     return float(value)
 
