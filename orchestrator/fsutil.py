@@ -136,9 +136,14 @@ def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
 
 def read_json(path: str | os.PathLike) -> object:
     """The parsed content of a JSON file. Raises FileNotFoundError, OSError or ValueError (corrupt
-    JSON, invalid UTF-8): callers decide whether that is a miss, a warning or an error."""
+    JSON, invalid UTF-8, nesting deeper than the parser's recursion limit): callers decide whether
+    that is a miss, a warning or an error."""
     with io.open(path, "rb") as f:
-        return json.loads(f.read())
+        data = f.read()
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{os.fspath(path)}: JSON nested too deeply to parse") from None
 
 
 def read_json_object(path: str | os.PathLike) -> dict | None:

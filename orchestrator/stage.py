@@ -76,6 +76,7 @@ class Stage:
         self.inputs = _input_specs(inputs, where)
         self.outputs = _output_specs(outputs, cachers, where)  # (a tuple of frozen specs: `cached` once)
         self._cached = bool(self.outputs) and all(o.cacher is not None for o in self.outputs)
+        self.output_names = frozenset(o.name for o in self.outputs)
         self.version = version
         self.ignore = tuple(_str_list(ignore, "ignore", where))
         self.distributed = bool(distributed)

@@ -33,7 +33,7 @@ class ParsedYaml:
         if type(found) is str:  # kept as JSON text: every load gets its own objects to change
             try:
                 return json.loads(found)
-            except ValueError:
+            except (ValueError, RecursionError):  # a damaged cache file: parse the text again
                 pass
         value = parse(text)  # a YAMLError is the caller's
         if self._version and json_exact(value):

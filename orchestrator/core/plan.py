@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import PlanningError
+from ..fsutil import LazyLogger
 from ..hashing import Fingerprinter, hash_value, sha
 from ..params import resolve, traced_value
 from ..store import Entry, KeyComponents, Store
@@ -20,6 +21,11 @@ from .graph import Graph, Node
 from .status import Status
 from .traced import current_hash
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
+if TYPE_CHECKING:
+    from ..stage import Stage
+
+log = LazyLogger("orchestrator.store")  # (the logger of the store's other warnings about damaged entries)
 # Hot loops compare states per node: plain module constants (enum member lookup costs ~0.2 µs each).
 CACHED, RUN, PENDING, RAN, FAILED, SKIPPED, DAMAGED = (Status.CACHED, Status.RUN, Status.PENDING, Status.RAN,
                                                       Status.FAILED, Status.SKIPPED, Status.DAMAGED)
@@ -175,7 +181,7 @@ def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> Entry | None
     for sig, (reads, files) in known.items():
         tid = _predicted_trace_id(node, params, reads, files, ctx)
         entry = store.get_entry(key, tid, label=node.label) if tid is not None else None
-        if entry is not None and _outputs_present(entry, ctx):
+        if entry is not None and declares_outputs(entry, node.stage, node.label, store) and _outputs_present(entry, ctx):
             seen.add(sig)
             return entry
         if tid is not None and _names_tell(sig, reads, files, node.stage.ignore, ctx):
@@ -187,7 +193,7 @@ def lookup(node: Node, key: str, params: dict, ctx: PlanContext) -> Entry | None
         if sig in tried:  # another name of a tried signature: an entry that recorded other values
             continue
         entry = store.get_entry(key, tid, label=node.label)
-        if entry is not None:
+        if entry is not None and declares_outputs(entry, node.stage, node.label, store):
             entries.append(entry)
     entries.sort(key=_created, reverse=True)  # newest first, as get_entries gives them
     for entry in entries:
@@ -209,6 +215,19 @@ def _names_tell(sig: str, reads: tuple, files: tuple, ignore: tuple, ctx: PlanCo
     if told is None:
         told = ctx.names_tell[(sig, ignore)] = keys.names_tell(sig, reads, files, ignore)
     return told
+
+
+def declares_outputs(entry: Entry, stage: Stage, label: str, store: Store) -> bool:
+    """The entry records exactly the outputs the stage declares. The key covers the declaration, so
+    only a damaged or hand-edited entry does not; it is a miss (with a warning), not a crash of a
+    consumer looking for an output it lacks."""
+    if entry.outputs.keys() == stage.output_names:
+        return True
+    if store.first_warning(f"{entry.key}/{entry.trace_id}:outputs"):
+        log.warning("ignoring the cache entry %s of %s: it records the outputs [%s], the stage declares [%s] "
+                    "(damaged or edited by hand); treated as a cache miss", entry.trace_id, label,
+                    ", ".join(sorted(entry.outputs)), ", ".join(sorted(stage.output_names)))
+    return False
 
 
 def _outputs_present(entry: Entry, ctx: PlanContext) -> bool:

@@ -274,20 +274,30 @@ def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
         m = read_header(runs_dir / run_id / MANIFEST)
         if m is None:
             continue
-        m = _settled(runs_dir / run_id, m)
-        rows.append({
-            "run_id": m.get("run_id", run_id),
-            "started": m.get("started", ""),
-            "status": m.get("status", "?"),
-            "duration_s": m.get("duration_s"),
-            "param_sets": len(m.get("param_sets", {})),
-            "summary": m.get("summary") or {},
-            "experiment": m.get("experiment", ""),
-            "argv": [str(a) for a in m.get("argv") or []],
-        })
+        rows.append(_run_row(run_id, _settled(runs_dir / run_id, m)))
         if len(rows) == limit:
             break
     return rows
+
+
+def _run_row(run_id: str, m: dict) -> dict:
+    """A run's line in `orch runs`: each field of the header as the listing prints it, or a stand-in
+    when a damaged or hand-edited manifest holds something else (the listing goes on)."""
+    def text(name: str, default: str) -> str:
+        v = m.get(name)
+        return v if type(v) is str else default
+
+    duration, sets, summary, argv = m.get("duration_s"), m.get("param_sets"), m.get("summary"), m.get("argv")
+    return {
+        "run_id": text("run_id", run_id),
+        "started": text("started", ""),
+        "status": text("status", "?"),
+        "duration_s": duration if type(duration) in (int, float) and -1e12 < duration < 1e12 else None,
+        "param_sets": len(sets) if type(sets) in (dict, list) else 0,
+        "summary": {str(k): v for k, v in summary.items() if type(v) is int} if type(summary) is dict else {},
+        "experiment": text("experiment", ""),
+        "argv": [str(a) for a in argv] if type(argv) is list else [],
+    }
 
 
 def set_names(manifest: dict) -> list[str]:

@@ -222,10 +222,17 @@ class Store(abc.ABC):
             self._warn_malformed("code manifest", where, data, "", e)
             return None
 
+    def first_warning(self, about: str) -> bool:
+        """True the first time this store is asked about `about` (a damaged record's name): one
+        warning per record, however many lookups meet it."""
+        if about in self._warned:
+            return False
+        self._warned.add(about)
+        return True
+
     def _warn_malformed(self, what: str, where: str, data: bytes | str, label: str, error: Exception) -> None:
-        if where in self._warned:
+        if not self.first_warning(where):
             return
-        self._warned.add(where)
         stage = label or _stage_named_in(data) or "an unknown stage"
         reason = "empty file" if not data else str(error)
         log.warning("ignoring malformed %s of %s (%s): %s; treated as a cache miss", what, stage, where, reason)
