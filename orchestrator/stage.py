@@ -74,9 +74,8 @@ class Stage:
         self.id = f"{fn.__module__}:{fn.__qualname__}"
         where = f"@{kind} {fn.__qualname__} ({_source_file(fn)})"
         self.inputs = _input_specs(inputs, where)
-        self.outputs = _output_specs(outputs, cachers, where)  # (a tuple of frozen specs: `cached` once)
+        self.outputs, self.output_names = _output_specs(outputs, cachers, where)  # (frozen specs: `cached` once)
         self._cached = bool(self.outputs) and all(o.cacher is not None for o in self.outputs)
-        self.output_names = frozenset(o.name for o in self.outputs)
         self.version = version
         self.ignore = tuple(_str_list(ignore, "ignore", where))
         self.distributed = bool(distributed)
@@ -217,7 +216,8 @@ def _input_specs(inputs, where) -> tuple[InputSpec, ...]:
 _OUTPUT_NAME = re.compile(r"\w[\w.-]*")  # word characters (any script), then also . and -
 
 
-def _output_specs(outputs, cachers, where) -> tuple[OutputSpec, ...]:
+def _output_specs(outputs, cachers, where) -> tuple[tuple[OutputSpec, ...], frozenset[str]]:
+    """The output specs, in order, and their names."""
     names = _str_list(outputs, "outputs", where)
     if cachers is None:
         cacher_list = [None] * len(names)
@@ -246,7 +246,7 @@ def _output_specs(outputs, cachers, where) -> tuple[OutputSpec, ...]:
         if lazy and cacher is None:
             raise StageDefinitionError(f"{where}: Lazy output {name!r} needs a cacher (it is dropped from memory once saved)")
         specs.append(OutputSpec(name, lazy, cacher))
-    return tuple(specs)
+    return tuple(specs), frozenset(seen)
 
 
 def _check_signature(fn, inputs, where) -> None:
