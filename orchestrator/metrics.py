@@ -164,7 +164,7 @@ def _parse_lines(lines: list[bytes]) -> list:
     does not have one element per line, line by line, so a bad line costs only itself."""
     try:
         docs = json.loads(b"[" + b",".join(lines) + b"]")
-    except ValueError:
+    except (ValueError, RecursionError):  # (a damaged line nested past the parser's limit)
         return [_parse_line(raw) for raw in lines]
     if len(docs) != len(lines):
         return [_parse_line(raw) for raw in lines]
@@ -174,7 +174,7 @@ def _parse_lines(lines: list[bytes]) -> list:
 def _parse_line(raw: bytes) -> tuple[int | None, dict[str, float]] | None:
     try:
         d = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return _checked(d)
 
@@ -185,8 +185,17 @@ def _checked(d) -> tuple[int | None, dict[str, float]] | None:
     step, values = d.get("step"), d.get("metrics")
     if (step is not None and (type(step) is not int)) or not isinstance(values, dict):
         return None
-    good = {k: v for k, v in values.items() if isinstance(k, str) and type(v) in (int, float)}
+    good = {k: v for k, v in values.items() if isinstance(k, str) and _is_metric(v)}
     return step, good
+
+
+def _is_metric(v: object) -> bool:
+    """A float, or an int a float can hold (a longer one, from a damaged stream or a JSON output,
+    would raise OverflowError wherever it is drawn or compared)."""
+    return type(v) is float or type(v) is int and -_FLOAT_MAX <= v <= _FLOAT_MAX
+
+
+_FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max
 
 
 def summarize(series: dict[str, list[tuple[int, float]]]) -> dict[str, dict]:
@@ -211,7 +220,7 @@ def final_metrics(value) -> dict[str, float]:
     a script echoes back is not a metric."""
     if not isinstance(value, dict):
         return {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and type(v) in (int, float)}
+    return {k: v for k, v in value.items() if isinstance(k, str) and _is_metric(v)}
 
 
 def summary_of_value(value: float) -> dict:

@@ -2,7 +2,8 @@
 full disk or a hand edit, and what orch must do with it.
 
 A project using every kind of output (JSON, pickle, a Lazy pickle, a directory through
-FileReferenceCacher, an aggregate over two parameter sets, a tracked data file) runs once. Then, one
+FileReferenceCacher, an aggregate over two parameter sets, a tracked data file, logged metrics) runs
+once. Then, one
 case at a time, one file of its cache is damaged (emptied, cut in half, its first bytes replaced,
 JSON nested past the parser's limit, a number past a float's range, each field of a JSON record
 replaced by a value of another type), and the real CLI must:
@@ -59,6 +60,8 @@ PROJECT = {
 
         @stage(inputs=["table", Lazy("blob")], outputs=["outdir"], cachers=[FileReferenceCacher])
         def train(record, table, blob):
+            for step in range(3):  # a metrics stream: the run's, and a stored series
+                record.log(step, loss=1.0 / (step + 1), lr=record.params.train.lr)
             d = record.get_dir("outdir")
             with open(os.path.join(d, "result.json"), "w") as f:
                 json.dump({"sum": sum(table), "blob": len(blob.load())}, f)
@@ -114,7 +117,7 @@ def kind_of(rel: str) -> str:
     if parts[0] == "objects":
         return "object-dir" if len(parts) > 3 else f"object{os.path.splitext(rel)[1]}"
     if parts[0] == "runs":
-        return f"runs/{parts[-1]}"
+        return f"runs/{parts[-1] if len(parts) == 3 else parts[2]}"
     return parts[0] if len(parts) > 1 else rel
 
 
@@ -129,6 +132,7 @@ def damages(data: bytes) -> Iterator[tuple[str, bytes]]:
     try:
         record = json.loads(data)
     except ValueError:
+        yield from _line_damages(data)
         return
     yield "numbers past a float", _dumps(_map_leaves(record, lambda v: 10**400 if _number(v) else v))
     yield "numbers infinite", _dumps(_map_leaves(record, lambda v: float("inf") if _number(v) else v))
@@ -143,6 +147,21 @@ def damages(data: bytes) -> Iterator[tuple[str, bytes]]:
                 for sub in value:
                     yield f"{name}.{sub}={{}}", _dumps({**record, name: {**value, sub: {}}})
                 yield f"{name} without {next(iter(value))}", _dumps({**record, name: dict(list(value.items())[1:])})
+
+
+def _line_damages(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """A JSON-lines file (a metrics stream): its first record damaged, the other lines kept."""
+    first, sep, rest = data.partition(b"\n")
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return
+    for name, line in (("nested arrays", b"[" * 100_000),
+                       ("numbers past a float", _dumps(_map_leaves(record, lambda v: 10**400 if _number(v) else v))),
+                       ("strings as numbers", _dumps(_map_leaves(record, lambda v: 7 if type(v) is str else v))),
+                       ("leaves null", _dumps(_map_leaves(record, lambda v: None))),
+                       ("a list", b"[1, 2]")):
+        yield f"first line: {name}", line + sep + rest
 
 
 def _number(v: object) -> bool:

@@ -22,6 +22,7 @@ ONCE_CRASHED = {
     ("runs/manifest.json", "run_id=[]"),  # `orch runs` formatted the header's fields as they were
     ("runs/manifest.json", "duration_s=100000.."),
     ("runs/manifest.json", "summary=\"x\""),
+    ("object.jsonl", "first line: numbers past a float"),  # a stored metrics series: OverflowError in the report
 }
 
 
@@ -48,8 +49,8 @@ def _sample(sweep: Sweep) -> list[tuple[str, str, bytes]]:
 
 def test_the_sample_covers_every_kind_of_file_and_the_cases_that_once_crashed(sweep):
     kinds = {kind_of(rel) for rel in sweep.files}
-    assert {"entries", "refs", "index", "object.json", "object.pkl", "object-dir", "runs/manifest.json",
-            "fingerprints.json", "yaml-cache.json", "code-manifests.json", "stat-cache.json"} <= kinds
+    assert {"entries", "refs", "index", "object.json", "object.pkl", "object-dir", "object.jsonl", "runs/manifest.json",
+            "runs/metrics", "fingerprints.json", "yaml-cache.json", "code-manifests.json", "stat-cache.json"} <= kinds
     sample = _sample(sweep)
     assert {kind_of(rel) for rel, _, _ in sample} == kinds - set(UNREAD)
     assert ONCE_CRASHED <= {(kind_of(rel), damage) for rel, damage, _ in sample}

@@ -321,6 +321,7 @@ MALFORMED = {
     "another trace id": _with(_good_json(), "other", "trace_id"),
     "future format": _with(_good_json(), 2, "format"),
     "metrics not numbers": _with(_good_json(), {"loss": {"last": "low"}}, "metrics"),
+    "metrics past a float": _with(_good_json(), {"loss": {"last": 10**400}}, "metrics"),
     "metrics not a mapping": _with(_good_json(), [0.1], "metrics"),
     "series hash not hex": _with(_good_json(), {"hash": "../x", "size": 1, "kind": "file", "ext": ".jsonl"}, "series"),
 }

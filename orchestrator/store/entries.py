@@ -240,7 +240,8 @@ def _fast_entry(d: dict) -> Entry:
 def metrics_ok(metrics: Any) -> bool:
     """{name: {field: number or null}}: a summary as orchestrator.metrics.summarize makes it."""
     return type(metrics) is dict and all(
-        type(m) is dict and all(v is None or type(v) in _NUMBERS for v in m.values()) for m in metrics.values())
+        type(m) is dict and all(v is None or type(v) is float or type(v) is int and -_FLOAT_MAX <= v <= _FLOAT_MAX
+                                for v in m.values()) for m in metrics.values())
 
 
 def _checked_entry(d: Any) -> Entry:
@@ -277,6 +278,7 @@ class _NotFast(Exception):
 
 
 _NUMBERS = (int, float)
+_FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max: a longer int is no metric (NaN and inf are)
 
 
 def _finite(x: int | float) -> bool:
