@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from ..hashing import StatCache
 
 log = LazyLogger("orchestrator.store")
+#: characters of a malformed record's reason a warning shows
+MAX_REASON = 300
 
 #: Object path -> stat signature when its content last matched its hash. One per process, shared
 #: by every store instance on purpose: `orchestrator.load` opens a store per call, and a notebook
@@ -235,6 +237,8 @@ class Store(abc.ABC):
             return
         stage = label or _stage_named_in(data) or "an unknown stage"
         reason = "empty file" if not data else str(error)
+        if len(reason) > MAX_REASON:  # (a damaged field's value can be megabytes)
+            reason = f"{reason[:MAX_REASON]}... ({len(reason):,} characters)"
         log.warning("ignoring malformed %s of %s (%s): %s; treated as a cache miss", what, stage, where, reason)
 
     def _verify(self, info: ObjectInfo, path: str) -> None:
