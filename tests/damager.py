@@ -12,7 +12,8 @@ replaced by a value of another type), and the real CLI must:
 - give the final artifact byte for byte as before (`orch get`). A stored object whose damage kept
   its size is only found when it is read: then `get` may refuse it once (it is quarantined), and
   after one more run `get` must give the original;
-- list, show, report and explain runs (COMMANDS) with exit 0 or a clean error, never a traceback.
+- before that, list, show, report and explain runs (COMMANDS) with exit 0 or a clean error, never a
+  traceback (so they read the damaged run's record, which the run would replace as the latest).
 
 tests/test_damaged_cache.py runs a sample of the cases; bench/damage.py runs all of them.
 """
@@ -240,6 +241,8 @@ class Sweep:
                 last = [line for line in text.splitlines() if line.strip()][-1:] or [""]
                 found.append(Finding(rel, damage, " ".join(args[:2]), f"exit {proc.returncode}: {last[0][:300]}"))
 
+        for args in commands:  # first: `latest` is still the run whose record may be the damaged file
+            judge(args, self.orch(*args), (0, 1))
         judge(RUN, self.orch(*RUN), (0,))
         if not found:
             got = self.get()
@@ -248,6 +251,4 @@ class Sweep:
                 got = self.get()
             if got != self.reference:
                 found.append(Finding(rel, damage, f"get {FINAL}", "not the original artifact" if got else "failed twice"))
-        for args in commands:
-            judge(args, self.orch(*args), (0, 1))
         return found

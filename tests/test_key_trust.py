@@ -489,6 +489,23 @@ def test_orch_accept_rekeys_a_refactored_stage_and_everything_downstream_stays_c
     assert _load(project, "score") == {"score": 4.0}
 
 
+def test_orch_accept_does_not_rekey_an_entry_that_lacks_an_output_of_its_stage(project):
+    """A damaged old entry (its outputs emptied by hand) is no candidate: accepting it would re-key a
+    record that the next planning ignores, and report success for nothing."""
+    _accept_project(project)
+    for path in (project.root / ".orch" / "entries").rglob("*.json"):
+        entry = json.loads(path.read_text())
+        if entry["stage"] == "stages.t:train" and entry["param_set"] == "p":
+            path.chmod(0o644)
+            path.write_text(json.dumps({**entry, "outputs": {}}))
+    _edit(project.root / "stages/t.py", 'count("train")', 'count("train")  # noted\n    pass')
+    out = project.orch("accept", "experiment.py", "train", "-p", "params/p.yaml", check=False)
+    assert "Traceback" not in out.stderr and "accepted" not in out.stdout, out.stdout + out.stderr
+    assert "it records the outputs [], the stage declares [model]" in out.stderr
+    project.orch(*RUN)
+    assert project.counts() == {"train": 1}  # it ran; evaluate's input came out the same
+
+
 def test_orch_accept_covers_every_parameter_set_or_the_one_named(project):
     _accept_project(project)
     _edit(project.root / "stages/t.py", 'count("train")', 'count("train")  # noted\n    pass')

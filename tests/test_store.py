@@ -20,6 +20,7 @@ from orchestrator import hashing
 from orchestrator.errors import DamagedObjectError, StoreError
 from orchestrator.fsutil import atomic_write_bytes, atomic_write_json, make_readonly, rmtree_force
 from orchestrator.store import (
+    CodeManifest,
     DiskStore,
     Entry,
     EntryError,
@@ -1001,3 +1002,23 @@ def test_a_full_disk_while_storing_bytes_names_the_file_and_leaves_nothing(tmp_p
     monkeypatch.undo()
     assert info.value.errno == errno.ENOSPC and "/tmp/.object." in info.value.filename
     assert [p.name for p in (tmp_path / "cache" / "tmp").iterdir() if p.name.startswith(".object.")] == []
+
+
+def test_keeping_the_newest_code_manifests_survives_a_damaged_time_stamp(disk, monkeypatch):
+    """Past CODE_MANIFESTS_KEPT the oldest go; a hand-edited "seen" goes first instead of failing the
+    sort (a str among floats: TypeError)."""
+    import orchestrator.store.disk as disk_module
+
+    monkeypatch.setattr(disk_module, "CODE_MANIFESTS_KEPT", 3)
+    item = {"m:f": ["d" * 64, "f.py"]}
+    disk.put_code_manifests({f"{i:064x}": CodeManifest(item) for i in range(3)})
+    with open(disk._code_path) as f:
+        stored = json.load(f)
+    stored["manifests"][f"{0:064x}"]["seen"] = "yesterday"
+    stored["manifests"][f"{1:064x}"]["seen"] = 10**400
+    atomic_write_json(disk._code_path, stored)
+    fresh = DiskStore(disk.root)
+    fresh.put_code_manifests({f"{9:064x}": CodeManifest(item)})
+    with open(fresh._code_path) as f:
+        kept = json.load(f)["manifests"]
+    assert set(kept) == {f"{i:064x}" for i in (1, 2, 9)}  # the two damaged stamps count as oldest; the first of them went

@@ -23,7 +23,7 @@ from ..store import CodeManifest, Head
 from . import keys
 from .explain import code_change, component_changes
 from .graph import Graph, Node
-from .plan import Decision, PlanContext
+from .plan import Decision, PlanContext, declares_outputs
 from .status import Status
 
 ACCEPTED, WOULD_ACCEPT, ALREADY_CACHED, REFUSED = "accepted", "would accept", "cached", "refused"
@@ -88,6 +88,9 @@ def _accept_one(node: Node, graph: Graph, ctx: PlanContext, d: Decision, dry: bo
     for old_code in codes:
         old_key = keys.node_key(new._replace(code=old_code))
         for candidate in ctx.store.get_entries(old_key, label=node.label):
+            if not declares_outputs(candidate, node.stage, node.label, ctx.store):
+                why = why or "its cache entry is damaged (see the warning)"
+                continue
             missing = ctx.store.missing_outputs(candidate)
             reason = ctx.check_trace(candidate, node, params) or (
                 f"stored output {', '.join(missing)} is missing" if missing else None)

@@ -18,7 +18,6 @@ from typing import Any
 from .. import metrics
 from ..cachers import Cacher, JsonCacher, LazyArtifact, OutputTarget, PickleCacher
 from ..core import keys
-from ..core.plan import declares_outputs
 from ..core.status import Status
 from ..core.traced import current_hash
 from ..errors import ArtifactLoadError, DamagedObjectError, OrchError, StageOutputError, user_traceback
@@ -171,7 +170,7 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
             if holding[sig] is not None and holding[sig] != tid:
                 continue
         entry = store.get_entry(task.key, tid, label=task.label)
-        if entry is None or not declares_outputs(entry, stage, task.label, store):
+        if entry is None or entry.outputs.keys() != stage.output_names:  # damaged: planning warned (core.plan)
             continue
         if known is None and len(signatures) < _SIGNATURES_KEPT:
             reads, files = tuple(entry.reads), tuple(entry.files)

@@ -253,15 +253,23 @@ def read_manifest(cache_root: Path, run: str = "latest") -> dict:
     m = read_json_object(path)
     if m is None:
         raise RunNotFoundError(f"the manifest of run {run!r} ({path}) cannot be read")
+    from .manifestcheck import problem  # only where a manifest is read back, not in a run that writes one
+
+    wrong = problem(m)
+    if wrong is not None:
+        raise RunNotFoundError(f"the manifest of run {run!r} ({path}) is damaged: {wrong}")
     return _settled(path.parent, m)
 
 
 def manifests_newest_first(cache_root: Path) -> Iterator[tuple[str, dict]]:
-    """(run id, manifest) of every run, newest first, read one at a time; unreadable ones are skipped."""
+    """(run id, manifest) of every run, newest first, read one at a time; unreadable and damaged
+    ones (runs.manifestcheck) are skipped."""
+    from .manifestcheck import problem
+
     runs_dir = Path(cache_root) / "runs"
     for run_id in reversed(run_ids(runs_dir)):
         m = read_json_object(runs_dir / run_id / MANIFEST)
-        if m is not None:
+        if m is not None and problem(m) is None:
             yield run_id, _settled(runs_dir / run_id, m)
 
 

@@ -508,7 +508,7 @@ class DiskStore(Store):
             return
         merged = {**load_cache_file(self._code_path, FORMAT, "manifests"), **new}
         if len(merged) > CODE_MANIFESTS_KEPT:
-            newest = sorted(merged.items(), key=lambda kv: kv[1].get("seen", 0) if isinstance(kv[1], dict) else 0)
+            newest = sorted(merged.items(), key=_seen)
             merged = dict(newest[-CODE_MANIFESTS_KEPT:])
         if save_cache_file(self._code_path, {"version": FORMAT, "manifests": merged}):
             self._manifests = merged
@@ -668,3 +668,9 @@ def _listdir(d: str) -> list[str]:
         return sorted(os.listdir(d))
     except FileNotFoundError:
         return []
+
+
+def _seen(item: tuple) -> float:
+    """When a stored code manifest was last written; 0 for a damaged one (which goes first)."""
+    seen = item[1].get("seen") if isinstance(item[1], dict) else None
+    return seen if type(seen) is float and seen == seen else 0.0
