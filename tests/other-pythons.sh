@@ -15,7 +15,7 @@ SUITES=(
     tests/test_run_e2e.py tests/test_fastrun.py tests/test_launcher.py tests/test_errors_e2e.py
     tests/test_cachers_e2e.py tests/test_typeshim.py tests/test_compat_pickles.py tests/test_params.py
     tests/test_params_e2e.py tests/test_yamlcache.py tests/test_reasons.py tests/test_bad_inputs.py
-    tests/test_load_get.py tests/test_maintenance.py tests/test_security.py
+    tests/test_load_get.py tests/test_maintenance.py tests/test_security.py tests/test_damaged_cache.py
 )
 QUICK=(
     tests/test_keys.py tests/test_store.py tests/test_typeshim.py tests/test_run_e2e.py tests/test_fastrun.py
