@@ -83,6 +83,8 @@ def number(name: str, value) -> float | int:
     if isinstance(value, bool) or isinstance(value, (str, bytes)):
         raise MetricsError(f"metric {name!r}: expected a number, got {type(value).__name__} {value!r}")
     if isinstance(value, int):
+        if not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+            raise MetricsError(f"metric {name!r}: an int of {value.bit_length()} bits, beyond a float's range")
         return value
     try:
         return float(value)

@@ -279,6 +279,33 @@ def run(record):
     p.write("params.yaml", "x: 1\n")
     proc = p.orch("run", "experiment.py", "-p", "params.yaml", check=False)
     assert proc.returncode == 1 and "metric 'loss': expected a number" in proc.stderr
+    p.write("experiment.py", (p.root / "experiment.py").read_text().replace("loss=[1, 2]", "loss=10**400"))
+    proc = p.orch("run", "experiment.py", "-p", "params.yaml", check=False)
+    assert proc.returncode == 1 and "metric 'loss': an int of 1329 bits, beyond a float's range" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_json_output_with_an_int_no_float_holds_is_stored_but_is_no_final_metric(tmp_path):
+    """A huge int in a JSON output is the stage's business; as a final metric it would break every
+    comparison (OverflowError in `orch compare` and the report)."""
+    p = Project(tmp_path)
+    p.write("experiment.py", '''
+from orchestrator import stage, JsonCacher
+
+@stage(outputs=["counts"], cachers=[JsonCacher])
+def count(record):
+    return {"n": 10**400, "acc": 0.5}
+
+def run(record):
+    count(record)
+''')
+    p.write("params.yaml", "x: 1\n")
+    for _ in range(2):
+        proc = p.orch("run", "experiment.py", "-p", "params.yaml")
+        assert "Traceback" not in proc.stderr
+    assert "0.5" in p.orch("compare").stdout
+    node = p.manifest()["nodes"][0]
+    assert set(node["metrics"]) == {"acc"}
 
 
 def test_gc_keeps_the_streams_of_live_entries(project):
