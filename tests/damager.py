@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -199,6 +200,9 @@ class Sweep:
             path = self.root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(textwrap.dedent(text).lstrip("\n"))
+        # older than the racy windows of the stat and fingerprint caches (hashing.statcache.RACY_NS), so
+        # that the first run records every file in them and the sweep has those caches to damage
+        time.sleep(0.3)
         first = self.orch(*RUN)
         if first.returncode != 0:
             raise RuntimeError(f"the undamaged project failed:\n{first.stdout}{first.stderr}")
