@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 from .errors import OrchError
@@ -83,7 +84,7 @@ def number(name: str, value) -> float | int:
     if isinstance(value, bool) or isinstance(value, (str, bytes)):
         raise MetricsError(f"metric {name!r}: expected a number, got {type(value).__name__} {value!r}")
     if isinstance(value, int):
-        if not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        if not is_number(value):
             raise MetricsError(f"metric {name!r}: an int of {value.bit_length()} bits, beyond a float's range")
         return value
     try:
@@ -187,17 +188,14 @@ def _checked(d) -> tuple[int | None, dict[str, float]] | None:
     step, values = d.get("step"), d.get("metrics")
     if (step is not None and (type(step) is not int)) or not isinstance(values, dict):
         return None
-    good = {k: v for k, v in values.items() if isinstance(k, str) and _is_metric(v)}
+    good = {k: v for k, v in values.items() if isinstance(k, str) and is_number(v)}
     return step, good
 
 
-def _is_metric(v: object) -> bool:
-    """A float, or an int a float can hold (a longer one, from a damaged stream or a JSON output,
-    would raise OverflowError wherever it is drawn or compared)."""
-    return type(v) is float or type(v) is int and -_FLOAT_MAX <= v <= _FLOAT_MAX
-
-
-_FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max
+def is_number(v: object) -> bool:
+    """What a metric may be: store.entries.is_number, kept here too so that an external script
+    logging metrics does not import the store."""
+    return type(v) is float or type(v) is int and -sys.float_info.max <= v <= sys.float_info.max
 
 
 def summarize(series: dict[str, list[tuple[int, float]]]) -> dict[str, dict]:
@@ -222,7 +220,7 @@ def final_metrics(value) -> dict[str, float]:
     a script echoes back is not a metric."""
     if not isinstance(value, dict):
         return {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and _is_metric(v)}
+    return {k: v for k, v in value.items() if isinstance(k, str) and is_number(v)}
 
 
 def summary_of_value(value: float) -> dict:

@@ -5,12 +5,16 @@ deep inside a table or a picture."""
 
 from __future__ import annotations
 
+import sys
+
+from ..store.entries import is_number
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
     from typing import Any, Callable
 
 #: the largest finite float: a longer int (or inf, NaN) is no duration
-_FLOAT_MAX = 1.7976931348623157e308
+_FLOAT_MAX = sys.float_info.max
 
 
 def _str(v: Any) -> bool:
@@ -49,9 +53,8 @@ def _edges(v: Any) -> bool:
 
 
 def _metrics(v: Any) -> bool:
-    return type(v) is dict and all(type(m) is dict and all(
-        x is None or type(x) is float or type(x) is int and -_FLOAT_MAX <= x <= _FLOAT_MAX for x in m.values())
-        for m in v.values())
+    return type(v) is dict and all(type(m) is dict and all(x is None or is_number(x) for x in m.values())
+                                   for m in v.values())
 
 
 def _str_list(v: Any) -> bool:

@@ -15,6 +15,7 @@ The JSON layout is the one orch 0.1.0 wrote, plus a "format" field; entries with
 from __future__ import annotations
 
 import re
+import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
@@ -240,8 +241,7 @@ def _fast_entry(d: dict) -> Entry:
 def metrics_ok(metrics: Any) -> bool:
     """{name: {field: number or null}}: a summary as orchestrator.metrics.summarize makes it."""
     return type(metrics) is dict and all(
-        type(m) is dict and all(v is None or type(v) is float or type(v) is int and -_FLOAT_MAX <= v <= _FLOAT_MAX
-                                for v in m.values()) for m in metrics.values())
+        type(m) is dict and all(v is None or is_number(v) for v in m.values()) for m in metrics.values())
 
 
 def _checked_entry(d: Any) -> Entry:
@@ -278,7 +278,12 @@ class _NotFast(Exception):
 
 
 _NUMBERS = (int, float)
-_FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max: a longer int is no metric (NaN and inf are)
+
+
+def is_number(v: object) -> bool:
+    """A float (NaN and infinities too: a diverging loss is news) or an int a float can hold: what a
+    metric may be. A longer int would raise OverflowError wherever it is drawn or compared."""
+    return type(v) is float or type(v) is int and -sys.float_info.max <= v <= sys.float_info.max
 
 
 def _finite(x: int | float) -> bool:
