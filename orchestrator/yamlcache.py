@@ -3,8 +3,8 @@ PyYAML (~100 M instructions, an eighth of a cached run of 200 stages) to parse a
 before. Keyed by the sha256 of the text itself (no stat signature, so no race: the same text
 parses to the same value) and by the installed PyYAML's files (an upgrade or reinstall starts
 afresh). Only values that JSON gives back exactly are kept (dicts with str keys, lists, str, int,
-finite float, bool, None); a text parsing to anything else (a date, a set, bytes, NaN, a non-string
-key) is parsed every time. Session opens it in the cache directory for the parameter loading."""
+finite float, bool, None), each with a check of its JSON text; a text parsing to anything else (a
+date, a set, bytes, NaN, a non-string key) is parsed every time. Session opens it in the cache directory for the parameter loading."""
 
 from __future__ import annotations
 
@@ -30,10 +30,12 @@ class ParsedYaml:
         was parsed before."""
         digest = sha.new(text.encode("utf-8", "surrogatepass")).hexdigest()
         found = self._parsed.get(digest)
-        if type(found) is str:  # kept as JSON text: every load gets its own objects to change
+        # kept as [JSON text, its check]: every load gets its own objects to change, and a text damaged
+        # in place (a flipped digit would still be JSON: another parameter value) is parsed again
+        if type(found) is list and len(found) == 2 and type(found[0]) is str and found[1] == _check(found[0]):
             try:
-                return json.loads(found)
-            except (ValueError, RecursionError):  # a damaged cache file: parse the text again
+                return json.loads(found[0])
+            except (ValueError, RecursionError):
                 pass
         value = parse(text)  # a YAMLError is the caller's
         if self._version and json_exact(value):
@@ -42,7 +44,7 @@ class ParsedYaml:
             except ValueError:  # an int past Python's digit limit for str (sys.set_int_max_str_digits)
                 return value
             self._parsed.pop(digest, None)
-            self._parsed[digest] = text
+            self._parsed[digest] = [text, _check(text)]
             while len(self._parsed) > KEPT:
                 del self._parsed[next(iter(self._parsed))]
             self._changed = True
@@ -52,6 +54,12 @@ class ParsedYaml:
         if self._changed and self.path is not None and os.path.isdir(os.path.dirname(os.fspath(self.path))):
             save_cache_file(self.path, {"version": self._version, "parsed": self._parsed})
             self._changed = False
+
+
+def _check(text: str) -> str:
+    """What a kept JSON text must hash to (damage, not forgery: whoever can write the cache can write
+    its entries too)."""
+    return sha.new(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _yaml_stamp() -> str | None:
@@ -73,4 +81,4 @@ def _yaml_stamp() -> str | None:
                 parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
     except OSError:
         return None
-    return "1 " + sha.new(f"{directory}\n{chr(10).join(parts)}".encode()).hexdigest()
+    return "2 " + sha.new(f"{directory}\n{chr(10).join(parts)}".encode()).hexdigest()

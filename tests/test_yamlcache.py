@@ -43,7 +43,7 @@ def test_what_the_cache_gives_is_what_yaml_gives(tmp_path, text):
     kept = json.loads(path.read_text())["parsed"] if path.exists() else {}
     if not json_exact(expected):
         assert not kept
-    for text_kept in kept.values():  # what is kept gives back exactly what YAML gave
+    for text_kept, _check in kept.values():  # what is kept gives back exactly what YAML gave
         assert repr(json.loads(text_kept)) == repr(expected)
     if text.startswith("huge") and hasattr(sys, "set_int_max_str_digits"):
         assert not kept  # json.dumps refuses it: parsed every time
@@ -69,12 +69,28 @@ def test_a_damaged_or_foreign_cache_file_is_ignored(tmp_path):
     data["parsed"][digest] = 12  # not JSON text
     path.write_text(json.dumps(data))
     assert yamlcache.ParsedYaml(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
-    data["version"] = "1 another pyyaml"
+    data["version"] = "2 another pyyaml"
     data["parsed"][digest] = json.dumps({"lr": 5})
     path.write_text(json.dumps(data))
     assert yamlcache.ParsedYaml(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
     path.write_text("{not json")
     assert yamlcache.ParsedYaml(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
+
+
+def test_a_kept_value_damaged_in_place_is_parsed_again_not_used(tmp_path):
+    """A digit of a kept JSON text changed (bit rot, a hand edit): still JSON, another parameter value;
+    its check no longer matches, so the YAML text is parsed again."""
+    path = tmp_path / "yaml-cache.json"
+    c = yamlcache.ParsedYaml(path)
+    text = "train:\n  lr: 0.1\n"
+    c.load(text, _parse_yaml)
+    c.save()
+    data = json.loads(path.read_text())
+    (digest, (kept, check)), = data["parsed"].items()
+    assert json.loads(kept) == {"train": {"lr": 0.1}}
+    data["parsed"][digest] = [kept.replace("0.1", "0.7"), check]
+    path.write_text(json.dumps(data))
+    assert yamlcache.ParsedYaml(path).load(text, _parse_yaml) == {"train": {"lr": 0.1}}
 
 
 def test_a_cached_run_does_not_import_yaml_and_an_edit_is_seen(project):

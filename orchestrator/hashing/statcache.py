@@ -52,8 +52,14 @@ class StatCache:
         return self._entries
 
     def _read(self) -> dict[str, list]:
+        """The remembered hashes on disk; a record that is not [size, mtime_ns, inode, sha256 hex] (a
+        damaged or hand-edited file) is left out: its file is hashed again, never given that value."""
         entries = load_cache_file(self.path, 1, "entries")
-        return {k: v for k, v in entries.items() if isinstance(v, list) and len(v) == 4}
+        return {k: v for k, v in entries.items() if type(v) is list and len(v) == 4 and _is_digest(v[3])}
+
+
+def _is_digest(d: object) -> bool:
+    return type(d) is str and len(d) == 64 and not d.strip("0123456789abcdef")
 
 
 def is_racy(mtime_ns: int) -> bool:
