@@ -4,7 +4,8 @@ before. Keyed by the sha256 of the text itself (no stat signature, so no race: t
 parses to the same value) and by the installed PyYAML's files (an upgrade or reinstall starts
 afresh). Only values that JSON gives back exactly are kept (dicts with str keys, lists, str, int,
 finite float, bool, None), each with a check of its JSON text; a text parsing to anything else (a
-date, a set, bytes, NaN, a non-string key) is parsed every time. Session opens it in the cache directory for the parameter loading."""
+date, a set, bytes, NaN, a non-string key) is parsed every time. Session opens it in the cache
+directory for the parameter loading."""
 
 from __future__ import annotations
 

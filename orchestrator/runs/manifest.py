@@ -291,20 +291,21 @@ def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
 def _run_row(run_id: str, m: dict) -> dict:
     """A run's line in `orch runs`: each field of the header as the listing prints it, or a stand-in
     when a damaged or hand-edited manifest holds something else (the listing goes on)."""
-    def text(name: str, default: str) -> str:
-        v = m.get(name)
-        return v if type(v) is str else default
+    from .manifestcheck import HEADER
 
-    duration, sets, summary, argv = m.get("duration_s"), m.get("param_sets"), m.get("summary"), m.get("argv")
+    def field(name: str, default):
+        v = m.get(name, default)
+        return v if HEADER[name](v) else default
+
     return {
-        "run_id": text("run_id", run_id),
-        "started": text("started", ""),
-        "status": text("status", "?"),
-        "duration_s": duration if type(duration) in (int, float) and -1e12 < duration < 1e12 else None,
-        "param_sets": len(sets) if type(sets) in (dict, list) else 0,
-        "summary": {str(k): v for k, v in summary.items() if type(v) is int} if type(summary) is dict else {},
-        "experiment": text("experiment", ""),
-        "argv": [str(a) for a in argv] if type(argv) is list else [],
+        "run_id": field("run_id", run_id),
+        "started": field("started", ""),
+        "status": field("status", "?"),
+        "duration_s": field("duration_s", None),
+        "param_sets": len(field("param_sets", {})),
+        "summary": field("summary", {}),
+        "experiment": field("experiment", ""),
+        "argv": field("argv", []),
     }
 
 
