@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
-from pathlib import Path
 
 from .errors import StageDefinitionError, StageOutputError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
 __all__ = ["Cacher", "OutputTarget", "PickleCacher", "JsonCacher", "NumpyCacher", "CheckpointCacher",
@@ -49,6 +48,8 @@ class OutputTarget:
     @property
     def staging(self) -> Path:
         """The stage's staging root: paths under it are the stage's own files (a Path made on first use)."""
+        from pathlib import Path  # (a stage that runs: a cached run does not import pathlib)
+
         if type(self._staging) is not Path:
             self._staging = Path(self._staging)
         return self._staging
@@ -264,6 +265,8 @@ class CheckpointCacher(Cacher):
             meta.update({"class": payload["model_class"], "init_args": payload["init_args"],
                          "extras": sorted(payload["extra"]) + (["optimizer"] if payload["optimizer"] is not None else [])})
             if payload["init_args"] is None:
+                import warnings
+
                 warnings.warn(f"checkpoint of {payload['model_class']} saved without init arguments, so it cannot be "
                               f"rebuilt at load: {payload['init_args_problem']}", RuntimeWarning, stacklevel=2)
         return meta
@@ -349,6 +352,8 @@ class LightningCheckpointCacher(Cacher):
                                    f"or a LightningModule, got {type(value).__name__}")
         problem = lt.storing_warning(meta, what)
         if problem:
+            import warnings
+
             warnings.warn(problem, RuntimeWarning, stacklevel=2)
         return path, self.extension, meta
 

@@ -80,12 +80,12 @@ def slurm_options(f):
 
 
 @main.command("run")
-@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("experiment", type=click.Path(dir_okay=False))  # str, as fastrun gives it
 @click.option("--params", "-p", "params", multiple=True, type=click.Path(dir_okay=False),
               help="Parameter file (YAML or .py); repeatable.")
 @click.option("--set", "-S", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a parameter in every set, e.g. -S train.lr=0.01 (VALUE is YAML).")
-@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), envvar="ORCH_CACHE",
+@click.option("--cache", type=click.Path(file_okay=False), envvar="ORCH_CACHE",
               help="Cache directory (default: .orch next to the experiment; env ORCH_CACHE).")
 @click.option("--overwrite", is_flag=True, help="Re-run every stage.")
 @click.option("--overwrite-stage", "overwrite_stages", multiple=True, metavar="NAME",

@@ -14,7 +14,6 @@ import errno
 import os
 import stat
 import sys
-from pathlib import Path
 
 from .echo import echo
 from .errors import OrchError
@@ -100,8 +99,8 @@ def _converted(debug: bool, experiment: str, values: dict, given: dict) -> tuple
     executor = given.get("executor", "local")
     if executor not in _EXECUTORS:
         return None
-    return debug, RunArgs(experiment=Path(experiment), params=tuple(given.get("params", ())),
-                          overrides=tuple(given.get("overrides", ())), cache=None if cache is None else Path(cache),
+    return debug, RunArgs(experiment=experiment, params=tuple(given.get("params", ())),
+                          overrides=tuple(given.get("overrides", ())), cache=cache,
                           overwrite=values.get("overwrite", False),
                           overwrite_stages=tuple(given.get("overwrite_stages", ())), dry=values.get("dry", False),
                           quiet=values.get("quiet", False), progress=values.get("progress"), parallel=parallel,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from .errors import ParamsError
 from .params import MISSING, ParamSet, _copy_plain, _join, is_ignored, resolve
@@ -130,7 +129,7 @@ class _File:
 
     __slots__ = ("path", "source", "bases", "base_values")
 
-    def __init__(self, path: Path, source: str, bases: tuple[str, ...] = (), base_values: dict | None = None):
+    def __init__(self, path: str, source: str, bases: tuple[str, ...] = (), base_values: dict | None = None):
         self.path, self.source = path, source
         self.bases = bases  # the files it extends, as written
         self.base_values = base_values  # theirs, merged
@@ -151,12 +150,12 @@ class _At:
         return f"{self.file.source}{_line_of(self.file.path, self.keys)}"
 
 
-def _line_of(path: Path, keys: Sequence) -> str:
+def _line_of(path: str, keys: Sequence) -> str:
     """":N", the line of the key at ``keys`` in a YAML file (or of its deepest parent found), or ""."""
     import yaml
 
     try:
-        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
+        node = yaml.compose(_read_text(path), Loader=_yaml_loader())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return ""
     line = ""
@@ -177,10 +176,10 @@ if TYPE_CHECKING:
     Parse = Callable[[str], Any]
 
 
-def _read_yaml(path: Path, source: str, parse: Parse, extended_by: str | None = None) -> dict:
+def _read_yaml(path: str, source: str, parse: Parse, extended_by: str | None = None) -> dict:
     """Parse one YAML file into a mapping; an empty file is an empty mapping."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
     except FileNotFoundError:
         by = f" (extended by {extended_by}; paths are relative to its directory)" if extended_by else ""
         raise ParamsError(f"parameter file {source} not found{by}") from None
@@ -226,16 +225,16 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _load_yaml(path: Path, source: str, parse: Parse, chain: tuple = (), extended_by: str | None = None):
+def _load_yaml(path: str, source: str, parse: Parse, chain: tuple = (), extended_by: str | None = None):
     """(raw, values, sweep, sweep_source, orch) of a YAML file with its ``extends`` bases merged underneath."""
     raw = _read_yaml(path, source, parse, extended_by)
     chain = chain + ((os.path.realpath(path), source),)
     bases = _extends_list(raw, source)
     values, sweep, sweep_source, orch = {}, {}, "", {}
     for rel in bases:
-        base_path = path.parent / rel
+        base_path = os.path.join(os.path.dirname(path), rel)
         base_source = os.path.normpath(os.path.join(os.path.dirname(source), rel))
-        if base_path.suffix == ".py":
+        if _suffix(base_path) == ".py":
             raise ParamsError(f"{source}: 'extends' takes YAML files only, not {rel}")
         if any(real == os.path.realpath(base_path) for real, _ in chain):
             cycle = " -> ".join([s for _, s in chain] + [base_source])
@@ -415,23 +414,23 @@ def _set_name(raw_name, default: str, source: str) -> str:
     return raw_name
 
 
-def _load_yaml_file(path: Path, source: str, parse: Parse) -> list[_Unexpanded]:
+def _load_yaml_file(path: str, source: str, parse: Parse) -> list[_Unexpanded]:
     raw, values, sweep, sweep_source, orch = _load_yaml(path, source, parse)
-    name = _set_name(raw.get("name"), path.stem, source)
+    name = _set_name(raw.get("name"), _stem(path), source)
     return [_Unexpanded(name, values, source, sweep, sweep_source, orch)]
 
 
 # ----------------------------------------------------------------------------- Python files
 
 
-def _load_python_file(path: Path, source: str) -> list[_Unexpanded]:
+def _load_python_file(path: str, source: str) -> list[_Unexpanded]:
     """Run a .py parameter file and collect get_params(): a dict or a list of dicts."""
     import runpy
 
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise ParamsError(f"parameter file {source} not found")
     try:
-        namespace = runpy.run_path(str(path))
+        namespace = runpy.run_path(path)
         get_params = namespace.get("get_params")
         if not callable(get_params):
             raise ParamsError(f"{source}: a Python parameter file must define get_params() "
@@ -445,7 +444,7 @@ def _load_python_file(path: Path, source: str) -> list[_Unexpanded]:
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, dict) for i in items):
         raise ParamsError(f"{source}: get_params() must return a list of dicts or one dict, "
                           f"got {type(result).__name__}")
-    return [_python_set(item, i, len(items), path.stem, source) for i, item in enumerate(items)]
+    return [_python_set(item, i, len(items), _stem(path), source) for i, item in enumerate(items)]
 
 
 def _python_set(item: dict, index: int, count: int, stem: str, source: str) -> _Unexpanded:
@@ -466,11 +465,32 @@ def _python_set(item: dict, index: int, count: int, stem: str, source: str) -> _
 
 
 def _load_file(path: str | os.PathLike, parse: Parse) -> list[_Unexpanded]:
-    source = os.fspath(path)
-    path = Path(path)
-    if path.suffix == ".py":
+    path = source = os.fspath(path)
+    if _suffix(path) == ".py":
         return _load_python_file(path, source)
     return _load_yaml_file(path, source, parse)
+
+
+# Paths are strings here (os.path): a cached run does not import pathlib (~4 ms with urllib.parse).
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _suffix(path: str) -> str:
+    """Path(path).suffix."""
+    return _split_name(path)[1]
+
+
+def _stem(path: str) -> str:
+    """Path(path).stem."""
+    return _split_name(path)[0]
+
+
+def _split_name(path: str) -> tuple[str, str]:
+    name = os.path.basename(path.rstrip("/"))
+    i = name.rfind(".")
+    return (name[:i], name[i:]) if 0 < i < len(name) - 1 else (name, "")
 
 
 # ------------------------------------------------------------------------------- overrides

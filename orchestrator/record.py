@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 from contextvars import ContextVar
-from pathlib import Path
 
 from .errors import PlanningError
 from .params import TrackedParams, set_key
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, Callable, overload
 else:
     from .typeshim import overload
@@ -77,6 +77,8 @@ class Record:
     @property
     def project_root(self) -> Path | None:
         """The experiment's directory (relative paths in track() and run_external() start there)."""
+        from pathlib import Path  # (a stage that runs: a cached run does not import pathlib)
+
         root = self._root
         if root is not None and type(root) is not Path:
             root = self._root = Path(root)
@@ -84,6 +86,8 @@ class Record:
 
     @property
     def staging_dir(self) -> Path:
+        from pathlib import Path
+
         if self._staging is None:
             if self._graph is not None:
                 raise PlanningError(
@@ -115,6 +119,8 @@ class Record:
         stage has succeeded and its outputs are stored: write periodic checkpoints here and resume
         from the latest one, so a crash at hour 5 of 6 does not cost 5 hours. It belongs to this
         node: same stage code, inputs and parameter set (any parameter change gives a fresh one)."""
+        from pathlib import Path
+
         if self._checkpoints is None:
             if self._graph is not None:
                 raise PlanningError(f"record.checkpoint_dir is only available while a stage runs (parameter set {self.name!r})")
@@ -144,6 +150,8 @@ class Record:
             metrics.append(self.metrics_path, step, scalars)
 
     def _staging_child(self, name: str) -> Path:
+        from pathlib import Path
+
         if not name or os.path.isabs(name) or ".." in Path(name).parts:
             raise PlanningError(f"get_path/get_dir take a relative name inside the staging area, got {name!r}")
         return self.staging_dir / "files" / name
@@ -161,6 +169,8 @@ class Record:
         A relative path starts at the experiment's directory. The path comes back as given (same
         type), unless the stage runs elsewhere: then it is joined to the experiment's directory, so
         it still names the tracked file. `tracked_hash(path)` gives the content hash recorded."""
+        from pathlib import Path
+
         from .hashing import hash_path
 
         p = self._tracked_path(path)
@@ -183,6 +193,8 @@ class Record:
 
     def _tracked_path(self, path: str | os.PathLike[str]) -> Path:
         """The absolute path track() hashes: a relative one starts at the experiment's directory."""
+        from pathlib import Path
+
         p = Path(path)
         if not p.is_absolute() and self.project_root is not None:
             p = self.project_root / p

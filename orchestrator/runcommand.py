@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
 from .echo import echo
 from .errors import OrchError
@@ -15,13 +15,13 @@ FIELDS = ("experiment", "params", "overrides", "cache", "overwrite", "overwrite_
 
 
 class RunArgs:
-    """The `orch run` options as click converts them (Path vs str, tuples for repeatable options).
+    """The `orch run` options as click converts them (paths as str, tuples for repeatable options).
     A plain class, not a dataclass: defining one costs 2-3 M instructions at import."""
 
     __slots__ = FIELDS
 
-    def __init__(self, experiment: Path, params: tuple[str, ...] = (), overrides: tuple[str, ...] = (),
-                 cache: Path | None = None, overwrite: bool = False, overwrite_stages: tuple[str, ...] = (),
+    def __init__(self, experiment: str | os.PathLike, params: tuple[str, ...] = (), overrides: tuple[str, ...] = (),
+                 cache: str | os.PathLike | None = None, overwrite: bool = False, overwrite_stages: tuple[str, ...] = (),
                  dry: bool = False, quiet: bool = False, progress: bool | None = None, parallel: int = 1,
                  executor: str = "local", slurm_partition: str | None = None, slurm_account: str | None = None,
                  slurm_time: str | None = None, detach: bool = False):

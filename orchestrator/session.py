@@ -3,8 +3,8 @@ ARCHITECTURE.md follows one run through it."""
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
 
 from . import gcpolicy
 from .core.graph import Graph
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 class RunOptions:
     """What a run was asked for (the `orch run` options)."""
 
-    def __init__(self, experiment: Path, params: list[str] | None = None, overrides: list[str] | None = None,
-                 cache: Path | None = None, overwrite: bool = False, overwrite_stages: list[str] | None = None,
+    def __init__(self, experiment: str | os.PathLike, params: list[str] | None = None,
+                 overrides: list[str] | None = None, cache: str | os.PathLike | None = None, overwrite: bool = False, overwrite_stages: list[str] | None = None,
                  dry: bool = False, parallel: int = 1, argv: list[str] | None = None, slurm: dict | None = None):
         self.experiment = experiment
         self.params = [] if params is None else params
@@ -47,7 +47,7 @@ class RunOptions:
 
 
 class RunResult:
-    def __init__(self, run_id: str | None, outcomes: list, decisions: list, graph: Graph, seconds: float, cache: Path,
+    def __init__(self, run_id: str | None, outcomes: list, decisions: list, graph: Graph, seconds: float, cache: str,
                  detached: list[str] | None = None):
         self.run_id = run_id  # None for a dry run (nothing is recorded)
         self.outcomes = outcomes  # core.runner.NodeOutcome, in node order
@@ -76,11 +76,11 @@ def run_experiment(opts: RunOptions, on_done: Callable = lambda o: None, launch:
     executors.serve and are released by the executor's close, whatever happens here). `progress`:
     how the run shows what is running (runs.progress); None shows nothing."""
     from .executors import WorkerConfig, open_executor
-    from .store import cache_dir
+    from .store.location import cache_path
 
-    experiment = Path(opts.experiment).resolve()
-    root = cache_dir(opts.cache, experiment.parent)
-    executor = open_executor(launch or Launch(), WorkerConfig(str(root), str(experiment)), opts.parallel, opts.argv,
+    experiment = _resolved(opts.experiment)
+    root = cache_path(opts.cache, os.path.dirname(experiment))
+    executor = open_executor(launch or Launch(), WorkerConfig(root, experiment), opts.parallel, opts.argv,
                              slurm=opts.slurm)
     code = 1
     try:
@@ -100,10 +100,15 @@ def run_experiment(opts: RunOptions, on_done: Callable = lambda o: None, launch:
 def serve_rank(opts: RunOptions, launch: Launch) -> int:
     """Ranks other than 0: run what rank 0 hands out; returns the exit code."""
     from .executors import WorkerConfig, serve
-    from .store import cache_dir
+    from .store.location import cache_path
 
-    experiment = Path(opts.experiment).resolve()
-    return serve(launch, WorkerConfig(str(cache_dir(opts.cache, experiment.parent)), str(experiment)), opts.argv)
+    experiment = _resolved(opts.experiment)
+    return serve(launch, WorkerConfig(cache_path(opts.cache, os.path.dirname(experiment)), experiment), opts.argv)
+
+
+def _resolved(path: str | os.PathLike) -> str:
+    """Path(path).resolve() as a string: a cached run does not import pathlib (~4 ms with urllib.parse)."""
+    return os.path.realpath(path)
 
 
 def load_param_sets(paths: list[str], overrides: list[str], yaml_cache: ParsedYaml | None = None) -> list[ParamSet]:
@@ -116,26 +121,26 @@ def load_param_sets(paths: list[str], overrides: list[str], yaml_cache: ParsedYa
     return load_params(paths, overrides, yaml_cache)
 
 
-def project_code(experiment: Path):
+def project_code(experiment: str):
     """The experiment's code roots (hashing.coderoots), and from now on its modules are imported so
     that they run the source orch hashes (core.pycache). Before the experiment is imported."""
     from .core.pycache import install
     from .hashing import ORCH_PACKAGE_DIR
     from .hashing.coderoots import discover
 
-    roots = discover(experiment.parent, ORCH_PACKAGE_DIR)
+    roots = discover(os.path.dirname(experiment), ORCH_PACKAGE_DIR)
     install(roots)
     return roots
 
 
-def plan_context(root: Path, store, project_root: Path, graph: Graph, overwrite: bool, overwrite_stages: list[str],
+def plan_context(root: str | os.PathLike, store, project_root: str | os.PathLike, graph: Graph, overwrite: bool, overwrite_stages: list[str],
                  code_roots=None):
     from .core.plan import PlanContext, forced_nodes
     from .hashing import ORCH_PACKAGE_DIR, Fingerprinter
     from .hashing.coderoots import discover
 
     roots = code_roots if code_roots is not None else discover(project_root, ORCH_PACKAGE_DIR)
-    fingerprinter = Fingerprinter(roots, cache_path=root / "fingerprints.json")
+    fingerprinter = Fingerprinter(roots, cache_path=os.path.join(root, "fingerprints.json"))
     return PlanContext(store=store, fingerprinter=fingerprinter, project_root=project_root, overwrite=overwrite,
                        forced=forced_nodes(graph, overwrite_stages))
 
@@ -149,14 +154,15 @@ class Planned:
         self.yaml_cache = yaml_cache  # the parameter files' parsed texts (yamlcache)
 
 
-def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
+def plan_experiment(opts: RunOptions, experiment: str | os.PathLike, root: str | os.PathLike) -> Planned:
     from .core.experiment import build_graph, load_experiment
     from .core.plan import plan, signature_hints
     from .resources import check_stage_names
     from .store import DiskStore
     from .yamlcache import ParsedYaml
 
-    yaml_cache = ParsedYaml(root / "yaml-cache.json") if opts.params else None
+    experiment, root = os.fspath(experiment), os.fspath(root)  # (absolute: _resolved, cache_path)
+    yaml_cache = ParsedYaml(os.path.join(root, "yaml-cache.json")) if opts.params else None
     param_sets = load_param_sets(opts.params, opts.overrides, yaml_cache)
     if yaml_cache is not None:
         yaml_cache.save()  # not before the cache directory exists: a first run saves it once it made it (_plan_and_run)
@@ -166,8 +172,8 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
     check_stage_names(param_sets, {n.stage.name for n in graph.nodes})  # parameter files' orch.resources
     with gcpolicy.paused():  # planning builds the run's long-lived structures (gcpolicy)
         store = DiskStore(root, write=False)  # a read-only cache can still plan (and serve a cached run)
-        store.use_entry_index(sha.new(str(experiment).encode()).hexdigest()[:32])  # store.entryindex
-        ctx = plan_context(root, store, experiment.parent, graph, opts.overwrite, opts.overwrite_stages, roots)
+        store.use_entry_index(sha.new(experiment.encode()).hexdigest()[:32])  # store.entryindex
+        ctx = plan_context(root, store, os.path.dirname(experiment), graph, opts.overwrite, opts.overwrite_stages, roots)
         ctx.signatures.update(store.planning_hints())
         decisions = plan(graph, ctx)
         ctx.fingerprinter.save()
@@ -179,10 +185,10 @@ def plan_experiment(opts: RunOptions, experiment: Path, root: Path) -> Planned:
 def accept_code(opts: RunOptions, stage: str, param_set: str | None, dry: bool) -> list:
     """`orch accept`: re-key the entries of `stage` to its current code (core.accept)."""
     from .core.accept import accept
-    from .store import cache_dir
+    from .store.location import cache_path
 
-    experiment = Path(opts.experiment).resolve()
-    p = plan_experiment(opts, experiment, cache_dir(opts.cache, experiment.parent))
+    experiment = _resolved(opts.experiment)
+    p = plan_experiment(opts, experiment, cache_path(opts.cache, os.path.dirname(experiment)))
     if param_set is not None:  # the exact name or a unique short form (lr=0.1)
         from .runs.paramsets import resolve_param_set
 
@@ -190,7 +196,7 @@ def accept_code(opts: RunOptions, stage: str, param_set: str | None, dry: bool) 
     return accept(p.graph, p.ctx, p.decisions, stage, param_set, dry)
 
 
-def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_done: Callable,
+def _plan_and_run(opts: RunOptions, experiment: str, root: str, executor, on_done: Callable,
                   progress: ProgressOptions | None = None) -> RunResult:
     from .core.plan import record_code_manifests
     from .core.runner import NodeOutcome, Runner
@@ -210,7 +216,7 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
         return _run_read_only(graph, ctx, decisions, executor, on_done, root, t0)
     store.check_locking()
     record_code_manifests(graph, decisions, ctx)
-    manifest = ManifestWriter(root, str(experiment), {p.name: p.values for p in param_sets}, opts.argv)
+    manifest = ManifestWriter(root, experiment, {p.name: p.values for p in param_sets}, opts.argv)
     if planned.yaml_cache is not None:
         planned.yaml_cache.save()  # the cache directory exists now (a first run made it just above)
     executor.run_dir = manifest.dir
@@ -222,7 +228,7 @@ def _plan_and_run(opts: RunOptions, experiment: Path, root: Path, executor, on_d
     return _run_recorded(runner, watch, manifest, decisions, graph, store, root, t0)
 
 
-def _run_recorded(runner, watch, manifest, decisions, graph: Graph, store, root: Path, t0: float) -> RunResult:
+def _run_recorded(runner, watch, manifest, decisions, graph: Graph, store, root: str, t0: float) -> RunResult:
     """Run the loop and record it in its manifest and report, however it ends."""
     from .executors.base import Detached
     from .runs.manifest import node_rows
@@ -269,7 +275,7 @@ def _save_index(runner, store) -> None:
                                             type(e).__name__, e)
 
 
-def _run_read_only(graph: Graph, ctx, decisions, executor, on_done: Callable, root: Path, t0: float) -> RunResult:
+def _run_read_only(graph: Graph, ctx, decisions, executor, on_done: Callable, root: str, t0: float) -> RunResult:
     """A run against a cache this user cannot write (a read-only mount, another team's archive):
     reading is fine, so a run that finds every stored result serves it from the cache, unrecorded
     (no manifest: recording needs write). A node that would have to store something is refused
@@ -299,7 +305,7 @@ def _leave_report(manifest) -> None:
     from .runs.report import write_report
 
     try:
-        write_report(manifest.data, manifest.dir / "report.html")
+        write_report(manifest.data, f"{manifest.dir}/report.html")
     except ReportError as e:
         import logging
 

@@ -103,7 +103,8 @@ def _editable_site(tmp_path: Path, project_dir: Path, name: str) -> Path:
 
 
 def test_editing_a_package_installed_in_editable_mode_anywhere_reruns(tmp_path):
-    lib = tmp_path / "elsewhere" / "teamlib"  # not inside the experiment's repository at all
+    # not inside the experiment's repository at all; its file: URL holds escapes (%20, %C3%A9)
+    lib = tmp_path / "else where é" / "teamlib"
     _write(lib / "src/teamlib/__init__.py", "")
     _write(lib / "src/teamlib/ops.py", "def scale(x):\n    return x * 2\n")
     p = Project(tmp_path / "proj")
@@ -128,6 +129,30 @@ def test_editing_a_package_installed_in_editable_mode_anywhere_reruns(tmp_path):
     out = p.orch(*RUN, env=env)
     assert p.counts() == {"make": 2}, out.stdout
     assert "teamlib/ops.py" in out.stdout
+
+
+def test_an_editable_install_url_is_read_as_urllib_reads_it():
+    """coderoots.file_url_path (no urllib.parse on a cached run) gives what unquote(urlparse(url).path) does."""
+    import random
+    from urllib.parse import unquote, urlparse
+
+    from orchestrator.hashing.coderoots import file_url_path
+
+    urls = ["file:///home/me/proj", "file://localhost/srv/x", "FILE:///a%20b", "file:/a/b", "file:a", "file://host",
+            "file:///a?x#y", "file:///a#b?c", "file:///caf%C3%A9/%E2%82", "file:///%zz%4", "file:///a;b/c;d",
+            " file:///a", "file:///a\tb", "file://[::1]/x", "file:", "", "https://example.org/x", "git+file:///r"]
+    rng = random.Random(7)
+    alphabet = "/:%?#;abcAF09é \t[]@"
+    urls += ["file:" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
+    compared = 0
+    for url in urls:
+        try:
+            parsed = urlparse(url)
+        except ValueError:  # (an invalid bracketed host: urllib refuses what file_url_path reads anyway)
+            continue
+        assert file_url_path(url) == (unquote(parsed.path) if parsed.scheme == "file" else ""), url
+        compared += 1
+    assert compared > 15_000
 
 
 def test_pyproject_adds_code_roots_and_excludes(tmp_path):

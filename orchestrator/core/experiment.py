@@ -9,8 +9,8 @@ once): calling a stage there adds a node, nothing executes.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from pathlib import Path
 from types import ModuleType
 
 from ..errors import ExperimentError, OrchError, user_traceback
@@ -19,22 +19,22 @@ from ..stage import Stage
 from .graph import Graph
 
 
-def load_experiment(path: str | Path) -> ModuleType:
-    path = Path(path).resolve()
-    if not path.is_file():
+def load_experiment(path: str | os.PathLike) -> ModuleType:
+    path = os.path.realpath(path)  # (os.path, not pathlib: a cached run does not import pathlib)
+    if not os.path.isfile(path):
         raise ExperimentError(f"experiment file {path} not found; pass the path of your experiment.py")
-    if path.suffix != ".py":
+    root, filename = os.path.split(path)
+    name, suffix = os.path.splitext(filename)
+    if suffix != ".py":
         raise ExperimentError(f"experiment file {path} must be a Python file (.py)")
-    root = str(path.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
-    name = path.stem
     if not name.isidentifier():
-        raise ExperimentError(f"experiment file {path.name}: its name must be a valid module name (e.g. experiment.py)")
+        raise ExperimentError(f"experiment file {filename}: its name must be a valid module name (e.g. experiment.py)")
     existing = sys.modules.get(name)
-    if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() != path:
+    if existing is not None and os.path.realpath(getattr(existing, "__file__", "") or "") != path:
         raise ExperimentError(
-            f"experiment file {path.name} has the same module name as the installed module {name!r} "
+            f"experiment file {filename} has the same module name as the installed module {name!r} "
             f"({getattr(existing, '__file__', '?')}); rename the file"
         )
     try:

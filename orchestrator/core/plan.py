@@ -9,8 +9,6 @@ make it a hit).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import PlanningError
 from ..fsutil import LazyLogger
 from ..hashing import Fingerprinter, hash_value, sha
@@ -23,6 +21,7 @@ from .traced import current_hash
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
+
     from ..stage import Stage
 
 log = LazyLogger("orchestrator.store")  # (the logger of the store's other warnings about damaged entries)
@@ -53,7 +52,7 @@ class Decision:
 class PlanContext:
     """Everything planning needs besides the graph; memoizes hashes shared by many nodes."""
 
-    def __init__(self, store: Store, fingerprinter: Fingerprinter, project_root: Path, overwrite: bool = False,
+    def __init__(self, store: Store, fingerprinter: Fingerprinter, project_root: str, overwrite: bool = False,
                  forced: set[int] | None = None):
         self.store, self.fingerprinter, self.project_root = store, fingerprinter, project_root
         self.overwrite = overwrite

@@ -12,7 +12,6 @@ from __future__ import annotations
 import heapq
 import os
 from collections import deque
-from pathlib import Path
 
 from ..store import Entry, Read, StoredOutput
 from . import keys
@@ -28,6 +27,7 @@ _NONE_ABSENT: dict[int, str] = {}  # read only: a node none of whose producers i
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Callable
 
     from ..executors.base import Executor

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .base import Executor, InProcessExecutor
 from .launch import Launch, WorkerConfig
 
@@ -41,7 +39,7 @@ def open_executor(launch: Launch, config: WorkerConfig, parallel: int = 1, argv:
     if launch.kind == "torchrun":
         from .torchrun import Channel, TorchrunLeader, channel_dir
 
-        channel = Channel(channel_dir(Path(config.store_root), Path(config.experiment), list(argv)),
+        channel = Channel(channel_dir(config.store_root, config.experiment, list(argv)),
                           launch.rank, launch.size)
         channel.open()
         return TorchrunLeader(channel)
@@ -60,5 +58,5 @@ def serve(launch: Launch, config: WorkerConfig, argv: Sequence[str] = ()) -> int
         return serve_mpi(launch.comm)
     from .torchrun import Channel, channel_dir, follow
 
-    channel = Channel(channel_dir(Path(config.store_root), Path(config.experiment), list(argv)), launch.rank, launch.size)
+    channel = Channel(channel_dir(config.store_root, config.experiment, list(argv)), launch.rank, launch.size)
     return follow(channel, config)

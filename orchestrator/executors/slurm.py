@@ -264,7 +264,7 @@ class SlurmExecutor(Executor):
         # a job of several nodes has a task per node, but the node runs in task 0 only (its result)
         jobs = [job.task(0) for job in jobs]
         for (task, _, _), job in zip(items, jobs):
-            run = self.run_dir.name if self.run_dir is not None else None
+            run = os.path.basename(self.run_dir) if self.run_dir is not None else None
             record = self.records.write(task.lock_scope, job.job_id, task.label, run)
             self._in_flight[job.job_id] = _Job(job, task.node_id, task.label, record=record)
             self._run_jobs[task.label] = job.job_id

@@ -151,7 +151,7 @@ def _recheck(task: Task, store: Store, stage) -> Entry | None:
     ignore = stage.ignore
 
     def file_hash(name: str) -> str | None:  # only for an entry that tracked files
-        return current_hash(name, Path(task.project_root), stat_cache)
+        return current_hash(name, task.project_root, stat_cache)
 
     def read_hash(path: str) -> str:
         return keys.read_value_hash(traced_value(task.params, path, ignore))

@@ -47,7 +47,7 @@ def _poll() -> Backoff:
     return Backoff(first=0.001, most=0.1, factor=1.5)
 
 
-def channel_dir(cache_root: Path, experiment: Path, argv: list[str]) -> Path:
+def channel_dir(cache_root: str | os.PathLike, experiment: str | os.PathLike, argv: list[str]) -> Path:
     """Where the ranks of this launch talk: the same on every rank, different for every launch
     (torchrun's run id, restart count and rendezvous address) and every command line."""
     from ..hashing import hash_value
@@ -55,7 +55,7 @@ def channel_dir(cache_root: Path, experiment: Path, argv: list[str]) -> Path:
     env = os.environ
     ident = hash_value(["torchrun", env.get("TORCHELASTIC_RUN_ID", ""), env.get("TORCHELASTIC_RESTART_COUNT", ""),
                         env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", ""), env.get("WORLD_SIZE", ""),
-                        str(experiment), list(argv)])
+                        os.fspath(experiment), list(argv)])
     return Path(cache_root) / "tmp" / f"torchrun-{ident[:24]}"
 
 

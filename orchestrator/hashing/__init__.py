@@ -11,15 +11,15 @@ except the caches that only save time), one module per kind of thing:
 Golden digests in tests/test_hashing.py pin every encoding: a change there invalidates caches.
 """
 
-from pathlib import Path
+import os
 
 from .files import hash_dir, hash_file, hash_file_signed, hash_path, stat_signature
 from .fingerprints import MAX_CONST_BYTES, Fingerprinter
 from .statcache import RACY_NS, StatCache, is_racy
 from .values import MAX_DEPTH, VALUE_PREFIX, encode, hash_bytes, hash_value
 
-#: orch's own package: never the user's project code, wherever it is installed.
-ORCH_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+#: orch's own package (a real path): never the user's project code, wherever it is installed.
+ORCH_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 __all__ = ["ORCH_PACKAGE_DIR", "encode", "hash_value", "hash_bytes", "hash_file", "hash_file_signed", "hash_dir", "hash_path", "stat_signature",
            "StatCache", "is_racy", "Fingerprinter", "VALUE_PREFIX", "MAX_DEPTH", "MAX_CONST_BYTES", "RACY_NS"]

@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
-from pathlib import Path
 
 from ..errors import OrchError
 
@@ -104,19 +104,19 @@ def _git_root(start: str) -> str | None:
         d = parent
 
 
-def _nearest_pyproject(start: str, top: str) -> Path | None:
+def _nearest_pyproject(start: str, top: str) -> str | None:
     d = start
     while True:
         candidate = os.path.join(d, "pyproject.toml")
         if os.path.isfile(candidate):
-            return Path(candidate)
+            return candidate
         parent = os.path.dirname(d)
         if d == top or parent == d:
             return None
         d = parent
 
 
-def _tool_orch(path: Path) -> tuple[list[str], list[str]]:
+def _tool_orch(path: str) -> tuple[list[str], list[str]]:
     """(extra code roots, exclusions) from `[tool.orch]`, as real paths; relative ones start at
     the pyproject.toml's directory."""
     try:
@@ -125,7 +125,8 @@ def _tool_orch(path: Path) -> tuple[list[str], list[str]]:
         import tomli as tomllib
 
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as f:
+            data = tomllib.loads(f.read())
     except (OSError, UnicodeDecodeError) as e:
         raise ProjectConfigError(f"{path}: cannot read it: {e}") from e
     except tomllib.TOMLDecodeError as e:
@@ -140,13 +141,13 @@ def _tool_orch(path: Path) -> tuple[list[str], list[str]]:
             close = difflib.get_close_matches(key, TOOL_KEYS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ProjectConfigError(f"{path}: unknown key {key!r} in [tool.orch]; {hint}known keys: {', '.join(TOOL_KEYS)}")
-    base = path.parent
+    base = os.path.dirname(path)
     lists = []
     for key in TOOL_KEYS:
         value = section.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ProjectConfigError(f"{path}: [tool.orch] {key} must be a list of paths, e.g. {key} = [\"src\"]")
-        lists.append([os.path.realpath(base / v) for v in value])
+        lists.append([os.path.realpath(os.path.join(base, v)) for v in value])
     missing = [p for p in lists[0] if not os.path.isdir(p)]
     if missing:
         raise ProjectConfigError(f"{path}: [tool.orch] code-roots lists {missing[0]}, which is not a directory; "
@@ -184,10 +185,31 @@ def _editable_dist(dist_info: str) -> str | None:
         return None
     if not (isinstance(data, dict) and isinstance(data.get("dir_info"), dict) and data["dir_info"].get("editable")):
         return None
-    from urllib.parse import unquote, urlparse
+    path = file_url_path(str(data.get("url", "")))
+    return os.path.realpath(path) if path else None
 
-    url = urlparse(str(data.get("url", "")))
-    return os.path.realpath(unquote(url.path)) if url.scheme == "file" and url.path else None
+
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))  # what urlsplit strips from the left (WHATWG)
+_PERCENT_RUNS = re.compile(r"(?:%[0-9A-Fa-f]{2})+")  # escapes decoded together: one UTF-8 sequence spans several
+
+
+def file_url_path(url: str) -> str:
+    """urllib.parse.unquote(urlparse(url).path) of a file: URL, "" for any other URL: PEP 610's
+    direct_url.json of an editable install. Not urllib.parse itself: with ipaddress it costs a
+    run ~1.5 ms, and every run reads these (tests/test_hashing.py checks the two agree)."""
+    url = url.lstrip(_C0_OR_SPACE)
+    for c in "\t\r\n":
+        url = url.replace(c, "")
+    scheme, colon, rest = url.partition(":")
+    if not colon or scheme.lower() != "file":
+        return ""
+    rest = rest.split("#", 1)[0].split("?", 1)[0]
+    if rest.startswith("//"):  # an authority (localhost, or a host name this machine is not: ignored)
+        slash = rest.find("/", 2)
+        rest = rest[slash:] if slash >= 0 else ""
+    if "%" not in rest:
+        return rest
+    return _PERCENT_RUNS.sub(lambda m: bytes.fromhex(m.group().replace("%", "")).decode("utf-8", "replace"), rest)
 
 
 def _egg_link(path: str) -> str | None:
@@ -205,7 +227,7 @@ def _under(path: str, dirs) -> bool:
 
 def _is_installed(real: str) -> bool:
     """The standard library, site-packages and the active virtual environment: never project code."""
-    return _under(real, _installed_code_dirs()) or bool({"site-packages", "dist-packages"} & set(Path(real).parts))
+    return _under(real, _installed_code_dirs()) or bool({"site-packages", "dist-packages"}.intersection(real.split(os.sep)))
 
 
 @functools.lru_cache(maxsize=None)

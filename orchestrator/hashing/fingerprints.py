@@ -13,7 +13,6 @@ import os
 import sys
 import time
 import types
-from pathlib import Path
 
 from ..fsutil import LazyLogger, load_cache_file, save_cache_file
 from . import sha
@@ -72,9 +71,10 @@ class Fingerprinter:
     one per run: a file is parsed at most once per stamp, and with `cache_path` each definition's
     digest and names persist (call save()), so a re-run of unchanged code parses nothing."""
 
-    def __init__(self, roots: CodeRoots | str | os.PathLike, exclude: Sequence[Path] = (), cache_path: Path | None = None):
+    def __init__(self, roots: CodeRoots | str | os.PathLike, exclude: Sequence[str | os.PathLike] = (),
+                 cache_path: str | os.PathLike | None = None):
         self.roots = roots if isinstance(roots, CodeRoots) else CodeRoots.single(roots, exclude)
-        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.cache_path = cache_path
         self._started_ns = time.time_ns()
         self._files: dict[str, dict] | None = None  # filename -> {"stamp": [...], "defs": {key: info}}
         self._dirty = False

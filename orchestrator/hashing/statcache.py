@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from ..fsutil import load_cache_file, save_cache_file
 
@@ -20,8 +19,8 @@ class StatCache:
     Persisted as JSON, written atomically; concurrent savers merge with what is on disk and the
     last writer wins on conflicts, which at worst costs a re-hash (every hit is re-validated)."""
 
-    def __init__(self, path: Path | None = None):
-        self.path = Path(path) if path is not None else None
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = path  # the JSON file it persists in; None: kept in memory only
         self._entries: dict[str, list] | None = None
         self._dirty: dict[str, list] = {}
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 from collections import Counter
 from operator import gt
-from pathlib import Path
 
 from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
@@ -508,7 +508,7 @@ def _dq(text: str) -> str:
 
 def format_of(path: str | None) -> str:
     """The format a file name asks for (.dot or .gv, .png), else svg."""
-    suffix = Path(path).suffix.lower() if path and path != "-" else ""
+    suffix = os.path.splitext(path)[1].lower() if path and path != "-" else ""
     return {".dot": "dot", ".gv": "dot", ".png": "png"}.get(suffix, "svg")
 
 

@@ -18,7 +18,6 @@ import itertools
 import json
 import os
 import time
-from pathlib import Path
 
 from ..core.status import RUN_DIED, RUN_RUNNING, Status
 from ..errors import RunNotFoundError
@@ -28,6 +27,7 @@ from .manifesthead import FORMAT, read_header
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Iterator
 
 MANIFEST = "manifest.json"
@@ -44,13 +44,14 @@ def new_run_id() -> str:
 class ManifestWriter:
     """The manifest of the run in progress: written at the start, rewritten at the end."""
 
-    def __init__(self, cache_root: Path, experiment: str, param_sets: dict, argv: list[str] | None = None):
+    def __init__(self, cache_root: str | os.PathLike, experiment: str, param_sets: dict, argv: list[str] | None = None):
         self.run_id = new_run_id()
-        self.runs_dir = Path(cache_root) / "runs"
-        self.dir = self.runs_dir / self.run_id
-        self.log_dir = self.dir / "logs"
+        # strings, joined by hand (cache_root is absolute): a cached run does not import pathlib
+        self.runs_dir = f"{os.fspath(cache_root)}/runs"
+        self.dir = f"{self.runs_dir}/{self.run_id}"
+        self.log_dir = f"{self.dir}/logs"
         with self._writing("recording the start of run"):
-            self.log_dir.mkdir(parents=True)
+            os.makedirs(self.log_dir)
         self.data = {
             "format": FORMAT,  # its rows ("nodes") come last: runs.manifesthead reads what precedes them
             "run_id": self.run_id,
@@ -65,8 +66,8 @@ class ManifestWriter:
         self._t0 = time.perf_counter()
         self._alive: int | None = None
         with self._writing("recording the start of run"):
-            self._alive = _hold_alive(self.dir / ALIVE)  # before the manifest says "running"
-            atomic_write_json(self.dir / MANIFEST, self.data)
+            self._alive = _hold_alive(f"{self.dir}/{ALIVE}")  # before the manifest says "running"
+            atomic_write_json(f"{self.dir}/{MANIFEST}", self.data)
             _point_latest(self.runs_dir, self.run_id)
 
     def finish(self, status: str, nodes: list[dict], summary: dict) -> None:
@@ -79,7 +80,7 @@ class ManifestWriter:
                 # the rows are plain data made here (no cycles): the encoder skips its per-container
                 # check, ~20% of encoding the 4.5 MB of a 10,000-node manifest
                 data = json.dumps(self.data, separators=(",", ":"), check_circular=False).encode("utf-8")
-                atomic_write_bytes(self.dir / MANIFEST, data)
+                atomic_write_bytes(f"{self.dir}/{MANIFEST}", data)
         finally:
             fd, self._alive = self._alive, None
             if fd is not None:
@@ -93,10 +94,10 @@ class ManifestWriter:
         except OSError as e:
             if not is_write_failure(e):
                 raise
-            raise write_error(e, f"{what} {self.run_id}", self.runs_dir.parent, self.dir) from e
+            raise write_error(e, f"{what} {self.run_id}", os.path.dirname(self.runs_dir), self.dir) from e
 
 
-def _hold_alive(path: Path) -> int | None:
+def _hold_alive(path: str) -> int | None:
     """An flock held for as long as this run's process lives (the descriptor is closed at finish or
     by the kernel); None where the filesystem has no flock (the store refuses such a cache)."""
     import fcntl
@@ -110,7 +111,7 @@ def _hold_alive(path: Path) -> int | None:
     return fd
 
 
-def _settled(run_dir: Path, m: dict) -> dict:
+def _settled(run_dir: str | os.PathLike, m: dict) -> dict:
     """`m`, with status "died" when it says "running" but its process is gone: its alive.lock can be
     locked. No lock file (a run from before alive.lock, an unreadable one): left as it says."""
     if m.get("status") != RUN_RUNNING or alive_lock_held(run_dir) is not False:
@@ -118,13 +119,13 @@ def _settled(run_dir: Path, m: dict) -> dict:
     return {**m, "status": RUN_DIED}
 
 
-def alive_lock_held(run_dir: Path) -> bool | None:
+def alive_lock_held(run_dir: str | os.PathLike) -> bool | None:
     """Whether the run's process holds its alive.lock; None when that cannot be told (no lock file,
     an unreadable one, or a filesystem without flock)."""
     import fcntl
 
     try:
-        fd = os.open(Path(run_dir) / ALIVE, os.O_RDONLY)
+        fd = os.open(os.path.join(run_dir, ALIVE), os.O_RDONLY)
     except OSError:
         return None
     try:
@@ -138,12 +139,12 @@ def alive_lock_held(run_dir: Path) -> bool | None:
     return False
 
 
-def in_progress(run_dir: Path, manifest: dict | None = None) -> bool:
+def in_progress(run_dir: str | os.PathLike, manifest: dict | None = None) -> bool:
     """The run's process still runs: its manifest (its header, read here unless given) says "running"
     and alive.lock is held. An unreadable manifest counts as in progress (whoever asks is about to
     delete something the run may need)."""
-    m = manifest if manifest is not None else read_header(Path(run_dir) / MANIFEST, wanted=("status",))
-    return m is None or _settled(Path(run_dir), m).get("status") == RUN_RUNNING
+    m = manifest if manifest is not None else read_header(os.path.join(run_dir, MANIFEST), wanted=("status",))
+    return m is None or _settled(run_dir, m).get("status") == RUN_RUNNING
 
 
 #: Stored outputs the report shows (runs/images.py): files with these extensions, and directories
@@ -222,6 +223,8 @@ def node_rows(outcomes, store=None) -> list[dict]:
 def resolve_run(cache_root: Path, run: str = "latest") -> Path:
     """The directory of a run: "latest", a run id, or a prefix naming exactly one run. Not found or
     ambiguous: RunNotFoundError listing the most recent candidates and how many more there are."""
+    from pathlib import Path
+
     runs_dir = Path(cache_root) / "runs"
     path = runs_dir / run
     if run == LATEST and path.is_file() and not path.is_symlink():
@@ -264,6 +267,8 @@ def read_manifest(cache_root: Path, run: str = "latest") -> dict:
 def manifests_newest_first(cache_root: Path) -> Iterator[tuple[str, dict]]:
     """(run id, manifest) of every run, newest first, read one at a time; unreadable and damaged
     ones (runs.manifestcheck) are skipped."""
+    from pathlib import Path
+
     from .manifestcheck import problem
 
     runs_dir = Path(cache_root) / "runs"
@@ -276,6 +281,8 @@ def manifests_newest_first(cache_root: Path) -> Iterator[tuple[str, dict]]:
 def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
     """The newest runs first: id, start, status, duration, node counts and the command (argv), from
     their manifests' headers (runs.manifesthead: the rows are not parsed)."""
+    from pathlib import Path
+
     rows = []
     runs_dir = Path(cache_root) / "runs"
     for run_id in reversed(run_ids(runs_dir)):
@@ -368,11 +375,12 @@ def _ms(ns: int) -> str:
     return f"{ns // 1_000_000 % 1000:03d}"
 
 
-def _point_latest(runs_dir: Path, run_id: str) -> None:
+def _point_latest(runs_dir: str, run_id: str) -> None:
     """`runs/latest` is a symlink swapped atomically (a plain file naming the run where links fail)."""
-    tmp = runs_dir / f".latest.{os.getpid()}.{os.urandom(3).hex()}"
+    tmp = f"{runs_dir}/.latest.{os.getpid()}.{os.urandom(3).hex()}"
     try:
         os.symlink(run_id, tmp)
     except OSError:
-        tmp.write_text(run_id)
-    os.replace(tmp, runs_dir / LATEST)
+        with open(tmp, "w") as f:
+            f.write(run_id)
+    os.replace(tmp, f"{runs_dir}/{LATEST}")

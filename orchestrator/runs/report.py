@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 from ..core.graph import AGGREGATE_SET
 from ..core.status import Status
@@ -27,6 +26,8 @@ from .drawing import escape
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from . import curves
 
 ROWS_PER_STATUS = 200  # node-table rows per status, over the whole report
@@ -46,13 +47,15 @@ SERIES_BYTES = 32_000_000  # a metrics stream larger than this is not drawn
 SERIES_TOTAL = 64_000_000  # metrics streams read for one report
 
 
-def write_report(manifest: dict, path: Path) -> None:
+def write_report(manifest: dict, path: str | os.PathLike) -> None:
     """Render `manifest` and write it to `path` atomically (a reader never sees half a report)."""
     write_file(path, render(manifest).encode("utf-8", "replace"))  # a non-UTF-8 path in argv: shown as ?
 
 
 def report_for_run(cache_root: Path, run: str = "latest", output: Path | None = None) -> Path:
     """(Re)write the report of a past run, by default as runs/<id>/report.html; returns where."""
+    from pathlib import Path
+
     from .manifest import read_manifest, resolve_run
 
     path = Path(output) if output is not None else resolve_run(cache_root, run) / "report.html"
@@ -60,7 +63,7 @@ def report_for_run(cache_root: Path, run: str = "latest", output: Path | None = 
     return path
 
 
-def write_file(path: Path, data: bytes) -> None:
+def write_file(path: str | os.PathLike, data: bytes) -> None:
     """Atomic write; a path that cannot be written is the user's ReportError, not a traceback."""
     from ..errors import ReportError
     from ..fsutil import atomic_write_bytes

@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import json
 import os
-from pathlib import Path
 
 from .. import hashing
 from ..errors import DamagedObjectError
@@ -23,6 +22,7 @@ from .locks import NodeLock
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Iterator
 
     from ..hashing import StatCache
@@ -53,17 +53,17 @@ class Store(abc.ABC):
 
     # -- objects ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    def ingest(self, path: Path, ext: str = "") -> ObjectInfo:
+    def ingest(self, path: str | os.PathLike, ext: str = "") -> ObjectInfo:
         """Move the file or directory at `path` into the store under its content hash (`path` is
         consumed); an object already stored is kept and the new copy discarded. Read-only once in."""
 
     def ingest_bytes(self, data: bytes, ext: str = "") -> ObjectInfo:
         """ingest of a file holding `data`: the same object (hash, size, name, permissions) without
         the file (a cacher that made the bytes in memory, cachers.Cacher.prepare_in_memory)."""
-        path = f"{self.new_staging_path('bytes')}{ext}"
+        path = f"{self._staging_name('bytes')}{ext}"
         with open(path, "xb") as f:
             f.write(data)
-        return self.ingest(Path(path), ext)
+        return self.ingest(path, ext)
 
     @abc.abstractmethod
     def has_object(self, info: ObjectInfo) -> bool:
@@ -156,6 +156,8 @@ class Store(abc.ABC):
     def new_staging_path(self, prefix: str = "") -> Path:
         """A fresh, unique path in the staging area on the objects' filesystem, *not created*: a
         stage that never asks for a staging directory costs no mkdir/rmdir (slow on some disks)."""
+        from pathlib import Path  # (a node that runs: pathlib is not on the cached path)
+
         return Path(self._staging_name(prefix))
 
     def _staging_name(self, prefix: str = "") -> str:
@@ -170,6 +172,8 @@ class Store(abc.ABC):
         """A node's checkpoint directory (record.checkpoint_dir; not created): unlike staging, it
         survives a failed or killed run so a long stage can resume; removed once the node succeeded.
         On disk under scratch/ (the name orch 0.1.0 gave it, kept so no checkpoint is lost)."""
+        from pathlib import Path
+
         return Path(self._checkpoint_name(name))
 
     def _checkpoint_name(self, name: str) -> str:

@@ -9,7 +9,6 @@ import os
 import re
 import stat
 import time
-from pathlib import Path
 
 from .. import hashing
 from ..errors import StoreError
@@ -36,6 +35,7 @@ from .locks import FileNodeLock, NodeLock
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Iterator
 
 log = LazyLogger("orchestrator.store")
@@ -66,11 +66,11 @@ class DiskStore(Store):
         `orchestrator.load`, a run that finds everything cached): `read_only` says whether it is,
         and a write that is refused fails with CacheWriteError instead of at opening."""
         super().__init__()
-        self.root = Path(os.path.abspath(root))
-        self.read_only = _check_root(self.root, write)
+        self._root = r = os.path.abspath(root)  # a string: a run does not import pathlib (store.location)
+        self._root_path: Path | None = None
+        self.read_only = _check_root(r, write)
         if not self.read_only:
-            sharing.apply_group_policy(self.root)
-        r = str(self.root)
+            sharing.apply_group_policy(r)
         self._objects, self._entries = os.path.join(r, "objects"), os.path.join(r, "entries")
         self._locks, self._tmp = os.path.join(r, "locks"), os.path.join(r, "tmp")
         self._refs = os.path.join(r, "refs")
@@ -86,6 +86,15 @@ class DiskStore(Store):
         self._nodes_file = os.path.join(self._locks, NODES)  # node locks are bytes of it (store.bytelocks)
         self._lock_kind: str | None = None  # how they are taken here (bytelocks.lock_kind; at the first lock)
 
+    @property
+    def root(self) -> Path:
+        """The cache directory (absolute)."""
+        if self._root_path is None:
+            from pathlib import Path
+
+            self._root_path = Path(self._root)
+        return self._root_path
+
     def _ensure_dir(self, d: str) -> str:
         if d not in self._made:
             try:
@@ -97,12 +106,12 @@ class DiskStore(Store):
                     if not os.path.isdir(d):
                         raise
             except (FileExistsError, NotADirectoryError) as e:
-                raise StoreError(f"cannot create {d} in the cache {self.root}: {e}; remove what is in the way "
+                raise StoreError(f"cannot create {d} in the cache {self._root}: {e}; remove what is in the way "
                                  "or choose another cache (--cache DIR / ORCH_CACHE)") from e
             except OSError as e:
                 if not is_write_failure(e):
                     raise
-                raise write_error(e, f"creating the directory {d}", self.root, d) from e
+                raise write_error(e, f"creating the directory {d}", self._root, d) from e
             self._made.add(d)
         return d
 
@@ -280,6 +289,8 @@ class DiskStore(Store):
         path = self._object_file(info)
         if verify:
             self._verify(info, path)
+        from pathlib import Path  # (a node that loads an input: pathlib is not on the cached path)
+
         return Path(path)
 
     def _quarantine(self, info: ObjectInfo, path: str) -> str:
@@ -351,7 +362,7 @@ class DiskStore(Store):
     def use_entry_index(self, name: str) -> None:
         """Serve entries through the index `name` (store.entryindex: one per experiment) from now on."""
         check_name("entry index name", name)
-        self._index = entryindex.EntryIndex(os.path.join(str(self.root), "index", name + ".idx"), self._entries,
+        self._index = entryindex.EntryIndex(os.path.join(self._root, "index", name + ".idx"), self._entries,
                                             writable=not self.read_only)
 
     def planning_hints(self) -> dict[str, dict[str, tuple]]:
@@ -548,19 +559,19 @@ class DiskStore(Store):
         check_name("lock name", name)
         kind = self._lock_kind or self._probe_locks()
         if kind == "ofd":
-            return RangeNodeLock(self._nodes_file, str(self.root), name)
+            return RangeNodeLock(self._nodes_file, self._root, name)
         if kind == "posix":
-            return PosixRangeNodeLock(self._nodes_file, str(self.root), name)
+            return PosixRangeNodeLock(self._nodes_file, self._root, name)
         lock_dir = self._ensure_dir(os.path.join(self._locks, name[:2]))  # re-created by the lock if gone
-        return FileNodeLock(os.path.join(lock_dir, name + ".lock"), str(self.root))
+        return FileNodeLock(os.path.join(lock_dir, name + ".lock"), self._root)
 
     def _probe_locks(self) -> str:
         try:
-            self._lock_kind = lock_kind(self._ensure_dir(self._locks), str(self.root))
+            self._lock_kind = lock_kind(self._ensure_dir(self._locks), self._root)
         except OSError as e:
             if not is_write_failure(e):
                 raise
-            raise write_error(e, "taking a lock in the cache", self.root, self._nodes_file) from e
+            raise write_error(e, "taking a lock in the cache", self._root, self._nodes_file) from e
         return self._lock_kind
 
     def check_locking(self) -> None:
@@ -571,11 +582,12 @@ class DiskStore(Store):
 
     def stat_cache(self) -> hashing.StatCache:
         if self._stat_cache is None:
-            self._stat_cache = hashing.StatCache(self.root / "stat-cache.json")
+            self._stat_cache = hashing.StatCache(os.path.join(self._root, "stat-cache.json"))
         return self._stat_cache
 
     def new_staging_dir(self, prefix: str = "") -> Path:
         import tempfile  # with shutil and random: ~11 M instructions that a cached run does not need
+        from pathlib import Path
 
         return Path(self._in_dir(self._tmp, tempfile.mkdtemp, "", prefix, self._tmp))
 
@@ -614,7 +626,7 @@ class DiskStore(Store):
         return self._ensure_dir(self._tmp)
 
 
-def _check_root(root: Path, write: bool) -> bool:
+def _check_root(root: str, write: bool) -> bool:
     """Fail early, with what to do, on a cache path that cannot work; create nothing. Returns
     whether the cache is read-only for this process (only possible with write=False)."""
     try:

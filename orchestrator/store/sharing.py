@@ -22,22 +22,23 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 _applied: set[str] = set()
 
 
 def is_group_shared(root: str | os.PathLike) -> bool:
     """The cache root (or, before it exists, the nearest existing directory above it) is setgid."""
-    path = Path(os.path.abspath(root))
-    for d in (path, *path.parents):
+    d = os.path.abspath(root)
+    while True:
         try:
             return bool(os.stat(d).st_mode & stat.S_ISGID)
         except FileNotFoundError:
-            continue
+            parent = os.path.dirname(d)
+            if parent == d:
+                return False
+            d = parent
         except OSError:
             return False
-    return False
 
 
 def current_umask() -> int:
