@@ -128,7 +128,7 @@ class PlanContext:
             from ..runs.manifest import recent_node_rows
             from .explain import RECENT_RUNS
 
-            root = self.store.root
+            root = self.store.directory
             self._previous_rows = recent_node_rows(root, RECENT_RUNS) if root is not None else {}
         return self._previous_rows
 

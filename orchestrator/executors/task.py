@@ -12,7 +12,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .. import metrics
@@ -320,7 +319,7 @@ def _store_series(record: Record, staging: str, store: Store):
         return None
     copy = f"{staging}.metrics.jsonl"
     shutil.copyfile(record.metrics_path, copy)
-    return store.ingest(Path(copy), ".jsonl")
+    return store.ingest(copy, ".jsonl")
 
 
 def _load_inputs(task: Task, store: Store) -> dict[str, Any]:
@@ -394,7 +393,7 @@ def _save_outputs(stage, values: dict[str, Any], staging: str, store: Store,
     saved = {}
     for i, (spec, path, ext, metadata) in enumerate(prepared):
         try:
-            info = store.ingest_bytes(path, ext) if type(path) is bytes else store.ingest(Path(path), ext)
+            info = store.ingest_bytes(path, ext) if type(path) is bytes else store.ingest(path, ext)
         except OSError as e:  # ingest stages and renames: nothing partial is left in objects/
             _remove_prepared(prepared[i:], staging)
             if not is_write_failure(e):
@@ -517,7 +516,7 @@ def _log_failure(task: Task, tb: str) -> bool:
     if not task.log_path:
         return False
     try:
-        Path(task.log_path).parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(task.log_path) or ".", exist_ok=True)
         with open(task.log_path, "a", encoding="utf-8", errors="replace") as f:
             f.write(f"--- {task.label} failed ---\n{tb}")
     except OSError:

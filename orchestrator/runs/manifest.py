@@ -264,18 +264,17 @@ def read_manifest(cache_root: Path, run: str = "latest") -> dict:
     return _settled(path.parent, m)
 
 
-def manifests_newest_first(cache_root: Path) -> Iterator[tuple[str, dict]]:
+def manifests_newest_first(cache_root: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     """(run id, manifest) of every run, newest first, read one at a time; unreadable and damaged
     ones (runs.manifestcheck) are skipped."""
-    from pathlib import Path
-
     from .manifestcheck import problem
 
-    runs_dir = Path(cache_root) / "runs"
+    runs_dir = os.path.join(cache_root, "runs")
     for run_id in reversed(run_ids(runs_dir)):
-        m = read_json_object(runs_dir / run_id / MANIFEST)
+        run_dir = os.path.join(runs_dir, run_id)
+        m = read_json_object(os.path.join(run_dir, MANIFEST))
         if m is not None and problem(m) is None:
-            yield run_id, _settled(runs_dir / run_id, m)
+            yield run_id, _settled(run_dir, m)
 
 
 def list_runs(cache_root: Path, limit: int = 20) -> list[dict]:
@@ -345,7 +344,7 @@ def why_rows(manifest: dict, stage: str | None = None, param_set: str | None = N
     return rows
 
 
-def recent_node_rows(cache_root: Path, runs: int) -> dict[tuple[str, str], dict]:
+def recent_node_rows(cache_root: str | os.PathLike, runs: int) -> dict[tuple[str, str], dict]:
     """(stage id, parameter set) -> {"key", "trace"} of its node in the newest of the last `runs`
     readable runs that computed or reused it (not a pending row of an interrupted or detached run)."""
     found: dict[tuple[str, str], dict] = {}
@@ -356,12 +355,14 @@ def recent_node_rows(cache_root: Path, runs: int) -> dict[tuple[str, str], dict]
     return found
 
 
-def run_ids(runs_dir: Path) -> list[str]:
+def run_ids(runs_dir: str | os.PathLike) -> list[str]:
     """Run directories, oldest first (run ids sort by start time); not hidden ones (a record that
-    `orch cache gc --keep-runs` is deleting)."""
-    if not runs_dir.is_dir():
+    `orch cache gc --keep-runs` is deleting), not symbolic links (`latest`)."""
+    try:
+        with os.scandir(runs_dir) as listing:
+            return sorted(e.name for e in listing if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+    except OSError:  # none yet, or not a directory
         return []
-    return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
 
 
 def _now() -> str:

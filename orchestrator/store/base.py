@@ -41,6 +41,8 @@ class Store(abc.ABC):
     """Objects by content hash, entries by node key and trace id, heads by name, locks by scope."""
 
     root: Path | None = None
+    #: the same directory as a string (what a run uses: it does not import pathlib); None: no directory
+    directory: str | None = None
 
     def __init__(self) -> None:
         self._verified = VERIFIED_OBJECTS  # re-hashed once per process, and again only if its file changes

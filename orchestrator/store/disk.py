@@ -66,7 +66,7 @@ class DiskStore(Store):
         `orchestrator.load`, a run that finds everything cached): `read_only` says whether it is,
         and a write that is refused fails with CacheWriteError instead of at opening."""
         super().__init__()
-        self._root = r = os.path.abspath(root)  # a string: a run does not import pathlib (store.location)
+        self.directory = self._root = r = os.path.abspath(root)  # a run does not import pathlib (store.location)
         self._root_path: Path | None = None
         self.read_only = _check_root(r, write)
         if not self.read_only:
