@@ -9,7 +9,7 @@ Workloads: "python-pass" (`python -c pass`), "orch-help" (the `orch` console scr
 checkout's pyproject.toml, `--help`), and fully cached runs of chain/sweep projects (`orch run`
 through that same console script, as users run it; "run1-cached": one stage, `orch run`'s start-up); a cached
 workload is prepared by a first run and, 2.5 s later, a cached run (what a user re-running an
-experiment has: the entry index and the parsed parameters of store.entryindex and yamlcache).
+experiment has: the entry index and the parsed parameters of store.entryindex and parsecache).
 "100k-cached" (~2 min to prepare per checkout) runs only when named with --only.
 First runs ("-first"): before each timed run the previous cache is renamed away (deleted after the
 last round, so no deletion's kernel work lands in a timed run). "-once": the run right after a first

@@ -172,7 +172,7 @@ def _line_of(path: str, keys: Sequence) -> str:
 
 
 if TYPE_CHECKING:
-    #: how a YAML text becomes a value: PyYAML's safe loader, or a yamlcache.ParsedYaml's load in front of it
+    #: how a YAML text becomes a value: PyYAML's safe loader, or a parsecache.ParsedTexts' load in front of it
     Parse = Callable[[str], Any]
 
 
@@ -590,7 +590,7 @@ def _expand(unit: _Unexpanded) -> list[ParamSet]:
 
 def load_params(paths: Sequence[str | os.PathLike], overrides: Sequence[str] = (), yaml_cache=None) -> list[ParamSet]:
     """Load parameter files in order, apply ``-S`` overrides, expand sweeps; set names are unique.
-    `yaml_cache`: a yamlcache.ParsedYaml that YAML files are parsed through (a run's cache has one)."""
+    `yaml_cache`: a parsecache.ParsedTexts that YAML files are parsed through (a run's cache has one)."""
     parsed = [_parse_override(text) for text in overrides]
     parse = _parse_yaml if yaml_cache is None else (lambda text: yaml_cache.load(text, _parse_yaml))
     units = [unit for path in paths for unit in _load_file(path, parse)]

@@ -159,7 +159,7 @@ def load_params(paths: Sequence[str | os.PathLike], overrides: Sequence[str] = (
     """Load parameter files in order, apply ``-S`` overrides, expand sweeps; set names are unique.
 
     The files, ``extends``, ``sweep``, ``+new`` keys and overrides are ``orchestrator.paramfiles``;
-    `yaml_cache` is a yamlcache.ParsedYaml (parsed texts kept in a run's cache directory)."""
+    `yaml_cache` is a parsecache.ParsedTexts (parsed texts kept in a run's cache directory)."""
     from .paramfiles import load_params as load
 
     return load(paths, overrides, yaml_cache)

@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from typing import Callable
 
     from .core.plan import Decision, PlanContext
+    from .parsecache import ParsedTexts
     from .runs.progress import ProgressOptions
     from .store import DiskStore
-    from .yamlcache import ParsedYaml
 
 
 # RunOptions, RunResult and Planned are plain classes, not dataclasses: defining a dataclass costs
@@ -111,9 +111,9 @@ def _resolved(path: str | os.PathLike) -> str:
     return os.path.realpath(path)
 
 
-def load_param_sets(paths: list[str], overrides: list[str], yaml_cache: ParsedYaml | None = None) -> list[ParamSet]:
+def load_param_sets(paths: list[str], overrides: list[str], yaml_cache: ParsedTexts | None = None) -> list[ParamSet]:
     """The parameter sets of a run; through `yaml_cache` (the cache directory's yaml-cache.json),
-    YAML texts parsed before are not parsed again (yamlcache: a cached run need not import PyYAML)."""
+    YAML texts parsed before are not parsed again (parsecache: a cached run need not import PyYAML)."""
     if not paths:
         if overrides:
             raise ParamsError("--set needs a parameter file to override; pass --params FILE")
@@ -121,14 +121,15 @@ def load_param_sets(paths: list[str], overrides: list[str], yaml_cache: ParsedYa
     return load_params(paths, overrides, yaml_cache)
 
 
-def project_code(experiment: str):
-    """The experiment's code roots (hashing.coderoots), and from now on its modules are imported so
-    that they run the source orch hashes (core.pycache). Before the experiment is imported."""
+def project_code(experiment: str, toml: ParsedTexts | None = None):
+    """The experiment's code roots (hashing.coderoots; `toml`: pyproject.toml texts parsed before),
+    and from now on its modules are imported so that they run the source orch hashes (core.pycache).
+    Before the experiment is imported."""
     from .core.pycache import install
     from .hashing import ORCH_PACKAGE_DIR
     from .hashing.coderoots import discover
 
-    roots = discover(os.path.dirname(experiment), ORCH_PACKAGE_DIR)
+    roots = discover(os.path.dirname(experiment), ORCH_PACKAGE_DIR, toml)
     install(roots)
     return roots
 
@@ -149,24 +150,26 @@ class Planned:
     """An experiment loaded and planned: what a run, a dry run and `orch accept` start from."""
 
     def __init__(self, param_sets: list[ParamSet], graph: Graph, store: DiskStore, ctx: PlanContext,
-                 decisions: list[Decision], yaml_cache: ParsedYaml | None = None):
+                 decisions: list[Decision], parsed: tuple[ParsedTexts, ...] = ()):
         self.param_sets, self.graph, self.store, self.ctx, self.decisions = param_sets, graph, store, ctx, decisions
-        self.yaml_cache = yaml_cache  # the parameter files' parsed texts (yamlcache)
+        self.parsed = parsed  # texts parsed through the cache (parsecache): saved once the cache directory exists
 
 
 def plan_experiment(opts: RunOptions, experiment: str | os.PathLike, root: str | os.PathLike) -> Planned:
     from .core.experiment import build_graph, load_experiment
     from .core.plan import plan, signature_hints
+    from .parsecache import toml_texts, yaml_texts
     from .resources import check_stage_names
     from .store import DiskStore
-    from .yamlcache import ParsedYaml
 
     experiment, root = os.fspath(experiment), os.fspath(root)  # (absolute: _resolved, cache_path)
-    yaml_cache = ParsedYaml(os.path.join(root, "yaml-cache.json")) if opts.params else None
+    yaml_cache = yaml_texts(os.path.join(root, "yaml-cache.json")) if opts.params else None
     param_sets = load_param_sets(opts.params, opts.overrides, yaml_cache)
-    if yaml_cache is not None:
-        yaml_cache.save()  # not before the cache directory exists: a first run saves it once it made it (_plan_and_run)
-    roots = project_code(experiment)
+    toml_cache = toml_texts(os.path.join(root, "toml-cache.json"))
+    roots = project_code(experiment, toml_cache)
+    parsed = (toml_cache,) if yaml_cache is None else (yaml_cache, toml_cache)
+    for cache in parsed:
+        cache.save()  # not before the cache directory exists: a first run saves them once it made it (_plan_and_run)
     with gcpolicy.relaxed():  # user code: the collector stays on, collecting less often
         graph = build_graph(load_experiment(experiment), param_sets)
     check_stage_names(param_sets, {n.stage.name for n in graph.nodes})  # parameter files' orch.resources
@@ -179,7 +182,7 @@ def plan_experiment(opts: RunOptions, experiment: str | os.PathLike, root: str |
         ctx.fingerprinter.save()
         store.save_entry_index(signature_hints(graph, ctx))
         gcpolicy.settle()  # before the collector is back: it would traverse all of this at once
-    return Planned(param_sets, graph, store, ctx, decisions, yaml_cache)
+    return Planned(param_sets, graph, store, ctx, decisions, parsed)
 
 
 def accept_code(opts: RunOptions, stage: str, param_set: str | None, dry: bool) -> list:
@@ -217,8 +220,8 @@ def _plan_and_run(opts: RunOptions, experiment: str, root: str, executor, on_don
     store.check_locking()
     record_code_manifests(graph, decisions, ctx)
     manifest = ManifestWriter(root, experiment, {p.name: p.values for p in param_sets}, opts.argv)
-    if planned.yaml_cache is not None:
-        planned.yaml_cache.save()  # the cache directory exists now (a first run made it just above)
+    for cache in planned.parsed:
+        cache.save()  # the cache directory exists now (a first run made it just above)
     executor.run_dir = manifest.dir
     executor.start(store)
     watch = watch_run(progress, graph.nodes, root, executor, on_done)  # starts with the first node that runs

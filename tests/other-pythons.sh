@@ -14,7 +14,7 @@ SUITES=(
     tests/test_store.py tests/test_entry_index.py tests/test_task.py tests/test_plan_runner.py tests/test_runner.py
     tests/test_run_e2e.py tests/test_fastrun.py tests/test_launcher.py tests/test_errors_e2e.py
     tests/test_cachers_e2e.py tests/test_typeshim.py tests/test_compat_pickles.py tests/test_params.py
-    tests/test_params_e2e.py tests/test_yamlcache.py tests/test_reasons.py tests/test_bad_inputs.py
+    tests/test_params_e2e.py tests/test_parsecache.py tests/test_reasons.py tests/test_bad_inputs.py
     tests/test_load_get.py tests/test_maintenance.py tests/test_security.py tests/test_damaged_cache.py
 )
 QUICK=(

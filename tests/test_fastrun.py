@@ -382,10 +382,11 @@ def test_a_closed_pipe_ends_a_fast_path_run_as_a_click_path_run(scripts, tmp_pat
     assert seen["fast"] == seen["click"] == ("", 1)
 
 
-def test_a_cached_run_does_not_import_pathlib(tmp_path):
+def test_a_cached_run_does_not_import_pathlib_nor_a_parser(tmp_path):
     """pathlib (with urllib.parse and ipaddress: ~17 M instructions, ~5% of a cached chain-200 run) is
-    imported only where a stage runs or a reader asks for a Path: a cached run that tracks a file,
-    reads a parameter file extending another and writes its manifest and report does without it."""
+    imported only where a stage runs or a reader asks for a Path, tomllib (~40 M) and PyYAML only to
+    parse a text not parsed before (parsecache): a cached run that tracks a file, reads a parameter
+    file extending another and a pyproject.toml, and writes its manifest and report does without them."""
     root = tmp_path / "proj"
     files = {
         "experiment.py": "from stages import make, use\n\ndef run(record):\n    use(make(record))\n",
@@ -404,7 +405,8 @@ def test_a_cached_run_does_not_import_pathlib(tmp_path):
     probe = tmp_path / "bin" / "orch"
     probe.parent.mkdir()
     probe.write_text("import sys\nfrom orchestrator.launcher import main\ncode = main()\n"
-                     "print(sorted(m for m in ('pathlib', 'urllib.parse', 'ipaddress') if m in sys.modules), "
+                     "print(sorted(m for m in ('pathlib', 'urllib.parse', 'ipaddress', 'tomllib', 'tomli', 'yaml') "
+                     "if m in sys.modules), "
                      "file=sys.stderr)\nsys.exit(code)\n")
     argv = [str(probe), "run", "experiment.py", "-p", "params/p.yaml"]
     first = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True, env=_env())

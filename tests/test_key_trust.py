@@ -187,6 +187,47 @@ def test_pyproject_adds_code_roots_and_excludes(tmp_path):
     assert p.counts() == {"make": 2}
 
 
+def test_tool_orch_is_read_from_its_kept_parse_and_an_edit_counts(tmp_path):
+    """A cached run reads [tool.orch] from toml-cache.json (parsecache, by the text's hash: no import
+    of tomllib) instead of parsing pyproject.toml again; any edit of the file is a text of its own."""
+    shared = tmp_path / "shared"
+    _write(shared / "helpers.py", "def scale(x):\n    return x * 2\n")
+    repo, p = _repo(tmp_path)
+    _write(p.root / "stages/s.py", """
+        from orchestrator import stage, PickleCacher
+        from stages.counting import count
+        from helpers import scale
+
+        @stage(outputs=["x"], cachers=[PickleCacher])
+        def make(record):
+            count("make")
+            return scale(record.params.n)
+    """)
+    plain = '[project]\nname = "demo"\ndependencies = ["torch"]\n\n[tool.orch]\nexclude = []\n'
+    rooted = plain.replace("exclude = []", f'code-roots = ["{shared}"]')
+    (repo / "pyproject.toml").write_text(plain)
+    env = _pythonpath(shared, repo)
+    p.orch(*RUN, env=env)
+    kept = json.loads((p.root / ".orch" / "toml-cache.json").read_text())["parsed"]
+    assert [json.loads(text) for text, _ in kept.values()] == [{"exclude": []}]
+    _edit(shared / "helpers.py", "x * 2", "x * 4")
+    p.orch(*RUN, env=env)
+    assert p.counts() == {"make": 1}  # not project code
+    (repo / "pyproject.toml").write_text(rooted)
+    p.orch(*RUN, env=env)
+    assert p.counts() == {"make": 2}  # now it is
+    _edit(shared / "helpers.py", "x * 4", "x * 5")
+    p.orch(*RUN, env=env)
+    assert p.counts() == {"make": 3}
+    (repo / "pyproject.toml").write_text(plain)  # a text parsed before: from the kept parse
+    assert len(json.loads((p.root / ".orch" / "toml-cache.json").read_text())["parsed"]) == 2
+    out = p.orch(*RUN, env=env)
+    assert p.counts() == {"make": 3} and "cached" in out.stdout  # the first run's entry again
+    (repo / "pyproject.toml").write_text(plain.replace("[tool.orch]", "[tool.orch"))
+    out = p.orch(*RUN, env=env, check=False)
+    assert out.returncode == 1 and "invalid TOML" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_a_mistake_in_tool_orch_is_a_clear_error(tmp_path):
     repo, p = _repo(tmp_path)
     _write(repo / "pyproject.toml", '[tool.orch]\ncode-root = ["src"]\n')

@@ -395,7 +395,7 @@ def test_a_cached_run_imports_only_what_it_uses(project):
     # long options: for a short one (-p) click itself imports difflib (to suggest a long option)
     run = ("run", "experiment.py", "--params", "params/p.yaml", "--quiet")
     project.orch(*run)
-    project.orch(*run)  # the first run made the cache directory after reading its parameters (yamlcache)
+    project.orch(*run)  # the first run made the cache directory after reading its parameters (parsecache)
     # through click (`python -m orchestrator.cli`): nothing but what `import click` imports itself (on
     # Python 3.10 click's uuid imports platform, which imports subprocess)
     click_own = json.loads(subprocess.run([sys.executable, "-c", "import click, json, sys; print(json.dumps(list(sys.modules)))"],

@@ -24,6 +24,8 @@ from ..errors import OrchError
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
     from typing import NamedTuple
+
+    from ..parsecache import ParsedTexts
 else:
     from ..typeshim import NamedTuple
 
@@ -77,15 +79,17 @@ class CodeRoots(NamedTuple):
         return cls(tuple(CodeRoot(p, k) for p, k in d["roots"]), tuple(d["excluded"]))
 
 
-def discover(experiment_dir: str | os.PathLike, orch_package: str | os.PathLike) -> CodeRoots:
-    """The code roots of an experiment (see the module docstring); reads at most a few small files."""
+def discover(experiment_dir: str | os.PathLike, orch_package: str | os.PathLike, toml: ParsedTexts | None = None
+             ) -> CodeRoots:
+    """The code roots of an experiment (see the module docstring); reads at most a few small files.
+    `toml`: where a pyproject.toml parsed before is found (parsecache; a run's cache has one)."""
     start = os.path.realpath(experiment_dir)
     repo = _git_root(start)
     roots = [CodeRoot(repo, "repository") if repo else CodeRoot(start, "experiment directory")]
     excluded = [os.path.realpath(orch_package)]
     config = _nearest_pyproject(start, repo or start)
     if config is not None:
-        extra, exclude = _tool_orch(config)
+        extra, exclude = _tool_orch(config, toml)
         roots += [CodeRoot(p, "pyproject code-roots") for p in extra]
         excluded += exclude
     roots += [CodeRoot(path, f"editable install of {name}") for name, path in editable_installs()]
@@ -116,22 +120,16 @@ def _nearest_pyproject(start: str, top: str) -> str | None:
         d = parent
 
 
-def _tool_orch(path: str) -> tuple[list[str], list[str]]:
+def _tool_orch(path: str, toml: ParsedTexts | None = None) -> tuple[list[str], list[str]]:
     """(extra code roots, exclusions) from `[tool.orch]`, as real paths; relative ones start at
     the pyproject.toml's directory."""
     try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the same parser, installed as tomli (pyproject.toml)
-        import tomli as tomllib
-
-    try:
         with open(path, encoding="utf-8") as f:
-            data = tomllib.loads(f.read())
+            text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise ProjectConfigError(f"{path}: cannot read it: {e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ProjectConfigError(f"{path}: invalid TOML: {e}; fix the syntax") from e
-    section = data.get("tool", {}).get("orch", {})
+    parse = functools.partial(_orch_section, path=path)
+    section = parse(text) if toml is None else toml.load(text, parse)
     if not isinstance(section, dict):
         raise ProjectConfigError(f"{path}: [tool.orch] must be a table")
     for key in section:
@@ -153,6 +151,24 @@ def _tool_orch(path: str) -> tuple[list[str], list[str]]:
         raise ProjectConfigError(f"{path}: [tool.orch] code-roots lists {missing[0]}, which is not a directory; "
                                  f"fix the path (relative paths start at {base})")
     return lists[0], lists[1]
+
+
+def _orch_section(text: str, path: str):
+    """The `[tool.orch]` value of a pyproject.toml's text, {} when it has none (what the
+    parse cache keeps: nothing else of the file matters here)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, installed as tomli (pyproject.toml)
+        import tomli as tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ProjectConfigError(f"{path}: invalid TOML: {e}; fix the syntax") from e
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise ProjectConfigError(f"{path}: [tool] must be a table")
+    return tool.get("orch", {})
 
 
 def editable_installs() -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""Parameter files parsed through the run's yaml-cache.json (orchestrator.yamlcache) give exactly
+"""Parameter files parsed through the run's yaml-cache.json (orchestrator.parsecache) give exactly
 what PyYAML gives, every time, and a cached run does not import PyYAML."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import pipeline
 
-from orchestrator import yamlcache
+from orchestrator import parsecache
 from orchestrator.fsutil import json_exact
 from orchestrator.paramfiles import _parse_yaml
 
@@ -33,10 +33,10 @@ TEXTS = [
 def test_what_the_cache_gives_is_what_yaml_gives(tmp_path, text):
     expected = yaml.safe_load(text)
     path = tmp_path / "yaml-cache.json"
-    first = yamlcache.ParsedYaml(path)
+    first = parsecache.yaml_texts(path)
     got = first.load(text, _parse_yaml)
     first.save()
-    again = yamlcache.ParsedYaml(path).load(text, _parse_yaml)
+    again = parsecache.yaml_texts(path).load(text, _parse_yaml)
     for value in (got, again):
         if expected == expected:  # NaN aside
             assert value == expected and (text.startswith("huge") or repr(value) == repr(expected))  # (no repr)
@@ -51,37 +51,37 @@ def test_what_the_cache_gives_is_what_yaml_gives(tmp_path, text):
 
 def test_a_caller_changing_the_value_changes_nothing_stored(tmp_path):
     path = tmp_path / "yaml-cache.json"
-    c = yamlcache.ParsedYaml(path)
+    c = parsecache.yaml_texts(path)
     c.load(TEXTS[0], _parse_yaml)["a"] = 99
     c.save()
-    c2 = yamlcache.ParsedYaml(path)
+    c2 = parsecache.yaml_texts(path)
     c2.load(TEXTS[0], _parse_yaml)["c"]["d"]["e"] = 0
     assert c2.load(TEXTS[0], _parse_yaml) == yaml.safe_load(TEXTS[0])
 
 
 def test_a_damaged_or_foreign_cache_file_is_ignored(tmp_path):
     path = tmp_path / "yaml-cache.json"
-    c = yamlcache.ParsedYaml(path)
+    c = parsecache.yaml_texts(path)
     c.load(TEXTS[1], _parse_yaml)
     c.save()
     data = json.loads(path.read_text())
     digest = next(iter(data["parsed"]))
     data["parsed"][digest] = 12  # not JSON text
     path.write_text(json.dumps(data))
-    assert yamlcache.ParsedYaml(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
+    assert parsecache.yaml_texts(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
     data["version"] = "2 another pyyaml"
     data["parsed"][digest] = json.dumps({"lr": 5})
     path.write_text(json.dumps(data))
-    assert yamlcache.ParsedYaml(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
+    assert parsecache.yaml_texts(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
     path.write_text("{not json")
-    assert yamlcache.ParsedYaml(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
+    assert parsecache.yaml_texts(path).load(TEXTS[1], _parse_yaml) == yaml.safe_load(TEXTS[1])
 
 
 def test_a_kept_value_damaged_in_place_is_parsed_again_not_used(tmp_path):
     """A digit of a kept JSON text changed (bit rot, a hand edit): still JSON, another parameter value;
     its check no longer matches, so the YAML text is parsed again."""
     path = tmp_path / "yaml-cache.json"
-    c = yamlcache.ParsedYaml(path)
+    c = parsecache.yaml_texts(path)
     text = "train:\n  lr: 0.1\n"
     c.load(text, _parse_yaml)
     c.save()
@@ -90,7 +90,7 @@ def test_a_kept_value_damaged_in_place_is_parsed_again_not_used(tmp_path):
     assert json.loads(kept) == {"train": {"lr": 0.1}}
     data["parsed"][digest] = [kept.replace("0.1", "0.7"), check]
     path.write_text(json.dumps(data))
-    assert yamlcache.ParsedYaml(path).load(text, _parse_yaml) == {"train": {"lr": 0.1}}
+    assert parsecache.yaml_texts(path).load(text, _parse_yaml) == {"train": {"lr": 0.1}}
 
 
 def test_a_cached_run_does_not_import_yaml_and_an_edit_is_seen(project):
