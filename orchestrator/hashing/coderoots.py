@@ -175,7 +175,10 @@ def editable_installs() -> list[tuple[str, str]]:
     """(distribution name, project directory) of every package installed in editable/development
     mode on sys.path: one directory listing per sys.path entry, a small read per editable one."""
     found = []
+    stdlib = os.path.dirname(os.__file__)
     for entry in sys.path:
+        if entry == stdlib or entry == f"{stdlib}/lib-dynload":  # hundreds of names, never a distribution's
+            continue
         try:
             listing = os.scandir(entry or ".")
         except OSError:
