@@ -7,7 +7,8 @@ round), which cancels most of the load that comes and goes on a shared machine.
 
 Workloads: "python-pass" (`python -c pass`), "orch-help" (the `orch` console script of each
 checkout's pyproject.toml, `--help`), and fully cached runs of chain/sweep projects (`orch run`
-through that same console script, as users run it; "run1-cached": one stage, `orch run`'s start-up); a cached
+through that same console script, as users run it; "run1-cached": one stage, `orch run`'s start-up;
+"chain200-repo-cached": that chain at the top of a repository with a research pyproject.toml); a cached
 workload is prepared by a first run and, 2.5 s later, a cached run (what a user re-running an
 experiment has: the entry index and the parsed parameters of store.entryindex and parsecache).
 "100k-cached" (~2 min to prepare per checkout) runs only when named with --only.
@@ -30,12 +31,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bench_env, write_chain_project  # noqa: E402
+from common import bench_env, make_repository, write_chain_project  # noqa: E402
 from instructions import SETTLE_S, console_script  # noqa: E402
 
 RUN = ["run", "experiment.py", "-p", "params/p.yaml", "-q"]
 #: name -> (stages, sets)
 WORKLOADS = {"python-pass": (0, 0), "orch-help": (0, 0), "run1-cached": (1, 1), "chain200-cached": (200, 1),
+             "chain200-repo-cached": (200, 1),
              "1k-cached": (100, 10), "10k-cached": (100, 100), "100k-cached": (100, 1000),
              "chain200-first": (200, 1), "1k-first": (100, 10), "10k-first": (100, 100),
              "chain200-once": (200, 1), "1k-once": (100, 10), "10k-once": (100, 100), "100k-once": (100, 1000)}
@@ -56,6 +58,8 @@ def prepare(code: Path, name: str, root: Path, bin_dir: Path | None = None) -> l
         return [sys.executable, str(console_script(code, bin_dir)), "--help"]
     if not shared:
         write_chain_project(root, stages, sets=sets)
+        if "-repo-" in name:
+            make_repository(root)
     cmd = [sys.executable, str(console_script(code, bin_dir)), *RUN]
     if name.endswith("-once"):
         time.sleep(SETTLE_S)

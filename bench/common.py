@@ -33,6 +33,43 @@ def write_chain_project(root: Path, stages: int, sets: int = 1, payload: str = "
     return root
 
 
+#: what a research repository's pyproject.toml holds (the chain projects have none otherwise)
+REPO_PYPROJECT = """[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "darcy-experiments"
+version = "0.3.0"
+requires-python = ">=3.10"
+dependencies = ["torch>=2.1", "lightning>=2.2", "numpy>=1.26", "pyyaml>=6", "matplotlib>=3.8", "orch>=0.2"]
+
+[project.optional-dependencies]
+dev = ["pytest>=8", "ruff>=0.4", "mypy>=1.10"]
+
+[tool.ruff]
+line-length = 120
+target-version = "py310"
+
+[tool.ruff.lint]
+select = ["E", "F", "I", "B", "UP"]
+
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+addopts = "-q"
+
+[tool.orch]
+exclude = ["notebooks"]
+"""
+
+
+def make_repository(root: Path) -> Path:
+    """`root` as the top of a repository (a .git directory: what orch looks for) with REPO_PYPROJECT."""
+    (root / ".git").mkdir(exist_ok=True)
+    (root / "pyproject.toml").write_text(REPO_PYPROJECT)
+    return root
+
+
 def time_cli(args: list[str], cwd: Path, repeat: int = 5) -> tuple[float, float, int]:
     """(median wall s, min wall s, max peak RSS KiB of the child) over `repeat` runs of the orch CLI."""
     times, rss = [], 0

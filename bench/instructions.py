@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bench_env, write_chain_project  # noqa: E402
+from common import bench_env, make_repository, write_chain_project  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 #: seconds between the first run and the cached one before the measured run: entries younger than
@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 SETTLE_S = 2.5
 RUN = ["run", "experiment.py", "-p", "params/p.yaml", "-q"]
 #: name -> (stages, sets, cached?, argv); "run1-cached": `orch run`'s start-up (one stage, cached);
-#: "-cached": a run that finds everything cached, after one
+#: "-repo-": the project at the top of a repository with a research project's pyproject.toml
+#: (common.REPO_PYPROJECT); "-cached": a run that finds everything cached, after one
 #: that did (2.5 s after the first run: the entry index holds it), "-cached-once": the run right
 #: after the first run, on sources older than the racy windows of orch's caches (up to Round 10 it
 #: read every entry file; since Round 11 the first run indexes what it wrote); "orch-help" and the runs use the `orch` console
@@ -40,6 +41,7 @@ WORKLOADS = {
     "help": (0, 0, False, ["--help"]),
     "run1-cached": (1, 1, True, RUN),
     "chain200-cached": (200, 1, True, RUN),
+    "chain200-repo-cached": (200, 1, True, RUN),
     "chain200-cached-once": (200, 1, True, RUN),
     "chain200-first": (200, 1, False, RUN),
     "1k-cached": (100, 10, True, RUN),
@@ -91,6 +93,8 @@ def measure(code: Path, name: str, tmp: Path) -> int:
     shutil.rmtree(root, ignore_errors=True)
     if stages:
         write_chain_project(root, stages, sets=sets)
+        if "-repo-" in name:
+            make_repository(root)
     else:
         root.mkdir(parents=True)
     env = bench_env() | {"PYTHONPATH": str(code)}
