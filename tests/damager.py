@@ -2,8 +2,8 @@
 full disk or a hand edit, and what orch must do with it.
 
 A project using every kind of output (JSON, pickle, a Lazy pickle, a directory through
-FileReferenceCacher, an aggregate over two parameter sets, a tracked data file, logged metrics) runs
-once. Then, one
+FileReferenceCacher, an aggregate over two parameter sets, a tracked data file, logged metrics, a
+pyproject.toml) runs once. Then, one
 case at a time, one file of its cache is damaged (emptied, cut in half, its first bytes replaced,
 JSON nested past the parser's limit, a number past a float's range, each field of a JSON record
 replaced by a value of another type), and the real CLI must:
@@ -95,6 +95,13 @@ PROJECT = {
           train.lr: [0.1, 0.2]
         ''',
     "data/input.txt": "hello world\n",
+    "pyproject.toml": """
+        [project]
+        name = "damaged"
+
+        [tool.orch]
+        exclude = ["data"]
+        """,
 }
 
 #: values a JSON field is replaced by (each unless it is the field's value): every JSON type, empty

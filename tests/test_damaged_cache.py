@@ -52,7 +52,8 @@ def _sample(sweep: Sweep) -> list[tuple[str, str, bytes]]:
 def test_the_sample_covers_every_kind_of_file_and_the_cases_that_once_failed(sweep):
     kinds = {kind_of(rel) for rel in sweep.files}
     assert {"entries", "refs", "index", "object.json", "object.pkl", "object-dir", "object.jsonl", "runs/manifest.json",
-            "runs/metrics", "fingerprints.json", "yaml-cache.json", "code-manifests.json", "stat-cache.json"} <= kinds
+            "runs/metrics", "fingerprints.json", "yaml-cache.json", "toml-cache.json", "code-manifests.json",
+            "stat-cache.json"} <= kinds
     sample = _sample(sweep)
     assert {kind_of(rel) for rel, _, _ in sample} == kinds - set(UNREAD)
     assert ONCE_FAILED <= {(kind_of(rel), damage) for rel, damage, _ in sample}
