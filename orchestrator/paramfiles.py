@@ -232,7 +232,7 @@ def _load_yaml(path: str, source: str, parse: Parse, chain: tuple = (), extended
     bases = _extends_list(raw, source)
     values, sweep, sweep_source, orch = {}, {}, "", {}
     for rel in bases:
-        base_path = os.path.join(os.path.dirname(path), rel)
+        base_path = _named(os.path.join(os.path.dirname(path), rel))
         base_source = os.path.normpath(os.path.join(os.path.dirname(source), rel))
         if _suffix(base_path) == ".py":
             raise ParamsError(f"{source}: 'extends' takes YAML files only, not {rel}")
@@ -465,7 +465,8 @@ def _python_set(item: dict, index: int, count: int, stem: str, source: str) -> _
 
 
 def _load_file(path: str | os.PathLike, parse: Parse) -> list[_Unexpanded]:
-    path = source = os.fspath(path)
+    source = os.fspath(path)
+    path = _named(source)
     if _suffix(path) == ".py":
         return _load_python_file(path, source)
     return _load_yaml_file(path, source, parse)
@@ -475,6 +476,11 @@ def _load_file(path: str | os.PathLike, parse: Parse) -> list[_Unexpanded]:
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+def _named(path: str) -> str:
+    """`path` without trailing slashes, as Path(path) names it: `-p p.yaml/` reads p.yaml."""
+    return path.rstrip("/") or path
 
 
 def _suffix(path: str) -> str:

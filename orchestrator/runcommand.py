@@ -46,6 +46,11 @@ class RunArgs:
         return {name: getattr(self, name) for name in FIELDS}
 
 
+def _as_path(cache: str | os.PathLike | None) -> str | None:
+    """--cache as the readers take it (a click Path there): "" is the current directory, as Path("") is."""
+    return None if cache is None else (os.fspath(cache) or ".")
+
+
 def slurm_settings(executor: str, parallel: int, partition, account, time_limit, detach: bool,
                    quiet: bool = False) -> dict | None:
     """The run's Slurm overrides, or None for a local run (where --slurm-* options are a mistake)."""
@@ -72,7 +77,7 @@ def run(args: RunArgs, debug: bool) -> int:
     slurm = slurm_settings(args.executor, args.parallel, args.slurm_partition, args.slurm_account, args.slurm_time,
                            args.detach, args.quiet)
     opts = session.RunOptions(experiment=args.experiment, params=list(args.params), overrides=list(args.overrides),
-                              cache=args.cache, overwrite=args.overwrite,
+                              cache=_as_path(args.cache), overwrite=args.overwrite,
                               overwrite_stages=list(args.overwrite_stages), dry=args.dry, parallel=args.parallel,
                               argv=sys.argv[1:], slurm=slurm)
     launch = detect_launch()

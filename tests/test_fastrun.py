@@ -419,3 +419,20 @@ def test_a_cached_run_does_not_import_pathlib_nor_a_parser(tmp_path):
     assert cached.returncode == 0 and "4 cached" in cached.stdout, cached.stdout + cached.stderr
     assert cached.stderr.strip().splitlines()[-1] == "[]", cached.stderr
     assert (root / ".orch" / "runs" / "latest" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("path", ["fast", "click"])
+def test_run_takes_an_empty_cache_and_a_parameter_file_with_a_slash_as_the_readers_do(scripts, tmp_path, path):
+    """`--cache ""` is the current directory for `orch run` as for `orch why` and `runs` (click's Path("")
+    there), and `-p p.yaml/` reads p.yaml, as when the run's paths were pathlib's."""
+    root = _project(tmp_path / "proj")
+    (root / "params" / "child.yaml").write_text("extends: p.yaml/\n")
+    sub = root / "sub"
+    sub.mkdir()
+    run = [sys.executable, str(scripts[path]), "run", "../experiment.py", "-p", "../params/child.yaml/", "--cache", ""]
+    first = subprocess.run(run, cwd=sub, capture_output=True, text=True, env=_env())
+    assert first.returncode == 0 and "2 ran" in first.stdout, first.stdout + first.stderr
+    assert (sub / "runs").is_dir() and not (root / ".orch").exists()
+    why = subprocess.run([sys.executable, "-m", "orchestrator.cli", "why", "../experiment.py", "-p",
+                          "../params/child.yaml", "--cache", ""], cwd=sub, capture_output=True, text=True, env=_env())
+    assert why.returncode == 0 and "everything comes from the cache" in why.stdout, why.stdout + why.stderr
