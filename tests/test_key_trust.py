@@ -140,7 +140,7 @@ def test_an_editable_install_url_is_read_as_urllib_reads_it():
 
     urls = ["file:///home/me/proj", "file://localhost/srv/x", "FILE:///a%20b", "file:/a/b", "file:a", "file://host",
             "file:///a?x#y", "file:///a#b?c", "file:///caf%C3%A9/%E2%82", "file:///%zz%4", "file:///a;b/c;d",
-            " file:///a", "file:///a\tb", "file://[::1]/x", "file:", "", "https://example.org/x", "git+file:///r"]
+            "file:///a\tb", "file://[::1]/x", "file:", "", "https://example.org/x", "git+file:///r"]
     rng = random.Random(7)
     alphabet = "/:%?#;abcAF09é \t[]@"
     urls += ["file:" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
