@@ -155,21 +155,29 @@ def test_an_editable_install_url_is_read_as_urllib_reads_it():
     assert compared > 15_000
 
 
-def test_pyproject_adds_code_roots_and_excludes(tmp_path):
-    shared = tmp_path / "shared"  # on PYTHONPATH, neither in the repository nor installed
+def _scaling_project(tmp_path: Path, vendored: bool = False) -> tuple[Path, Path, Project]:
+    """(shared, repo, project): a stage using helpers.scale from `shared/` (on PYTHONPATH, neither in the
+    repository nor installed) and, with `vendored`, vendored.fast from the repository."""
+    shared = tmp_path / "shared"
     _write(shared / "helpers.py", "def scale(x):\n    return x * 2\n")
     repo, p = _repo(tmp_path)
-    _write(p.root / "stages/s.py", """
+    imported, added = ("from vendored.fast import fast", " + fast()") if vendored else ("", "")
+    _write(p.root / "stages/s.py", f"""
         from orchestrator import stage, PickleCacher
         from stages.counting import count
         from helpers import scale
-        from vendored.fast import fast
+        {imported}
 
         @stage(outputs=["x"], cachers=[PickleCacher])
         def make(record):
             count("make")
-            return scale(record.params.n) + fast()
+            return scale(record.params.n){added}
     """)
+    return shared, repo, p
+
+
+def test_pyproject_adds_code_roots_and_excludes(tmp_path):
+    shared, repo, p = _scaling_project(tmp_path, vendored=True)
     _write(repo / "vendored/fast.py", "def fast():\n    return 0\n")
     _write(repo / "pyproject.toml", f"""
         [tool.orch]
@@ -190,19 +198,7 @@ def test_pyproject_adds_code_roots_and_excludes(tmp_path):
 def test_tool_orch_is_read_from_its_kept_parse_and_an_edit_counts(tmp_path):
     """A cached run reads [tool.orch] from toml-cache.json (parsecache, by the text's hash: no import
     of tomllib) instead of parsing pyproject.toml again; any edit of the file is a text of its own."""
-    shared = tmp_path / "shared"
-    _write(shared / "helpers.py", "def scale(x):\n    return x * 2\n")
-    repo, p = _repo(tmp_path)
-    _write(p.root / "stages/s.py", """
-        from orchestrator import stage, PickleCacher
-        from stages.counting import count
-        from helpers import scale
-
-        @stage(outputs=["x"], cachers=[PickleCacher])
-        def make(record):
-            count("make")
-            return scale(record.params.n)
-    """)
+    shared, repo, p = _scaling_project(tmp_path)
     plain = '[project]\nname = "demo"\ndependencies = ["torch"]\n\n[tool.orch]\nexclude = []\n'
     rooted = plain.replace("exclude = []", f'code-roots = ["{shared}"]')
     (repo / "pyproject.toml").write_text(plain)
