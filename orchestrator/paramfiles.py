@@ -494,7 +494,7 @@ def _stem(path: str) -> str:
 
 
 def _split_name(path: str) -> tuple[str, str]:
-    name = os.path.basename(path.rstrip("/"))
+    name = os.path.basename(path)  # (a _named path: no trailing slash)
     i = name.rfind(".")
     return (name[:i], name[i:]) if 0 < i < len(name) - 1 else (name, "")
 

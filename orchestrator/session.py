@@ -32,7 +32,8 @@ class RunOptions:
     """What a run was asked for (the `orch run` options)."""
 
     def __init__(self, experiment: str | os.PathLike, params: list[str] | None = None,
-                 overrides: list[str] | None = None, cache: str | os.PathLike | None = None, overwrite: bool = False, overwrite_stages: list[str] | None = None,
+                 overrides: list[str] | None = None, cache: str | os.PathLike | None = None,
+                 overwrite: bool = False, overwrite_stages: list[str] | None = None,
                  dry: bool = False, parallel: int = 1, argv: list[str] | None = None, slurm: dict | None = None):
         self.experiment = experiment
         self.params = [] if params is None else params
@@ -78,7 +79,7 @@ def run_experiment(opts: RunOptions, on_done: Callable = lambda o: None, launch:
     from .executors import WorkerConfig, open_executor
     from .store.location import cache_path
 
-    experiment = _resolved(opts.experiment)
+    experiment = os.path.realpath(opts.experiment)  # Path.resolve(), without importing pathlib
     root = cache_path(opts.cache, os.path.dirname(experiment))
     executor = open_executor(launch or Launch(), WorkerConfig(root, experiment), opts.parallel, opts.argv,
                              slurm=opts.slurm)
@@ -102,13 +103,8 @@ def serve_rank(opts: RunOptions, launch: Launch) -> int:
     from .executors import WorkerConfig, serve
     from .store.location import cache_path
 
-    experiment = _resolved(opts.experiment)
+    experiment = os.path.realpath(opts.experiment)
     return serve(launch, WorkerConfig(cache_path(opts.cache, os.path.dirname(experiment)), experiment), opts.argv)
-
-
-def _resolved(path: str | os.PathLike) -> str:
-    """Path(path).resolve() as a string: a cached run does not import pathlib (~4 ms with urllib.parse)."""
-    return os.path.realpath(path)
 
 
 def load_param_sets(paths: list[str], overrides: list[str], yaml_cache: ParsedTexts | None = None) -> list[ParamSet]:
@@ -134,8 +130,8 @@ def project_code(experiment: str, toml: ParsedTexts | None = None):
     return roots
 
 
-def plan_context(root: str | os.PathLike, store, project_root: str | os.PathLike, graph: Graph, overwrite: bool, overwrite_stages: list[str],
-                 code_roots=None):
+def plan_context(root: str | os.PathLike, store, project_root: str | os.PathLike, graph: Graph, overwrite: bool,
+                 overwrite_stages: list[str], code_roots=None):
     from .core.plan import PlanContext, forced_nodes
     from .hashing import ORCH_PACKAGE_DIR, Fingerprinter
     from .hashing.coderoots import discover
@@ -162,7 +158,7 @@ def plan_experiment(opts: RunOptions, experiment: str | os.PathLike, root: str |
     from .resources import check_stage_names
     from .store import DiskStore
 
-    experiment, root = os.fspath(experiment), os.fspath(root)  # (absolute: _resolved, cache_path)
+    experiment, root = os.fspath(experiment), os.fspath(root)  # (absolute: realpath, cache_path)
     yaml_cache = yaml_texts(os.path.join(root, "yaml-cache.json")) if opts.params else None
     param_sets = load_param_sets(opts.params, opts.overrides, yaml_cache)
     toml_cache = toml_texts(os.path.join(root, "toml-cache.json"))
@@ -190,7 +186,7 @@ def accept_code(opts: RunOptions, stage: str, param_set: str | None, dry: bool) 
     from .core.accept import accept
     from .store.location import cache_path
 
-    experiment = _resolved(opts.experiment)
+    experiment = os.path.realpath(opts.experiment)
     p = plan_experiment(opts, experiment, cache_path(opts.cache, os.path.dirname(experiment)))
     if param_set is not None:  # the exact name or a unique short form (lr=0.1)
         from .runs.paramsets import resolve_param_set

@@ -21,11 +21,9 @@ from .traced import current_hash
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING: a cached run does not import typing
 if TYPE_CHECKING:
-
     from ..stage import Stage
 
 log = LazyLogger("orchestrator.store")  # (the logger of the store's other warnings about damaged entries)
-
 # Hot loops compare states per node: plain module constants (enum member lookup costs ~0.2 µs each).
 CACHED, RUN, PENDING, RAN, FAILED, SKIPPED, DAMAGED = (Status.CACHED, Status.RUN, Status.PENDING, Status.RAN,
                                                       Status.FAILED, Status.SKIPPED, Status.DAMAGED)

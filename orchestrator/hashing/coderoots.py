@@ -221,7 +221,7 @@ _PERCENT_RUNS = re.compile(r"(?:%[0-9A-Fa-f]{2})+")  # escapes decoded together:
 def file_url_path(url: str) -> str:
     """urllib.parse.unquote(urlparse(url).path) of a file: URL, "" for any other URL: PEP 610's
     direct_url.json of an editable install. Not urllib.parse itself: with ipaddress it costs a
-    run ~1.5 ms, and every run reads these (tests/test_hashing.py checks the two agree)."""
+    run ~1.5 ms, and every run reads these (tests/test_key_trust.py checks the two agree)."""
     url = url.lstrip(_C0_OR_SPACE)
     for c in "\t\r\n":
         url = url.replace(c, "")

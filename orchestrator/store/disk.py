@@ -66,7 +66,7 @@ class DiskStore(Store):
         `orchestrator.load`, a run that finds everything cached): `read_only` says whether it is,
         and a write that is refused fails with CacheWriteError instead of at opening."""
         super().__init__()
-        self.directory = self._root = r = os.path.abspath(root)  # a run does not import pathlib (store.location)
+        self.directory = r = os.path.abspath(root)  # a string: a run does not import pathlib (store.location)
         self._root_path: Path | None = None
         self.read_only = _check_root(r, write)
         if not self.read_only:
@@ -92,7 +92,7 @@ class DiskStore(Store):
         if self._root_path is None:
             from pathlib import Path
 
-            self._root_path = Path(self._root)
+            self._root_path = Path(self.directory)
         return self._root_path
 
     def _ensure_dir(self, d: str) -> str:
@@ -106,12 +106,12 @@ class DiskStore(Store):
                     if not os.path.isdir(d):
                         raise
             except (FileExistsError, NotADirectoryError) as e:
-                raise StoreError(f"cannot create {d} in the cache {self._root}: {e}; remove what is in the way "
+                raise StoreError(f"cannot create {d} in the cache {self.directory}: {e}; remove what is in the way "
                                  "or choose another cache (--cache DIR / ORCH_CACHE)") from e
             except OSError as e:
                 if not is_write_failure(e):
                     raise
-                raise write_error(e, f"creating the directory {d}", self._root, d) from e
+                raise write_error(e, f"creating the directory {d}", self.directory, d) from e
             self._made.add(d)
         return d
 
@@ -362,7 +362,7 @@ class DiskStore(Store):
     def use_entry_index(self, name: str) -> None:
         """Serve entries through the index `name` (store.entryindex: one per experiment) from now on."""
         check_name("entry index name", name)
-        self._index = entryindex.EntryIndex(os.path.join(self._root, "index", name + ".idx"), self._entries,
+        self._index = entryindex.EntryIndex(os.path.join(self.directory, "index", name + ".idx"), self._entries,
                                             writable=not self.read_only)
 
     def planning_hints(self) -> dict[str, dict[str, tuple]]:
@@ -559,19 +559,19 @@ class DiskStore(Store):
         check_name("lock name", name)
         kind = self._lock_kind or self._probe_locks()
         if kind == "ofd":
-            return RangeNodeLock(self._nodes_file, self._root, name)
+            return RangeNodeLock(self._nodes_file, self.directory, name)
         if kind == "posix":
-            return PosixRangeNodeLock(self._nodes_file, self._root, name)
+            return PosixRangeNodeLock(self._nodes_file, self.directory, name)
         lock_dir = self._ensure_dir(os.path.join(self._locks, name[:2]))  # re-created by the lock if gone
-        return FileNodeLock(os.path.join(lock_dir, name + ".lock"), self._root)
+        return FileNodeLock(os.path.join(lock_dir, name + ".lock"), self.directory)
 
     def _probe_locks(self) -> str:
         try:
-            self._lock_kind = lock_kind(self._ensure_dir(self._locks), self._root)
+            self._lock_kind = lock_kind(self._ensure_dir(self._locks), self.directory)
         except OSError as e:
             if not is_write_failure(e):
                 raise
-            raise write_error(e, "taking a lock in the cache", self._root, self._nodes_file) from e
+            raise write_error(e, "taking a lock in the cache", self.directory, self._nodes_file) from e
         return self._lock_kind
 
     def check_locking(self) -> None:
@@ -582,7 +582,7 @@ class DiskStore(Store):
 
     def stat_cache(self) -> hashing.StatCache:
         if self._stat_cache is None:
-            self._stat_cache = hashing.StatCache(os.path.join(self._root, "stat-cache.json"))
+            self._stat_cache = hashing.StatCache(os.path.join(self.directory, "stat-cache.json"))
         return self._stat_cache
 
     def new_staging_dir(self, prefix: str = "") -> Path:
